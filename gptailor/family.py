@@ -213,6 +213,8 @@ class Family:
 
 def _load_config(auto_config, spec: FamilySpec, member: str):
     src = spec.source(member)
+    if (os.path.isabs(src) or src.startswith(".")) and not Path(src).exists():
+        raise FamilyError(f"member {member!r}: folder {src} does not exist; fix the path in the family spec")
     try:
         cfg = auto_config.from_pretrained(src, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as e:

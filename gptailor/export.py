@@ -1,0 +1,139 @@
+"""Write a stitched model as a plain Hugging Face folder anyone can ``from_pretrained``.
+
+The folder holds: safetensors weights and a config with the right ``num_hidden_layers`` (no custom
+code needed to load it), the tokenizer, the generation config, ``plan.json`` (the canonical plan),
+``mergekit.yaml`` (the same model as a mergekit config, to rebuild it with mergekit) and a model
+card ``README.md``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .evaluate import EvalResult
+from .family import Family
+from .plan import Plan
+from .stitch import Stitcher, param_count
+
+_MODEL_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
+
+
+class ExportError(ValueError):
+    pass
+
+
+def _prepare_folder(folder: Path, overwrite: bool) -> Path:
+    folder = Path(folder).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} exists and is a file; give a folder path")
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{folder} is not empty; choose a new folder or pass overwrite=True (--overwrite)")
+        for pattern in _MODEL_FILES:  # stale shards from an earlier export would be loaded too
+            for f in folder.glob(pattern):
+                f.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def export(family: Family, plan: Plan, folder: str | os.PathLike, result: EvalResult | None = None,
+           overwrite: bool = False, stitcher: Stitcher | None = None) -> Path:
+    """Stitch ``plan`` and save it under ``folder``; returns the folder's resolved path."""
+    plan.validate(family.member_names, family.n_layers)
+    plan = Plan(plan.ops, plan.family or family.name)
+    folder = _prepare_folder(Path(folder), overwrite)
+    model = (stitcher or Stitcher(family, device="cpu")).build(plan)
+    model = model.to("cpu")
+    model.save_pretrained(folder, safe_serialization=True)
+    family.tokenizer.save_pretrained(folder)
+    (folder / "plan.json").write_text(plan.to_json(indent=2) + "\n")
+    (folder / "mergekit.yaml").write_text(mergekit_yaml(family, plan))
+    (folder / "README.md").write_text(model_card(family, plan, param_count(model), result))
+    return folder
+
+
+# ----------------------------------------------------------------------------- mergekit
+def _merge_method(plan: Plan) -> str:
+    methods = {op.method for op in plan.ops if op.kind == "merge"}
+    if len(methods) > 1:
+        raise ExportError(f"plan mixes merge methods {sorted(methods)}; one mergekit config has one merge_method")
+    if methods == {"slerp"} and any(op.kind == "pick" for op in plan.ops):
+        raise ExportError("slerp slices cannot sit beside single-model slices in one mergekit config")
+    return methods.pop() if methods else "passthrough"
+
+
+def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
+    """The plan as a mergekit config: slices in position order, base model for embeddings and head."""
+    method = _merge_method(plan)
+    src = family.spec.source
+    slices: list[dict[str, Any]] = []
+    i, ops = 0, plan.ops
+    while i < len(ops):
+        op = ops[i]
+        if op.kind == "drop":
+            i += 1
+            continue
+        if op.kind == "pick":
+            j = i + 1
+            if method == "passthrough":  # merge runs of picks from one member into one slice
+                while j < len(ops) and ops[j].kind == "pick" and ops[j].member == op.member:
+                    j += 1
+            source: dict[str, Any] = {"model": src(op.member or "base"), "layer_range": [i, j]}
+            if method != "passthrough":  # a single source with weight 1 reproduces that layer
+                source["parameters"] = {"weight": 1.0, **({"density": 1.0} if method == "ties" else {})}
+            slices.append({"sources": [source]})
+            i = j
+            continue
+        sources = []
+        for m, w in op.weights:
+            params: dict[str, Any] = {"weight": w}
+            if op.method == "ties":
+                params["density"] = 0.5 if op.density is None else op.density
+            sources.append({"model": src(m), "layer_range": [i, i + 1], "parameters": params})
+        slices.append({"sources": sources})
+        i += 1
+    cfg: dict[str, Any] = {"slices": slices, "merge_method": method, "base_model": src("base"),
+                           "dtype": str(family.dtype).replace("torch.", "")}
+    if method == "slerp":
+        cfg["parameters"] = {"t": [{"value": ops[i].weights[1][1] / sum(w for _, w in ops[i].weights)}
+                                   for i in plan.kept_positions][0]}
+    if method in ("linear", "ties"):
+        cfg["parameters"] = {"normalize": True}
+    return cfg
+
+
+def mergekit_yaml(family: Family, plan: Plan) -> str:
+    import yaml
+
+    head = f"# GPTailor plan for family {family.name!r} as a mergekit config: mergekit-yaml mergekit.yaml OUT\n"
+    try:
+        return head + yaml.safe_dump(mergekit_config(family, plan), sort_keys=False)
+    except ExportError as e:
+        return head + f"# not expressible as one mergekit config: {e}\n# rebuild with gptailor from plan.json\n"
+
+
+# ----------------------------------------------------------------------------- model card
+def model_card(family: Family, plan: Plan, params: int, result: EvalResult | None = None) -> str:
+    base_src = family.spec.source("base")
+    hub_id = not Path(base_src).exists()  # the hub's card metadata only makes sense for hub ids
+    lines = ["---", "library_name: transformers", "tags:", "- gptailor", "- layer-pruning", "- model-merging",
+             *([f"base_model: {json.dumps(base_src)}"] if hub_id else []), "---", "", f"# {family.name}: tailored with GPTailor", "",
+             f"Layers kept: {plan.n_kept} of {len(plan)}; parameters: {params / 1e6:.2f}M "
+             f"(base: {family.param_count() / 1e6:.2f}M, {100 * params / family.param_count():.1f}%).", "",
+             "Family members:", ""]
+    lines += [f"- `{m}`: {family.spec.source(m)}" for m in family.member_names]
+    lines += ["", "Plan (one op per base layer position):", "", "```", plan.to_text(), "```", ""]
+    if result is not None:
+        lines += [f"Scores at fidelity {result.fidelity or 'full'} (retention {100 * result.retention:.1f}% of the "
+                  f"reference):", "", "| task | metric | score | reference | retention |", "|---|---|---|---|---|"]
+        for t, v in result.scores.items():
+            r = result.task_retention[t]
+            ref = result.references[t]
+            lines.append(f"| {t} | {result.metrics[t]} | {v:.4f} | {ref.value:.4f} ({ref.member}) | "
+                         f"{'-' if r is None else f'{100 * r:.1f}%'} |")
+        lines.append("")
+    lines += ["Load it with `AutoModelForCausalLM.from_pretrained(folder)`; `plan.json` and `mergekit.yaml` "
+              "rebuild it from the family.", ""]
+    return "\n".join(lines)

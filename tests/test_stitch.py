@@ -1,0 +1,156 @@
+import copy
+
+import pytest
+import torch
+
+from gptailor.family import Family, FamilyError, FamilySpec
+from gptailor.merge import merge_state
+from gptailor.plan import Plan
+from gptailor.stitch import Stitcher, param_count
+
+from conftest import make_tiny_family
+
+PLANS = [
+    "0:base 1:base 2:base 3:base",
+    "0:base 1:math 2:drop 3:code",
+    "0:code 1:drop 2:merge(math=.6,code=.4) 3:base",
+    "0:merge[task_arithmetic](math=.7,code=.5) 1:drop 2:drop 3:math",
+    "0:base 1:merge[ties,density=.4](math=1,code=1) 2:merge[slerp](base=.3,math=.7) 3:drop",
+    "0:math 1:math 2:math 3:math",
+]
+
+
+def reference_logits(family: Family, plan: Plan, ids: torch.Tensor) -> torch.Tensor:
+    """Layer by layer through the family's own modules (merged layers from a copied module)."""
+    base = family.base
+    h = base.model.embed_tokens(ids)
+    pos = torch.arange(ids.shape[1])[None]
+    pe = base.model.rotary_emb(h, pos)
+    mask = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)[None, None]
+    for i, op in enumerate(plan.ops):
+        if op.kind == "drop":
+            continue
+        if op.kind == "pick":
+            layer = family.layers(op.member)[i]
+        else:
+            layer = copy.deepcopy(family.layers("base")[i])
+            states = [family.layer_state(m, i) for m in op.members]
+            layer.load_state_dict(merge_state(op.method, states, [w for _, w in op.weights],
+                                              family.layer_state("base", i), op.density))
+        h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
+        h = h[0] if isinstance(h, tuple) else h
+    return base.lm_head(base.model.norm(h))
+
+
+@pytest.mark.parametrize("text", PLANS)
+def test_logits_match_layer_by_layer_reference(tiny_family, text):
+    plan = Plan.from_text(text)
+    model = Stitcher(tiny_family).build(plan)
+    ids = torch.randint(7, 100, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        want = reference_logits(tiny_family, plan, ids)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert model.config.num_hidden_layers == plan.n_kept
+    assert [l.self_attn.layer_idx for l in model.model.layers] == list(range(plan.n_kept))
+    assert all(l.self_attn.config is model.config for l in model.model.layers)
+
+
+def test_pick_shares_storage_merge_does_not(tiny_family):
+    model = Stitcher(tiny_family).build(Plan.from_text("0:base 1:math 2:drop 3:merge(math=1,code=1)"))
+    src = tiny_family.layers("math")[1].mlp.up_proj.weight
+    assert model.model.layers[1].mlp.up_proj.weight.data_ptr() == src.data_ptr()
+    assert model.model.layers[0].self_attn.q_proj.weight.data_ptr() == \
+        tiny_family.layers("base")[0].self_attn.q_proj.weight.data_ptr()
+    assert model.model.embed_tokens.weight.data_ptr() == tiny_family.base.model.embed_tokens.weight.data_ptr()
+    merged = model.model.layers[2].mlp.up_proj.weight
+    assert all(merged.data_ptr() != tiny_family.layers(m)[3].mlp.up_proj.weight.data_ptr()
+               for m in tiny_family.member_names)
+
+
+def test_generate_with_cache_equals_without(tiny_family):
+    ids = torch.randint(7, 100, (1, 6), generator=torch.Generator().manual_seed(1))
+    for text in PLANS[1:4]:
+        model = Stitcher(tiny_family).build(Plan.from_text(text))
+        a = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)
+        b = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False)
+        assert torch.equal(a, b)
+
+
+def test_family_models_unchanged_after_many_builds(tiny_family):
+    before = {m: {k: v.clone() for k, v in tiny_family.models[m].state_dict().items()} for m in tiny_family.member_names}
+    st = Stitcher(tiny_family, cache_size=3)
+    for _ in range(5):
+        for text in PLANS:
+            st.build(Plan.from_text(text))
+    for m in tiny_family.member_names:
+        model = tiny_family.models[m]
+        assert model.config.num_hidden_layers == 4
+        assert [l.self_attn.layer_idx for l in model.model.layers] == [0, 1, 2, 3]
+        assert all(l.self_attn.config is model.config for l in model.model.layers)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[m][k]), (m, k)
+    assert len(st.merged) <= 3  # bounded cache
+
+
+def test_merge_cache_hits(tiny_family):
+    st = Stitcher(tiny_family)
+    plan = Plan.from_text("0:base 1:merge(math=.5,code=.5) 2:base 3:base")
+    st.build(plan)
+    misses = st.merged.misses
+    st.build(plan)
+    assert st.merged.misses == misses and st.merged.hits >= 1
+
+
+def test_param_count_drops_layers(tiny_family):
+    full = Stitcher(tiny_family).build(Plan.identity(4))
+    small = Stitcher(tiny_family).build(Plan.from_text("base drop drop base"))
+    assert param_count(full) == tiny_family.param_count()
+    assert param_count(full) - param_count(small) == 2 * tiny_family.layer_params()
+    assert param_count(small) == tiny_family.param_count(2)
+
+
+def test_tied_embeddings_and_qwen3_family(tmp_path):
+    fam = Family.from_spec(make_tiny_family(tmp_path / "q", model_type="qwen3", tie=True))
+    plan = Plan.from_text("0:math 1:drop 2:merge(math=1,code=1) 3:base")
+    model = Stitcher(fam).build(plan)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(7, 100, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, reference_logits(fam, plan, ids), atol=1e-5)
+
+
+def test_mismatched_member_is_refused_with_its_name(tmp_path):
+    make_tiny_family(tmp_path / "a", n_layers=4)
+    make_tiny_family(tmp_path / "b", n_layers=3)
+    spec = FamilySpec("mixed", str(tmp_path / "a/base"), {"short": str(tmp_path / "b/math")}, device="cpu")
+    with pytest.raises(FamilyError, match="member 'short' has num_hidden_layers=3 but the base has num_hidden_layers=4"):
+        Family.from_spec(spec)
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(FamilyError, match="architecture 'gpt2' is not supported yet"):
+        Family.from_spec(FamilySpec("g", str(tmp_path / "gpt2"), device="cpu"))
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"base": "x"}, "missing name"),
+    ({"name": "x", "base": "b", "candidates": {"base": "y"}}, "cannot be called 'base'"),
+    ({"name": "x", "base": "b", "colour": 1}, "unknown keys"),
+    ({"name": "x", "base": "b", "dtype": "int3"}, "dtype 'int3'"),
+])
+def test_bad_specs(spec, msg):
+    with pytest.raises(FamilyError, match=msg):
+        FamilySpec.from_dict(spec)
+
+
+def test_missing_family_and_missing_member(tmp_path):
+    with pytest.raises(FamilyError, match="no family"):
+        FamilySpec.load(tmp_path / "nowhere.yaml")
+    make_tiny_family(tmp_path / "ok", n_layers=2, members=())
+    with pytest.raises(FamilyError, match="member 'ghost': folder .*nothing-here does not exist"):
+        Family.from_spec(FamilySpec("x", str(tmp_path / "ok/base"), {"ghost": str(tmp_path / "nothing-here")}))
