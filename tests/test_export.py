@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gptailor.export import ExportError, export, mergekit_config
+from gptailor.plan import Plan
+from gptailor.stitch import Stitcher
+
+
+@pytest.mark.parametrize("text", ["0:base 1:math 2:drop 3:code",
+                                  "0:merge[ties](math=.5,code=.5) 1:drop 2:base 3:math"])
+def test_round_trip_same_logits(tiny_family, tmp_path, text):
+    plan = Plan.from_text(text, family="tiny")
+    out = export(tiny_family, plan, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 3
+    ids = torch.randint(7, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = Stitcher(tiny_family).build(plan)(input_ids=ids).logits
+        got = reloaded(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-6)
+    a = reloaded.generate(ids[:1], max_new_tokens=8, do_sample=False)
+    b = reloaded.generate(ids[:1], max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(a, b)
+    assert Plan.from_json((out / "plan.json").read_text()) == plan
+    assert AutoTokenizer.from_pretrained(out)("ab")["input_ids"] == tiny_family.tokenizer("ab")["input_ids"]
+    assert (out / "generation_config.json").exists() and list(out.glob("*.safetensors"))
+    card = (out / "README.md").read_text()
+    assert plan.to_text() in card and "Layers kept: 3 of 4" in card
+
+
+def test_refuses_non_empty_folder_unless_overwrite(tiny_family, tmp_path):
+    plan = Plan.identity(4, family="tiny")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not empty"):
+        export(tiny_family, plan, tmp_path / "busy")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+    export(tiny_family, plan, tmp_path / "busy", overwrite=True)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "busy").config.num_hidden_layers == 4
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        export(tiny_family, plan, tmp_path / "file")
+
+
+def test_mergekit_config_passthrough_and_merge(tiny_family):
+    src = tiny_family.spec.source
+    cfg = mergekit_config(tiny_family, Plan.from_text("0:base 1:base 2:drop 3:math"))
+    assert cfg["merge_method"] == "passthrough" and cfg["base_model"] == src("base")
+    assert cfg["slices"] == [{"sources": [{"model": src("base"), "layer_range": [0, 2]}]},
+                             {"sources": [{"model": src("math"), "layer_range": [3, 4]}]}]
+    cfg = mergekit_config(tiny_family, Plan.from_text("0:math 1:drop 2:merge[ties,density=.3](math=1,code=2) 3:base"))
+    assert cfg["merge_method"] == "ties"
+    assert cfg["slices"][1]["sources"] == [
+        {"model": src("math"), "layer_range": [2, 3], "parameters": {"weight": 1.0, "density": 0.3}},
+        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 2.0, "density": 0.3}}]
+    assert cfg["slices"][0]["sources"][0]["parameters"] == {"weight": 1.0, "density": 1.0}
+    with pytest.raises(ExportError, match="mixes merge methods"):
+        mergekit_config(tiny_family, Plan.from_text("merge(math=1,code=1) merge[ties](math=1,code=1) base base"))
+
+
+def test_export_writes_yaml_even_when_not_expressible(tiny_family, tmp_path):
+    plan = Plan.from_text("merge(math=1,code=1) merge[ties](math=1,code=1) base base")
+    out = export(tiny_family, plan, tmp_path / "m")
+    text = (out / "mergekit.yaml").read_text()
+    assert "not expressible" in text
+    yaml.safe_load(text)  # still valid YAML (comments only)
+    assert json.loads((out / "plan.json").read_text())["family"] == "tiny"
