@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks import TaskError
 
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():  # progress bars are for people; keep logs and pipes clean
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except (PlanError, FamilyError, TaskError, ExportError, FileNotFoundError) as e:

@@ -1,0 +1,29 @@
+"""The Gradio Blocks app: one tab per module, figures and handlers kept out of the layout."""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from . import chat_tab, evaluate_tab
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title="GPTailor Studio") as demo:
+        gr.Markdown("# GPTailor Studio\nCut and stitch layers across a model family into a smaller model, "
+                    "without retraining.")
+        with gr.Tab("Evaluate"):
+            shared = evaluate_tab.build()
+        with gr.Tab("Chat"):
+            chat_tab.build(shared["family"], shared["plan"])
+        demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
+    return demo
+
+
+def main() -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    auth = os.environ.get("GPTAILOR_AUTH")
+    app = build_app().queue(default_concurrency_limit=2)
+    app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", os.environ.get("HOST", "127.0.0.1")),
+               server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),
+               auth=tuple(auth.split(":", 1)) if auth and ":" in auth else None)

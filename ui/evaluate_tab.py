@@ -1,0 +1,56 @@
+"""Evaluate tab: pick a family, paste a plan, score it, see per-task scores beside the base."""
+from __future__ import annotations
+
+import gradio as gr
+
+from gptailor import FamilyError, Plan, PlanError, TaskError
+
+from .engine import ENGINE, family_choices
+
+COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
+
+
+def evaluate(family: str, plan_text: str, fidelity: float | None, progress=gr.Progress()):
+    """Score a plan; returns a summary line and a per-task table."""
+    try:
+        progress(0.1, desc="loading family")
+        session = ENGINE.get(family)
+        if session.evaluator is None:
+            raise gr.Error(f"family {family!r} has no task suite; add 'suite: path/to/suite.yaml' to its spec")
+        plan = Plan.parse(plan_text, session.family.name)
+        plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
+        progress(0.4, desc="stitching and scoring")
+        n = int(fidelity) if fidelity else None
+        res = session.evaluator.evaluate(plan, n)
+    except (PlanError, FamilyError, TaskError) as e:
+        raise gr.Error(str(e)) from None
+    rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,
+             None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
+            for t, v in res.scores.items()]
+    summary = (f"**Retention {100 * res.retention:.1f}%** · keeps {res.kept_layers} of {res.n_layers} layers · "
+               f"{res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
+               f"stitch {res.stitch_s * 1e3:.0f} ms, score {res.score_s * 1e3:.0f} ms")
+    return summary, rows
+
+
+def identity_plan(family: str) -> str:
+    try:
+        return ENGINE.get(family).identity_text()
+    except FamilyError as e:
+        raise gr.Error(str(e)) from None
+
+
+def build() -> dict:
+    with gr.Row():
+        family = gr.Dropdown(family_choices(), value="demo", label="Family", allow_custom_value=True, scale=2)
+        fidelity = gr.Number(value=None, label="Examples per task (empty = all)", precision=0, scale=1)
+    plan = gr.Textbox(label="Plan (text form or JSON)", lines=3,
+                      placeholder="0:base 1:math 2:drop 3:merge(math=.6,strings=.4) ...")
+    with gr.Row():
+        reset = gr.Button("Base plan (keep every layer)")
+        run = gr.Button("Evaluate", variant="primary")
+    summary = gr.Markdown()
+    table = gr.Dataframe(headers=COLUMNS, label="Per-task scores", interactive=False)
+    run.click(evaluate, [family, plan, fidelity], [summary, table], api_name="evaluate")
+    reset.click(identity_plan, [family], [plan], api_name="identity_plan")
+    return {"family": family, "plan": plan}
