@@ -1,0 +1,83 @@
+"""SQLAlchemy 2.x ORM models: families, studies, trials, and the schema version.
+
+Plans, scores and settings are JSON columns: they are read whole and written once, and JSON keeps
+the schema stable while the engine grows new fields.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class FamilyRow(Base):
+    __tablename__ = "families"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the FamilySpec as loaded (sources, dtype, suite)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # layers, params, members
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    family_id: Mapped[int] = mapped_column(ForeignKey("families.id"))
+    family_source: Mapped[str] = mapped_column(Text)  # what to load the family from: 'demo', a spec path
+    method: Mapped[str] = mapped_column(String(40))  # smac, random, shortgpt, angular, last_n, laco, manual ...
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="created")  # created running finished failed cancelled interrupted
+    n_trials: Mapped[int] = mapped_column(Integer, default=0)  # how many trials were asked for
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    family: Mapped[FamilyRow] = relationship()
+    trials: Mapped[list["TrialRow"]] = relationship(back_populates="study", order_by="TrialRow.number",
+                                                    cascade="all, delete-orphan")
+
+
+class TrialRow(Base):
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("study_id", "number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)  # canonical plan JSON
+    plan_text: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # SMAC configuration, to re-tell
+    fidelity: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    task_retention: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    retention: Mapped[float | None] = mapped_column(Float, nullable=True)
+    kept_layers: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stitch_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # since the study started
+    status: Mapped[str] = mapped_column(String(20), default="complete")  # complete failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    study: Mapped[StudyRow] = relationship(back_populates="trials")

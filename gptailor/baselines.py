@@ -1,0 +1,148 @@
+"""Heuristic layer-pruning baselines, each producing a plan for the same budget.
+
+- ``last_n``:   drop the n layers just before the final one;
+- ``shortgpt``: ShortGPT block influence BI_i = 1 - mean_tokens cos(input_i, output_i) on a
+  calibration set; drop the n lowest;
+- ``angular``:  Gromov et al., d(l, l+n) = arccos(cos(h_l, h_{l+n})) / pi on the last token; drop
+  the n-block starting at the argmin;
+- ``best_single``: the best of the above applied to each member alone (does cross-model stitching
+  beat pruning the best single model?).
+
+All of them look at hidden states captured with forward hooks on the decoder layers, so they work
+on any Llama-layout model without relying on ``output_hidden_states`` conventions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .family import Family
+from .plan import Plan
+from .stitch import Stitcher
+from .tasks import Suite
+
+HEURISTICS = ("last_n", "shortgpt", "angular")
+
+
+def calibration_texts(suite: Suite, n: int = 64) -> list[str]:
+    """Texts to look at hidden states on: the suite's own examples, in each task's fixed order."""
+    texts: list[str] = []
+    per_task = max(1, n // max(1, len(suite.tasks)))
+    for task in suite:
+        for ex in task.subset(per_task):
+            if task.kind == "exact_match":
+                texts.append(ex["prompt"] + ex["target"])
+            elif task.kind == "multiple_choice":
+                texts.append(ex["context"] + ex["choices"][ex["answer"]])
+            else:
+                texts.append(ex["text"])
+    return texts[:n]
+
+
+@dataclass
+class LayerStates:
+    """Per layer: inputs and outputs (token-level, padding removed) and last-token inputs."""
+
+    inputs: list[torch.Tensor]  # [L] of (tokens, hidden)
+    outputs: list[torch.Tensor]
+    last_inputs: list[torch.Tensor]  # [L + 1] of (samples, hidden): h_0..h_L at the last token
+
+
+@torch.inference_mode()
+def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16) -> LayerStates:
+    layers = model.model.layers
+    L = len(layers)
+    ins: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    outs: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    last: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
+    current: dict[str, torch.Tensor] = {}
+
+    def hook(i: int) -> Callable:
+        def fn(_module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            m = current["mask"]
+            ins[i].append(x[m].float().cpu())
+            outs[i].append(y[m].float().cpu())
+            last[i].append(x[torch.arange(x.shape[0]), current["last"]].float().cpu())
+            if i == L - 1:
+                last[L].append(y[torch.arange(y.shape[0]), current["last"]].float().cpu())
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    dev = next(model.parameters()).device
+    try:
+        for s in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[s: s + batch_size], return_tensors="pt", padding=True)
+            mask = enc["attention_mask"].bool()
+            if tokenizer.padding_side == "left":
+                lastpos = torch.full((mask.shape[0],), mask.shape[1] - 1)
+            else:
+                lastpos = mask.sum(1) - 1
+            current.update(mask=mask.to(dev), last=lastpos.to(dev))
+            model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev))
+    finally:
+        for h in handles:
+            h.remove()
+    return LayerStates([torch.cat(x) for x in ins], [torch.cat(x) for x in outs], [torch.cat(x) for x in last])
+
+
+def block_influence(states: LayerStates) -> list[float]:
+    """ShortGPT's BI per layer: 1 - mean cosine similarity between a layer's input and output."""
+    return [float(1 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean())
+            for x, y in zip(states.inputs, states.outputs)]
+
+
+def angular_distance(states: LayerStates, n: int) -> list[float]:
+    """d(l, l+n) for every start l (0..L-n), averaged over samples at the last token."""
+    h = states.last_inputs
+    L = len(h) - 1
+    out = []
+    for l in range(L - n + 1):
+        cos = torch.nn.functional.cosine_similarity(h[l], h[l + n], dim=-1).clamp(-1, 1)
+        out.append(float((torch.arccos(cos) / torch.pi).mean()))
+    return out
+
+
+def last_n_plan(family: Family, n: int, member: str = "base") -> Plan:
+    L = family.n_layers
+    return Plan.drop_positions(L, range(L - 1 - n, L - 1), member, family.name) if n else \
+        Plan.identity(L, member, family.name)
+
+
+def shortgpt_plan(family: Family, n: int, states: LayerStates, member: str = "base") -> Plan:
+    bi = block_influence(states)
+    gone = sorted(range(len(bi)), key=lambda i: (bi[i], -i))[:n]
+    return Plan.drop_positions(family.n_layers, gone, member, family.name)
+
+
+def angular_plan(family: Family, n: int, states: LayerStates, member: str = "base") -> Plan:
+    if n == 0:
+        return Plan.identity(family.n_layers, member, family.name)
+    d = angular_distance(states, n)
+    start = min(range(len(d)), key=lambda l: (d[l], -l))
+    return Plan.drop_positions(family.n_layers, range(start, start + n), member, family.name)
+
+
+def heuristic_plan(name: str, family: Family, n: int, texts: list[str], member: str = "base",
+                   stitcher: Stitcher | None = None) -> Plan:
+    """One heuristic's plan for ``member`` (its own model) removing ``n`` layers."""
+    if name == "last_n":
+        return last_n_plan(family, n, member)
+    if name not in HEURISTICS:
+        raise ValueError(f"unknown baseline {name!r}; use one of {', '.join(HEURISTICS)}")
+    model = (stitcher or Stitcher(family)).build(Plan.identity(family.n_layers, member, family.name))
+    states = layer_states(model, family.tokenizer, texts)
+    return (shortgpt_plan if name == "shortgpt" else angular_plan)(family, n, states, member)
+
+
+def all_heuristic_plans(family: Family, n: int, texts: list[str], members: list[str] | None = None,
+                        stitcher: Stitcher | None = None) -> dict[tuple[str, str], Plan]:
+    """(heuristic, member) -> plan, for every heuristic and member (base only by default)."""
+    out = {}
+    for member in members or ["base"]:
+        for h in HEURISTICS:
+            out[(h, member)] = heuristic_plan(h, family, n, texts, member, stitcher)
+    return out

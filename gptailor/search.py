@@ -1,0 +1,420 @@
+"""SMAC search over layer plans (multi-fidelity by default), and random search on the same space.
+
+Tailoring is a zero-order problem (the paper): SMAC proposes a configuration, we decode it into a
+plan, stitch and score it on ``budget`` examples per task, and tell SMAC ``1 - retention``. The
+multi-fidelity facade (Hyperband) spends few examples on bad plans and the whole suite on the
+promising ones. We drive SMAC through its own ``optimize()`` loop with callbacks, so the same code
+runs sequentially or on Dask workers, and every trial is handed to ``on_trial`` *before* SMAC is
+told (a crash after that loses nothing that was reported).
+
+Resume: pass the earlier trials as ``previous``; they are re-told to a fresh SMAC, which then goes
+on until ``n_trials`` trials exist in all.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from ConfigSpace import Configuration
+
+from .evaluate import EvalResult, Evaluator, Reference
+from .family import Family
+from .plan import Op, Plan
+from .space import Budget, PlanSpace, make_space, removal_preference
+
+METHODS = ("smac", "random")
+CRASH_COST = 1.0  # retention 0
+
+
+@dataclass
+class SearchSettings:
+    method: str = "smac"  # smac | random
+    facade: str = "multi_fidelity"  # multi_fidelity (Hyperband over examples per task) | hpo (full fidelity)
+    space: str = "layerwise"  # layerwise | paper
+    constraint: str = "repair"  # layerwise only: repair | reject
+    n_trials: int = 100
+    walltime_s: float | None = None
+    min_fidelity: int = 8
+    max_fidelity: int | None = None  # None: every example of the suite
+    eta: int = 3
+    seed: int = 0
+    initial_plans: bool = True  # seed the initial design with heuristic plans (as the paper does)
+    n_initial: int | None = None  # random configurations in the initial design (default: SMAC's choice, capped)
+    n_workers: int = 1
+    scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown search method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.facade not in ("multi_fidelity", "hpo"):
+            raise ValueError("facade is 'multi_fidelity' or 'hpo'")
+        if self.n_trials < 1:
+            raise ValueError("n_trials must be at least 1")
+        if self.min_fidelity < 1 or (self.max_fidelity is not None and self.max_fidelity < self.min_fidelity):
+            raise ValueError("fidelities must satisfy 1 <= min_fidelity <= max_fidelity")
+
+
+@dataclass
+class TrialRecord:
+    """One evaluated plan, as the search reports it (and the database stores it)."""
+
+    number: int
+    plan: Plan
+    fidelity: int | None
+    result: EvalResult | None
+    status: str = "complete"  # complete | failed | rejected
+    error: str | None = None
+    config: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    source: str = "search"  # search | initial | heuristic name
+
+    @property
+    def retention(self) -> float | None:
+        return self.result.retention if self.result else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "plan": self.plan.to_dict(), "plan_text": self.plan.to_text(),
+                "fidelity": self.fidelity, "result": self.result.to_dict() if self.result else None,
+                "status": self.status, "error": self.error, "config": self.config, "wall_s": self.wall_s,
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialRecord":
+        """From ``to_dict`` output or a database trial row."""
+        r = d.get("result")
+        if r is None and d.get("retention") is not None:  # a database row: flat fields
+            r = {"plan": d["plan_text"], "fidelity": d.get("fidelity"), "scores": d.get("scores", {}),
+                 "metrics": {}, "task_retention": d.get("task_retention", {}), "references": {},
+                 "retention": d["retention"], "kept_layers": d.get("kept_layers") or 0, "n_layers": 0,
+                 "params": d.get("params") or 0, "stitch_s": d.get("stitch_s") or 0.0,
+                 "score_s": d.get("score_s") or 0.0}
+        result = None
+        if r:
+            r = dict(r)
+            r["references"] = {k: Reference(**v) if isinstance(v, dict) else v
+                               for k, v in r.get("references", {}).items()}
+            result = EvalResult(**r)
+        return cls(number=d["number"], plan=Plan.from_dict(d["plan"]), fidelity=d.get("fidelity"),
+                   result=result, status=d.get("status", "complete"), error=d.get("error"),
+                   config=d.get("config"), wall_s=d.get("wall_s") or 0.0, source=d.get("source", "search"))
+
+
+@dataclass
+class SearchResult:
+    trials: list[TrialRecord]
+    incumbent: TrialRecord | None
+    settings: SearchSettings
+    space: dict[str, Any] = field(default_factory=dict)
+    stopped: str = "finished"  # finished | cancelled | walltime
+    smac_overhead_s: float = 0.0  # wall time not spent evaluating
+
+
+def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
+    """The best complete trial at the highest fidelity any complete trial reached."""
+    done = [t for t in trials if t.status == "complete" and t.result is not None]
+    if not done:
+        return None
+    top = max((t.fidelity or math.inf) for t in done)
+    return max((t for t in done if (t.fidelity or math.inf) == top), key=lambda t: t.result.retention)
+
+
+# ----------------------------------------------------------------------------- the objective
+_CACHE: dict[tuple, Evaluator] = {}
+
+
+class Objective:
+    """SMAC's target function. Picklable for Dask: workers rebuild the evaluator from the recipe."""
+
+    def __init__(self, evaluator: Evaluator, space: PlanSpace, max_fidelity: int, constraint: str) -> None:
+        self.evaluator = evaluator
+        self.space = space
+        self.max_fidelity = max_fidelity
+        self.constraint = constraint
+        self._recipe = (evaluator.family.spec, str(evaluator.family.device), evaluator.suite.path,
+                        space.name, space.n_remove, space.seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "_recipe": self._recipe}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        spec, device, suite_path, space_name, n_remove, seed = self._recipe
+        key = (repr(spec), device, suite_path)
+        if key not in _CACHE:
+            from .tasks import load_suite
+
+            _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path))
+        self.evaluator = _CACHE[key]
+        kw = {"constraint": self.constraint} if space_name == "layerwise" else {}
+        self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **kw)
+
+    def train(self, config: Configuration, seed: int = 0, budget: float | None = None) -> tuple[float, dict]:
+        """SMAC's ``train(config, seed, budget)`` convention; a bound method so SMAC can inspect it."""
+        fidelity = self.max_fidelity if budget is None else max(1, int(round(budget)))
+        plan = self.space.decode(config)
+        if self.constraint == "reject" and not self.space.valid(config):
+            return CRASH_COST, {"plan": plan.to_dict(), "rejected": True, "fidelity": fidelity}
+        result = self.evaluator.evaluate(plan, fidelity)
+        return 1.0 - result.retention, {"plan": plan.to_dict(), "result": result.to_dict(), "fidelity": fidelity}
+
+
+# ----------------------------------------------------------------------------- heuristic seeds
+def removal_patterns(L: int, n: int) -> dict[str, list[int]]:
+    """Simple removal patterns for the initial design: deepest-first, middle-outward, alternating."""
+    if n == 0:
+        return {"none": []}
+    pref = removal_preference(L)
+    mid = L // 2
+    outward = sorted(range(1, L - 1), key=lambda i: (abs(i - mid), i))
+    alternating = list(range(L - 2, 0, -2)) + list(range(L - 3, 0, -2))
+    return {"deepest_first": pref[:n], "middle_outward": (outward + [L - 1, 0])[:n],
+            "alternating": (alternating + [L - 1, 0])[:n]}
+
+
+def merge_settings(members: list[str]) -> dict[str, Callable[[int], Op]]:
+    """What kept positions become in seeded plans: the base layer, or a merge across all members."""
+    out: dict[str, Callable[[int], Op]] = {"base": lambda i: Op.pick("base")}
+    cands = members[1:]
+    if cands:
+        out["linear_all"] = lambda i: Op.merge({m: 1.0 for m in members}, "linear")
+        out["task_arithmetic_half"] = lambda i: Op.merge({m: 0.5 for m in cands}, "task_arithmetic") \
+            if len(cands) > 1 else Op.pick(cands[0])
+    return out
+
+
+def seed_plans(family: Family, n_remove: int, heuristic_removals: dict[str, list[int]]) -> dict[str, Plan]:
+    """Heuristic removal patterns crossed with merge settings, duplicates (same model) removed."""
+    L = family.n_layers
+    removals = {**heuristic_removals, **removal_patterns(L, n_remove)}
+    plans: dict[str, Plan] = {}
+    seen: set[str] = set()
+    for rname, gone in removals.items():
+        for mname, op_of in merge_settings(family.member_names).items():
+            plan = Plan(tuple(Op.drop() if i in set(gone) else op_of(i) for i in range(L)), family.name)
+            if plan.key() not in seen:
+                seen.add(plan.key())
+                plans[f"{rname}+{mname}"] = plan
+    return plans
+
+
+# ----------------------------------------------------------------------------- the search
+class _Recorder:
+    """A SMAC callback: reports each trial before SMAC is told, and stops when asked to."""
+
+    def __init__(self, search: "Search") -> None:
+        from smac.callback import Callback
+
+        self.search = search
+        outer = self
+
+        class _CB(Callback):
+            def on_tell_start(self, smbo, info, value):
+                return outer.on_tell(info, value)
+
+            def on_tell_end(self, smbo, info, value):
+                return None if not outer.search._should_stop() else False
+
+        self.callback = _CB()
+
+    def on_tell(self, info, value) -> bool | None:
+        s = self.search
+        if s._replaying:
+            return None
+        extra = value.additional_info or {}
+        fidelity = extra.get("fidelity") or (int(round(info.budget)) if info.budget else s.max_fidelity)
+        plan = Plan.from_dict(extra["plan"]) if "plan" in extra else s.space.decode(info.config)
+        status, error, result = "complete", None, None
+        if extra.get("rejected"):
+            status, error = "rejected", f"drops the wrong number of layers (budget removes {s.space.n_remove})"
+        elif "result" in extra:
+            r = dict(extra["result"])
+            r["references"] = {k: Reference(**v) for k, v in r["references"].items()}
+            result = EvalResult(**r)
+        else:
+            status = "failed"
+            error = str(extra.get("error") or extra.get("traceback") or "trial failed").strip().splitlines()[-1]
+        record = TrialRecord(number=len(s.trials), plan=plan, fidelity=fidelity, result=result, status=status,
+                             error=error, config=dict(info.config), wall_s=s._elapsed(),
+                             source=s.seed_names.get(plan.key(), "search"))
+        s.trials.append(record)
+        if result is not None:
+            s.eval_s += result.stitch_s + result.score_s
+        if s.on_trial is not None:
+            s.on_trial(record)
+        return None
+
+
+class Search:
+    """One search run. ``run()`` returns a SearchResult; ``on_trial`` sees each trial as it lands."""
+
+    def __init__(self, evaluator: Evaluator, budget: Budget, settings: SearchSettings | None = None,
+                 on_trial: Callable[[TrialRecord], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, previous: Iterable[TrialRecord] = (),
+                 heuristic_removals: dict[str, list[int]] | None = None) -> None:
+        self.evaluator = evaluator
+        self.family = evaluator.family
+        self.settings = settings or SearchSettings()
+        self.settings.check()
+        self.budget = budget
+        self.n_remove = budget.n_remove(self.family)  # raises BudgetError before any work
+        self.max_fidelity = min(self.settings.max_fidelity or evaluator.suite.max_fidelity,
+                                evaluator.suite.max_fidelity)
+        self.min_fidelity = min(self.settings.min_fidelity, self.max_fidelity)
+        kw = {"constraint": self.settings.constraint} if self.settings.space == "layerwise" else {}
+        self.space = make_space(self.settings.space, self.family, self.n_remove, self.settings.seed, **kw)
+        self.on_trial = on_trial
+        self.should_stop = should_stop
+        self.previous = list(previous)
+        self.trials: list[TrialRecord] = list(self.previous)
+        self.heuristic_removals = heuristic_removals or {}
+        self.seed_names: dict[str, str] = {}
+        self.eval_s = 0.0
+        self._replaying = False
+        self._start = 0.0
+        self._stopped = "finished"
+
+    def _elapsed(self) -> float:
+        return (self.previous[-1].wall_s if self.previous else 0.0) + time.perf_counter() - self._start
+
+    def _should_stop(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self._stopped = "cancelled"
+            return True
+        return False
+
+    # -- SMAC assembly ----------------------------------------------------------------
+    def _scenario(self, outdir: str):
+        from smac import Scenario
+
+        s = self.settings
+        used = self.previous[-1].wall_s if self.previous else 0.0
+        kw: dict[str, Any] = {}
+        if s.method == "smac" and s.facade == "multi_fidelity" and self.min_fidelity < self.max_fidelity:
+            kw = {"min_budget": self.min_fidelity, "max_budget": self.max_fidelity}
+        return Scenario(self.space.cs, name="gptailor", output_directory=outdir, deterministic=True,
+                        n_trials=s.n_trials, walltime_limit=(s.walltime_s - used) if s.walltime_s else math.inf,
+                        crash_cost=CRASH_COST, seed=s.seed, n_workers=max(1, s.n_workers), **kw)
+
+    def _initial_configs(self) -> list[Configuration]:
+        if not self.settings.initial_plans:
+            return []
+        configs, seen = [], set()
+        for name, plan in seed_plans(self.family, self.n_remove, self.heuristic_removals).items():
+            cfg = self.space.encode(plan)
+            if cfg is None:
+                continue
+            key = self.space.decode(cfg).key()  # plans that decode to the same model count once
+            if key in seen:
+                continue
+            seen.add(key)
+            self.seed_names[key] = name
+            configs.append(cfg)
+        return configs
+
+    def _facade(self, scenario, objective, dask_client):
+        import smac
+
+        s = self.settings
+        common = {"overwrite": True, "logging_level": logging.ERROR, "callbacks": [self.recorder.callback],
+                  "dask_client": dask_client}
+        if s.method == "random":
+            return smac.RandomFacade(scenario, objective, **common)
+        F = smac.MultiFidelityFacade if "min_budget" in _scenario_kw(scenario) else smac.HyperparameterOptimizationFacade
+        extra = self._initial_configs()
+        n_init = s.n_initial if s.n_initial is not None else max(2, min(10, s.n_trials // 10))
+        design = F.get_initial_design(scenario, n_configs=n_init, additional_configs=extra)
+        kw = {"initial_design": design}
+        if F is smac.MultiFidelityFacade:
+            kw["intensifier"] = F.get_intensifier(scenario, eta=s.eta)
+        return F(scenario, objective, **common, **kw)
+
+    def _replay(self, smac_obj) -> None:
+        """Re-tell stored trials to a fresh SMAC (resume)."""
+        from smac.runhistory import StatusType, TrialInfo, TrialValue
+
+        self._replaying = True
+        try:
+            for t in self.previous:
+                if not t.config:
+                    continue
+                try:
+                    cfg = Configuration(self.space.cs, values=t.config)
+                except Exception:  # noqa: BLE001 - a config from another space version: skip it
+                    continue
+                budget = float(t.fidelity) if "min_budget" in _scenario_kw(smac_obj.scenario) else None
+                cost = 1.0 - t.retention if t.retention is not None else CRASH_COST
+                status = StatusType.SUCCESS if t.status != "failed" else StatusType.CRASHED
+                smac_obj.tell(TrialInfo(cfg, seed=self.settings.seed, budget=budget),
+                              TrialValue(cost=cost, status=status), save=False)
+        finally:
+            self._replaying = False
+
+    def run(self) -> SearchResult:
+        if os.environ.get("PYTHONHASHSEED") in (None, "random"):
+            warnings.warn("PYTHONHASHSEED is not set: the same seed may not repeat exactly "
+                          "(the CLI and the background worker set it for you)", stacklevel=2)
+        self.evaluator.references(self.max_fidelity)  # fail early (bad suite, family) before SMAC starts
+        if self.min_fidelity != self.max_fidelity:
+            self.evaluator.references(self.min_fidelity)
+        outdir = tempfile.mkdtemp(prefix="gptailor-smac-")
+        self.recorder = _Recorder(self)
+        objective = Objective(self.evaluator, self.space, self.max_fidelity, self.settings.constraint
+                              if self.settings.space == "layerwise" else "repair")
+        client = cluster = None
+        self._start = time.perf_counter()
+        try:
+            if self.settings.n_workers > 1 or self.settings.scheduler:
+                client, cluster = _dask_client(self.settings)
+            scenario = self._scenario(outdir)
+            facade = self._facade(scenario, objective.train, client)
+            self._replay(facade)
+            remaining = self.settings.n_trials - len(self.previous)
+            if remaining > 0 and not self._should_stop():
+                facade.optimize()
+            if self._stopped == "finished" and self.settings.walltime_s and \
+                    len(self.trials) < self.settings.n_trials:
+                self._stopped = "walltime"
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+            shutil.rmtree(outdir, ignore_errors=True)
+        total = time.perf_counter() - self._start
+        return SearchResult(self.trials, incumbent(self.trials), self.settings, self.space.describe(),
+                            self._stopped, smac_overhead_s=max(0.0, total - self.eval_s))
+
+
+def _scenario_kw(scenario) -> dict[str, Any]:
+    return {k: v for k, v in (("min_budget", scenario.min_budget), ("max_budget", scenario.max_budget))
+            if v is not None}
+
+
+def _dask_client(settings: SearchSettings):
+    from dask.distributed import Client, LocalCluster
+
+    if settings.scheduler:
+        return Client(settings.scheduler), None
+    cluster = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def format_exc() -> str:
+    return traceback.format_exc(limit=3)

@@ -1,0 +1,273 @@
+"""Search spaces: ConfigSpace encodings of layer plans under a size budget.
+
+Two encodings, both decoding every configuration to a valid plan that respects the budget:
+
+- ``layerwise`` (ours): per position an op in {drop, base, <candidates>, merge}; a merge has one
+  weight per member (members under 0.05 are left out) and a method, active only under the merge op
+  (ConfigSpace conditions). A configuration that drops the wrong number of layers is *repaired*
+  deterministically (extra drops restored from the shallowest up, missing drops taken from the
+  deepest non-final layer down -- the usual "deep layers are redundant" prior) or *rejected* (the
+  objective returns SMAC's crash cost), whichever ``constraint`` says.
+- ``paper`` (GPTailor's own): R removed positions; for every kept position a K-bit mask over the
+  finetunes (none = base layer, one = pick it, several = task arithmetic base + s * sum(theta_j -
+  base) of the selected ones, all read at the *same* source position) and one scale s.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ConfigSpace import (Categorical, ConfigurationSpace, EqualsCondition, Float, InCondition, Integer)
+from ConfigSpace import Configuration
+
+from .family import Family
+from .plan import Op, Plan, PlanError
+
+MIN_WEIGHT = 0.05
+MERGE_METHODS_SEARCHED = ("linear", "task_arithmetic", "ties")
+
+
+class BudgetError(ValueError):
+    """A budget the family cannot meet; raised before any work starts."""
+
+
+@dataclass
+class Budget:
+    """How much to remove: a number of layers, or a maximum fraction of the parameters to keep."""
+
+    remove_layers: int | None = None
+    max_param_fraction: float | None = None
+
+    def n_remove(self, family: Family) -> int:
+        """The number of positions to drop, checked against the family."""
+        L = family.n_layers
+        if (self.remove_layers is None) == (self.max_param_fraction is None):
+            raise BudgetError("give exactly one of remove_layers or max_param_fraction")
+        if self.remove_layers is not None:
+            n = int(self.remove_layers)
+            if n < 0:
+                raise BudgetError(f"cannot remove {n} layers; give a number from 0 to {L - 1}")
+        else:
+            f = float(self.max_param_fraction)
+            if not 0 < f <= 1:
+                raise BudgetError(f"max_param_fraction must be in (0, 1], got {f}")
+            total, per = family.param_count(), family.layer_params()
+            n = max(0, math.ceil((total - f * total) / per - 1e-9))
+        if n >= L:
+            raise BudgetError(f"budget removes {n} of {L} layers, which keeps none; remove at most {L - 1}")
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Budget":
+        return cls(d.get("remove_layers"), d.get("max_param_fraction"))
+
+
+def removal_preference(n_layers: int) -> list[int]:
+    """Positions from most to least removable: deepest non-final first, the final and first layers last."""
+    middle = list(range(n_layers - 2, 0, -1))
+    return middle + ([n_layers - 1] if n_layers > 1 else []) + [0]
+
+
+class PlanSpace:
+    """A ConfigSpace over plans of one family; ``decode`` maps configurations to plans."""
+
+    name = "abstract"
+
+    def __init__(self, family: Family, n_remove: int, seed: int = 0) -> None:
+        self.family = family
+        self.L = family.n_layers
+        self.members = family.member_names
+        self.candidates = self.members[1:]
+        self.n_remove = n_remove
+        self.seed = seed
+        self.cs = self._build()
+
+    def _build(self) -> ConfigurationSpace:
+        raise NotImplementedError
+
+    def decode(self, config: Configuration | dict) -> Plan:
+        raise NotImplementedError
+
+    def encode(self, plan: Plan) -> Configuration | None:
+        """The configuration of a plan, or None if this space cannot express it."""
+        raise NotImplementedError
+
+    def valid(self, config: Configuration | dict) -> bool:
+        """Whether a configuration meets the budget without repair."""
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"space": self.name, "positions": self.L, "members": self.members, "n_remove": self.n_remove,
+                "hyperparameters": len(list(self.cs.values()))}
+
+
+class LayerwiseSpace(PlanSpace):
+    name = "layerwise"
+
+    def __init__(self, family: Family, n_remove: int, seed: int = 0, constraint: str = "repair",
+                 merge: bool = True) -> None:
+        if constraint not in ("repair", "reject"):
+            raise ValueError("constraint is 'repair' or 'reject'")
+        self.constraint = constraint
+        self.merge = merge
+        super().__init__(family, n_remove, seed)
+
+    def _build(self) -> ConfigurationSpace:
+        cs = ConfigurationSpace(seed=self.seed)
+        ops = ["drop", *self.members] + (["merge"] if self.merge and len(self.members) > 1 else [])
+        for i in range(self.L):
+            op = Categorical(f"op_{i:03d}", ops, default=self.members[0])
+            cs.add(op)
+            if "merge" not in ops:
+                continue
+            method = Categorical(f"method_{i:03d}", list(MERGE_METHODS_SEARCHED), default="linear")
+            weights = [Float(f"w_{i:03d}_{m}", (0.0, 1.0), default=0.5) for m in self.members]
+            cs.add(method, *weights)
+            cs.add(*[EqualsCondition(h, op, "merge") for h in (method, *weights)])
+        return cs
+
+    def _raw_ops(self, config) -> list[Op]:
+        c = dict(config)
+        out = []
+        for i in range(self.L):
+            kind = c[f"op_{i:03d}"]
+            if kind == "drop":
+                out.append(Op.drop())
+            elif kind != "merge":
+                out.append(Op.pick(kind))
+            else:
+                w = {m: c[f"w_{i:03d}_{m}"] for m in self.members}
+                kept = {m: round(v, 4) for m, v in w.items() if v >= MIN_WEIGHT}
+                method = c[f"method_{i:03d}"]
+                if len(kept) == 0:
+                    kept = {max(w, key=w.get): 1.0}
+                if len(kept) == 1:  # a one-member merge is that member's layer (for every method here)
+                    out.append(Op.pick(next(iter(kept))))
+                else:
+                    out.append(Op.merge(kept, method))
+        return out
+
+    def valid(self, config) -> bool:
+        return sum(op.kind == "drop" for op in self._raw_ops(config)) == self.n_remove
+
+    def decode(self, config) -> Plan:
+        ops = self._raw_ops(config)
+        pref = removal_preference(self.L)
+        dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
+        if len(dropped) > self.n_remove:  # restore the least removable extra drops as base layers
+            for i in sorted(dropped, key=pref.index, reverse=True)[: len(dropped) - self.n_remove]:
+                ops[i] = Op.pick("base")
+        elif len(dropped) < self.n_remove:
+            for i in [p for p in pref if ops[p].kind != "drop"][: self.n_remove - len(dropped)]:
+                ops[i] = Op.drop()
+        return Plan(tuple(ops), self.family.name)
+
+    def encode(self, plan: Plan) -> Configuration | None:
+        values: dict[str, Any] = {}
+        for i, op in enumerate(plan.ops):
+            if op.kind == "drop":
+                values[f"op_{i:03d}"] = "drop"
+            elif op.kind == "pick":
+                values[f"op_{i:03d}"] = op.member
+            else:
+                if not self.merge or op.method not in MERGE_METHODS_SEARCHED or op.density is not None:
+                    return None
+                total = max(w for _, w in op.weights)
+                values[f"op_{i:03d}"] = "merge"
+                values[f"method_{i:03d}"] = op.method
+                for m in self.members:
+                    values[f"w_{i:03d}_{m}"] = min(1.0, op.weight_map.get(m, 0.0) / total)
+        try:
+            return Configuration(self.cs, values=values)
+        except Exception:  # noqa: BLE001 - ConfigSpace raises several kinds for an illegal value
+            return None
+
+
+class PaperSpace(PlanSpace):
+    """The encoding of the GPTailor paper (removed positions + per-layer finetune masks + one scale)."""
+
+    name = "paper"
+
+    def _build(self) -> ConfigurationSpace:
+        cs = ConfigurationSpace(seed=self.seed)
+        for j in range(self.n_remove):
+            cs.add(Integer(f"remove_{j:03d}", (0, self.L - 1), default=removal_preference(self.L)[j]))
+        for i in range(self.L):
+            for k in self.candidates:
+                cs.add(Categorical(f"mask_{i:03d}_{k}", [0, 1], default=0))
+        if self.candidates:
+            cs.add(Float("scale", (MIN_WEIGHT, 1.0), default=0.5))
+        return cs
+
+    def removed(self, config) -> list[int]:
+        """R distinct positions: a repeated position moves to the next free one (wrapping)."""
+        c = dict(config)
+        taken: list[int] = []
+        for j in range(self.n_remove):
+            p = int(c[f"remove_{j:03d}"])
+            while p in taken:
+                p = (p + 1) % self.L
+            taken.append(p)
+        return taken
+
+    def valid(self, config) -> bool:
+        c = dict(config)
+        return len({c[f"remove_{j:03d}"] for j in range(self.n_remove)}) == self.n_remove
+
+    def decode(self, config) -> Plan:
+        c = dict(config)
+        gone = set(self.removed(config))
+        s = round(float(c.get("scale", 1.0)), 4)
+        ops = []
+        for i in range(self.L):
+            if i in gone:
+                ops.append(Op.drop())
+                continue
+            chosen = [k for k in self.candidates if int(c[f"mask_{i:03d}_{k}"]) == 1]
+            if not chosen:
+                ops.append(Op.pick("base"))
+            elif len(chosen) == 1:
+                ops.append(Op.pick(chosen[0]))
+            else:
+                ops.append(Op.merge({k: s for k in chosen}, "task_arithmetic"))
+        return Plan(tuple(ops), self.family.name)
+
+    def encode(self, plan: Plan) -> Configuration | None:
+        dropped = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
+        if len(dropped) != self.n_remove:
+            return None
+        values: dict[str, Any] = {f"remove_{j:03d}": p for j, p in enumerate(dropped)}
+        scale = None
+        for i, op in enumerate(plan.ops):
+            chosen: set[str] = set()
+            if op.kind == "pick" and op.member != "base":
+                chosen = {op.member}
+            elif op.kind == "merge":
+                ws = {w for _, w in op.weights}
+                if op.method != "task_arithmetic" or "base" in op.members or len(ws) != 1:
+                    return None
+                if scale is not None and scale != ws.pop():
+                    return None
+                scale = op.weights[0][1]
+                chosen = set(op.members)
+            for k in self.candidates:
+                values[f"mask_{i:03d}_{k}"] = int(k in chosen)
+        if self.candidates:
+            values["scale"] = min(1.0, max(MIN_WEIGHT, scale if scale is not None else 0.5))
+        try:
+            return Configuration(self.cs, values=values)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+SPACES = {"layerwise": LayerwiseSpace, "paper": PaperSpace}
+
+
+def make_space(name: str, family: Family, n_remove: int, seed: int = 0, **kw) -> PlanSpace:
+    if name not in SPACES:
+        raise PlanError(f"unknown search space {name!r}; use one of {', '.join(SPACES)}")
+    return SPACES[name](family, n_remove, seed, **kw)
