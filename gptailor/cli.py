@@ -89,6 +89,20 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _plugins() -> list:
+    """Command sets contributed by the project's other packages (the study database adds search,
+    baseline, resume, cancel, studies, compare). Optional: the engine's commands work without them."""
+    import importlib
+
+    mods = []
+    for name in ("db.cli",):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gptailor", description="Tailor smaller LLMs from a model family.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -128,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=32)
     sp.add_argument("--temperature", type=float, default=0.0)
     sp.set_defaults(func=cmd_chat)
+    for plugin in _plugins():
+        plugin.register(sub)
     return p
 
 
@@ -137,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     from .plan import PlanError
     from .tasks import TaskError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not sys.stderr.isatty():  # progress bars are for people; keep logs and pipes clean
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    errors: tuple = (PlanError, FamilyError, TaskError, ExportError, FileNotFoundError)
+    for plugin in _plugins():
+        errors += plugin.errors()
     try:
+        if hasattr(args, "study_func"):
+            return args.study_func(args, argv)
         return args.func(args)
-    except (PlanError, FamilyError, TaskError, ExportError, FileNotFoundError) as e:
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

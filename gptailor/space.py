@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ConfigSpace import (Categorical, ConfigurationSpace, EqualsCondition, Float, InCondition, Integer)
+from ConfigSpace import Categorical, ConfigurationSpace, EqualsCondition, Float, Integer
 from ConfigSpace import Configuration
 
 from .family import Family
@@ -38,13 +38,19 @@ class Budget:
 
     remove_layers: int | None = None
     max_param_fraction: float | None = None
+    remove_fraction: float | None = None  # of the layers, rounded to the nearest whole layer
 
     def n_remove(self, family: Family) -> int:
         """The number of positions to drop, checked against the family."""
         L = family.n_layers
-        if (self.remove_layers is None) == (self.max_param_fraction is None):
-            raise BudgetError("give exactly one of remove_layers or max_param_fraction")
-        if self.remove_layers is not None:
+        given = [x is not None for x in (self.remove_layers, self.max_param_fraction, self.remove_fraction)]
+        if sum(given) != 1:
+            raise BudgetError("give exactly one of remove_layers, remove_fraction or max_param_fraction")
+        if self.remove_fraction is not None:
+            if not 0 <= self.remove_fraction < 1:
+                raise BudgetError(f"remove_fraction must be in [0, 1), got {self.remove_fraction}")
+            n = int(round(self.remove_fraction * L))
+        elif self.remove_layers is not None:
             n = int(self.remove_layers)
             if n < 0:
                 raise BudgetError(f"cannot remove {n} layers; give a number from 0 to {L - 1}")
@@ -63,7 +69,7 @@ class Budget:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Budget":
-        return cls(d.get("remove_layers"), d.get("max_param_fraction"))
+        return cls(d.get("remove_layers"), d.get("max_param_fraction"), d.get("remove_fraction"))
 
 
 def removal_preference(n_layers: int) -> list[int]:

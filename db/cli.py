@@ -1,0 +1,226 @@
+"""Study commands of ``python -m gptailor``: search, baseline, resume, cancel, studies, compare.
+
+They live beside the database (not in the engine) and are offered by the CLI when this package is
+importable, so the engine stays usable on its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _budget(args):
+    from gptailor.space import Budget
+
+    if args.max_param_fraction is not None:
+        return Budget(max_param_fraction=args.max_param_fraction)
+    if args.remove_layers is not None:
+        return Budget(remove_layers=args.remove_layers)
+    return Budget(remove_fraction=args.remove_fraction)
+
+
+def _fixed_hash_seed(argv: list[str], seed: int) -> None:
+    """SMAC repeats a seed exactly only with PYTHONHASHSEED fixed: re-run ourselves with it set."""
+    if os.environ.get("PYTHONHASHSEED") == str(seed):
+        return
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "gptailor", *argv], env)
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, disable=None)
+    best = [None]
+
+    def on_trial(rec) -> None:
+        if rec.retention is not None and (best[0] is None or rec.retention > best[0]):
+            best[0] = rec.retention
+        bar.set_postfix_str(f"best {100 * best[0]:.1f}%" if best[0] is not None else "")
+        bar.update(1)
+    return bar, on_trial
+
+
+def _run(args, store, study_id: int, total: int | None) -> int:
+    from .runs import launch, run_study
+
+    if args.background:
+        proc = launch(store, study_id, log_dir=os.path.join(os.path.dirname(store.url.split("///")[-1]) or ".", "logs"))
+        print(f"study {study_id} started in the background (pid {proc.pid}); follow it with "
+              f"`python -m gptailor studies`")
+        return 0
+    done = len(store.trials(study_id))
+    bar, on_trial = _progress(total, f"study {study_id}")
+    bar.update(done)
+    try:
+        status = run_study(store, study_id, on_trial=on_trial)
+    finally:
+        bar.close()
+    s = store.study(study_id)
+    best = s["best_retention"]
+    print(f"study {study_id} {status}: {s['trials_done']} trials, best retention "
+          f"{'-' if best is None else f'{100 * best:.1f}%'}")
+    from .runs import best_trial
+
+    b = best_trial(store.trials(study_id))
+    if b:
+        print(f"best plan: {b['plan_text']}")
+    return 0 if status in ("finished", "cancelled") else 1
+
+
+def cmd_search(args, argv) -> int:
+    from gptailor.search import SearchSettings
+
+    from .runs import create_study
+    from .store import Store
+
+    if not args.background:
+        _fixed_hash_seed(argv, args.seed)
+    settings = SearchSettings(method=args.method, facade=args.facade, space=args.space, constraint=args.constraint,
+                              n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
+                              max_fidelity=args.max_fidelity, seed=args.seed,
+                              initial_plans=not args.no_initial_plans, n_workers=args.workers,
+                              scheduler=args.scheduler)
+    store = Store(args.db)
+    sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
+    return _run(args, store, sid, args.trials)
+
+
+def cmd_baseline(args, argv) -> int:
+    from gptailor.search import SearchSettings
+
+    from .runs import create_study
+    from .store import Store
+
+    store = Store(args.db)
+    sid = create_study(store, args.family, args.method, _budget(args), SearchSettings(seed=args.seed),
+                       args.suite, args.name)
+    return _run(args, store, sid, None)
+
+
+def cmd_resume(args, argv) -> int:
+    from .runs import StudyError, reconcile
+    from .store import Store
+
+    store = Store(args.db)
+    reconcile(store)
+    s = store.study(args.study)
+    if s["status"] == "finished":
+        raise StudyError(f"study {args.study} is finished ({s['trials_done']} trials); nothing to resume")
+    if s["status"] in ("running", "cancelling"):
+        raise StudyError(f"study {args.study} is still running (pid {s['worker_pid']})")
+    if not args.background:
+        _fixed_hash_seed(argv, int(s["settings"].get("seed", 0)))
+    return _run(args, store, args.study, s["n_trials"] or None)
+
+
+def cmd_cancel(args, argv) -> int:
+    from .runs import cancel
+    from .store import Store
+
+    store = Store(args.db)
+    cancel(store, args.study)
+    print(f"study {args.study}: {store.study(args.study)['status']}")
+    return 0
+
+
+def cmd_studies(args, argv) -> int:
+    from .runs import reconcile
+    from .store import Store
+
+    store = Store(args.db)
+    reconcile(store)
+    rows = store.studies()
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}{'best':>8}  name")
+    for s in rows:
+        best = "-" if s["best_retention"] is None else f"{100 * s['best_retention']:.1f}%"
+        target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
+        print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}{best:>8}  {s['name']}")
+    return 0
+
+
+def cmd_compare(args, argv) -> int:
+    from .runs import compare, compare_table
+    from .store import Store
+
+    rows = compare(Store(args.db), args.studies or None)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    else:
+        print(compare_table(rows))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from gptailor.baselines import HEURISTICS
+
+    def common(sp, budget: bool = True):
+        sp.add_argument("--db", default=None, help="SQLAlchemy URL (default: GPTAILOR_DB_URL or data/gptailor.db)")
+        if budget:
+            sp.add_argument("--family", "-f", default="demo")
+            sp.add_argument("--suite", default=None, help="suite.yaml (default: the family's)")
+            g = sp.add_mutually_exclusive_group()
+            g.add_argument("--remove-layers", "-r", type=int, default=None, help="layers to remove")
+            g.add_argument("--max-param-fraction", type=float, default=None,
+                           help="keep at most this fraction of the parameters")
+            g.add_argument("--remove-fraction", type=float, default=0.25,
+                           help="fraction of the layers to remove (default 0.25, the paper's setting)")
+            sp.add_argument("--name", default=None)
+            sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--background", action="store_true", help="run in a worker process and return")
+
+    sp = sub.add_parser("search", help="SMAC (or random) search for a plan under a budget, stored as a study")
+    common(sp)
+    sp.add_argument("--method", choices=["smac", "random"], default="smac")
+    sp.add_argument("--facade", choices=["multi_fidelity", "hpo"], default="multi_fidelity")
+    sp.add_argument("--space", choices=["layerwise", "paper"], default="layerwise")
+    sp.add_argument("--constraint", choices=["repair", "reject"], default="repair")
+    sp.add_argument("--trials", "-n", type=int, default=100)
+    sp.add_argument("--walltime", type=float, default=None, help="seconds")
+    sp.add_argument("--min-fidelity", type=int, default=8, help="examples per task at the lowest fidelity")
+    sp.add_argument("--max-fidelity", type=int, default=None, help="examples per task at full fidelity (default all)")
+    sp.add_argument("--no-initial-plans", action="store_true", help="do not seed SMAC with heuristic plans")
+    sp.add_argument("--workers", type=int, default=1, help="parallel trials through SMAC's Dask support")
+    sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
+    sp.set_defaults(study_func=cmd_search)
+
+    sp = sub.add_parser("baseline", help="a heuristic pruning baseline, stored as a study")
+    common(sp)
+    sp.add_argument("--method", "-m", choices=[*HEURISTICS, "best_single"], required=True)
+    sp.set_defaults(study_func=cmd_baseline)
+
+    sp = sub.add_parser("resume", help="continue an interrupted or cancelled study")
+    common(sp, budget=False)
+    sp.add_argument("study", type=int)
+    sp.set_defaults(study_func=cmd_resume)
+
+    sp = sub.add_parser("cancel", help="stop a running study after its current trial")
+    common(sp, budget=False)
+    sp.add_argument("study", type=int)
+    sp.set_defaults(study_func=cmd_cancel)
+
+    sp = sub.add_parser("studies", help="list studies with status and best retention")
+    sp.add_argument("--db", default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(study_func=cmd_studies)
+
+    sp = sub.add_parser("compare", help="every study's best plan re-evaluated at full fidelity")
+    sp.add_argument("--db", default=None)
+    sp.add_argument("studies", type=int, nargs="*")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(study_func=cmd_compare)
+
+
+def errors() -> tuple[type[Exception], ...]:
+    from gptailor.space import BudgetError
+
+    from .runs import StudyError
+    from .store import StoreError
+
+    return (StudyError, StoreError, BudgetError)

@@ -1,0 +1,291 @@
+"""Study lifecycle: create, run in a background worker process, cancel, detect interruption, resume.
+
+A study runs in its own process (``python -m db.worker``), never in the UI's thread: it writes each
+trial in its own transaction as soon as it completes, and polls the database for a cancel request
+between trials. A worker killed outright (SIGKILL, OOM killer, reboot) leaves its study marked
+``running`` with a dead pid; ``reconcile`` turns that into ``interrupted``, and ``resume`` starts a
+new worker that re-tells the stored trials to SMAC and goes on to the requested number.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
+from gptailor.baselines import HEURISTICS, calibration_texts, heuristic_plan
+from gptailor.search import Search, SearchSettings, TrialRecord
+from gptailor.space import Budget
+
+from .store import Store, StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = (*HEURISTICS, "best_single")
+METHODS = ("smac", "random", *BASELINES, "manual")
+ACTIVE = ("created", "running", "cancelling")
+
+
+class StudyError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------- creation
+def load_engine(family_source: str, suite: str | None = None, device: str | None = None) -> Evaluator:
+    fam = Family.from_spec(family_source, device=device)
+    path = suite or fam.spec.suite_path()
+    if not path:
+        raise StudyError(f"family {fam.name!r} names no task suite; pass a suite (suite.yaml)")
+    return Evaluator(fam, load_suite(path))
+
+
+def create_study(store: Store, family_source: str, method: str, budget: Budget,
+                 settings: SearchSettings | None = None, suite: str | None = None, name: str | None = None,
+                 evaluator: Evaluator | None = None) -> int:
+    """Validate everything that can be validated up front, then store the study (status 'created')."""
+    if method not in METHODS:
+        raise StudyError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    settings = settings or SearchSettings()
+    if method in ("smac", "random"):
+        settings.method = method
+    settings.check()
+    ev = evaluator or load_engine(family_source, suite)
+    n_remove = budget.n_remove(ev.family)  # BudgetError before anything is stored
+    spec = FamilySpec.load(family_source) if not isinstance(family_source, FamilySpec) else family_source
+    info = ev.family.info()
+    s = settings.to_dict()
+    s["suite"] = ev.suite.path
+    s["n_remove"] = n_remove
+    n_trials = settings.n_trials if method in ("smac", "random") else 0
+    return store.create_study(family_name=ev.family.name, family_source=str(family_source),
+                              family_spec=spec.to_dict(), family_info=info, method=method,
+                              budget=budget.to_dict(), settings=s, n_trials=n_trials, name=name)
+
+
+# ----------------------------------------------------------------------------- running
+def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
+              on_trial: Callable[[TrialRecord], None] | None = None) -> str:
+    """Run (or continue) a study in this process; returns its final status."""
+    study = store.study(study_id)
+    if study["status"] == "finished":
+        return "finished"
+    store.set_status(study_id, "running", pid=os.getpid())
+    try:
+        ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
+        budget = Budget.from_dict(study["budget"])
+        previous = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
+
+        def record(rec: TrialRecord) -> None:
+            store.record_trial(study_id, rec.to_dict())
+            if on_trial:
+                on_trial(rec)
+
+        def cancelled() -> bool:
+            return store.study(study_id)["status"] == "cancelling"
+
+        method = study["method"]
+        if method in ("smac", "random"):
+            settings = SearchSettings.from_dict(study["settings"])
+            heur = _heuristic_removals(ev, budget) if method == "smac" and settings.initial_plans else {}
+            result = Search(ev, budget, settings, on_trial=record, should_stop=cancelled, previous=previous,
+                            heuristic_removals=heur).run()
+            status = "cancelled" if result.stopped == "cancelled" else "finished"
+        elif method in BASELINES:
+            status = _run_baseline(ev, budget, method, previous, record, cancelled)
+        else:
+            status = "finished"
+        store.set_status(study_id, status)
+        return status
+    except KeyboardInterrupt:
+        store.set_status(study_id, "cancelled", error="stopped by a signal")
+        return "cancelled"
+    except Exception as e:  # noqa: BLE001 - whatever broke, the study says so and stays readable
+        store.set_status(study_id, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def _heuristic_removals(ev: Evaluator, budget: Budget) -> dict[str, list[int]]:
+    n = budget.n_remove(ev.family)
+    texts = calibration_texts(ev.suite)
+    out = {}
+    for h in HEURISTICS:
+        plan = heuristic_plan(h, ev.family, n, texts, stitcher=ev.stitcher)
+        out[h] = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
+    return out
+
+
+def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[TrialRecord],
+                  record: Callable[[TrialRecord], None], cancelled: Callable[[], bool]) -> str:
+    """Evaluate the heuristic's plan(s) at full fidelity; best_single tries every heuristic on every member."""
+    n = budget.n_remove(ev.family)
+    texts = calibration_texts(ev.suite)
+    todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS] if method == "best_single" \
+        else [(method, "base")]
+    done = {t.source for t in previous}
+    number = len(previous)
+    start = time.perf_counter()
+    for h, m in todo:
+        name = f"{h}:{m}"
+        if name in done:
+            continue
+        if cancelled():
+            return "cancelled"
+        plan = heuristic_plan(h, ev.family, n, texts, member=m, stitcher=ev.stitcher)
+        res = ev.evaluate(plan, None)
+        record(TrialRecord(number=number, plan=plan, fidelity=ev.suite.max_fidelity, result=res,
+                           wall_s=time.perf_counter() - start, source=name))
+        number += 1
+    return "finished"
+
+
+# ----------------------------------------------------------------------------- background workers
+def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
+    """Start a worker process for the study; returns at once."""
+    study = store.study(study_id)
+    if study["status"] in ("running", "cancelling") and _alive(study["worker_pid"]):
+        raise StudyError(f"study {study_id} is already running (pid {study['worker_pid']})")
+    seed = int(study["settings"].get("seed", 0))
+    env = {**os.environ, "PYTHONHASHSEED": str(seed), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = subprocess.DEVNULL
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        log = open(Path(log_dir) / f"study-{study_id}.log", "ab")
+    store.set_status(study_id, "created")
+    proc = subprocess.Popen([sys.executable, "-m", "db.worker", "--db", store.url, "--study", str(study_id)],
+                            env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    store.set_status(study_id, "created", pid=proc.pid)
+    return proc
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def reconcile(store: Store) -> list[int]:
+    """Mark studies whose worker died without saying so as 'interrupted'; returns their ids."""
+    out = []
+    for s in store.studies():
+        if s["status"] in ACTIVE and s["worker_pid"] and not _alive(s["worker_pid"]):
+            store.set_status(s["id"], "interrupted", error="the worker process ended unexpectedly; resume it")
+            out.append(s["id"])
+    return out
+
+
+def cancel(store: Store, study_id: int) -> None:
+    """Ask the worker to stop after the current trial (or mark a dead study cancelled)."""
+    s = store.study(study_id)
+    if s["status"] in ("running", "created") and _alive(s["worker_pid"]):
+        store.set_status(study_id, "cancelling")
+    elif s["status"] in ACTIVE:
+        store.set_status(study_id, "cancelled")
+
+
+def resume(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
+    reconcile(store)
+    s = store.study(study_id)
+    if s["status"] == "finished":
+        raise StudyError(f"study {study_id} is finished ({s['trials_done']} trials); nothing to resume")
+    if s["status"] in ("running", "cancelling"):
+        raise StudyError(f"study {study_id} is still running (pid {s['worker_pid']})")
+    return launch(store, study_id, log_dir)
+
+
+def wait(store: Store, study_id: int, timeout: float = 600, poll: float = 0.5) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = store.study(study_id)
+        if s["status"] in ("finished", "failed", "cancelled", "interrupted"):
+            return s
+        reconcile(store)
+        time.sleep(poll)
+    raise TimeoutError(f"study {study_id} still {store.study(study_id)['status']} after {timeout}s")
+
+
+# ----------------------------------------------------------------------------- comparing
+@dataclass
+class CompareRow:
+    study_id: int
+    name: str
+    method: str
+    plan: str
+    scores: dict[str, float]
+    task_retention: dict[str, float | None]
+    retention: float
+    kept_layers: int
+    params: int
+    trials: int
+    wall_s: float
+
+
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    done = [t for t in trials if t["status"] == "complete" and t["retention"] is not None]
+    if not done:
+        return None
+    top = max(t["fidelity"] or 0 for t in done)
+    return max((t for t in done if (t["fidelity"] or 0) == top), key=lambda t: t["retention"])
+
+
+def compare(store: Store, study_ids: list[int] | None = None,
+            evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
+    """Every study's best plan re-evaluated at full fidelity, one row each."""
+    evaluators = evaluators if evaluators is not None else {}
+    rows = []
+    for s in store.studies():
+        if study_ids and s["id"] not in study_ids:
+            continue
+        trials = store.trials(s["id"])
+        best = best_trial(trials)
+        if best is None:
+            continue
+        key = f"{s['family_source']}|{s['settings'].get('suite')}"
+        if key not in evaluators:
+            evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
+        ev = evaluators[key]
+        res = ev.evaluate(Plan.from_dict(best["plan"]), None)
+        rows.append(CompareRow(s["id"], s["name"], s["method"], res.plan, res.scores, res.task_retention,
+                               res.retention, res.kept_layers, res.params, len(trials),
+                               max((t["wall_s"] or 0) for t in trials)))
+    return rows
+
+
+def compare_table(rows: list[CompareRow]) -> str:
+    if not rows:
+        return "no studies with complete trials"
+    tasks = list(rows[0].scores)
+    head = f"{'id':>3} {'method':<12}" + "".join(f"{t[:10]:>11}" for t in tasks) + \
+        f"{'average':>9}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}"
+    lines = [head]
+    for r in rows:
+        cells = "".join(f"{'-' if r.task_retention.get(t) is None else f'{100 * r.task_retention[t]:.1f}%':>11}"
+                        for t in tasks)
+        lines.append(f"{r.study_id:>3} {r.method:<12}{cells}{100 * r.retention:>8.1f}%{r.kept_layers:>6}"
+                     f"{r.params / 1e6:>8.2f}M{r.trials:>7}{r.wall_s:>8.1f}")
+    return "\n".join(lines)
+
+
+def terminate(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+__all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
+           "wait", "compare", "compare_table", "METHODS", "BASELINES"]
