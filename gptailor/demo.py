@@ -6,7 +6,7 @@ naive layer dropping hurts. Everything here is deterministic: ``python -m gptail
 regenerates the shipped weights and task files from scratch (about 15-25 minutes on 2 CPU cores).
 
 Skills (all in the same chat format ``<|user|>PROMPT<|assistant|>ANSWER<|end|>``):
-- ``math``:    3-digit addition, ``123+45`` -> ``168``;
+- ``math``:    2-digit addition, ``23+45`` -> ``68``;
 - ``strings``: reverse a lowercase word, ``rev plokta`` -> ``atkolp``;
 - ``facts``:   recall of a synthetic fact base, ``color of zubok`` -> ``teal``.
 """
@@ -38,7 +38,7 @@ def chat(prompt: str) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-def _fact_base(seed: int = 7, n: int = 160) -> dict[str, str]:
+def _fact_base(seed: int = 7, n: int = 600) -> dict[str, str]:
     rng = random.Random(seed)
     cons, vows = "bdfgklmnprstvz", "aeiou"
     names: dict[str, str] = {}
@@ -58,7 +58,7 @@ def _split(key: str) -> str:
 
 
 def math_example(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(0, 999), rng.randint(0, 999)
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
     return f"{a}+{b}", str(a + b)
 
 
@@ -117,11 +117,11 @@ class DemoConfig:
     num_key_value_heads: int = 2
     seq_len: int = 96
     batch_size: int = 48
-    base_steps: int = 1500
+    base_steps: int = 600
     base_lr: float = 3e-3
-    finetune_steps: int = 700
-    finetune_lr: float = 1.5e-3
-    finetune_own_share: float = 0.85
+    finetune_steps: int = 600
+    finetune_lr: float = 2e-3
+    finetune_own_share: float = 0.9
     seed: int = 0
 
 
@@ -211,8 +211,9 @@ def write_tasks(out: Path, n_test: int = 200, seed: int = 1) -> None:
                 seen.add(prompt)
                 rows.append({"prompt": chat(prompt), "target": answer})
         _write_jsonl(tasks / f"{skill}.jsonl", rows)
-    facts = [{"context": chat(f"color of {name}"), "choices": COLORS, "answer": COLORS.index(color)}
-             for name, color in sorted(FACTS.items())]
+    names = random.Random(seed + 1).sample(sorted(FACTS), 200)  # recall is the skill: a sample of the base
+    facts = [{"context": chat(f"color of {name}"), "choices": COLORS, "answer": COLORS.index(FACTS[name])}
+             for name in names]
     _write_jsonl(tasks / "facts.jsonl", facts)
     mix = [{"text": render(*sample(SKILLS[i % 3], rng, split="test"))} for i in range(120)]
     _write_jsonl(tasks / "chat_ppl.jsonl", mix)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .demo import DEMO_DIR
+DEMO_DIR = Path(__file__).resolve().parent / "demo_family"  # built by `python -m gptailor.demo build`
 
 # Decoder-only architectures sharing the Llama layout (model.layers[i].self_attn / mlp, norms).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")

@@ -183,8 +183,13 @@ class Plan:
         return {m for op in self.ops for m in op.members}
 
     def key(self) -> str:
-        """A canonical string: plans with equal keys build the same model."""
-        return self.to_text()
+        """A canonical string: plans with equal keys build the same model (merge order ignored
+        except for slerp, whose direction matters)."""
+        def canon(op: Op) -> Op:
+            if op.kind != "merge" or op.method == "slerp":
+                return op
+            return Op.merge(sorted(op.weights), op.method, op.density)
+        return " ".join(f"{i}:{canon(op).to_text()}" for i, op in enumerate(self.ops))
 
     # -- constructors ---------------------------------------------------------------
     @classmethod

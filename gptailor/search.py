@@ -204,8 +204,8 @@ def seed_plans(family: Family, n_remove: int, heuristic_removals: dict[str, list
     removals = {**heuristic_removals, **removal_patterns(L, n_remove)}
     plans: dict[str, Plan] = {}
     seen: set[str] = set()
-    for rname, gone in removals.items():
-        for mname, op_of in merge_settings(family.member_names).items():
+    for mname, op_of in merge_settings(family.member_names).items():  # plain removals first: most trusted
+        for rname, gone in removals.items():
             plan = Plan(tuple(Op.drop() if i in set(gone) else op_of(i) for i in range(L)), family.name)
             if plan.key() not in seen:
                 seen.add(plan.key())
@@ -336,8 +336,8 @@ class Search:
         if s.method == "random":
             return smac.RandomFacade(scenario, objective, **common)
         F = smac.MultiFidelityFacade if "min_budget" in _scenario_kw(scenario) else smac.HyperparameterOptimizationFacade
-        extra = self._initial_configs()
-        n_init = s.n_initial if s.n_initial is not None else max(2, min(10, s.n_trials // 10))
+        n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
+        extra = self._initial_configs()[: max(0, s.n_trials // 2 - n_init)]  # keep room for SMAC's own picks
         design = F.get_initial_design(scenario, n_configs=n_init, additional_configs=extra)
         kw = {"initial_design": design}
         if F is smac.MultiFidelityFacade:

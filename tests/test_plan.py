@@ -18,6 +18,13 @@ def test_text_json_round_trip():
     assert plan.validate(MEMBERS, 6) is plan
 
 
+def test_key_ignores_merge_order_but_not_for_slerp():
+    a = Plan.from_text("merge(math=.6,code=.4) base")
+    b = Plan.from_text("merge(code=.4,math=.6) base")
+    assert a != b and a.key() == b.key()
+    assert Plan.from_text("merge[slerp](math=1,code=1)").key() != Plan.from_text("merge[slerp](code=1,math=1)").key()
+
+
 def test_text_without_indices_and_json_shorthand():
     assert Plan.from_text("base drop math") == Plan.from_text("0:base 1:drop 2:math")
     assert Plan.from_dict({"layers": ["base", "drop", {"op": "pick", "member": "math"}]}).to_text() == "0:base 1:drop 2:math"

@@ -1,0 +1,184 @@
+"""The study database and background workers: real SQLite files, real worker processes."""
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from db.runs import StudyError, cancel, compare, compare_table, create_study, launch, reconcile, resume, \
+    run_study, wait
+from db.store import SCHEMA_VERSION, Store, StoreError
+from gptailor import Evaluator, demo, load_suite
+from gptailor.family import Family
+from gptailor.search import SearchSettings
+from gptailor.space import Budget, BudgetError
+
+from conftest import make_tiny_family
+
+
+@pytest.fixture(scope="module")
+def fam_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dbfam")
+    spec = make_tiny_family(d, n_layers=6)
+    demo.write_tasks(d, n_test=12)
+    spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def ev(fam_dir):
+    return Evaluator(Family.from_spec(fam_dir / "family.yaml"), load_suite(fam_dir / "tasks/suite.yaml"))
+
+
+def settings(**kw):
+    base = dict(n_trials=6, min_fidelity=2, max_fidelity=8, seed=0)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def test_store_round_trip_and_wal(tmp_path, fam_dir, ev):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2), settings(),
+                       evaluator=ev)
+    assert store.study(sid)["status"] == "created" and store.study(sid)["n_trials"] == 6
+    assert run_study(store, sid, evaluator=ev) == "finished"
+    s = store.study(sid)
+    trials = store.trials(sid)
+    assert s["status"] == "finished" and s["trials_done"] == 6 == len(trials)
+    assert all(t["plan_text"] and t["config"] for t in trials)
+    assert s["best_retention"] == max(t["retention"] for t in trials if t["fidelity"] == 8)
+    with sqlite3.connect(tmp_path / "g.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_bad_inputs_leave_no_partial_study(tmp_path, fam_dir, ev):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    with pytest.raises(BudgetError, match="keeps none"):
+        create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=6), settings(), evaluator=ev)
+    with pytest.raises(StudyError, match="unknown method 'magic'"):
+        create_study(store, str(fam_dir / "family.yaml"), "magic", Budget(remove_layers=1), evaluator=ev)
+    from gptailor.family import FamilyError
+
+    with pytest.raises(FamilyError, match="no family"):
+        create_study(store, str(tmp_path / "nope.yaml"), "smac", Budget(remove_layers=1))
+    assert store.studies() == []
+
+
+def test_corrupt_and_unwritable_databases_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError, match="bad.db.*move it aside"):
+        Store(f"sqlite:///{bad}")
+    assert bad.read_bytes().startswith(b"this is not")  # nothing overwritten
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
+            (tmp_path / "afile").write_text("x")
+            url = f"sqlite:///{tmp_path / 'afile' / 'sub' / 'g.db'}"
+        else:
+            url = f"sqlite:///{ro / 'g.db'}"
+        with pytest.raises(StoreError, match="writable"):
+            Store(url)
+    finally:
+        os.chmod(ro, 0o700)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    Store(url)
+    with sqlite3.connect(tmp_path / "g.db") as con:
+        con.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreError, match="newer than this release"):
+        Store(url)
+
+
+def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    ids = {}
+    for m in ("last_n", "shortgpt", "angular", "best_single"):
+        ids[m] = create_study(store, str(fam_dir / "family.yaml"), m, Budget(remove_layers=2), evaluator=ev)
+        assert run_study(store, ids[m], evaluator=ev) == "finished"
+    assert store.trials(ids["last_n"])[0]["plan_text"] == "0:base 1:base 2:base 3:drop 4:drop 5:base"
+    single = store.trials(ids["best_single"])
+    assert len(single) == 9  # 3 heuristics x 3 members
+    assert {t["plan_text"].split()[0].split(":")[1] for t in single} >= {"base", "math", "code"}
+    rows = compare(store, evaluators={f"{fam_dir / 'family.yaml'}|{ev.suite.path}": ev})
+    assert [r.method for r in rows] == ["last_n", "shortgpt", "angular", "best_single"]
+    assert all(r.kept_layers == 4 for r in rows)
+    assert "average" in compare_table(rows)
+
+
+def test_two_concurrent_studies_and_a_reader(tmp_path, fam_dir):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    spec = str(fam_dir / "family.yaml")
+    ids = [create_study(store, spec, m, Budget(remove_layers=2), settings(method=m, n_trials=8, seed=i))
+           for i, m in enumerate(("smac", "random"))]
+    for sid in ids:
+        launch(store, sid, log_dir=tmp_path / "logs")
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                for sid in ids:
+                    store.trials(sid)
+                store.studies()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        done = [wait(store, sid, timeout=300) for sid in ids]
+    finally:
+        stop.set()
+        t.join()
+    logs = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert [d["status"] for d in done] == ["finished", "finished"], logs
+    assert [d["trials_done"] for d in done] == [8, 8]
+    assert not errors and "locked" not in logs
+
+
+def test_sigkill_loses_nothing_and_resume_finishes(tmp_path, fam_dir):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2),
+                       settings(n_trials=14))
+    proc = launch(store, sid, log_dir=tmp_path / "logs")
+    deadline = time.time() + 240
+    while len(store.trials(sid)) < 4:
+        assert time.time() < deadline and proc.poll() is None, (tmp_path / "logs" / f"study-{sid}.log").read_text()
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = store.trials(sid)
+    assert len(kept) >= 4
+    assert reconcile(store) == [sid]
+    assert store.study(sid)["status"] == "interrupted"
+    resume(store, sid, log_dir=tmp_path / "logs")
+    s = wait(store, sid, timeout=300)
+    trials = store.trials(sid)
+    assert s["status"] == "finished", (tmp_path / "logs" / f"study-{sid}.log").read_text()
+    assert len(trials) == 14 and [t["number"] for t in trials] == list(range(14))
+    assert trials[: len(kept)] == kept  # nothing completed before the kill was lost or changed
+    with pytest.raises(StudyError, match="finished"):
+        resume(store, sid)
+
+
+def test_cancel_a_running_worker(tmp_path, fam_dir):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = create_study(store, str(fam_dir / "family.yaml"), "random", Budget(remove_layers=2),
+                       settings(method="random", n_trials=200))
+    launch(store, sid, log_dir=tmp_path / "logs")
+    deadline = time.time() + 240
+    while len(store.trials(sid)) < 2:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    cancel(store, sid)
+    s = wait(store, sid, timeout=120)
+    assert s["status"] == "cancelled" and 2 <= s["trials_done"] < 200

@@ -1,0 +1,169 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from ConfigSpace import Configuration
+
+from gptailor import Evaluator, Plan
+from gptailor.search import Search, SearchSettings, TrialRecord, incumbent, seed_plans
+from gptailor.space import Budget, BudgetError, LayerwiseSpace, PaperSpace
+from gptailor.tasks import load_suite
+
+from conftest import make_tiny_family
+
+
+@pytest.fixture(scope="module")
+def tiny_ev(tmp_path_factory):
+    from gptailor import demo
+    from gptailor.family import Family
+
+    d = tmp_path_factory.mktemp("search")
+    make_tiny_family(d, n_layers=6)
+    demo.write_tasks(d, n_test=16)
+    return Evaluator(Family.from_spec(d / "family.yaml"), load_suite(d / "tasks/suite.yaml"))
+
+
+@pytest.mark.parametrize("budget,msg", [
+    (Budget(remove_layers=6), "removes 6 of 6 layers, which keeps none"),
+    (Budget(remove_layers=-1), "cannot remove -1"),
+    (Budget(max_param_fraction=0.0), "must be in \\(0, 1\\]"),
+    (Budget(max_param_fraction=0.01), "keeps none"),
+    (Budget(), "exactly one of"),
+    (Budget(remove_layers=1, remove_fraction=0.2), "exactly one of"),
+])
+def test_impossible_budgets_fail_before_any_work(tiny_ev, budget, msg):
+    with pytest.raises(BudgetError, match=msg):
+        Search(tiny_ev, budget, SearchSettings(n_trials=2))
+
+
+def test_budget_forms(tiny_ev):
+    fam = tiny_ev.family
+    assert Budget(remove_fraction=0.25).n_remove(fam) == 2  # round(1.5) -> 2
+    n = Budget(max_param_fraction=0.7).n_remove(fam)
+    assert fam.param_count(6 - n) <= 0.7 * fam.param_count() < fam.param_count(6 - n + 1)
+
+
+@pytest.mark.parametrize("space_cls", [LayerwiseSpace, PaperSpace])
+def test_every_sampled_configuration_decodes_to_a_valid_plan_in_budget(tiny_ev, space_cls):
+    fam = tiny_ev.family
+    space = space_cls(fam, 2, seed=3)
+    for cfg in space.cs.sample_configuration(300):
+        plan = space.decode(cfg)
+        plan.validate(fam.member_names, fam.n_layers)
+        assert sum(op.kind == "drop" for op in plan.ops) == 2
+
+
+def test_layerwise_repair_and_reject(tiny_ev):
+    space = LayerwiseSpace(tiny_ev.family, 2)
+    cfg = space.encode(Plan.from_text("drop drop drop base math base"))
+    assert cfg is not None and not space.valid(cfg)
+    # too many drops: the least removable (shallowest) extra drop is restored as a base layer
+    assert space.decode(cfg).to_text() == "0:base 1:drop 2:drop 3:base 4:math 5:base"
+    cfg = space.encode(Plan.from_text("base math base base base base"))
+    # too few: the deepest non-final positions go first
+    assert space.decode(cfg).to_text() == "0:base 1:math 2:base 3:drop 4:drop 5:base"
+    ok = space.encode(Plan.from_text("base drop merge(math=1,code=.5) base drop base"))
+    assert space.valid(ok) and space.decode(ok).key() == Plan.from_text("base drop merge(math=1,code=.5) base drop base").key()
+
+
+def test_paper_space_same_source_position_task_arithmetic(tiny_ev):
+    space = PaperSpace(tiny_ev.family, 2)
+    values = {"remove_000": 1, "remove_001": 1, "scale": 0.4}  # repeated position moves to the next free one
+    for i in range(6):
+        values[f"mask_{i:03d}_math"] = int(i in (0, 3))
+        values[f"mask_{i:03d}_code"] = int(i in (3, 4))
+    plan = space.decode(Configuration(space.cs, values=values))
+    assert plan.to_text() == "0:math 1:drop 2:drop 3:merge[task_arithmetic](code=.4,math=.4) 4:code 5:base"
+    assert space.decode(space.encode(plan)) == plan
+
+
+def test_seed_plans_are_distinct_and_in_budget(tiny_ev):
+    plans = seed_plans(tiny_ev.family, 2, {"last_n": [3, 4]})
+    keys = [p.key() for p in plans.values()]
+    assert len(keys) == len(set(keys)) >= 6
+    assert all(p.n_kept == 4 for p in plans.values())
+
+
+def test_smac_multi_fidelity_search_records_every_trial(tiny_ev):
+    seen = []
+    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=10, min_fidelity=3, max_fidelity=16, seed=0),
+               on_trial=seen.append)
+    res = s.run()
+    assert len(res.trials) == 10 and seen == res.trials
+    assert [t.number for t in res.trials] == list(range(10))
+    fids = {t.fidelity for t in res.trials}
+    assert min(fids) < 16 and 16 in fids  # Hyperband used several fidelities, up to the full one
+    assert all(t.plan.n_kept == 4 for t in res.trials)
+    assert any(t.source != "search" for t in res.trials)  # heuristic seeds were evaluated
+    assert res.incumbent is incumbent(res.trials) and res.incumbent.fidelity == 16
+    assert res.incumbent.retention == max(t.retention for t in res.trials if t.fidelity == 16)
+    rec = TrialRecord.from_dict(res.trials[0].to_dict())
+    assert rec.plan == res.trials[0].plan and rec.retention == res.trials[0].retention
+
+
+def test_random_search_and_reject_constraint(tiny_ev):
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="random", n_trials=6, seed=1,
+                                                                   constraint="reject", max_fidelity=8)).run()
+    assert len(res.trials) == 6 and all(t.fidelity == 8 for t in res.trials)
+    for t in res.trials:
+        if t.status == "rejected":
+            assert t.result is None and "wrong number of layers" in t.error
+        else:
+            assert t.plan.n_kept == 4
+
+
+class FailingEvaluator(Evaluator):
+    """Raises for plans that keep a merge at position 0, as an out-of-memory trial would."""
+
+    def evaluate(self, plan, fidelity=None):
+        if plan.ops[0].kind == "merge":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return super().evaluate(plan, fidelity)
+
+
+def test_a_failing_trial_is_stored_as_failed_and_the_search_goes_on(tiny_ev):
+    ev = FailingEvaluator(tiny_ev.family, tiny_ev.suite)
+    res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=10, min_fidelity=4, max_fidelity=16)).run()
+    failed = [t for t in res.trials if t.status == "failed"]
+    assert failed and all("out of memory" in t.error for t in failed)
+    assert len(res.trials) == 10 and any(t.status == "complete" for t in res.trials)
+
+
+def test_resume_retells_previous_trials_and_stops_at_n_trials(tiny_ev):
+    first = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=5, max_fidelity=8, min_fidelity=2)).run()
+    stored = [TrialRecord.from_dict(t.to_dict()) for t in first.trials]
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=9, max_fidelity=8, min_fidelity=2),
+                 previous=stored).run()
+    assert len(res.trials) == 9 and [t.number for t in res.trials] == list(range(9))
+    assert res.trials[:5] == stored
+
+
+def test_cancel_stops_after_the_current_trial(tiny_ev):
+    seen = []
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=50, max_fidelity=8, min_fidelity=2),
+                 on_trial=seen.append, should_stop=lambda: len(seen) >= 3).run()
+    assert res.stopped == "cancelled" and len(res.trials) == 3
+
+
+SEED_SCRIPT = """
+import sys
+sys.path[:0] = {paths!r}
+from gptailor import Evaluator, load_suite
+from gptailor.family import Family
+from gptailor.search import Search, SearchSettings
+from gptailor.space import Budget
+ev = Evaluator(Family.from_spec({spec!r}), load_suite({suite!r}))
+res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=2, max_fidelity=8, seed=7)).run()
+print("|".join(t.plan.to_text() + "@" + str(t.fidelity) for t in res.trials))
+"""
+
+
+def test_same_seed_repeats_exactly_with_fixed_hash_seed(tiny_ev):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = SEED_SCRIPT.format(paths=[root], spec=tiny_ev.family.spec.root + "/family.yaml",
+                                suite=tiny_ev.suite.path)
+    outs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONHASHSEED": "0"}) for _ in range(2)]
+    assert outs[0].returncode == 0, outs[0].stderr[-2000:]
+    assert outs[0].stdout == outs[1].stdout and outs[0].stdout.count("|") == 7
