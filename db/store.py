@@ -106,6 +106,11 @@ class Store:
                 row.spec, row.info = spec, info
             return row.id
 
+    def family_info(self, name: str) -> dict[str, Any]:
+        with self.session() as s:
+            row = s.scalar(select(FamilyRow).where(FamilyRow.name == name))
+            return dict(row.info) if row is not None else {}
+
     def create_study(self, *, family_name: str, family_source: str, family_spec: dict[str, Any],
                      family_info: dict[str, Any], method: str, budget: dict[str, Any], settings: dict[str, Any],
                      n_trials: int, name: str | None = None) -> int:

@@ -5,7 +5,7 @@ import os
 
 import gradio as gr
 
-from . import chat_tab, evaluate_tab
+from . import chat_tab, dashboard_tab, evaluate_tab, search_tab
 
 
 def build_app() -> gr.Blocks:
@@ -14,9 +14,14 @@ def build_app() -> gr.Blocks:
                     "without retraining.")
         with gr.Tab("Evaluate"):
             shared = evaluate_tab.build()
+        with gr.Tab("Search"):
+            search = search_tab.build(shared["family"])
+        with gr.Tab("Dashboard"):
+            dashboard_tab.build(shared["plan"])
         with gr.Tab("Chat"):
             chat_tab.build(shared["family"], shared["plan"])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
+        demo.load(search_tab.budget_text, [shared["family"], search["remove"]], [search["budget_info"]])
     return demo
 
 

@@ -57,3 +57,17 @@ class Engine:
 
 
 ENGINE = Engine()
+
+
+_STORE = None
+
+
+def store():
+    """The app's study database (``GPTAILOR_DB_URL`` or ``<data dir>/gptailor.db``), opened once."""
+    global _STORE
+    if _STORE is None:
+        from db.store import Store
+
+        os.environ.setdefault("GPTAILOR_DATA_DIR", str(data_dir()))
+        _STORE = Store()
+    return _STORE

@@ -1,0 +1,104 @@
+"""Dashboard tab: live charts, trial table and layer-map heatmaps of the selected studies."""
+from __future__ import annotations
+
+import csv
+import tempfile
+
+import gradio as gr
+
+from gptailor import Plan
+
+from . import figures
+from .engine import store
+
+TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "retention %", "kept", "params M", "plan", "error"]
+
+
+def study_choices() -> list[tuple[str, int]]:
+    return [(f"{s['id']}: {s['name']} [{s['status']}]", s["id"]) for s in reversed(store().studies())]
+
+
+def _selected(ids) -> dict[str, list[dict]]:
+    st = store()
+    out = {}
+    for s in st.studies():
+        if ids and s["id"] in ids:
+            out[f"{s['id']}: {s['name']}"] = st.trials(s["id"])
+    return out
+
+
+def refresh(ids):
+    """Everything the dashboard shows, for the selected study ids."""
+    ids = [int(i) for i in (ids or [])]
+    studies = _selected(ids)
+    rows = [[name.split(":")[0], t["number"], t["status"], t["fidelity"],
+             None if t["retention"] is None else round(100 * t["retention"], 2), t["kept_layers"],
+             None if t["params"] is None else round(t["params"] / 1e6, 3), t["plan_text"], t["error"] or ""]
+            for name, trials in studies.items() for t in trials]
+    members = _members(ids)
+    all_trials = [t for ts in studies.values() for t in ts]
+    done = [t for t in all_trials if t["status"] == "complete" and t["retention"] is not None]
+    if done and members:
+        top = max(t["fidelity"] or 0 for t in done)
+        best = max((t for t in done if (t["fidelity"] or 0) == top), key=lambda t: t["retention"])
+        best_fig = figures.layer_map(Plan.from_dict(best["plan"]), members,
+                                     f"Best trial #{best['number']}: {100 * best['retention']:.1f}% "
+                                     f"at fidelity {best['fidelity']}")
+    else:
+        best_fig = None
+    first = next(iter(studies.values()), [])
+    return (figures.best_so_far(studies), figures.best_so_far(studies, x="wall_s"), figures.pareto(studies),
+            best_fig, figures.top_k_layer_maps(all_trials, members) if members else None,
+            figures.trials_over_time(first, members) if members and first else None, rows)
+
+
+def _members(ids) -> list[str]:
+    """Members of the (first selected) study's family, base first, as stored with the family."""
+    for sid in ids:
+        info = store().family_info(store().study(sid)["family"])
+        if info.get("members"):
+            return list(info["members"])
+    return []
+
+
+def to_csv(rows) -> str:
+    path = tempfile.NamedTemporaryFile(suffix=".csv", delete=False, prefix="trials-").name
+    data = rows.values.tolist() if hasattr(rows, "values") else (rows or [])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TRIAL_COLUMNS)
+        w.writerows(data)
+    return path
+
+
+def row_plan(rows, evt: gr.SelectData) -> str:
+    """Clicking a trial row loads its plan into the editor."""
+    data = rows.values.tolist() if hasattr(rows, "values") else rows
+    return data[evt.index[0]][TRIAL_COLUMNS.index("plan")]
+
+
+def build(plan_box: gr.Textbox) -> dict:
+    with gr.Row():
+        pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies", scale=4)
+        reload_btn = gr.Button("Reload list", scale=1)
+        live = gr.Checkbox(value=True, label="Live refresh", scale=1)
+    with gr.Row():
+        curve = gr.Plot(label="Best so far (trials)")
+        curve_t = gr.Plot(label="Best so far (wall time)")
+    with gr.Row():
+        par = gr.Plot(label="Retention vs size")
+        best = gr.Plot(label="Best layer map", elem_id="best-layer-map")
+    topk = gr.Plot(label="Top trials")
+    over = gr.Plot(label="Trials over time (first selected study)")
+    table = gr.Dataframe(headers=TRIAL_COLUMNS, label="Trials (click a row to load its plan into the editor)",
+                         interactive=False)
+    dl = gr.DownloadButton("Download CSV")
+    outputs = [curve, curve_t, par, best, topk, over, table]
+    pick.change(refresh, [pick], outputs, api_name="dashboard")
+    reload_btn.click(lambda: gr.Dropdown(choices=study_choices()), None, [pick])
+    timer = gr.Timer(3)
+    timer.tick(refresh, [pick], outputs, show_progress="hidden")
+    live.change(lambda on: gr.Timer(active=on), [live], [timer])
+    table.select(row_plan, [table], [plan_box])
+    table.change(to_csv, [table], [dl])
+    return {"pick": pick}

@@ -1,0 +1,148 @@
+"""Plotly figure builders: plain data in, ``go.Figure`` out, no Gradio, tested on their own.
+
+Trials are the dicts the store returns (``plan``, ``plan_text``, ``retention``, ``fidelity``, ...).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import plotly.graph_objects as go
+
+from gptailor import Plan
+
+MERGE, DROP = "merge", "drop"
+
+
+# ----------------------------------------------------------------------------- layer maps
+def layer_map_matrix(plan: Plan, members: list[str]) -> tuple[list[list[float | None]], list[list[str]]]:
+    """z[member][position]: the weight each member contributes (pick = 1, merge = normalised weights,
+    drop = None), and matching hover texts naming the op."""
+    z = [[0.0] * len(plan) for _ in members]
+    hover = [[""] * len(plan) for _ in members]
+    for i, op in enumerate(plan.ops):
+        text = f"position {i}: {op.to_text()}"
+        for r, m in enumerate(members):
+            hover[r][i] = text
+            if op.kind == "drop":
+                z[r][i] = None
+            elif op.kind == "pick":
+                z[r][i] = 1.0 if op.member == m else 0.0
+            else:
+                total = sum(w for _, w in op.weights)
+                z[r][i] = round(op.weight_map.get(m, 0.0) / total, 6)
+    return z, hover
+
+
+def layer_map(plan: Plan, members: list[str], title: str = "Layer map") -> go.Figure:
+    """Members x positions heatmap of one plan; dropped positions are blank and marked with an x."""
+    z, hover = layer_map_matrix(plan, members)
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(len(plan))), y=members, text=hover, hoverinfo="text",
+                               colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "weight"}, xgap=1, ygap=1))
+    dropped = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
+    if dropped:
+        fig.add_trace(go.Scatter(x=dropped, y=[members[len(members) // 2]] * len(dropped), mode="markers",
+                                 marker={"symbol": "x", "size": 12, "color": "crimson"}, name="dropped",
+                                 hovertext=[f"position {i}: drop" for i in dropped], hoverinfo="text"))
+    fig.update_layout(title=title, xaxis_title="layer position", yaxis_title="member", height=120 + 40 * len(members),
+                      margin={"l": 60, "r": 20, "t": 50, "b": 40}, showlegend=False)
+    return fig
+
+
+def top_k_layer_maps(trials: list[dict[str, Any]], members: list[str], k: int = 5) -> go.Figure:
+    """The best k trials' layer maps stacked: one row block per trial."""
+    best = sorted(_complete(trials), key=lambda t: -t["retention"])[:k]
+    z: list[list[float | None]] = []
+    hover: list[list[str]] = []
+    labels: list[str] = []
+    for rank, t in enumerate(best):
+        zz, hh = layer_map_matrix(Plan.from_dict(t["plan"]), members)
+        z += zz
+        hover += [[f"#{t['number']} ({100 * t['retention']:.1f}%) {h}" for h in row] for row in hh]
+        labels += [f"#{t['number']} {m}" for m in members]
+    fig = go.Figure(go.Heatmap(z=z, y=labels, text=hover, hoverinfo="text", colorscale="Blues", zmin=0, zmax=1,
+                               xgap=1, ygap=1))
+    fig.update_layout(title=f"Top {len(best)} trials", xaxis_title="layer position",
+                      height=150 + 22 * max(1, len(labels)), yaxis={"autorange": "reversed"},
+                      margin={"l": 110, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def op_codes(plan: Plan, members: list[str]) -> list[int]:
+    """Per position: the member's index for a pick, len(members) for a merge, len(members)+1 for a drop."""
+    out = []
+    for op in plan.ops:
+        if op.kind == "pick":
+            out.append(members.index(op.member))
+        elif op.kind == "merge":
+            out.append(len(members))
+        else:
+            out.append(len(members) + 1)
+    return out
+
+
+def trials_over_time(trials: list[dict[str, Any]], members: list[str]) -> go.Figure:
+    """Trial number x position, coloured by the op chosen: to see the search converge."""
+    cats = [*members, MERGE, DROP]
+    rows = sorted(trials, key=lambda t: t["number"])
+    z = [op_codes(Plan.from_dict(t["plan"]), members) for t in rows]
+    palette = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
+    colors = [palette[i % len(palette)] for i in range(len(members))] + ["#7f7f7f", "#ffffff"]
+    n = len(cats)
+    scale = []
+    for i, c in enumerate(colors):  # a discrete colour scale: one band per category
+        scale += [[i / n, c], [(i + 1) / n, c]]
+    fig = go.Figure(go.Heatmap(
+        z=z, y=[t["number"] for t in rows], colorscale=scale, zmin=-0.5, zmax=n - 0.5, xgap=1,
+        customdata=[[cats[c] for c in row] for row in z], hovertemplate="trial %{y}, position %{x}: %{customdata}<extra></extra>",
+        colorbar={"tickvals": list(range(n)), "ticktext": cats}))
+    fig.update_layout(title="Trials over time", xaxis_title="layer position", yaxis_title="trial",
+                      height=max(300, min(900, 12 * len(rows) + 120)), margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+# ----------------------------------------------------------------------------- study charts
+def _complete(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in trials if t.get("status") == "complete" and t.get("retention") is not None]
+
+
+def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> go.Figure:
+    """Best retention so far against trial number (or wall time, x='wall_s'), one line per study."""
+    fig = go.Figure()
+    for name, trials in studies.items():
+        best, xs, ys = -math.inf, [], []
+        for t in sorted(trials, key=lambda t: t[x] or 0):
+            if t.get("status") == "complete" and t.get("retention") is not None:
+                best = max(best, t["retention"])
+            if best > -math.inf:
+                xs.append(t[x] if t[x] is not None else 0)
+                ys.append(100 * best)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv"}, name=name))
+    fig.update_layout(title="Best retention so far", xaxis_title="trial" if x == "number" else "wall time (s)",
+                      yaxis_title="retention %", height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
+    """Retention against parameter count, every complete trial of every study."""
+    fig = go.Figure()
+    for name, trials in studies.items():
+        done = _complete(trials)
+        fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in done], y=[100 * t["retention"] for t in done],
+                                 mode="markers", name=name, text=[t["plan_text"] for t in done],
+                                 hovertemplate="%{y:.1f}%% at %{x:.2f}M<br>%{text}<extra></extra>"))
+    fig.update_layout(title="Retention vs size", xaxis_title="parameters (M)", yaxis_title="retention %",
+                      height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def task_bars(rows: list[dict[str, Any]]) -> go.Figure:
+    """Grouped bars: per task retention of each study's best plan (compare table rows)."""
+    fig = go.Figure()
+    tasks = list(rows[0]["task_retention"]) if rows else []
+    for r in rows:
+        fig.add_trace(go.Bar(name=f"{r['study_id']}: {r['name']}", x=tasks,
+                             y=[None if r["task_retention"][t] is None else 100 * r["task_retention"][t] for t in tasks]))
+    fig.update_layout(barmode="group", title="Retention per task (best plan, full fidelity)", yaxis_title="%",
+                      height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig

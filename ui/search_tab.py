@@ -1,0 +1,101 @@
+"""Search tab: pick a budget and a method, launch a background study, watch, cancel, resume."""
+from __future__ import annotations
+
+import gradio as gr
+
+from db.runs import METHODS, StudyError, cancel, create_study, launch, reconcile, resume
+from db.store import StoreError
+from gptailor import FamilyError, TaskError
+from gptailor.search import SearchSettings
+from gptailor.space import Budget, BudgetError
+
+from .engine import ENGINE, data_dir, store
+
+STUDY_COLUMNS = ["id", "name", "method", "family", "status", "trials", "best retention %", "error"]
+LAUNCHABLE = [m for m in METHODS if m != "manual"]
+
+
+def budget_text(family: str, remove: float) -> str:
+    """Live 'keeps N of L layers, X M of Y M params'."""
+    try:
+        fam = ENGINE.get(family).family
+    except (FamilyError, TaskError) as e:
+        return f"⚠ {e}"
+    L, n = fam.n_layers, int(remove or 0)
+    if n >= L:
+        return f"⚠ removing {n} of {L} layers keeps none; remove at most {L - 1}"
+    return (f"keeps **{L - n} of {L}** layers, **{fam.param_count(L - n) / 1e6:.2f} M of "
+            f"{fam.param_count() / 1e6:.2f} M** params ({100 * fam.param_count(L - n) / fam.param_count():.1f}%)")
+
+
+def studies_rows() -> list[list]:
+    st = store()
+    reconcile(st)
+    rows = []
+    for s in reversed(st.studies()):
+        trials = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
+        best = None if s["best_retention"] is None else round(100 * s["best_retention"], 1)
+        rows.append([s["id"], s["name"], s["method"], s["family"], s["status"], trials, best, s["error"] or ""])
+    return rows
+
+
+def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
+                 min_fid: float, max_fid: float | None, name: str):
+    try:
+        session = ENGINE.get(family)
+        settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
+                                  n_trials=int(trials), walltime_s=float(walltime) if walltime else None,
+                                  seed=int(seed), min_fidelity=int(min_fid),
+                                  max_fidelity=int(max_fid) if max_fid else None)
+        sid = create_study(store(), family, method, Budget(remove_layers=int(remove)), settings,
+                           name=name or None, evaluator=session.evaluator)
+        launch(store(), sid, log_dir=data_dir() / "logs")
+    except (BudgetError, StudyError, StoreError, FamilyError, TaskError, ValueError) as e:
+        raise gr.Error(str(e)) from None
+    return f"Study {sid} started in the background.", studies_rows(), sid
+
+
+def cancel_study(study_id: float):
+    try:
+        cancel(store(), int(study_id))
+    except (StudyError, StoreError, TypeError) as e:
+        raise gr.Error(f"cannot cancel: {e}") from None
+    return f"Study {int(study_id)}: cancel requested.", studies_rows()
+
+
+def resume_study(study_id: float):
+    try:
+        resume(store(), int(study_id), log_dir=data_dir() / "logs")
+    except (StudyError, StoreError, TypeError) as e:
+        raise gr.Error(str(e)) from None
+    return f"Study {int(study_id)} resumed.", studies_rows()
+
+
+def build(family: gr.Dropdown) -> dict:
+    with gr.Row():
+        method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
+        remove = gr.Slider(0, 64, value=2, step=1, label="Layers to remove")
+        trials = gr.Number(value=60, precision=0, label="Trials (SMAC / random)")
+    budget_info = gr.Markdown()
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            walltime = gr.Number(value=None, label="Wall time limit (s)")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+            min_fid = gr.Number(value=8, precision=0, label="Min fidelity (examples per task)")
+            max_fid = gr.Number(value=None, precision=0, label="Max fidelity (empty = all)")
+            name = gr.Textbox(label="Study name (optional)")
+    go_btn = gr.Button("Launch in the background", variant="primary")
+    message = gr.Markdown()
+    studies = gr.Dataframe(headers=STUDY_COLUMNS, value=studies_rows, label="Studies", interactive=False)
+    with gr.Row():
+        study_id = gr.Number(value=None, precision=0, label="Study id")
+        cancel_btn = gr.Button("Cancel")
+        resume_btn = gr.Button("Resume")
+    for comp in (family, remove):
+        comp.change(budget_text, [family, remove], [budget_info])
+    go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name],
+                 [message, studies, study_id], api_name="launch_study")
+    cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study")
+    resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study")
+    gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden")
+    return {"budget_info": budget_info, "remove": remove, "study_id": study_id, "studies": studies}
