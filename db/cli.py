@@ -83,7 +83,7 @@ def cmd_search(args, argv) -> int:
                               n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
                               max_fidelity=args.max_fidelity, seed=args.seed,
                               initial_plans=not args.no_initial_plans, n_workers=args.workers,
-                              scheduler=args.scheduler)
+                              scheduler=args.scheduler, objectives=args.objectives)
     store = Store(args.db)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
@@ -188,6 +188,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-initial-plans", action="store_true", help="do not seed SMAC with heuristic plans")
     sp.add_argument("--workers", type=int, default=1, help="parallel trials through SMAC's Dask support")
     sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
+    sp.add_argument("--objectives", choices=["retention", "per_task"], default="retention",
+                    help="per_task: one objective per task (ParEGO), Pareto set reported")
     sp.set_defaults(study_func=cmd_search)
 
     sp = sub.add_parser("baseline", help="a heuristic pruning baseline, stored as a study")

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -50,6 +49,7 @@ class SearchSettings:
     n_initial: int | None = None  # random configurations in the initial design (default: SMAC's choice, capped)
     n_workers: int = 1
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
+    objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +64,8 @@ class SearchSettings:
             raise ValueError(f"unknown search method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.facade not in ("multi_fidelity", "hpo"):
             raise ValueError("facade is 'multi_fidelity' or 'hpo'")
+        if self.objectives not in ("retention", "per_task"):
+            raise ValueError("objectives is 'retention' or 'per_task'")
         if self.n_trials < 1:
             raise ValueError("n_trials must be at least 1")
         if self.min_fidelity < 1 or (self.max_fidelity is not None and self.max_fidelity < self.min_fidelity):
@@ -123,6 +125,7 @@ class SearchResult:
     space: dict[str, Any] = field(default_factory=dict)
     stopped: str = "finished"  # finished | cancelled | walltime
     smac_overhead_s: float = 0.0  # wall time not spent evaluating
+    pareto: list[TrialRecord] = field(default_factory=list)  # per-task objectives: the non-dominated plans
 
 
 def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
@@ -141,16 +144,19 @@ _CACHE: dict[tuple, Evaluator] = {}
 class Objective:
     """SMAC's target function. Picklable for Dask: workers rebuild the evaluator from the recipe."""
 
-    def __init__(self, evaluator: Evaluator, space: PlanSpace, max_fidelity: int, constraint: str) -> None:
+    def __init__(self, evaluator: Evaluator, space: PlanSpace, max_fidelity: int, constraint: str,
+                 tasks: list[str] | None = None) -> None:
         self.evaluator = evaluator
         self.space = space
         self.max_fidelity = max_fidelity
         self.constraint = constraint
+        self.tasks = tasks  # per-task objectives (ParEGO) when given
         self._recipe = (evaluator.family.spec, str(evaluator.family.device), evaluator.suite.path,
                         space.name, space.n_remove, space.seed)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "_recipe": self._recipe}
+        return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "tasks": self.tasks,
+                "_recipe": self._recipe}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -169,9 +175,42 @@ class Objective:
         fidelity = self.max_fidelity if budget is None else max(1, int(round(budget)))
         plan = self.space.decode(config)
         if self.constraint == "reject" and not self.space.valid(config):
-            return CRASH_COST, {"plan": plan.to_dict(), "rejected": True, "fidelity": fidelity}
+            return self._crash(), {"plan": plan.to_dict(), "rejected": True, "fidelity": fidelity}
         result = self.evaluator.evaluate(plan, fidelity)
-        return 1.0 - result.retention, {"plan": plan.to_dict(), "result": result.to_dict(), "fidelity": fidelity}
+        return costs_of(result, self.tasks), {"plan": plan.to_dict(), "result": result.to_dict(),
+                                              "fidelity": fidelity}
+
+    def _crash(self) -> float | list[float]:
+        return CRASH_COST if not self.tasks else [CRASH_COST] * len(self.tasks)
+
+
+def costs_of(result: EvalResult | None, tasks: list[str] | None) -> float | list[float]:
+    """What SMAC minimises: 1 - retention, or 1 - retention of each task (ParEGO)."""
+    if result is None:
+        return CRASH_COST if not tasks else [CRASH_COST] * len(tasks)
+    if not tasks:
+        return 1.0 - result.retention
+    return [1.0 - (result.task_retention.get(t) or 0.0) for t in tasks]
+
+
+def pareto_front(trials: Iterable[TrialRecord], tasks: list[str]) -> list[TrialRecord]:
+    """Complete trials at the highest fidelity that no other such trial beats on every task."""
+    done = [t for t in trials if t.status == "complete" and t.result is not None]
+    if not done:
+        return []
+    top = max((t.fidelity or math.inf) for t in done)
+    pts = [t for t in done if (t.fidelity or math.inf) == top]
+    vec = {id(t): [t.result.task_retention.get(k) or 0.0 for k in tasks] for t in pts}
+
+    def dominated(a: TrialRecord) -> bool:
+        va = vec[id(a)]
+        return any(all(x >= y for x, y in zip(vec[id(b)], va)) and vec[id(b)] != va for b in pts)
+    front, seen = [], set()
+    for t in pts:
+        if not dominated(t) and t.plan.key() not in seen:
+            seen.add(t.plan.key())
+            front.append(t)
+    return front
 
 
 # ----------------------------------------------------------------------------- heuristic seeds
@@ -278,6 +317,10 @@ class Search:
         self.min_fidelity = min(self.settings.min_fidelity, self.max_fidelity)
         kw = {"constraint": self.settings.constraint} if self.settings.space == "layerwise" else {}
         self.space = make_space(self.settings.space, self.family, self.n_remove, self.settings.seed, **kw)
+        self.tasks: list[str] | None = None
+        if self.settings.objectives == "per_task":
+            refs = evaluator.references(self.max_fidelity)
+            self.tasks = [t for t in evaluator.suite.names if refs[t].member != "none"]
         self.on_trial = on_trial
         self.should_stop = should_stop
         self.previous = list(previous)
@@ -307,9 +350,13 @@ class Search:
         kw: dict[str, Any] = {}
         if s.method == "smac" and s.facade == "multi_fidelity" and self.min_fidelity < self.max_fidelity:
             kw = {"min_budget": self.min_fidelity, "max_budget": self.max_fidelity}
+        if self.tasks:
+            kw.update(objectives=list(self.tasks), crash_cost=[CRASH_COST] * len(self.tasks))
+        else:
+            kw.update(crash_cost=CRASH_COST)
         return Scenario(self.space.cs, name="gptailor", output_directory=outdir, deterministic=True,
                         n_trials=s.n_trials, walltime_limit=(s.walltime_s - used) if s.walltime_s else math.inf,
-                        crash_cost=CRASH_COST, seed=s.seed, n_workers=max(1, s.n_workers), **kw)
+                        seed=s.seed, n_workers=max(1, s.n_workers), **kw)
 
     def _initial_configs(self) -> list[Configuration]:
         if not self.settings.initial_plans:
@@ -334,12 +381,21 @@ class Search:
         common = {"overwrite": True, "logging_level": logging.ERROR, "callbacks": [self.recorder.callback],
                   "dask_client": dask_client}
         if s.method == "random":
-            return smac.RandomFacade(scenario, objective, **common)
+            kw = {}
+            if self.tasks:
+                from smac.multi_objective.parego import ParEGO
+
+                kw["multi_objective_algorithm"] = ParEGO(scenario)
+            return smac.RandomFacade(scenario, objective, **common, **kw)
         F = smac.MultiFidelityFacade if "min_budget" in _scenario_kw(scenario) else smac.HyperparameterOptimizationFacade
         n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
         extra = self._initial_configs()[: max(0, s.n_trials // 2 - n_init)]  # keep room for SMAC's own picks
         design = F.get_initial_design(scenario, n_configs=n_init, additional_configs=extra)
         kw = {"initial_design": design}
+        if self.tasks:
+            from smac.multi_objective.parego import ParEGO
+
+            kw["multi_objective_algorithm"] = ParEGO(scenario)
         if F is smac.MultiFidelityFacade:
             kw["intensifier"] = F.get_intensifier(scenario, eta=s.eta)
         return F(scenario, objective, **common, **kw)
@@ -358,7 +414,7 @@ class Search:
                 except Exception:  # noqa: BLE001 - a config from another space version: skip it
                     continue
                 budget = float(t.fidelity) if "min_budget" in _scenario_kw(smac_obj.scenario) else None
-                cost = 1.0 - t.retention if t.retention is not None else CRASH_COST
+                cost = costs_of(t.result if t.status == "complete" else None, self.tasks)
                 status = StatusType.SUCCESS if t.status != "failed" else StatusType.CRASHED
                 smac_obj.tell(TrialInfo(cfg, seed=self.settings.seed, budget=budget),
                               TrialValue(cost=cost, status=status), save=False)
@@ -375,7 +431,7 @@ class Search:
         outdir = tempfile.mkdtemp(prefix="gptailor-smac-")
         self.recorder = _Recorder(self)
         objective = Objective(self.evaluator, self.space, self.max_fidelity, self.settings.constraint
-                              if self.settings.space == "layerwise" else "repair")
+                              if self.settings.space == "layerwise" else "repair", self.tasks)
         client = cluster = None
         self._start = time.perf_counter()
         try:
@@ -398,7 +454,8 @@ class Search:
             shutil.rmtree(outdir, ignore_errors=True)
         total = time.perf_counter() - self._start
         return SearchResult(self.trials, incumbent(self.trials), self.settings, self.space.describe(),
-                            self._stopped, smac_overhead_s=max(0.0, total - self.eval_s))
+                            self._stopped, smac_overhead_s=max(0.0, total - self.eval_s),
+                            pareto=pareto_front(self.trials, self.tasks) if self.tasks else [])
 
 
 def _scenario_kw(scenario) -> dict[str, Any]:
@@ -414,7 +471,3 @@ def _dask_client(settings: SearchSettings):
     cluster = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
                            dashboard_address=None)
     return Client(cluster), cluster
-
-
-def format_exc() -> str:
-    return traceback.format_exc(limit=3)

@@ -1,5 +1,6 @@
-"""The real app in a real server process, driven through gradio_client."""
+"""The real app in a real server process, driven through gradio_client and a real browser."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "output"
 
 
 def free_port() -> int:
@@ -18,15 +20,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    from gradio_client import Client
-
+def server(tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "GPTAILOR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+    data = tmp_path_factory.mktemp("data")
+    env = {**os.environ, "PORT": str(port), "GPTAILOR_DATA_DIR": str(data), "GPTAILOR_DB_URL": "",
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
+    env.pop("GPTAILOR_DB_URL")
+    log_path = tmp_path_factory.mktemp("log") / "app.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while True:
         try:
@@ -35,12 +37,25 @@ def client(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                pytest.fail(f"app did not start: {Path(log.name).read_text()[-2000:]}")
+                pytest.fail(f"app did not start: {log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-    c = Client(url, verbose=False)
-    yield c
+    yield f"http://127.0.0.1:{port}/", data
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+def rows_of(table):
+    return table["data"] if isinstance(table, dict) else table
 
 
 def test_evaluate_a_plan_through_the_app(client):
@@ -50,7 +65,7 @@ def test_evaluate_a_plan_through_the_app(client):
     plan = " ".join(["base"] * (n - 3) + ["drop", "drop", "base"])
     summary, table = client.predict("demo", plan, 8, api_name="/evaluate")
     assert "Retention" in summary and f"keeps {n - 2} of {n} layers" in summary
-    rows = table["data"] if isinstance(table, dict) else table
+    rows = rows_of(table)
     assert [r[0] for r in rows] == ["math", "strings", "facts", "chat_ppl"]
     assert all(isinstance(r[2], (int, float)) for r in rows)
 
@@ -65,3 +80,54 @@ def test_chat_returns_text(client):
     answer, base_answer = client.predict("demo", base_plan.replace("1:base", "1:math"), "12+30", 8, 0,
                                          api_name="/chat")
     assert isinstance(answer, str) and answer and isinstance(base_answer, str) and base_answer
+
+
+def test_launch_a_study_and_see_trials_appear(client):
+    msg, studies, sid = client.predict("demo", "random", 2, 4, None, 0, 4, 8, "from the client",
+                                       api_name="/launch_study")
+    assert "started" in msg and int(sid) >= 1
+    deadline = time.time() + 240
+    while True:
+        out = client.predict([int(sid)], api_name="/dashboard")
+        trials = rows_of(out[-1])
+        if len(trials) >= 4:
+            break
+        assert time.time() < deadline, "no trials appeared"
+        time.sleep(1)
+    assert all(r[0] == str(int(sid)) for r in trials)
+
+
+def test_manual_evaluation_and_export(client):
+    base_plan = client.predict("demo", api_name="/identity_plan")
+    note, table = client.predict("demo", base_plan.replace("1:base", "1:drop"), 8, api_name="/evaluate_manual")
+    assert "stored as study" in note and len(rows_of(table)) == 4
+    archive, saved = client.predict("demo", base_plan.replace("2:base", "2:drop"), api_name="/export")
+    assert str(archive).endswith(".zip") and Path(archive).stat().st_size > 10_000 and "Saved" in saved
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_browser_launches_a_search_and_renders_the_heatmap(server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(url, wait_until="networkidle")
+        page.get_by_role("tab", name="Search").click()
+        page.get_by_label("Trials (SMAC / random)").fill("6")
+        page.get_by_role("button", name="Launch in the background").click()
+        page.get_by_text("started in the background").wait_for(timeout=120_000)
+        page.get_by_role("tab", name="Dashboard").click()
+        page.locator("#best-layer-map .js-plotly-plot").wait_for(timeout=180_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(OUT / "dashboard.png"), full_page=True)
+        assert page.locator("#best-layer-map .heatmaplayer, #best-layer-map g.hm").count() >= 1
+        browser.close()
+    assert (OUT / "dashboard.png").stat().st_size > 20_000

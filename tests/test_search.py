@@ -167,3 +167,18 @@ def test_same_seed_repeats_exactly_with_fixed_hash_seed(tiny_ev):
                            env={**os.environ, "PYTHONHASHSEED": "0"}) for _ in range(2)]
     assert outs[0].returncode == 0, outs[0].stderr[-2000:]
     assert outs[0].stdout == outs[1].stdout and outs[0].stdout.count("|") == 7
+
+
+def test_per_task_objectives_with_parego_report_a_pareto_set(tiny_ev):
+    from gptailor.search import pareto_front
+
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=4, max_fidelity=8,
+                                                                   objectives="per_task")).run()
+    assert len(res.trials) == 8 and res.pareto
+    tasks = [t for t in tiny_ev.suite.names if tiny_ev.references(8)[t].member != "none"]
+    assert res.pareto == pareto_front(res.trials, tasks)
+    front = [[p.result.task_retention[k] or 0 for k in tasks] for p in res.pareto]
+    for t in res.trials:
+        if t.status == "complete" and t.fidelity == 8 and t not in res.pareto:
+            v = [t.result.task_retention[k] or 0 for k in tasks]
+            assert any(all(a >= b for a, b in zip(f, v)) for f in front)  # everything else is dominated

@@ -30,6 +30,9 @@ def _selected(ids) -> dict[str, list[dict]]:
 def refresh(ids):
     """Everything the dashboard shows, for the selected study ids."""
     ids = [int(i) for i in (ids or [])]
+    if not ids:  # nothing picked: follow the newest study
+        newest = store().studies()[-1:]
+        ids = [newest[0]["id"]] if newest else []
     studies = _selected(ids)
     rows = [[name.split(":")[0], t["number"], t["status"], t["fidelity"],
              None if t["retention"] is None else round(100 * t["retention"], 2), t["kept_layers"],

@@ -146,3 +146,35 @@ def task_bars(rows: list[dict[str, Any]]) -> go.Figure:
     fig.update_layout(barmode="group", title="Retention per task (best plan, full fidelity)", yaxis_title="%",
                       height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
     return fig
+
+
+# ----------------------------------------------------------------------------- analysis
+def heatmap(z, x, y, title: str, xaxis: str, yaxis: str, colorscale: str = "Viridis", zmin=None, zmax=None,
+            reverse_y: bool = False) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmin=zmin, zmax=zmax, xgap=1, ygap=1,
+                               hovertemplate=f"{xaxis} %{{x}}, {yaxis} %{{y}}: %{{z:.4f}}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=max(260, 80 + 28 * len(y)),
+                      margin={"l": 70, "r": 20, "t": 50, "b": 40})
+    if reverse_y:
+        fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def analysis_figures(a: dict[str, Any], member: str, position: int) -> dict[str, go.Figure]:
+    """The analysis tab's heatmaps from a LayerAnalysis.to_dict()."""
+    members, L = a["members"], a["n_layers"]
+    pos = list(range(L))
+    position = max(0, min(L - 1, position))
+    return {
+        "influence": heatmap([a["block_influence"][m] for m in members], pos, members,
+                             "Block influence (1 - cos(in, out))", "position", "member", "Reds"),
+        "angular": heatmap(a["angular"][member], pos, list(range(1, L)),
+                           f"Angular distance d(l, l+n) of {member}", "start l", "block size n", "Viridis_r"),
+        "cka_layers": heatmap(a["cka_layers"][member], pos, pos, f"Linear CKA between positions of {member}",
+                              "position", "position", "Viridis", 0, 1, reverse_y=True),
+        "cka_members": heatmap(a["cka_members"][position], members, members,
+                               f"Linear CKA between members at position {position}", "member", "member",
+                               "Viridis", 0, 1, reverse_y=True),
+        "drift": heatmap([a["drift"][m] for m in members], pos, members,
+                         "Weight drift ||W_m - W_base|| / ||W_base||", "position", "member", "Oranges"),
+    }

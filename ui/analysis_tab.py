@@ -1,0 +1,52 @@
+"""Analysis tab: layer-similarity heatmaps of the family on a calibration set, computed once and cached."""
+from __future__ import annotations
+
+import gradio as gr
+
+from gptailor import FamilyError
+from gptailor.analysis import cached_analysis
+from gptailor.baselines import calibration_texts
+
+from . import figures
+from .engine import ENGINE, data_dir
+
+CAPTIONS = {
+    "influence": "How much each layer changes its input. Low values (pale) are layers ShortGPT would drop first; "
+                 "a finetune's row shows where its training changed the computation.",
+    "angular": "Distance between the hidden state entering layer l and the one n layers later. A dark cell "
+               "means the block of n layers starting at l barely moves the representation: a removal candidate.",
+    "cka_layers": "Similarity of the representations after each pair of layers. Bright blocks along the diagonal "
+                  "are runs of redundant layers.",
+    "cka_members": "How alike the members' representations are after the chosen layer. Values near 1 mean the "
+                   "members are interchangeable there; lower values mark where finetunes diverged.",
+    "drift": "How far each finetune's weights moved from the base, per layer: where the new skill lives.",
+}
+
+
+def compute(family: str, n_texts: float, member: str, position: float, progress=gr.Progress()):
+    try:
+        session = ENGINE.get(family)
+    except FamilyError as e:
+        raise gr.Error(str(e)) from None
+    if session.evaluator is None:
+        raise gr.Error(f"family {family!r} has no task suite to calibrate on")
+    fam = session.family
+    texts = calibration_texts(session.evaluator.suite, int(n_texts))
+    res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
+                          progress=lambda f, d: progress(f, desc=d))
+    member = member if member in fam.member_names else "base"
+    figs = figures.analysis_figures(res.to_dict(), member, int(position or 0))
+    return (gr.Dropdown(choices=fam.member_names, value=member), *figs.values())
+
+
+def build(family: gr.Dropdown) -> None:
+    with gr.Row():
+        n_texts = gr.Slider(8, 512, value=64, step=8, label="Calibration texts (from the family's suite)")
+        member = gr.Dropdown(["base"], value="base", label="Member (angular, CKA between positions)")
+        position = gr.Number(value=0, precision=0, label="Position (CKA between members)")
+    go_btn = gr.Button("Compute (cached per family and calibration set)", variant="primary")
+    plots = []
+    for key in ("influence", "angular", "cka_layers", "cka_members", "drift"):
+        plots.append(gr.Plot())
+        gr.Markdown(CAPTIONS[key])
+    go_btn.click(compute, [family, n_texts, member, position], [member, *plots], api_name="analysis")

@@ -1,0 +1,153 @@
+"""Editor tab: the layer map as an editable grid and as text, kept in sync; evaluate as a 'manual'
+study (so it shows in tables and charts); export an HF folder as a zip."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import gradio as gr
+
+from db.runs import create_study
+from gptailor import FamilyError, Op, Plan, PlanError, TaskError
+from gptailor.export import ExportError, export
+from gptailor.search import SearchSettings, TrialRecord
+from gptailor.space import Budget
+
+from . import figures
+from .engine import ENGINE, data_dir, store
+
+GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
+
+
+def plan_to_grid(plan: Plan) -> list[list]:
+    rows = []
+    for i, op in enumerate(plan.ops):
+        if op.kind == "drop":
+            rows.append([i, "drop", "", "", ""])
+        elif op.kind == "pick":
+            rows.append([i, "pick", op.member, "", ""])
+        else:
+            w = ", ".join(f"{m}={w:g}" for m, w in op.weights)
+            rows.append([i, "merge", "", w, op.method])
+    return rows
+
+
+def grid_to_plan(rows, family: str = "") -> Plan:
+    data = rows.values.tolist() if hasattr(rows, "values") else rows
+    ops = []
+    for r, row in enumerate(data):
+        kind = str(row[1] or "").strip()
+        where = f"position {r}"
+        if kind == "drop":
+            ops.append(Op.drop())
+        elif kind == "pick":
+            if not str(row[2] or "").strip():
+                raise PlanError(f"{where}: 'pick' needs a member name in the member column")
+            ops.append(Op.pick(str(row[2]).strip()))
+        elif kind == "merge":
+            weights = []
+            for item in filter(None, (p.strip() for p in str(row[3] or "").split(","))):
+                name, eq, val = item.partition("=")
+                try:
+                    weights.append((name.strip(), float(val)))
+                except ValueError:
+                    raise PlanError(f"{where}: merge weight {item!r} must look like member=0.5") from None
+                if not eq:
+                    raise PlanError(f"{where}: merge weight {item!r} must look like member=0.5")
+            if not weights:
+                raise PlanError(f"{where}: 'merge' needs weights like 'math=.6, code=.4'")
+            ops.append(Op.merge(weights, str(row[4] or "linear").strip() or "linear"))
+        else:
+            raise PlanError(f"{where}: op must be drop, pick or merge, not {kind!r}")
+    return Plan(tuple(ops), family)
+
+
+def text_to_grid(family: str, text: str):
+    try:
+        session = ENGINE.get(family)
+        plan = Plan.parse(text, session.family.name)
+        plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
+    except (PlanError, FamilyError) as e:
+        return gr.update(), f"⚠ {e}", None
+    return plan_to_grid(plan), "✓ valid plan", figures.layer_map(plan, session.family.member_names)
+
+
+def grid_to_text(family: str, rows):
+    try:
+        session = ENGINE.get(family)
+        plan = grid_to_plan(rows, session.family.name)
+        plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
+    except (PlanError, FamilyError) as e:
+        return gr.update(), f"⚠ {e}", None
+    return plan.to_text(), "✓ valid plan", figures.layer_map(plan, session.family.member_names)
+
+
+def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.Progress()):
+    """Evaluate the plan, store it as a one-trial 'manual' study, and compare with base and best."""
+    try:
+        session = ENGINE.get(family)
+        ev = session.evaluator
+        if ev is None:
+            raise gr.Error(f"family {family!r} has no task suite")
+        fam = session.family
+        plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
+        n = int(fidelity) if fidelity else None
+        progress(0.2, desc="scoring")
+        t0 = time.perf_counter()
+        res = ev.evaluate(plan, n)
+        st = store()
+        sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
+                           SearchSettings(n_trials=1, max_fidelity=n), name=f"manual: {plan.to_text()[:60]}",
+                           evaluator=ev)
+        st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
+                                         wall_s=time.perf_counter() - t0, source="manual").to_dict())
+        st.set_status(sid, "finished")
+        base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
+    except (PlanError, FamilyError, TaskError) as e:
+        raise gr.Error(str(e)) from None
+    best = max((s for s in st.studies() if s["family"] == fam.name and s["best_retention"] is not None
+                and s["id"] != sid), key=lambda s: s["best_retention"], default=None)
+    rows = [[t, round(v, 4), round(base.scores[t], 4),
+             None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
+            for t, v in res.scores.items()]
+    note = (f"**This plan: {100 * res.retention:.1f}%** retention, {res.kept_layers}/{res.n_layers} layers, "
+            f"{res.params / 1e6:.2f}M params · stored as study {sid}")
+    if best:
+        note += f" · best stored study: {best['id']} ({best['method']}) {100 * best['best_retention']:.1f}%"
+    return note, rows
+
+
+def export_zip(family: str, text: str, progress=gr.Progress()):
+    try:
+        session = ENGINE.get(family)
+        fam = session.family
+        plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
+        progress(0.3, desc="writing the checkpoint")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = data_dir() / "exports" / f"{fam.name}-{stamp}"
+        res = session.evaluator.evaluate(plan, None) if session.evaluator else None
+        export(fam, plan, folder, result=res)
+        archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+    except (PlanError, FamilyError, ExportError) as e:
+        raise gr.Error(str(e)) from None
+    return archive, f"Saved {folder} (and {archive})"
+
+
+def build(family: gr.Dropdown, plan_box: gr.Textbox) -> None:
+    gr.Markdown("Edit the grid or the text; the other follows. The plan is shared with the Evaluate and Chat tabs.")
+    grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
+                        label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
+    status = gr.Markdown()
+    preview = gr.Plot(label="Layer map")
+    with gr.Row():
+        fidelity = gr.Number(value=None, precision=0, label="Examples per task (empty = all)")
+        eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")
+        export_btn = gr.Button("Export HF checkpoint (zip)")
+    result = gr.Markdown()
+    table = gr.Dataframe(headers=["task", "this plan", "base", "retention %"], interactive=False)
+    download = gr.File(label="Exported checkpoint")
+    export_note = gr.Markdown()
+    plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview])
+    grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
+    eval_btn.click(evaluate_manual, [family, plan_box, fidelity], [result, table], api_name="evaluate_manual")
+    export_btn.click(export_zip, [family, plan_box], [download, export_note], api_name="export")
