@@ -68,6 +68,16 @@ def _run(args, store, study_id: int, total: int | None) -> int:
     b = best_trial(store.trials(study_id))
     if b:
         print(f"best plan: {b['plan_text']}")
+    if s["settings"].get("objectives") == "per_task":
+        from gptailor.search import TrialRecord, pareto_front
+
+        recs = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
+        tasks = [k for k, v in (b or {}).get("task_retention", {}).items() if v is not None]
+        front = pareto_front(recs, tasks)
+        print(f"Pareto set ({len(front)} plans, per-task retention {', '.join(tasks)}):")
+        for t in front:
+            vals = " ".join(f"{100 * (t.result.task_retention.get(k) or 0):6.1f}%" for k in tasks)
+            print(f"  #{t.number:<4} {vals}  {t.plan.to_text()}")
     return 0 if status in ("finished", "cancelled") else 1
 
 

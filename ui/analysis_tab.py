@@ -8,7 +8,7 @@ from gptailor.analysis import cached_analysis
 from gptailor.baselines import calibration_texts
 
 from . import figures
-from .engine import ENGINE, data_dir
+from .engine import ENGINE, gpu, data_dir
 
 CAPTIONS = {
     "influence": "How much each layer changes its input. Low values (pale) are layers ShortGPT would drop first; "
@@ -23,6 +23,7 @@ CAPTIONS = {
 }
 
 
+@gpu
 def compute(family: str, n_texts: float, member: str, position: float, progress=gr.Progress()):
     try:
         session = ENGINE.get(family)

@@ -6,9 +6,10 @@ import gradio as gr
 from gptailor import FamilyError, Plan, PlanError
 from gptailor.chat import stream_reply
 
-from .engine import ENGINE
+from .engine import ENGINE, gpu
 
 
+@gpu
 def chat(family: str, plan_text: str, prompt: str, max_new_tokens: float, temperature: float):
     try:
         session = ENGINE.get(family)

@@ -14,7 +14,7 @@ from gptailor.search import SearchSettings, TrialRecord
 from gptailor.space import Budget
 
 from . import figures
-from .engine import ENGINE, data_dir, store
+from .engine import ENGINE, gpu, data_dir, store
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
 
@@ -82,6 +82,7 @@ def grid_to_text(family: str, rows):
     return plan.to_text(), "✓ valid plan", figures.layer_map(plan, session.family.member_names)
 
 
+@gpu
 def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.Progress()):
     """Evaluate the plan, store it as a one-trial 'manual' study, and compare with base and best."""
     try:

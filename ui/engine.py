@@ -13,11 +13,29 @@ from pathlib import Path
 from gptailor import Evaluator, Family, FamilySpec, Plan, Stitcher, load_suite
 
 
+try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
+    import spaces  # type: ignore[import-not-found]
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - the usual case
+    def gpu(fn=None, **_kw):
+        return fn if fn is not None else (lambda f: f)
+
+
 def data_dir() -> Path:
     """Where the app keeps its files (database, exports, family specs): ``GPTAILOR_DATA_DIR``."""
     d = Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def public_mode() -> bool:
+    """GPTAILOR_PUBLIC=1: a public Space. Only listed families, no local paths or hub ids, capped trials."""
+    return os.environ.get("GPTAILOR_PUBLIC", "").lower() in ("1", "true", "yes")
+
+
+def max_trials() -> int:
+    return int(os.environ.get("GPTAILOR_MAX_TRIALS", "200" if public_mode() else "100000"))
 
 
 def family_choices() -> list[str]:
@@ -47,6 +65,11 @@ class Engine:
         self._lock = threading.Lock()
 
     def get(self, family: str) -> Session:
+        from gptailor import FamilyError
+
+        if public_mode() and family not in family_choices():
+            raise FamilyError(f"{family!r} is not one of this app's families ({', '.join(family_choices())}); "
+                              f"public mode does not load arbitrary paths or hub ids")
         with self._lock:
             if family not in self._sessions:
                 fam = Family.from_spec(FamilySpec.load(family))

@@ -5,11 +5,12 @@ import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
 
-from .engine import ENGINE, family_choices
+from .engine import ENGINE, gpu, family_choices, public_mode
 
 COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
 
 
+@gpu
 def evaluate(family: str, plan_text: str, fidelity: float | None, progress=gr.Progress()):
     """Score a plan; returns a summary line and a per-task table."""
     try:
@@ -42,7 +43,8 @@ def identity_plan(family: str) -> str:
 
 def build() -> dict:
     with gr.Row():
-        family = gr.Dropdown(family_choices(), value="demo", label="Family", allow_custom_value=True, scale=2)
+        family = gr.Dropdown(family_choices(), value="demo", label="Family (or a path to a family.yaml)",
+                             allow_custom_value=not public_mode(), scale=2)
         fidelity = gr.Number(value=None, label="Examples per task (empty = all)", precision=0, scale=1)
     plan = gr.Textbox(label="Plan (text form or JSON)", lines=3,
                       placeholder="0:base 1:math 2:drop 3:merge(math=.6,strings=.4) ...")

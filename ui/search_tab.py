@@ -9,7 +9,7 @@ from gptailor import FamilyError, TaskError
 from gptailor.search import SearchSettings
 from gptailor.space import Budget, BudgetError
 
-from .engine import ENGINE, data_dir, store
+from .engine import ENGINE, data_dir, max_trials, store
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "trials", "best retention %", "error"]
 LAUNCHABLE = [m for m in METHODS if m != "manual"]
@@ -41,6 +41,8 @@ def studies_rows() -> list[list]:
 
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str):
+    if int(trials) > max_trials():
+        raise gr.Error(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
     try:
         session = ENGINE.get(family)
         settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
