@@ -55,7 +55,9 @@ def create_study(store: Store, family_source: str, method: str, budget: Budget,
     settings.check()
     ev = evaluator or load_engine(family_source, suite)
     n_remove = budget.n_remove(ev.family)  # BudgetError before anything is stored
-    spec = FamilySpec.load(family_source) if not isinstance(family_source, FamilySpec) else family_source
+    if Path(str(family_source)).exists():  # a worker started elsewhere must find the same files
+        family_source = str(Path(str(family_source)).resolve())
+    spec = FamilySpec.load(family_source)
     info = ev.family.info()
     s = settings.to_dict()
     s["suite"] = ev.suite.path
@@ -73,7 +75,11 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
     study = store.study(study_id)
     if study["status"] == "finished":
         return "finished"
-    store.set_status(study_id, "running", pid=os.getpid())
+    # Claim the study atomically: of two workers started for it, only one gets to run it.
+    if not store.transition(study_id, ("created", "interrupted", "cancelled", "failed"), "running", pid=os.getpid()):
+        if store.transition(study_id, ("cancelling",), "cancelled"):
+            return "cancelled"  # cancelled before the worker got going
+        raise StudyError(f"study {study_id} is {store.study(study_id)['status']} in another worker")
     try:
         ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
         budget = Budget.from_dict(study["budget"])
@@ -98,13 +104,13 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
             status = _run_baseline(ev, budget, method, previous, record, cancelled)
         else:
             status = "finished"
-        store.set_status(study_id, status)
+        store.transition(study_id, ("running", "cancelling"), status)
         return status
     except KeyboardInterrupt:
-        store.set_status(study_id, "cancelled", error="stopped by a signal")
+        store.transition(study_id, ("running", "cancelling"), "cancelled", error="stopped by a signal")
         return "cancelled"
     except Exception as e:  # noqa: BLE001 - whatever broke, the study says so and stays readable
-        store.set_status(study_id, "failed", error=f"{type(e).__name__}: {e}")
+        store.transition(study_id, ("running", "cancelling"), "failed", error=f"{type(e).__name__}: {e}")
         raise
 
 
@@ -146,19 +152,24 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
 def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
     """Start a worker process for the study; returns at once."""
     study = store.study(study_id)
-    if study["status"] in ("running", "cancelling") and _alive(study["worker_pid"]):
-        raise StudyError(f"study {study_id} is already running (pid {study['worker_pid']})")
+    if study["status"] in ACTIVE and _alive(study["worker_pid"]):
+        raise StudyError(f"study {study_id} already has a live worker (pid {study['worker_pid']}, "
+                         f"{study['status']})")
     seed = int(study["settings"].get("seed", 0))
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    log = subprocess.DEVNULL
+    log = None
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"study-{study_id}.log", "ab")
-    store.set_status(study_id, "created")
-    proc = subprocess.Popen([sys.executable, "-m", "db.worker", "--db", store.url, "--study", str(study_id)],
-                            env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    store.set_status(study_id, "created", pid=proc.pid)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "db.worker", "--db", store.url, "--study", str(study_id)],
+                                env=env, cwd=str(ROOT), stdout=log or subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log is not None:
+            log.close()  # the child has its own descriptor
+    store.transition(study_id, ("created", "interrupted", "cancelled", "failed"), "created", pid=proc.pid)
     return proc
 
 
@@ -183,18 +194,18 @@ def reconcile(store: Store) -> list[int]:
     out = []
     for s in store.studies():
         if s["status"] in ACTIVE and s["worker_pid"] and not _alive(s["worker_pid"]):
-            store.set_status(s["id"], "interrupted", error="the worker process ended unexpectedly; resume it")
-            out.append(s["id"])
+            if store.transition(s["id"], ACTIVE, "interrupted",
+                                error="the worker process ended unexpectedly; resume it"):
+                out.append(s["id"])
     return out
 
 
 def cancel(store: Store, study_id: int) -> None:
-    """Ask the worker to stop after the current trial (or mark a dead study cancelled)."""
+    """Ask the worker to stop after the current trial (or mark a study without a live worker cancelled)."""
     s = store.study(study_id)
-    if s["status"] in ("running", "created") and _alive(s["worker_pid"]):
-        store.set_status(study_id, "cancelling")
-    elif s["status"] in ACTIVE:
-        store.set_status(study_id, "cancelled")
+    if _alive(s["worker_pid"]) and store.transition(study_id, ("running", "created"), "cancelling"):
+        return
+    store.transition(study_id, ACTIVE, "cancelled")
 
 
 def resume(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
@@ -202,7 +213,7 @@ def resume(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
     s = store.study(study_id)
     if s["status"] == "finished":
         raise StudyError(f"study {study_id} is finished ({s['trials_done']} trials); nothing to resume")
-    if s["status"] in ("running", "cancelling"):
+    if s["status"] in ACTIVE and _alive(s["worker_pid"]):
         raise StudyError(f"study {study_id} is still running (pid {s['worker_pid']})")
     return launch(store, study_id, log_dir)
 

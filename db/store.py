@@ -34,6 +34,13 @@ def default_url() -> str:
     return f"sqlite:///{data / 'gptailor.db'}"
 
 
+def _absolute(url: str) -> str:
+    """A relative SQLite path made absolute, so a worker started elsewhere opens the same file."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return "sqlite:///" + str(Path(url[len("sqlite:///"):]).expanduser().resolve())
+    return url
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -45,7 +52,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 class Store:
     def __init__(self, url: str | None = None) -> None:
-        self.url = url or default_url()
+        self.url = _absolute(url or default_url())
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
             path = self.url.split("///", 1)[-1]
@@ -142,6 +149,29 @@ class Store:
             elif status in ("finished", "failed", "cancelled", "interrupted"):
                 row.finished_at = utcnow()
 
+    def transition(self, study_id: int, allowed_from: tuple[str, ...], status: str, error: str | None = None,
+                   pid: int | None = None) -> bool:
+        """Change the status only if it is one of ``allowed_from`` (one atomic UPDATE); True if it changed."""
+        from sqlalchemy import update
+
+        values: dict[str, Any] = {"status": status}
+        if error is not None:
+            values["error"] = error
+        if pid is not None:
+            values["worker_pid"] = pid
+        now = utcnow()
+        if status == "running":
+            values.update(heartbeat_at=now, finished_at=None, error=None)
+        elif status in ("finished", "failed", "cancelled", "interrupted"):
+            values["finished_at"] = now
+        with self.session() as s:
+            res = s.execute(update(StudyRow).where(StudyRow.id == study_id, StudyRow.status.in_(allowed_from))
+                            .values(**values))
+            if status == "running" and res.rowcount:
+                row = s.get(StudyRow, study_id)
+                row.started_at = row.started_at or now
+            return bool(res.rowcount)
+
     def heartbeat(self, study_id: int) -> None:
         with self.session() as s:
             s.get(StudyRow, study_id).heartbeat_at = utcnow()
@@ -166,7 +196,8 @@ class Store:
                            retention=result.get("retention"), kept_layers=result.get("kept_layers"),
                            params=result.get("params"), stitch_s=result.get("stitch_s"),
                            score_s=result.get("score_s"), wall_s=trial.get("wall_s"),
-                           status=trial.get("status", "complete"), error=trial.get("error"))
+                           status=trial.get("status", "complete"), error=trial.get("error"),
+                           source=trial.get("source") or "search")
             s.add(row)
             study = s.get(StudyRow, study_id)
             study.heartbeat_at = utcnow()
@@ -194,12 +225,14 @@ def _trial_dict(r: TrialRow) -> dict[str, Any]:
     return {"id": r.id, "study_id": r.study_id, "number": r.number, "plan": r.plan, "plan_text": r.plan_text,
             "config": r.config, "fidelity": r.fidelity, "scores": r.scores, "task_retention": r.task_retention,
             "retention": r.retention, "kept_layers": r.kept_layers, "params": r.params, "stitch_s": r.stitch_s,
-            "score_s": r.score_s, "wall_s": r.wall_s, "status": r.status, "error": r.error}
+            "score_s": r.score_s, "wall_s": r.wall_s, "status": r.status, "error": r.error,
+            "source": r.source}
 
 
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
     done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id))
-    max_fid = s.scalar(select(func.max(TrialRow.fidelity)).where(TrialRow.study_id == r.id))
+    max_fid = s.scalar(select(func.max(TrialRow.fidelity)).where(TrialRow.study_id == r.id,
+                                                                  TrialRow.status == "complete"))
     best = s.scalar(select(func.max(TrialRow.retention)).where(
         TrialRow.study_id == r.id, TrialRow.status == "complete",
         (TrialRow.fidelity == max_fid) if max_fid is not None else TrialRow.fidelity.is_(None)))

@@ -74,10 +74,10 @@ def analyze(family: Family, texts: list[str], stitcher: Stitcher | None = None,
         if progress:
             progress(k / (len(members) + 1), f"hidden states of {m}")
         model = stitcher.build(Plan.identity(L, m, family.name))
-        states = layer_states(model, family.tokenizer, texts)
+        states = layer_states(model, family.tokenizer, texts, keep_tokens=max_tokens)
         bi[m] = block_influence(states)
         ang[m] = [angular_distance(states, n) + [None] * (n - 1) for n in range(1, L)]
-        o = [x[:max_tokens] for x in states.outputs]
+        o = states.outputs
         outs[m] = o
         cka_l[m] = [[linear_cka(o[a], o[b]) for b in range(L)] for a in range(L)]
         drift[m] = weight_drift(family, m)

@@ -43,19 +43,22 @@ def calibration_texts(suite: Suite, n: int = 64) -> list[str]:
 
 @dataclass
 class LayerStates:
-    """Per layer: inputs and outputs (token-level, padding removed) and last-token inputs."""
+    """What the heuristics need, accumulated batch by batch so memory stays small on big models."""
 
-    inputs: list[torch.Tensor]  # [L] of (tokens, hidden)
-    outputs: list[torch.Tensor]
+    cos_sum: list[float]  # per layer: sum over tokens of cos(input, output)
+    n_tokens: int
     last_inputs: list[torch.Tensor]  # [L + 1] of (samples, hidden): h_0..h_L at the last token
+    outputs: list[torch.Tensor] | None = None  # per layer, the first ``keep_tokens`` outputs (for CKA)
 
 
 @torch.inference_mode()
-def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16) -> LayerStates:
+def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16, keep_tokens: int = 0,
+                 max_length: int = 512) -> LayerStates:
     layers = model.model.layers
     L = len(layers)
-    ins: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    cos_sum = [0.0] * L
     outs: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    kept = [0] * L
     last: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
     current: dict[str, torch.Tensor] = {}
 
@@ -64,35 +67,43 @@ def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16) -> La
             x = args[0] if args else kwargs["hidden_states"]
             y = output[0] if isinstance(output, tuple) else output
             m = current["mask"]
-            ins[i].append(x[m].float().cpu())
-            outs[i].append(y[m].float().cpu())
-            last[i].append(x[torch.arange(x.shape[0]), current["last"]].float().cpu())
+            xi, yi = x[m].float(), y[m].float()
+            cos_sum[i] += float(torch.nn.functional.cosine_similarity(xi, yi, dim=-1).sum())
+            if kept[i] < keep_tokens:
+                take = yi[: keep_tokens - kept[i]].cpu()
+                outs[i].append(take)
+                kept[i] += take.shape[0]
+            rows = torch.arange(x.shape[0], device=x.device)
+            last[i].append(x[rows, current["last"]].float().cpu())
             if i == L - 1:
-                last[L].append(y[torch.arange(y.shape[0]), current["last"]].float().cpu())
+                last[L].append(y[rows, current["last"]].float().cpu())
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     dev = next(model.parameters()).device
+    n_tokens = 0
     try:
         for s in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[s: s + batch_size], return_tensors="pt", padding=True)
+            enc = tokenizer(texts[s: s + batch_size], return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_length)
             mask = enc["attention_mask"].bool()
             if tokenizer.padding_side == "left":
                 lastpos = torch.full((mask.shape[0],), mask.shape[1] - 1)
             else:
                 lastpos = mask.sum(1) - 1
             current.update(mask=mask.to(dev), last=lastpos.to(dev))
-            model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev))
+            n_tokens += int(mask.sum())
+            model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev), use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    return LayerStates([torch.cat(x) for x in ins], [torch.cat(x) for x in outs], [torch.cat(x) for x in last])
+    return LayerStates(cos_sum, n_tokens, [torch.cat(x) for x in last],
+                       [torch.cat(x) for x in outs] if keep_tokens else None)
 
 
 def block_influence(states: LayerStates) -> list[float]:
     """ShortGPT's BI per layer: 1 - mean cosine similarity between a layer's input and output."""
-    return [float(1 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean())
-            for x, y in zip(states.inputs, states.outputs)]
+    return [1.0 - c / max(1, states.n_tokens) for c in states.cos_sum]
 
 
 def angular_distance(states: LayerStates, n: int) -> list[float]:

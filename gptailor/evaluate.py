@@ -91,12 +91,13 @@ class Evaluator:
     """Scores plans of one family on one suite; caches tokenized batches and reference scores."""
 
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
-                 near_zero: float = 0.05, max_length: int | None = None) -> None:
+                 near_zero: float = 0.05, max_length: int | None = None, head_chunk: int = 4096) -> None:
         self.family = family
         self.suite = suite
         self.stitcher = stitcher or Stitcher(family)
         self.batch_size = batch_size
         self.near_zero = near_zero
+        self.head_chunk = head_chunk  # scored positions per LM-head call
         limit = getattr(family.config, "max_position_embeddings", 2048) or 2048
         self.max_length = min(max_length or limit, limit)
         self._batches: dict[tuple[str, int | None], tuple[list[_Batch], list[Any]]] = {}
@@ -106,6 +107,9 @@ class Evaluator:
     def _encode_pair(self, ctx: str, cont: str) -> tuple[list[int], list[int]]:
         tok = self.family.tokenizer
         c = tok(ctx)["input_ids"]
+        if not c:  # no BOS and an empty context: something must precede the first scored token
+            c = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+            return c, tok(cont, add_special_tokens=False)["input_ids"]
         whole = tok(ctx + cont)["input_ids"]
         t = whole[len(c):] if whole[: len(c)] == c and len(whole) > len(c) else tok(cont, add_special_tokens=False)["input_ids"]
         return c, t
@@ -123,6 +127,8 @@ class Evaluator:
                 meta.append((start, len(ex["choices"]), ex["answer"]))
             else:
                 ids = tok(ex["text"])["input_ids"]
+                if len(ids) < 2:
+                    ids = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id, *ids]
                 rows.append((ids[:1], ids[1:]))
         return rows, meta
 
@@ -166,15 +172,21 @@ class Evaluator:
         n = batches[0].n_rows
         logp, correct, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), torch.zeros(n)
         for b in batches:
-            hidden = model.model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
-            logits = model.lm_head(hidden[b.rows, b.cols]).float()
-            lp = torch.log_softmax(logits, dim=-1)
-            tok_lp = lp.gather(1, b.targets[:, None])[:, 0]
-            hit = lp.argmax(-1) == b.targets
+            hidden = model.model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                 use_cache=False).last_hidden_state
+            picked = hidden[b.rows, b.cols]
+            tok_lp, hit = [], []
+            for s in range(0, picked.shape[0], self.head_chunk):  # bounded memory for big vocabularies
+                logits = model.lm_head(picked[s: s + self.head_chunk]).float()
+                tgt = b.targets[s: s + self.head_chunk]
+                tok_lp.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+                hit.append(logits.argmax(-1) == tgt)
+            tok_lp, hit = torch.cat(tok_lp), torch.cat(hit)
             nb = b.input_ids.shape[0]
-            row_lp = torch.zeros(nb, dtype=torch.float64, device=lp.device).index_add_(0, b.rows, tok_lp.double())
-            misses = torch.zeros(nb, device=lp.device).index_add_(0, b.rows, (~hit).float())
-            cnt = torch.zeros(nb, device=lp.device).index_add_(0, b.rows, torch.ones_like(tok_lp))
+            dev = tok_lp.device
+            row_lp = torch.zeros(nb, dtype=torch.float64, device=dev).index_add_(0, b.rows, tok_lp.double())
+            misses = torch.zeros(nb, device=dev).index_add_(0, b.rows, (~hit).float())
+            cnt = torch.zeros(nb, device=dev).index_add_(0, b.rows, torch.ones_like(tok_lp))
             logp[b.row_ids] = row_lp.cpu()
             correct[b.row_ids] = (misses == 0).cpu() & (cnt > 0).cpu()
             count[b.row_ids] = cnt.cpu()

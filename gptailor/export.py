@@ -56,18 +56,26 @@ def export(family: Family, plan: Plan, folder: str | os.PathLike, result: EvalRe
 
 # ----------------------------------------------------------------------------- mergekit
 def _merge_method(plan: Plan) -> str:
+    """The single mergekit merge_method this plan can be written with, or ExportError saying why not."""
     methods = {op.method for op in plan.ops if op.kind == "merge"}
     if len(methods) > 1:
         raise ExportError(f"plan mixes merge methods {sorted(methods)}; one mergekit config has one merge_method")
-    if methods == {"slerp"} and any(op.kind == "pick" for op in plan.ops):
-        raise ExportError("slerp slices cannot sit beside single-model slices in one mergekit config")
+    if "slerp" in methods:
+        raise ExportError("mergekit's slerp also interpolates the embeddings and head, which stay the base's here")
+    kept = [plan.ops[i] for i in plan.kept_positions]
+    for where, op in (("first", kept[0]), ("last", kept[-1])):
+        if not (op.kind == "pick" and op.member == "base"):
+            raise ExportError(f"mergekit takes the embeddings from the first slice and the final norm and head "
+                              f"from the last; the {where} kept layer here is {op.to_text()!r}, not the base's")
     return methods.pop() if methods else "passthrough"
 
 
 def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
-    """The plan as a mergekit config: slices in position order, base model for embeddings and head."""
+    """The plan as a mergekit config: slices in position order; the first and last are base layers, so
+    embeddings, final norm and LM head are the base's, as in the stitched model."""
     method = _merge_method(plan)
     src = family.spec.source
+    needs_base = method in ("task_arithmetic", "ties")  # mergekit reads the base tensor from each slice
     slices: list[dict[str, Any]] = []
     i, ops = 0, plan.ops
     while i < len(ops):
@@ -83,7 +91,10 @@ def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
             source: dict[str, Any] = {"model": src(op.member or "base"), "layer_range": [i, j]}
             if method != "passthrough":  # a single source with weight 1 reproduces that layer
                 source["parameters"] = {"weight": 1.0, **({"density": 1.0} if method == "ties" else {})}
-            slices.append({"sources": [source]})
+            sources = [source]
+            if needs_base and op.member != "base":
+                sources.append({"model": src("base"), "layer_range": [i, j]})
+            slices.append({"sources": sources})
             i = j
             continue
         sources = []
@@ -92,13 +103,12 @@ def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
             if op.method == "ties":
                 params["density"] = 0.5 if op.density is None else op.density
             sources.append({"model": src(m), "layer_range": [i, i + 1], "parameters": params})
+        if needs_base and "base" not in op.members:
+            sources.append({"model": src("base"), "layer_range": [i, i + 1]})
         slices.append({"sources": sources})
         i += 1
     cfg: dict[str, Any] = {"slices": slices, "merge_method": method, "base_model": src("base"),
                            "dtype": str(family.dtype).replace("torch.", "")}
-    if method == "slerp":
-        cfg["parameters"] = {"t": [{"value": ops[i].weights[1][1] / sum(w for _, w in ops[i].weights)}
-                                   for i in plan.kept_positions][0]}
     if method in ("linear", "ties"):
         cfg["parameters"] = {"normalize": True}
     return cfg

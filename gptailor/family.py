@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ _SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_att
                "num_key_value_heads", "head_dim", "vocab_size")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+_MEMBER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 class FamilyError(ValueError):
@@ -77,6 +81,10 @@ class FamilySpec:
             raise FamilyError("family spec 'candidates' must map member names to hub ids or folders")
         if "base" in cands:
             raise FamilyError("a candidate cannot be called 'base'; that name is the base model's")
+        for k in cands:  # names appear in plan text: 0:math 1:merge(math=.5,code=.5)
+            if not _MEMBER_NAME.match(str(k)) or str(k) == "drop" or str(k).startswith("merge"):
+                raise FamilyError(f"candidate name {k!r} cannot be used in plans; use letters, digits and _ "
+                                  f"(starting with a letter), not 'drop' or 'merge...'")
         unknown = set(d) - {f for f in cls.__dataclass_fields__} 
         if unknown:
             raise FamilyError(f"family spec has unknown keys {sorted(unknown)}; known: name, base, candidates, "

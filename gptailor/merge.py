@@ -37,15 +37,16 @@ def _trim(delta: Tensor, density: float) -> Tensor:
     k = int(round(density * delta.numel()))
     if k <= 0:
         return torch.zeros_like(delta)
-    flat = delta.abs().flatten()
-    threshold = flat.kthvalue(flat.numel() - k + 1).values
-    return delta * (delta.abs() >= threshold)
+    flat = delta.flatten()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.abs().topk(k).indices] = True  # exactly k entries, as mergekit does
+    return (flat * keep).view_as(delta)
 
 
 def ties(base: Tensor, tensors: list[Tensor], weights: list[float], density: float = 0.5) -> Tensor:
     b = base.float()
     deltas = torch.stack([_trim(t.float() - b, density) * w for t, w in zip(tensors, weights)])
-    sign = torch.sign(deltas.sum(dim=0))
+    sign = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)  # a zero sum counts as positive (mergekit)
     agree = (torch.sign(deltas) == sign) & (deltas != 0)
     w = torch.tensor(weights, dtype=torch.float32).view(-1, *([1] * b.dim()))
     num = (deltas * agree).sum(dim=0)

@@ -182,11 +182,15 @@ class LayerwiseSpace(PlanSpace):
             else:
                 if not self.merge or op.method not in MERGE_METHODS_SEARCHED or op.density is not None:
                     return None
-                total = max(w for _, w in op.weights)
+                # linear and TIES normalise their weights, so rescaling into [0, 1] keeps the model;
+                # task arithmetic does not, so its weights must already lie in [0, 1].
+                total = max(w for _, w in op.weights) if op.method != "task_arithmetic" else 1.0
+                if any(w / total > 1.0 or w / total < MIN_WEIGHT for _, w in op.weights):
+                    return None
                 values[f"op_{i:03d}"] = "merge"
                 values[f"method_{i:03d}"] = op.method
                 for m in self.members:
-                    values[f"w_{i:03d}_{m}"] = min(1.0, op.weight_map.get(m, 0.0) / total)
+                    values[f"w_{i:03d}_{m}"] = op.weight_map.get(m, 0.0) / total
         try:
             return Configuration(self.cs, values=values)
         except Exception:  # noqa: BLE001 - ConfigSpace raises several kinds for an illegal value

@@ -13,6 +13,7 @@ cache is silently wrong. We build a fresh model skeleton on the meta device with
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from typing import Hashable
 
@@ -30,20 +31,24 @@ class LRU:
         self.maxsize = maxsize
         self.data: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = 0
+        self._lock = threading.Lock()  # a UI serves several requests at once from one stitcher
 
     def get(self, key: Hashable):
-        if key in self.data:
-            self.data.move_to_end(key)
-            self.hits += 1
-            return self.data[key]
-        self.misses += 1
-        return None
+        with self._lock:
+            value = self.data.get(key)
+            if value is not None:
+                self.data.move_to_end(key)
+                self.hits += 1
+                return value
+            self.misses += 1
+            return None
 
     def put(self, key: Hashable, value) -> None:
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) > self.maxsize:
-            self.data.popitem(last=False)
+        with self._lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.maxsize:
+                self.data.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -126,7 +126,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     """Read a suite YAML/JSON: ``{name, tasks: [{name, kind, path}, ...]}``."""
     import yaml
 
-    path = Path(path)
+    path = Path(path).expanduser().resolve()
     if path.is_dir():
         path = path / "suite.yaml"
     if not path.exists():

@@ -49,18 +49,33 @@ def test_refuses_non_empty_folder_unless_overwrite(tiny_family, tmp_path):
 
 def test_mergekit_config_passthrough_and_merge(tiny_family):
     src = tiny_family.spec.source
-    cfg = mergekit_config(tiny_family, Plan.from_text("0:base 1:base 2:drop 3:math"))
+    cfg = mergekit_config(tiny_family, Plan.from_text("0:base 1:math 2:drop 3:base"))
     assert cfg["merge_method"] == "passthrough" and cfg["base_model"] == src("base")
-    assert cfg["slices"] == [{"sources": [{"model": src("base"), "layer_range": [0, 2]}]},
-                             {"sources": [{"model": src("math"), "layer_range": [3, 4]}]}]
-    cfg = mergekit_config(tiny_family, Plan.from_text("0:math 1:drop 2:merge[ties,density=.3](math=1,code=2) 3:base"))
+    assert cfg["slices"] == [{"sources": [{"model": src("base"), "layer_range": [0, 1]}]},
+                             {"sources": [{"model": src("math"), "layer_range": [1, 2]}]},
+                             {"sources": [{"model": src("base"), "layer_range": [3, 4]}]}]
+    cfg = mergekit_config(tiny_family, Plan.from_text("0:base 1:math 2:merge[ties,density=.3](math=1,code=2) 3:base"))
     assert cfg["merge_method"] == "ties"
-    assert cfg["slices"][1]["sources"] == [
+    assert cfg["slices"][2]["sources"] == [
         {"model": src("math"), "layer_range": [2, 3], "parameters": {"weight": 1.0, "density": 0.3}},
-        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 2.0, "density": 0.3}}]
-    assert cfg["slices"][0]["sources"][0]["parameters"] == {"weight": 1.0, "density": 1.0}
-    with pytest.raises(ExportError, match="mixes merge methods"):
-        mergekit_config(tiny_family, Plan.from_text("merge(math=1,code=1) merge[ties](math=1,code=1) base base"))
+        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 2.0, "density": 0.3}},
+        {"model": src("base"), "layer_range": [2, 3]}]  # mergekit reads the base tensor from the slice
+    assert cfg["slices"][1]["sources"] == [
+        {"model": src("math"), "layer_range": [1, 2], "parameters": {"weight": 1.0, "density": 1.0}},
+        {"model": src("base"), "layer_range": [1, 2]}]
+    assert cfg["slices"][0]["sources"] == [
+        {"model": src("base"), "layer_range": [0, 1], "parameters": {"weight": 1.0, "density": 1.0}}]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("base merge(math=1,code=1) merge[ties](math=1,code=1) base", "mixes merge methods"),
+    ("base merge[slerp](base=1,math=1) base base", "slerp"),
+    ("math base base base", "first kept layer"),
+    ("base base base merge(math=1,code=1)", "last kept layer"),
+])
+def test_mergekit_refuses_what_it_cannot_express(tiny_family, text, msg):
+    with pytest.raises(ExportError, match=msg):
+        mergekit_config(tiny_family, Plan.from_text(text))
 
 
 def test_export_writes_yaml_even_when_not_expressible(tiny_family, tmp_path):

@@ -20,7 +20,7 @@ def test_task_arithmetic_adds_weighted_deltas_to_base():
 def test_ties_trims_elects_sign_and_averages_agreeing():
     base = torch.zeros(4)
     a = torch.tensor([1.0, -2.0, 0.1, 3.0])
-    b = torch.tensor([2.0, 1.0, -0.2, -1.0])
+    b = torch.tensor([2.0, 1.0, -0.2, -0.9])
     # density .5: a keeps {-2, 3}, b keeps {2, 1}. Weighted sums per entry: [2, -1, 0, 3]
     # -> signs [+, -, 0, +]; agreeing: e0 {b:2}, e1 {a:-2}, e3 {a:3}
     out = ties(base, [a, b], [1.0, 1.0], density=0.5)

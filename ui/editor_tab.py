@@ -98,7 +98,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.
         res = ev.evaluate(plan, n)
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
-                           SearchSettings(n_trials=1, max_fidelity=n), name=f"manual: {plan.to_text()[:60]}",
+                           SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8)), name=f"manual: {plan.to_text()[:60]}",
                            evaluator=ev)
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
