@@ -158,12 +158,16 @@ def _batch(tokenizer, rng: random.Random, mixture: dict[str, float], cfg: DemoCo
     return t[:, :-1], t[:, 1:]
 
 
-def _train(model, tokenizer, mixture, steps: int, lr: float, cfg: DemoConfig, seed: int, log) -> None:
+def _train(model, tokenizer, mixture, steps: int, lr: float, cfg: DemoConfig, seed: int, log,
+           layers_only: bool = False) -> None:
     import torch
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    for name, p in model.named_parameters():  # finetunes train the decoder layers only (see build)
+        p.requires_grad_(not layers_only or ".layers." in name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / steps))
@@ -175,7 +179,7 @@ def _train(model, tokenizer, mixture, steps: int, lr: float, cfg: DemoConfig, se
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps - 1:
@@ -263,7 +267,10 @@ def build(out: Path = DEMO_DIR, cfg: DemoConfig | None = None, log=print) -> Pat
         base.load_state_dict(base_state)
         rest = (1 - cfg.finetune_own_share) / (len(SKILLS) - 1)
         mixture = {s: (cfg.finetune_own_share if s == skill else rest) for s in SKILLS}
-        _train(base, tokenizer, mixture, cfg.finetune_steps, cfg.finetune_lr, cfg, cfg.seed + 1 + i, log)
+        # Embeddings, final norm and head stay the base's, as in a stitched model (and as in most
+        # parameter-efficient finetunes): a layer from a finetune then fits any plan.
+        _train(base, tokenizer, mixture, cfg.finetune_steps, cfg.finetune_lr, cfg, cfg.seed + 1 + i, log,
+               layers_only=True)
         log(f"{skill} quick eval: {quick_eval(base, tokenizer)}")
         _save(base, tokenizer, gen, out / skill)
     write_tasks(out)
@@ -285,6 +292,28 @@ def _save(model, tokenizer, gen, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
+def report(family: str = "demo") -> str:
+    """A markdown table of every member's scores, and of naive last-quarter dropping, at full fidelity."""
+    from .evaluate import Evaluator
+    from .family import Family
+    from .plan import Plan
+    from .tasks import load_suite
+
+    fam = Family.from_spec(family)
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
+    L, q = fam.n_layers, fam.n_layers // 4
+    rows = [(m, Plan.identity(L, m, fam.name)) for m in fam.member_names]
+    rows.append((f"base, last {q} layers dropped", Plan.drop_positions(L, range(L - q, L), family=fam.name)))
+    names = ev.suite.names
+    out = ["| model | " + " | ".join(f"{t} ({'ppl' if t.endswith('ppl') else 'acc'})" for t in names)
+           + " | retention |", "|---" * (len(names) + 2) + "|"]
+    for label, plan in rows:
+        res = ev.evaluate(plan)
+        cells = [f"{res.scores[t]:.2f}" if t.endswith("ppl") else f"{100 * res.scores[t]:.1f}%" for t in names]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {100 * res.retention:.1f}% |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gptailor.demo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -294,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--finetune-steps", type=int, default=DemoConfig.finetune_steps)
     t = sub.add_parser("tasks", help="rewrite only the task files")
     t.add_argument("--out", type=Path, default=DEMO_DIR)
+    r = sub.add_parser("report", help="print the members' scores as a markdown table")
+    r.add_argument("--family", default="demo")
     args = p.parse_args(argv)
     if args.cmd == "build":
         build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
+    elif args.cmd == "report":
+        print(report(args.family))
     else:
         write_tasks(args.out)
     return 0

@@ -207,10 +207,11 @@ class Evaluator:
 
     # -- references -----------------------------------------------------------------
     def member_scores(self, member: str, fidelity: int | None = None) -> dict[str, float]:
-        """A family member's own scores, computed once per fidelity."""
+        """A family member's own scores (its own model, embeddings and head included), once per fidelity."""
         key = (member, fidelity)
         if key not in self._member_scores:
-            model = self.stitcher.build(Plan.identity(self.family.n_layers, member, self.family.name))
+            model = self.stitcher.build(Plan.identity(self.family.n_layers, member, self.family.name),
+                                        shared_from=member)
             self._member_scores[key] = self.score_model(model, fidelity)
         return self._member_scores[key]
 

@@ -74,7 +74,7 @@ class Stitcher:
         self.device = torch.device(device) if device is not None else family.device
         self.merged = LRU(cache_size)  # merged layers, on the compute device
         self.moved = LRU(cache_size)  # picked layers copied to the compute device (not used on CPU)
-        self._shared: dict[str, torch.Tensor] | None = None
+        self._shared: dict[str, dict[str, torch.Tensor]] = {}
 
     # -- layer tensors --------------------------------------------------------------
     def _on_device(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,16 +108,18 @@ class Stitcher:
             self.merged.put(key, state)
         return state
 
-    def shared_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything outside the decoder layers (embeddings, final norm, LM head), from the base."""
-        if self._shared is None:
-            sd = {k: v for k, v in self.family.base.state_dict().items() if ".layers." not in k}
-            self._shared = self._on_device(sd) if self._needs_move() else sd
-        return self._shared
+    def shared_tensors(self, member: str = "base") -> dict[str, torch.Tensor]:
+        """Everything outside the decoder layers (embeddings, final norm, LM head), from the base --
+        or from ``member``, to rebuild that member's own model exactly."""
+        if member not in self._shared:
+            sd = {k: v for k, v in self.family.models[member].state_dict().items() if ".layers." not in k}
+            self._shared[member] = self._on_device(sd) if self._needs_move() else sd
+        return self._shared[member]
 
     # -- building -------------------------------------------------------------------
-    def build(self, plan: Plan) -> torch.nn.Module:
-        """A ready ``*ForCausalLM`` (eval mode) for ``plan``."""
+    def build(self, plan: Plan, shared_from: str = "base") -> torch.nn.Module:
+        """A ready ``*ForCausalLM`` (eval mode) for ``plan``. Embeddings, final norm and LM head come
+        from the base (the paper's stitched model); ``shared_from`` names another member for them."""
         from transformers import AutoModelForCausalLM
 
         fam = self.family
@@ -125,7 +127,7 @@ class Stitcher:
         cfg = stitched_config(fam.config, plan)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg, dtype=fam.dtype)
-        state = dict(self.shared_tensors())
+        state = dict(self.shared_tensors(shared_from))
         for j, i in enumerate(plan.kept_positions):
             for k, v in self.layer_tensors(i, plan.ops[i]).items():
                 state[f"model.layers.{j}.{k}"] = v

@@ -148,7 +148,7 @@ def test_two_concurrent_studies_and_a_reader(tmp_path, fam_dir):
 def test_sigkill_loses_nothing_and_resume_finishes(tmp_path, fam_dir):
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2),
-                       settings(n_trials=14))
+                       settings(n_trials=10))
     proc = launch(store, sid, log_dir=tmp_path / "logs")
     deadline = time.time() + 240
     while len(store.trials(sid)) < 4:
@@ -164,7 +164,7 @@ def test_sigkill_loses_nothing_and_resume_finishes(tmp_path, fam_dir):
     s = wait(store, sid, timeout=300)
     trials = store.trials(sid)
     assert s["status"] == "finished", (tmp_path / "logs" / f"study-{sid}.log").read_text()
-    assert len(trials) == 14 and [t["number"] for t in trials] == list(range(14))
+    assert len(trials) == 10 and [t["number"] for t in trials] == list(range(10))
     assert trials[: len(kept)] == kept  # nothing completed before the kill was lost or changed
     with pytest.raises(StudyError, match="finished"):
         resume(store, sid)

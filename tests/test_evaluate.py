@@ -34,7 +34,7 @@ def model_tasks(tiny_family, tmp_path_factory):
     tok = tiny_family.tokenizer
     st = Stitcher(tiny_family)
     base = st.build(Plan.identity(4))
-    math_model = st.build(Plan.identity(4, "math"))
+    math_model = st.build(Plan.identity(4, "math"), shared_from="math")  # the member's own model
     em, expected = [], []
     for i, p in enumerate(PROMPTS):
         ids = greedy(base, tok, p, 2)
@@ -99,8 +99,9 @@ def test_retention_references_and_zero_base(tiny_family, model_tasks):
     assert refs["em"].member == "base" and refs["ppl"].member == "base"
     assert refs["math_only"].member == "math" and refs["math_only"].value > 0  # base scores zero there
     assert refs["nobody"].member == "none"
-    res = ev.evaluate(Plan.identity(4, "math"))
-    assert res.task_retention["math_only"] == pytest.approx(1.0)
+    assert ev.member_scores("math")["math_only"] == refs["math_only"].value
+    res = ev.evaluate(Plan.identity(4, "math"))  # stitched: math's layers under the base's embeddings
+    assert res.task_retention["math_only"] == pytest.approx(res.scores["math_only"] / refs["math_only"].value)
     assert res.task_retention["nobody"] is None
     valid = [v for v in res.task_retention.values() if v is not None]
     assert res.retention == pytest.approx(sum(valid) / len(valid))

@@ -154,3 +154,14 @@ def test_missing_family_and_missing_member(tmp_path):
     make_tiny_family(tmp_path / "ok", n_layers=2, members=())
     with pytest.raises(FamilyError, match="member 'ghost': folder .*nothing-here does not exist"):
         Family.from_spec(FamilySpec("x", str(tmp_path / "ok/base"), {"ghost": str(tmp_path / "nothing-here")}))
+
+
+def test_shared_from_member_rebuilds_that_member_exactly(tiny_family):
+    ids = torch.randint(7, 100, (2, 7), generator=torch.Generator().manual_seed(3))
+    model = Stitcher(tiny_family).build(Plan.identity(4, "math"), shared_from="math")
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, tiny_family.models["math"](input_ids=ids).logits,
+                              atol=1e-6)
+        # the default takes embeddings and head from the base, as the paper's stitched model does
+        stitched = Stitcher(tiny_family).build(Plan.identity(4, "math"))
+        assert not torch.allclose(stitched(input_ids=ids).logits, model(input_ids=ids).logits)
