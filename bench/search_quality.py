@@ -34,7 +34,7 @@ VARIANTS = {
     "smac_paper": dict(method="smac", space="paper"),
     "random": dict(method="random", space="layerwise", constraint="repair"),
 }
-HEURISTICS = ("last_n", "shortgpt", "angular", "best_single")
+HEURISTICS = ("last_n", "shortgpt", "angular", "laco", "best_single")
 
 
 def main() -> int:

@@ -129,8 +129,8 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
     """Evaluate the heuristic's plan(s) at full fidelity; best_single tries every heuristic on every member."""
     n = budget.n_remove(ev.family)
     texts = calibration_texts(ev.suite)
-    todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS] if method == "best_single" \
-        else [(method, "base")]
+    todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
+        if method == "best_single" else [(method, "base")]
     done = {t.source for t in previous}
     number = len(previous)
     start = time.perf_counter()

@@ -5,6 +5,9 @@
   calibration set; drop the n lowest;
 - ``angular``:  Gromov et al., d(l, l+n) = arccos(cos(h_l, h_{l+n})) / pi on the last token; drop
   the n-block starting at the argmin;
+- ``laco``:     LaCo-style layer collapse: layers l..l+n become one, theta_l + sum_k (theta_{l+k} - theta_l)
+  (a task-arithmetic merge of ``member@j`` sources); the block whose collapsed model keeps the last
+  hidden state closest (cosine) to the full model's on the calibration set wins;
 - ``best_single``: the best of the above applied to each member alone (does cross-model stitching
   beat pruning the best single model?).
 
@@ -19,11 +22,11 @@ from typing import Callable
 import torch
 
 from .family import Family
-from .plan import Plan
+from .plan import Op, Plan
 from .stitch import Stitcher
 from .tasks import Suite
 
-HEURISTICS = ("last_n", "shortgpt", "angular")
+HEURISTICS = ("last_n", "shortgpt", "angular", "laco")
 
 
 def calibration_texts(suite: Suite, n: int = 64) -> list[str]:
@@ -137,11 +140,45 @@ def angular_plan(family: Family, n: int, states: LayerStates, member: str = "bas
     return Plan.drop_positions(family.n_layers, range(start, start + n), member, family.name)
 
 
+def laco_plan_at(family: Family, n: int, start: int) -> Plan:
+    """Collapse the base's layers start..start+n into position ``start``; drop the rest of the block.
+    (Only for the base: for another member the formula needs a negative weight on its own layer.)"""
+    L = family.n_layers
+    ops = [Op.pick("base") for _ in range(L)]
+    ops[start] = Op.merge({f"base@{j}": 1.0 for j in range(start + 1, start + n + 1)}, "task_arithmetic")
+    for j in range(start + 1, start + n + 1):
+        ops[j] = Op.drop()
+    return Plan(tuple(ops), family.name)
+
+
+@torch.inference_mode()
+def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | None = None) -> Plan:
+    """LaCo-style: try every block (never the final layer) and keep the collapse closest to the full model."""
+    member = "base"
+    if n == 0:
+        return Plan.identity(family.n_layers, member, family.name)
+    st = stitcher or Stitcher(family)
+    L = family.n_layers
+    full = layer_states(st.build(Plan.identity(L, member, family.name)), family.tokenizer, texts).last_inputs[-1]
+    best, best_sim = None, -2.0
+    for start in range(0, L - n - 1):
+        plan = laco_plan_at(family, n, start)
+        out = layer_states(st.build(plan), family.tokenizer, texts).last_inputs[-1]
+        sim = float(torch.nn.functional.cosine_similarity(out, full, dim=-1).mean())
+        if sim > best_sim:
+            best, best_sim = plan, sim
+    return best if best is not None else last_n_plan(family, n, member)
+
+
 def heuristic_plan(name: str, family: Family, n: int, texts: list[str], member: str = "base",
                    stitcher: Stitcher | None = None) -> Plan:
     """One heuristic's plan for ``member`` (its own model) removing ``n`` layers."""
     if name == "last_n":
         return last_n_plan(family, n, member)
+    if name == "laco":
+        if member != "base":
+            raise ValueError("the LaCo collapse is defined for the base model only")
+        return laco_plan(family, n, texts, stitcher)
     if name not in HEURISTICS:
         raise ValueError(f"unknown baseline {name!r}; use one of {', '.join(HEURISTICS)}")
     model = (stitcher or Stitcher(family)).build(Plan.identity(family.n_layers, member, family.name))

@@ -14,7 +14,7 @@ from typing import Any
 
 from .evaluate import EvalResult
 from .family import Family
-from .plan import Plan
+from .plan import Plan, split_source
 from .stitch import Stitcher, param_count
 
 _MODEL_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
@@ -102,7 +102,9 @@ def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
             params: dict[str, Any] = {"weight": w}
             if op.method == "ties":
                 params["density"] = 0.5 if op.density is None else op.density
-            sources.append({"model": src(m), "layer_range": [i, i + 1], "parameters": params})
+            name, pos = split_source(m)
+            j = i if pos is None else pos  # mergekit sources may read other layer ranges of equal length
+            sources.append({"model": src(name), "layer_range": [j, j + 1], "parameters": params})
         if needs_base and "base" not in op.members:
             sources.append({"model": src("base"), "layer_range": [i, i + 1]})
         slices.append({"sources": sources})

@@ -18,6 +18,16 @@ from typing import Any, Iterable, Literal, Sequence
 OpKind = Literal["drop", "pick", "merge"]
 MERGE_METHODS = ("linear", "task_arithmetic", "ties", "slerp")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_SOURCE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)(?:@(\d+))?$")
+
+
+def split_source(name: str) -> tuple[str, int | None]:
+    """A merge entry is ``member`` (the layer at the op's own position) or ``member@j`` (the member's
+    layer j): the latter expresses LaCo-style collapse of consecutive layers into one."""
+    m = _SOURCE.match(name)
+    if not m:
+        raise PlanError(f"{name!r} is not a merge source; write member or member@position")
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
 
 
 class PlanError(ValueError):
@@ -264,8 +274,11 @@ class Plan:
         known = set(members)
         for i, op in enumerate(self.ops):
             for m in op.members:
-                if m not in known:
-                    raise PlanError(f"position {i}: unknown member {m!r}; the family has {', '.join(members)}")
+                name, pos = split_source(m) if op.kind == "merge" else (m, None)
+                if name not in known:
+                    raise PlanError(f"position {i}: unknown member {name!r}; the family has {', '.join(members)}")
+                if pos is not None and not 0 <= pos < n_layers:
+                    raise PlanError(f"position {i}: source {m!r} names layer {pos}; the base has layers 0..{n_layers - 1}")
             if op.kind != "merge":
                 continue
             if op.method not in MERGE_METHODS:

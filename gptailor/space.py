@@ -180,7 +180,8 @@ class LayerwiseSpace(PlanSpace):
             elif op.kind == "pick":
                 values[f"op_{i:03d}"] = op.member
             else:
-                if not self.merge or op.method not in MERGE_METHODS_SEARCHED or op.density is not None:
+                if not self.merge or op.method not in MERGE_METHODS_SEARCHED or op.density is not None \
+                        or any("@" in m for m in op.members):
                     return None
                 # linear and TIES normalise their weights, so rescaling into [0, 1] keeps the model;
                 # task arithmetic does not, so its weights must already lie in [0, 1].

@@ -21,7 +21,7 @@ import torch
 
 from .family import Family
 from .merge import merge_state
-from .plan import Op, Plan
+from .plan import Op, Plan, split_source
 
 
 class LRU:
@@ -100,7 +100,8 @@ class Stitcher:
         key = (position, op.weights, op.method, op.density)
         state = self.merged.get(key)
         if state is None:
-            states = [fam.layer_state(m, position) for m in op.members]
+            sources = [split_source(m) for m in op.members]
+            states = [fam.layer_state(m, position if p is None else p) for m, p in sources]
             base = fam.layer_state("base", position) if op.method in ("task_arithmetic", "ties") else None
             weights = [w for _, w in op.weights]
             merged = merge_state(op.method, states, weights, base, op.density)

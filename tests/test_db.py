@@ -100,7 +100,7 @@ def test_newer_schema_is_refused(tmp_path):
 def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     ids = {}
-    for m in ("last_n", "shortgpt", "angular", "best_single"):
+    for m in ("last_n", "shortgpt", "angular", "laco", "best_single"):
         ids[m] = create_study(store, str(fam_dir / "family.yaml"), m, Budget(remove_layers=2), evaluator=ev)
         assert run_study(store, ids[m], evaluator=ev) == "finished"
     assert store.trials(ids["last_n"])[0]["plan_text"] == "0:base 1:base 2:base 3:drop 4:drop 5:base"
@@ -108,7 +108,9 @@ def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
     assert len(single) == 9  # 3 heuristics x 3 members
     assert {t["plan_text"].split()[0].split(":")[1] for t in single} >= {"base", "math", "code"}
     rows = compare(store, evaluators={f"{fam_dir / 'family.yaml'}|{ev.suite.path}": ev})
-    assert [r.method for r in rows] == ["last_n", "shortgpt", "angular", "best_single"]
+    assert [r.method for r in rows] == ["last_n", "shortgpt", "angular", "laco", "best_single"]
+    laco = store.trials(ids["laco"])[0]["plan_text"]
+    assert "merge[task_arithmetic](base@" in laco and laco.count("drop") == 2
     assert all(r.kept_layers == 4 for r in rows)
     assert "average" in compare_table(rows)
 

@@ -182,3 +182,12 @@ def test_per_task_objectives_with_parego_report_a_pareto_set(tiny_ev):
         if t.status == "complete" and t.fidelity == 8 and t not in res.pareto:
             v = [t.result.task_retention[k] or 0 for k in tasks]
             assert any(all(a >= b for a, b in zip(f, v)) for f in front)  # everything else is dominated
+
+
+def test_parallel_trials_on_dask_workers(tiny_ev):
+    """Two trials at a time through SMAC's Dask runner (a local cluster); the client is closed after."""
+    seen = []
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=6, min_fidelity=4, max_fidelity=8,
+                                                                   n_workers=2), on_trial=seen.append).run()
+    assert len(res.trials) == 6 == len(seen)
+    assert all(t.status == "complete" and t.plan.n_kept == 4 for t in res.trials)

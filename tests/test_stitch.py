@@ -165,3 +165,18 @@ def test_shared_from_member_rebuilds_that_member_exactly(tiny_family):
         # the default takes embeddings and head from the base, as the paper's stitched model does
         stitched = Stitcher(tiny_family).build(Plan.identity(4, "math"))
         assert not torch.allclose(stitched(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_laco_collapse_sources_at_other_positions(tiny_family):
+    from gptailor.baselines import laco_plan_at
+    from gptailor.plan import PlanError
+
+    plan = laco_plan_at(tiny_family, 2, 0)
+    assert plan.to_text() == "0:merge[task_arithmetic](base@1=1,base@2=1) 1:drop 2:drop 3:base"
+    model = Stitcher(tiny_family).build(plan)
+    b = [tiny_family.layer_state("base", i) for i in range(3)]
+    want = {k: b[0][k] + (b[1][k] - b[0][k]) + (b[2][k] - b[0][k]) for k in b[0]}
+    got = model.model.layers[0].state_dict()
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    with pytest.raises(PlanError, match="names layer 9"):
+        Plan.from_text("merge(base@9=1) base base base").validate(tiny_family.member_names, 4)

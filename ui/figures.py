@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 
 from gptailor import Plan
+from gptailor.plan import split_source
 
 MERGE, DROP = "merge", "drop"
 
@@ -30,7 +31,8 @@ def layer_map_matrix(plan: Plan, members: list[str]) -> tuple[list[list[float | 
                 z[r][i] = 1.0 if op.member == m else 0.0
             else:
                 total = sum(w for _, w in op.weights)
-                z[r][i] = round(op.weight_map.get(m, 0.0) / total, 6)
+                mine = sum(w for src, w in op.weights if split_source(src)[0] == m)  # member@j counts as member
+                z[r][i] = round(mine / total, 6)
     return z, hover
 
 
