@@ -44,6 +44,8 @@ def plans_for(fam: Family) -> dict[str, Plan]:
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median of ``repeats`` timed calls, after one untimed warm-up call."""
+    fn()
     times, out = [], None
     for _ in range(repeats):
         t = time.perf_counter()
@@ -62,7 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", default="demo")
     ap.add_argument("--fidelity", type=int, default=16, help="examples per task (a typical low-fidelity trial)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--naive-repeats", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
