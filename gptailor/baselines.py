@@ -151,7 +151,6 @@ def laco_plan_at(family: Family, n: int, start: int) -> Plan:
     return Plan(tuple(ops), family.name)
 
 
-@torch.inference_mode()
 def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | None = None) -> Plan:
     """LaCo-style: try every block (never the final layer) and keep the collapse closest to the full model."""
     member = "base"

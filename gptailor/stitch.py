@@ -85,7 +85,12 @@ class Stitcher:
         return base_param.device != self.device or base_param.dtype != self.family.dtype
 
     def layer_tensors(self, position: int, op: Op) -> dict[str, torch.Tensor]:
-        """The tensors position ``position`` gets under ``op`` (shared for pick, cached for merge)."""
+        """The tensors position ``position`` gets under ``op`` (shared for pick, cached for merge).
+        Cached tensors are made outside inference mode, so a model built later outside it can use them."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self._layer_tensors(position, op)
+
+    def _layer_tensors(self, position: int, op: Op) -> dict[str, torch.Tensor]:
         fam = self.family
         if op.kind == "pick":
             member = op.member or "base"
@@ -114,7 +119,8 @@ class Stitcher:
         or from ``member``, to rebuild that member's own model exactly."""
         if member not in self._shared:
             sd = {k: v for k, v in self.family.models[member].state_dict().items() if ".layers." not in k}
-            self._shared[member] = self._on_device(sd) if self._needs_move() else sd
+            with torch.inference_mode(False), torch.no_grad():
+                self._shared[member] = self._on_device(sd) if self._needs_move() else sd
         return self._shared[member]
 
     # -- building -------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_evaluate_a_plan_through_the_app(client):
 
 def test_bad_plan_is_a_clear_error(client):
     with pytest.raises(Exception, match="unknown member 'ghost'"):
-        client.predict("demo", "0:base 1:ghost", 4, api_name="/evaluate")
+        client.predict("demo", "base ghost base base base base base base", 4, api_name="/evaluate")
 
 
 def test_chat_returns_text(client):

@@ -180,3 +180,12 @@ def test_laco_collapse_sources_at_other_positions(tiny_family):
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
     with pytest.raises(PlanError, match="names layer 9"):
         Plan.from_text("merge(base@9=1) base base base").validate(tiny_family.member_names, 4)
+
+
+def test_models_built_inside_inference_mode_do_not_poison_the_cache(tiny_family):
+    st = Stitcher(tiny_family)
+    plan = Plan.from_text("0:base 1:merge(math=1,code=1) 2:drop 3:base")
+    with torch.inference_mode():
+        st.build(plan)
+    model = st.build(plan)  # reuses the cached merge outside inference mode
+    assert not model.model.layers[1].mlp.up_proj.weight.is_inference()

@@ -82,7 +82,8 @@ def row_plan(rows, evt: gr.SelectData) -> str:
 
 def build(plan_box: gr.Textbox) -> dict:
     with gr.Row():
-        pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies", scale=4)
+        pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies (empty: the newest)",
+                           allow_custom_value=True, scale=4)
         reload_btn = gr.Button("Reload list", scale=1)
         live = gr.Checkbox(value=True, label="Live refresh", scale=1)
     with gr.Row():
