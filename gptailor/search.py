@@ -289,7 +289,7 @@ class _Recorder:
             status = "failed"
             error = str(extra.get("error") or extra.get("traceback") or "trial failed").strip().splitlines()[-1]
         record = TrialRecord(number=len(s.trials), plan=plan, fidelity=fidelity, result=result, status=status,
-                             error=error, config=dict(info.config), wall_s=s._elapsed(),
+                             error=error, config=_plain(dict(info.config)), wall_s=s._elapsed(),
                              source=s.seed_names.get(plan.key(), "search"))
         s.trials.append(record)
         if result is not None:
@@ -442,7 +442,10 @@ class Search:
             self._replay(facade)
             remaining = self.settings.n_trials - len(self.previous)
             if remaining > 0 and not self._should_stop():
-                facade.optimize()
+                with warnings.catch_warnings():  # SMAC averages empty cost lists for fresh configs
+                    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                    warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+                    facade.optimize()
             if self._stopped == "finished" and self.settings.walltime_s and \
                     len(self.trials) < self.settings.n_trials:
                 self._stopped = "walltime"
@@ -456,6 +459,11 @@ class Search:
         return SearchResult(self.trials, incumbent(self.trials), self.settings, self.space.describe(),
                             self._stopped, smac_overhead_s=max(0.0, total - self.eval_s),
                             pareto=pareto_front(self.trials, self.tasks) if self.tasks else [])
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """Configuration values as plain Python (ConfigSpace hands out numpy scalars), for JSON."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}
 
 
 def _scenario_kw(scenario) -> dict[str, Any]:

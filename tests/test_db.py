@@ -184,3 +184,12 @@ def test_cancel_a_running_worker(tmp_path, fam_dir):
     cancel(store, sid)
     s = wait(store, sid, timeout=120)
     assert s["status"] == "cancelled" and 2 <= s["trials_done"] < 200
+
+
+def test_paper_space_study_stores_its_configurations(tmp_path, fam_dir, ev):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2),
+                       settings(space="paper", n_trials=5), evaluator=ev)
+    assert run_study(store, sid, evaluator=ev) == "finished"
+    trials = store.trials(sid)
+    assert len(trials) == 5 and all(isinstance(t["config"]["remove_000"], int) for t in trials)
