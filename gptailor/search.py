@@ -227,9 +227,11 @@ def removal_patterns(L: int, n: int) -> dict[str, list[int]]:
 
 
 def merge_settings(members: list[str]) -> dict[str, Callable[[int], Op]]:
-    """What kept positions become in seeded plans: the base layer, or a merge across all members."""
+    """What kept positions become in seeded plans: the base's layer, one finetune's, or a merge of all."""
     out: dict[str, Callable[[int], Op]] = {"base": lambda i: Op.pick("base")}
     cands = members[1:]
+    for c in cands:  # each finetune alone: SMAC starts from every "prune one model" answer
+        out[c] = (lambda m: (lambda i: Op.pick(m)))(c)
     if cands:
         out["linear_all"] = lambda i: Op.merge({m: 1.0 for m in members}, "linear")
         out["task_arithmetic_half"] = lambda i: Op.merge({m: 0.5 for m in cands}, "task_arithmetic") \
