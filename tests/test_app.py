@@ -75,11 +75,16 @@ def test_bad_plan_is_a_clear_error(client):
         client.predict("demo", "base ghost base base base base base base", 4, api_name="/evaluate")
 
 
-def test_chat_returns_text(client):
+def test_chat_streams_both_models_and_keeps_the_conversation(client):
     base_plan = client.predict("demo", api_name="/identity_plan")
-    answer, base_answer = client.predict("demo", base_plan.replace("1:base", "1:math"), "12+30", 8, 0,
-                                         api_name="/chat")
-    assert isinstance(answer, str) and answer and isinstance(base_answer, str) and base_answer
+    plan = base_plan.replace("1:base", "1:math")
+    hist, base_hist, cleared = client.predict("demo", plan, "12+30", 8, 0, [], [], api_name="/chat")
+    assert cleared == "" and [m["role"] for m in hist] == ["user", "assistant"] == [m["role"] for m in base_hist]
+    assert hist[1]["content"] and base_hist[1]["content"]  # both models answered
+    hist2, _, _ = client.predict("demo", plan, "rev abc", 8, 0, hist, base_hist, api_name="/chat")
+    from ui.chat_tab import text_of
+
+    assert len(hist2) == 4 and text_of(hist2[2]["content"]) == "rev abc" and text_of(hist2[3]["content"])
 
 
 def test_launch_a_study_and_see_trials_appear(client):
@@ -131,3 +136,30 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
         assert page.locator("#best-layer-map .heatmaplayer, #best-layer-map g.hm").count() >= 1
         browser.close()
     assert (OUT / "dashboard.png").stat().st_size > 20_000
+
+
+def test_compare_tab_reevaluates_each_studys_best(client):
+    # the studies launched by the tests above have trials by now (the manual one at least)
+    table, _bars = client.predict(api_name="/compare")
+    rows = rows_of(table)
+    assert rows and all(isinstance(r[3], (int, float)) for r in rows)
+    assert any(r[2] == "manual" for r in rows)
+
+
+def test_upload_a_family_spec(client, tmp_path):
+    from gradio_client import handle_file
+
+    from gptailor.family import DEMO_DIR
+
+    good = tmp_path / "mine.yaml"
+    good.write_text(f"name: mine\nbase: {DEMO_DIR}/base\ncandidates:\n  math: {DEMO_DIR}/math\n"
+                    f"suite: {DEMO_DIR}/tasks/suite.yaml\n")
+    _choice, note = client.predict(handle_file(str(good)), api_name="/upload_spec")
+    assert "Stored" in note and "mine.yaml" in note
+    summary, _ = client.predict(note.split("Stored ")[1], " ".join(["base"] * 7 + ["math"]), 4,
+                                api_name="/evaluate")
+    assert "keeps 8 of 8 layers" in summary
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncandidates: {base: y}\n")
+    with pytest.raises(Exception, match="missing base"):
+        client.predict(handle_file(str(bad)), api_name="/upload_spec")

@@ -5,7 +5,7 @@ import os
 
 import gradio as gr
 
-from . import analysis_tab, chat_tab, dashboard_tab, editor_tab, evaluate_tab, search_tab
+from . import analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, search_tab
 
 
 def build_app() -> gr.Blocks:
@@ -18,6 +18,8 @@ def build_app() -> gr.Blocks:
             search = search_tab.build(shared["family"])
         with gr.Tab("Dashboard"):
             dashboard_tab.build(shared["plan"])
+        with gr.Tab("Compare"):
+            compare_tab.build()
         with gr.Tab("Editor"):
             editor_tab.build(shared["family"], shared["plan"])
         with gr.Tab("Analysis"):

@@ -95,7 +95,7 @@ def build(plan_box: gr.Textbox) -> dict:
     topk = gr.Plot(label="Top trials")
     over = gr.Plot(label="Trials over time (first selected study)")
     table = gr.Dataframe(headers=TRIAL_COLUMNS, label="Trials (click a row to load its plan into the editor)",
-                         interactive=False)
+                         interactive=False, show_search="filter")
     dl = gr.DownloadButton("Download CSV")
     outputs = [curve, curve_t, par, best, topk, over, table]
     pick.change(refresh, [pick], outputs, api_name="dashboard")

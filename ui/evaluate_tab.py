@@ -5,7 +5,7 @@ import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
 
-from .engine import ENGINE, gpu, family_choices, public_mode
+from .engine import ENGINE, data_dir, family_choices, gpu, public_mode
 
 COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
 
@@ -34,6 +34,30 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, progress=gr.Pr
     return summary, rows
 
 
+def upload_spec(path: str | None):
+    """Validate an uploaded family spec and keep it under <data dir>/families; select it."""
+    if not path:
+        raise gr.Error("choose a family spec file (.yaml or .json)")
+    if public_mode():
+        raise gr.Error("this is a public app: uploading family specs is turned off")
+    import yaml
+
+    from gptailor.family import FamilySpec
+
+    try:
+        text = open(path, encoding="utf-8").read()
+        data = yaml.safe_load(text)  # JSON is YAML too
+        spec = FamilySpec.from_dict(data)
+    except (FamilyError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise gr.Error(f"not a usable family spec: {e}") from None
+    dest = data_dir() / "families" / f"{spec.name}.yaml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and dest.read_text() != text:
+        raise gr.Error(f"a different family spec named {spec.name!r} is already stored at {dest}; rename yours")
+    dest.write_text(text)
+    return gr.Dropdown(choices=family_choices(), value=str(dest)), f"Stored {dest}"
+
+
 def identity_plan(family: str) -> str:
     try:
         return ENGINE.get(family).identity_text()
@@ -46,6 +70,10 @@ def build() -> dict:
         family = gr.Dropdown(family_choices(), value="demo", label="Family (or a path to a family.yaml)",
                              allow_custom_value=not public_mode(), scale=2)
         fidelity = gr.Number(value=None, label="Examples per task (empty = all)", precision=0, scale=1)
+    with gr.Accordion("Add a family spec (YAML/JSON: name, base, candidates, dtype, device, suite)", open=False):
+        spec_file = gr.File(label="Family spec", file_types=[".yaml", ".yml", ".json"], type="filepath")
+        spec_note = gr.Markdown()
+        spec_file.upload(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec")
     plan = gr.Textbox(label="Plan (text form or JSON)", lines=3,
                       placeholder="0:base 1:math 2:drop 3:merge(math=.6,strings=.4) ...")
     with gr.Row():
