@@ -55,6 +55,8 @@ def client(server):
 
 
 def rows_of(table):
+    if isinstance(table, dict) and "value" in table:  # a component update
+        table = table["value"]
     return table["data"] if isinstance(table, dict) else table
 
 
