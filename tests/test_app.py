@@ -91,7 +91,7 @@ def test_chat_streams_both_models_and_keeps_the_conversation(client):
 
 def test_launch_a_study_and_see_trials_appear(client):
     msg, studies, sid = client.predict("demo", "random", 2, 4, None, 0, 4, 8, "from the client",
-                                       api_name="/launch_study")
+                                       "parameter fraction", 0.8, api_name="/launch_study")
     assert "started" in msg and int(sid) >= 1
     deadline = time.time() + 240
     while True:
@@ -102,6 +102,7 @@ def test_launch_a_study_and_see_trials_appear(client):
         assert time.time() < deadline, "no trials appeared"
         time.sleep(1)
     assert all(r[0] == str(int(sid)) for r in trials)
+    assert all(r[5] == 6 for r in trials)  # 80% of the parameters keeps 6 of the demo's 8 layers
 
 
 def test_manual_evaluation_and_export(client):

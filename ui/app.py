@@ -27,7 +27,8 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Chat"):
             chat_tab.build(shared["family"], shared["plan"])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
-        demo.load(search_tab.budget_text, [shared["family"], search["remove"]], [search["budget_info"]])
+        demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],
+                  [search["budget_info"]])
     return demo
 
 

@@ -15,13 +15,19 @@ STUDY_COLUMNS = ["id", "name", "method", "family", "status", "trials", "best ret
 LAUNCHABLE = [m for m in METHODS if m != "manual"]
 
 
-def budget_text(family: str, remove: float) -> str:
+def _budget(kind: str, remove: float, fraction: float) -> Budget:
+    if kind == "parameter fraction":
+        return Budget(max_param_fraction=float(fraction))
+    return Budget(remove_layers=int(remove or 0))
+
+
+def budget_text(family: str, remove: float, kind: str = "layers to remove", fraction: float = 0.75) -> str:
     """Live 'keeps N of L layers, X M of Y M params'."""
     try:
         fam = ENGINE.get(family).family
-    except (FamilyError, TaskError) as e:
+        L, n = fam.n_layers, _budget(kind, remove, fraction).n_remove(fam)
+    except (FamilyError, TaskError, BudgetError) as e:
         return f"⚠ {e}"
-    L, n = fam.n_layers, int(remove or 0)
     if n >= L:
         return f"⚠ removing {n} of {L} layers keeps none; remove at most {L - 1}"
     return (f"keeps **{L - n} of {L}** layers, **{fam.param_count(L - n) / 1e6:.2f} M of "
@@ -40,7 +46,8 @@ def studies_rows() -> list[list]:
 
 
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
-                 min_fid: float, max_fid: float | None, name: str):
+                 min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
+                 fraction: float = 0.75):
     if int(trials) > max_trials():
         raise gr.Error(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
     try:
@@ -49,7 +56,7 @@ def launch_study(family: str, method: str, remove: float, trials: float, walltim
                                   n_trials=int(trials), walltime_s=float(walltime) if walltime else None,
                                   seed=int(seed), min_fidelity=int(min_fid),
                                   max_fidelity=int(max_fid) if max_fid else None)
-        sid = create_study(store(), family, method, Budget(remove_layers=int(remove)), settings,
+        sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
                            name=name or None, evaluator=session.evaluator)
         launch(store(), sid, log_dir=data_dir() / "logs")
     except (BudgetError, StudyError, StoreError, FamilyError, TaskError, ValueError) as e:
@@ -76,7 +83,9 @@ def resume_study(study_id: float):
 def build(family: gr.Dropdown) -> dict:
     with gr.Row():
         method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
+        kind = gr.Radio(["layers to remove", "parameter fraction"], value="layers to remove", label="Budget by")
         remove = gr.Slider(0, 64, value=2, step=1, label="Layers to remove")
+        fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters")
         trials = gr.Number(value=60, precision=0, label="Trials (SMAC / random)")
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
@@ -93,11 +102,13 @@ def build(family: gr.Dropdown) -> dict:
         study_id = gr.Number(value=None, precision=0, label="Study id")
         cancel_btn = gr.Button("Cancel")
         resume_btn = gr.Button("Resume")
-    for comp in (family, remove):
-        comp.change(budget_text, [family, remove], [budget_info])
-    go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name],
+    for comp in (family, remove, kind, fraction):
+        comp.change(budget_text, [family, remove, kind, fraction], [budget_info])
+    go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
+                                fraction],
                  [message, studies, study_id], api_name="launch_study")
     cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study")
     resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study")
     gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden")
-    return {"budget_info": budget_info, "remove": remove, "study_id": study_id, "studies": studies}
+    return {"budget_info": budget_info, "remove": remove, "kind": kind, "fraction": fraction,
+            "study_id": study_id, "studies": studies}
