@@ -112,16 +112,11 @@ def cmd_baseline(args, argv) -> int:
 
 
 def cmd_resume(args, argv) -> int:
-    from .runs import StudyError, reconcile
+    from .runs import check_resumable
     from .store import Store
 
     store = Store(args.db)
-    reconcile(store)
-    s = store.study(args.study)
-    if s["status"] == "finished":
-        raise StudyError(f"study {args.study} is finished ({s['trials_done']} trials); nothing to resume")
-    if s["status"] in ("running", "cancelling"):
-        raise StudyError(f"study {args.study} is still running (pid {s['worker_pid']})")
+    s = check_resumable(store, args.study)
     if not args.background:
         _fixed_hash_seed(argv, int(s["settings"].get("seed", 0)))
     return _run(args, store, args.study, s["n_trials"] or None)

@@ -208,13 +208,19 @@ def cancel(store: Store, study_id: int) -> None:
     store.transition(study_id, ACTIVE, "cancelled")
 
 
-def resume(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
+def check_resumable(store: Store, study_id: int) -> dict[str, Any]:
+    """The study, if it can be resumed (not finished, no live worker); StudyError saying why not."""
     reconcile(store)
     s = store.study(study_id)
     if s["status"] == "finished":
         raise StudyError(f"study {study_id} is finished ({s['trials_done']} trials); nothing to resume")
     if s["status"] in ACTIVE and _alive(s["worker_pid"]):
         raise StudyError(f"study {study_id} is still running (pid {s['worker_pid']})")
+    return s
+
+
+def resume(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
+    check_resumable(store, study_id)
     return launch(store, study_id, log_dir)
 
 

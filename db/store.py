@@ -129,26 +129,6 @@ class Store:
             s.flush()
             return row.id
 
-    def set_status(self, study_id: int, status: str, error: str | None = None, pid: int | None = None,
-                   n_trials: int | None = None) -> None:
-        with self.session() as s:
-            row = s.get(StudyRow, study_id)
-            if row is None:
-                raise StoreError(f"no study {study_id}")
-            row.status = status
-            if error is not None or status in ("running", "finished"):
-                row.error = error
-            if pid is not None:
-                row.worker_pid = pid
-            if n_trials is not None:
-                row.n_trials = n_trials
-            if status == "running":
-                row.started_at = row.started_at or utcnow()
-                row.heartbeat_at = utcnow()
-                row.finished_at = None
-            elif status in ("finished", "failed", "cancelled", "interrupted"):
-                row.finished_at = utcnow()
-
     def transition(self, study_id: int, allowed_from: tuple[str, ...], status: str, error: str | None = None,
                    pid: int | None = None) -> bool:
         """Change the status only if it is one of ``allowed_from`` (one atomic UPDATE); True if it changed."""

@@ -104,11 +104,16 @@ class Evaluator:
         self._member_scores: dict[tuple[str, int | None], dict[str, float]] = {}
 
     # -- tokenization ---------------------------------------------------------------
+    def _start_id(self) -> int:
+        """What precedes the first scored token when the text itself gives nothing: BOS, else EOS."""
+        tok = self.family.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
     def _encode_pair(self, ctx: str, cont: str) -> tuple[list[int], list[int]]:
         tok = self.family.tokenizer
         c = tok(ctx)["input_ids"]
         if not c:  # no BOS and an empty context: something must precede the first scored token
-            c = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+            c = [self._start_id()]
             return c, tok(cont, add_special_tokens=False)["input_ids"]
         whole = tok(ctx + cont)["input_ids"]
         t = whole[len(c):] if whole[: len(c)] == c and len(whole) > len(c) else tok(cont, add_special_tokens=False)["input_ids"]
@@ -128,7 +133,7 @@ class Evaluator:
             else:
                 ids = tok(ex["text"])["input_ids"]
                 if len(ids) < 2:
-                    ids = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id, *ids]
+                    ids = [self._start_id(), *ids]
                 rows.append((ids[:1], ids[1:]))
         return rows, meta
 

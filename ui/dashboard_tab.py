@@ -6,6 +6,7 @@ import tempfile
 
 import gradio as gr
 
+from db.runs import best_trial
 from gptailor import Plan
 
 from . import figures
@@ -40,10 +41,8 @@ def refresh(ids):
             for name, trials in studies.items() for t in trials]
     members = _members(ids)
     all_trials = [t for ts in studies.values() for t in ts]
-    done = [t for t in all_trials if t["status"] == "complete" and t["retention"] is not None]
-    if done and members:
-        top = max(t["fidelity"] or 0 for t in done)
-        best = max((t for t in done if (t["fidelity"] or 0) == top), key=lambda t: t["retention"])
+    best = best_trial(all_trials)
+    if best is not None and members:
         best_fig = figures.layer_map(Plan.from_dict(best["plan"]), members,
                                      f"Best trial #{best['number']}: {100 * best['retention']:.1f}% "
                                      f"at fidelity {best['fidelity']}")

@@ -102,7 +102,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.
                            evaluator=ev)
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
-        st.set_status(sid, "finished")
+        st.transition(sid, ("created",), "finished")
         base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
     except (PlanError, FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
