@@ -13,8 +13,8 @@ from .export import export
 from .family import Family, FamilyError, FamilySpec
 from .plan import Op, Plan, PlanError
 from .stitch import Stitcher
-from .tasks import Suite, Task, TaskError, load_suite
+from .tasks import Suite, Task, TaskError, load_suite, make_suite
 
 __all__ = ["EvalResult", "Evaluator", "Family", "FamilyError", "FamilySpec", "Op", "Plan", "PlanError",
-           "Stitcher", "Suite", "Task", "TaskError", "export", "load_suite"]
+           "Stitcher", "Suite", "Task", "TaskError", "export", "load_suite", "make_suite"]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ always contains every lower one (what multi-fidelity search assumes).
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import zlib
@@ -147,3 +148,103 @@ def load_suite(path: str | os.PathLike) -> Suite:
         seen.add(task.name)
         tasks.append(task)
     return Suite(str(data.get("name", path.parent.name)), tasks, str(path))
+
+
+SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KIND_KEYS = {"exact_match": {"prompt", "target"}, "multiple_choice": {"context", "choices", "answer"},
+              "perplexity": {"text"}}
+
+
+def infer_kind(example: Any) -> str | None:
+    """The task kind an example's keys say (``prompt``+``target``, ``context``+``choices``+``answer``, ``text``)."""
+    if not isinstance(example, dict):
+        return None
+    kinds = [k for k, keys in _KIND_KEYS.items() if keys <= example.keys()]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _first_example(path: Path) -> tuple[int, Any]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    return lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{path.name}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    raise TaskError(f"{path.name}: the file is empty")
+
+
+def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: str,
+               max_bytes: int | None = None) -> Suite:
+    """Turn task files into a stored suite folder ``dest`` (``suite.yaml`` + the JSONL files) and load it.
+
+    ``files`` are JSONL task files, optionally with one ``suite.yaml`` naming them (for task names and kinds);
+    without one, each file is a task named after the file, its kind read from its first example's keys.
+    Everything is checked in a staging folder first, so a bad upload leaves nothing behind and never
+    replaces a stored suite. Errors name the uploaded file (not a temp path) and the line.
+    """
+    import shutil
+    import tempfile
+
+    import yaml
+
+    if not SUITE_NAME.match(name or ""):
+        raise TaskError(f"suite name {name!r}: use letters, digits, '_', '-' or '.' (at most 64, no spaces)")
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise TaskError("no task files given: upload one JSONL file per task (and optionally a suite.yaml)")
+    dest = Path(dest)
+    if dest.exists():
+        raise TaskError(f"a suite named {name!r} is already stored at {dest}; pick another name")
+    total = sum(p.stat().st_size for p in paths)
+    if max_bytes is not None and total > max_bytes:
+        raise TaskError(f"the task files hold {total / 1e6:.1f} MB; this app takes at most {max_bytes / 1e6:.1f} MB")
+    suites = [p for p in paths if p.suffix.lower() in (".yaml", ".yml")]
+    tasks = [p for p in paths if p.suffix.lower() in (".jsonl", ".json")]
+    other = [p.name for p in paths if p not in suites and p not in tasks]
+    if other or len(suites) > 1:
+        raise TaskError(f"expected JSONL task files (.jsonl) and at most one suite.yaml, got {', '.join(other) or ''}"
+                        f"{' and ' if other and len(suites) > 1 else ''}"
+                        f"{'several YAML files' if len(suites) > 1 else ''}")
+    names = [p.name for p in tasks]
+    if len(set(names)) != len(names):
+        raise TaskError("two task files have the same name; rename one")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    try:
+        for p in tasks:
+            shutil.copyfile(p, staging / p.name)
+        if suites:
+            try:
+                data = yaml.safe_load(suites[0].read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                raise TaskError(f"{suites[0].name}: cannot parse: {e}") from None
+            entries = data.get("tasks") if isinstance(data, dict) else None
+            if not isinstance(entries, list) or not entries:
+                raise TaskError(f"{suites[0].name}: a suite needs a non-empty 'tasks' list of {{name, kind, path}}")
+            for i, t in enumerate(entries):
+                ref = t.get("path") if isinstance(t, dict) else None
+                if not isinstance(ref, str) or ref not in names:
+                    raise TaskError(f"{suites[0].name}: task #{i} names file {ref!r}, which was not uploaded "
+                                    f"(uploaded: {', '.join(names) or 'none'}); upload it beside the suite file")
+        else:
+            if not tasks:
+                raise TaskError("no task files given: upload one JSONL file per task")
+            entries = []
+            for p in tasks:
+                lineno, first = _first_example(p)
+                kind = infer_kind(first)
+                if kind is None:
+                    raise TaskError(f"{p.name}:{lineno}: cannot tell the task kind from this example; exact_match "
+                                    f"needs prompt+target, multiple_choice context+choices+answer, perplexity text "
+                                    f"(or upload a suite.yaml naming each file's kind)")
+                entries.append({"name": p.stem, "kind": kind, "path": p.name})
+        (staging / "suite.yaml").write_text(yaml.safe_dump({"name": name, "tasks": entries}, sort_keys=False))
+        try:
+            load_suite(staging / "suite.yaml")
+        except TaskError as e:
+            raise TaskError(str(e).replace(f"{staging.resolve()}{os.sep}", "").replace(f"{staging}{os.sep}", ""))
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_suite(dest / "suite.yaml")

@@ -65,3 +65,50 @@ def test_suite_loading_and_errors(tmp_path):
     (tmp_path / "suite.yaml").write_text("tasks: []\n")
     with pytest.raises(TaskError, match="non-empty 'tasks'"):
         load_suite(tmp_path / "suite.yaml")
+
+
+def test_make_suite_infers_kinds_and_stores_a_loadable_suite(tmp_path):
+    from gptailor.tasks import make_suite
+
+    up = tmp_path / "upload"
+    up.mkdir()
+    a = write(up / "adds.jsonl", ['{"prompt": "1+1=", "target": "2"}', '{"prompt": "2+2=", "target": "4"}'])
+    b = write(up / "pick.jsonl", ['{"context": "sky is", "choices": [" blue", " green"], "answer": 0}'])
+    c = write(up / "prose.jsonl", ['{"text": "hello there"}'])
+    suite = make_suite([a, b, c], tmp_path / "suites" / "mine", "mine")
+    assert suite.name == "mine" and suite.names == ["adds", "pick", "prose"]
+    assert [t.kind for t in suite] == ["exact_match", "multiple_choice", "perplexity"]
+    assert load_suite(tmp_path / "suites" / "mine").names == suite.names  # stored, reloadable
+    with pytest.raises(TaskError, match="already stored"):
+        make_suite([a], tmp_path / "suites" / "mine", "mine")
+
+
+@pytest.mark.parametrize("files,msg", [
+    ({"x.jsonl": ['{"prompt": "p", "target": "t"}', '{"prompt": "p"}']}, r"^x\.jsonl:2: exact_match example needs"),
+    ({"x.jsonl": ['{"question": "q"}']}, r"^x\.jsonl:1: cannot tell the task kind"),
+    ({"x.jsonl": ['{"prompt": "p", "target"']}, r"^x\.jsonl:1: not valid JSON"),
+    ({"suite.yaml": ["tasks:", "  - {name: a, kind: perplexity, path: ../../etc/passwd}"],
+      "x.jsonl": ['{"text": "t"}']}, r"names file '../../etc/passwd', which was not uploaded"),
+    ({"suite.yaml": ["tasks:", "  - {name: a, kind: essay, path: x.jsonl}"], "x.jsonl": ['{"text": "t"}']},
+     "unknown kind 'essay'"),
+    ({"notes.txt": ["hi"]}, "expected JSONL task files"),
+])
+def test_make_suite_rejects_bad_uploads_and_leaves_nothing(tmp_path, files, msg):
+    from gptailor.tasks import make_suite
+
+    up = tmp_path / "upload"
+    up.mkdir()
+    paths = [write(up / n, lines) for n, lines in files.items()]
+    with pytest.raises(TaskError, match=msg):
+        make_suite(paths, tmp_path / "suites" / "s", "s")
+    assert not (tmp_path / "suites").exists() or list((tmp_path / "suites").iterdir()) == []
+
+
+def test_make_suite_checks_name_and_size(tmp_path):
+    from gptailor.tasks import make_suite
+
+    f = write(tmp_path / "x.jsonl", ['{"text": "' + "a" * 2000 + '"}'])
+    with pytest.raises(TaskError, match="suite name"):
+        make_suite([f], tmp_path / "s", "../evil")
+    with pytest.raises(TaskError, match="at most 0.0 MB"):
+        make_suite([f], tmp_path / "s", "s", max_bytes=1000)
