@@ -19,12 +19,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_app(tmp_path_factory, **extra_env):
     port = free_port()
     data = tmp_path_factory.mktemp("data")
     env = {**os.environ, "PORT": str(port), "GPTAILOR_DATA_DIR": str(data), "GPTAILOR_DB_URL": "",
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **extra_env}
     env.pop("GPTAILOR_DB_URL")
     log_path = tmp_path_factory.mktemp("log") / "app.log"
     log = open(log_path, "w")
@@ -39,12 +38,22 @@ def server(tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"app did not start: {log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/", data
+    return proc, f"http://127.0.0.1:{port}/", data
+
+
+def stop_app(proc) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, url, data = start_app(tmp_path_factory)
+    yield url, data
+    stop_app(proc)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +175,93 @@ def test_upload_a_family_spec(client, tmp_path):
     bad.write_text("name: x\ncandidates: {base: y}\n")
     with pytest.raises(Exception, match="missing base"):
         client.predict(handle_file(str(bad)), api_name="/upload_spec")
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
+    from gradio_client import handle_file
+
+    adds = write_lines(tmp_path / "adds.jsonl", [f'{{"prompt": "{a}+{b}=", "target": "{a + b}"}}'
+                                                 for a in range(1, 7) for b in range(1, 4)])
+    prose = write_lines(tmp_path / "prose.jsonl", ['{"text": "the quick brown fox jumps over the lazy dog"}'] * 5)
+    choice, note = client.predict([handle_file(adds), handle_file(prose)], "my-tasks", api_name="/upload_tasks")
+    assert "Stored suite **my-tasks**" in note and "adds (exact_match, 18 examples)" in note
+    suite_path = str(server[1] / "suites" / "my-tasks" / "suite.yaml")
+    assert Path(suite_path).exists()
+    base_plan = client.predict("demo", api_name="/identity_plan")
+    _summary, table = client.predict("demo", base_plan, None, suite_path, api_name="/evaluate")
+    assert [r[0] for r in rows_of(table)] == ["adds", "prose"]
+    # a study launched on the uploaded suite records it and scores its tasks
+    msg, _studies, sid = client.predict("demo", "last_n", 2, 1, None, 0, 4, None, "on my tasks",
+                                        "layers to remove", 0.8, suite_path, api_name="/launch_study")
+    from db.store import Store
+
+    st = Store(f"sqlite:///{server[1] / 'gptailor.db'}")
+    assert st.study(int(sid))["settings"]["suite"] == suite_path
+    deadline = time.time() + 120
+    while not (trials := st.trials(int(sid))):
+        assert time.time() < deadline, "the baseline did not record its trial"
+        time.sleep(1)
+    assert set(trials[0]["scores"]) == {"adds", "prose"}
+    # Compare on this suite shows only studies scored on it
+    table, _bars = client.predict("demo", suite_path, api_name="/compare")
+    assert [r[0] for r in rows_of(table)] == [int(sid)]
+    # bad uploads: a clear error naming the file and line, and nothing stored
+    broken = write_lines(tmp_path / "broken.jsonl", ['{"prompt": "1+1=", "target": "2"}', '{"prompt": "x"}'])
+    with pytest.raises(Exception, match=r"broken\.jsonl:2: exact_match example needs a string 'target'"):
+        client.predict([handle_file(broken)], "broken", api_name="/upload_tasks")
+    with pytest.raises(Exception, match="already stored"):
+        client.predict([handle_file(adds)], "my-tasks", api_name="/upload_tasks")
+    assert sorted(p.name for p in (server[1] / "suites").iterdir()) == ["my-tasks"]
+
+
+@pytest.fixture(scope="module")
+def public_client(tmp_path_factory):
+    from gradio_client import Client
+
+    proc, url, data = start_app(tmp_path_factory, GPTAILOR_PUBLIC="1", GPTAILOR_MAX_TRIALS="10",
+                                GPTAILOR_MAX_UPLOAD_MB="0.001")
+    yield Client(url, verbose=False)
+    stop_app(proc)
+
+
+def test_public_mode_refuses_paths_specs_big_uploads_and_long_studies(public_client, tmp_path):
+    from gradio_client import handle_file
+
+    from gptailor.family import DEMO_DIR
+
+    plan = " ".join(["base"] * 8)
+    # Gradio itself refuses a value outside the listed choices; the engine would too
+    with pytest.raises(Exception, match="not in the list of choices|public mode does not load arbitrary paths"):
+        public_client.predict(str(DEMO_DIR / "family.yaml"), plan, 4, api_name="/evaluate")
+    with pytest.raises(Exception, match="not in the list of choices|not one of this app's task suites"):
+        public_client.predict("demo", plan, 4, str(DEMO_DIR / "tasks" / "suite.yaml"), api_name="/evaluate")
+    spec = write_lines(tmp_path / "s.yaml", ["name: s", f"base: {DEMO_DIR}/base"])
+    with pytest.raises(Exception, match="uploading family specs is turned off"):
+        public_client.predict(handle_file(spec), api_name="/upload_spec")
+    big = write_lines(tmp_path / "big.jsonl", ['{"text": "' + "a" * 2000 + '"}'])
+    with pytest.raises(Exception, match="at most 0.0 MB"):
+        public_client.predict([handle_file(big)], "big", api_name="/upload_tasks")
+    with pytest.raises(Exception, match="at most 10 trials"):
+        public_client.predict("demo", "random", 2, 50, None, 0, 4, 8, "", "layers to remove", 0.8,
+                              api_name="/launch_study")
+    summary, _ = public_client.predict("demo", " ".join(["base"] * 7 + ["drop"]), 4, api_name="/evaluate")
+    assert "keeps 7 of 8 layers" in summary  # the listed family still works
+
+
+def test_engine_refuses_unlisted_families_and_suites_in_public_mode(monkeypatch, tmp_path):
+    # behind Gradio's own dropdown check: an API caller reaching the engine directly is refused too
+    from gptailor import FamilyError, TaskError
+    from gptailor.family import DEMO_DIR
+    from ui.engine import Engine
+
+    monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("GPTAILOR_PUBLIC", "1")
+    with pytest.raises(FamilyError, match="public mode does not load arbitrary paths"):
+        Engine().get(str(DEMO_DIR / "family.yaml"))
+    with pytest.raises(TaskError, match="not one of this app's task suites"):
+        Engine().get("demo", "/etc/passwd")

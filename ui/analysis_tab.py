@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from gptailor import FamilyError
+from gptailor import FamilyError, TaskError
 from gptailor.analysis import cached_analysis
 from gptailor.baselines import calibration_texts
 
@@ -24,10 +24,11 @@ CAPTIONS = {
 
 
 @gpu
-def compute(family: str, n_texts: float, member: str, position: float, progress=gr.Progress()):
+def compute(family: str, n_texts: float, member: str, position: float, suite: str | None = None,
+            progress=gr.Progress()):
     try:
-        session = ENGINE.get(family)
-    except FamilyError as e:
+        session = ENGINE.get(family, suite)
+    except (FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
     if session.evaluator is None:
         raise gr.Error(f"family {family!r} has no task suite to calibrate on")
@@ -40,9 +41,9 @@ def compute(family: str, n_texts: float, member: str, position: float, progress=
     return (gr.Dropdown(choices=fam.member_names, value=member), *figs.values())
 
 
-def build(family: gr.Dropdown) -> None:
+def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
     with gr.Row():
-        n_texts = gr.Slider(8, 512, value=64, step=8, label="Calibration texts (from the family's suite)")
+        n_texts = gr.Slider(8, 512, value=64, step=8, label="Calibration texts (from the chosen task suite)")
         member = gr.Dropdown(["base"], value="base", label="Member (angular, CKA between positions)")
         position = gr.Number(value=0, precision=0, label="Position (CKA between members)")
     go_btn = gr.Button("Compute (cached per family and calibration set)", variant="primary")
@@ -50,4 +51,4 @@ def build(family: gr.Dropdown) -> None:
     for key in ("influence", "angular", "cka_layers", "cka_members", "drift"):
         plots.append(gr.Plot())
         gr.Markdown(CAPTIONS[key])
-    go_btn.click(compute, [family, n_texts, member, position], [member, *plots], api_name="analysis")
+    go_btn.click(compute, [family, n_texts, member, position, suite], [member, *plots], api_name="analysis")

@@ -5,27 +5,32 @@ import os
 
 import gradio as gr
 
-from . import analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, search_tab
+from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, picker,
+               search_tab)
 
 
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="GPTailor Studio") as demo:
         gr.Markdown("# GPTailor Studio\nCut and stitch layers across a model family into a smaller model, "
                     "without retraining.")
+        shared = picker.build()
+        family, suite = shared["family"], shared["suite"]
         with gr.Tab("Evaluate"):
-            shared = evaluate_tab.build()
+            shared.update(evaluate_tab.build(family, suite))
         with gr.Tab("Search"):
-            search = search_tab.build(shared["family"])
+            search = search_tab.build(family, suite)
         with gr.Tab("Dashboard"):
             dashboard_tab.build(shared["plan"])
         with gr.Tab("Compare"):
-            compare_tab.build()
+            compare_tab.build(family, suite)
         with gr.Tab("Editor"):
-            editor_tab.build(shared["family"], shared["plan"])
+            editor_tab.build(family, suite, shared["plan"])
         with gr.Tab("Analysis"):
-            analysis_tab.build(shared["family"])
+            analysis_tab.build(family, suite)
         with gr.Tab("Chat"):
             chat_tab.build(shared["family"], shared["plan"])
+        demo.load(picker.refresh_choices, None, [family, suite])
+        demo.load(picker.suite_info, [family, suite], [shared["info"]])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
         demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],
                   [search["budget_info"]])

@@ -13,20 +13,24 @@ COLUMNS = ["id", "study", "method", "average retention %", "kept", "params M", "
 
 
 @gpu
-def run_compare(progress=gr.Progress()):
-    """Re-evaluate each study's best plan on the full suite (the app's loaded engines are reused)."""
-    progress(0.1, desc="re-evaluating each study's best plan")
-    evaluators = {}
-    for s in store().studies():
-        key = f"{s['family_source']}|{s['settings'].get('suite')}"
-        try:
-            session = ENGINE.get(s["family_source"])
-        except (FamilyError, TaskError):
-            continue
-        if session.evaluator is not None and session.evaluator.suite.path == s["settings"].get("suite"):
-            evaluators[key] = session.evaluator
+def run_compare(family: str, suite: str | None = None, progress=gr.Progress()):
+    """Re-evaluate the best plan of every study on this family and task suite, on the full suite.
+
+    Only studies scored on the same suite are compared: retention on different tasks is not comparable.
+    """
     try:
-        rows = compare(store(), evaluators=evaluators)
+        session = ENGINE.get(family, suite)
+    except (FamilyError, TaskError) as e:
+        raise gr.Error(str(e)) from None
+    ev = session.evaluator
+    if ev is None:
+        raise gr.Error(f"family {family!r} names no task suite to compare on")
+    ids = [s["id"] for s in store().studies()
+           if s["family"] == session.family.name and s["settings"].get("suite") == ev.suite.path]
+    progress(0.1, desc=f"re-evaluating the best plan of {len(ids)} studies")
+    try:
+        rows = compare(store(), ids, evaluators={f"{s['family_source']}|{ev.suite.path}": ev
+                                                 for s in store().studies() if s["id"] in ids}) if ids else []
     except (FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
     tasks = list(rows[0].task_retention) if rows else []
@@ -38,10 +42,11 @@ def run_compare(progress=gr.Progress()):
     return gr.Dataframe(value=table, headers=headers), figures.task_bars([r.__dict__ for r in rows])
 
 
-def build() -> None:
+def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
     gr.Markdown("Each study's best plan (highest fidelity reached, then best retention), re-evaluated on the "
-                "full suite so that searches and baselines are compared on equal terms.")
+                "full suite so that searches and baselines are compared on equal terms. Only studies of the "
+                "chosen family and task suite are compared.")
     go_btn = gr.Button("Compare all studies", variant="primary")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter")
     bars = gr.Plot()
-    go_btn.click(run_compare, None, [table, bars], api_name="compare")
+    go_btn.click(run_compare, [family, suite], [table, bars], api_name="compare")

@@ -83,10 +83,11 @@ def grid_to_text(family: str, rows):
 
 
 @gpu
-def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.Progress()):
+def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str | None = None,
+                    progress=gr.Progress()):
     """Evaluate the plan, store it as a one-trial 'manual' study, and compare with base and best."""
     try:
-        session = ENGINE.get(family)
+        session = ENGINE.get(family, suite)
         ev = session.evaluator
         if ev is None:
             raise gr.Error(f"family {family!r} has no task suite")
@@ -107,7 +108,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.
     except (PlanError, FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
     best = max((s for s in st.studies() if s["family"] == fam.name and s["best_retention"] is not None
-                and s["id"] != sid), key=lambda s: s["best_retention"], default=None)
+                and s["id"] != sid and s["settings"].get("suite") == ev.suite.path), key=lambda s: s["best_retention"], default=None)
     rows = [[t, round(v, 4), round(base.scores[t], 4),
              None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
             for t, v in res.scores.items()]
@@ -118,9 +119,9 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, progress=gr.
     return note, rows
 
 
-def export_zip(family: str, text: str, progress=gr.Progress()):
+def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Progress()):
     try:
-        session = ENGINE.get(family)
+        session = ENGINE.get(family, suite)
         fam = session.family
         plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
         progress(0.3, desc="writing the checkpoint")
@@ -129,12 +130,12 @@ def export_zip(family: str, text: str, progress=gr.Progress()):
         res = session.evaluator.evaluate(plan, None) if session.evaluator else None
         export(fam, plan, folder, result=res)
         archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
-    except (PlanError, FamilyError, ExportError) as e:
+    except (PlanError, FamilyError, TaskError, ExportError) as e:
         raise gr.Error(str(e)) from None
     return archive, f"Saved {folder} (and {archive})"
 
 
-def build(family: gr.Dropdown, plan_box: gr.Textbox) -> None:
+def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None:
     gr.Markdown("Edit the grid or the text; the other follows. The plan is shared with the Evaluate and Chat tabs.")
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
                         label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
@@ -150,5 +151,5 @@ def build(family: gr.Dropdown, plan_box: gr.Textbox) -> None:
     export_note = gr.Markdown()
     plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview])
     grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
-    eval_btn.click(evaluate_manual, [family, plan_box, fidelity], [result, table], api_name="evaluate_manual")
-    export_btn.click(export_zip, [family, plan_box], [download, export_note], api_name="export")
+    eval_btn.click(evaluate_manual, [family, plan_box, fidelity, suite], [result, table], api_name="evaluate_manual")
+    export_btn.click(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")

@@ -46,37 +46,65 @@ def family_choices() -> list[str]:
     return ["demo", *specs]
 
 
+DEFAULT_SUITE = "family default"
+
+
+def suites_dir() -> Path:
+    """Uploaded task suites live here, one folder each (``<name>/suite.yaml`` + JSONL files)."""
+    return data_dir() / "suites"
+
+
+def suite_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs: the family's own suite, then every uploaded one."""
+    uploaded = sorted(suites_dir().glob("*/suite.yaml")) if suites_dir().exists() else []
+    return [("the family's own suite", DEFAULT_SUITE), *((f"{p.parent.name} (uploaded)", str(p)) for p in uploaded)]
+
+
+def max_upload_bytes() -> int:
+    return int(float(os.environ.get("GPTAILOR_MAX_UPLOAD_MB", "5" if public_mode() else "500")) * 1e6)
+
+
 @dataclass
 class Session:
+    """One loaded family with the evaluator of one task suite (None when the family names no suite)."""
     family: Family
     evaluator: Evaluator | None
-
-    @property
-    def stitcher(self) -> Stitcher:
-        return self.evaluator.stitcher if self.evaluator else Stitcher(self.family)
+    stitcher: Stitcher
 
     def identity_text(self) -> str:
         return Plan.identity(self.family.n_layers, family=self.family.name).to_text()
 
 
 class Engine:
+    """Families are loaded once per process; each (family, suite) pair gets one evaluator sharing the stitcher."""
+
     def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
+        self._families: dict[str, tuple[Family, Stitcher]] = {}
+        self._evaluators: dict[tuple[str, str], Evaluator] = {}
         self._lock = threading.Lock()
 
-    def get(self, family: str) -> Session:
-        from gptailor import FamilyError
+    def get(self, family: str, suite: str | None = None) -> Session:
+        from gptailor import FamilyError, TaskError
 
         if public_mode() and family not in family_choices():
             raise FamilyError(f"{family!r} is not one of this app's families ({', '.join(family_choices())}); "
                               f"public mode does not load arbitrary paths or hub ids")
+        if suite in (None, "", DEFAULT_SUITE):
+            suite = None
+        elif public_mode() and suite not in [v for _, v in suite_choices()]:
+            raise TaskError(f"{suite!r} is not one of this app's task suites; upload task files instead")
         with self._lock:
-            if family not in self._sessions:
+            if family not in self._families:
                 fam = Family.from_spec(FamilySpec.load(family))
-                suite_path = fam.spec.suite_path()
-                ev = Evaluator(fam, load_suite(suite_path)) if suite_path else None
-                self._sessions[family] = Session(fam, ev)
-            return self._sessions[family]
+                self._families[family] = (fam, Stitcher(fam))
+            fam, stitcher = self._families[family]
+            path = suite or fam.spec.suite_path()
+            if path is None:
+                return Session(fam, None, stitcher)
+            key = (family, str(Path(path).expanduser().resolve()))
+            if key not in self._evaluators:
+                self._evaluators[key] = Evaluator(fam, load_suite(key[1]), stitcher=stitcher)
+            return Session(fam, self._evaluators[key], stitcher)
 
 
 ENGINE = Engine()

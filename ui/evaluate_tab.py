@@ -5,19 +5,21 @@ import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
 
-from .engine import ENGINE, data_dir, family_choices, gpu, public_mode
+from .engine import ENGINE, gpu
 
 COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
 
 
 @gpu
-def evaluate(family: str, plan_text: str, fidelity: float | None, progress=gr.Progress()):
+def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | None = None,
+             progress=gr.Progress()):
     """Score a plan; returns a summary line and a per-task table."""
     try:
         progress(0.1, desc="loading family")
-        session = ENGINE.get(family)
+        session = ENGINE.get(family, suite)
         if session.evaluator is None:
-            raise gr.Error(f"family {family!r} has no task suite; add 'suite: path/to/suite.yaml' to its spec")
+            raise gr.Error(f"family {family!r} names no task suite: upload task files above, or add "
+                           f"'suite: path/to/suite.yaml' to its spec")
         plan = Plan.parse(plan_text, session.family.name)
         plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
         progress(0.4, desc="stitching and scoring")
@@ -34,30 +36,6 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, progress=gr.Pr
     return summary, rows
 
 
-def upload_spec(path: str | None):
-    """Validate an uploaded family spec and keep it under <data dir>/families; select it."""
-    if not path:
-        raise gr.Error("choose a family spec file (.yaml or .json)")
-    if public_mode():
-        raise gr.Error("this is a public app: uploading family specs is turned off")
-    import yaml
-
-    from gptailor.family import FamilySpec
-
-    try:
-        text = open(path, encoding="utf-8").read()
-        data = yaml.safe_load(text)  # JSON is YAML too
-        spec = FamilySpec.from_dict(data)
-    except (FamilyError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise gr.Error(f"not a usable family spec: {e}") from None
-    dest = data_dir() / "families" / f"{spec.name}.yaml"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and dest.read_text() != text:
-        raise gr.Error(f"a different family spec named {spec.name!r} is already stored at {dest}; rename yours")
-    dest.write_text(text)
-    return gr.Dropdown(choices=family_choices(), value=str(dest)), f"Stored {dest}"
-
-
 def identity_plan(family: str) -> str:
     try:
         return ENGINE.get(family).identity_text()
@@ -65,15 +43,8 @@ def identity_plan(family: str) -> str:
         raise gr.Error(str(e)) from None
 
 
-def build() -> dict:
-    with gr.Row():
-        family = gr.Dropdown(family_choices(), value="demo", label="Family (or a path to a family.yaml)",
-                             allow_custom_value=not public_mode(), scale=2)
-        fidelity = gr.Number(value=None, label="Examples per task (empty = all)", precision=0, scale=1)
-    with gr.Accordion("Add a family spec (YAML/JSON: name, base, candidates, dtype, device, suite)", open=False):
-        spec_file = gr.File(label="Family spec", file_types=[".yaml", ".yml", ".json"], type="filepath")
-        spec_note = gr.Markdown()
-        spec_file.upload(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec")
+def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
+    fidelity = gr.Number(value=None, label="Examples per task (empty = all)", precision=0)
     plan = gr.Textbox(label="Plan (text form or JSON)", lines=3,
                       placeholder="0:base 1:math 2:drop 3:merge(math=.6,strings=.4) ...")
     with gr.Row():
@@ -81,6 +52,6 @@ def build() -> dict:
         run = gr.Button("Evaluate", variant="primary")
     summary = gr.Markdown()
     table = gr.Dataframe(headers=COLUMNS, label="Per-task scores", interactive=False)
-    run.click(evaluate, [family, plan, fidelity], [summary, table], api_name="evaluate")
+    run.click(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate")
     reset.click(identity_plan, [family], [plan], api_name="identity_plan")
-    return {"family": family, "plan": plan}
+    return {"plan": plan}

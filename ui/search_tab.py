@@ -47,11 +47,13 @@ def studies_rows() -> list[list]:
 
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
-                 fraction: float = 0.75):
+                 fraction: float = 0.75, suite: str | None = None):
     if int(trials) > max_trials():
         raise gr.Error(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
     try:
-        session = ENGINE.get(family)
+        session = ENGINE.get(family, suite)
+        if session.evaluator is None:
+            raise StudyError(f"family {family!r} names no task suite: upload task files above")
         settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
                                   n_trials=int(trials), walltime_s=float(walltime) if walltime else None,
                                   seed=int(seed), min_fidelity=int(min_fid),
@@ -80,7 +82,7 @@ def resume_study(study_id: float):
     return f"Study {int(study_id)} resumed.", studies_rows()
 
 
-def build(family: gr.Dropdown) -> dict:
+def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     with gr.Row():
         method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
         kind = gr.Radio(["layers to remove", "parameter fraction"], value="layers to remove", label="Budget by")
@@ -105,7 +107,7 @@ def build(family: gr.Dropdown) -> dict:
     for comp in (family, remove, kind, fraction):
         comp.change(budget_text, [family, remove, kind, fraction], [budget_info])
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
-                                fraction],
+                                fraction, suite],
                  [message, studies, study_id], api_name="launch_study")
     cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study")
     resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study")
