@@ -50,3 +50,11 @@ def test_best_so_far_is_a_running_max():
     assert [round(y, 6) for y in fig.data[0].y] == [50.0, 50.0, 50.0, 80.0]
     fig = figures.pareto({"s": ts})
     assert list(fig.data[0].y) == [50.0, 40.0, 80.0] and not any(math.isnan(x) for x in fig.data[0].x)
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    ts = [dict(trial(i, "base", r), params=p) for i, (r, p) in
+          enumerate([(0.5, 10), (0.4, 8), (0.45, 10), (0.8, 12), (0.6, 12), (0.3, 9)])]
+    assert [(t["params"], t["retention"]) for t in figures.pareto_front(ts)] == [(8, 0.4), (10, 0.5), (12, 0.8)]
+    fig = figures.pareto({"s": ts})
+    assert fig.data[-1].name == "Pareto front" and list(fig.data[-1].y) == [40.0, 50.0, 80.0]

@@ -10,6 +10,8 @@ from gptailor.baselines import calibration_texts
 from . import figures
 from .engine import ENGINE, gpu, data_dir
 
+TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_layers": "CKA between positions",
+          "cka_members": "CKA between members", "drift": "Weight drift"}
 CAPTIONS = {
     "influence": "How much each layer changes its input. Low values (pale) are layers ShortGPT would drop first; "
                  "a finetune's row shows where its training changed the computation.",
@@ -49,6 +51,10 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
     go_btn = gr.Button("Compute (cached per family and calibration set)", variant="primary")
     plots = []
     for key in ("influence", "angular", "cka_layers", "cka_members", "drift"):
-        plots.append(gr.Plot())
+        plots.append(gr.Plot(label=TITLES[key]))
         gr.Markdown(CAPTIONS[key])
-    go_btn.click(compute, [family, n_texts, member, position, suite], [member, *plots], api_name="analysis")
+    inputs = [family, n_texts, member, position, suite]
+    go_btn.click(compute, inputs, [member, *plots], api_name="analysis")
+    # a new member or position only re-draws from the cache (computed once per family and calibration set)
+    for comp in (member, position):
+        comp.input(compute, inputs, [member, *plots], show_progress="minimal")

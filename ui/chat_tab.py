@@ -61,6 +61,7 @@ def build(family: gr.Dropdown, plan: gr.Textbox) -> None:
     with gr.Row():
         bot = gr.Chatbot(label="Plan's model", height=320)
         base_bot = gr.Chatbot(label="Base model", height=320)
+    which = gr.Markdown()
     prompt = gr.Textbox(label="Prompt", value="23+45")
     with gr.Row():
         max_new = gr.Slider(1, 256, value=24, step=1, label="Max new tokens")
@@ -72,3 +73,5 @@ def build(family: gr.Dropdown, plan: gr.Textbox) -> None:
     send.click(chat, inputs, [bot, base_bot, prompt], api_name="chat")
     prompt.submit(chat, inputs, [bot, base_bot, prompt])
     clear.click(lambda: ([], []), None, [bot, base_bot])
+    plan.change(lambda p: f"Plan's model: `{p.strip()}`" if p and p.strip() else "", [plan], [which],
+                show_progress="hidden")

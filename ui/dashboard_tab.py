@@ -28,12 +28,23 @@ def _selected(ids) -> dict[str, list[dict]]:
     return out
 
 
+def default_ids(limit: int = 8) -> list[int]:
+    """Nothing picked: the newest study and the other studies of its family and task suite, newest first.
+
+    So a SMAC search, its random-search twin and the baselines land on the same charts without clicking.
+    """
+    studies = store().studies()
+    if not studies:
+        return []
+    newest = studies[-1]
+    same = [s["id"] for s in reversed(studies) if s["family"] == newest["family"]
+            and s["settings"].get("suite") == newest["settings"].get("suite")]
+    return same[:limit]
+
+
 def refresh(ids):
     """Everything the dashboard shows, for the selected study ids."""
-    ids = [int(i) for i in (ids or [])]
-    if not ids:  # nothing picked: follow the newest study
-        newest = store().studies()[-1:]
-        ids = [newest[0]["id"]] if newest else []
+    ids = [int(i) for i in (ids or [])] or default_ids()
     studies = _selected(ids)
     rows = [[name.split(":")[0], t["number"], t["status"], t["fidelity"],
              None if t["retention"] is None else round(100 * t["retention"], 2), t["kept_layers"],
@@ -48,7 +59,7 @@ def refresh(ids):
                                      f"at fidelity {best['fidelity']}")
     else:
         best_fig = None
-    first = next(iter(studies.values()), [])
+    first = max(studies.values(), key=len, default=[])  # the longest run shows convergence best
     return (figures.best_so_far(studies), figures.best_so_far(studies, x="wall_s"), figures.pareto(studies),
             best_fig, figures.top_k_layer_maps(all_trials, members) if members else None,
             figures.trials_over_time(first, members) if members and first else None, rows)
@@ -81,7 +92,7 @@ def row_plan(rows, evt: gr.SelectData) -> str:
 
 def build(plan_box: gr.Textbox) -> dict:
     with gr.Row():
-        pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies (empty: the newest)",
+        pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies (empty: the newest and the others on its family and suite)",
                            allow_custom_value=True, scale=4)
         reload_btn = gr.Button("Reload list", scale=1)
         live = gr.Checkbox(value=True, label="Live refresh", scale=1)
@@ -92,7 +103,7 @@ def build(plan_box: gr.Textbox) -> dict:
         par = gr.Plot(label="Retention vs size")
         best = gr.Plot(label="Best layer map", elem_id="best-layer-map")
     topk = gr.Plot(label="Top trials")
-    over = gr.Plot(label="Trials over time (first selected study)")
+    over = gr.Plot(label="Trials over time (the selected study with the most trials)")
     table = gr.Dataframe(headers=TRIAL_COLUMNS, label="Trials (click a row to load its plan into the editor)",
                          interactive=False, show_search="filter")
     dl = gr.DownloadButton("Download CSV")

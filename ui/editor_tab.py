@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from db.runs import create_study
+from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
 from gptailor.search import SearchSettings, TrialRecord
@@ -68,8 +68,11 @@ def text_to_grid(family: str, text: str):
         plan = Plan.parse(text, session.family.name)
         plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
     except (PlanError, FamilyError) as e:
-        return gr.update(), f"⚠ {e}", None
-    return plan_to_grid(plan), "✓ valid plan", figures.layer_map(plan, session.family.member_names)
+        return gr.update(), f"⚠ {e}", None, gr.update()
+    fam = session.family
+    status = (f"✓ valid plan: keeps {plan.n_kept} of {fam.n_layers} layers, "
+              f"{fam.param_count(plan.n_kept) / 1e6:.2f} M of {fam.param_count() / 1e6:.2f} M params")
+    return plan_to_grid(plan), status, figures.layer_map(plan, fam.member_names), plan.to_text()
 
 
 def grid_to_text(family: str, rows):
@@ -105,18 +108,29 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
         st.transition(sid, ("created",), "finished")
         base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
+        best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
     except (PlanError, FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
-    best = max((s for s in st.studies() if s["family"] == fam.name and s["best_retention"] is not None
-                and s["id"] != sid and s["settings"].get("suite") == ev.suite.path), key=lambda s: s["best_retention"], default=None)
-    rows = [[t, round(v, 4), round(base.scores[t], 4),
+    rows = [[t, round(v, 4), round(base.scores[t], 4), None if best_res is None else round(best_res.scores[t], 4),
              None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
             for t, v in res.scores.items()]
     note = (f"**This plan: {100 * res.retention:.1f}%** retention, {res.kept_layers}/{res.n_layers} layers, "
             f"{res.params / 1e6:.2f}M params · stored as study {sid}")
-    if best:
-        note += f" · best stored study: {best['id']} ({best['method']}) {100 * best['best_retention']:.1f}%"
+    if best_res is not None:
+        note += (f" · current best (study {best_study['id']}, {best_study['method']}): "
+                 f"{100 * best_res.retention:.1f}% with {best_res.kept_layers} layers on the same examples")
     return note, rows
+
+
+def current_best(st, family_name: str, ev, n: int | None, exclude: int):
+    """The best stored plan on this family and suite, re-scored on the same examples as the edited plan."""
+    studies = [s for s in st.studies() if s["family"] == family_name and s["best_retention"] is not None
+               and s["id"] != exclude and s["settings"].get("suite") == ev.suite.path]
+    if not studies:
+        return None, None
+    study = max(studies, key=lambda s: s["best_retention"])
+    trial = best_trial(st.trials(study["id"]))
+    return study, ev.evaluate(Plan.from_dict(trial["plan"]), n)
 
 
 def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Progress()):
@@ -136,20 +150,24 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None:
-    gr.Markdown("Edit the grid or the text; the other follows. The plan is shared with the Evaluate and Chat tabs.")
+    gr.Markdown("Edit the grid or the text (Enter applies it); the other follows. The plan is shared with the "
+                "Evaluate and Chat tabs, and a click on a trial in the Dashboard loads it here.")
+    text = gr.Textbox(label="Plan (compact text form)", lines=2)
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
                         label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
     status = gr.Markdown()
     preview = gr.Plot(label="Layer map")
     with gr.Row():
-        fidelity = gr.Number(value=None, precision=0, label="Examples per task (empty = all)")
+        fidelity = gr.Number(value=None, precision=0, label="Examples per task (0 or empty = all)")
         eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")
         export_btn = gr.Button("Export HF checkpoint (zip)")
     result = gr.Markdown()
-    table = gr.Dataframe(headers=["task", "this plan", "base", "retention %"], interactive=False)
+    table = gr.Dataframe(headers=["task", "this plan", "base", "current best", "retention %"], interactive=False)
     download = gr.File(label="Exported checkpoint")
     export_note = gr.Markdown()
-    plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview])
+    plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text])
+    text.submit(lambda t: t, [text], [plan_box])
+    text.blur(lambda t: t, [text], [plan_box])
     grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
     eval_btn.click(evaluate_manual, [family, plan_box, fidelity, suite], [result, table], api_name="evaluate_manual")
     export_btn.click(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")

@@ -44,7 +44,7 @@ def identity_plan(family: str) -> str:
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
-    fidelity = gr.Number(value=None, label="Examples per task (empty = all)", precision=0)
+    fidelity = gr.Number(value=None, label="Examples per task (0 or empty = all)", precision=0)
     plan = gr.Textbox(label="Plan (text form or JSON)", lines=3,
                       placeholder="0:base 1:math 2:drop 3:merge(math=.6,strings=.4) ...")
     with gr.Row():

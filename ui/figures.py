@@ -119,7 +119,8 @@ def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> 
             if best > -math.inf:
                 xs.append(t[x] if t[x] is not None else 0)
                 ys.append(100 * best)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv"}, name=name))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"shape": "hv"}, marker={"size": 4},
+                                 name=name))
     fig.update_layout(title="Best retention so far", xaxis_title="trial" if x == "number" else "wall time (s)",
                       yaxis_title="retention %", height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
     return fig
@@ -133,9 +134,24 @@ def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
         fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in done], y=[100 * t["retention"] for t in done],
                                  mode="markers", name=name, text=[t["plan_text"] for t in done],
                                  hovertemplate="%{y:.1f}%% at %{x:.2f}M<br>%{text}<extra></extra>"))
+    front = pareto_front([t for ts in studies.values() for t in _complete(ts)])
+    if front:
+        fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in front], y=[100 * t["retention"] for t in front],
+                                 mode="lines", line={"shape": "hv", "dash": "dot", "color": "black"},
+                                 name="Pareto front", hoverinfo="skip"))
     fig.update_layout(title="Retention vs size", xaxis_title="parameters (M)", yaxis_title="retention %",
                       height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
     return fig
+
+
+def pareto_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials no other trial beats on both size and retention, smallest first."""
+    front, best = [], -math.inf
+    for t in sorted(trials, key=lambda t: (t["params"], -t["retention"])):
+        if t["retention"] > best:
+            front.append(t)
+            best = t["retention"]
+    return front
 
 
 def task_bars(rows: list[dict[str, Any]]) -> go.Figure:

@@ -82,6 +82,12 @@ def resume_study(study_id: float):
     return f"Study {int(study_id)} resumed.", studies_rows()
 
 
+def pick_study(rows, evt: gr.SelectData) -> int:
+    """A click on a study row fills the study id for Cancel / Resume."""
+    data = rows.values.tolist() if hasattr(rows, "values") else rows
+    return int(data[evt.index[0]][0])
+
+
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     with gr.Row():
         method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
@@ -92,16 +98,16 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
         with gr.Row():
-            walltime = gr.Number(value=None, label="Wall time limit (s)")
+            walltime = gr.Number(value=None, label="Wall time limit (s, 0 = none)")
             seed = gr.Number(value=0, precision=0, label="Seed")
             min_fid = gr.Number(value=8, precision=0, label="Min fidelity (examples per task)")
-            max_fid = gr.Number(value=None, precision=0, label="Max fidelity (empty = all)")
+            max_fid = gr.Number(value=None, precision=0, label="Max fidelity (0 or empty = all)")
             name = gr.Textbox(label="Study name (optional)")
     go_btn = gr.Button("Launch in the background", variant="primary")
     message = gr.Markdown()
     studies = gr.Dataframe(headers=STUDY_COLUMNS, value=studies_rows, label="Studies", interactive=False)
     with gr.Row():
-        study_id = gr.Number(value=None, precision=0, label="Study id")
+        study_id = gr.Number(value=None, precision=0, label="Study id (click a row above)")
         cancel_btn = gr.Button("Cancel")
         resume_btn = gr.Button("Resume")
     for comp in (family, remove, kind, fraction):
@@ -109,6 +115,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
                                 fraction, suite],
                  [message, studies, study_id], api_name="launch_study")
+    studies.select(pick_study, [studies], [study_id])
     cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study")
     resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study")
     gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden")
