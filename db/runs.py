@@ -251,12 +251,14 @@ class CompareRow:
     wall_s: float
 
 
+def rank_key(trial: dict[str, Any]) -> tuple[int, float]:
+    """Sort key, best first: the highest fidelity reached, then retention (low-fidelity scores are noisy)."""
+    return -(trial["fidelity"] or 0), -trial["retention"]
+
+
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     done = [t for t in trials if t["status"] == "complete" and t["retention"] is not None]
-    if not done:
-        return None
-    top = max(t["fidelity"] or 0 for t in done)
-    return max((t for t in done if (t["fidelity"] or 0) == top), key=lambda t: t["retention"])
+    return min(done, key=rank_key) if done else None
 
 
 def compare(store: Store, study_ids: list[int] | None = None,

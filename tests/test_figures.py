@@ -58,3 +58,14 @@ def test_pareto_front_keeps_only_undominated_trials():
     assert [(t["params"], t["retention"]) for t in figures.pareto_front(ts)] == [(8, 0.4), (10, 0.5), (12, 0.8)]
     fig = figures.pareto({"s": ts})
     assert fig.data[-1].name == "Pareto front" and list(fig.data[-1].y) == [40.0, 50.0, 80.0]
+
+
+def test_top_k_ranks_higher_fidelity_first_like_the_best_trial():
+    from db.runs import best_trial
+
+    ts = [dict(trial(0, "base drop", 0.95, fidelity=4), study_id=1),
+          dict(trial(1, "math drop", 0.6, fidelity=200), study_id=2),
+          dict(trial(2, "code drop", 0.7, fidelity=200), study_id=2)]
+    fig = figures.top_k_layer_maps(ts, MEMBERS, k=3)
+    assert list(fig.data[0].y)[::3] == ["2/#2 base", "2/#1 base", "1/#0 base"]
+    assert best_trial(ts)["number"] == 2  # the top block is the dashboard's best trial

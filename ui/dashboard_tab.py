@@ -54,9 +54,10 @@ def refresh(ids):
     all_trials = [t for ts in studies.values() for t in ts]
     best = best_trial(all_trials)
     if best is not None and members:
+        study = store().study(best["study_id"])
         best_fig = figures.layer_map(Plan.from_dict(best["plan"]), members,
-                                     f"Best trial #{best['number']}: {100 * best['retention']:.1f}% "
-                                     f"at fidelity {best['fidelity']}")
+                                     f"Best: study {study['id']} ({study['method']}) trial #{best['number']}, "
+                                     f"{100 * best['retention']:.1f}% at fidelity {best['fidelity']}")
     else:
         best_fig = None
     first = max(studies.values(), key=len, default=[])  # the longest run shows convergence best

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import plotly.graph_objects as go
 
+from db.runs import rank_key
 from gptailor import Plan
 from gptailor.plan import split_source
 
@@ -52,16 +53,19 @@ def layer_map(plan: Plan, members: list[str], title: str = "Layer map") -> go.Fi
 
 
 def top_k_layer_maps(trials: list[dict[str, Any]], members: list[str], k: int = 5) -> go.Figure:
-    """The best k trials' layer maps stacked: one row block per trial."""
-    best = sorted(_complete(trials), key=lambda t: -t["retention"])[:k]
+    """The best k trials' layer maps stacked: one row block per trial, ranked like the best trial
+    (highest fidelity first, then retention), labelled study/#number when trials carry their study."""
+    best = sorted(_complete(trials), key=rank_key)[:k]
     z: list[list[float | None]] = []
     hover: list[list[str]] = []
     labels: list[str] = []
     for rank, t in enumerate(best):
         zz, hh = layer_map_matrix(Plan.from_dict(t["plan"]), members)
         z += zz
-        hover += [[f"#{t['number']} ({100 * t['retention']:.1f}%) {h}" for h in row] for row in hh]
-        labels += [f"#{t['number']} {m}" for m in members]
+        name = f"{t['study_id']}/#{t['number']}" if t.get("study_id") is not None else f"#{t['number']}"
+        hover += [[f"{name} ({100 * t['retention']:.1f}% at fidelity {t['fidelity']}) {h}" for h in row]
+                  for row in hh]
+        labels += [f"{name} {m}" for m in members]
     fig = go.Figure(go.Heatmap(z=z, y=labels, text=hover, hoverinfo="text", colorscale="Blues", zmin=0, zmax=1,
                                xgap=1, ygap=1))
     fig.update_layout(title=f"Top {len(best)} trials", xaxis_title="layer position",
