@@ -95,8 +95,10 @@ def build() -> dict:
                                      file_types=[".jsonl", ".json", ".yaml", ".yml"], type="filepath")
                 add_tasks = gr.Button("Store these tasks as a suite")
                 tasks_note = gr.Markdown()
-    spec_file.upload(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec")
-    add_tasks.click(upload_tasks, [task_files, suite_name], [suite, tasks_note], api_name="upload_tasks")
+    # progress hidden: on a refused upload the error toast says why, and the pickers stay in view
+    spec_file.upload(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec", show_progress="hidden")
+    add_tasks.click(upload_tasks, [task_files, suite_name], [suite, tasks_note], api_name="upload_tasks",
+                    show_progress="hidden")
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
     return {"family": family, "suite": suite, "info": info}

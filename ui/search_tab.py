@@ -114,10 +114,11 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
         comp.change(budget_text, [family, remove, kind, fraction], [budget_info])
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
                                 fraction, suite],
-                 [message, studies, study_id], api_name="launch_study")
+                 [message, studies, study_id], api_name="launch_study", show_progress="hidden")
     studies.select(pick_study, [studies], [study_id])
-    cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study")
-    resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study")
+    # quick actions: progress hidden, so a refusal shows as a toast and the studies list stays in view
+    cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study", show_progress="hidden")
+    resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study", show_progress="hidden")
     gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden")
     return {"budget_info": budget_info, "remove": remove, "kind": kind, "fraction": fraction,
             "study_id": study_id, "studies": studies}
