@@ -126,10 +126,6 @@ class DemoConfig:
     # word lengths 3-9 grade its difficulty, so a short-trained base gets the short words right and
     # leaves the finetune room to beat it on the long ones.
     base_mixture: tuple[tuple[str, float], ...] = (("math", 1.5), ("strings", 0.75), ("facts", 1.0))
-    # Stochastic depth ("LayerDrop"), rising linearly with depth: layer l is skipped in a training step
-    # with probability layerdrop * l / (L - 1). Large LLMs have redundant deep layers (ShortGPT's
-    # finding); a tiny model trained briefly has none, so this gives the demo that redundancy.
-    layerdrop: float = 0.0
     seed: int = 0
 
 
@@ -167,9 +163,7 @@ def _train(model, tokenizer, mixture, steps: int, lr: float, cfg: DemoConfig, se
     import torch
 
     rng = random.Random(seed)
-    drop_rng = random.Random(seed + 10_000)  # its own stream: the batches are those of a run without it
     torch.manual_seed(seed)
-    layers = model.model.layers
     for name, p in model.named_parameters():  # finetunes train the decoder layers only (see build)
         p.requires_grad_(not layers_only or ".layers." in name)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -181,12 +175,7 @@ def _train(model, tokenizer, mixture, steps: int, lr: float, cfg: DemoConfig, se
     t0 = time.time()
     for step in range(steps):
         x, y = _batch(tokenizer, rng, mixture, cfg)
-        if cfg.layerdrop > 0:
-            n = len(layers)
-            model.model.layers = torch.nn.ModuleList(
-                [m for i, m in enumerate(layers) if drop_rng.random() >= cfg.layerdrop * i / max(1, n - 1)])
-        logits = model(input_ids=x, use_cache=False).logits
-        model.model.layers = layers
+        logits = model(input_ids=x).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -332,16 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=DEMO_DIR)
     b.add_argument("--base-steps", type=int, default=DemoConfig.base_steps)
     b.add_argument("--finetune-steps", type=int, default=DemoConfig.finetune_steps)
-    b.add_argument("--layerdrop", type=float, default=DemoConfig.layerdrop,
-                   help="stochastic depth of the deepest layer (rises linearly from 0 at layer 0)")
     t = sub.add_parser("tasks", help="rewrite only the task files")
     t.add_argument("--out", type=Path, default=DEMO_DIR)
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
     args = p.parse_args(argv)
     if args.cmd == "build":
-        build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps,
-                                   layerdrop=args.layerdrop))
+        build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
     elif args.cmd == "report":
         print(report(args.family))
     else:
