@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from db.runs import compare, compare_table, create_study, run_study  # noqa: E402
+from db.runs import compare, compare_table, create_study, engine_key, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, load_suite  # noqa: E402
 from gptailor.search import SearchSettings  # noqa: E402
@@ -58,7 +58,6 @@ def main() -> int:
     store = Store(url)
     print(f"family {fam.name}: {fam.n_layers} layers, removing {n}; {args.trials} trials per search; "
           f"suite {ev.suite.name} ({', '.join(ev.suite.names)}), full fidelity {ev.suite.max_fidelity}; db {url}")
-    key = f"{args.family}|{ev.suite.path}"
     timing = {}
     for name in args.variants.split(","):
         v = VARIANTS[name]
@@ -75,7 +74,7 @@ def main() -> int:
     for h in HEURISTICS:
         sid = create_study(store, args.family, h, budget, SearchSettings(seed=args.seed), name=h, evaluator=ev)
         run_study(store, sid, evaluator=ev)
-    rows = compare(store, evaluators={key: ev})
+    rows = compare(store, evaluators={engine_key(s): ev for s in store.studies()})  # one evaluator for all
     base = ev.evaluate(__import__("gptailor").Plan.identity(fam.n_layers, family=fam.name))
     print(f"\nbase model: retention {100 * base.retention:.1f}% (by definition), scores "
           + ", ".join(f"{t}={v:.3f}" for t, v in base.scores.items()))

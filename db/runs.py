@@ -261,6 +261,11 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(done, key=rank_key) if done else None
 
 
+def engine_key(study: dict[str, Any]) -> str:
+    """Which evaluator scores a study: its family source and task suite (the keys of compare's evaluators)."""
+    return f"{study['family_source']}|{study['settings'].get('suite')}"
+
+
 def compare(store: Store, study_ids: list[int] | None = None,
             evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
     """Every study's best plan re-evaluated at full fidelity, one row each."""
@@ -273,7 +278,7 @@ def compare(store: Store, study_ids: list[int] | None = None,
         best = best_trial(trials)
         if best is None:
             continue
-        key = f"{s['family_source']}|{s['settings'].get('suite')}"
+        key = engine_key(s)
         if key not in evaluators:
             evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
         ev = evaluators[key]

@@ -98,6 +98,13 @@ def _check_example(kind: str, obj: Any) -> str | None:
     return None
 
 
+def _json_line(where: str | os.PathLike, lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{where}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 def load_task(path: str | os.PathLike, kind: str, name: str | None = None) -> Task:
     path = Path(path)
     name = name or path.stem
@@ -110,10 +117,7 @@ def load_task(path: str | os.PathLike, kind: str, name: str | None = None) -> Ta
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            obj = _json_line(path, lineno, line)
             problem = _check_example(kind, obj)
             if problem:
                 raise TaskError(f"{path}:{lineno}: {kind} example {problem}")
@@ -167,10 +171,7 @@ def _first_example(path: Path) -> tuple[int, Any]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
-                try:
-                    return lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskError(f"{path.name}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                return lineno, _json_line(path.name, lineno, line)
     raise TaskError(f"{path.name}: the file is empty")
 
 
@@ -202,10 +203,11 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
     suites = [p for p in paths if p.suffix.lower() in (".yaml", ".yml")]
     tasks = [p for p in paths if p.suffix.lower() in (".jsonl", ".json")]
     other = [p.name for p in paths if p not in suites and p not in tasks]
-    if other or len(suites) > 1:
-        raise TaskError(f"expected JSONL task files (.jsonl) and at most one suite.yaml, got {', '.join(other) or ''}"
-                        f"{' and ' if other and len(suites) > 1 else ''}"
-                        f"{'several YAML files' if len(suites) > 1 else ''}")
+    if other:
+        raise TaskError(f"expected JSONL task files (.jsonl) and at most one suite.yaml, got {', '.join(other)}")
+    if len(suites) > 1:
+        raise TaskError(f"expected JSONL task files (.jsonl) and at most one suite.yaml, got "
+                        f"{', '.join(p.name for p in suites)}")
     names = [p.name for p in tasks]
     if len(set(names)) != len(names):
         raise TaskError("two task files have the same name; rename one")

@@ -30,12 +30,11 @@ def compute(family: str, n_texts: float, member: str, position: float, suite: st
             progress=gr.Progress()):
     try:
         session = ENGINE.get(family, suite)
+        ev = session.scorer()
     except (FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
-    if session.evaluator is None:
-        raise gr.Error(f"family {family!r} has no task suite to calibrate on")
     fam = session.family
-    texts = calibration_texts(session.evaluator.suite, int(n_texts))
+    texts = calibration_texts(ev.suite, int(n_texts))
     res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
                           progress=lambda f, d: progress(f, desc=d))
     member = member if member in fam.member_names else "base"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from db.runs import compare
+from db.runs import compare, engine_key
 from gptailor import FamilyError, TaskError
 
 from . import figures
@@ -20,17 +20,15 @@ def run_compare(family: str, suite: str | None = None, progress=gr.Progress()):
     """
     try:
         session = ENGINE.get(family, suite)
+        ev = session.scorer()
     except (FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
-    ev = session.evaluator
-    if ev is None:
-        raise gr.Error(f"family {family!r} names no task suite to compare on")
-    ids = [s["id"] for s in store().studies()
-           if s["family"] == session.family.name and s["settings"].get("suite") == ev.suite.path]
-    progress(0.1, desc=f"re-evaluating the best plan of {len(ids)} studies")
-    try:
-        rows = compare(store(), ids, evaluators={f"{s['family_source']}|{ev.suite.path}": ev
-                                                 for s in store().studies() if s["id"] in ids}) if ids else []
+    same = [s for s in store().studies()
+            if s["family"] == session.family.name and s["settings"].get("suite") == ev.suite.path]
+    progress(0.1, desc=f"re-evaluating the best plan of {len(same)} studies")
+    try:  # the app's loaded evaluator serves every one of them
+        rows = compare(store(), [s["id"] for s in same], evaluators={engine_key(s): ev for s in same}) \
+            if same else []
     except (FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
     tasks = list(rows[0].task_retention) if rows else []

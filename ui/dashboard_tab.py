@@ -19,21 +19,11 @@ def study_choices() -> list[tuple[str, int]]:
     return [(f"{s['id']}: {s['name']} [{s['status']}]", s["id"]) for s in reversed(store().studies())]
 
 
-def _selected(ids) -> dict[str, list[dict]]:
-    st = store()
-    out = {}
-    for s in st.studies():
-        if ids and s["id"] in ids:
-            out[f"{s['id']}: {s['name']}"] = st.trials(s["id"])
-    return out
-
-
-def default_ids(limit: int = 8) -> list[int]:
+def default_ids(studies: list[dict], limit: int = 8) -> list[int]:
     """Nothing picked: the newest study and the other studies of its family and task suite, newest first.
 
     So a SMAC search, its random-search twin and the baselines land on the same charts without clicking.
     """
-    studies = store().studies()
     if not studies:
         return []
     newest = studies[-1]
@@ -43,18 +33,22 @@ def default_ids(limit: int = 8) -> list[int]:
 
 
 def refresh(ids):
-    """Everything the dashboard shows, for the selected study ids."""
-    ids = [int(i) for i in (ids or [])] or default_ids()
-    studies = _selected(ids)
+    """Everything the dashboard shows, for the selected study ids (runs every few seconds: one read of
+    the study list, then the selected studies' trials)."""
+    st = store()
+    all_studies = st.studies()
+    ids = [int(i) for i in (ids or [])] or default_ids(all_studies)
+    chosen = {s["id"]: s for s in all_studies if s["id"] in ids}
+    studies = {f"{sid}: {s['name']}": st.trials(sid) for sid, s in chosen.items()}
     rows = [[name.split(":")[0], t["number"], t["status"], t["fidelity"],
              None if t["retention"] is None else round(100 * t["retention"], 2), t["kept_layers"],
              None if t["params"] is None else round(t["params"] / 1e6, 3), t["plan_text"], t["error"] or ""]
             for name, trials in studies.items() for t in trials]
-    members = _members(ids)
+    members = _members([chosen[i] for i in ids if i in chosen])
     all_trials = [t for ts in studies.values() for t in ts]
     best = best_trial(all_trials)
     if best is not None and members:
-        study = store().study(best["study_id"])
+        study = chosen[best["study_id"]]
         best_fig = figures.layer_map(Plan.from_dict(best["plan"]), members,
                                      f"Best: study {study['id']} ({study['method']}) trial #{best['number']}, "
                                      f"{100 * best['retention']:.1f}% at fidelity {best['fidelity']}")
@@ -66,10 +60,10 @@ def refresh(ids):
             figures.trials_over_time(first, members) if members and first else None, rows)
 
 
-def _members(ids) -> list[str]:
+def _members(studies: list[dict]) -> list[str]:
     """Members of the (first selected) study's family, base first, as stored with the family."""
-    for sid in ids:
-        info = store().family_info(store().study(sid)["family"])
+    for s in studies:
+        info = store().family_info(s["family"])
         if info.get("members"):
             return list(info["members"])
     return []

@@ -91,9 +91,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
     """Evaluate the plan, store it as a one-trial 'manual' study, and compare with base and best."""
     try:
         session = ENGINE.get(family, suite)
-        ev = session.evaluator
-        if ev is None:
-            raise gr.Error(f"family {family!r} has no task suite")
+        ev = session.scorer()
         fam = session.family
         plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
         n = int(fidelity) if fidelity else None

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptailor import Evaluator, Family, FamilySpec, Plan, Stitcher, load_suite
+from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
 
 
 try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
@@ -71,6 +71,13 @@ class Session:
     evaluator: Evaluator | None
     stitcher: Stitcher
 
+    def scorer(self) -> Evaluator:
+        """The evaluator, or a TaskError saying how to give the family a suite (every tab that scores)."""
+        if self.evaluator is None:
+            raise TaskError(f"family {self.family.name!r} names no task suite: upload task files above, "
+                            f"or add 'suite: path/to/suite.yaml' to its spec")
+        return self.evaluator
+
     def identity_text(self) -> str:
         return Plan.identity(self.family.n_layers, family=self.family.name).to_text()
 
@@ -84,8 +91,6 @@ class Engine:
         self._lock = threading.Lock()
 
     def get(self, family: str, suite: str | None = None) -> Session:
-        from gptailor import FamilyError, TaskError
-
         if public_mode() and family not in family_choices():
             raise FamilyError(f"{family!r} is not one of this app's families ({', '.join(family_choices())}); "
                               f"public mode does not load arbitrary paths or hub ids")

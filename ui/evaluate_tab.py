@@ -17,14 +17,12 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
     try:
         progress(0.1, desc="loading family")
         session = ENGINE.get(family, suite)
-        if session.evaluator is None:
-            raise gr.Error(f"family {family!r} names no task suite: upload task files above, or add "
-                           f"'suite: path/to/suite.yaml' to its spec")
+        ev = session.scorer()
         plan = Plan.parse(plan_text, session.family.name)
         plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
         progress(0.4, desc="stitching and scoring")
         n = int(fidelity) if fidelity else None
-        res = session.evaluator.evaluate(plan, n)
+        res = ev.evaluate(plan, n)
     except (PlanError, FamilyError, TaskError) as e:
         raise gr.Error(str(e)) from None
     rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,

@@ -52,14 +52,12 @@ def launch_study(family: str, method: str, remove: float, trials: float, walltim
         raise gr.Error(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
     try:
         session = ENGINE.get(family, suite)
-        if session.evaluator is None:
-            raise StudyError(f"family {family!r} names no task suite: upload task files above")
         settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
                                   n_trials=int(trials), walltime_s=float(walltime) if walltime else None,
                                   seed=int(seed), min_fidelity=int(min_fid),
                                   max_fidelity=int(max_fid) if max_fid else None)
         sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
-                           name=name or None, evaluator=session.evaluator)
+                           name=name or None, evaluator=session.scorer())
         launch(store(), sid, log_dir=data_dir() / "logs")
     except (BudgetError, StudyError, StoreError, FamilyError, TaskError, ValueError) as e:
         raise gr.Error(str(e)) from None
