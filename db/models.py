@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -52,6 +52,10 @@ class StudyRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # schema v2
+    refs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # per-task references, fixed per study
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # best plan re-scored on the test split
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # phase, step k of K, message
 
     family: Mapped[FamilyRow] = relationship()
     trials: Mapped[list["TrialRow"]] = relationship(back_populates="study", order_by="TrialRow.number",
@@ -79,6 +83,11 @@ class TrialRow(Base):
     status: Mapped[str] = mapped_column(String(20), default="complete")  # complete failed rejected
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str] = mapped_column(String(80), default="search")  # search, a seed's name, heuristic:member
+    # schema v2
+    budget: Mapped[float | None] = mapped_column(Float, nullable=True)  # SMAC's budget exactly as asked (re-told on resume)
+    split: Mapped[str | None] = mapped_column(String(10), nullable=True)  # search | test | all
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)  # served from an earlier (plan, fidelity) result
+    retentions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {definition: {mean, tasks}}
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")

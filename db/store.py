@@ -18,9 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .models import Base, FamilyRow, SchemaVersion, StudyRow, TrialRow, utcnow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # version -> SQL statements that bring a database from version-1 to version. Append, never edit.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE studies ADD COLUMN refs JSON", "ALTER TABLE studies ADD COLUMN report JSON",
+        "ALTER TABLE studies ADD COLUMN progress JSON", "ALTER TABLE trials ADD COLUMN budget FLOAT",
+        "ALTER TABLE trials ADD COLUMN split VARCHAR(10)",
+        "ALTER TABLE trials ADD COLUMN cached BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE trials ADD COLUMN retentions JSON"],
+}
 
 
 class StoreError(RuntimeError):
