@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
 from gptailor.baselines import HEURISTICS, calibration_texts, heuristic_plan
-from gptailor.search import Search, SearchSettings, TrialRecord
+from gptailor.evaluate import References
+from gptailor.search import Search, SearchSettings, TrialRecord, rank_key as _engine_rank_key
 from gptailor.space import Budget
 
 from .store import Store, StoreError
@@ -94,16 +95,18 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
             return store.study(study_id)["status"] == "cancelling"
 
         method = study["method"]
+        settings = SearchSettings.from_dict(study["settings"])
+        refs, definition = study_references(store, study_id, ev, settings)
         if method in ("smac", "random"):
-            settings = SearchSettings.from_dict(study["settings"])
-            heur = _heuristic_removals(ev, budget) if method == "smac" and settings.initial_plans else {}
+            heur = _heuristic_removals(ev, budget) if settings.initial_plans else {}
             result = Search(ev, budget, settings, on_trial=record, should_stop=cancelled, previous=previous,
-                            heuristic_removals=heur).run()
+                            heuristic_removals=heur, references=refs).run()
             status = "cancelled" if result.stopped == "cancelled" else "finished"
         elif method in BASELINES:
-            status = _run_baseline(ev, budget, method, previous, record, cancelled)
+            status = _run_baseline(ev, budget, method, previous, record, cancelled, refs, definition)
         else:
             status = "finished"
+        write_report(store, study_id, ev, definition)
         store.transition(study_id, ("running", "cancelling"), status)
         return status
     except KeyboardInterrupt:
@@ -112,6 +115,40 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
     except Exception as e:  # noqa: BLE001 - whatever broke, the study says so and stays readable
         store.transition(study_id, ("running", "cancelling"), "failed", error=f"{type(e).__name__}: {e}")
         raise
+
+
+def study_references(store: Store, study_id: int, ev: Evaluator, settings: SearchSettings
+                      ) -> tuple[References, str]:
+    """The study's fixed references (every member on the whole search split) and retention definition:
+    computed once and stored with the study, then reused as is (resume, reports)."""
+    stored = store.study(study_id).get("refs")
+    if stored:
+        refs = References.from_dict(stored)
+        ev.use_references(refs)
+        return refs, stored["definition"]
+    refs = ev.references("search")
+    definition = refs.default_definition() if settings.retention == "auto" else settings.retention
+    store.set_study_fields(study_id, refs={**refs.to_dict(), "definition": definition})
+    return refs, definition
+
+
+def report_of(ev: Evaluator, trial: dict[str, Any], definition: str) -> dict[str, Any]:
+    """A study's final table: its best trial's plan re-scored on the whole held-out test split."""
+    res = ev.evaluate(Plan.from_dict(trial["plan"]), None, split="test", definition=definition)
+    return {"trial": trial["number"], "plan": res.plan, "split": "test", "fidelity": None,
+            "definition": definition, "retention": res.retention, "retentions": res.retentions,
+            "task_retentions": res.task_retentions, "scores": res.scores, "metrics": res.metrics,
+            "details": res.details, "references": {t: vars(r) for t, r in res.references.items()},
+            "kept_layers": res.kept_layers, "n_layers": res.n_layers, "params": res.params}
+
+
+def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) -> dict[str, Any] | None:
+    best = best_trial(store.trials(study_id))
+    if best is None:
+        return None
+    report = report_of(ev, best, definition)
+    store.set_study_fields(study_id, report=report)
+    return report
 
 
 def _heuristic_removals(ev: Evaluator, budget: Budget) -> dict[str, list[int]]:
@@ -125,8 +162,10 @@ def _heuristic_removals(ev: Evaluator, budget: Budget) -> dict[str, list[int]]:
 
 
 def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[TrialRecord],
-                  record: Callable[[TrialRecord], None], cancelled: Callable[[], bool]) -> str:
-    """Evaluate the heuristic's plan(s) at full fidelity; best_single tries every heuristic on every member."""
+                  record: Callable[[TrialRecord], None], cancelled: Callable[[], bool], refs: References,
+                  definition: str) -> str:
+    """Evaluate the heuristic's plan(s) on the whole search split; best_single tries every heuristic on
+    every member (and picks on the search split, like a search)."""
     n = budget.n_remove(ev.family)
     texts = calibration_texts(ev.suite)
     todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
@@ -141,8 +180,8 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
         if cancelled():
             return "cancelled"
         plan = heuristic_plan(h, ev.family, n, texts, member=m, stitcher=ev.stitcher)
-        res = ev.evaluate(plan, None)
-        record(TrialRecord(number=number, plan=plan, fidelity=ev.suite.max_fidelity, result=res,
+        res = ev.evaluate(plan, None, split="search", references=refs, definition=definition)
+        record(TrialRecord(number=number, plan=plan, fidelity=ev.suite.split_fidelity("search"), result=res,
                            wall_s=time.perf_counter() - start, source=name))
         number += 1
     return "finished"
@@ -249,11 +288,14 @@ class CompareRow:
     params: int
     trials: int
     wall_s: float
+    split: str = "test"
+    definition: str = "family"
+    retentions: dict[str, float] | None = None
 
 
-def rank_key(trial: dict[str, Any]) -> tuple[int, float]:
-    """Sort key, best first: the highest fidelity reached, then retention (low-fidelity scores are noisy)."""
-    return -(trial["fidelity"] or 0), -trial["retention"]
+def rank_key(trial: dict[str, Any]) -> tuple[float, float, int]:
+    """The engine's one ranking rule (gptailor.search.rank_key) over database rows."""
+    return _engine_rank_key(trial["fidelity"], trial["retention"], trial.get("number", 0))
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -268,7 +310,7 @@ def engine_key(study: dict[str, Any]) -> str:
 
 def compare(store: Store, study_ids: list[int] | None = None,
             evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
-    """Every study's best plan re-evaluated at full fidelity, one row each."""
+    """Every study's best plan (picked on the search split) re-scored on the whole held-out test split."""
     evaluators = evaluators if evaluators is not None else {}
     rows = []
     for s in store.studies():
@@ -281,11 +323,15 @@ def compare(store: Store, study_ids: list[int] | None = None,
         key = engine_key(s)
         if key not in evaluators:
             evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
-        ev = evaluators[key]
-        res = ev.evaluate(Plan.from_dict(best["plan"]), None)
-        rows.append(CompareRow(s["id"], s["name"], s["method"], res.plan, res.scores, res.task_retention,
-                               res.retention, res.kept_layers, res.params, len(trials),
-                               max((t["wall_s"] or 0) for t in trials)))
+        rep = s.get("report")
+        if not rep or rep.get("trial") != best["number"]:  # not written yet (running, or an older study)
+            ev = evaluators[key]
+            definition = (s.get("refs") or {}).get("definition") or ev.references("search").default_definition()
+            rep = report_of(ev, best, definition)
+        rows.append(CompareRow(s["id"], s["name"], s["method"], rep["plan"], rep["scores"],
+                               rep["task_retentions"][rep["definition"]], rep["retention"], rep["kept_layers"],
+                               rep["params"], len(trials), max((t["wall_s"] or 0) for t in trials),
+                               rep["split"], rep["definition"], rep["retentions"]))
     return rows
 
 
@@ -293,13 +339,17 @@ def compare_table(rows: list[CompareRow]) -> str:
     if not rows:
         return "no studies with complete trials"
     tasks = list(rows[0].scores)
+    defs = sorted({r.definition for r in rows})
     head = f"{'id':>3} {'method':<12}" + "".join(f"{t[:10]:>11}" for t in tasks) + \
-        f"{'average':>9}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}"
-    lines = [head]
+        f"{'family':>9}{'base':>9}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}"
+    lines = [f"best plan of each study (chosen on the search split), re-scored on the {rows[0].split} split; "
+             f"per-task columns: {'/'.join(defs)} retention", head]
     for r in rows:
         cells = "".join(f"{'-' if r.task_retention.get(t) is None else f'{100 * r.task_retention[t]:.1f}%':>11}"
                         for t in tasks)
-        lines.append(f"{r.study_id:>3} {r.method:<12}{cells}{100 * r.retention:>8.1f}%{r.kept_layers:>6}"
+        both = r.retentions or {r.definition: r.retention}
+        means = "".join(f"{'-' if both.get(d) is None else f'{100 * both[d]:.1f}%':>9}" for d in ("family", "base"))
+        lines.append(f"{r.study_id:>3} {r.method:<12}{cells}{means}{r.kept_layers:>6}"
                      f"{r.params / 1e6:>8.2f}M{r.trials:>7}{r.wall_s:>8.1f}")
     return "\n".join(lines)
 

@@ -158,6 +158,17 @@ class Store:
                 row.started_at = row.started_at or now
             return bool(res.rowcount)
 
+    def set_study_fields(self, study_id: int, **fields: Any) -> None:
+        """Write study-level results (``refs``, ``report``, ``progress``) in one transaction."""
+        allowed = {"refs", "report", "progress", "name"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"not a study field: {', '.join(sorted(bad))}")
+        with self.session() as s:
+            row = s.get(StudyRow, study_id)
+            for k, v in fields.items():
+                setattr(row, k, v)
+
     def heartbeat(self, study_id: int) -> None:
         with self.session() as s:
             s.get(StudyRow, study_id).heartbeat_at = utcnow()
@@ -183,7 +194,10 @@ class Store:
                            params=result.get("params"), stitch_s=result.get("stitch_s"),
                            score_s=result.get("score_s"), wall_s=trial.get("wall_s"),
                            status=trial.get("status", "complete"), error=trial.get("error"),
-                           source=trial.get("source") or "search")
+                           source=trial.get("source") or "search", budget=trial.get("budget"),
+                           split=result.get("split") or trial.get("split"), cached=bool(trial.get("cached")),
+                           retentions={d: {"mean": m, "tasks": result.get("task_retentions", {}).get(d, {})}
+                                       for d, m in result.get("retentions", {}).items()} or None)
             s.add(row)
             study = s.get(StudyRow, study_id)
             study.heartbeat_at = utcnow()
@@ -212,7 +226,8 @@ def _trial_dict(r: TrialRow) -> dict[str, Any]:
             "config": r.config, "fidelity": r.fidelity, "scores": r.scores, "task_retention": r.task_retention,
             "retention": r.retention, "kept_layers": r.kept_layers, "params": r.params, "stitch_s": r.stitch_s,
             "score_s": r.score_s, "wall_s": r.wall_s, "status": r.status, "error": r.error,
-            "source": r.source}
+            "source": r.source, "budget": r.budget, "split": r.split, "cached": bool(r.cached),
+            "retentions": r.retentions}
 
 
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
@@ -224,6 +239,8 @@ def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
         (TrialRow.fidelity == max_fid) if max_fid is not None else TrialRow.fidelity.is_(None)))
     return {"id": r.id, "name": r.name, "family": r.family.name, "family_source": r.family_source,
             "method": r.method, "budget": r.budget, "settings": r.settings, "status": r.status,
-            "n_trials": r.n_trials, "trials_done": done, "best_retention": best, "worker_pid": r.worker_pid,
+            "n_trials": r.n_trials, "trials_done": done, "best_retention": best,
+            "test_retention": (r.report or {}).get("retention"), "worker_pid": r.worker_pid,
             "error": r.error, "created_at": r.created_at, "started_at": r.started_at,
-            "finished_at": r.finished_at, "heartbeat_at": r.heartbeat_at}
+            "finished_at": r.finished_at, "heartbeat_at": r.heartbeat_at, "refs": r.refs, "report": r.report,
+            "progress": r.progress}

@@ -30,11 +30,11 @@ HEURISTICS = ("last_n", "shortgpt", "angular", "laco")
 
 
 def calibration_texts(suite: Suite, n: int = 64) -> list[str]:
-    """Texts to look at hidden states on: the suite's own examples, in each task's fixed order."""
+    """Texts to look at hidden states on: the suite's search-split examples (never the test split)."""
     texts: list[str] = []
     per_task = max(1, n // max(1, len(suite.tasks)))
     for task in suite:
-        for ex in task.subset(per_task):
+        for ex in task.subset(per_task, "search"):
             if task.kind == "exact_match":
                 texts.append(ex["prompt"] + ex["target"])
             elif task.kind == "multiple_choice":

@@ -293,7 +293,7 @@ def _save(model, tokenizer, gen, path: Path) -> None:
 
 
 def report(family: str = "demo") -> str:
-    """A markdown table of every member's scores, and of naive last-quarter dropping, at full fidelity."""
+    """A markdown table of every member's scores, and of naive last-quarter dropping, on the test split."""
     from .evaluate import Evaluator
     from .family import Family
     from .plan import Plan
@@ -306,11 +306,12 @@ def report(family: str = "demo") -> str:
     rows.append((f"base, last {q} layers dropped", Plan.drop_positions(L, range(L - q, L), family=fam.name)))
     names = ev.suite.names
     out = ["| model | " + " | ".join(f"{t} ({'ppl' if t.endswith('ppl') else 'acc'})" for t in names)
-           + " | retention |", "|---" * (len(names) + 2) + "|"]
+           + " | retention (family) | retention (base) |", "|---" * (len(names) + 3) + "|"]
     for label, plan in rows:
         res = ev.evaluate(plan)
         cells = [f"{res.scores[t]:.2f}" if t.endswith("ppl") else f"{100 * res.scores[t]:.1f}%" for t in names]
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {100 * res.retention:.1f}% |")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {100 * res.retentions['family']:.1f}% | "
+                   f"{100 * res.retentions['base']:.1f}% |")
     return "\n".join(out)
 
 

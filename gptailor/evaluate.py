@@ -1,17 +1,30 @@
 """Scoring stitched models on a task suite, and retention against the family's own members.
 
 Speed matters more than anything here (a search calls this hundreds of times), so:
-- examples are tokenized once per (task, fidelity) and kept as ready padded batches;
+- examples are tokenized once per (task, split, fidelity) and kept as ready padded batches;
 - each batch is one forward pass of the decoder; the LM head runs only at the scored positions
   (a 128k vocabulary times every position would dominate the cost otherwise).
 
-Retention (DESIGN.md): mean over tasks of score / reference, where the reference is the base's
-score, or the best member's where the base scores (near) zero -- a skill only a finetune has.
-Perplexity is lower-is-better, so its "goodness" is 1 / perplexity.
+Metrics follow lm-evaluation-harness:
+- ``exact_match``: the whole greedy answer up to a stop sequence (``until``) equals the target. Without a
+  filter this is checked teacher-forced in the same single forward pass: every target token must be the
+  argmax *and* the argmax after the target must be a stop (EOS, or a token that begins with a stop
+  string), which is exactly when greedy generation yields the target and then stops. With a ``filter``
+  (regex extract or "contains"), the answer is generated greedily, batched, and filtered as lm-eval does.
+- ``multiple_choice``: ``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (log-likelihood divided
+  by the choice's length in characters); the task says which one is the objective.
+- ``perplexity``: per token; lower is better, so its "goodness" is 1 / perplexity.
+
+Retention (DESIGN.md) is the mean over tasks of goodness / reference goodness, with the references
+fixed once (per study) at the full search split, never re-chosen per fidelity. Two definitions:
+``base`` (the paper's: score / base score, a finetune can exceed 100%; tasks the base cannot do at all
+are left out) and ``family`` (score / best member's score, capped at 100%: how much of the family's best
+skill is kept).
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,13 +34,62 @@ import torch
 from .family import Family
 from .plan import Plan
 from .stitch import Stitcher, param_count
-from .tasks import Suite, Task
+from .tasks import Suite, Task, TaskError
+
+DEFINITIONS = ("family", "base")
 
 
 @dataclass
 class Reference:
-    member: str  # whose score normalizes this task ("base" unless the base is near zero; "none" if nobody scores)
+    member: str  # whose score normalizes this task under a definition ("none" if nobody scores)
     value: float
+
+
+@dataclass
+class References:
+    """Every member's scores at the full ``split``: what retention is normalised by, fixed once per study."""
+
+    split: str
+    kinds: dict[str, str]
+    scores: dict[str, dict[str, float]]  # member -> task -> score
+    near_zero: float = 0.05
+
+    def reference(self, definition: str, task: str) -> Reference:
+        kind = self.kinds[task]
+        if definition == "base":
+            v = self.scores["base"][task]
+            usable = goodness(kind, v) > 0 and (kind == "perplexity" or goodness(kind, v) >= self.near_zero)
+            return Reference("base" if usable else "none", v)
+        best = max(self.scores, key=lambda m: goodness(kind, self.scores[m][task]))
+        v = self.scores[best][task]
+        return Reference(best if goodness(kind, v) > 0 else "none", v)
+
+    def table(self, definition: str) -> dict[str, Reference]:
+        return {t: self.reference(definition, t) for t in self.kinds}
+
+    def default_definition(self) -> str:
+        """``family`` when a finetune holds a skill the base lacks (best >= 2x the base), else ``base``."""
+        for t, kind in self.kinds.items():
+            best = self.reference("family", t)
+            if best.member not in ("base", "none") and \
+                    goodness(kind, best.value) >= 2 * goodness(kind, self.scores["base"][t]):
+                return "family"
+        return "base"
+
+    def retention(self, definition: str, kind: str, task: str, score: float) -> float | None:
+        ref = self.reference(definition, task)
+        g_ref = goodness(kind, ref.value)
+        if ref.member == "none" or g_ref <= 0:
+            return None
+        r = goodness(kind, score) / g_ref
+        return min(1.0, r) if definition == "family" else r
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "References":
+        return cls(**{k: d[k] for k in ("split", "kinds", "scores", "near_zero") if k in d})
 
 
 @dataclass
@@ -36,33 +98,57 @@ class EvalResult:
 
     plan: str
     fidelity: int | None
-    scores: dict[str, float]
-    metrics: dict[str, str]
-    task_retention: dict[str, float | None]
-    references: dict[str, Reference]
-    retention: float
+    scores: dict[str, float]  # each task's objective metric
+    metrics: dict[str, str]  # its name (lm-eval's: exact_match, acc, acc_norm, perplexity)
+    task_retention: dict[str, float | None]  # under ``definition``
+    references: dict[str, Reference]  # under ``definition``
+    retention: float  # under ``definition``
     kept_layers: int
     n_layers: int
     params: int
     stitch_s: float
     score_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    split: str = "all"
+    definition: str = "family"
+    retentions: dict[str, float] = field(default_factory=dict)  # both definitions' means
+    task_retentions: dict[str, dict[str, float | None]] = field(default_factory=dict)  # definition -> task -> r
+    details: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> every metric, n, stderr
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        d = dict(d)
+        d["references"] = {k: Reference(**v) if isinstance(v, dict) else v for k, v in d.get("references", {}).items()}
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
     def table(self) -> str:
-        """A plain-text table for terminals and logs."""
-        lines = [f"{'task':<16}{'metric':<12}{'score':>10}{'reference':>22}{'retention':>11}"]
+        """A plain-text table for terminals and logs: both retention definitions, the split, the stderr."""
+        other = [d for d in DEFINITIONS if d != self.definition and d in self.task_retentions]
+        head = f"{'task':<16}{'metric':<12}{'score':>10}{'stderr':>9}{'reference':>22}{'retention':>11}"
+        head += "".join(f"{'(' + d + ')':>11}" for d in other)
+        lines = [head]
         for t, v in self.scores.items():
             ref = self.references[t]
             r = self.task_retention[t]
-            lines.append(f"{t:<16}{self.metrics[t]:<12}{v:>10.4f}{f'{ref.value:.4f} ({ref.member})':>22}"
-                         f"{'-' if r is None else f'{100 * r:.1f}%':>11}")
-        lines.append(f"retention {100 * self.retention:.1f}%  kept {self.kept_layers}/{self.n_layers} layers  "
+            se = self.details.get(t, {}).get("stderr")
+            line = (f"{t:<16}{self.metrics[t]:<12}{v:>10.4f}{'-' if se is None else f'{se:.4f}':>9}"
+                    f"{f'{ref.value:.4f} ({ref.member})':>22}{_pct(r):>11}")
+            line += "".join(f"{_pct(self.task_retentions[d].get(t)):>11}" for d in other)
+            lines.append(line)
+        both = ", ".join(f"{d} {100 * self.retentions[d]:.1f}%" for d in DEFINITIONS if d in self.retentions)
+        lines.append(f"retention {100 * self.retention:.1f}% ({self.definition}; {both})  split {self.split}, "
+                     f"fidelity {self.fidelity or 'full'}  kept {self.kept_layers}/{self.n_layers} layers  "
                      f"params {self.params / 1e6:.2f}M  stitch {self.stitch_s * 1e3:.0f} ms  "
                      f"score {self.score_s * 1e3:.0f} ms")
         return "\n".join(lines)
+
+
+def _pct(r: float | None) -> str:
+    return "-" if r is None else f"{100 * r:.1f}%"
 
 
 @dataclass
@@ -74,34 +160,59 @@ class _Batch:
     targets: torch.Tensor  # ... the token itself
     row_ids: torch.Tensor  # for each batch row: its index in the task's flat row list
     n_rows: int
-
-
-def metric_of(kind: str) -> str:
-    return "perplexity" if kind == "perplexity" else "accuracy"
+    stop_rows: torch.Tensor | None = None  # exact match: batch rows whose next argmax must be a stop ...
+    stop_cols: torch.Tensor | None = None  # ... at this position (the target's last token)
 
 
 def goodness(kind: str, value: float) -> float:
     """Higher is better, zero is worst: accuracy as is, perplexity inverted."""
     if kind == "perplexity":
         return 0.0 if not math.isfinite(value) or value <= 0 else 1.0 / value
-    return value
+    return value if math.isfinite(value) else 0.0
+
+
+def acc_stderr(p: float, n: int) -> float:
+    """lm-eval's sample standard error of a mean of 0/1 outcomes."""
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+
+
+def apply_filter(response: str, target: str, filt: dict[str, Any] | None) -> bool:
+    """lm-eval-style post-processing of a generated answer, then exact match (or containment)."""
+    if filt and filt.get("contains"):
+        return target.strip() in response
+    if filt and "regex" in filt:
+        m = re.search(filt["regex"], response)
+        response = (m.group(1) if m.groups() else m.group(0)) if m else "[invalid]"
+    return response.strip() == target.strip()
 
 
 class Evaluator:
-    """Scores plans of one family on one suite; caches tokenized batches and reference scores."""
+    """Scores plans of one family on one suite; caches tokenized batches and reference scores.
+
+    ``split`` is the default split scored (``test``: held-out numbers unless asked otherwise); a search
+    passes ``search``. ``definition`` is the default retention definition (None: the references' own
+    default, ``family`` where a finetune holds a skill the base lacks).
+    """
 
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
-                 near_zero: float = 0.05, max_length: int | None = None, head_chunk: int = 4096) -> None:
+                 near_zero: float = 0.05, max_length: int | None = None, head_chunk: int = 4096,
+                 split: str = "test", definition: str | None = None) -> None:
         self.family = family
         self.suite = suite
         self.stitcher = stitcher or Stitcher(family)
         self.batch_size = batch_size
         self.near_zero = near_zero
         self.head_chunk = head_chunk  # scored positions per LM-head call
+        self.split = split
+        if definition is not None and definition not in DEFINITIONS:
+            raise ValueError(f"retention definition is one of {', '.join(DEFINITIONS)}, got {definition!r}")
+        self.definition = definition
         limit = getattr(family.config, "max_position_embeddings", 2048) or 2048
         self.max_length = min(max_length or limit, limit)
-        self._batches: dict[tuple[str, int | None], tuple[list[_Batch], list[Any]]] = {}
-        self._member_scores: dict[tuple[str, int | None], dict[str, float]] = {}
+        self._batches: dict[tuple, tuple[list[_Batch], list[Any]]] = {}
+        self._member_scores: dict[tuple, dict[str, dict[str, float]]] = {}
+        self._refs: dict[str, References] = {}
+        self._stop_masks: dict[tuple[str, ...], torch.Tensor] = {}
 
     # -- tokenization ---------------------------------------------------------------
     def _start_id(self) -> int:
@@ -109,13 +220,25 @@ class Evaluator:
         tok = self.family.tokenizer
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
-    def _encode_pair(self, ctx: str, cont: str) -> tuple[list[int], list[int]]:
+    def _context(self, task: Task, text: str) -> tuple[str, bool]:
+        """The context as the model sees it, and whether the tokenizer should add its special tokens."""
+        if not task.chat_template:
+            return text, True
         tok = self.family.tokenizer
-        c = tok(ctx)["input_ids"]
+        if not getattr(tok, "chat_template", None):
+            raise TaskError(f"task {task.name!r} asks for chat_template, but the family's tokenizer has none; "
+                            f"set chat_template: false and write the prompt format into the prompts")
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True), False
+
+    def _encode_pair(self, task: Task, ctx: str, cont: str) -> tuple[list[int], list[int]]:
+        tok = self.family.tokenizer
+        ctx, special = self._context(task, ctx)
+        c = tok(ctx, add_special_tokens=special)["input_ids"]
         if not c:  # no BOS and an empty context: something must precede the first scored token
             c = [self._start_id()]
             return c, tok(cont, add_special_tokens=False)["input_ids"]
-        whole = tok(ctx + cont)["input_ids"]
+        whole = tok(ctx + cont, add_special_tokens=special)["input_ids"]
         t = whole[len(c):] if whole[: len(c)] == c and len(whole) > len(c) else tok(cont, add_special_tokens=False)["input_ids"]
         return c, t
 
@@ -125,11 +248,11 @@ class Evaluator:
         tok = self.family.tokenizer
         for ex in examples:
             if task.kind == "exact_match":
-                rows.append(self._encode_pair(ex["prompt"], ex["target"]))
+                rows.append(self._encode_pair(task, ex["prompt"], ex["target"]))
             elif task.kind == "multiple_choice":
                 start = len(rows)
-                rows += [self._encode_pair(ex["context"], ch) for ch in ex["choices"]]
-                meta.append((start, len(ex["choices"]), ex["answer"]))
+                rows += [self._encode_pair(task, ex["context"], ch) for ch in ex["choices"]]
+                meta.append((start, [len(ch) for ch in ex["choices"]], ex["answer"]))
             else:
                 ids = tok(ex["text"])["input_ids"]
                 if len(ids) < 2:
@@ -137,17 +260,19 @@ class Evaluator:
                 rows.append((ids[:1], ids[1:]))
         return rows, meta
 
-    def _prepare(self, task: Task, fidelity: int | None) -> tuple[list[_Batch], list[Any]]:
-        key = (task.name, fidelity)
+    def _prepare(self, task: Task, fidelity: int | None, split: str | None = None) -> tuple[list[_Batch], list[Any]]:
+        split = split or self.split
+        key = (task.name, fidelity, split)
         if key in self._batches:
             return self._batches[key]
-        rows, meta = self._rows(task, task.subset(fidelity))
+        rows, meta = self._rows(task, task.subset(fidelity, split))
         pad = self.family.tokenizer.pad_token_id or 0
         order = sorted(range(len(rows)), key=lambda r: -(len(rows[r][0]) + len(rows[r][1])))
+        stop = task.kind == "exact_match"
         batches = []
         for s in range(0, len(order), self.batch_size):
             chunk = order[s: s + self.batch_size]
-            seqs, r_idx, c_idx, tgt = [], [], [], []
+            seqs, r_idx, c_idx, tgt, s_rows, s_cols = [], [], [], [], [], []
             for b, r in enumerate(chunk):
                 ctx, cont = rows[r]
                 cont = cont[: self.max_length - 1]
@@ -157,6 +282,8 @@ class Evaluator:
                     r_idx.append(b)
                     c_idx.append(len(ctx) + k - 1)
                     tgt.append(t)
+                s_rows.append(b)
+                s_cols.append(len(ctx) + len(cont) - 1)
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -166,14 +293,35 @@ class Evaluator:
             dev = self.stitcher.device
             batches.append(_Batch(ids.to(dev), mask.to(dev), torch.tensor(r_idx, device=dev),
                                   torch.tensor(c_idx, device=dev), torch.tensor(tgt, device=dev),
-                                  torch.tensor(chunk), len(rows)))
+                                  torch.tensor(chunk), len(rows),
+                                  torch.tensor(s_rows, device=dev) if stop else None,
+                                  torch.tensor(s_cols, device=dev) if stop else None))
         self._batches[key] = (batches, meta)
         return batches, meta
 
+    def stop_mask(self, until: list[str]) -> torch.Tensor:
+        """Per vocabulary id: does greedy generation stop right there (EOS, or text beginning with a stop)?"""
+        key = tuple(until)
+        if key not in self._stop_masks:
+            tok = self.family.tokenizer
+            n = max(len(tok), int(getattr(self.family.config, "vocab_size", 0) or 0))
+            texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False)
+            mask = torch.zeros(n, dtype=torch.bool)
+            for i, t in enumerate(texts):
+                mask[i] = any(t.startswith(u) for u in until)
+            eos = self.family.config.eos_token_id
+            for e in ([eos] if isinstance(eos, int) else list(eos or [])) + [tok.eos_token_id]:
+                if e is not None and 0 <= e < n:
+                    mask[e] = True
+            self._stop_masks[key] = mask
+        return self._stop_masks[key]
+
     # -- scoring --------------------------------------------------------------------
     @torch.inference_mode()
-    def _row_stats(self, model, batches: list[_Batch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per flat row: sum of log-probs of the scored tokens, all-argmax-correct flag, token count."""
+    def _row_stats(self, model, batches: list[_Batch], stop_mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per flat row: sum of log-probs of the scored tokens, all-argmax-correct (and then stop) flag,
+        token count."""
         n = batches[0].n_rows
         logp, correct, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), torch.zeros(n)
         for b in batches:
@@ -192,66 +340,147 @@ class Evaluator:
             row_lp = torch.zeros(nb, dtype=torch.float64, device=dev).index_add_(0, b.rows, tok_lp.double())
             misses = torch.zeros(nb, device=dev).index_add_(0, b.rows, (~hit).float())
             cnt = torch.zeros(nb, device=dev).index_add_(0, b.rows, torch.ones_like(tok_lp))
+            ok = (misses == 0) & (cnt > 0)
+            if stop_mask is not None and b.stop_rows is not None:
+                nxt = model.lm_head(hidden[b.stop_rows, b.stop_cols]).float().argmax(-1).cpu()
+                stops = torch.zeros(nb, dtype=torch.bool)
+                stops[b.stop_rows.cpu()] = stop_mask[nxt.clamp(max=stop_mask.numel() - 1)]
+                ok = ok & stops.to(dev)
             logp[b.row_ids] = row_lp.cpu()
-            correct[b.row_ids] = (misses == 0).cpu() & (cnt > 0).cpu()
+            correct[b.row_ids] = ok.cpu()
             count[b.row_ids] = cnt.cpu()
         return logp, correct, count
 
-    def score_task(self, model, task: Task, fidelity: int | None = None) -> float:
-        batches, meta = self._prepare(task, fidelity)
-        logp, correct, count = self._row_stats(model, batches)
-        if task.kind == "exact_match":
-            return float(correct.float().mean())
-        if task.kind == "multiple_choice":
-            hits = [int(torch.argmax(logp[s: s + k])) == ans for s, k, ans in meta]
-            return sum(hits) / len(hits)
-        return float(math.exp(-logp.sum() / max(1.0, float(count.sum()))))
+    @torch.inference_mode()
+    def generate(self, model, task: Task, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers, batched with left padding, each cut at its first stop sequence (lm-eval's ``until``)."""
+        tok = self.family.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        dev = self.stitcher.device
+        out: list[str] = []
+        for s in range(0, len(prompts), self.batch_size):
+            enc = []
+            for p in prompts[s: s + self.batch_size]:
+                text, special = self._context(task, p)
+                enc.append(tok(text, add_special_tokens=special)["input_ids"][-self.max_length:])
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(enc), width), dtype=torch.long)
+            for b, e in enumerate(enc):
+                ids[b, width - len(e):] = torch.tensor(e)
+                mask[b, width - len(e):] = 1
+            gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                                 eos_token_id=tok.eos_token_id)
+            for row in gen[:, width:].tolist():
+                text = tok.decode(row, skip_special_tokens=True)
+                for u in task.until:
+                    text = text.split(u, 1)[0]
+                out.append(text)
+        return out
 
-    def score_model(self, model, fidelity: int | None = None) -> dict[str, float]:
-        return {t.name: self.score_task(model, t, fidelity) for t in self.suite}
+    def task_metrics(self, model, task: Task, fidelity: int | None = None, split: str | None = None
+                     ) -> dict[str, float]:
+        """Every metric of a task (lm-eval's names), the example count and the objective's stderr."""
+        split = split or self.split
+        if task.kind == "exact_match" and task.filter:
+            examples = task.subset(fidelity, split)
+            n_new = task.max_gen_toks or 16 + max(len(self.family.tokenizer(e["target"], add_special_tokens=False)
+                                                      ["input_ids"]) for e in examples)
+            answers = self.generate(model, task, [e["prompt"] for e in examples], n_new)
+            em = sum(apply_filter(a, e["target"], task.filter) for a, e in zip(answers, examples)) / len(examples)
+            return {"exact_match": em, "n": len(examples), "stderr": acc_stderr(em, len(examples))}
+        batches, meta = self._prepare(task, fidelity, split)
+        stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
+        logp, correct, count = self._row_stats(model, batches, stop)
+        if task.kind == "exact_match":
+            em = float(correct.float().mean())
+            return {"exact_match": em, "n": len(correct), "stderr": acc_stderr(em, len(correct))}
+        if task.kind == "multiple_choice":
+            acc = [int(torch.argmax(logp[s: s + len(lens)])) == ans for s, lens, ans in meta]
+            norm = [int(torch.argmax(logp[s: s + len(lens)] / torch.tensor(lens, dtype=torch.float64))) == ans
+                    for s, lens, ans in meta]
+            out = {"acc": sum(acc) / len(acc), "acc_norm": sum(norm) / len(norm), "n": len(meta)}
+            out["stderr"] = acc_stderr(out[task.objective_metric], len(meta))
+            return out
+        ppl = float(math.exp(-logp.sum() / max(1.0, float(count.sum()))))
+        return {"perplexity": ppl, "n": len(count), "tokens": float(count.sum())}
+
+    def score_task(self, model, task: Task, fidelity: int | None = None, split: str | None = None) -> float:
+        return self.task_metrics(model, task, fidelity, split)[task.objective_metric]
+
+    def model_details(self, model, fidelity: int | None = None, split: str | None = None
+                      ) -> dict[str, dict[str, float]]:
+        return {t.name: self.task_metrics(model, t, fidelity, split) for t in self.suite}
+
+    def score_model(self, model, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
+        return {t.name: d[t.objective_metric] for t, d in zip(self.suite, self.model_details(model, fidelity, split).values())}
 
     # -- references -----------------------------------------------------------------
-    def member_scores(self, member: str, fidelity: int | None = None) -> dict[str, float]:
-        """A family member's own scores (its own model, embeddings and head included), once per fidelity."""
-        key = (member, fidelity)
+    def member_details(self, member: str, fidelity: int | None = None, split: str | None = None
+                       ) -> dict[str, dict[str, float]]:
+        """A family member's own metrics (its own model, embeddings and head included), once per (fidelity, split)."""
+        key = (member, fidelity, split or self.split)
         if key not in self._member_scores:
             model = self.stitcher.build(Plan.identity(self.family.n_layers, member, self.family.name),
                                         shared_from=member)
-            self._member_scores[key] = self.score_model(model, fidelity)
+            self._member_scores[key] = self.model_details(model, fidelity, split)
         return self._member_scores[key]
 
-    def references(self, fidelity: int | None = None) -> dict[str, Reference]:
-        base = self.member_scores("base", fidelity)
-        refs = {}
-        for t in self.suite:
-            g = goodness(t.kind, base[t.name])
-            if g >= self.near_zero or (t.kind == "perplexity" and g > 0):  # a perplexity is never "zero skill"
-                refs[t.name] = Reference("base", base[t.name])
-                continue
-            best = max(self.family.member_names,
-                       key=lambda m: goodness(t.kind, self.member_scores(m, fidelity)[t.name]))
-            value = self.member_scores(best, fidelity)[t.name]
-            refs[t.name] = Reference(best, value) if goodness(t.kind, value) > 0 else Reference("none", value)
-        return refs
+    def member_scores(self, member: str, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
+        return {t.name: self.member_details(member, fidelity, split)[t.name][t.objective_metric] for t in self.suite}
+
+    def references(self, split: str | None = None, on_member=None) -> References:
+        """Every member scored on the whole ``split``: the fixed references of retention.
+
+        Refuses a suite on which no member scores anything (every task's reference would be zero), which
+        is what a prompt format the models do not follow looks like (e.g. an instruction-tuned family
+        without ``chat_template: true``)."""
+        split = split or self.split
+        if split not in self._refs:
+            scores = {}
+            for k, m in enumerate(self.family.member_names):
+                if on_member is not None:
+                    on_member(k, len(self.family.member_names), m)
+                scores[m] = self.member_scores(m, None, split)
+            refs = References(split, {t.name: t.kind for t in self.suite}, scores, self.near_zero)
+            if all(refs.reference("family", t).member == "none" for t in refs.kinds):
+                raise TaskError(
+                    f"suite {self.suite.name!r}: no member of family {self.family.name!r} scores above zero on any "
+                    f"task ({split} split), so retention would be meaningless. Check the prompt format: for an "
+                    f"instruction-tuned family set 'chat_template: true' in the suite, or add an extract filter "
+                    f"(filter: {{regex: ...}} or {{contains: true}}) for answers given inside a sentence")
+            self._refs[split] = refs
+        return self._refs[split]
+
+    def use_references(self, refs: References) -> None:
+        """Adopt references fixed earlier (a resumed study's stored ones)."""
+        self._refs[refs.split] = refs
 
     # -- the main entry -------------------------------------------------------------
-    def evaluate(self, plan: Plan, fidelity: int | None = None) -> EvalResult:
-        """Stitch ``plan``, score it at ``fidelity`` examples per task, and compute retention."""
-        refs = self.references(fidelity)
+    def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
+                 references: References | None = None, definition: str | None = None) -> EvalResult:
+        """Stitch ``plan``, score it at ``fidelity`` examples per task of ``split``, and compute retention
+        against fixed references (by default: every member on the whole split)."""
+        split = split or self.split
+        refs = references or self.references(split)
+        definition = definition or self.definition or refs.default_definition()
         t0 = time.perf_counter()
         model = self.stitcher.build(plan)
         t1 = time.perf_counter()
-        scores = self.score_model(model, fidelity)
+        details = self.model_details(model, fidelity, split)
         t2 = time.perf_counter()
-        kinds = {t.name: t.kind for t in self.suite}
-        task_ret: dict[str, float | None] = {}
-        for name, v in scores.items():
-            ref = refs[name]
-            g_ref = goodness(kinds[name], ref.value)
-            task_ret[name] = None if ref.member == "none" or g_ref <= 0 else goodness(kinds[name], v) / g_ref
-        valid = [r for r in task_ret.values() if r is not None]
+        tasks = {t.name: t for t in self.suite}
+        scores = {n: d[tasks[n].objective_metric] for n, d in details.items()}
+        task_rets: dict[str, dict[str, float | None]] = {}
+        means: dict[str, float] = {}
+        for d in DEFINITIONS:
+            task_rets[d] = {n: refs.retention(d, tasks[n].kind, n, v) for n, v in scores.items()}
+            valid = [r for r in task_rets[d].values() if r is not None]
+            means[d] = sum(valid) / len(valid) if valid else 0.0
         return EvalResult(
             plan=plan.to_text(), fidelity=fidelity, scores=scores,
-            metrics={n: metric_of(k) for n, k in kinds.items()}, task_retention=task_ret, references=refs,
-            retention=sum(valid) / len(valid) if valid else 0.0, kept_layers=plan.n_kept,
-            n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1)
+            metrics={n: t.objective_metric for n, t in tasks.items()}, task_retention=task_rets[definition],
+            references=refs.table(definition), retention=means[definition], kept_layers=plan.n_kept,
+            n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, split=split,
+            definition=definition, retentions=means, task_retentions=task_rets, details=details)

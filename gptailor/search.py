@@ -7,8 +7,16 @@ promising ones. We drive SMAC through its own ``optimize()`` loop with callbacks
 runs sequentially or on Dask workers, and every trial is handed to ``on_trial`` *before* SMAC is
 told (a crash after that loses nothing that was reported).
 
-Resume: pass the earlier trials as ``previous``; they are re-told to a fresh SMAC, which then goes
-on until ``n_trials`` trials exist in all.
+A trial's identity is (canonical plan key, exact budget): the budget SMAC asked for is kept as is
+(and the examples per task it maps to), and a result cache by (plan key, fidelity) means no pair is
+scored twice in a study -- a repeat is served from the cache and marked ``cached``.
+
+The objective is fixed for the whole study: retention against references computed once on the full
+search split (never re-chosen per fidelity), on the suite's search split only; reports use the
+test split.
+
+Resume: pass the earlier trials as ``previous``; they are re-told to a fresh SMAC with their exact
+budgets (so its Hyperband recognises them), which then goes on until ``n_trials`` trials exist in all.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 from ConfigSpace import Configuration
 
-from .evaluate import EvalResult, Evaluator, Reference
+from .evaluate import DEFINITIONS, EvalResult, Evaluator, References
 from .family import Family
 from .plan import Op, Plan
 from .space import Budget, PlanSpace, make_space, removal_preference
@@ -50,6 +58,7 @@ class SearchSettings:
     n_workers: int = 1
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
     objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
+    retention: str = "auto"  # auto | family | base (see gptailor.evaluate); auto: the references' default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +75,8 @@ class SearchSettings:
             raise ValueError("facade is 'multi_fidelity' or 'hpo'")
         if self.objectives not in ("retention", "per_task"):
             raise ValueError("objectives is 'retention' or 'per_task'")
+        if self.retention not in ("auto", *DEFINITIONS):
+            raise ValueError(f"retention is one of auto, {', '.join(DEFINITIONS)}; got {self.retention!r}")
         if self.n_trials < 1:
             raise ValueError("n_trials must be at least 1")
         if self.min_fidelity < 1 or (self.max_fidelity is not None and self.max_fidelity < self.min_fidelity):
@@ -85,6 +96,8 @@ class TrialRecord:
     config: dict[str, Any] | None = None
     wall_s: float = 0.0
     source: str = "search"  # search | initial | heuristic name
+    budget: float | None = None  # SMAC's budget exactly as asked (fidelity is the examples it maps to)
+    cached: bool = False  # a repeated (plan, fidelity): served from an earlier result, not scored again
 
     @property
     def retention(self) -> float | None:
@@ -94,27 +107,27 @@ class TrialRecord:
         return {"number": self.number, "plan": self.plan.to_dict(), "plan_text": self.plan.to_text(),
                 "fidelity": self.fidelity, "result": self.result.to_dict() if self.result else None,
                 "status": self.status, "error": self.error, "config": self.config, "wall_s": self.wall_s,
-                "source": self.source}
+                "source": self.source, "budget": self.budget, "cached": self.cached,
+                "split": self.result.split if self.result else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialRecord":
         """From ``to_dict`` output or a database trial row."""
         r = d.get("result")
         if r is None and d.get("retention") is not None:  # a database row: flat fields
+            rets = d.get("retentions") or {}
             r = {"plan": d["plan_text"], "fidelity": d.get("fidelity"), "scores": d.get("scores", {}),
                  "metrics": {}, "task_retention": d.get("task_retention", {}), "references": {},
                  "retention": d["retention"], "kept_layers": d.get("kept_layers") or 0, "n_layers": 0,
                  "params": d.get("params") or 0, "stitch_s": d.get("stitch_s") or 0.0,
-                 "score_s": d.get("score_s") or 0.0}
-        result = None
-        if r:
-            r = dict(r)
-            r["references"] = {k: Reference(**v) if isinstance(v, dict) else v
-                               for k, v in r.get("references", {}).items()}
-            result = EvalResult(**r)
+                 "score_s": d.get("score_s") or 0.0, "split": d.get("split") or "all",
+                 "retentions": {k: v["mean"] for k, v in rets.items()},
+                 "task_retentions": {k: v["tasks"] for k, v in rets.items()}}
+        result = EvalResult.from_dict(r) if r else None
         return cls(number=d["number"], plan=Plan.from_dict(d["plan"]), fidelity=d.get("fidelity"),
                    result=result, status=d.get("status", "complete"), error=d.get("error"),
-                   config=d.get("config"), wall_s=d.get("wall_s") or 0.0, source=d.get("source", "search"))
+                   config=d.get("config"), wall_s=d.get("wall_s") or 0.0, source=d.get("source", "search"),
+                   budget=d.get("budget"), cached=bool(d.get("cached")))
 
 
 @dataclass
@@ -126,6 +139,22 @@ class SearchResult:
     stopped: str = "finished"  # finished | cancelled | walltime
     smac_overhead_s: float = 0.0  # wall time not spent evaluating
     pareto: list[TrialRecord] = field(default_factory=list)  # per-task objectives: the non-dominated plans
+    references: References | None = None  # fixed for the study (full search split)
+    setup_s: float = 0.0  # references before the first trial (not optimizer overhead)
+    runhistory: list[tuple[dict, float | None, Any]] = field(default_factory=list)  # SMAC's (config, budget, cost)
+    evaluations: int = 0  # trials actually scored (the rest were served from the cache)
+
+
+# ----------------------------------------------------------------------------- the one best-trial rule
+def fidelity_rank(fidelity: int | None) -> float:
+    """A missing fidelity means the full suite: it ranks highest, everywhere."""
+    return math.inf if fidelity is None else float(fidelity)
+
+
+def rank_key(fidelity: int | None, retention: float, number: int = 0) -> tuple[float, float, int]:
+    """Sort key, best first: the highest fidelity (low-fidelity scores are noisy), then retention, then the
+    earliest trial. The only ranking rule: the engine, the database, the dashboard and compare use it."""
+    return -fidelity_rank(fidelity), -retention, number
 
 
 def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
@@ -133,8 +162,7 @@ def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
     done = [t for t in trials if t.status == "complete" and t.result is not None]
     if not done:
         return None
-    top = max((t.fidelity or math.inf) for t in done)
-    return max((t for t in done if (t.fidelity or math.inf) == top), key=lambda t: t.result.retention)
+    return min(done, key=lambda t: rank_key(t.fidelity, t.result.retention, t.number))
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -145,18 +173,23 @@ class Objective:
     """SMAC's target function. Picklable for Dask: workers rebuild the evaluator from the recipe."""
 
     def __init__(self, evaluator: Evaluator, space: PlanSpace, max_fidelity: int, constraint: str,
-                 tasks: list[str] | None = None) -> None:
+                 tasks: list[str] | None = None, references: References | None = None,
+                 definition: str | None = None, cache: dict[tuple[str, int], dict] | None = None) -> None:
         self.evaluator = evaluator
         self.space = space
         self.max_fidelity = max_fidelity
         self.constraint = constraint
         self.tasks = tasks  # per-task objectives (ParEGO) when given
+        self.references = references
+        self.definition = definition
+        self.cache = cache if cache is not None else {}  # (plan key, fidelity) -> result dict
         self._recipe = (evaluator.family.spec, str(evaluator.family.device), evaluator.suite.path,
                         space.name, space.n_remove, space.seed)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "tasks": self.tasks,
-                "_recipe": self._recipe}
+                "_recipe": self._recipe, "references": self.references, "definition": self.definition,
+                "cache": dict(self.cache)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -165,23 +198,34 @@ class Objective:
         if key not in _CACHE:
             from .tasks import load_suite
 
-            _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path))
+            _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path), split="search")
         self.evaluator = _CACHE[key]
         kw = {"constraint": self.constraint} if space_name == "layerwise" else {}
         self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **kw)
 
     def train(self, config: Configuration, seed: int = 0, budget: float | None = None) -> tuple[float, dict]:
         """SMAC's ``train(config, seed, budget)`` convention; a bound method so SMAC can inspect it."""
-        fidelity = self.max_fidelity if budget is None else max(1, int(round(budget)))
+        fidelity = fidelity_of(budget, self.max_fidelity)
         plan = self.space.decode(config)
+        info = {"plan": plan.to_dict(), "fidelity": fidelity, "budget": budget}
         if self.constraint == "reject" and not self.space.valid(config):
-            return self._crash(), {"plan": plan.to_dict(), "rejected": True, "fidelity": fidelity}
-        result = self.evaluator.evaluate(plan, fidelity)
-        return costs_of(result, self.tasks), {"plan": plan.to_dict(), "result": result.to_dict(),
-                                              "fidelity": fidelity}
+            return self._crash(), {**info, "rejected": True}
+        key = (plan.key(), fidelity)
+        if key in self.cache:  # the same model at the same fidelity: never scored twice
+            result = EvalResult.from_dict(self.cache[key])
+            return costs_of(result, self.tasks), {**info, "result": self.cache[key], "cached": True}
+        result = self.evaluator.evaluate(plan, fidelity, split="search", references=self.references,
+                                         definition=self.definition)
+        self.cache[key] = result.to_dict()
+        return costs_of(result, self.tasks), {**info, "result": self.cache[key]}
 
     def _crash(self) -> float | list[float]:
         return CRASH_COST if not self.tasks else [CRASH_COST] * len(self.tasks)
+
+
+def fidelity_of(budget: float | None, max_fidelity: int) -> int:
+    """Examples per task for SMAC's (float) budget: the one mapping, used by the objective and on resume."""
+    return max_fidelity if budget is None else max(1, int(round(budget)))
 
 
 def costs_of(result: EvalResult | None, tasks: list[str] | None) -> float | list[float]:
@@ -278,24 +322,28 @@ class _Recorder:
         if s._replaying:
             return None
         extra = value.additional_info or {}
-        fidelity = extra.get("fidelity") or (int(round(info.budget)) if info.budget else s.max_fidelity)
+        fidelity = extra.get("fidelity") or fidelity_of(info.budget, s.max_fidelity)
         plan = Plan.from_dict(extra["plan"]) if "plan" in extra else s.space.decode(info.config)
         status, error, result = "complete", None, None
+        cached = bool(extra.get("cached"))
         if extra.get("rejected"):
             status, error = "rejected", f"drops the wrong number of layers (budget removes {s.space.n_remove})"
         elif "result" in extra:
-            r = dict(extra["result"])
-            r["references"] = {k: Reference(**v) for k, v in r["references"].items()}
-            result = EvalResult(**r)
+            result = EvalResult.from_dict(extra["result"])
+            if cached:  # the time was spent once, on the original trial
+                result.stitch_s = result.score_s = 0.0
+            else:
+                s.cache[(plan.key(), fidelity)] = extra["result"]  # Dask workers: keep the main cache complete
         else:
             status = "failed"
             error = str(extra.get("error") or extra.get("traceback") or "trial failed").strip().splitlines()[-1]
         record = TrialRecord(number=len(s.trials), plan=plan, fidelity=fidelity, result=result, status=status,
                              error=error, config=_plain(dict(info.config)), wall_s=s._elapsed(),
-                             source=s.seed_names.get(plan.key(), "search"))
+                             source=s.seed_names.get(plan.key(), "search"), budget=info.budget, cached=cached)
         s.trials.append(record)
-        if result is not None:
+        if result is not None and not cached:
             s.eval_s += result.stitch_s + result.score_s
+            s.evaluations += 1
         if s.on_trial is not None:
             s.on_trial(record)
         return None
@@ -307,28 +355,33 @@ class Search:
     def __init__(self, evaluator: Evaluator, budget: Budget, settings: SearchSettings | None = None,
                  on_trial: Callable[[TrialRecord], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, previous: Iterable[TrialRecord] = (),
-                 heuristic_removals: dict[str, list[int]] | None = None) -> None:
+                 heuristic_removals: dict[str, list[int]] | None = None,
+                 references: References | None = None) -> None:
         self.evaluator = evaluator
         self.family = evaluator.family
         self.settings = settings or SearchSettings()
         self.settings.check()
         self.budget = budget
         self.n_remove = budget.n_remove(self.family)  # raises BudgetError before any work
-        self.max_fidelity = min(self.settings.max_fidelity or evaluator.suite.max_fidelity,
-                                evaluator.suite.max_fidelity)
+        full = evaluator.suite.split_fidelity("search")
+        self.max_fidelity = min(self.settings.max_fidelity or full, full)
         self.min_fidelity = min(self.settings.min_fidelity, self.max_fidelity)
         kw = {"constraint": self.settings.constraint} if self.settings.space == "layerwise" else {}
         self.space = make_space(self.settings.space, self.family, self.n_remove, self.settings.seed, **kw)
         self.tasks: list[str] | None = None
-        if self.settings.objectives == "per_task":
-            refs = evaluator.references(self.max_fidelity)
-            self.tasks = [t for t in evaluator.suite.names if refs[t].member != "none"]
+        self.references = references
+        self.definition: str | None = None
+        self.setup_s = 0.0
         self.on_trial = on_trial
         self.should_stop = should_stop
         self.previous = list(previous)
         self.trials: list[TrialRecord] = list(self.previous)
         self.heuristic_removals = heuristic_removals or {}
         self.seed_names: dict[str, str] = {}
+        self.cache: dict[tuple[str, int], dict] = {
+            (t.plan.key(), t.fidelity): t.result.to_dict() for t in self.previous
+            if t.status == "complete" and t.result is not None and not t.cached}
+        self.evaluations = 0
         self.eval_s = 0.0
         self._replaying = False
         self._start = 0.0
@@ -382,23 +435,23 @@ class Search:
         s = self.settings
         common = {"overwrite": True, "logging_level": logging.ERROR, "callbacks": [self.recorder.callback],
                   "dask_client": dask_client}
-        if s.method == "random":
-            kw = {}
-            if self.tasks:
-                from smac.multi_objective.parego import ParEGO
-
-                kw["multi_objective_algorithm"] = ParEGO(scenario)
-            return smac.RandomFacade(scenario, objective, **common, **kw)
-        F = smac.MultiFidelityFacade if "min_budget" in _scenario_kw(scenario) else smac.HyperparameterOptimizationFacade
+        multi = "min_budget" in _scenario_kw(scenario)
         n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
         extra = self._initial_configs()[: max(0, s.n_trials // 2 - n_init)]  # keep room for SMAC's own picks
-        design = F.get_initial_design(scenario, n_configs=n_init, additional_configs=extra)
+        if s.method == "random":
+            # Random search gets the same seeded plans and the same fidelities (Hyperband) as SMAC, so a
+            # difference between the two is the optimizer's, not the help either got.
+            F = smac.HyperbandFacade if multi else smac.RandomFacade
+            design = F.get_initial_design(scenario, additional_configs=extra)
+        else:
+            F = smac.MultiFidelityFacade if multi else smac.HyperparameterOptimizationFacade
+            design = F.get_initial_design(scenario, n_configs=n_init, additional_configs=extra)
         kw = {"initial_design": design}
         if self.tasks:
             from smac.multi_objective.parego import ParEGO
 
             kw["multi_objective_algorithm"] = ParEGO(scenario)
-        if F is smac.MultiFidelityFacade:
+        if multi:
             kw["intensifier"] = F.get_intensifier(scenario, eta=s.eta)
         return F(scenario, objective, **common, **kw)
 
@@ -415,7 +468,9 @@ class Search:
                     cfg = Configuration(self.space.cs, values=t.config)
                 except Exception:  # noqa: BLE001 - a config from another space version: skip it
                     continue
-                budget = float(t.fidelity) if "min_budget" in _scenario_kw(smac_obj.scenario) else None
+                budget = None
+                if "min_budget" in _scenario_kw(smac_obj.scenario):  # exactly what SMAC asked before
+                    budget = t.budget if t.budget is not None else float(t.fidelity)
                 cost = costs_of(t.result if t.status == "complete" else None, self.tasks)
                 status = StatusType.SUCCESS if t.status != "failed" else StatusType.CRASHED
                 smac_obj.tell(TrialInfo(cfg, seed=self.settings.seed, budget=budget),
@@ -427,13 +482,21 @@ class Search:
         if os.environ.get("PYTHONHASHSEED") in (None, "random"):
             warnings.warn("PYTHONHASHSEED is not set: the same seed may not repeat exactly "
                           "(the CLI and the background worker set it for you)", stacklevel=2)
-        self.evaluator.references(self.max_fidelity)  # fail early (bad suite, family) before SMAC starts
-        if self.min_fidelity != self.max_fidelity:
-            self.evaluator.references(self.min_fidelity)
+        t_setup = time.perf_counter()
+        if self.references is None:  # fixed once, on the whole search split (fails early on a bad suite)
+            self.references = self.evaluator.references("search")
+        else:
+            self.evaluator.use_references(self.references)
+        refs = self.references
+        self.definition = refs.default_definition() if self.settings.retention == "auto" else self.settings.retention
+        if self.settings.objectives == "per_task":
+            self.tasks = [t for t in self.evaluator.suite.names if refs.reference(self.definition, t).member != "none"]
+        self.setup_s = time.perf_counter() - t_setup
         outdir = tempfile.mkdtemp(prefix="gptailor-smac-")
         self.recorder = _Recorder(self)
         objective = Objective(self.evaluator, self.space, self.max_fidelity, self.settings.constraint
-                              if self.settings.space == "layerwise" else "repair", self.tasks)
+                              if self.settings.space == "layerwise" else "repair", self.tasks, refs,
+                              self.definition, self.cache)
         client = cluster = None
         self._start = time.perf_counter()
         try:
@@ -448,6 +511,7 @@ class Search:
                     warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
                     warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
                     facade.optimize()
+            runhistory = _runhistory(facade)
             if self._stopped == "finished" and self.settings.walltime_s and \
                     len(self.trials) < self.settings.n_trials:
                 self._stopped = "walltime"
@@ -460,7 +524,20 @@ class Search:
         total = time.perf_counter() - self._start
         return SearchResult(self.trials, incumbent(self.trials), self.settings, self.space.describe(),
                             self._stopped, smac_overhead_s=max(0.0, total - self.eval_s),
-                            pareto=pareto_front(self.trials, self.tasks) if self.tasks else [])
+                            pareto=pareto_front(self.trials, self.tasks) if self.tasks else [],
+                            references=refs, setup_s=self.setup_s, runhistory=runhistory,
+                            evaluations=self.evaluations)
+
+
+def _runhistory(facade) -> list[tuple[dict, float | None, Any]]:
+    """SMAC's runhistory as plain (configuration, budget, cost) rows, in the order it holds them."""
+    rh = facade.runhistory
+    out = []
+    for key, value in rh.items():
+        cfg = _plain(dict(rh.get_config(key.config_id)))
+        cost = value.cost if not isinstance(value.cost, list) else tuple(value.cost)
+        out.append((cfg, key.budget, cost))
+    return out
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

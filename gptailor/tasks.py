@@ -5,8 +5,16 @@ Three kinds (one JSON object per line):
 - ``multiple_choice``: ``{"context": ..., "choices": [...], "answer": <index>}``  -- log-likelihood;
 - ``perplexity``:      ``{"text": ...}``.
 
-A suite is a YAML file listing tasks (name, kind, path relative to the suite file).
-Fidelity n means "the first n examples of a fixed shuffle" of each task, so a higher fidelity
+A suite is a YAML file listing tasks (name, kind, path relative to the suite file), and optionally:
+- ``test_fraction`` (suite-wide, default 0.5): each task's examples are split, deterministically, into a
+  *search* split (what searches tune on) and a disjoint *test* split (what reports are scored on);
+- per task, lm-evaluation-harness's conventions: ``until`` (stop sequences for exact match, default
+  ``["\n"]``; the tokenizer's EOS always stops), ``filter`` (``{regex: PATTERN}`` or ``{contains: true}``:
+  the answer is extracted from a greedy generation, for models that answer in a sentence),
+  ``max_gen_toks``, ``metric`` (multiple choice: ``acc`` or ``acc_norm``, the objective; both are reported);
+- ``chat_template: true`` (suite-wide or per task): prompts are wrapped in the family's chat template.
+
+Fidelity n means "the first n examples of a fixed shuffle" of a task's split, so a higher fidelity
 always contains every lower one (what multi-fidelity search assumes).
 """
 from __future__ import annotations
@@ -21,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 TASK_KINDS = ("exact_match", "multiple_choice", "perplexity")
+SPLITS = ("search", "test", "all")
+MC_METRICS = ("acc", "acc_norm")
+DEFAULT_TEST_FRACTION = 0.5
 
 
 class TaskError(ValueError):
@@ -33,10 +44,41 @@ class Task:
     kind: str
     examples: list[dict[str, Any]]
     path: str | None = None
+    until: list[str] = field(default_factory=lambda: ["\n"])  # exact match: stop sequences (lm-eval's ``until``)
+    filter: dict[str, Any] | None = None  # exact match: {regex: ...} | {contains: true}; scored by generation
+    metric: str | None = None  # the objective metric: acc | acc_norm (multiple choice); None: the kind's default
+    chat_template: bool = False  # wrap prompts/contexts in the family's chat template
+    max_gen_toks: int | None = None  # generation length for filtered exact match (default: longest target + 16)
+    test_fraction: float = DEFAULT_TEST_FRACTION
     _order: list[int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    @property
+    def objective_metric(self) -> str:
+        """The metric a search maximizes on this task (lm-eval's names)."""
+        if self.kind == "perplexity":
+            return "perplexity"
+        if self.kind == "multiple_choice":
+            return self.metric or "acc"
+        return "exact_match"
+
+    def split_indices(self, split: str = "all") -> list[int]:
+        """Example indices of a split, in the fixed shuffle's order: search = the first part, test = the rest.
+
+        Disjoint and deterministic (seeded by the task's name), so a study never sees its test examples."""
+        if split not in SPLITS:
+            raise TaskError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        order = self.order()
+        if split == "all":
+            return order
+        n_test = int(round(len(order) * self.test_fraction))
+        n_test = min(max(n_test, 1), len(order) - 1) if len(order) >= 2 else 0
+        return order[: len(order) - n_test] if split == "search" else order[len(order) - n_test:]
+
+    def split_size(self, split: str = "all") -> int:
+        return len(self.split_indices(split))
 
     def order(self) -> list[int]:
         """A fixed shuffle seeded by the task's name, so subsets do not depend on file order tricks."""
@@ -46,13 +88,14 @@ class Task:
             self._order = idx
         return self._order
 
-    def subset(self, n: int | None) -> list[dict[str, Any]]:
-        """The first ``n`` examples of the fixed shuffle (all of them for None or n >= len)."""
-        if n is None or n >= len(self.examples):
-            return [self.examples[i] for i in self.order()]
-        if n <= 0:
+    def subset(self, n: int | None, split: str = "all") -> list[dict[str, Any]]:
+        """The first ``n`` examples of the split's fixed shuffle (all of them for None or n >= its size)."""
+        idx = self.split_indices(split)
+        if n is not None and n <= 0:
             raise TaskError(f"task {self.name!r}: fidelity must be a positive number of examples, got {n}")
-        return [self.examples[i] for i in self.order()[:n]]
+        if n is not None:
+            idx = idx[:n]
+        return [self.examples[i] for i in idx]
 
 
 @dataclass
@@ -71,6 +114,10 @@ class Suite:
     @property
     def max_fidelity(self) -> int:
         return max(len(t) for t in self.tasks)
+
+    def split_fidelity(self, split: str = "all") -> int:
+        """Examples per task of the largest task in a split: the full fidelity there."""
+        return max(t.split_size(split) for t in self.tasks)
 
 
 def _check_example(kind: str, obj: Any) -> str | None:
@@ -143,15 +190,78 @@ def load_suite(path: str | os.PathLike) -> Suite:
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise TaskError(f"{path}: a suite needs a non-empty 'tasks' list of {{name, kind, path}}")
     tasks, seen = [], set()
+    suite_opts = _suite_options(path, data)
     for i, t in enumerate(data["tasks"]):
         if not isinstance(t, dict) or not all(k in t for k in ("kind", "path")):
             raise TaskError(f"{path}: task #{i} needs 'kind' and 'path' (and optionally 'name')")
         task = load_task(path.parent / t["path"], t["kind"], t.get("name"))
+        _apply_options(task, {**suite_opts, **t}, f"{path}: task {task.name!r}")
         if task.name in seen:
             raise TaskError(f"{path}: task name {task.name!r} appears twice")
         seen.add(task.name)
         tasks.append(task)
     return Suite(str(data.get("name", path.parent.name)), tasks, str(path))
+
+
+_TASK_OPTIONS = ("until", "filter", "metric", "chat_template", "max_gen_toks", "test_fraction")
+
+
+def _suite_options(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Suite-wide defaults for every task (``chat_template``, ``test_fraction``)."""
+    return {k: data[k] for k in ("chat_template", "test_fraction") if k in data}
+
+
+def _apply_options(task: Task, opts: dict[str, Any], where: str) -> None:
+    """Check and set a task's lm-eval-style options; errors name the suite file and the task."""
+    if "until" in opts:
+        u = opts["until"]
+        u = [u] if isinstance(u, str) else u
+        if not isinstance(u, list) or not all(isinstance(x, str) and x for x in u):
+            raise TaskError(f"{where}: 'until' must be a stop string or a list of non-empty strings")
+        task.until = u
+    if opts.get("filter") is not None:
+        f = opts["filter"]
+        ok = isinstance(f, dict) and len(f) == 1 and (
+            (isinstance(f.get("regex"), str)) or f.get("contains") is True)
+        if not ok:
+            raise TaskError(f"{where}: 'filter' must be {{regex: PATTERN}} or {{contains: true}}")
+        if "regex" in f:
+            try:
+                re.compile(f["regex"])
+            except re.error as e:
+                raise TaskError(f"{where}: filter regex {f['regex']!r} does not compile: {e}") from None
+        if task.kind != "exact_match":
+            raise TaskError(f"{where}: 'filter' applies to exact_match tasks only")
+        task.filter = dict(f)
+    if opts.get("metric") is not None:
+        allowed = {"multiple_choice": MC_METRICS, "exact_match": ("exact_match",),
+                   "perplexity": ("perplexity",)}[task.kind]
+        if opts["metric"] not in allowed:
+            raise TaskError(f"{where}: metric {opts['metric']!r} is not one of {', '.join(allowed)} "
+                            f"for a {task.kind} task")
+        task.metric = opts["metric"]
+    if "chat_template" in opts:
+        if not isinstance(opts["chat_template"], bool):
+            raise TaskError(f"{where}: 'chat_template' is true or false")
+        task.chat_template = opts["chat_template"]
+    if opts.get("max_gen_toks") is not None:
+        m = opts["max_gen_toks"]
+        if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 4096:
+            raise TaskError(f"{where}: 'max_gen_toks' must be an integer in 1..4096")
+        task.max_gen_toks = m
+    if "test_fraction" in opts:
+        f = opts["test_fraction"]
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
+            raise TaskError(f"{where}: 'test_fraction' must be a number between 0 and 1 (exclusive)")
+        task.test_fraction = float(f)
+    if task.kind == "exact_match":
+        for i, ex in enumerate(task.examples):
+            hit = next((u for u in task.until if u in ex["target"]), None)
+            if hit is not None:
+                raise TaskError(f"{where}: example {i + 1}'s target contains the stop sequence {hit!r}, so a "
+                                f"generated answer can never match it; change the task's 'until'")
+    if len(task.examples) < 2:
+        raise TaskError(f"{where}: needs at least 2 examples (one for the search split, one for the test split)")
 
 
 SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

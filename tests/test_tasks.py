@@ -54,7 +54,7 @@ def test_fidelity_subsets_are_nested_and_deterministic(tmp_path):
 
 
 def test_suite_loading_and_errors(tmp_path):
-    write(tmp_path / "a.jsonl", ['{"text": "x"}'])
+    write(tmp_path / "a.jsonl", ['{"text": "x"}', '{"text": "y"}'])
     (tmp_path / "suite.yaml").write_text("name: s\ntasks:\n- {name: a, kind: perplexity, path: a.jsonl}\n")
     suite = load_suite(tmp_path)
     assert suite.names == ["a"] and suite.name == "s"
@@ -73,8 +73,9 @@ def test_make_suite_infers_kinds_and_stores_a_loadable_suite(tmp_path):
     up = tmp_path / "upload"
     up.mkdir()
     a = write(up / "adds.jsonl", ['{"prompt": "1+1=", "target": "2"}', '{"prompt": "2+2=", "target": "4"}'])
-    b = write(up / "pick.jsonl", ['{"context": "sky is", "choices": [" blue", " green"], "answer": 0}'])
-    c = write(up / "prose.jsonl", ['{"text": "hello there"}'])
+    b = write(up / "pick.jsonl", ['{"context": "sky is", "choices": [" blue", " green"], "answer": 0}',
+                                  '{"context": "grass is", "choices": [" blue", " green"], "answer": 1}'])
+    c = write(up / "prose.jsonl", ['{"text": "hello there"}', '{"text": "good night"}'])
     suite = make_suite([a, b, c], tmp_path / "suites" / "mine", "mine")
     assert suite.name == "mine" and suite.names == ["adds", "pick", "prose"]
     assert [t.kind for t in suite] == ["exact_match", "multiple_choice", "perplexity"]
