@@ -22,7 +22,7 @@ from conftest import make_tiny_family
 def fam_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("dbfam")
     spec = make_tiny_family(d, n_layers=6)
-    demo.write_tasks(d, n_test=12)
+    demo.write_tasks(d, n_test=16)  # 8 examples per task in each split
     spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
     return d
 
@@ -52,6 +52,55 @@ def test_store_round_trip_and_wal(tmp_path, fam_dir, ev):
     with sqlite3.connect(tmp_path / "g.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def _rh(rows):
+    from collections import Counter
+
+    return Counter(repr((sorted(c.items()), b, cost)) for c, b, cost in rows)
+
+
+def test_resume_scores_no_plan_fidelity_pair_twice_and_continues_smacs_history(tmp_path, fam_dir, ev):
+    """Trial identity is (plan, exact budget): SMAC's fractional budgets survive the database, resume re-tells
+    exactly them, and a repeat is served from the stored result instead of being scored again."""
+    from gptailor.search import Search, TrialRecord
+
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    spec = str(fam_dir / "family.yaml")
+    # engine level: SMAC's runhistory after resume = the one before + the new trials
+    sid = create_study(store, spec, "smac", Budget(remove_layers=2), settings(n_trials=8), evaluator=ev)
+    first = Search(ev, Budget(remove_layers=2), settings(n_trials=8)).run()
+    for t in first.trials:
+        store.record_trial(sid, t.to_dict())
+    stored = [TrialRecord.from_dict(t) for t in store.trials(sid)]
+    assert any(t.budget != round(t.budget) for t in stored)  # e.g. 8/3, kept exactly (not rounded to 3)
+    assert [t.budget for t in stored] == [t.budget for t in first.trials]
+    again = Search(ev, Budget(remove_layers=2), settings(n_trials=16), previous=stored,
+                   references=first.references).run()
+    before, after = _rh(first.runhistory), _rh(again.runhistory)
+    assert not before - after and sum(after.values()) == sum(before.values()) + 8
+    # database level: a study interrupted after 8 of 16 trials and resumed
+    sid = create_study(store, spec, "smac", Budget(remove_layers=2), settings(n_trials=16), evaluator=ev)
+
+    def stop_at_8(rec):
+        if len(store.trials(sid)) >= 8:
+            store.transition(sid, ("running",), "cancelling")
+
+    assert run_study(store, sid, evaluator=ev, on_trial=stop_at_8) == "cancelled"
+    assert len(store.trials(sid)) == 8
+    assert run_study(store, sid, evaluator=ev) == "finished"
+    trials = store.trials(sid)
+    scored = [(t["plan_text"], t["fidelity"]) for t in trials if t["status"] == "complete" and not t["cached"]]
+    assert len(trials) == 16 and len(scored) == len(set(scored))  # zero repeated evaluations
+    for t in trials:
+        if t["cached"]:  # a repeat carries the stored result of the same (plan, fidelity)
+            orig = next(o for o in trials if not o["cached"] and (o["plan_text"], o["fidelity"]) ==
+                        (t["plan_text"], t["fidelity"]))
+            assert t["retention"] == orig["retention"] and t["scores"] == orig["scores"]
+    s = store.study(sid)
+    assert s["refs"]["split"] == "search" and s["refs"]["definition"] in ("family", "base")
+    assert s["report"]["split"] == "test" and s["test_retention"] == s["report"]["retention"]
+    assert all(t["split"] == "search" for t in trials if t["status"] == "complete")
 
 
 def test_bad_inputs_leave_no_partial_study(tmp_path, fam_dir, ev):
@@ -112,7 +161,8 @@ def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
     laco = store.trials(ids["laco"])[0]["plan_text"]
     assert "merge[task_arithmetic](base@" in laco and laco.count("drop") == 2
     assert all(r.kept_layers == 4 for r in rows)
-    assert "average" in compare_table(rows)
+    table = compare_table(rows)
+    assert "re-scored on the test split" in table and "family" in table and "base" in table
 
 
 def test_two_concurrent_studies_and_a_reader(tmp_path, fam_dir):
