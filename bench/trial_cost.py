@@ -57,7 +57,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 @torch.inference_mode()
 def pure_forward(model, batches) -> None:
     for b in batches:
-        model(input_ids=b.input_ids, attention_mask=b.attention_mask)
+        model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)  # no KV cache: a fair forward
 
 
 def main() -> int:
@@ -71,7 +71,7 @@ def main() -> int:
     fam = Family.from_spec(args.family)
     suite = load_suite(fam.spec.suite_path())
     ev = Evaluator(fam, suite)
-    ev.references(args.fidelity)  # reference scores are computed once per study, not per trial
+    ev.references()  # references are computed once per study, not per trial
     print(f"family {fam.name}: {fam.n_layers} layers, {fam.param_count() / 1e6:.2f}M params, "
           f"{len(fam.member_names)} members, device {fam.device}, {torch.get_num_threads()} threads; "
           f"suite {suite.name}: {len(suite.tasks)} tasks at fidelity {args.fidelity}")

@@ -60,9 +60,18 @@ def _run(args, store, study_id: int, total: int | None) -> int:
     finally:
         bar.close()
     s = store.study(study_id)
-    best = s["best_retention"]
+    best, test = s["best_retention"], s["test_retention"]
+    refs = s.get("refs") or {}
     print(f"study {study_id} {status}: {s['trials_done']} trials, best retention "
-          f"{'-' if best is None else f'{100 * best:.1f}%'}")
+          f"{'-' if best is None else f'{100 * best:.1f}%'} (search split), "
+          f"{'-' if test is None else f'{100 * test:.1f}%'} on the held-out test split "
+          f"({refs.get('definition', '?')} retention)")
+    if refs:
+        from gptailor.evaluate import References
+
+        r = References.from_dict(refs)
+        print("references (fixed for the study, full search split): " + ", ".join(
+            f"{t} {x.value:.3f} ({x.member})" for t, x in r.table(refs["definition"]).items()))
     from .runs import best_trial
 
     b = best_trial(store.trials(study_id))
@@ -93,7 +102,7 @@ def cmd_search(args, argv) -> int:
                               n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
                               max_fidelity=args.max_fidelity, seed=args.seed,
                               initial_plans=not args.no_initial_plans, n_workers=args.workers,
-                              scheduler=args.scheduler, objectives=args.objectives)
+                              scheduler=args.scheduler, objectives=args.objectives, retention=args.retention)
     store = Store(args.db)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
@@ -142,11 +151,15 @@ def cmd_studies(args, argv) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
-    print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}{'best':>8}  name")
+    print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}{'search':>8}{'test':>8}"
+          f"{'retention':>10}  name")
     for s in rows:
         best = "-" if s["best_retention"] is None else f"{100 * s['best_retention']:.1f}%"
+        test = "-" if s["test_retention"] is None else f"{100 * s['test_retention']:.1f}%"
+        definition = (s.get("refs") or {}).get("definition", "-")
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
-        print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}{best:>8}  {s['name']}")
+        print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}{best:>8}{test:>8}"
+              f"{definition:>10}  {s['name']}")
     return 0
 
 
@@ -195,6 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
     sp.add_argument("--objectives", choices=["retention", "per_task"], default="retention",
                     help="per_task: one objective per task (ParEGO), Pareto set reported")
+    sp.add_argument("--retention", choices=["auto", "family", "base"], default="auto",
+                    help="retention definition (auto: family where a finetune holds a skill the base lacks)")
     sp.set_defaults(study_func=cmd_search)
 
     sp = sub.add_parser("baseline", help="a heuristic pruning baseline, stored as a study")

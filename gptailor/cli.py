@@ -56,7 +56,8 @@ def cmd_eval(args) -> int:
 
     fam = _load(args)
     plan = _read_plan(args.plan, fam.name)
-    ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size)
+    ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size, split=args.split,
+                   definition=None if args.retention == "auto" else args.retention)
     res = ev.evaluate(plan.validate(fam.member_names, fam.n_layers, fam.name), args.fidelity)
     print(json.dumps(res.to_dict(), indent=2) if args.json else res.table())
     return 0
@@ -121,8 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="score a plan on a task suite")
     common(sp)
-    sp.add_argument("--suite", help="suite.yaml (default: the family's)")
-    sp.add_argument("--fidelity", type=int, default=None, help="examples per task (default: all)")
+    sp.add_argument("--suite", help="suite.yaml, or a folder of JSONL task files (default: the family's)")
+    sp.add_argument("--fidelity", type=int, default=None, help="examples per task (default: all of the split)")
+    sp.add_argument("--split", choices=("test", "search", "all"), default="test",
+                    help="which examples: the held-out test split (default), the search split, or all")
+    sp.add_argument("--retention", choices=("auto", "family", "base"), default="auto",
+                    help="retention definition (auto: family where a finetune holds a skill the base lacks)")
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_eval)

@@ -179,6 +179,8 @@ def load_suite(path: str | os.PathLike) -> Suite:
     import yaml
 
     path = Path(path).expanduser().resolve()
+    if path.is_dir() and not (path / "suite.yaml").exists():
+        return folder_suite(path)
     if path.is_dir():
         path = path / "suite.yaml"
     if not path.exists():
@@ -283,6 +285,26 @@ def _first_example(path: Path) -> tuple[int, Any]:
             if line.strip():
                 return lineno, _json_line(path.name, lineno, line)
     raise TaskError(f"{path.name}: the file is empty")
+
+
+def folder_suite(folder: Path) -> Suite:
+    """A folder of JSONL task files and no suite.yaml: each file is a task named after it, its kind read
+    from its first example's keys (as the app's upload does)."""
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise TaskError(f"{folder}: no suite.yaml and no .jsonl task files in this folder")
+    tasks = []
+    for p in files:
+        lineno, first = _first_example(p)
+        kind = infer_kind(first)
+        if kind is None:
+            raise TaskError(f"{p}:{lineno}: cannot tell the task kind from this example; exact_match needs "
+                            f"prompt+target, multiple_choice context+choices+answer, perplexity text (or write a "
+                            f"suite.yaml naming each file's kind)")
+        task = load_task(p, kind)
+        _apply_options(task, {}, f"{p}")
+        tasks.append(task)
+    return Suite(folder.name, tasks, str(folder))
 
 
 def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: str,

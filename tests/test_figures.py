@@ -46,10 +46,21 @@ def test_best_so_far_is_a_running_max():
     ts = [trial(0, "base", 0.5), trial(1, "base", 0.4), trial(2, "base", None, status="failed"),
           trial(3, "base", 0.8)]
     fig = figures.best_so_far({"s": ts})
-    assert list(fig.data[0].x) == [0, 1, 2, 3]
-    assert [round(y, 6) for y in fig.data[0].y] == [50.0, 50.0, 50.0, 80.0]
+    assert list(fig.data[0].x) == [0, 1, 3]
+    assert [round(y, 6) for y in fig.data[0].y] == [50.0, 50.0, 80.0]
     fig = figures.pareto({"s": ts})
     assert list(fig.data[0].y) == [50.0, 40.0, 80.0] and not any(math.isnan(x) for x in fig.data[0].x)
+
+
+def test_a_lucky_low_fidelity_trial_does_not_set_the_curve():
+    """Best-so-far and Pareto use the study's top fidelity only (the number the tables show); lower rungs
+    are drawn as their own faint series."""
+    ts = [trial(0, "base", 0.95, fidelity=8), trial(1, "base", 0.6, fidelity=100), trial(2, "base", 0.7, fidelity=100),
+          trial(3, "base", 0.99, fidelity=33)]
+    fig = figures.best_so_far({"s": ts})
+    assert [round(y, 6) for y in fig.data[0].y] == [60.0, 70.0] and "fidelity 100" in fig.data[0].name
+    assert fig.data[1].name == "s: lower fidelities" and sorted(fig.data[1].y) == [95.0, 99.0]
+    assert max(figures.pareto({"s": ts}).data[0].y) == 70.0
 
 
 def test_pareto_front_keeps_only_undominated_trials():

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from db.runs import rank_key
 from gptailor import Plan
 from gptailor.plan import split_source
+from gptailor.search import fidelity_rank
 
 MERGE, DROP = "merge", "drop"
 
@@ -112,27 +113,47 @@ def _complete(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [t for t in trials if t.get("status") == "complete" and t.get("retention") is not None]
 
 
+def top_fidelity(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Complete trials at the highest fidelity the study reached: the only ones whose scores are comparable
+    with the best trial, the tables and Compare (the same rule as gptailor.search.rank_key)."""
+    done = _complete(trials)
+    if not done:
+        return []
+    top = max(fidelity_rank(t["fidelity"]) for t in done)
+    return [t for t in done if fidelity_rank(t["fidelity"]) == top]
+
+
 def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> go.Figure:
-    """Best retention so far against trial number (or wall time, x='wall_s'), one line per study."""
+    """Best retention so far against trial number (or wall time, x='wall_s'), one line per study, from the
+    trials at the study's top fidelity only; lower Hyperband rungs are faint points of their own."""
     fig = go.Figure()
     for name, trials in studies.items():
+        top = top_fidelity(trials)
+        fid = top[0]["fidelity"] if top else None
         best, xs, ys = -math.inf, [], []
-        for t in sorted(trials, key=lambda t: t[x] or 0):
-            if t.get("status") == "complete" and t.get("retention") is not None:
-                best = max(best, t["retention"])
-            if best > -math.inf:
-                xs.append(t[x] if t[x] is not None else 0)
-                ys.append(100 * best)
+        for t in sorted(top, key=lambda t: t[x] or 0):
+            best = max(best, t["retention"])
+            xs.append(t[x] if t[x] is not None else 0)
+            ys.append(100 * best)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"shape": "hv"}, marker={"size": 4},
-                                 name=name))
-    fig.update_layout(title="Best retention so far", xaxis_title="trial" if x == "number" else "wall time (s)",
+                                 name=f"{name} (fidelity {fid or 'full'})"))
+        low = [t for t in _complete(trials) if t not in top]
+        if low:
+            fig.add_trace(go.Scatter(x=[t[x] or 0 for t in low], y=[100 * t["retention"] for t in low],
+                                     mode="markers", opacity=0.3, marker={"size": 4},
+                                     name=f"{name}: lower fidelities",
+                                     text=[f"fidelity {t['fidelity']}" for t in low],
+                                     hovertemplate="%{y:.1f}% at %{text}<extra></extra>"))
+    fig.update_layout(title="Best retention so far (top fidelity; search split)",
+                      xaxis_title="trial" if x == "number" else "wall time (s)",
                       yaxis_title="retention %", height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
     return fig
 
 
 def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
-    """Retention against parameter count, every complete trial of every study."""
+    """Retention against parameter count, the trials at each study's top fidelity."""
     fig = go.Figure()
+    studies = {name: top_fidelity(trials) for name, trials in studies.items()}
     for name, trials in studies.items():
         done = _complete(trials)
         fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in done], y=[100 * t["retention"] for t in done],
