@@ -38,16 +38,18 @@ def _suite(args, family):
 
 
 def cmd_info(args) -> int:
-    fam = _load(args)
-    info = fam.info()
+    from .family import inspect_family  # configs and safetensors headers only: no member is loaded
+
+    info = inspect_family(args.family, device=args.device)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"family {info['family']}: {info['model_type']}, {info['layers']} layers, hidden {info['hidden_size']}, "
           f"{info['params'] / 1e6:.2f}M params ({info['params_per_layer'] / 1e6:.3f}M per layer), "
           f"{info['dtype']} on {info['device']}")
+    print(f"cache budget {info['cache_mb']} MB ({info['cache_budget']}; set GPTAILOR_CACHE_MB to change)")
     for m, src in info["members"].items():
-        print(f"  {m:<12} {src}")
+        print(f"  {m:<12} {info['checkpoint_dtypes'][m]:<9} {src}")
     return 0
 
 
