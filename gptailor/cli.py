@@ -73,7 +73,7 @@ def cmd_export(args) -> int:
     result = None
     if not args.no_eval and (args.suite or fam.spec.suite_path()):
         result = Evaluator(fam, _suite(args, fam)).evaluate(plan, args.fidelity)
-    out = export(fam, plan, args.out, result=result, overwrite=args.overwrite)
+    out = export(fam, plan, args.out, result=result, overwrite=args.overwrite, dtype=args.dtype)
     print(f"wrote {out}" + (f" (retention {100 * result.retention:.1f}%)" if result else ""))
     return 0
 
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--suite")
     sp.add_argument("--fidelity", type=int, default=None)
     sp.add_argument("--no-eval", action="store_true", help="skip scoring for the model card")
+    sp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="dtype of the written weights (default: the base checkpoint's)")
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("chat", help="one prompt -> generated text from a plan's model")
