@@ -201,6 +201,7 @@ class Family:
         self._resident: dict[tuple, State] = {}  # the base's shared tensors per (device, dtype)
         self._resident_bytes = 0  # of those, the ones not memory-mapped
         self._io_equal: dict[tuple[str, str], bool] = {}
+        self._raw: dict[tuple[str, int], State] = {}  # memory-mapped layer views, read once
 
     # -- loading --------------------------------------------------------------------
     @classmethod
@@ -264,10 +265,20 @@ class Family:
         return [f"{LAYER_PREFIX}{position}.{k}" for k in self.layer_shapes]
 
     def raw_layer(self, member: str, position: int) -> State:
-        """One decoder layer as stored: checkpoint dtype, CPU, memory-mapped (no copy)."""
+        """One decoder layer as stored: checkpoint dtype, CPU, memory-mapped (no copy, no RAM of its own:
+        the views are kept, the pages belong to the OS page cache)."""
         self._check(member, position)
+        key = (member, position)
+        state = self._raw.get(key)
+        if state is None:
+            ckpt = self.checkpoints[member]
+            state = self._raw[key] = {k: ckpt.get(f"{LAYER_PREFIX}{position}.{k}") for k in self.layer_shapes}
+        return state
+
+    def _stored_as(self, member: str, position: int, dev: torch.device, dt: torch.dtype) -> bool:
+        """Whether the layer is stored on ``dev`` in ``dt`` (then it is used as mapped), from the headers."""
         ckpt = self.checkpoints[member]
-        return {k: ckpt.get(f"{LAYER_PREFIX}{position}.{k}") for k in self.layer_shapes}
+        return dev.type == "cpu" and all(ckpt.dtype(n) == dt for n in self._layer_names(position))
 
     def raw_shared(self, member: str = "base") -> State:
         """Embeddings, final norm and LM head as stored (the LM head is the embedding when tied)."""
@@ -297,8 +308,11 @@ class Family:
         """One decoder layer's tensors (keys relative to the layer), in ``dtype`` on ``device``
         (default: the family's). Read and converted on first use; never write into them."""
         dev, dt = self._target(device, dtype)
-        raw = self.raw_layer(member, position)
-        return self._converted(("layer", member, position, str(dev), dt), raw, dev, dt, cache)
+        if self._stored_as(member, position, dev, dt):
+            return self.raw_layer(member, position)
+        key = ("layer", member, position, str(dev), dt)
+        return (self.cache if cache is None else cache).get_or_make(
+            key, lambda: _convert(self.raw_layer(member, position), dev, dt))
 
     def shared_state(self, member: str = "base", device: str | torch.device | None = None,
                      dtype: torch.dtype | None = None, cache: ByteCache | None = None) -> State:
@@ -481,24 +495,34 @@ def _load_config(auto_config, spec: FamilySpec, member: str):
     return cfg
 
 
-def _compat_value(cfg, key: str) -> Any:
+def _get(cfg: Any, key: str) -> Any:
+    """A field of a config object, or of a raw config.json dict (``inspect_family``)."""
+    return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
+
+def _compat_value(cfg: Any, key: str) -> Any:
     """The value of ``key`` as it affects computation (a sliding window that is switched off is none)."""
-    if key == "sliding_window" and getattr(cfg, "use_sliding_window", True) is False:
+    if key == "sliding_window" and _get(cfg, "use_sliding_window") is False:
         return None
-    value = getattr(cfg, key, None)
+    value = _get(cfg, key)
+    if key == "rope_parameters" and isinstance(cfg, dict) and value is None and "rope_theta" in cfg:
+        value = {**(cfg.get("rope_scaling") or {"rope_type": "default"}), "rope_theta": cfg["rope_theta"]}
     return dict(value) if isinstance(value, dict) else value
 
 
-def check_compatible(configs: dict[str, Any]) -> None:
+def check_compatible(configs: dict[str, Any], only_explicit: bool = False) -> None:
     """Every member must compute its layers as the base does: same architecture and the same value of
-    every field in ``COMPAT_KEYS``."""
+    every field in ``COMPAT_KEYS``. ``only_explicit`` (raw config.json dicts): compare only fields both
+    files spell out, since the defaults live in transformers' config classes."""
     base = configs["base"]
     for m, cfg in configs.items():
-        if cfg.model_type != base.model_type:
-            raise FamilyError(f"member {m!r} is {cfg.model_type!r} but the base is {base.model_type!r}; "
-                              f"a family must share one architecture")
+        if _get(cfg, "model_type") != _get(base, "model_type"):
+            raise FamilyError(f"member {m!r} is {_get(cfg, 'model_type')!r} but the base is "
+                              f"{_get(base, 'model_type')!r}; a family must share one architecture")
         for key in COMPAT_KEYS:
             a, b = _compat_value(base, key), _compat_value(cfg, key)
+            if only_explicit and (a is None or b is None):
+                continue
             if a != b:
                 raise FamilyError(f"member {m!r} has {key}={b} but the base has {key}={a}; "
                                   f"members must be finetunes of the same base (same {key})")
@@ -511,29 +535,54 @@ def describe(spec: FamilySpec, configs: dict[str, Any], checkpoints: dict[str, C
     base = checkpoints["base"]
     layer0 = [n for n in base.headers if n.startswith(f"{LAYER_PREFIX}0.")]
     per_layer = base.numel(layer0)
-    tied = bool(getattr(c, "tie_word_embeddings", False))
+    tied = bool(_get(c, "tie_word_embeddings"))
     shared = [n for n in base.headers if not n.startswith(LAYER_PREFIX) and not (tied and n == "lm_head.weight")]
-    L = int(c.num_hidden_layers)
-    return {"family": spec.name, "model_type": c.model_type, "layers": L, "hidden_size": c.hidden_size,
-            "params": base.numel(shared) + L * per_layer, "params_per_layer": per_layer,
-            "dtype": dtype_name(dtype), "device": str(device),
+    L = int(_get(c, "num_hidden_layers"))
+    return {"family": spec.name, "model_type": _get(c, "model_type"), "layers": L,
+            "hidden_size": _get(c, "hidden_size"), "params": base.numel(shared) + L * per_layer,
+            "params_per_layer": per_layer, "dtype": dtype_name(dtype), "device": str(device),
             "checkpoint_dtypes": {m: dtype_name(ck.main_dtype()) for m, ck in checkpoints.items()},
             "cache_mb": round(cache_bytes / 2 ** 20), "cache_budget": cache_source,
             "members": {m: spec.source(m) for m in spec.member_names}}
 
 
+def _config_json(spec: FamilySpec, member: str) -> dict[str, Any]:
+    """A member's config.json as a dict: no transformers import (about 2 s on a small CPU)."""
+    src = spec.source(member)
+    path = Path(src) / "config.json"
+    if not Path(src).is_dir():
+        if os.path.isabs(src) or src.startswith("."):
+            raise FamilyError(f"member {member!r}: folder {src} does not exist; fix the path in the family spec")
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(src, "config.json"))
+        except Exception as e:  # noqa: BLE001 - hub errors differ offline and online
+            raise FamilyError(f"member {member!r}: cannot load config from {src!r} (a hub id needs a local cache "
+                              f"when offline): {one_line(e)}") from None
+    try:
+        cfg = json.loads(path.read_text())
+        assert isinstance(cfg, dict)
+    except (OSError, ValueError, AssertionError) as e:
+        raise FamilyError(f"member {member!r}: {path} is not a readable config.json ({one_line(e)})") from None
+    if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise FamilyError(f"member {member!r}: architecture {cfg.get('model_type')!r} is not supported yet; "
+                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-layout decoders)")
+    return cfg
+
+
 def inspect_family(spec: FamilySpec | str | os.PathLike, device: str | None = None, dtype: str | None = None,
                    cache_mb: float | None = None) -> dict[str, Any]:
-    """``Family.info()`` without opening the family: configs and safetensors headers only (about a
-    second whatever the size; no tokenizer, no tensor read)."""
-    from transformers import AutoConfig
-
+    """``Family.info()`` without opening the family: config.json files and safetensors headers only (no
+    tokenizer, no tensor read, no transformers import), so it answers in about a second whatever the
+    size. Compatibility is checked on the fields the config files spell out; opening the family checks
+    them all."""
     if not isinstance(spec, FamilySpec):
         spec = FamilySpec.load(spec)
     dev = resolve_device(device or spec.device)
     dt = resolve_dtype(dtype or spec.dtype, dev)
-    configs = {m: _load_config(AutoConfig, spec, m) for m in spec.member_names}
-    check_compatible(configs)
+    configs = {m: _config_json(spec, m) for m in spec.member_names}
+    check_compatible(configs, only_explicit=True)
     checkpoints = {m: open_checkpoint(spec, m) for m in spec.member_names}
     try:
         budget, source = cache_budget(dev, cache_mb)

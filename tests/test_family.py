@@ -124,6 +124,8 @@ def test_each_compat_field_mismatch_is_refused_naming_both_values(bases, tmp_pat
     assert want != got
     assert msg.startswith(f"member 'odd' has {field}={got} but the base has {field}={want}"), msg
     assert "\n" not in msg
+    with pytest.raises(FamilyError, match=f"^member 'odd' has {field}="):  # info reads config.json itself
+        inspect_family(spec)
 
 
 def test_compat_keys_cover_what_changes_a_layer():
