@@ -230,3 +230,15 @@ def test_models_built_inside_inference_mode_do_not_poison_the_cache(tiny_family)
         st.build(plan)
     model = st.build(plan)  # reuses the cached merge outside inference mode
     assert not model.model.layers[1].mlp.up_proj.weight.is_inference()
+
+
+def test_layer_modules_compute_as_the_reference(tiny_family, refs):
+    h = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(5)[None]
+    pe = refs["base"].model.rotary_emb(h, pos)
+    with torch.no_grad():
+        for i, layer in enumerate(tiny_family.layers("code")):
+            want = refs["code"].model.layers[i](h, position_embeddings=pe, position_ids=pos)
+            got = layer(h, position_embeddings=pe, position_ids=pos)
+            want, got = (x[0] if isinstance(x, tuple) else x for x in (want, got))
+            assert torch.equal(got, want)
