@@ -38,16 +38,18 @@ def _suite(args, family):
 
 
 def cmd_info(args) -> int:
-    fam = _load(args)
-    info = fam.info()
+    from .family import inspect_family  # configs and safetensors headers only: no member is loaded
+
+    info = inspect_family(args.family, device=args.device)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"family {info['family']}: {info['model_type']}, {info['layers']} layers, hidden {info['hidden_size']}, "
           f"{info['params'] / 1e6:.2f}M params ({info['params_per_layer'] / 1e6:.3f}M per layer), "
           f"{info['dtype']} on {info['device']}")
+    print(f"cache budget {info['cache_mb']} MB ({info['cache_budget']}; set GPTAILOR_CACHE_MB to change)")
     for m, src in info["members"].items():
-        print(f"  {m:<12} {src}")
+        print(f"  {m:<12} {info['checkpoint_dtypes'][m]:<9} {src}")
     return 0
 
 
@@ -72,7 +74,7 @@ def cmd_export(args) -> int:
     result = None
     if not args.no_eval and (args.suite or fam.spec.suite_path()):
         result = Evaluator(fam, _suite(args, fam)).evaluate(plan, args.fidelity)
-    out = export(fam, plan, args.out, result=result, overwrite=args.overwrite)
+    out = export(fam, plan, args.out, result=result, overwrite=args.overwrite, dtype=args.dtype)
     print(f"wrote {out}" + (f" (retention {100 * result.retention:.1f}%)" if result else ""))
     return 0
 
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--suite")
     sp.add_argument("--fidelity", type=int, default=None)
     sp.add_argument("--no-eval", action="store_true", help="skip scoring for the model card")
+    sp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="dtype of the written weights (default: the base checkpoint's)")
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("chat", help="one prompt -> generated text from a plan's model")

@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .evaluate import EvalResult
-from .family import Family
+from .family import Family, FamilyError, dtype_name, resolve_dtype
 from .plan import Plan, split_source
 from .stitch import Stitcher, param_count
 
@@ -38,18 +40,34 @@ def _prepare_folder(folder: Path, overwrite: bool) -> Path:
     return folder
 
 
+def export_dtype(family: Family, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The dtype an export writes: the base checkpoint's by default (a bfloat16 family stays bfloat16
+    even when it is searched in float32 on a CPU)."""
+    if dtype is None:
+        return family.checkpoint_dtype
+    try:
+        return resolve_dtype(dtype, torch.device("cpu"))
+    except FamilyError as e:
+        raise ExportError(str(e)) from None
+
+
 def export(family: Family, plan: Plan, folder: str | os.PathLike, result: EvalResult | None = None,
-           overwrite: bool = False, stitcher: Stitcher | None = None) -> Path:
-    """Stitch ``plan`` and save it under ``folder``; returns the folder's resolved path."""
+           overwrite: bool = False, stitcher: Stitcher | None = None,
+           dtype: str | torch.dtype | None = None) -> Path:
+    """Stitch ``plan`` and save it under ``folder`` in ``dtype`` (default: the base checkpoint's);
+    returns the folder's resolved path. Picks are written as stored when the dtypes agree; merges are
+    computed in float32 and rounded once to ``dtype``."""
     plan.validate(family.member_names, family.n_layers)
     plan = Plan(plan.ops, plan.family or family.name)
+    dt = export_dtype(family, dtype)
     folder = _prepare_folder(Path(folder), overwrite)
-    model = (stitcher or Stitcher(family, device="cpu")).build(plan)
-    model = model.to("cpu")
+    if stitcher is None or stitcher.device.type != "cpu" or stitcher.dtype != dt:
+        stitcher = Stitcher(family, device="cpu", dtype=dt, cache_mb=0)  # nothing kept after the export
+    model = stitcher.build(plan)
     model.save_pretrained(folder, safe_serialization=True)
     family.tokenizer.save_pretrained(folder)
     (folder / "plan.json").write_text(plan.to_json(indent=2) + "\n")
-    (folder / "mergekit.yaml").write_text(mergekit_yaml(family, plan))
+    (folder / "mergekit.yaml").write_text(mergekit_yaml(family, plan, dt))
     (folder / "README.md").write_text(model_card(family, plan, param_count(model), result))
     return folder
 
@@ -62,17 +80,28 @@ def _merge_method(plan: Plan) -> str:
         raise ExportError(f"plan mixes merge methods {sorted(methods)}; one mergekit config has one merge_method")
     if "slerp" in methods:
         raise ExportError("mergekit's slerp also interpolates the embeddings and head, which stay the base's here")
-    kept = [plan.ops[i] for i in plan.kept_positions]
-    for where, op in (("first", kept[0]), ("last", kept[-1])):
-        if not (op.kind == "pick" and op.member == "base"):
-            raise ExportError(f"mergekit takes the embeddings from the first slice and the final norm and head "
-                              f"from the last; the {where} kept layer here is {op.to_text()!r}, not the base's")
     return methods.pop() if methods else "passthrough"
 
 
-def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
-    """The plan as a mergekit config: slices in position order; the first and last are base layers, so
-    embeddings, final norm and LM head are the base's, as in the stitched model."""
+def _check_io_sources(family: Family, slices: list[dict[str, Any]]) -> None:
+    """mergekit takes the embeddings from the first slice's models and the final norm and LM head from
+    the last slice's; the stitched model has the base's. They agree when each of those models has the
+    base's tensors bit for bit (decoder-only finetunes usually do), whichever member its layers are from."""
+    member_of = {family.spec.source(m): m for m in family.member_names}
+    for where, sl, parts in (("first", slices[0], ("embed",)), ("last", slices[-1], ("norm", "head"))):
+        for source in sl["sources"]:
+            m = member_of[source["model"]]
+            for part in parts:
+                if not family.io_equals_base(m, part):
+                    what = {"embed": "embeddings", "norm": "final norm", "head": "LM head"}[part]
+                    raise ExportError(f"mergekit takes the {what} from the {where} slice's models; member {m!r} "
+                                      f"there has {what} unlike the base's (the stitched model uses the base's)")
+
+
+def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The plan as a mergekit config: slices in position order. Written only when mergekit rebuilds
+    the stitched model: the models it takes the embeddings, final norm and LM head from (first and last
+    slice) must have the base's, as the stitched model does."""
     method = _merge_method(plan)
     src = family.spec.source
     needs_base = method in ("task_arithmetic", "ties")  # mergekit reads the base tensor from each slice
@@ -109,19 +138,20 @@ def mergekit_config(family: Family, plan: Plan) -> dict[str, Any]:
             sources.append({"model": src("base"), "layer_range": [i, i + 1]})
         slices.append({"sources": sources})
         i += 1
+    _check_io_sources(family, slices)
     cfg: dict[str, Any] = {"slices": slices, "merge_method": method, "base_model": src("base"),
-                           "dtype": str(family.dtype).replace("torch.", "")}
+                           "dtype": dtype_name(export_dtype(family, dtype))}
     if method in ("linear", "ties"):
         cfg["parameters"] = {"normalize": True}
     return cfg
 
 
-def mergekit_yaml(family: Family, plan: Plan) -> str:
+def mergekit_yaml(family: Family, plan: Plan, dtype: torch.dtype | None = None) -> str:
     import yaml
 
     head = f"# GPTailor plan for family {family.name!r} as a mergekit config: mergekit-yaml mergekit.yaml OUT\n"
     try:
-        return head + yaml.safe_dump(mergekit_config(family, plan), sort_keys=False)
+        return head + yaml.safe_dump(mergekit_config(family, plan, dtype), sort_keys=False)
     except ExportError as e:
         return head + f"# not expressible as one mergekit config: {e}\n# rebuild with gptailor from plan.json\n"
 

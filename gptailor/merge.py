@@ -48,7 +48,7 @@ def ties(base: Tensor, tensors: list[Tensor], weights: list[float], density: flo
     deltas = torch.stack([_trim(t.float() - b, density) * w for t, w in zip(tensors, weights)])
     sign = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)  # a zero sum counts as positive (mergekit)
     agree = (torch.sign(deltas) == sign) & (deltas != 0)
-    w = torch.tensor(weights, dtype=torch.float32).view(-1, *([1] * b.dim()))
+    w = torch.tensor(weights, dtype=torch.float32, device=b.device).view(-1, *([1] * b.dim()))
     num = (deltas * agree).sum(dim=0)
     den = (w * agree).sum(dim=0)
     merged = torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))

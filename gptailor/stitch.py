@@ -1,8 +1,10 @@
 """Build a ready ``*ForCausalLM`` from a family and a plan, in memory, in milliseconds.
 
 Why not copy models: a search evaluates hundreds of plans, so a stitched model must cost almost
-nothing to build. A ``pick`` reuses the member's tensors (same storage, no copy); a ``merge`` is
-computed once and kept in a bounded LRU cache keyed by (position, members, weights, method).
+nothing to build. A ``pick`` reuses the family's tensors for that layer (the memory-mapped file
+itself when no conversion is needed, else the converted copy in the family's cache); a ``merge`` is
+computed once, on the compute device, and kept in the same byte-bounded cache, keyed by (position,
+members, weights, method, density, device, dtype).
 
 What transformers needs (checked in DESIGN.md): each kept layer is its own module with
 ``self_attn.layer_idx`` = 0..n-1 in order, ``config.num_hidden_layers = n`` (and ``layer_types``
@@ -13,45 +15,13 @@ cache is silently wrong. We build a fresh model skeleton on the meta device with
 from __future__ import annotations
 
 import copy
-import threading
-from collections import OrderedDict
-from typing import Hashable
 
 import torch
 
-from .family import Family
+from .cache import ByteCache, cache_budget
+from .family import Family, FamilyError, resolve_dtype
 from .merge import merge_state
 from .plan import Op, Plan, split_source
-
-
-class LRU:
-    """A small bounded least-recently-used cache."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.data: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
-        self.hits = self.misses = 0
-        self._lock = threading.Lock()  # a UI serves several requests at once from one stitcher
-
-    def get(self, key: Hashable):
-        with self._lock:
-            value = self.data.get(key)
-            if value is not None:
-                self.data.move_to_end(key)
-                self.hits += 1
-                return value
-            self.misses += 1
-            return None
-
-    def put(self, key: Hashable, value) -> None:
-        with self._lock:
-            self.data[key] = value
-            self.data.move_to_end(key)
-            while len(self.data) > self.maxsize:
-                self.data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 def stitched_config(base_config, plan: Plan):
@@ -67,61 +37,53 @@ def stitched_config(base_config, plan: Plan):
 
 
 class Stitcher:
-    """Builds stitched models for one family; holds the merged-layer and device caches."""
+    """Builds stitched models for one family on one device in one dtype (default: the family's).
 
-    def __init__(self, family: Family, cache_size: int = 64, device: str | torch.device | None = None) -> None:
+    Converted and merged layers go to the family's byte-bounded cache, shared by every stitcher of the
+    family, unless ``cache_mb`` gives this stitcher a cache of its own."""
+
+    def __init__(self, family: Family, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, cache_mb: float | None = None) -> None:
         self.family = family
         self.device = torch.device(device) if device is not None else family.device
-        self.merged = LRU(cache_size)  # merged layers, on the compute device
-        self.moved = LRU(cache_size)  # picked layers copied to the compute device (not used on CPU)
-        self._shared: dict[str, dict[str, torch.Tensor]] = {}
+        self.dtype = family.dtype if dtype is None else resolve_dtype(dtype, self.device)
+        if cache_mb is None:
+            self.cache = family.cache
+        else:
+            try:
+                self.cache = ByteCache(cache_budget(self.device, cache_mb)[0])
+            except ValueError as e:
+                raise FamilyError(str(e)) from None
+        self._rot: torch.nn.Module | None = None
 
     # -- layer tensors --------------------------------------------------------------
-    def _on_device(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, self.family.dtype) for k, v in state.items()}
-
-    def _needs_move(self) -> bool:
-        base_param = next(self.family.base.parameters())
-        return base_param.device != self.device or base_param.dtype != self.family.dtype
-
     def layer_tensors(self, position: int, op: Op) -> dict[str, torch.Tensor]:
         """The tensors position ``position`` gets under ``op`` (shared for pick, cached for merge).
         Cached tensors are made outside inference mode, so a model built later outside it can use them."""
         with torch.inference_mode(False), torch.no_grad():
             return self._layer_tensors(position, op)
 
+    def _state(self, member: str, position: int) -> dict[str, torch.Tensor]:
+        return self.family.layer_state(member, position, self.device, self.dtype, self.cache)
+
     def _layer_tensors(self, position: int, op: Op) -> dict[str, torch.Tensor]:
-        fam = self.family
         if op.kind == "pick":
-            member = op.member or "base"
-            if not self._needs_move():
-                return fam.layer_state(member, position)
-            key = (member, position)
-            state = self.moved.get(key)
-            if state is None:
-                state = self._on_device(fam.layer_state(member, position))
-                self.moved.put(key, state)
-            return state
-        key = (position, op.weights, op.method, op.density)
-        state = self.merged.get(key)
+            return self._state(op.member or "base", position)
+        key = ("merge", position, op.weights, op.method, op.density, str(self.device), self.dtype)
+        state = self.cache.get(key)
         if state is None:
             sources = [split_source(m) for m in op.members]
-            states = [fam.layer_state(m, position if p is None else p) for m, p in sources]
-            base = fam.layer_state("base", position) if op.method in ("task_arithmetic", "ties") else None
+            states = [self._state(m, position if p is None else p) for m, p in sources]
+            base = self._state("base", position) if op.method in ("task_arithmetic", "ties") else None
             weights = [w for _, w in op.weights]
-            merged = merge_state(op.method, states, weights, base, op.density)
-            state = self._on_device(merged)
-            self.merged.put(key, state)
+            state = merge_state(op.method, states, weights, base, op.density)
+            self.cache.put(key, state)
         return state
 
     def shared_tensors(self, member: str = "base") -> dict[str, torch.Tensor]:
         """Everything outside the decoder layers (embeddings, final norm, LM head), from the base --
         or from ``member``, to rebuild that member's own model exactly."""
-        if member not in self._shared:
-            sd = {k: v for k, v in self.family.models[member].state_dict().items() if ".layers." not in k}
-            with torch.inference_mode(False), torch.no_grad():
-                self._shared[member] = self._on_device(sd) if self._needs_move() else sd
-        return self._shared[member]
+        return self.family.shared_state(member, self.device, self.dtype, self.cache)
 
     # -- building -------------------------------------------------------------------
     def build(self, plan: Plan, shared_from: str = "base") -> torch.nn.Module:
@@ -133,26 +95,26 @@ class Stitcher:
         plan.validate(fam.member_names, fam.n_layers)
         cfg = stitched_config(fam.config, plan)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg, dtype=fam.dtype)
-        state = dict(self.shared_tensors(shared_from))
+            model = AutoModelForCausalLM.from_config(cfg, dtype=self.dtype)
+        with torch.inference_mode(False), torch.no_grad():
+            state = dict(self.shared_tensors(shared_from))
         for j, i in enumerate(plan.kept_positions):
             for k, v in self.layer_tensors(i, plan.ops[i]).items():
                 state[f"model.layers.{j}.{k}"] = v
         model.load_state_dict(state, strict=True, assign=True)
-        # Non-persistent buffers (rotary inv_freq) are not in state dicts: take the base's module.
-        model.model.rotary_emb = self._rotary()
+        # Non-persistent buffers (rotary inv_freq) are not in state dicts: computed from the config.
+        model.model.rotary_emb = self._rotary(type(model.model.rotary_emb))
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        model.generation_config = copy.deepcopy(fam.base.generation_config)
+        model.generation_config = copy.deepcopy(fam.generation_config)
         model.requires_grad_(False)
         return model.eval()
 
-    def _rotary(self) -> torch.nn.Module:
-        rot = self.family.base.model.rotary_emb
-        if not self._needs_move():
-            return rot
-        if not hasattr(self, "_rot"):
-            self._rot = copy.deepcopy(rot).to(self.device)
+    def _rotary(self, cls: type) -> torch.nn.Module:
+        """The rotary embedding of the base config on this device (one per stitcher, shared by models)."""
+        if self._rot is None:
+            with torch.inference_mode(False):
+                self._rot = cls(config=self.family.config).to(self.device)
         return self._rot
 
 

@@ -15,30 +15,52 @@ import yaml
 from gptailor.demo import build_tokenizer
 
 
-def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), tie: bool = False,
-                     seed: int = 0, model_type: str = "llama") -> Path:
-    """A random base and finetunes (base + noise) as HF folders, plus family.yaml; returns the spec path."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def tiny_config(model_type: str = "llama", n_layers: int = 4, tie: bool = False, **overrides):
+    """The tiny test config (hidden 32, 4 heads, 2 KV heads) of ``model_type``, with ``overrides``."""
+    from transformers import AutoConfig
 
     tok = build_tokenizer()
-    cfg = AutoConfig.for_model(
-        model_type, vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=tie, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id)
+    kw = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              tie_word_embeddings=tie, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              bos_token_id=tok.bos_token_id)
+    kw.update(overrides)
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def save_model(model, folder: Path, dtype=None, max_shard_size=None) -> Path:
+    """Save ``model`` (optionally cast, optionally sharded) with the demo tokenizer, as a real HF folder."""
+    if dtype is not None:
+        model = model.to(dtype)
+    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(folder, **kw)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), tie: bool = False,
+                     seed: int = 0, model_type: str = "llama", dtype=None, layers_only: bool = False,
+                     max_shard_size=None, **config) -> Path:
+    """A random base and finetunes (base + noise) as HF folders, plus family.yaml; returns the spec path.
+    ``layers_only``: finetunes leave embeddings, final norm and head alone (as decoder-only finetunes
+    usually do); ``dtype``: the dtype saved on disk; ``max_shard_size``: save sharded checkpoints."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(model_type, n_layers, tie, **config)
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_config(cfg)
-    base.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    if dtype is not None:
+        base = base.to(dtype)
+    save_model(base, root / "base", max_shard_size=max_shard_size)
     for k, m in enumerate(members):
         torch.manual_seed(seed + 1 + k)
-        ft = AutoModelForCausalLM.from_config(cfg)
+        ft = AutoModelForCausalLM.from_config(cfg).to(base.dtype)
         ft.load_state_dict(base.state_dict())
         with torch.no_grad():
-            for p in ft.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        ft.save_pretrained(root / m)
-        tok.save_pretrained(root / m)
+            for name, p in ft.named_parameters():
+                if not layers_only or ".layers." in name:
+                    p.add_(0.05 * torch.randn_like(p))
+        save_model(ft, root / m, max_shard_size=max_shard_size)
     spec = {"name": "tiny", "base": "base", "candidates": {m: m for m in members}, "dtype": "float32",
             "device": "cpu"}
     (root / "family.yaml").write_text(yaml.safe_dump(spec))

@@ -70,8 +70,8 @@ def test_mergekit_config_passthrough_and_merge(tiny_family):
 @pytest.mark.parametrize("text,msg", [
     ("base merge(math=1,code=1) merge[ties](math=1,code=1) base", "mixes merge methods"),
     ("base merge[slerp](base=1,math=1) base base", "slerp"),
-    ("math base base base", "first kept layer"),
-    ("base base base merge(math=1,code=1)", "last kept layer"),
+    ("math base base base", "embeddings from the first slice's models; member 'math' there has embeddings unlike"),
+    ("base base base merge(math=1,code=1)", "final norm from the last slice's models; member 'math'"),
 ])
 def test_mergekit_refuses_what_it_cannot_express(tiny_family, text, msg):
     with pytest.raises(ExportError, match=msg):
@@ -85,3 +85,33 @@ def test_export_writes_yaml_even_when_not_expressible(tiny_family, tmp_path):
     assert "not expressible" in text
     yaml.safe_load(text)  # still valid YAML (comments only)
     assert json.loads((out / "plan.json").read_text())["family"] == "tiny"
+
+
+def test_bf16_family_exports_bf16_by_default(tmp_path, capsys):
+    from gptailor.checkpoint import Checkpoint
+    from gptailor.cli import main
+    from gptailor.family import Family
+
+    from conftest import make_tiny_family
+
+    spec = make_tiny_family(tmp_path / "fam", dtype=torch.bfloat16)
+    fam = Family.from_spec(spec)  # searched in float32 on the CPU
+    assert fam.dtype == torch.float32
+    plan = Plan.from_text("0:base 1:math 2:merge[ties](math=1,code=1) 3:base", family="tiny")
+    out = export(fam, plan, tmp_path / "bf16")
+    ckpt = Checkpoint(out)
+    assert {ckpt.dtype(n) for n in ckpt.headers} == {torch.bfloat16}
+    assert "dtype: bfloat16" in (out / "mergekit.yaml").read_text()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.dtype == torch.bfloat16
+    want = Stitcher(fam, dtype=torch.bfloat16).build(plan)
+    for (k, a), b in zip(want.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), k  # picks as stored, merges rounded once
+    assert torch.equal(reloaded.model.layers[1].mlp.up_proj.weight, fam.raw_layer("math", 1)["mlp.up_proj.weight"])
+    out32 = export(fam, plan, tmp_path / "fp32", dtype="float32")
+    assert {Checkpoint(out32).dtype(n) for n in Checkpoint(out32).headers} == {torch.float32}
+    assert main(["export", "-f", str(spec), "-p", plan.to_text(), "-o", str(tmp_path / "cli"), "--no-eval",
+                 "--dtype", "float16"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "cli").dtype == torch.float16
+    with pytest.raises(ExportError, match="dtype 'int3'"):
+        export(fam, plan, tmp_path / "bad", dtype="int3")

@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gptailor import Plan, Stitcher
+from gptailor import Family, Plan, Stitcher
 from gptailor.export import mergekit_yaml
+
+from conftest import make_tiny_family
 
 MERGEKIT = shutil.which("mergekit-yaml")
 
@@ -20,9 +22,29 @@ MERGEKIT = shutil.which("mergekit-yaml")
     "0:base 1:merge[ties,density=.5](math=1,code=2) 2:drop 3:base",
 ])
 def test_mergekit_rebuilds_the_stitched_model(tiny_family, tmp_path, text):
-    plan = Plan.from_text(text)
+    _check_mergekit_rebuilds(tiny_family, Plan.from_text(text), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def layers_only_family(tmp_path_factory):
+    """Finetunes that changed decoder layers only (embeddings, final norm and head are the base's)."""
+    return Family.from_spec(make_tiny_family(tmp_path_factory.mktemp("lo"), layers_only=True, seed=3))
+
+
+@pytest.mark.skipif(MERGEKIT is None, reason="mergekit is not installed (requirements.txt installs it)")
+@pytest.mark.parametrize("text", [
+    "0:math 1:base 2:drop 3:code",  # the old rule (first and last kept layers from the base) refused these
+    "0:merge(math=1,code=2) 1:drop 2:base 3:merge(code=1,math=1)",
+])
+def test_mergekit_rebuilds_finetunes_with_the_base_embeddings_and_head(layers_only_family, tmp_path, text):
+    text_yaml = _check_mergekit_rebuilds(layers_only_family, Plan.from_text(text), tmp_path)
+    assert "not expressible" not in text_yaml
+
+
+def _check_mergekit_rebuilds(family, plan, tmp_path) -> str:
+    """Run mergekit on the exported YAML; its model's logits must equal the stitched model's."""
     cfg = tmp_path / "mergekit.yaml"
-    cfg.write_text(mergekit_yaml(tiny_family, plan))
+    cfg.write_text(mergekit_yaml(family, plan))
     r = subprocess.run([MERGEKIT, str(cfg), str(tmp_path / "out"), "--allow-crimes"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -30,6 +52,7 @@ def test_mergekit_rebuilds_the_stitched_model(tiny_family, tmp_path, text):
     assert merged.config.num_hidden_layers == plan.n_kept
     ids = torch.randint(7, 100, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = Stitcher(tiny_family).build(plan)(input_ids=ids).logits
+        want = Stitcher(family).build(plan)(input_ids=ids).logits
         got = merged(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    return cfg.read_text()

@@ -7,6 +7,7 @@ from gptailor.family import Family, FamilyError, FamilySpec
 from gptailor.merge import merge_state
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher, param_count
+from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_family
 
@@ -20,36 +21,49 @@ PLANS = [
 ]
 
 
-def reference_logits(family: Family, plan: Plan, ids: torch.Tensor) -> torch.Tensor:
-    """Layer by layer through the family's own modules (merged layers from a copied module)."""
-    base = family.base
+def reference_models(family: Family) -> dict[str, torch.nn.Module]:
+    """Every member loaded the ordinary way (transformers' from_pretrained, float32): the reference the
+    lazily read family must agree with."""
+    return {m: AutoModelForCausalLM.from_pretrained(family.spec.source(m), dtype=torch.float32).eval()
+            for m in family.member_names}
+
+
+@pytest.fixture(scope="module")
+def refs(tiny_family):
+    return reference_models(tiny_family)
+
+
+def reference_logits(models: dict[str, torch.nn.Module], plan: Plan, ids: torch.Tensor) -> torch.Tensor:
+    """Layer by layer through the reference models' own modules (merged layers from a copied module)."""
+    base = models["base"]
     h = base.model.embed_tokens(ids)
     pos = torch.arange(ids.shape[1])[None]
     pe = base.model.rotary_emb(h, pos)
     mask = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)[None, None]
-    for i, op in enumerate(plan.ops):
-        if op.kind == "drop":
-            continue
-        if op.kind == "pick":
-            layer = family.layers(op.member)[i]
-        else:
-            layer = copy.deepcopy(family.layers("base")[i])
-            states = [family.layer_state(m, i) for m in op.members]
-            layer.load_state_dict(merge_state(op.method, states, [w for _, w in op.weights],
-                                              family.layer_state("base", i), op.density))
-        h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
-        h = h[0] if isinstance(h, tuple) else h
-    return base.lm_head(base.model.norm(h))
+    with torch.no_grad():
+        for i, op in enumerate(plan.ops):
+            if op.kind == "drop":
+                continue
+            if op.kind == "pick":
+                layer = models[op.member].model.layers[i]
+            else:
+                layer = copy.deepcopy(base.model.layers[i])
+                states = [models[m].model.layers[i].state_dict() for m in op.members]
+                layer.load_state_dict(merge_state(op.method, states, [w for _, w in op.weights],
+                                                  base.model.layers[i].state_dict(), op.density))
+            h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
+            h = h[0] if isinstance(h, tuple) else h
+        return base.lm_head(base.model.norm(h))
 
 
 @pytest.mark.parametrize("text", PLANS)
-def test_logits_match_layer_by_layer_reference(tiny_family, text):
+def test_logits_match_layer_by_layer_reference(tiny_family, refs, text):
     plan = Plan.from_text(text)
     model = Stitcher(tiny_family).build(plan)
     ids = torch.randint(7, 100, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = model(input_ids=ids).logits
-        want = reference_logits(tiny_family, plan, ids)
+        want = reference_logits(refs, plan, ids)
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert model.config.num_hidden_layers == plan.n_kept
@@ -58,14 +72,17 @@ def test_logits_match_layer_by_layer_reference(tiny_family, text):
 
 
 def test_pick_shares_storage_merge_does_not(tiny_family):
+    """Same dtype on the CPU: picks are the memory-mapped checkpoint tensors themselves (no copy)."""
     model = Stitcher(tiny_family).build(Plan.from_text("0:base 1:math 2:drop 3:merge(math=1,code=1)"))
-    src = tiny_family.layers("math")[1].mlp.up_proj.weight
+    src = tiny_family.layer_state("math", 1)["mlp.up_proj.weight"]
+    assert src.data_ptr() == tiny_family.raw_layer("math", 1)["mlp.up_proj.weight"].data_ptr()
     assert model.model.layers[1].mlp.up_proj.weight.data_ptr() == src.data_ptr()
     assert model.model.layers[0].self_attn.q_proj.weight.data_ptr() == \
-        tiny_family.layers("base")[0].self_attn.q_proj.weight.data_ptr()
-    assert model.model.embed_tokens.weight.data_ptr() == tiny_family.base.model.embed_tokens.weight.data_ptr()
+        tiny_family.layer_state("base", 0)["self_attn.q_proj.weight"].data_ptr()
+    assert model.model.embed_tokens.weight.data_ptr() == \
+        tiny_family.shared_state()["model.embed_tokens.weight"].data_ptr()
     merged = model.model.layers[2].mlp.up_proj.weight
-    assert all(merged.data_ptr() != tiny_family.layers(m)[3].mlp.up_proj.weight.data_ptr()
+    assert all(merged.data_ptr() != tiny_family.layer_state(m, 3)["mlp.up_proj.weight"].data_ptr()
                for m in tiny_family.member_names)
 
 
@@ -78,29 +95,53 @@ def test_generate_with_cache_equals_without(tiny_family):
         assert torch.equal(a, b)
 
 
-def test_family_models_unchanged_after_many_builds(tiny_family):
-    before = {m: {k: v.clone() for k, v in tiny_family.models[m].state_dict().items()} for m in tiny_family.member_names}
-    st = Stitcher(tiny_family, cache_size=3)
-    for _ in range(5):
+def test_family_files_unchanged_and_cache_bounded_in_bytes(tiny_spec):
+    """Many builds (bfloat16 compute: every layer converted) never write into the checkpoints and the
+    cache never holds more than its byte budget."""
+    import hashlib
+
+    def digests():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tiny_spec.parent.rglob("*.safetensors"))}
+
+    before = digests()
+    fam = Family.from_spec(tiny_spec, dtype="bfloat16", cache_mb=0.05)
+    layer_bytes = 2 * fam.layer_params()
+    assert fam.cache.max_bytes == int(0.05 * 2 ** 20) < 4 * layer_bytes  # room for a few layers only
+    st = Stitcher(fam)
+    for _ in range(3):
         for text in PLANS:
-            st.build(Plan.from_text(text))
-    for m in tiny_family.member_names:
-        model = tiny_family.models[m]
-        assert model.config.num_hidden_layers == 4
-        assert [l.self_attn.layer_idx for l in model.model.layers] == [0, 1, 2, 3]
-        assert all(l.self_attn.config is model.config for l in model.model.layers)
-        for k, v in model.state_dict().items():
-            assert torch.equal(v, before[m][k]), (m, k)
-    assert len(st.merged) <= 3  # bounded cache
+            model = st.build(Plan.from_text(text))
+            assert fam.cache.nbytes <= fam.cache.max_bytes
+            assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert fam.cache.count("layer") >= 1 and fam.cache.misses > 0
+    assert digests() == before
+    assert Family.from_spec(tiny_spec).raw_layer("math", 2)["mlp.up_proj.weight"].dtype == torch.float32
 
 
 def test_merge_cache_hits(tiny_family):
     st = Stitcher(tiny_family)
     plan = Plan.from_text("0:base 1:merge(math=.5,code=.5) 2:base 3:base")
     st.build(plan)
-    misses = st.merged.misses
+    misses = st.cache.misses
+    hits = st.cache.hits
     st.build(plan)
-    assert st.merged.misses == misses and st.merged.hits >= 1
+    assert st.cache.misses == misses and st.cache.hits == hits + 1
+    assert st.cache.count("merge") >= 1
+
+
+def test_own_cache_budget_and_setting(tiny_spec, monkeypatch):
+    st = Stitcher(Family.from_spec(tiny_spec), cache_mb=0)
+    st.build(Plan.from_text("0:base 1:merge(math=.5,code=.5) 2:base 3:base"))
+    assert len(st.cache) == 0 and st.family.cache.count("merge") == 0  # budget 0: nothing kept
+    monkeypatch.setenv("GPTAILOR_CACHE_MB", "12")
+    fam = Family.from_spec(tiny_spec)
+    assert fam.cache.max_bytes == 12 * 2 ** 20 and fam.info()["cache_mb"] == 12
+    monkeypatch.setenv("GPTAILOR_CACHE_MB", "lots")
+    with pytest.raises(FamilyError, match="GPTAILOR_CACHE_MB='lots' is not a number of megabytes"):
+        Family.from_spec(tiny_spec)
+    monkeypatch.delenv("GPTAILOR_CACHE_MB")
+    info = Family.from_spec(tiny_spec).info()
+    assert 0 < info["cache_mb"] and "free on cpu" in info["cache_budget"]
 
 
 def test_param_count_drops_layers(tiny_family):
@@ -118,7 +159,8 @@ def test_tied_embeddings_and_qwen3_family(tmp_path):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     ids = torch.randint(7, 100, (1, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, reference_logits(fam, plan, ids), atol=1e-5)
+        want = reference_logits(reference_models(fam), plan, ids)
+        assert torch.allclose(model(input_ids=ids).logits, want, atol=1e-5)
 
 
 def test_mismatched_member_is_refused_with_its_name(tmp_path):
@@ -156,12 +198,11 @@ def test_missing_family_and_missing_member(tmp_path):
         Family.from_spec(FamilySpec("x", str(tmp_path / "ok/base"), {"ghost": str(tmp_path / "nothing-here")}))
 
 
-def test_shared_from_member_rebuilds_that_member_exactly(tiny_family):
+def test_shared_from_member_rebuilds_that_member_exactly(tiny_family, refs):
     ids = torch.randint(7, 100, (2, 7), generator=torch.Generator().manual_seed(3))
     model = Stitcher(tiny_family).build(Plan.identity(4, "math"), shared_from="math")
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, tiny_family.models["math"](input_ids=ids).logits,
-                              atol=1e-6)
+        assert torch.allclose(model(input_ids=ids).logits, refs["math"](input_ids=ids).logits, atol=1e-6)
         # the default takes embeddings and head from the base, as the paper's stitched model does
         stitched = Stitcher(tiny_family).build(Plan.identity(4, "math"))
         assert not torch.allclose(stitched(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -189,3 +230,15 @@ def test_models_built_inside_inference_mode_do_not_poison_the_cache(tiny_family)
         st.build(plan)
     model = st.build(plan)  # reuses the cached merge outside inference mode
     assert not model.model.layers[1].mlp.up_proj.weight.is_inference()
+
+
+def test_layer_modules_compute_as_the_reference(tiny_family, refs):
+    h = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(5)[None]
+    pe = refs["base"].model.rotary_emb(h, pos)
+    with torch.no_grad():
+        for i, layer in enumerate(tiny_family.layers("code")):
+            want = refs["code"].model.layers[i](h, position_embeddings=pe, position_ids=pos)
+            got = layer(h, position_embeddings=pe, position_ids=pos)
+            want, got = (x[0] if isinstance(x, tuple) else x for x in (want, got))
+            assert torch.equal(got, want)
