@@ -10,7 +10,6 @@ from pathlib import Path
 import gradio as gr
 
 from db.runs import best_trial, create_study
-from gptailor.limits import whole
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
 from gptailor.search import SearchSettings, TrialRecord
@@ -18,6 +17,7 @@ from gptailor.space import Budget
 
 from . import figures
 from gptailor.paths import PathError, child
+from gptailor.limits import whole
 
 from .engine import ENGINE, data_dir, gpu, max_export_bytes, max_export_zips, public_mode, store
 from .guard import allowance, refuse, session_of

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from gptailor.limits import whole
 from gptailor import FamilyError, Plan, PlanError, TaskError
+from gptailor.limits import whole
 
 from .engine import ENGINE, gpu
 from .guard import refuse
