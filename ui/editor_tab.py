@@ -12,13 +12,12 @@ import gradio as gr
 from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
+from gptailor.limits import whole
+from gptailor.paths import PathError, child
 from gptailor.search import SearchSettings, TrialRecord
 from gptailor.space import Budget
 
 from . import figures
-from gptailor.paths import PathError, child
-from gptailor.limits import whole
-
 from .engine import ENGINE, data_dir, gpu, max_export_bytes, max_export_zips, public_mode, store
 from .guard import allowance, refuse, session_of
 
