@@ -96,13 +96,14 @@ def cmd_search(args, argv) -> int:
     from .runs import create_study
     from .store import Store
 
-    if not args.background:
-        _fixed_hash_seed(argv, args.seed)
     settings = SearchSettings(method=args.method, facade=args.facade, space=args.space, constraint=args.constraint,
                               n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
                               max_fidelity=args.max_fidelity, seed=args.seed,
                               initial_plans=not args.no_initial_plans, n_workers=args.workers,
                               scheduler=args.scheduler, objectives=args.objectives, retention=args.retention)
+    settings.check()  # before re-running ourselves with the seed, and before anything is stored
+    if not args.background:
+        _fixed_hash_seed(argv, args.seed)
     store = Store(args.db)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
@@ -124,10 +125,13 @@ def cmd_resume(args, argv) -> int:
     from .runs import check_resumable
     from .store import Store
 
+    from gptailor.limits import whole
+
     store = Store(args.db)
     s = check_resumable(store, args.study)
+    seed = whole("seed", s["settings"].get("seed", 0))  # a stored seed the worker could not start with
     if not args.background:
-        _fixed_hash_seed(argv, int(s["settings"].get("seed", 0)))
+        _fixed_hash_seed(argv, seed)
     return _run(args, store, args.study, s["n_trials"] or None)
 
 
@@ -177,6 +181,7 @@ def cmd_compare(args, argv) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from gptailor.baselines import HEURISTICS
+    from gptailor.limits import arg, arg_seconds
 
     def common(sp, budget: bool = True):
         sp.add_argument("--db", default=None, help="SQLAlchemy URL (default: GPTAILOR_DB_URL or data/gptailor.db)")
@@ -184,13 +189,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             sp.add_argument("--family", "-f", default="demo")
             sp.add_argument("--suite", default=None, help="suite.yaml (default: the family's)")
             g = sp.add_mutually_exclusive_group()
-            g.add_argument("--remove-layers", "-r", type=int, default=None, help="layers to remove")
+            g.add_argument("--remove-layers", "-r", type=arg("layers to remove"), default=None, help="layers to remove")
             g.add_argument("--max-param-fraction", type=float, default=None,
                            help="keep at most this fraction of the parameters")
             g.add_argument("--remove-fraction", type=float, default=0.25,
                            help="fraction of the layers to remove (default 0.25, the paper's setting)")
             sp.add_argument("--name", default=None)
-            sp.add_argument("--seed", type=int, default=0)
+            sp.add_argument("--seed", type=arg("seed"), default=0)
         sp.add_argument("--background", action="store_true", help="run in a worker process and return")
 
     sp = sub.add_parser("search", help="SMAC (or random) search for a plan under a budget, stored as a study")
@@ -199,12 +204,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--facade", choices=["multi_fidelity", "hpo"], default="multi_fidelity")
     sp.add_argument("--space", choices=["layerwise", "paper"], default="layerwise")
     sp.add_argument("--constraint", choices=["repair", "reject"], default="repair")
-    sp.add_argument("--trials", "-n", type=int, default=100)
-    sp.add_argument("--walltime", type=float, default=None, help="seconds")
-    sp.add_argument("--min-fidelity", type=int, default=8, help="examples per task at the lowest fidelity")
-    sp.add_argument("--max-fidelity", type=int, default=None, help="examples per task at full fidelity (default all)")
+    sp.add_argument("--trials", "-n", type=arg("trials"), default=100)
+    sp.add_argument("--walltime", type=arg_seconds("wall time"), default=None, help="seconds")
+    sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8, help="examples per task at the lowest fidelity")
+    sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None, help="examples per task at full fidelity (default all)")
     sp.add_argument("--no-initial-plans", action="store_true", help="do not seed SMAC with heuristic plans")
-    sp.add_argument("--workers", type=int, default=1, help="parallel trials through SMAC's Dask support")
+    sp.add_argument("--workers", type=arg("workers"), default=1, help="parallel trials through SMAC's Dask support")
     sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
     sp.add_argument("--objectives", choices=["retention", "per_task"], default="retention",
                     help="per_task: one objective per task (ParEGO), Pareto set reported")
@@ -245,4 +250,4 @@ def errors() -> tuple[type[Exception], ...]:
     from .runs import StudyError
     from .store import StoreError
 
-    return (StudyError, StoreError, BudgetError)
+    return (StudyError, StoreError, BudgetError)  # SettingsError and PathError: the engine's own list

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,62 @@ def wait(store: Store, study_id: int, timeout: float = 600, poll: float = 0.5) -
     raise TimeoutError(f"study {study_id} still {store.study(study_id)['status']} after {timeout}s")
 
 
+# ----------------------------------------------------------------------------- a capped number of workers
+QUEUED = "queued"
+_QUEUE_LOCK = threading.Lock()  # one process's launches are counted one at a time
+
+
+def _busy(store: Store) -> int:
+    """Studies holding a live worker right now (each one a process using CPU or GPU)."""
+    return sum(1 for s in store.studies() if s["status"] in ACTIVE and _alive(s["worker_pid"]))
+
+
+def launch_or_queue(store: Store, study_id: int, max_workers: int = 0,
+                    log_dir: str | os.PathLike | None = None) -> str:
+    """Start a worker for the study if fewer than ``max_workers`` run (0: no cap), else mark it 'queued'
+    for ``start_queued``; returns 'started' or 'queued'. The stored seed is checked first: a worker
+    cannot start with a PYTHONHASHSEED outside 0..2**32-1."""
+    from gptailor.limits import SettingsError, whole
+
+    try:
+        whole("seed", store.study(study_id)["settings"].get("seed", 0))
+    except SettingsError as e:
+        raise StudyError(f"study {study_id}: {e}") from None
+    with _QUEUE_LOCK:
+        if max_workers and (_busy(store) >= max_workers or queue(store)):
+            if store.transition(study_id, ("created", "interrupted", "cancelled", "failed"), QUEUED):
+                return QUEUED
+        launch(store, study_id, log_dir)
+        return "started"
+
+
+def queue(store: Store) -> list[int]:
+    """Ids of the queued studies, first in line first."""
+    return [s["id"] for s in store.studies() if s["status"] == QUEUED]
+
+
+def start_queued(store: Store, max_workers: int = 0, log_dir: str | os.PathLike | None = None) -> list[int]:
+    """Start queued studies, oldest first, while fewer than ``max_workers`` run; returns the ids started.
+
+    Safe to call often and from several places (the app's timer and launch path): a study leaves the
+    queue by one atomic status change, so no two callers start it twice."""
+    started: list[int] = []
+    with _QUEUE_LOCK:
+        reconcile(store)
+        free = (max_workers - _busy(store)) if max_workers else len(queue(store))
+        for sid in queue(store)[:max(0, free)]:
+            if store.transition(sid, (QUEUED,), "created"):
+                launch(store, sid, log_dir)
+                started.append(sid)
+    return started
+
+
+def withdraw(store: Store, study_id: int) -> None:
+    """Cancel a study: a queued one leaves the queue at once, others go through ``cancel``."""
+    if not store.transition(study_id, (QUEUED,), "cancelled"):
+        cancel(store, study_id)
+
+
 # ----------------------------------------------------------------------------- comparing
 @dataclass
 class CompareRow:
@@ -362,4 +419,5 @@ def terminate(pid: int) -> None:
 
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
-           "wait", "compare", "compare_table", "METHODS", "BASELINES"]
+           "wait", "compare", "compare_table", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
+           "withdraw", "QUEUED"]

@@ -19,6 +19,7 @@ import torch
 
 from .baselines import angular_distance, block_influence, layer_states
 from .family import Family
+from .paths import inside, safe_name
 from .plan import Plan
 from .stitch import Stitcher
 
@@ -98,7 +99,8 @@ def cache_key(family: Family, texts: list[str]) -> str:
 
 def cached_analysis(family: Family, texts: list[str], cache_dir: str | Path, **kw) -> LayerAnalysis:
     """``analyze`` once per family + calibration set; later calls read the JSON file."""
-    path = Path(cache_dir) / f"analysis-{family.name}-{cache_key(family, texts)}.json"
+    name = safe_name("family", family.name)  # the family's name becomes part of a file name
+    path = inside(cache_dir, Path(cache_dir) / f"analysis-{name}-{cache_key(family, texts)}.json", "analysis cache")
     if path.exists():
         return LayerAnalysis.from_dict(json.loads(path.read_text()))
     result = analyze(family, texts, **kw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,12 +15,42 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _read_plan(arg: str, family_name: str):
-    from .plan import Plan
+    """A plan given inline, as a file, or as @file; PlanError (one line) for unreadable files."""
+    from .plan import Plan, PlanError
 
-    text = Path(arg[1:]).read_text() if arg.startswith("@") else arg
-    if not arg.startswith("@") and Path(arg).is_file():
-        text = Path(arg).read_text()
+    path = Path(arg[1:]) if arg.startswith("@") else Path(arg)
+    if arg.startswith("@") or _is_file(path):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise PlanError(f"plan file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        except IsADirectoryError:
+            raise PlanError(f"plan file {path} is a folder; give a file holding the plan") from None
+        except FileNotFoundError:
+            raise PlanError(f"plan file {path} does not exist") from None
+        except OSError as e:
+            raise PlanError(f"plan file {path}: cannot read it ({e.strerror})") from None
+    else:
+        text = arg
     return Plan.parse(text, family_name)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # plan text too long or odd to be a file name
+        return False
+
+
+def _finite(obj):
+    """``obj`` with NaN and infinities as None, so ``--json`` output is valid JSON for any parser."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _load(args):
@@ -42,7 +73,7 @@ def cmd_info(args) -> int:
 
     info = inspect_family(args.family, device=args.device)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(_finite(info), indent=2, allow_nan=False))
         return 0
     print(f"family {info['family']}: {info['model_type']}, {info['layers']} layers, hidden {info['hidden_size']}, "
           f"{info['params'] / 1e6:.2f}M params ({info['params_per_layer'] / 1e6:.3f}M per layer), "
@@ -61,7 +92,7 @@ def cmd_eval(args) -> int:
     ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size, split=args.split,
                    definition=None if args.retention == "auto" else args.retention)
     res = ev.evaluate(plan.validate(fam.member_names, fam.n_layers, fam.name), args.fidelity)
-    print(json.dumps(res.to_dict(), indent=2) if args.json else res.table())
+    print(json.dumps(_finite(res.to_dict()), indent=2, allow_nan=False) if args.json else res.table())
     return 0
 
 
@@ -106,8 +137,28 @@ def _plugins() -> list:
     return mods
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block) and exit 2, like every other
+    refusal of this CLI. Subcommand parsers inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _temperature(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        t = math.nan
+    if not (math.isfinite(t) and 0 <= t <= 100):
+        raise argparse.ArgumentTypeError(f"temperature must be a number from 0 to 100, got {text!r}")
+    return t
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gptailor", description="Tailor smaller LLMs from a model family.")
+    from .limits import arg
+
+    p = OneLineParser(prog="python -m gptailor", description="Tailor smaller LLMs from a model family.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp, plan: bool = True, plan_required: bool = True):
@@ -125,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="score a plan on a task suite")
     common(sp)
     sp.add_argument("--suite", help="suite.yaml, or a folder of JSONL task files (default: the family's)")
-    sp.add_argument("--fidelity", type=int, default=None, help="examples per task (default: all of the split)")
+    sp.add_argument("--fidelity", type=arg("fidelity"), default=None, help="examples per task (default: all of the split)")
     sp.add_argument("--split", choices=("test", "search", "all"), default="test",
                     help="which examples: the held-out test split (default), the search split, or all")
     sp.add_argument("--retention", choices=("auto", "family", "base"), default="auto",
                     help="retention definition (auto: family where a finetune holds a skill the base lacks)")
-    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--batch-size", type=arg("batch size"), default=64)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_eval)
 
@@ -139,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", "-o", required=True)
     sp.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
     sp.add_argument("--suite")
-    sp.add_argument("--fidelity", type=int, default=None)
+    sp.add_argument("--fidelity", type=arg("fidelity"), default=None)
     sp.add_argument("--no-eval", action="store_true", help="skip scoring for the model card")
     sp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="dtype of the written weights (default: the base checkpoint's)")
@@ -148,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("chat", help="one prompt -> generated text from a plan's model")
     common(sp, plan_required=False)
     sp.add_argument("prompt")
-    sp.add_argument("--max-new-tokens", type=int, default=32)
-    sp.add_argument("--temperature", type=float, default=0.0)
+    sp.add_argument("--max-new-tokens", type=arg("max new tokens"), default=32)
+    sp.add_argument("--temperature", type=_temperature, default=0.0)
     sp.set_defaults(func=cmd_chat)
     for plugin in _plugins():
         plugin.register(sub)
@@ -159,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .export import ExportError
     from .family import FamilyError
+    from .limits import SettingsError
+    from .paths import PathError
     from .plan import PlanError
     from .tasks import TaskError
 
@@ -168,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    errors: tuple = (PlanError, FamilyError, TaskError, ExportError, FileNotFoundError)
+    errors: tuple = (PlanError, FamilyError, TaskError, ExportError, SettingsError, PathError, FileNotFoundError)
     for plugin in _plugins():
         errors += plugin.errors()
     try:
@@ -176,5 +229,16 @@ def main(argv: list[str] | None = None) -> int:
             return args.study_func(args, argv)
         return args.func(args)
     except errors as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # a file read deep inside a library: still one line, exit 2
+        print(f"error: a file given is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

@@ -124,7 +124,10 @@ class FamilySpec:
             path = path / "family.yaml"
         if not path.exists():
             raise FamilyError(f"no family {s!r}: give 'demo', a family spec file (.yaml/.json) or a folder with family.yaml")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise FamilyError(f"{path.name}: not UTF-8 text (byte {e.start}); save the family spec as UTF-8") from None
         try:
             if path.suffix == ".json":
                 data = json.loads(text)
@@ -148,13 +151,21 @@ def check_device_name(device: str) -> None:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; a named device must exist on this machine."""
-    check_device_name(device)
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked against this machine (FamilyError)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FamilyError(f"device {device!r} asked for, but this machine has no CUDA; use device auto or cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise FamilyError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise FamilyError(f"device {device!r} asked for, but this machine has "
+                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA devices; "
+                          f"use cpu or auto")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise FamilyError("device 'mps' asked for, but this machine has no MPS; use cpu or auto")
     return dev
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 OpKind = Literal["drop", "pick", "merge"]
 MERGE_METHODS = ("linear", "task_arithmetic", "ties", "slerp")
+MAX_WEIGHT = 1e6  # larger merge weights overflow the merged tensors (NaN scores), whatever the method
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _SOURCE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)(?:@(\d+))?$")
 
@@ -102,8 +103,13 @@ class Op:
             w = d.get("weights")
             if not isinstance(w, dict) or not w:
                 raise PlanError(f"{where}'merge' needs 'weights' as a non-empty object {{member: weight}}")
+            method, density = d.get("method", "linear"), d.get("density")
+            if not isinstance(method, str):
+                raise PlanError(f"{where}merge 'method' must be a name ({', '.join(MERGE_METHODS)}), got {method!r}")
+            if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))):
+                raise PlanError(f"{where}merge 'density' must be a number in (0, 1], got {density!r}")
             try:
-                return Op.merge(w, d.get("method", "linear"), d.get("density"))
+                return Op.merge(w, method, density)
             except (TypeError, ValueError) as e:
                 raise PlanError(f"{where}merge weights must be numbers: {e}") from None
         raise PlanError(f"{where}unknown op {kind!r}; use drop, pick or merge")
@@ -288,6 +294,9 @@ class Plan:
             for m, w in op.weights:
                 if not math.isfinite(w) or w <= 0:
                     raise PlanError(f"position {i}: weight of {m!r} is {w}; merge weights must be positive numbers")
+                if w > MAX_WEIGHT:
+                    raise PlanError(f"position {i}: weight of {m!r} is {w:g}; merge weights must be at most "
+                                    f"{MAX_WEIGHT:g} (they are normalized, so use e.g. .6 and .4)")
             if op.method == "slerp" and len(op.weights) != 2:
                 raise PlanError(f"position {i}: slerp merges exactly two members, got {len(op.weights)}")
             if op.density is not None and not 0 < op.density <= 1:

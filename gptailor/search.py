@@ -34,6 +34,7 @@ from ConfigSpace import Configuration
 
 from .evaluate import DEFINITIONS, EvalResult, Evaluator, References
 from .family import Family
+from .limits import SettingsError, seconds, whole
 from .plan import Op, Plan
 from .space import Budget, PlanSpace, make_space, removal_preference
 
@@ -59,6 +60,7 @@ class SearchSettings:
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
     objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
     retention: str = "auto"  # auto | family | base (see gptailor.evaluate); auto: the references' default
+    owner: str | None = None  # the app session that started the study: only it (or an operator) may cancel it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,18 +71,30 @@ class SearchSettings:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def check(self) -> None:
+        """Refuse settings no search can run with (SettingsError, a ValueError): the CLI and the app both
+        come through here, so each range lives in ``limits`` once."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown search method {self.method!r}; use one of {', '.join(METHODS)}")
+            raise SettingsError(f"unknown search method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.facade not in ("multi_fidelity", "hpo"):
-            raise ValueError("facade is 'multi_fidelity' or 'hpo'")
+            raise SettingsError("facade is 'multi_fidelity' or 'hpo'")
         if self.objectives not in ("retention", "per_task"):
-            raise ValueError("objectives is 'retention' or 'per_task'")
+            raise SettingsError("objectives is 'retention' or 'per_task'")
         if self.retention not in ("auto", *DEFINITIONS):
-            raise ValueError(f"retention is one of auto, {', '.join(DEFINITIONS)}; got {self.retention!r}")
-        if self.n_trials < 1:
-            raise ValueError("n_trials must be at least 1")
-        if self.min_fidelity < 1 or (self.max_fidelity is not None and self.max_fidelity < self.min_fidelity):
-            raise ValueError("fidelities must satisfy 1 <= min_fidelity <= max_fidelity")
+            raise SettingsError(f"retention is one of auto, {', '.join(DEFINITIONS)}; got {self.retention!r}")
+        self.n_trials = whole("trials", self.n_trials)
+        self.seed = whole("seed", self.seed)
+        self.min_fidelity = whole("min fidelity", self.min_fidelity)
+        if self.max_fidelity is not None:
+            self.max_fidelity = whole("max fidelity", self.max_fidelity)
+            if self.max_fidelity < self.min_fidelity:
+                raise SettingsError(f"max fidelity ({self.max_fidelity}) is below min fidelity "
+                                    f"({self.min_fidelity}); raise it or leave it empty for all examples")
+        if self.walltime_s is not None:
+            self.walltime_s = seconds("wall time", self.walltime_s)
+        self.n_workers = whole("workers", self.n_workers)
+        self.eta = whole("eta", self.eta)
+        if self.n_initial is not None:
+            self.n_initial = whole("initial configurations", self.n_initial)
 
 
 @dataclass

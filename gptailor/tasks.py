@@ -20,13 +20,14 @@ always contains every lower one (what multi-fidelity search assumes).
 from __future__ import annotations
 
 import json
-import re
 import os
 import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .paths import PathError, safe_name
 
 TASK_KINDS = ("exact_match", "multiple_choice", "perplexity")
 SPLITS = ("search", "test", "all")
@@ -152,6 +153,16 @@ def _json_line(where: str | os.PathLike, lineno: int, line: str) -> Any:
         raise TaskError(f"{where}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
+def _text(path: Path, shown: str | None = None) -> str:
+    """The file's text, or a TaskError naming it (``shown``) if it is a folder or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{shown or path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON lines") from None
+    except IsADirectoryError:
+        raise TaskError(f"{shown or path}: is a folder, not a file") from None
+
+
 def load_task(path: str | os.PathLike, kind: str, name: str | None = None) -> Task:
     path = Path(path)
     name = name or path.stem
@@ -160,15 +171,14 @@ def load_task(path: str | os.PathLike, kind: str, name: str | None = None) -> Ta
     if not path.exists():
         raise TaskError(f"task {name!r}: file {path} does not exist")
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            obj = _json_line(path, lineno, line)
-            problem = _check_example(kind, obj)
-            if problem:
-                raise TaskError(f"{path}:{lineno}: {kind} example {problem}")
-            examples.append(obj)
+    for lineno, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        obj = _json_line(path, lineno, line)
+        problem = _check_example(kind, obj)
+        if problem:
+            raise TaskError(f"{path}:{lineno}: {kind} example {problem}")
+        examples.append(obj)
     if not examples:
         raise TaskError(f"{path}: task {name!r} has no examples")
     return Task(name, kind, examples, str(path))
@@ -186,7 +196,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     if not path.exists():
         raise TaskError(f"no suite file at {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(_text(path))
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: cannot parse suite: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
@@ -266,7 +276,6 @@ def _apply_options(task: Task, opts: dict[str, Any], where: str) -> None:
         raise TaskError(f"{where}: needs at least 2 examples (one for the search split, one for the test split)")
 
 
-SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KIND_KEYS = {"exact_match": {"prompt", "target"}, "multiple_choice": {"context", "choices", "answer"},
               "perplexity": {"text"}}
 
@@ -280,10 +289,9 @@ def infer_kind(example: Any) -> str | None:
 
 
 def _first_example(path: Path) -> tuple[int, Any]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                return lineno, _json_line(path.name, lineno, line)
+    for lineno, line in enumerate(_text(path, path.name).splitlines(), 1):
+        if line.strip():
+            return lineno, _json_line(path.name, lineno, line)
     raise TaskError(f"{path.name}: the file is empty")
 
 
@@ -321,14 +329,18 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
 
     import yaml
 
-    if not SUITE_NAME.match(name or ""):
-        raise TaskError(f"suite name {name!r}: use letters, digits, '_', '-' or '.' (at most 64, no spaces)")
-    paths = [Path(f) for f in files]
+    try:
+        safe_name("suite", name)
+        paths = [Path(f) for f in files]
+        for p in paths:
+            safe_name("task file", p.name)
+    except PathError as e:
+        raise TaskError(str(e)) from None
     if not paths:
         raise TaskError("no task files given: upload one JSONL file per task (and optionally a suite.yaml)")
     dest = Path(dest)
     if dest.exists():
-        raise TaskError(f"a suite named {name!r} is already stored at {dest}; pick another name")
+        raise TaskError(f"a suite named {name!r} is already stored; pick another name")
     total = sum(p.stat().st_size for p in paths)
     if max_bytes is not None and total > max_bytes:
         raise TaskError(f"the task files hold {total / 1e6:.1f} MB; this app takes at most {max_bytes / 1e6:.1f} MB")
@@ -350,8 +362,8 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
             shutil.copyfile(p, staging / p.name)
         if suites:
             try:
-                data = yaml.safe_load(suites[0].read_text(encoding="utf-8"))
-            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                data = yaml.safe_load(_text(suites[0], suites[0].name))
+            except yaml.YAMLError as e:
                 raise TaskError(f"{suites[0].name}: cannot parse: {e}") from None
             entries = data.get("tasks") if isinstance(data, dict) else None
             if not isinstance(entries, list) or not entries:

@@ -220,13 +220,19 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def public_client(tmp_path_factory):
+def public_server(tmp_path_factory):
+    proc, url, data = start_app(tmp_path_factory, GPTAILOR_PUBLIC="1", GPTAILOR_MAX_TRIALS="10",
+                                GPTAILOR_MAX_UPLOAD_MB="0.001", GPTAILOR_MAX_WORKERS="1",
+                                GPTAILOR_SESSION_MAX_STUDIES="2")
+    yield url, data
+    stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def public_client(public_server):
     from gradio_client import Client
 
-    proc, url, data = start_app(tmp_path_factory, GPTAILOR_PUBLIC="1", GPTAILOR_MAX_TRIALS="10",
-                                GPTAILOR_MAX_UPLOAD_MB="0.001")
-    yield Client(url, verbose=False)
-    stop_app(proc)
+    return Client(public_server[0], verbose=False)
 
 
 def test_public_mode_refuses_paths_specs_big_uploads_and_long_studies(public_client, tmp_path):
@@ -244,8 +250,13 @@ def test_public_mode_refuses_paths_specs_big_uploads_and_long_studies(public_cli
     with pytest.raises(Exception, match="uploading family specs is turned off"):
         public_client.predict(handle_file(spec), api_name="/upload_spec")
     big = write_lines(tmp_path / "big.jsonl", ['{"text": "' + "a" * 2000 + '"}'])
-    with pytest.raises(Exception, match="at most 0.0 MB"):
-        public_client.predict([handle_file(big)], "big", api_name="/upload_tasks")
+    with pytest.raises(Exception, match="exceeds the maximum file size of 1000 bytes"):
+        public_client.predict([handle_file(big)], "big", api_name="/upload_tasks")  # the client reads the cap
+    import httpx  # a client that ignores the cap: the server refuses the file before storing it
+
+    with open(big, "rb") as f:
+        r = httpx.post(public_client.src.rstrip("/") + "/gradio_api/upload", files={"files": ("big.jsonl", f)})
+    assert r.status_code >= 400 and "File size exceeded maximum allowed size of 1000 bytes" in r.text
     with pytest.raises(Exception, match="at most 10 trials"):
         public_client.predict("demo", "random", 2, 50, None, 0, 4, 8, "", "layers to remove", 0.8,
                               api_name="/launch_study")
@@ -265,3 +276,71 @@ def test_engine_refuses_unlisted_families_and_suites_in_public_mode(monkeypatch,
         Engine().get(str(DEMO_DIR / "family.yaml"))
     with pytest.raises(TaskError, match="not one of this app's task suites"):
         Engine().get("demo", "/etc/passwd")
+
+
+def test_public_mode_queues_studies_and_only_their_own_session_cancels_them(public_server, public_client):
+    from gradio_client import Client
+
+    from db.store import Store
+
+    url, data = public_server
+    mine, stranger = public_client, Client(url, verbose=False)
+    args = ("demo", "random", 2, 2, None, 0, 4, 8)
+    _msg, _rows, first = mine.predict(*args, "first", "layers to remove", 0.8, api_name="/launch_study")
+    msg, rows, second = mine.predict(*args, "second", "layers to remove", 0.8, api_name="/launch_study")
+    assert f"Study {int(second)} is queued (#1 in line): at most 1 studies run at once" in msg
+    assert [r[4] for r in rows_of(rows) if r[0] == int(second)] == ["queued #1"]
+    with pytest.raises(Exception, match="this session already made 2 studies"):
+        mine.predict(*args, "third", "layers to remove", 0.8, api_name="/launch_study")
+    for bad, words in [((2.5,), "trials must be a whole number from 1 to 100,000, got 2.5"),
+                       ((2, None, -1), "seed must be a whole number from 0 to 4,294,967,295, got -1")]:
+        form = list(args)
+        form[3:3 + len(bad)] = bad
+        with pytest.raises(Exception, match=words.replace("(", r"\(").replace(")", r"\)")):
+            stranger.predict(*form, "", "layers to remove", 0.8, api_name="/launch_study")
+    with pytest.raises(Exception, match=f"study {int(first)} was started by another visitor"):
+        stranger.predict(int(first), api_name="/cancel_study")
+    st = Store(f"sqlite:///{data / 'gptailor.db'}")
+    deadline = time.time() + 240
+    while st.study(int(second))["status"] == "queued":  # the app starts it when the first one ends
+        assert time.time() < deadline, "the queued study never started"
+        time.sleep(1)
+    assert st.study(int(first))["status"] == "finished"
+    with pytest.raises(Exception, match="started by another visitor"):
+        stranger.predict(int(second), api_name="/cancel_study")
+    note, _ = mine.predict(int(second), api_name="/cancel_study")
+    assert f"Study {int(second)}: cancel requested" in note
+
+
+def test_public_refusals_do_not_show_server_paths(public_server, public_client, tmp_path):
+    from gradio_client import handle_file
+
+    broken = write_lines(tmp_path / "broken.jsonl", ['{"prompt": "x"}'])
+    with pytest.raises(Exception) as e:
+        public_client.predict([handle_file(broken)], "broken", api_name="/upload_tasks")
+    assert "broken.jsonl:1" in str(e.value) and str(public_server[1]) not in str(e.value)
+
+
+def test_uploaded_spec_names_are_checked_and_remote_code_needs_the_opt_in(client, server, tmp_path):
+    from gradio_client import handle_file
+
+    from gptailor.family import DEMO_DIR
+
+    escape = tmp_path / "escape.yaml"
+    escape.write_text(f"name: ../../../../tmp/x/ESCAPED\nbase: {DEMO_DIR}/base\n")
+    with pytest.raises(Exception, match="family spec name '../../../../tmp/x/ESCAPED' is not allowed"):
+        client.predict(handle_file(str(escape)), api_name="/upload_spec")
+    remote = tmp_path / "remote.yaml"
+    remote.write_text(f"name: remote\nbase: {DEMO_DIR}/base\ntrust_remote_code: true\n")
+    with pytest.raises(Exception, match="GPTAILOR_ALLOW_REMOTE_CODE=1"):
+        client.predict(handle_file(str(remote)), api_name="/upload_spec")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (server[1] / "families").mkdir(exist_ok=True)
+    (server[1] / "families" / "linked.yaml").symlink_to(outside / "linked.yaml")
+    linked = tmp_path / "linked.yaml"
+    linked.write_text(f"name: linked\nbase: {DEMO_DIR}/base\n")
+    with pytest.raises(Exception, match="would be stored outside the app's data folder"):
+        client.predict(handle_file(str(linked)), api_name="/upload_spec")
+    assert not (outside / "linked.yaml").exists() and not Path("/tmp/x/ESCAPED.yaml").exists()
+    assert not (server[1] / "families" / "remote.yaml").exists()

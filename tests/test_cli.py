@@ -68,3 +68,111 @@ def test_bad_input_exits_non_zero_with_one_line(spec, args, msg):
     assert r.returncode == 2
     assert r.stderr.strip().startswith(msg), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- every bad input: one line, exit 2
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "latin1.txt").write_bytes("base drop base base # caf\xe9".encode("latin-1"))
+    (d / "spec.yaml").write_bytes(b"name: caf\xe9\nbase: x\n")
+    (d / "task.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    (d / "suite.yaml").write_bytes(b"name: s\ntasks: [{kind: perplexity, path: task.jsonl}] # \xff\n")
+    (d / "ok.jsonl").write_text('{"text": "fine"}\n')
+    (d / "suite-bad-task.yaml").write_text("name: s\ntasks: [{kind: perplexity, path: task.jsonl}]\n")
+    (d / "folder").mkdir()
+    return d
+
+
+SEARCH = ["search", "--background"]
+CASES = [  # (argv, words the one line must contain); {spec}, {bad} and {db} are filled in
+    (SEARCH + ["--trials", "0"], "trials must be a whole number from 1"),
+    (SEARCH + ["--trials", "-5"], "trials must be a whole number from 1"),
+    (SEARCH + ["--trials", str(10**20)], "trials must be a whole number from 1 to 100,000"),
+    (SEARCH + ["--trials", "10**20"], "trials must be a whole number"),
+    (SEARCH + ["--trials", str(10**9)], "trials must be a whole number from 1 to 100,000"),
+    (SEARCH + ["--trials", "2.5"], "trials must be a whole number"),
+    (SEARCH + ["--min-fidelity", "0"], "min fidelity must be a whole number from 1"),
+    (SEARCH + ["--min-fidelity", "-2"], "min fidelity must be a whole number from 1"),
+    (SEARCH + ["--min-fidelity", "8", "--max-fidelity", "4"], "max fidelity (4) is below min fidelity (8)"),
+    (SEARCH + ["--seed", "-1"], "seed must be a whole number from 0 to 4,294,967,295"),
+    (SEARCH + ["--seed", str(2**32)], "seed must be a whole number from 0 to 4,294,967,295"),
+    (SEARCH + ["--walltime", "-1"], "wall time must be a number of seconds above 0"),
+    (SEARCH + ["--walltime", "nan"], "wall time must be a number of seconds above 0"),
+    (SEARCH + ["--workers", "0"], "workers must be a whole number from 1"),
+    (["baseline", "--background", "-m", "last_n", "--seed", str(2**40)], "seed must be a whole number"),
+    (SEARCH + ["--remove-layers", "-1"], "layers to remove must be a whole number from 0"),
+    (SEARCH + ["--device", "cpu"], "unrecognized arguments: --device"),
+    (["eval", "-f", "{spec}", "-p", "base base base base", "--batch-size", "0"], "batch size must be a whole number from 1"),
+    (["eval", "-f", "{spec}", "-p", "base base base base", "--batch-size", "-1"], "batch size must be a whole number from 1"),
+    (["eval", "-f", "{spec}", "-p", "base base base base", "--fidelity", "0"], "fidelity must be a whole number from 1"),
+    (["eval", "-f", "{spec}", "-p", "base base base merge[ties,density=abc](math=1)"], "'abc' is not a number"),
+    (["eval", "-f", "{spec}", "-p", '{"layers": ["base", "base", "base", {"op": "merge", "weights": {"math": 1}, '
+      '"density": "abc"}]}'], "'density' must be a number"),
+    (["eval", "-f", "{spec}", "-p", "base base base merge(math=1e300,code=1)"], "merge weights must be at most"),
+    (["eval", "-f", "{spec}", "-p", "@{bad}/folder"], "is a folder"),
+    (["eval", "-f", "{spec}", "-p", "@{bad}/missing.txt"], "does not exist"),
+    (["eval", "-f", "{spec}", "-p", "@{bad}/latin1.txt"], "not UTF-8"),
+    (["eval", "-f", "{bad}/spec.yaml", "-p", "base"], "not UTF-8"),
+    (["eval", "-f", "{spec}", "-p", "base base base base", "--suite", "{bad}/suite.yaml"], "not UTF-8"),
+    (["eval", "-f", "{spec}", "-p", "base base base base", "--suite", "{bad}/suite-bad-task.yaml"], "not UTF-8"),
+    (["eval", "-f", "{spec}", "-p", "base base base base", "--suite", "{bad}/folder/x"], "no suite file"),
+    (["info", "-f", "{spec}", "--device", "banana"], "device 'banana' is not one of"),
+    (["info", "-f", "{bad}/banana.yaml"], "device 'banana' is not one of"),
+    (["chat", "-f", "{spec}", "hi", "--temperature", "inf"], "temperature must be a number from 0 to 100"),
+    (["chat", "-f", "{spec}", "hi", "--max-new-tokens", "0"], "max new tokens must be a whole number"),
+    (["resume", "999"], "no study 999"),
+]
+
+
+@pytest.mark.parametrize("argv,words", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_every_bad_input_is_one_line_and_exit_2(spec, bad_files, tmp_path, monkeypatch, capsys, argv, words):
+    from gptailor.cli import main
+
+    (bad_files / "banana.yaml").write_text(f"name: b\nbase: {spec.parent / 'base'}\ndevice: banana\n")
+    db = f"sqlite:///{tmp_path / 'studies.db'}"
+    argv = [a.replace("{spec}", str(spec)).replace("{bad}", str(bad_files)) for a in argv]
+    if argv[0] in ("search", "baseline", "resume"):
+        argv += ["--db", db] + (["-f", str(spec)] if argv[0] != "resume" else [])
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("a refused search must not re-run itself"))
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refuses before main's body runs
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err, err
+    assert words in err, err
+    if argv[0] in ("search", "baseline"):  # nothing was stored for a refused study
+        from db.store import Store
+
+        assert Store(db).studies() == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused(spec, capsys):
+    from gptailor.cli import main
+
+    assert main(["info", "-f", str(spec), "--device", "cuda"]) == 2
+    assert "this machine has no CUDA devices; use cpu or auto" in capsys.readouterr().err
+
+
+def test_bad_seed_from_the_real_cli_leaves_stored_studies_alone(spec, tmp_path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    from db.runs import create_study
+    from db.store import Store
+    from gptailor.search import SearchSettings
+    from gptailor.space import Budget
+
+    sid = create_study(Store(db), str(spec), "last_n", Budget(remove_layers=1), SearchSettings())
+    r = run("search", "-f", str(spec), "--db", db, "--seed", "-1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "seed must be a whole number" in r.stderr
+    assert [s["id"] for s in Store(db).studies()] == [sid]
+
+
+def test_eval_json_has_no_bare_nan(spec):
+    from gptailor.cli import _finite
+
+    out = json.dumps(_finite({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}}),
+                     allow_nan=False)
+    assert json.loads(out) == {"a": None, "b": [None, 1.0], "c": {"d": None}}

@@ -6,9 +6,11 @@ import gradio as gr
 from gptailor import FamilyError, TaskError
 from gptailor.analysis import cached_analysis
 from gptailor.baselines import calibration_texts
+from gptailor.paths import PathError
 
 from . import figures
-from .engine import ENGINE, gpu, data_dir
+from .engine import ENGINE, data_dir, gpu
+from .guard import refuse
 
 TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_layers": "CKA between positions",
           "cka_members": "CKA between members", "drift": "Weight drift"}
@@ -32,11 +34,14 @@ def compute(family: str, n_texts: float, member: str, position: float, suite: st
         session = ENGINE.get(family, suite)
         ev = session.scorer()
     except (FamilyError, TaskError) as e:
-        raise gr.Error(str(e)) from None
+        raise refuse(e) from None
     fam = session.family
     texts = calibration_texts(ev.suite, int(n_texts))
-    res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
-                          progress=lambda f, d: progress(f, desc=d))
+    try:
+        res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
+                              progress=lambda f, d: progress(f, desc=d))
+    except PathError as e:  # a family name that cannot be part of a cache file name
+        raise refuse(e) from None
     member = member if member in fam.member_names else "base"
     figs = figures.analysis_figures(res.to_dict(), member, int(position or 0))
     return (gr.Dropdown(choices=fam.member_names, value=member), *figs.values())

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 
 import gradio as gr
 
 from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, picker,
                search_tab)
+from .engine import ConfigError, auth_pairs, check_settings, max_upload_bytes, public_mode
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title="GPTailor Studio") as demo:
+    # public mode: Gradio deletes its cached uploads and downloads older than an hour, every hour
+    with gr.Blocks(title="GPTailor Studio", delete_cache=(3600, 3600) if public_mode() else None) as demo:
         gr.Markdown("# GPTailor Studio\nCut and stitch layers across a model family into a smaller model, "
                     "without retraining.")
         shared = picker.build()
@@ -37,10 +42,27 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def _start_queued_forever(period_s: float = 5.0) -> None:
+    """Queued studies start when a worker slot frees, even with no page open (a daemon thread)."""
+    def loop() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                search_tab.start_waiting()
+            except Exception as e:  # noqa: BLE001 - a database hiccup must not end the loop
+                print(f"queued studies not started this time: {type(e).__name__}: {e}", file=sys.stderr)
+    threading.Thread(target=loop, name="gptailor-queue", daemon=True).start()
+
+
 def main() -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    auth = os.environ.get("GPTAILOR_AUTH")
+    try:
+        check_settings()
+        port = int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)  # one line and exit 2, like the CLI's refusals
+        sys.exit(2)
     app = build_app().queue(default_concurrency_limit=2)
+    _start_queued_forever()
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", os.environ.get("HOST", "127.0.0.1")),
-               server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),
-               auth=tuple(auth.split(":", 1)) if auth and ":" in auth else None)
+               server_port=port, auth=auth_pairs(), max_file_size=max_upload_bytes())

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import csv
 import tempfile
+from pathlib import Path
 
 import gradio as gr
 
 from db.runs import best_trial
 from gptailor import Plan
+from gptailor.paths import child
 
 from . import figures
 from .engine import store
+from .guard import session_of
 
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "retention %", "kept", "params M", "plan", "error"]
 
@@ -69,14 +72,24 @@ def _members(studies: list[dict]) -> list[str]:
     return []
 
 
-def to_csv(rows) -> str:
-    path = tempfile.NamedTemporaryFile(suffix=".csv", delete=False, prefix="trials-").name
+def csv_path(session: str) -> Path:
+    """One CSV file per browser session, rewritten on each refresh (never a new file every 3 seconds)."""
+    folder = Path(tempfile.gettempdir()) / "gptailor-csv"
+    folder.mkdir(exist_ok=True)
+    return child(folder, "session", session or "anonymous", ".csv")
+
+
+def to_csv(rows, request: gr.Request = None) -> str:
+    """The trial table as CSV for the download button, in this session's one file."""
+    path = csv_path(session_of(request))
     data = rows.values.tolist() if hasattr(rows, "values") else (rows or [])
-    with open(path, "w", newline="") as f:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(TRIAL_COLUMNS)
         w.writerows(data)
-    return path
+    tmp.replace(path)
+    return str(path)
 
 
 def row_plan(rows, evt: gr.SelectData) -> str:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
+from pathlib import Path
 
 import gradio as gr
 
 from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
+from gptailor.limits import whole
+from gptailor.paths import PathError, child
 from gptailor.search import SearchSettings, TrialRecord
 from gptailor.space import Budget
 
 from . import figures
-from .engine import ENGINE, gpu, data_dir, store
+from .engine import ENGINE, data_dir, gpu, max_export_bytes, max_export_zips, public_mode, store
+from .guard import allowance, refuse, session_of
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
 
@@ -87,28 +92,29 @@ def grid_to_text(family: str, rows):
 
 @gpu
 def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str | None = None,
-                    progress=gr.Progress()):
+                    progress=gr.Progress(), request: gr.Request = None):
     """Evaluate the plan, store it as a one-trial 'manual' study, and compare with base and best."""
     try:
         session = ENGINE.get(family, suite)
         ev = session.scorer()
         fam = session.family
         plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
-        n = int(fidelity) if fidelity else None
+        n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
         progress(0.2, desc="scoring")
         t0 = time.perf_counter()
         res = ev.evaluate(plan, n)
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
-                           SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8)), name=f"manual: {plan.to_text()[:60]}",
+                           SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8),
+                                          owner=session_of(request)), name=f"manual: {plan.to_text()[:60]}",
                            evaluator=ev)
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
         st.transition(sid, ("created",), "finished")
         base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
-    except (PlanError, FamilyError, TaskError) as e:
-        raise gr.Error(str(e)) from None
+    except (PlanError, FamilyError, TaskError, ValueError) as e:
+        raise refuse(e) from None
     rows = [[t, round(v, 4), round(base.scores[t], 4), None if best_res is None else round(best_res.scores[t], 4),
              None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
             for t, v in res.scores.items()]
@@ -131,20 +137,46 @@ def current_best(st, family_name: str, ev, n: int | None, exclude: int):
     return study, ev.evaluate(Plan.from_dict(trial["plan"]), n)
 
 
-def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Progress()):
+def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Progress(),
+               request: gr.Request = None):
+    """Export the plan's model as a zip under <data dir>/exports; keep only the newest few zips."""
     try:
-        session = ENGINE.get(family, suite)
-        fam = session.family
-        plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
-        progress(0.3, desc="writing the checkpoint")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = data_dir() / "exports" / f"{fam.name}-{stamp}"
-        res = session.evaluator.evaluate(plan, None) if session.evaluator else None
-        export(fam, plan, folder, result=res)
-        archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
-    except (PlanError, FamilyError, TaskError, ExportError) as e:
-        raise gr.Error(str(e)) from None
-    return archive, f"Saved {folder} (and {archive})"
+        with allowance("exports", request):
+            session = ENGINE.get(family, suite)
+            fam = session.family
+            plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
+            progress(0.3, desc="writing the checkpoint")
+            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            folder = child(data_dir(), "family", fam.name, f"-{stamp}", under="exports")
+            res = session.evaluator.evaluate(plan, None) if session.evaluator else None
+            export(fam, plan, folder, result=res)
+            archive = Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+            if public_mode():  # visitors download the zip; the folder would only fill the disk
+                shutil.rmtree(folder, ignore_errors=True)
+            prune_exports(folder.parent, keep=archive)
+    except (PlanError, FamilyError, TaskError, ExportError, PathError) as e:
+        raise refuse(e) from None
+    if public_mode():
+        return str(archive), f"Exported {archive.name}"
+    return str(archive), f"Saved {folder} (and {archive})"
+
+
+def prune_exports(folder: Path, keep: Path) -> None:
+    """Keep at most ``max_export_zips()`` zips (newest first) within ``max_export_bytes()``; delete the
+    rest with their folders. If ``keep`` alone is over the byte cap it goes too, and ExportError says so."""
+    zips = sorted(folder.glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
+    zips.sort(key=lambda p: p != keep)  # the new export first
+    cap, total, kept = max_export_bytes(), 0, 0
+    for z in zips:
+        size = z.stat().st_size
+        if kept < max_export_zips() and (not cap or total + size <= cap):
+            total, kept = total + size, kept + 1
+            continue
+        z.unlink(missing_ok=True)
+        shutil.rmtree(z.with_suffix(""), ignore_errors=True)
+        if z == keep:
+            raise ExportError(f"the export is {size / 1e6:.0f} MB, over this app's cap of {cap / 1e6:.0f} MB "
+                              f"for exports (GPTAILOR_MAX_EXPORT_MB); export from the command line instead")
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None:
@@ -156,7 +188,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
     status = gr.Markdown()
     preview = gr.Plot(label="Layer map")
     with gr.Row():
-        fidelity = gr.Number(value=None, precision=0, label="Examples per task (0 or empty = all)")
+        fidelity = gr.Number(value=None, step=1, label="Examples per task (0 or empty = all)")
         eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")
         export_btn = gr.Button("Export HF checkpoint (zip)")
     result = gr.Markdown()

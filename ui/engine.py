@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
+from gptailor.paths import PathError, inside
 
 
 try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
@@ -34,15 +35,109 @@ def public_mode() -> bool:
     return os.environ.get("GPTAILOR_PUBLIC", "").lower() in ("1", "true", "yes")
 
 
+class ConfigError(ValueError):
+    """A malformed setting in the environment; the app refuses to start with this one line."""
+
+
+def _env_number(name: str, public: float, private: float, integer: bool = True) -> float:
+    """``name`` from the environment (default: ``public`` in public mode, else ``private``), >= 0."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return public if public_mode() else private
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number >= 0, got {raw!r}")
+    return value
+
+
 def max_trials() -> int:
-    return int(os.environ.get("GPTAILOR_MAX_TRIALS", "200" if public_mode() else "100000"))
+    """Trials one study may ask for (GPTAILOR_MAX_TRIALS)."""
+    return int(_env_number("GPTAILOR_MAX_TRIALS", 200, 100000))
+
+
+def max_workers() -> int:
+    """Study workers running at once in all (GPTAILOR_MAX_WORKERS, 0 = no cap); more wait in a queue."""
+    return int(_env_number("GPTAILOR_MAX_WORKERS", 2, 0))
+
+
+def session_cap(what: str) -> int:
+    """How many studies / exports / uploads one browser session may make (0 = no cap):
+    GPTAILOR_SESSION_MAX_STUDIES (public default 5), _EXPORTS (3), _UPLOADS (5)."""
+    public = {"studies": 5, "exports": 3, "uploads": 5}[what]
+    return int(_env_number(f"GPTAILOR_SESSION_MAX_{what.upper()}", public, 0))
+
+
+def max_export_zips() -> int:
+    """Export zips kept under <data dir>/exports (GPTAILOR_MAX_EXPORTS); older ones are deleted."""
+    return int(_env_number("GPTAILOR_MAX_EXPORTS", 3, 20))
+
+
+def max_export_bytes() -> int:
+    """Bytes all kept export zips may hold together (GPTAILOR_MAX_EXPORT_MB, 0 = no cap)."""
+    return int(_env_number("GPTAILOR_MAX_EXPORT_MB", 2000, 0, integer=False) * 1e6)
+
+
+def allow_remote_code() -> bool:
+    """GPTAILOR_ALLOW_REMOTE_CODE=1: uploaded family specs may say trust_remote_code (runs their code)."""
+    return os.environ.get("GPTAILOR_ALLOW_REMOTE_CODE", "").lower() in ("1", "true", "yes")
+
+
+def auth_pairs() -> list[tuple[str, str]] | None:
+    """GPTAILOR_AUTH as Gradio's auth list: ``user:password``, several separated by commas; None if unset."""
+    raw = os.environ.get("GPTAILOR_AUTH", "").strip()
+    if not raw:
+        return None
+    pairs = []
+    for item in raw.split(","):
+        user, colon, password = item.strip().partition(":")
+        if not colon or not user.strip() or not password:
+            raise ConfigError("GPTAILOR_AUTH must be user:password (several separated by commas), with a "
+                              "user name and a password in each; login is not turned off silently")
+        pairs.append((user.strip(), password))
+    return pairs
+
+
+def check_settings() -> None:
+    """Read every setting once, so a malformed one stops the app at start (ConfigError), not later."""
+    max_trials(), max_workers(), max_upload_bytes(), max_export_zips(), max_export_bytes(), auth_pairs()
+    for what in ("studies", "exports", "uploads"):
+        session_cap(what)
+
+
+def redact(message: str) -> str:
+    """In public mode, server folders in a message become '<data>' / '<app>' / '<tmp>' (visitors see it)."""
+    if not public_mode():
+        return message
+    import tempfile
+
+    roots = {str(data_dir().resolve()): "<data>", str(data_dir()): "<data>",
+             str(Path(__file__).resolve().parents[1]): "<app>", tempfile.gettempdir(): "<tmp>",
+             str(Path.home()): "<home>"}
+    for root in sorted(roots, key=len, reverse=True):
+        if len(root) > 1:
+            message = message.replace(root, roots[root])
+    return message
+
+
+def _stored(paths) -> list[str]:
+    """The paths that really lie inside the data folder (a link pointing out of it is not offered)."""
+    out = []
+    for p in sorted(paths):
+        try:
+            inside(data_dir(), p)
+        except PathError:
+            continue
+        out.append(str(p))
+    return out
 
 
 def family_choices() -> list[str]:
     """The built-in demo plus every spec under ``<data dir>/families``."""
     folder = data_dir() / "families"
-    specs = sorted(str(p) for p in folder.glob("*.y*ml")) + sorted(str(p) for p in folder.glob("*.json")) \
-        if folder.exists() else []
+    specs = _stored(folder.glob("*.y*ml")) + _stored(folder.glob("*.json")) if folder.exists() else []
     return ["demo", *specs]
 
 
@@ -56,12 +151,13 @@ def suites_dir() -> Path:
 
 def suite_choices() -> list[tuple[str, str]]:
     """(label, value) pairs: the family's own suite, then every uploaded one."""
-    uploaded = sorted(suites_dir().glob("*/suite.yaml")) if suites_dir().exists() else []
-    return [("the family's own suite", DEFAULT_SUITE), *((f"{p.parent.name} (uploaded)", str(p)) for p in uploaded)]
+    uploaded = _stored(suites_dir().glob("*/suite.yaml")) if suites_dir().exists() else []
+    return [("the family's own suite", DEFAULT_SUITE), *((f"{Path(p).parent.name} (uploaded)", p) for p in uploaded)]
 
 
 def max_upload_bytes() -> int:
-    return int(float(os.environ.get("GPTAILOR_MAX_UPLOAD_MB", "5" if public_mode() else "500")) * 1e6)
+    """Bytes one upload may hold (GPTAILOR_MAX_UPLOAD_MB): Gradio refuses bigger files before storing them."""
+    return int(_env_number("GPTAILOR_MAX_UPLOAD_MB", 5, 500, integer=False) * 1e6)
 
 
 @dataclass

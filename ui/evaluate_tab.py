@@ -4,8 +4,10 @@ from __future__ import annotations
 import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
+from gptailor.limits import whole
 
 from .engine import ENGINE, gpu
+from .guard import refuse
 
 COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
 
@@ -21,10 +23,10 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
         plan = Plan.parse(plan_text, session.family.name)
         plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
         progress(0.4, desc="stitching and scoring")
-        n = int(fidelity) if fidelity else None
+        n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
         res = ev.evaluate(plan, n)
-    except (PlanError, FamilyError, TaskError) as e:
-        raise gr.Error(str(e)) from None
+    except (PlanError, FamilyError, TaskError, ValueError) as e:
+        raise refuse(e) from None
     rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,
              None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
             for t, v in res.scores.items()]
@@ -42,7 +44,7 @@ def identity_plan(family: str) -> str:
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
-    fidelity = gr.Number(value=None, label="Examples per task (0 or empty = all)", precision=0)
+    fidelity = gr.Number(value=None, label="Examples per task (0 or empty = all)", step=1)
     plan = gr.Textbox(label="Plan (text form or JSON)", lines=3,
                       placeholder="0:base 1:math 2:drop 3:merge(math=.6,strings=.4) ...")
     with gr.Row():

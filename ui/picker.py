@@ -9,14 +9,20 @@ import gradio as gr
 
 from gptailor import FamilyError, TaskError, make_suite
 
-from .engine import (DEFAULT_SUITE, ENGINE, data_dir, family_choices, max_upload_bytes, public_mode,
-                     suite_choices, suites_dir)
+from gptailor.paths import PathError, child
+
+from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices, max_upload_bytes,
+                     public_mode, redact, suite_choices)
+from .guard import allowance, refuse
 
 MAX_PUBLIC_SUITES = 20
 
 
-def upload_spec(path: str | None):
-    """Validate an uploaded family spec and keep it under <data dir>/families; select it."""
+def upload_spec(path: str | None, request: gr.Request = None):
+    """Validate an uploaded family spec and keep it as <data dir>/families/<name>.yaml; select it.
+
+    The spec's name becomes the file name, so it must be a safe name (gptailor.paths); a spec asking
+    for trust_remote_code (which runs the model repository's Python) needs GPTAILOR_ALLOW_REMOTE_CODE=1."""
     if not path:
         raise gr.Error("choose a family spec file (.yaml or .json)")
     if public_mode():
@@ -29,17 +35,21 @@ def upload_spec(path: str | None):
         text = open(path, encoding="utf-8").read()
         data = yaml.safe_load(text)  # JSON is YAML too
         spec = FamilySpec.from_dict(data)
-    except (FamilyError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise gr.Error(f"not a usable family spec: {e}") from None
-    dest = data_dir() / "families" / f"{spec.name}.yaml"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and dest.read_text() != text:
-        raise gr.Error(f"a different family spec named {spec.name!r} is already stored at {dest}; rename yours")
-    dest.write_text(text)
+        dest = child(data_dir(), "family spec", spec.name, ".yaml", under="families")
+    except (FamilyError, PathError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise refuse(f"not a usable family spec: {e}") from None
+    if spec.trust_remote_code and not allow_remote_code():
+        raise gr.Error("this spec sets trust_remote_code: true, which would run the model repository's own "
+                       "Python on this server; the operator must start the app with GPTAILOR_ALLOW_REMOTE_CODE=1")
+    if dest.exists() and dest.read_text(encoding="utf-8", errors="replace") != text:
+        raise gr.Error(f"a different family spec named {spec.name!r} is already stored; rename yours")
+    with allowance("uploads", request):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text, encoding="utf-8")
     return gr.Dropdown(choices=family_choices(), value=str(dest)), f"Stored {dest}"
 
 
-def upload_tasks(files: list[str] | None, name: str):
+def upload_tasks(files: list[str] | None, name: str, request: gr.Request = None):
     """Check uploaded JSONL task files (and an optional suite.yaml), store them as a suite, select it."""
     if not files:
         raise gr.Error("choose one JSONL file per task (and optionally a suite.yaml naming their kinds)")
@@ -47,11 +57,11 @@ def upload_tasks(files: list[str] | None, name: str):
         raise gr.Error(f"this public app already holds {MAX_PUBLIC_SUITES} uploaded suites; pick one of them")
     name = (name or "").strip()
     try:
-        suite = make_suite(list(files), suites_dir() / name, name, max_bytes=max_upload_bytes())
-    except TaskError as e:
-        raise gr.Error(f"task files not stored: {e}") from None
-    except UnicodeDecodeError:
-        raise gr.Error("task files not stored: they must be UTF-8 text (JSON lines)") from None
+        with allowance("uploads", request):
+            dest = child(data_dir(), "suite", name, under="suites")
+            suite = make_suite(list(files), dest, name, max_bytes=max_upload_bytes())
+    except (TaskError, PathError) as e:
+        raise refuse(f"task files not stored: {e}") from None
     kinds = ", ".join(f"{t.name} ({t.kind}, {len(t)} examples)" for t in suite)
     return gr.Dropdown(choices=suite_choices(), value=suite.path), f"Stored suite **{suite.name}**: {kinds}"
 
@@ -61,7 +71,7 @@ def suite_info(family: str, suite: str) -> str:
     try:
         ev = ENGINE.get(family, suite).evaluator
     except (FamilyError, TaskError) as e:
-        return f"⚠ {e}"
+        return f"⚠ {redact(str(e))}"
     if ev is None:
         return "⚠ this family names no task suite: upload task files or add `suite:` to its spec"
     return "Tasks: " + ", ".join(f"{t.name} ({t.kind}, {len(t)})" for t in ev.suite)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import gradio as gr
 
-from db.runs import METHODS, StudyError, cancel, create_study, launch, reconcile, resume
+from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study, launch_or_queue, queue,
+                     start_queued, withdraw)
 from db.store import StoreError
 from gptailor import FamilyError, TaskError
+from gptailor.limits import SettingsError, whole
 from gptailor.search import SearchSettings
 from gptailor.space import Budget, BudgetError
 
-from .engine import ENGINE, data_dir, max_trials, store
+from .engine import ENGINE, data_dir, max_trials, max_workers, store
+from .guard import allowance, check_owner, refuse, session_of
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "trials", "best retention %", "error"]
 LAUNCHABLE = [m for m in METHODS if m != "manual"]
@@ -34,50 +37,92 @@ def budget_text(family: str, remove: float, kind: str = "layers to remove", frac
             f"{fam.param_count() / 1e6:.2f} M** params ({100 * fam.param_count(L - n) / fam.param_count():.1f}%)")
 
 
+def start_waiting() -> list[int]:
+    """Start queued studies while worker slots are free (the app's timer and every launch call this)."""
+    return start_queued(store(), max_workers(), log_dir=data_dir() / "logs")
+
+
 def studies_rows() -> list[list]:
+    """The studies list, newest first; a queued study shows its place in line ('queued #2')."""
     st = store()
-    reconcile(st)
+    start_waiting()
+    line = {sid: k for k, sid in enumerate(queue(st), 1)}
     rows = []
     for s in reversed(st.studies()):
         trials = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         best = None if s["best_retention"] is None else round(100 * s["best_retention"], 1)
-        rows.append([s["id"], s["name"], s["method"], s["family"], s["status"], trials, best, s["error"] or ""])
+        status = f"{QUEUED} #{line[s['id']]}" if s["id"] in line else s["status"]
+        rows.append([s["id"], s["name"], s["method"], s["family"], status, trials, best, s["error"] or ""])
     return rows
+
+
+def search_settings(method: str, trials: float, walltime: float | None, seed: float, min_fid: float,
+                    max_fid: float | None, owner: str | None = None) -> SearchSettings:
+    """The form's numbers as checked settings: whole numbers in range (2.5 trials is refused, not cut),
+    0 or empty wall time / max fidelity meaning none; SettingsError says which field is wrong."""
+    settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
+                              n_trials=trials, walltime_s=walltime or None, seed=seed, min_fidelity=min_fid,
+                              max_fidelity=max_fid or None, owner=owner)
+    settings.check()
+    if settings.n_trials > max_trials():
+        raise SettingsError(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
+    return settings
+
+
+def _started(sid: int, how: str) -> str:
+    if how == QUEUED:
+        ahead = queue(store()).index(sid) + 1 if sid in queue(store()) else 1
+        return (f"Study {sid} is queued (#{ahead} in line): at most {max_workers()} studies run at once on this "
+                f"app; it starts by itself when one ends.")
+    return f"Study {sid} started in the background."
 
 
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
-                 fraction: float = 0.75, suite: str | None = None):
-    if int(trials) > max_trials():
-        raise gr.Error(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
+                 fraction: float = 0.75, suite: str | None = None, request: gr.Request = None):
+    """Check the form, store the study (owned by this session), start it or queue it."""
     try:
-        session = ENGINE.get(family, suite)
-        settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
-                                  n_trials=int(trials), walltime_s=float(walltime) if walltime else None,
-                                  seed=int(seed), min_fidelity=int(min_fid),
-                                  max_fidelity=int(max_fid) if max_fid else None)
-        sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
-                           name=name or None, evaluator=session.scorer())
-        launch(store(), sid, log_dir=data_dir() / "logs")
+        settings = search_settings(method, trials, walltime, seed, min_fid, max_fid, session_of(request))
+        if kind != "parameter fraction":
+            whole("layers to remove", remove)
+        with allowance("studies", request):
+            session = ENGINE.get(family, suite)
+            sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
+                               name=name or None, evaluator=session.scorer())
+            how = launch_or_queue(store(), sid, max_workers(), log_dir=data_dir() / "logs")
     except (BudgetError, StudyError, StoreError, FamilyError, TaskError, ValueError) as e:
-        raise gr.Error(str(e)) from None
-    return f"Study {sid} started in the background.", studies_rows(), sid
+        raise refuse(e) from None
+    return _started(sid, how), studies_rows(), sid
 
 
-def cancel_study(study_id: float):
+def _study(study_id: float | None) -> dict:
     try:
-        cancel(store(), int(study_id))
-    except (StudyError, StoreError, TypeError) as e:
-        raise gr.Error(f"cannot cancel: {e}") from None
-    return f"Study {int(study_id)}: cancel requested.", studies_rows()
+        return store().study(whole("study id", study_id))
+    except (SettingsError, StoreError):
+        raise gr.Error(f"no study {study_id!r}; click a row of the studies list to pick one") from None
 
 
-def resume_study(study_id: float):
+def cancel_study(study_id: float, request: gr.Request = None):
+    study = _study(study_id)
+    check_owner(study, request, "cancel")
     try:
-        resume(store(), int(study_id), log_dir=data_dir() / "logs")
-    except (StudyError, StoreError, TypeError) as e:
-        raise gr.Error(str(e)) from None
-    return f"Study {int(study_id)} resumed.", studies_rows()
+        withdraw(store(), study["id"])
+    except (StudyError, StoreError) as e:
+        raise refuse(f"cannot cancel: {e}") from None
+    return f"Study {study['id']}: cancel requested.", studies_rows()
+
+
+def resume_study(study_id: float, request: gr.Request = None):
+    study = _study(study_id)
+    check_owner(study, request, "resume")
+    try:
+        if study["status"] == QUEUED:
+            raise StudyError(f"study {study['id']} is already queued; it starts when a worker is free")
+        check_resumable(store(), study["id"])
+        how = launch_or_queue(store(), study["id"], max_workers(), log_dir=data_dir() / "logs")
+    except (StudyError, StoreError) as e:
+        raise refuse(e) from None
+    return _started(study["id"], how).replace("started in the background", "resumed"), studies_rows()
 
 
 def pick_study(rows, evt: gr.SelectData) -> int:
@@ -92,14 +137,15 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
         kind = gr.Radio(["layers to remove", "parameter fraction"], value="layers to remove", label="Budget by")
         remove = gr.Slider(0, 64, value=2, step=1, label="Layers to remove")
         fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters")
-        trials = gr.Number(value=60, precision=0, label="Trials (SMAC / random)")
+        trials = gr.Number(value=60, step=1, label="Trials (SMAC / random)")
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             walltime = gr.Number(value=None, label="Wall time limit (s, 0 = none)")
-            seed = gr.Number(value=0, precision=0, label="Seed")
-            min_fid = gr.Number(value=8, precision=0, label="Min fidelity (examples per task)")
-            max_fid = gr.Number(value=None, precision=0, label="Max fidelity (0 or empty = all)")
+            # no precision=0: Gradio would round 2.5 silently; the settings check refuses it instead
+            seed = gr.Number(value=0, step=1, label="Seed")
+            min_fid = gr.Number(value=8, step=1, label="Min fidelity (examples per task)")
+            max_fid = gr.Number(value=None, step=1, label="Max fidelity (0 or empty = all)")
             name = gr.Textbox(label="Study name (optional)")
     go_btn = gr.Button("Launch in the background", variant="primary")
     message = gr.Markdown()
