@@ -227,7 +227,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def errors() -> tuple[type[Exception], ...]:
     from gptailor.space import BudgetError
 
+    from .liveness import SettingError
     from .runs import StudyError
     from .store import StoreError
 
-    return (StudyError, StoreError, BudgetError)
+    return (StudyError, StoreError, BudgetError, SettingError)

@@ -154,7 +154,8 @@ class Store:
         if "malformed" in low or "corrupt" in low:
             return (f"the database {where} is damaged ({reason}); stop its workers, then recover what it holds with "
                     f"`sqlite3 {where} .recover | sqlite3 recovered.db` or restore a backup")
-        if "readonly" in low or "read-only" in low or "read only" in low:
+        if "readonly" in low or "read-only" in low or "read only" in low or \
+                ("unable to open" in low and self._read_only()):
             return (f"the database {where} is read-only ({reason}); make the file and its folder writable, or set "
                     f"GPTAILOR_DATA_DIR / GPTAILOR_DB_URL to a writable place")
         if "full" in low or "no space" in low:
@@ -167,6 +168,17 @@ class Store:
             return (f"the database {where} stayed locked by another process for 30 s ({reason}); retry, or stop "
                     f"the process that holds it")
         return f"cannot use the database {where}: {reason}"
+
+    def _read_only(self) -> bool:
+        """The database file exists but it, its folder or its file system cannot be written."""
+        if self.path is None or not self.path.exists():
+            return False
+        try:
+            if os.statvfs(self.path).f_flag & os.ST_RDONLY:
+                return True
+        except (OSError, AttributeError):
+            pass
+        return not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK)
 
     # -- schema -----------------------------------------------------------------------
     def _alembic(self, conn: Connection):
