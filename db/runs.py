@@ -305,7 +305,11 @@ def reconcile(store: Store) -> list[int]:
                 _escalate(s, now)
             continue
         if s["status"] == "cancelling":
-            status, error = "cancelled", f"cancelled; {reason}"
+            asked = s["cancel_requested_at"]
+            forced = asked is not None and (now - asked).total_seconds() >= stop_grace_s()
+            status, error = "cancelled", (f"cancelled; stopped by force: the worker had not stopped "
+                                          f"{stop_grace_s():g} s after the cancel (GPTAILOR_STOP_GRACE_S)"
+                                          if forced else f"cancelled; {reason}")
         else:
             status, error = "interrupted", f"{reason}; resume it"
         if store.stop(s["id"], status, error, owner=_owner(s), heartbeat_seen=s["heartbeat_at"],
@@ -365,6 +369,9 @@ def cancel(store: Store, study_id: int, wait: float | None = None) -> str:
             _signal(s, signal.SIGKILL)
             for _ in range(50):
                 if local_worker_dead(s["worker_pid"], s["worker_host"], s["worker_start"]):
+                    store.stop(study_id, "cancelled", f"cancelled; stopped by force (SIGKILL): the worker had not "
+                               f"stopped {wait:g} s after the cancel nor after SIGTERM", owner=_owner(s),
+                               inflight_error="stopped by force during this trial")
                     break
                 time.sleep(0.1)
     reconcile(store)
