@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -246,21 +247,32 @@ class Store:
                     if not self._needs_upgrade(conn):
                         return
             with self._migration_lock():
-                engine = self._migration_engine()
-                try:
-                    with engine.begin() as conn:
-                        if self.url.startswith("postgresql"):
-                            conn.execute(text("SELECT pg_advisory_xact_lock(7244310513)"))
-                        self._upgrade(conn)
-                finally:
-                    if engine is not self.engine:
-                        engine.dispose()
+                self._upgrade_once()
         except StoreError:
             self.engine.dispose()
             raise
         except (SQLAlchemyError, sqlite3.Error, OSError) as e:
             self.engine.dispose()
             raise StoreError(self.explain(e)) from None
+
+    def _upgrade_once(self) -> None:
+        """Upgrade in one transaction. SQLite holds the lock file; PostgreSQL takes an advisory lock;
+        another database (MySQL: DDL is not transactional) retries after a concurrent opener's clash."""
+        for attempt in range(3):
+            engine = self._migration_engine()
+            try:
+                with engine.begin() as conn:
+                    if engine.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(7244310513)"))
+                    self._upgrade(conn)
+                return
+            except SQLAlchemyError:
+                if self.path is not None or engine.dialect.name == "postgresql" or attempt == 2:
+                    raise
+                time.sleep(0.5 + attempt)  # someone else was creating it: look again
+            finally:
+                if engine is not self.engine:
+                    engine.dispose()
 
     def _fresh_file(self) -> bool | None:
         """For SQLite: whether the file is still missing or empty (None for other databases)."""

@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, SettingError) as e:
         print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # a signal while still starting: say so rather than wait for the grace
+        try:
+            store.stop(args.study, "cancelled", "stopped by a signal while starting", owner=me)
+        except (NameError, StoreError):
+            pass
+        print(f"study {args.study}: stopped by a signal while starting", file=sys.stderr, flush=True)
+        return 1
     print(f"study {args.study}: {status}", flush=True)
     return 0 if status in ("finished", "cancelled") else 1
 
