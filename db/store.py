@@ -16,6 +16,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -140,7 +141,8 @@ class Store:
 
     def explain(self, e: BaseException) -> str:
         """One line saying what is wrong with the database and what to do, for any database error."""
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raw = str(getattr(e, "orig", None) or e).strip()
+        reason = raw.splitlines()[0] if raw else type(e).__name__
         low = reason.lower()
         where = str(self.path) if self.path else self.shown_url
         if self.path is None:
@@ -190,14 +192,16 @@ class Store:
         cfg.attributes["connection"] = conn
         return cfg
 
-    def _known_revisions(self) -> set[str]:
-        from alembic.script import ScriptDirectory
-
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def _known_revisions() -> frozenset[str]:
+        """The revisions this release ships (read once per process)."""
         from alembic.config import Config
+        from alembic.script import ScriptDirectory
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        return {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+        return frozenset(s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions())
 
     def _state(self, conn: Connection) -> tuple[str | None, int | None, set[str]]:
         """(alembic revision, pre-Alembic schema_version, table names) of the open database."""
@@ -483,7 +487,7 @@ class Store:
                 res = s.execute(update(StudyRow).where(StudyRow.id == study_id, StudyRow.status.in_(ACTIVE),
                                                        _owner_is(owner))
                                 .values(heartbeat_at=utcnow(),
-                                        progress={"phase": "between trials", "trials_done": trial.get("number"),
+                                        progress={"phase": "between trials", "last_trial": trial.get("number"),
                                                   "updated": _iso()}))
                 if not res.rowcount:
                     raise ClaimLost(f"study {study_id} is no longer this worker's (declared dead or taken over); "
