@@ -140,8 +140,8 @@ def cmd_cancel(args, argv) -> int:
     from .store import Store
 
     store = Store(args.db)
-    cancel(store, args.study)
-    print(f"study {args.study}: {store.study(args.study)['status']}")
+    status = cancel(store, args.study, wait=args.wait)
+    print(f"study {args.study}: {status}")
     return 0
 
 
@@ -230,6 +230,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("cancel", help="stop a running study after its current trial")
     common(sp, budget=False)
     sp.add_argument("study", type=int)
+    sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                    help="wait this long for the worker to stop, then stop it by force (SIGTERM, then SIGKILL; "
+                         "only a worker on this host). Without it the cancel is asked for and the command returns; "
+                         "a reader (the UI, `studies`) forces it after GPTAILOR_STOP_GRACE_S")
     sp.set_defaults(study_func=cmd_cancel)
 
     sp = sub.add_parser("studies", help="list studies with status and best retention")
@@ -247,7 +251,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def errors() -> tuple[type[Exception], ...]:
     from gptailor.space import BudgetError
 
+    from .liveness import SettingError
     from .runs import StudyError
     from .store import StoreError
 
-    return (StudyError, StoreError, BudgetError)  # SettingsError and PathError: the engine's own list
+    return (StudyError, StoreError, BudgetError, SettingError)

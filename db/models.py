@@ -1,4 +1,7 @@
-"""SQLAlchemy 2.x ORM models: families, studies, trials, and the schema version.
+"""SQLAlchemy 2.x ORM models: families, studies, trials, and the pre-Alembic schema version.
+
+The tables are created and changed only by the Alembic revisions in ``db/migrations/versions``;
+a column added here needs a new revision there (``tests/test_db_migrations.py`` checks they agree).
 
 Plans, scores and settings are JSON columns: they are read whole and written once, and JSON keeps
 the schema stable while the engine grows new fields.
@@ -8,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -21,6 +24,7 @@ class Base(DeclarativeBase):
 
 
 class SchemaVersion(Base):
+    """The pre-Alembic version row, kept so releases before Alembic refuse newer databases clearly."""
     __tablename__ = "schema_version"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
@@ -56,6 +60,10 @@ class StudyRow(Base):
     refs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # per-task references, fixed per study
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # best plan re-scored on the test split
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # phase, step k of K, message
+    # revision 0003: who runs it (a pid means something only on its host) and when a cancel was asked
+    worker_host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    worker_start: Mapped[str | None] = mapped_column(String(40), nullable=True)  # process start time (ticks)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     family: Mapped[FamilyRow] = relationship()
     trials: Mapped[list["TrialRow"]] = relationship(back_populates="study", order_by="TrialRow.number",
@@ -86,7 +94,7 @@ class TrialRow(Base):
     # schema v2
     budget: Mapped[float | None] = mapped_column(Float, nullable=True)  # SMAC's budget exactly as asked (re-told on resume)
     split: Mapped[str | None] = mapped_column(String(10), nullable=True)  # search | test | all
-    cached: Mapped[bool] = mapped_column(Boolean, default=False)  # served from an earlier (plan, fidelity) result
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # served from an earlier (plan, fidelity) result
     retentions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {definition: {mean, tasks}}
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -1,10 +1,12 @@
 """Study lifecycle: create, run in a background worker process, cancel, detect interruption, resume.
 
 A study runs in its own process (``python -m db.worker``), never in the UI's thread: it writes each
-trial in its own transaction as soon as it completes, and polls the database for a cancel request
-between trials. A worker killed outright (SIGKILL, OOM killer, reboot) leaves its study marked
-``running`` with a dead pid; ``reconcile`` turns that into ``interrupted``, and ``resume`` starts a
-new worker that re-tells the stored trials to SMAC and goes on to the requested number.
+trial in its own transaction as soon as it completes, beats a heartbeat, and polls the database for
+a cancel request between trials. A worker killed outright (SIGKILL, OOM killer, reboot) or hung
+(stopped, swapped out, its host gone) stops beating; ``reconcile``, which any reader may call, turns
+its study into ``interrupted`` (recording the trial it was inside as failed), and ``resume`` starts a
+new worker that re-tells the stored trials to SMAC and goes on to the requested number. A cancel the
+worker does not honour in time ends in SIGTERM, then SIGKILL.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,12 +27,13 @@ from gptailor.evaluate import References
 from gptailor.search import Search, SearchSettings, TrialRecord, rank_key as _engine_rank_key
 from gptailor.space import Budget
 
-from .store import Store, StoreError
+from .liveness import Heartbeat, Owner, grace_s, host_id, local_worker_dead, process_start, stop_grace_s
+from .models import utcnow
+from .store import ACTIVE, ClaimLost, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = (*HEURISTICS, "best_single")
 METHODS = ("smac", "random", *BASELINES, "manual")
-ACTIVE = ("created", "running", "cancelling")
 
 
 class StudyError(ValueError):
@@ -71,50 +75,115 @@ def create_study(store: Store, family_source: str, method: str, budget: Budget,
 
 
 # ----------------------------------------------------------------------------- running
+class _Watched:
+    """The evaluator, telling the database which plan it is about to score, so that a reader can record
+    that trial as failed if this worker dies inside it. Everything else is the evaluator's own."""
+
+    def __init__(self, inner: Evaluator, report: Callable[[Plan, int | None, str], None]) -> None:
+        self._inner = inner
+        self._report = report
+        self.source = "search"  # a baseline sets the heuristic it is scoring
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def evaluate(self, plan: Plan, fidelity: int | None = None, *args: Any, **kwargs: Any):
+        self._report(plan, fidelity, self.source)
+        return self._inner.evaluate(plan, fidelity, *args, **kwargs)
+
+
 def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
-              on_trial: Callable[[TrialRecord], None] | None = None) -> str:
-    """Run (or continue) a study in this process; returns its final status."""
+              on_trial: Callable[[TrialRecord], None] | None = None,
+              on_lost: Callable[[], None] | None = None) -> str:
+    """Run (or continue) a study in this process; returns its final status.
+
+    While it runs, a heartbeat thread keeps ``studies.heartbeat_at`` fresh and ``studies.progress``
+    names the trial being evaluated. If a reader declares this worker dead (or another takes the
+    study over) it stops without writing anything more, calls ``on_lost`` and returns 'interrupted'."""
     study = store.study(study_id)
     if study["status"] == "finished":
         return "finished"
+    me = Owner.me()
     # Claim the study atomically: of two workers started for it, only one gets to run it.
-    if not store.transition(study_id, ("created", "interrupted", "cancelled", "failed"), "running", pid=os.getpid()):
+    if not store.claim(study_id, me):
         if store.transition(study_id, ("cancelling",), "cancelled"):
             return "cancelled"  # cancelled before the worker got going
         raise StudyError(f"study {study_id} is {store.study(study_id)['status']} in another worker")
+    lost = threading.Event()
+
+    def lose() -> None:
+        lost.set()
+        if on_lost is not None:
+            on_lost()
+
+    with Heartbeat(store, study_id, me, on_lost=lose) as hb:
+        return _run_claimed(store, study, me, evaluator, on_trial, lost, hb)
+
+
+def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Evaluator | None,
+                 on_trial: Callable[[TrialRecord], None] | None, lost: threading.Event, hb: Heartbeat) -> str:
+    study_id = study["id"]
+    start = time.perf_counter()
     try:
         ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
         budget = Budget.from_dict(study["budget"])
         previous = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
+        recorded = [0]
+        spaces: list[Any] = []  # the search's plan space, to store the in-flight trial's configuration
+
+        def report(plan: Plan, fidelity: int | None, source: str) -> None:
+            store.set_progress(study_id, {"phase": "trial", "trial": len(previous) + recorded[0],
+                                          "plan": plan.to_text(), "plan_json": plan.to_dict(),
+                                          "config": _config_of(spaces, plan),
+                                          "fidelity": fidelity if fidelity is not None else ev.suite.max_fidelity,
+                                          "source": source, "wall_s": time.perf_counter() - start}, me)
+
+        watched = _Watched(ev, report)
 
         def record(rec: TrialRecord) -> None:
-            store.record_trial(study_id, rec.to_dict())
+            store.record_trial(study_id, rec.to_dict(), owner=me)
+            recorded[0] += 1
             if on_trial:
                 on_trial(rec)
 
         def cancelled() -> bool:
-            return store.study(study_id)["status"] == "cancelling"
+            return lost.is_set() or store.study(study_id)["status"] == "cancelling"
 
         method = study["method"]
         settings = SearchSettings.from_dict(study["settings"])
         refs, definition = study_references(store, study_id, ev, settings)
         if method in ("smac", "random"):
             heur = _heuristic_removals(ev, budget) if settings.initial_plans else {}
-            result = Search(ev, budget, settings, on_trial=record, should_stop=cancelled, previous=previous,
-                            heuristic_removals=heur, references=refs).run()
+            search = Search(watched, budget, settings, on_trial=record, should_stop=cancelled, previous=previous,
+                            heuristic_removals=heur, references=refs)
+            spaces.append(search.space)
+            result = search.run()
             status = "cancelled" if result.stopped == "cancelled" else "finished"
         elif method in BASELINES:
-            status = _run_baseline(ev, budget, method, previous, record, cancelled, refs, definition)
+            status = _run_baseline(watched, budget, method, previous, record, cancelled, refs, definition)
         else:
             status = "finished"
-        write_report(store, study_id, ev, definition)
-        store.transition(study_id, ("running", "cancelling"), status)
+        if not lost.is_set():
+            write_report(store, study_id, ev, definition)
+        hb.quiet()
+        if lost.is_set():
+            return "interrupted"
+        store.transition(study_id, ("running", "cancelling"), status, owner=me)
         return status
+    except ClaimLost:
+        return "interrupted"
     except KeyboardInterrupt:
-        store.transition(study_id, ("running", "cancelling"), "cancelled", error="stopped by a signal")
+        hb.quiet()
+        if lost.is_set():
+            return "interrupted"
+        store.stop(study_id, "cancelled", "stopped by a signal", owner=me,
+                   inflight_error="stopped by a signal during this trial")
         return "cancelled"
     except Exception as e:  # noqa: BLE001 - whatever broke, the study says so and stays readable
-        store.transition(study_id, ("running", "cancelling"), "failed", error=f"{type(e).__name__}: {e}")
+        hb.quiet()
+        if not lost.is_set():
+            store.stop(study_id, "failed", f"{type(e).__name__}: {e}", owner=me,
+                       inflight_error=f"{type(e).__name__}: {e}")
         raise
 
 
@@ -152,6 +221,15 @@ def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) ->
     return report
 
 
+def _config_of(spaces: list[Any], plan: Plan) -> dict[str, Any] | None:
+    """A configuration of the search space for the plan (so a resumed SMAC is told the failed trial)."""
+    try:
+        cfg = spaces[0].encode(plan) if spaces else None
+    except Exception:  # noqa: BLE001 - without it the failed trial is stored, just not re-told
+        return None
+    return None if cfg is None else {k: v.item() if hasattr(v, "item") else v for k, v in dict(cfg).items()}
+
+
 def _heuristic_removals(ev: Evaluator, budget: Budget) -> dict[str, list[int]]:
     n = budget.n_remove(ev.family)
     texts = calibration_texts(ev.suite)
@@ -171,7 +249,7 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
     texts = calibration_texts(ev.suite)
     todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
         if method == "best_single" else [(method, "base")]
-    done = {t.source for t in previous}
+    done = {t.source for t in previous if t.status == "complete"}  # a trial cut short is scored again
     number = len(previous)
     start = time.perf_counter()
     for h, m in todo:
@@ -181,6 +259,8 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
         if cancelled():
             return "cancelled"
         plan = heuristic_plan(h, ev.family, n, texts, member=m, stitcher=ev.stitcher)
+        if isinstance(ev, _Watched):
+            ev.source = name
         res = ev.evaluate(plan, None, split="search", references=refs, definition=definition)
         record(TrialRecord(number=number, plan=plan, fidelity=ev.suite.split_fidelity("search"), result=res,
                            wall_s=time.perf_counter() - start, source=name))
@@ -189,10 +269,16 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
 
 
 # ----------------------------------------------------------------------------- background workers
-def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None) -> subprocess.Popen:
-    """Start a worker process for the study; returns at once."""
+WORKER = ("-m", "db.worker")
+
+
+def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None,
+           worker: tuple[str, ...] = WORKER) -> subprocess.Popen:
+    """Start a worker process for the study; returns at once.
+
+    ``worker`` is the Python command line that runs it (tests pass a slowed-down one)."""
     study = store.study(study_id)
-    if study["status"] in ACTIVE and _alive(study["worker_pid"]):
+    if study["status"] in ACTIVE and worker_alive(study):
         raise StudyError(f"study {study_id} already has a live worker (pid {study['worker_pid']}, "
                          f"{study['status']})")
     seed = int(study["settings"].get("seed", 0))
@@ -203,49 +289,133 @@ def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"study-{study_id}.log", "ab")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "db.worker", "--db", store.url, "--study", str(study_id)],
+        proc = subprocess.Popen([sys.executable, *worker, "--db", store.url, "--study", str(study_id)],
                                 env=env, cwd=str(ROOT), stdout=log or subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         if log is not None:
             log.close()  # the child has its own descriptor
-    store.transition(study_id, ("created", "interrupted", "cancelled", "failed"), "created", pid=proc.pid)
+    store.launched(study_id, Owner(proc.pid, host_id(), process_start(proc.pid)))
     return proc
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
+def _launched(s: dict[str, Any]) -> bool:
+    """Whether a worker was ever started for an active study (a created, never launched one has none)."""
+    return bool(s["worker_pid"] or s["heartbeat_at"])
+
+
+def _owner(s: dict[str, Any]) -> Owner:
+    return Owner(s["worker_pid"], s["worker_host"], s["worker_start"])
+
+
+def dead_reason(s: dict[str, Any], now: datetime | None = None) -> str | None:
+    """Why the study's worker counts as dead, or None while it may be alive.
+
+    The heartbeat decides, wherever the worker runs: older than the grace period means dead. A pid is
+    a fast path only here, on the worker's own host, for the very process that claimed the study."""
+    if local_worker_dead(s["worker_pid"], s["worker_host"], s["worker_start"]):
+        return f"the worker process (pid {s['worker_pid']}) ended unexpectedly"
+    last = s["heartbeat_at"] or s["started_at"] or s["created_at"]
+    age = ((now or utcnow()) - last).total_seconds()
+    grace = grace_s()
+    if age > grace:
+        where = f"pid {s['worker_pid']}" + (f" on {s['worker_host'].split('/')[0]}" if s["worker_host"] else "")
+        return (f"the worker ({where}) stopped responding: no heartbeat for {age:.0f} s "
+                f"(grace {grace:g} s, GPTAILOR_GRACE_S)")
+    return None
+
+
+def worker_alive(s: dict[str, Any]) -> bool:
+    """An active study's worker may still be running (launched, and not known to be dead)."""
+    return _launched(s) and dead_reason(s) is None
 
 
 def reconcile(store: Store) -> list[int]:
-    """Mark studies whose worker died without saying so as 'interrupted'; returns their ids."""
+    """Mark studies whose worker died (or stopped beating) 'interrupted', or 'cancelled' if a cancel was
+    asked; record the trial each was inside as failed; hard-stop cancelled workers that overstay their
+    grace. Returns the ids of the studies it ended."""
     out = []
+    now = utcnow()
     for s in store.studies():
-        if s["status"] in ACTIVE and s["worker_pid"] and not _alive(s["worker_pid"]):
-            if store.transition(s["id"], ACTIVE, "interrupted",
-                                error="the worker process ended unexpectedly; resume it"):
-                out.append(s["id"])
+        if s["status"] not in ACTIVE or not _launched(s):
+            continue
+        reason = dead_reason(s, now)
+        if reason is None:
+            if s["status"] == "cancelling":
+                _escalate(s, now)
+            continue
+        if s["status"] == "cancelling":
+            asked = s["cancel_requested_at"]
+            forced = asked is not None and (now - asked).total_seconds() >= stop_grace_s()
+            status, error = "cancelled", (f"cancelled; stopped by force: the worker had not stopped "
+                                          f"{stop_grace_s():g} s after the cancel (GPTAILOR_STOP_GRACE_S)"
+                                          if forced else f"cancelled; {reason}")
+        else:
+            status, error = "interrupted", f"{reason}; resume it"
+        if store.stop(s["id"], status, error, owner=_owner(s), heartbeat_seen=s["heartbeat_at"],
+                      inflight_error="worker stopped responding during this trial"):
+            out.append(s["id"])
     return out
 
 
-def cancel(store: Store, study_id: int) -> None:
-    """Ask the worker to stop after the current trial (or mark a study without a live worker cancelled)."""
-    s = store.study(study_id)
-    if _alive(s["worker_pid"]) and store.transition(study_id, ("running", "created"), "cancelling"):
+def _signal(s: dict[str, Any], sig: int) -> bool:
+    """Send ``sig`` to the study's worker and its process group, only if it is certainly that worker
+    (this host, same process start time); True if sent."""
+    if local_worker_dead(s["worker_pid"], s["worker_host"], s["worker_start"]) is not False:
+        return False
+    pid = s["worker_pid"]
+    try:
+        os.killpg(pid, sig)  # the background worker leads its own session: its children go too
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)  # a foreground run is not a group leader
+        except (ProcessLookupError, PermissionError):
+            return False
+    return True
+
+
+def _escalate(s: dict[str, Any], now: datetime) -> None:
+    """The hard stop: SIGTERM once a cancel has waited GPTAILOR_STOP_GRACE_S, SIGKILL a third later."""
+    asked = s["cancel_requested_at"]
+    if asked is None:
         return
-    store.transition(study_id, ACTIVE, "cancelled")
+    waited, grace = (now - asked).total_seconds(), stop_grace_s()
+    if waited >= grace:
+        _signal(s, signal.SIGKILL if waited >= grace * 4 / 3 else signal.SIGTERM)
+
+
+def cancel(store: Store, study_id: int, wait: float | None = None) -> str:
+    """Ask the worker to stop after the current trial (or mark a study without a live worker cancelled).
+
+    With ``wait``, block up to that many seconds for it to stop, then stop it by force (SIGTERM, then
+    SIGKILL) if it runs on this host. Without, ``reconcile`` (the UI's refresh, ``studies``) escalates
+    once the cancel is GPTAILOR_STOP_GRACE_S old. Returns the study's status."""
+    s = store.study(study_id)
+    if not (worker_alive(s) and store.request_cancel(study_id)):
+        store.transition(study_id, ACTIVE, "cancelled")
+        return store.study(study_id)["status"]
+    if wait is None:
+        return "cancelling"
+    deadline = time.time() + wait
+    while time.time() < deadline and store.study(study_id)["status"] in ACTIVE:
+        time.sleep(0.2)
+    s = store.study(study_id)
+    if s["status"] in ACTIVE and _signal(s, signal.SIGTERM):
+        kill_at = time.time() + max(1.0, stop_grace_s() / 3)
+        while time.time() < kill_at and store.study(study_id)["status"] in ACTIVE:
+            time.sleep(0.2)
+        s = store.study(study_id)
+        if s["status"] in ACTIVE:
+            _signal(s, signal.SIGKILL)
+            for _ in range(50):
+                if local_worker_dead(s["worker_pid"], s["worker_host"], s["worker_start"]):
+                    store.stop(study_id, "cancelled", f"cancelled; stopped by force (SIGKILL): the worker had not "
+                               f"stopped {wait:g} s after the cancel nor after SIGTERM", owner=_owner(s),
+                               inflight_error="stopped by force during this trial")
+                    break
+                time.sleep(0.1)
+    reconcile(store)
+    return store.study(study_id)["status"]
 
 
 def check_resumable(store: Store, study_id: int) -> dict[str, Any]:
@@ -254,8 +424,8 @@ def check_resumable(store: Store, study_id: int) -> dict[str, Any]:
     s = store.study(study_id)
     if s["status"] == "finished":
         raise StudyError(f"study {study_id} is finished ({s['trials_done']} trials); nothing to resume")
-    if s["status"] in ACTIVE and _alive(s["worker_pid"]):
-        raise StudyError(f"study {study_id} is still running (pid {s['worker_pid']})")
+    if s["status"] in ACTIVE and worker_alive(s):
+        raise StudyError(f"study {study_id} is still running (pid {s['worker_pid']}); cancel it first")
     return s
 
 

@@ -1,4 +1,8 @@
-"""The background worker: ``python -m db.worker --db URL --study ID`` runs one study to its end."""
+"""The background worker: ``python -m db.worker --db URL --study ID`` runs one study to its end.
+
+It claims the study and starts beating before the slow imports (torch, transformers), so a reader
+never mistakes a worker that is still starting for a dead one.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +13,23 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+_stopping = False
+
 
 def _stop(signum, _frame):
+    """SIGTERM: stop like Ctrl-C, once (a second signal during the clean-up is ignored)."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _lost() -> None:
+    """The study was declared dead or taken over while this worker was busy: stop now."""
+    print("this worker no longer owns its study (no heartbeat reached the database in time, or another "
+          "worker took it over); stopping", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,15 +38,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", type=int, required=True)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
-    from transformers.utils import logging as hf_logging
+    from .liveness import Heartbeat, Owner, SettingError
+    from .store import Store, StoreError
 
-    hf_logging.disable_progress_bar()
-    from .runs import run_study
-    from .store import Store
+    try:
+        store = Store(args.db)
+        me = Owner.me()
+        with Heartbeat(store, args.study, me, on_lost=_lost) if store.claim(args.study, me) else _Nothing():
+            from transformers.utils import logging as hf_logging
 
-    status = run_study(Store(args.db), args.study)
+            hf_logging.disable_progress_bar()
+            from .runs import StudyError, run_study
+
+            try:
+                status = run_study(store, args.study)
+            except StudyError as e:
+                print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
+                return 2
+    except (StoreError, SettingError) as e:
+        print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:  # a signal while still starting: say so rather than wait for the grace
+        try:
+            store.stop(args.study, "cancelled", "stopped by a signal while starting", owner=me)
+        except (NameError, StoreError):
+            pass
+        print(f"study {args.study}: stopped by a signal while starting", file=sys.stderr, flush=True)
+        return 1
     print(f"study {args.study}: {status}", flush=True)
     return 0 if status in ("finished", "cancelled") else 1
+
+
+class _Nothing:
+    """No early heartbeat (the study could not be claimed; ``run_study`` says why)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_store_round_trip_and_wal(tmp_path, fam_dir, ev):
     assert s["best_retention"] == max(t["retention"] for t in trials if t["fidelity"] == 8)
     with sqlite3.connect(tmp_path / "g.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def _rh(rows):
@@ -137,13 +137,15 @@ def test_corrupt_and_unwritable_databases_are_clear_errors(tmp_path):
         os.chmod(ro, 0o700)
 
 
-def test_newer_schema_is_refused(tmp_path):
+def test_newer_schema_is_refused_untouched(tmp_path):
     url = f"sqlite:///{tmp_path / 'g.db'}"
     Store(url)
     with sqlite3.connect(tmp_path / "g.db") as con:
-        con.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(StoreError, match="newer than this release"):
+        con.execute("UPDATE alembic_version SET version_num = '0099'")
+    before = (tmp_path / "g.db").read_bytes()
+    with pytest.raises(StoreError, match="revision 0099 is unknown.*created by a newer gptailor; upgrade to open it"):
         Store(url)
+    assert (tmp_path / "g.db").read_bytes() == before
 
 
 def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
@@ -216,7 +218,10 @@ def test_sigkill_loses_nothing_and_resume_finishes(tmp_path, fam_dir):
     s = wait(store, sid, timeout=300)
     trials = store.trials(sid)
     assert s["status"] == "finished", (tmp_path / "logs" / f"study-{sid}.log").read_text()
-    assert len(trials) == 10 and [t["number"] for t in trials] == list(range(10))
+    # the trial the kill cut short is stored as failed (and told to SMAC when its plan encodes)
+    cut = [t for t in trials if t["status"] == "failed"]
+    assert all(t["error"] == "worker stopped responding during this trial" for t in cut) and len(cut) <= 1
+    assert len(trials) in (10, 11) and [t["number"] for t in trials] == list(range(len(trials)))
     assert trials[: len(kept)] == kept  # nothing completed before the kill was lost or changed
     with pytest.raises(StudyError, match="finished"):
         resume(store, sid)

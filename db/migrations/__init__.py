@@ -1,0 +1,1 @@
+"""Alembic migration environment of the study database (``env.py`` and ``versions/``)."""

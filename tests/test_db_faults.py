@@ -1,0 +1,168 @@
+"""Database faults reach the user as one StoreError line naming the database and what to do."""
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from db.store import Store, StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+MOUNTS: list[Path] = []  # unmounted after each test
+PLAN = {"family": "tiny", "ops": ["base"] * 4}
+
+
+def trial(n: int, pad: int = 0) -> dict:
+    return {"number": n, "plan": {**PLAN, "pad": "x" * pad}, "plan_text": f"plan {n}", "fidelity": 4,
+            "result": {"scores": {"t": 0.5}, "task_retention": {"t": 0.5}, "retention": 0.5 + n / 100}}
+
+
+def study_with_trials(url: str, n: int, pad: int = 0) -> Store:
+    store = Store(url)
+    sid = store.create_study(family_name="tiny", family_source="demo", family_spec={}, family_info={},
+                             method="random", budget={"remove_layers": 1}, settings={}, n_trials=n)
+    for k in range(n):
+        store.record_trial(sid, trial(k, pad))
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _unmount():
+    yield
+    while MOUNTS:
+        subprocess.run(["umount", "-l", str(MOUNTS.pop())], capture_output=True)
+
+
+@contextmanager
+def tmpfs(where: Path, size: str):
+    """A small RAM file system (needs root); the test is skipped where it cannot be mounted."""
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+# ------------------------------------------------------------------ each fault: (make it, use it)
+def not_a_database(tmp: Path) -> str:
+    (tmp / "g.db").write_bytes(b"this is not a database at all" * 100)
+    return f"sqlite:///{tmp / 'g.db'}"
+
+
+def corrupt_page(tmp: Path) -> str:
+    db = tmp / "g.db"
+    study_with_trials(f"sqlite:///{db}", 60, pad=3000).engine.dispose()  # closed: WAL folded into the file
+    size = db.stat().st_size
+    assert size > 100_000
+    with open(db, "r+b") as f:  # a page of the trials table, in the middle of the file, overwritten
+        f.seek((size // 2) // 4096 * 4096)
+        f.write(b"\xff" * 4096)
+    return f"sqlite:///{db}"
+
+
+def read_only_file(tmp: Path) -> str:
+    study_with_trials(f"sqlite:///{tmp / 'g.db'}", 2).engine.dispose()
+    if os.geteuid() != 0:
+        os.chmod(tmp / "g.db", 0o444)
+        return f"sqlite:///{tmp / 'g.db'}"
+    ro = tmp / "ro"
+    ro.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(ro)], capture_output=True)
+    if res.returncode:
+        pytest.skip("root ignores file permissions and no read-only mount is possible here")
+    MOUNTS.append(ro)
+    subprocess.run(["cp", str(tmp / "g.db"), str(ro)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    return f"sqlite:///{ro / 'g.db'}"
+
+
+def write_a_study(url: str) -> None:
+    store = Store(url)
+    store.create_study(family_name="tiny", family_source="demo", family_spec={}, family_info={},
+                       method="random", budget={}, settings={}, n_trials=1)
+
+
+def read_trials(url: str) -> None:
+    store = Store(url)
+    for s in store.studies():
+        store.trials(s["id"])
+
+
+CASES = [
+    ("not a database", not_a_database, Store, r"g\.db is not a SQLite database.*move it aside"),
+    ("corrupt data page", corrupt_page, read_trials, r"g\.db is damaged \(database disk image is malformed\).*\.recover"),
+    ("read-only file", read_only_file, write_a_study, r"g\.db is read-only.*writable"),
+    ("URL nonsense", lambda tmp: "nonsense", Store, r"'nonsense' is not a database URL.*sqlite:////"),
+    ("URL sqlite//x", lambda tmp: "sqlite//x", Store, r"'sqlite//x' is not a database URL"),
+    ("unknown dialect", lambda tmp: "oracle9://u:pw@h/x", Store, r"unknown kind of database 'oracle9'"),
+    ("postgresql without driver or server", lambda tmp: "postgresql://ann:secret@127.0.0.1:1/studies", Store,
+     r"postgresql://ann:\*\*\*@127\.0\.0\.1:1/studies.*(driver 'psycopg2?' is not installed; pip install "
+     r"psycopg|cannot connect)"),
+    ("mysql without driver", lambda tmp: "mysql://ann:secret@127.0.0.1:1/studies", Store,
+     r"mysql://ann:\*\*\*@127\.0\.0\.1:1/studies: its driver 'MySQLdb' is not installed"),
+]
+
+
+@pytest.mark.parametrize("name,make,use,message", CASES, ids=[c[0] for c in CASES])
+def test_fault_is_one_clear_line(tmp_path, name, make, use, message):
+    url = make(tmp_path)
+    with pytest.raises(StoreError, match=message) as err:
+        use(url)
+    text = str(err.value)
+    assert "\n" not in text and "secret" not in text
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained traceback
+    if name != "not a database":
+        assert "move it aside" not in text  # that hint only when the file is not a database at all
+
+
+def test_connection_refused_is_one_line(tmp_path):
+    pytest.importorskip("pymysql")
+    with pytest.raises(StoreError, match=r"cannot connect to the database mysql\+pymysql://ann:\*\*\*@127\.0\.0\.1:1/"
+                                         r"studies: .*check that the server is running") as err:
+        Store("mysql+pymysql://ann:secret@127.0.0.1:1/studies")
+    assert "\n" not in str(err.value) and "secret" not in str(err.value)
+
+
+def test_full_disk_mid_study_keeps_stored_trials(tmp_path):
+    with tmpfs(tmp_path / "small", "600k") as small:
+        url = f"sqlite:///{small / 'g.db'}"
+        store = study_with_trials(url, 3)
+        kept = store.trials(1)
+        filler = small / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # take every free byte
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        with pytest.raises(StoreError, match=r"the disk holding .*g\.db is full.*trials stored so far are intact"):
+            store.record_trial(1, trial(3, pad=300_000))
+        with pytest.raises(StoreError, match="is full"):
+            Store(f"sqlite:///{small / 'fresh.db'}")
+        filler.unlink()
+        store.engine.dispose()
+        again = Store(url)
+        assert again.trials(1) == kept
+        with sqlite3.connect(small / "g.db") as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        again.record_trial(1, trial(3))  # and it works again once there is room
+        assert len(again.trials(1)) == 4
+        again.engine.dispose()
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    env = {**os.environ, "GPTAILOR_DB_URL": "sqlite//x", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "gptailor", "studies"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "'sqlite//x' is not a database URL" in res.stderr

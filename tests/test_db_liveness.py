@@ -1,0 +1,208 @@
+"""Heartbeats, dead or hung workers, reused pids, two hosts and the hard stop, with real processes."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+
+from db.liveness import host_id, process_start
+from db.models import StudyRow, utcnow
+from db.runs import StudyError, cancel, check_resumable, create_study, launch, reconcile
+from db.store import Store
+from gptailor import demo
+from gptailor.search import SearchSettings
+from gptailor.space import Budget
+
+from conftest import make_tiny_family
+
+SLOW = ("tests/slow_worker.py",)
+CUT = "worker stopped responding during this trial"
+
+
+@pytest.fixture(scope="module")
+def fam_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("livefam")
+    spec = make_tiny_family(d, n_layers=6)
+    demo.write_tasks(d, n_test=12)
+    spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
+    return d
+
+
+@pytest.fixture
+def fast_beats(monkeypatch):
+    """Short heartbeat and grace for this test and the workers it launches (they inherit the environment)."""
+    monkeypatch.setenv("GPTAILOR_HEARTBEAT_S", "0.3")
+    monkeypatch.setenv("GPTAILOR_GRACE_S", "2")
+    monkeypatch.setenv("GPTAILOR_STOP_GRACE_S", "1.5")
+    monkeypatch.setenv("SLOW_EVAL_S", "120")
+
+
+def new_study(store: Store, fam_dir, n_trials=3) -> tuple[Store, int]:
+    """A random search (no SMAC model, no heuristics to compute: the worker reaches its first trial soonest)."""
+    sid = create_study(store, str(fam_dir / "family.yaml"), "random", Budget(remove_layers=2),
+                       SearchSettings(method="random", n_trials=n_trials, min_fidelity=2, max_fidelity=8, seed=0))
+    return store, sid
+
+
+def in_trial(store: Store, sid: int, proc: subprocess.Popen, log) -> dict:
+    """Wait until the worker is inside a trial (its progress says which)."""
+    deadline = time.time() + 180
+    while True:
+        s = store.study(sid)
+        if (s["progress"] or {}).get("phase") == "trial":
+            return s
+        assert time.time() < deadline and proc.poll() is None, log.read_text() if log.exists() else "no log"
+        time.sleep(0.1)
+
+
+def test_sigstop_past_grace_from_another_host_then_resume(tmp_path, fam_dir, fast_beats, monkeypatch):
+    """Host A runs a worker; host B (another data dir and host id, the same database URL) cannot see its
+    pid: it leaves it alone while it beats, and declares it dead once it has not beaten for the grace
+    period (here: stopped by SIGSTOP inside a trial). The woken worker then writes nothing more."""
+    url = f"sqlite:///{tmp_path / 'shared' / 'g.db'}"
+    monkeypatch.setenv("GPTAILOR_DB_URL", url)
+    monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path / "host-a"))
+    monkeypatch.setenv("GPTAILOR_HOST_ID", "host-a")
+    store, sid = new_study(Store(), fam_dir)
+    logs = tmp_path / "host-a" / "logs"
+    proc = launch(store, sid, log_dir=logs, worker=SLOW)
+    log = logs / f"study-{sid}.log"
+    s = in_trial(store, sid, proc, log)
+    assert s["worker_host"] == "host-a"
+    monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path / "host-b"))
+    monkeypatch.setenv("GPTAILOR_HOST_ID", "host-b")
+    b = Store()
+    for _ in range(2):  # a live worker elsewhere, beating: left alone
+        assert reconcile(b) == []
+        time.sleep(0.8)
+    with pytest.raises(StudyError, match="still running"):
+        check_resumable(b, sid)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        assert reconcile(b) == []  # not beating any more, but not for long enough yet
+        time.sleep(2.6)
+        assert reconcile(b) == [sid]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    s2 = b.study(sid)
+    assert s2["status"] == "interrupted" and "on host-a" in s2["error"] and "no heartbeat for" in s2["error"]
+    trials = b.trials(sid)
+    assert [(t["number"], t["status"], t["error"]) for t in trials] == [(s["progress"]["trial"], "failed", CUT)]
+    assert trials[0]["plan_text"] == s["progress"]["plan"] and trials[0]["fidelity"] == s["progress"]["fidelity"]
+    # woken up, the worker finds its study is no longer its own and stops without writing anything
+    assert proc.wait(timeout=60) != 0
+    assert b.trials(sid) == trials and b.study(sid)["status"] == "interrupted"
+    assert "no longer owns its study" in log.read_text()
+    # resumable from there (test_db's SIGKILL test runs such a resume to the end)
+    assert check_resumable(b, sid)["status"] == "interrupted"
+
+
+def test_cancel_hard_stops_a_worker_stuck_in_a_trial(tmp_path, fam_dir, fast_beats):
+    store, sid = new_study(Store(f"sqlite:///{tmp_path / 'g.db'}"), fam_dir)
+    proc = launch(store, sid, log_dir=tmp_path / "logs", worker=SLOW)
+    s = in_trial(store, sid, proc, tmp_path / "logs" / f"study-{sid}.log")
+    t0 = time.time()
+    assert cancel(store, sid, wait=1.0) == "cancelled"  # the trial takes 120 s: SIGTERM ends it
+    assert time.time() - t0 < 30 and proc.wait(timeout=30) is not None
+    done = store.study(sid)
+    assert done["status"] == "cancelled" and done["error"] == "stopped by a signal"
+    (cut,) = store.trials(sid)
+    assert (cut["number"], cut["status"], cut["error"]) == (s["progress"]["trial"], "failed",
+                                                            "stopped by a signal during this trial")
+
+
+# ------------------------------------------------------------------ pid reuse, with real unrelated processes
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def running_study(store: Store, pid: int, host: str | None, start: str | None, beat_age_s: float) -> int:
+    sid = store.create_study(family_name="tiny", family_source="demo", family_spec={}, family_info={},
+                             method="random", budget={"remove_layers": 1}, settings={}, n_trials=3)
+    with store.session() as s:
+        row = s.get(StudyRow, sid)
+        row.status, row.worker_pid, row.worker_host, row.worker_start = "running", pid, host, start
+        row.heartbeat_at = utcnow() - timedelta(seconds=beat_age_s)
+        row.progress = {"phase": "trial", "trial": 0, "plan": "0:base 1:drop", "plan_json": {"family": "tiny"},
+                        "fidelity": 4}
+    return sid
+
+
+@pytest.mark.parametrize("case,start,beat_age_s,dead", [
+    ("reused pid: another process now, fresh heartbeat", "1", 0, True),
+    ("reused pid, stale heartbeat", "1", 120, True),
+    ("the very process, fresh heartbeat", "real", 0, False),
+    ("the very process, hung: stale heartbeat", "real", 120, True),
+    ("written by an older release: pid only, stale heartbeat", None, 120, True),
+])
+def test_a_live_pid_is_not_proof_of_life(tmp_path, sleeper, case, start, beat_age_s, dead):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    host = None if start is None else host_id()
+    sid = running_study(store, sleeper.pid, host, process_start(sleeper.pid) if start == "real" else start,
+                        beat_age_s)
+    assert reconcile(store) == ([sid] if dead else [])
+    s = store.study(sid)
+    assert s["status"] == ("interrupted" if dead else "running")
+    if dead:
+        assert [(t["number"], t["status"], t["error"]) for t in store.trials(sid)] == [(0, "failed", CUT)]
+    assert sleeper.poll() is None  # never signalled
+
+
+def test_hard_stop_signals_only_the_recorded_process(tmp_path, monkeypatch):
+    """A 'worker' that ignores SIGTERM is killed; a reused pid (another process) is never signalled."""
+    monkeypatch.setenv("GPTAILOR_STOP_GRACE_S", "0.6")
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE, start_new_session=True)
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        stubborn.stdout.readline()
+        store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+        a = running_study(store, stubborn.pid, host_id(), process_start(stubborn.pid), 0)
+        b = running_study(store, other.pid, host_id(), "1", 0)  # its worker died; the pid went to `sleep`
+        assert cancel(store, b, wait=0.3) == "cancelled"
+        assert other.poll() is None
+        t0 = time.time()
+        assert cancel(store, a, wait=0.3) == "cancelled"
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL and time.time() - t0 < 10
+        assert "SIGKILL" in store.study(a)["error"]
+    finally:
+        for p in (stubborn, other):
+            p.kill()
+            p.wait()
+
+
+def test_reader_escalates_a_cancel_to_sigterm_then_sigkill(tmp_path, monkeypatch):
+    """What the UI's refresh does: cancel without waiting; later reconciles send SIGTERM once the cancel
+    is GPTAILOR_STOP_GRACE_S old, and SIGKILL a third of it later, to a worker that honours neither."""
+    monkeypatch.setenv("GPTAILOR_STOP_GRACE_S", "0.9")
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "lambda *a: print('term', flush=True)); print('ready', flush=True); "
+                                 "[time.sleep(0.05) for _ in range(1200)]"],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert stubborn.stdout.readline() == "ready\n"
+        store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+        sid = running_study(store, stubborn.pid, host_id(), process_start(stubborn.pid), 0)
+        assert cancel(store, sid) == "cancelling"
+        deadline = time.time() + 20
+        while store.study(sid)["status"] == "cancelling":
+            assert time.time() < deadline
+            reconcile(store)
+            time.sleep(0.1)
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL
+        assert stubborn.stdout.readline() == "term\n"  # it was asked nicely first
+        s = store.study(sid)
+        assert s["status"] == "cancelled" and "stopped by force" in s["error"]
+        assert [t["error"] for t in store.trials(sid)] == [CUT]
+    finally:
+        for p in (stubborn,):
+            p.kill()
+            p.wait()

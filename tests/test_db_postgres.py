@@ -1,0 +1,134 @@
+"""The same migrations and liveness writes on a real PostgreSQL server, started for this module.
+
+Skipped where no PostgreSQL server binaries or no psycopg2 are installed."""
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+psycopg2 = pytest.importorskip("psycopg2")
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from db.liveness import Owner  # noqa: E402
+from db.store import MIGRATIONS_DIR, SCHEMA_REVISION, Store, StoreError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bindir() -> str | None:
+    for d in [os.environ.get("PG_BINDIR", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        if d and os.path.exists(os.path.join(d, "initdb")):
+            return d
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A throwaway PostgreSQL cluster on a free port (run as the postgres user when we are root)."""
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+            pytest.skip("running as root without a postgres user to start the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    d = Path(tempfile.mkdtemp(prefix="gptailor-pg-"))  # not under pytest's root-only folder
+    if as_user:
+        shutil.chown(d, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        for cmd in ([f"{bindir}/initdb", "-D", f"{d}/data", "-A", "trust", "-U", "postgres"],
+                    [f"{bindir}/pg_ctl", "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-o",
+                     f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]):
+            res = subprocess.run([*as_user, *cmd], capture_output=True, text=True)
+            if res.returncode:
+                pytest.skip(f"cannot start a PostgreSQL server here: {(res.stderr or res.stdout).strip()[-300:]}")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", f"{d}/data", "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def url(server):
+    """A fresh database on the server for each test."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+def test_six_processes_create_a_fresh_database_at_once(url, tmp_path):
+    go = tmp_path / "go"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom db.store import Store\n"
+            "while not Path(sys.argv[2]).exists(): time.sleep(0.005)\nprint(Store(sys.argv[1]).revision())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(go)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    time.sleep(1.5)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [o[1][-800:] for o in outs]
+    assert [o[0].strip() for o in outs] == [SCHEMA_REVISION] * 6
+
+
+def test_pre_alembic_database_is_adopted_and_newer_refused(url):
+    engine = create_engine(url)
+    with engine.begin() as conn:  # what the old code left: the v1 tables, schema_version 1, no alembic_version
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("INSERT INTO families (id, name, spec, info, created_at) VALUES "
+                          "(1, 'tiny', '{}', '{}', now())"))
+        conn.execute(text("INSERT INTO studies (id, name, family_id, family_source, method, budget, settings, "
+                          "status, n_trials, created_at) VALUES (1, 'old', 1, 'demo', 'random', '{}', '{}', "
+                          "'interrupted', 3, now())"))
+        conn.execute(text("INSERT INTO trials (id, study_id, number, plan, plan_text, scores, task_retention, "
+                          "retention, status, source, created_at) VALUES (1, 1, 0, '{}', 'p0', '{}', '{}', 0.8, "
+                          "'complete', 'search', now())"))
+    engine.dispose()
+    store = Store(url)
+    assert store.revision() == SCHEMA_REVISION
+    (t,) = store.trials(1)
+    assert (t["plan_text"], t["retention"]) == ("p0", 0.8) and store.study(1)["status"] == "interrupted"
+    with store.engine.connect() as c:
+        assert c.execute(text("SELECT cached FROM trials")).scalar() is False
+        c.execute(text("UPDATE alembic_version SET version_num = '0042'"))
+        c.commit()
+    store.engine.dispose()
+    with pytest.raises(StoreError, match="created by a newer gptailor; upgrade to open it"):
+        Store(url)
+
+
+def test_owner_guarded_writes_and_inflight_trial(url):
+    store = Store(url)
+    sid = store.create_study(family_name="t", family_source="demo", family_spec={}, family_info={},
+                             method="random", budget={}, settings={}, n_trials=2)
+    me, other = Owner.me(), Owner(1, "elsewhere", "1")
+    assert store.claim(sid, me) and store.beat(sid, me) and not store.beat(sid, other)
+    assert store.set_progress(sid, {"phase": "trial", "trial": 0, "plan": "p", "plan_json": {}, "fidelity": 2}, me)
+    seen = store.study(sid)["heartbeat_at"]
+    assert store.beat(sid, me)
+    assert not store.stop(sid, "interrupted", "x", owner=me, heartbeat_seen=seen)  # it beat since: alive
+    seen = store.study(sid)["heartbeat_at"]
+    assert store.stop(sid, "interrupted", "gone", owner=me, heartbeat_seen=seen, inflight_error="cut")
+    assert [(t["number"], t["status"], t["error"]) for t in store.trials(sid)] == [(0, "failed", "cut")]
+    assert not store.beat(sid, me)
