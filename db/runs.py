@@ -452,7 +452,7 @@ _QUEUE_LOCK = threading.Lock()  # one process's launches are counted one at a ti
 
 def _busy(store: Store) -> int:
     """Studies holding a live worker right now (each one a process using CPU or GPU)."""
-    return sum(1 for s in store.studies() if s["status"] in ACTIVE and _alive(s["worker_pid"]))
+    return sum(1 for s in store.studies() if s["status"] in ACTIVE and worker_alive(s))
 
 
 def launch_or_queue(store: Store, study_id: int, max_workers: int = 0,

@@ -20,6 +20,7 @@ always contains every lower one (what multi-fidelity search assumes).
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import zlib
