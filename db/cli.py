@@ -113,13 +113,15 @@ def cmd_baseline(args, argv) -> int:
 
 
 def cmd_resume(args, argv) -> int:
-    from .runs import check_resumable
-    from .store import Store
-
     from gptailor.limits import whole
+
+    from .runs import StudyError, check_resumable
+    from .store import Store
 
     store = Store(args.db)
     s = check_resumable(store, args.study)
+    if s["status"] == "queued":
+        raise StudyError(f"study {args.study} is queued in the app; it starts when a worker slot frees")
     seed = whole("seed", s["settings"].get("seed", 0))  # a stored seed the worker could not start with
     if not args.background:
         _fixed_hash_seed(argv, seed)
@@ -127,11 +129,11 @@ def cmd_resume(args, argv) -> int:
 
 
 def cmd_cancel(args, argv) -> int:
-    from .runs import cancel
+    from .runs import withdraw
     from .store import Store
 
     store = Store(args.db)
-    cancel(store, args.study)
+    withdraw(store, args.study)  # a queued study leaves the queue; a running one stops after its trial
     print(f"study {args.study}: {store.study(args.study)['status']}")
     return 0
 
