@@ -122,13 +122,15 @@ def cmd_baseline(args, argv) -> int:
 
 
 def cmd_resume(args, argv) -> int:
-    from .runs import check_resumable
-    from .store import Store
-
     from gptailor.limits import whole
+
+    from .runs import StudyError, check_resumable
+    from .store import Store
 
     store = Store(args.db)
     s = check_resumable(store, args.study)
+    if s["status"] == "queued":
+        raise StudyError(f"study {args.study} is queued in the app; it starts when a worker slot frees")
     seed = whole("seed", s["settings"].get("seed", 0))  # a stored seed the worker could not start with
     if not args.background:
         _fixed_hash_seed(argv, seed)
@@ -136,11 +138,15 @@ def cmd_resume(args, argv) -> int:
 
 
 def cmd_cancel(args, argv) -> int:
-    from .runs import cancel
+    from .runs import cancel, withdraw
     from .store import Store
 
     store = Store(args.db)
-    status = cancel(store, args.study, wait=args.wait)
+    if store.study(args.study)["status"] == "queued":
+        withdraw(store, args.study)  # a queued study leaves the queue at once
+        status = store.study(args.study)["status"]
+    else:
+        status = cancel(store, args.study, wait=args.wait)
     print(f"study {args.study}: {status}")
     return 0
 

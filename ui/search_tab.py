@@ -11,7 +11,7 @@ from gptailor.limits import SettingsError, whole
 from gptailor.search import SearchSettings
 from gptailor.space import Budget, BudgetError
 
-from .engine import ENGINE, data_dir, max_trials, max_workers, store
+from .engine import ENGINE, data_dir, max_trials, max_workers, redact, store
 from .guard import allowance, check_owner, refuse, session_of
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "trials", "best retention %", "error"]
@@ -30,7 +30,7 @@ def budget_text(family: str, remove: float, kind: str = "layers to remove", frac
         fam = ENGINE.get(family).family
         L, n = fam.n_layers, _budget(kind, remove, fraction).n_remove(fam)
     except (FamilyError, TaskError, BudgetError) as e:
-        return f"⚠ {e}"
+        return f"⚠ {redact(str(e))}"
     if n >= L:
         return f"⚠ removing {n} of {L} layers keeps none; remove at most {L - 1}"
     return (f"keeps **{L - n} of {L}** layers, **{fam.param_count(L - n) / 1e6:.2f} M of "
