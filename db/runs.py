@@ -132,11 +132,14 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
         spaces: list[Any] = []  # the search's plan space, to store the in-flight trial's configuration
 
         def report(plan: Plan, fidelity: int | None, source: str) -> None:
-            store.set_progress(study_id, {"phase": "trial", "trial": len(previous) + recorded[0],
-                                          "plan": plan.to_text(), "plan_json": plan.to_dict(),
-                                          "config": _config_of(spaces, plan),
-                                          "fidelity": fidelity if fidelity is not None else ev.suite.max_fidelity,
-                                          "source": source, "wall_s": time.perf_counter() - start}, me)
+            try:
+                store.set_progress(study_id, {"phase": "trial", "trial": len(previous) + recorded[0],
+                                              "plan": plan.to_text(), "plan_json": plan.to_dict(),
+                                              "config": _config_of(spaces, plan),
+                                              "fidelity": ev.suite.max_fidelity if fidelity is None else fidelity,
+                                              "source": source, "wall_s": time.perf_counter() - start}, me)
+            except StoreError as e:  # a busy database must not fail the trial itself; recording it will tell
+                print(f"study {study_id}: progress not stored: {e}", file=sys.stderr, flush=True)
 
         watched = _Watched(ev, report)
 

@@ -64,7 +64,8 @@ def test_head_revision_and_models_agree(tmp_path):
 
 @pytest.mark.parametrize("old,revision", [("v1.db", "0001"), ("v2.db", "0002")])
 def test_revisions_reproduce_the_old_schemas(tmp_path, old, revision):
-    assert columns(upgraded_to(tmp_path, revision)) == columns(FIXTURES / old)
+    shutil.copy(FIXTURES / old, tmp_path / old)  # read a copy: the fixture stays as the old code wrote it
+    assert columns(upgraded_to(tmp_path, revision)) == columns(tmp_path / old)
 
 
 @pytest.mark.parametrize("old", ["v1.db", "v2.db"])
