@@ -1,4 +1,5 @@
 """Every name that becomes a path: one rule (gptailor.paths), refused with a clear message."""
+import copy
 import dataclasses
 import os
 from pathlib import Path
@@ -58,7 +59,8 @@ def test_analysis_cache_refuses_a_family_name_that_is_a_path(tiny_family, tmp_pa
     from gptailor.family import Family
 
     spec = dataclasses.replace(tiny_family.spec, name="../../escaped")
-    fam = Family(spec, tiny_family.models, tiny_family.tokenizer, tiny_family.device, tiny_family.dtype)
+    fam = copy.copy(tiny_family)  # the same loaded family under a name that is a path
+    fam.spec = spec
     with pytest.raises(PathError, match="family name '../../escaped' is not allowed"):
         cached_analysis(fam, ["some text"], tmp_path / "analysis")
     assert not any(tmp_path.rglob("*.json")) and not (tmp_path.parent / "escaped").exists()
