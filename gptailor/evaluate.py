@@ -413,8 +413,12 @@ class Evaluator:
                       ) -> dict[str, dict[str, float]]:
         return {t.name: self.task_metrics(model, t, fidelity, split) for t in self.suite}
 
+    def objective_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Each task's objective metric picked out of its full metrics."""
+        return {t.name: details[t.name][t.objective_metric] for t in self.suite}
+
     def score_model(self, model, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
-        return {t.name: d[t.objective_metric] for t, d in zip(self.suite, self.model_details(model, fidelity, split).values())}
+        return self.objective_scores(self.model_details(model, fidelity, split))
 
     # -- references -----------------------------------------------------------------
     def member_details(self, member: str, fidelity: int | None = None, split: str | None = None
@@ -428,7 +432,7 @@ class Evaluator:
         return self._member_scores[key]
 
     def member_scores(self, member: str, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
-        return {t.name: self.member_details(member, fidelity, split)[t.name][t.objective_metric] for t in self.suite}
+        return self.objective_scores(self.member_details(member, fidelity, split))
 
     def references(self, split: str | None = None, on_member=None) -> References:
         """Every member scored on the whole ``split``: the fixed references of retention.
@@ -471,7 +475,7 @@ class Evaluator:
         details = self.model_details(model, fidelity, split)
         t2 = time.perf_counter()
         tasks = {t.name: t for t in self.suite}
-        scores = {n: d[tasks[n].objective_metric] for n, d in details.items()}
+        scores = self.objective_scores(details)
         task_rets: dict[str, dict[str, float | None]] = {}
         means: dict[str, float] = {}
         for d in DEFINITIONS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-from typing import Callable
+from typing import Any, Callable
 
 MAX_TRIALS = 100_000
 MAX_SEED = 2**32 - 1  # PYTHONHASHSEED's range: SMAC repeats a seed only with it fixed
@@ -67,23 +67,22 @@ def _show(value: object) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def arg(name: str) -> Callable[[str], int]:
-    """An argparse ``type=`` for the whole-number setting ``name`` (argparse turns the error into exit 2)."""
-    def parse(text: str) -> int:
+def _argparse_type(check: Callable[[str, object], Any], name: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` running ``check`` on the setting ``name`` (argparse turns the error into exit 2)."""
+    def parse(text: str) -> Any:
         try:
-            return whole(name, text)
+            return check(name, text)
         except SettingsError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     parse.__name__ = name.replace(" ", "_")
     return parse
+
+
+def arg(name: str) -> Callable[[str], int]:
+    """An argparse ``type=`` for the whole-number setting ``name``."""
+    return _argparse_type(whole, name)
 
 
 def arg_seconds(name: str) -> Callable[[str], float]:
     """An argparse ``type=`` for a positive number of seconds."""
-    def parse(text: str) -> float:
-        try:
-            return seconds(name, text)
-        except SettingsError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = name.replace(" ", "_")
-    return parse
+    return _argparse_type(seconds, name)

@@ -296,6 +296,18 @@ def _first_example(path: Path) -> tuple[int, Any]:
     raise TaskError(f"{path.name}: the file is empty")
 
 
+def file_kind(path: Path, shown: str, verb: str) -> str:
+    """A task file's kind, read from its first example's keys; ``shown`` names the file in the error and
+    ``verb`` says how the user supplies a suite.yaml instead (write / upload)."""
+    lineno, first = _first_example(path)
+    kind = infer_kind(first)
+    if kind is None:
+        raise TaskError(f"{shown}:{lineno}: cannot tell the task kind from this example; exact_match needs "
+                        f"prompt+target, multiple_choice context+choices+answer, perplexity text (or {verb} a "
+                        f"suite.yaml naming each file's kind)")
+    return kind
+
+
 def folder_suite(folder: Path) -> Suite:
     """A folder of JSONL task files and no suite.yaml: each file is a task named after it, its kind read
     from its first example's keys (as the app's upload does)."""
@@ -304,13 +316,7 @@ def folder_suite(folder: Path) -> Suite:
         raise TaskError(f"{folder}: no suite.yaml and no .jsonl task files in this folder")
     tasks = []
     for p in files:
-        lineno, first = _first_example(p)
-        kind = infer_kind(first)
-        if kind is None:
-            raise TaskError(f"{p}:{lineno}: cannot tell the task kind from this example; exact_match needs "
-                            f"prompt+target, multiple_choice context+choices+answer, perplexity text (or write a "
-                            f"suite.yaml naming each file's kind)")
-        task = load_task(p, kind)
+        task = load_task(p, file_kind(p, str(p), "write"))
         _apply_options(task, {}, f"{p}")
         tasks.append(task)
     return Suite(folder.name, tasks, str(folder))
@@ -379,13 +385,7 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
                 raise TaskError("no task files given: upload one JSONL file per task")
             entries = []
             for p in tasks:
-                lineno, first = _first_example(p)
-                kind = infer_kind(first)
-                if kind is None:
-                    raise TaskError(f"{p.name}:{lineno}: cannot tell the task kind from this example; exact_match "
-                                    f"needs prompt+target, multiple_choice context+choices+answer, perplexity text "
-                                    f"(or upload a suite.yaml naming each file's kind)")
-                entries.append({"name": p.stem, "kind": kind, "path": p.name})
+                entries.append({"name": p.stem, "kind": file_kind(p, p.name, "upload"), "path": p.name})
         (staging / "suite.yaml").write_text(yaml.safe_dump({"name": name, "tasks": entries}, sort_keys=False))
         try:
             load_suite(staging / "suite.yaml")

@@ -67,6 +67,16 @@ def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), ti
     return root / "family.yaml"
 
 
+def make_tiny_family_with_suite(root: Path, n_layers: int, n_test: int) -> Path:
+    """A tiny family whose spec names the demo's task files (``n_test`` examples per task) as its suite."""
+    from gptailor import demo
+
+    spec = make_tiny_family(root, n_layers=n_layers)
+    demo.write_tasks(root, n_test=n_test)
+    spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
+    return spec
+
+
 @pytest.fixture(scope="session")
 def tiny_spec(tmp_path_factory) -> Path:
     return make_tiny_family(tmp_path_factory.mktemp("tiny"))

@@ -10,20 +10,18 @@ import pytest
 from db.runs import StudyError, cancel, compare, compare_table, create_study, launch, reconcile, resume, \
     run_study, wait
 from db.store import SCHEMA_VERSION, Store, StoreError
-from gptailor import Evaluator, demo, load_suite
+from gptailor import Evaluator, load_suite
 from gptailor.family import Family
 from gptailor.search import SearchSettings
 from gptailor.space import Budget, BudgetError
 
-from conftest import make_tiny_family
+from conftest import make_tiny_family_with_suite
 
 
 @pytest.fixture(scope="module")
 def fam_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("dbfam")
-    spec = make_tiny_family(d, n_layers=6)
-    demo.write_tasks(d, n_test=16)  # 8 examples per task in each split
-    spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
+    make_tiny_family_with_suite(d, n_layers=6, n_test=16)
     return d
 
 

@@ -12,11 +12,10 @@ from db.liveness import host_id, process_start
 from db.models import StudyRow, utcnow
 from db.runs import StudyError, cancel, check_resumable, create_study, launch, reconcile
 from db.store import Store
-from gptailor import demo
 from gptailor.search import SearchSettings
 from gptailor.space import Budget
 
-from conftest import make_tiny_family
+from conftest import make_tiny_family_with_suite
 
 SLOW = ("tests/slow_worker.py",)
 CUT = "worker stopped responding during this trial"
@@ -25,9 +24,7 @@ CUT = "worker stopped responding during this trial"
 @pytest.fixture(scope="module")
 def fam_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("livefam")
-    spec = make_tiny_family(d, n_layers=6)
-    demo.write_tasks(d, n_test=12)
-    spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
+    make_tiny_family_with_suite(d, n_layers=6, n_test=12)
     return d
 
 

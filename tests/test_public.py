@@ -12,12 +12,11 @@ import pytest
 
 from db.runs import QUEUED, create_study, launch_or_queue, queue, start_queued, terminate, withdraw
 from db.store import Store
-from gptailor import demo
 from gptailor.limits import SettingsError
 from gptailor.search import SearchSettings
 from gptailor.space import Budget
 
-from conftest import make_tiny_family
+from conftest import make_tiny_family_with_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
     d = tmp_path_factory.mktemp("qfam")
-    spec = make_tiny_family(d, n_layers=4)
-    demo.write_tasks(d, n_test=6)
-    spec.write_text(spec.read_text() + "suite: tasks/suite.yaml\n")
+    spec = make_tiny_family_with_suite(d, n_layers=4, n_test=6)
     return str(spec)
 
 
