@@ -326,7 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", type=Path, default=DEMO_DIR)
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
+    from .synth import SHAPES
+
+    s = sub.add_parser("synth", help="write a random-weight family at a real model's shape (cost/memory benchmarks)")
+    s.add_argument("--shape", required=True, choices=sorted(SHAPES))
+    s.add_argument("--members", type=int, default=4, help="members including the base (default 4)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard (default 2 GiB)")
     args = p.parse_args(argv)
+    if args.cmd == "synth":
+        from .synth import SynthError, synth
+
+        try:
+            synth(args.shape, args.members, args.out, seed=args.seed, shard_gb=args.shard_gb)
+        except SynthError as e:
+            p.error(str(e))
+        print(f"wrote {args.out}; use it with --family {args.out}")
+        return 0
     if args.cmd == "build":
         build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
     elif args.cmd == "report":

@@ -1,0 +1,342 @@
+"""Memory and per-trial cost at a real model size: GPTailor's in-memory trials vs write-and-reload.
+
+Run on a synthetic real-shape family (random bfloat16 weights at a published model's shape; see
+``gptailor/synth.py``)::
+
+    python -m gptailor.demo synth --shape llama-3.2-1b --members 4 --out /data/synth-1b
+    python bench/scale.py --family /data/synth-1b [--trials 4] [--fidelity 4] [--cache-mb 2048]
+
+Each memory figure is measured in a fresh child process (peak RSS is per process):
+- ``trials``: open the family, run N trials (stitch + merges + score + store in SQLite), peak RSS
+  (also split into anonymous memory and memory-mapped file pages, which the OS can drop);
+- ``from_pretrained``: what the obvious alternative costs -- every member loaded with
+  ``AutoModelForCausalLM.from_pretrained`` in the same dtype, all resident.
+Costs, in this process, per plan (pick-only and with merges):
+- ours: stitch (cold = empty cache; merges included) and the whole trial (stitch + score + store);
+- pure forward: ``model(input_ids, attention_mask, use_cache=False)`` over the same batches;
+- naive: write the stitched model (``save_pretrained``; and ``mergekit-yaml`` from the exported
+  YAML), reload it with ``from_pretrained``, score it.
+Targets (issue #10): peak RSS <= one member's bf16 size + cache budget + 20 %; naive non-forward /
+ours non-forward >= 20x; whole trial / pure forward <= 1.10. Ratios are printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()
+
+GiB = 2 ** 30
+
+
+# ----------------------------------------------------------------------------- memory sampling
+def _status() -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile of this process in bytes (Linux /proc)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(val.split()[0]) * 1024
+    return out
+
+
+class PeakSampler:
+    """Samples /proc/self/status every few ms; peak RSS also from getrusage (the kernel's own peak)."""
+
+    def __init__(self, every_s: float = 0.02) -> None:
+        self.every_s, self.peak = every_s, {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for k, v in _status().items():
+                self.peak[k] = max(self.peak[k], v)
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ----------------------------------------------------------------------------- plans
+def plans_for(fam, rng_seed: int = 0):
+    """Pick-only and merge plans removing a quarter of the layers, plus N random plans for the RSS run."""
+    from gptailor import Plan
+
+    n, cands = fam.n_layers, fam.member_names[1:] or ["base"]
+    q = max(1, n // 4)
+    dropped = set(range(n - q - 1, n - 1))
+    pick = ["drop" if i in dropped else cands[i % len(cands)] for i in range(n)]
+    merge = ["drop" if i in dropped else (f"merge({cands[0]}=.5,{cands[-1]}=.5)" if i % 2 else "base")
+             for i in range(n)]
+    return {"pick-only": Plan.from_text(" ".join(pick)), "linear merges": Plan.from_text(" ".join(merge))}
+
+
+def random_plans(fam, k: int, seed: int = 0):
+    """``k`` plans drawing each position's op at random (pick any member, a 2-member merge, or drop)."""
+    import random
+
+    from gptailor import Plan
+
+    rng = random.Random(seed)
+    members, n = fam.member_names, fam.n_layers
+    out = []
+    for _ in range(k):
+        ops = []
+        for _i in range(n):
+            r = rng.random()
+            if r < 0.2:
+                ops.append("drop")
+            elif r < 0.45:
+                a, b = rng.sample(members, 2)
+                ops.append(f"merge({a}=.5,{b}=.5)")
+            else:
+                ops.append(rng.choice(members))
+        out.append(Plan.from_text(" ".join(ops)))
+    return out
+
+
+# ----------------------------------------------------------------------------- pieces
+def open_family(path: str, dtype: str, cache_mb: float | None):
+    from gptailor import Family, Evaluator, load_suite
+    from gptailor.evaluate import References
+
+    fam = Family.from_spec(path, dtype=dtype, cache_mb=cache_mb)
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
+    return fam, ev, References
+
+
+def cheap_references(ev, fidelity: int):
+    """References from the base alone at the bench's fidelity: retention is arithmetic on the scores,
+    so this keeps the bench's time on what it measures (a study fixes its references once anyway)."""
+    from gptailor.evaluate import References
+
+    kinds = {t.name: t.kind for t in ev.suite}
+    return References("search", kinds, {"base": ev.member_scores("base", fidelity, "search")}, ev.near_zero)
+
+
+def trial(ev, store, study_id: int, number: int, plan, fidelity: int, refs) -> float:
+    """One whole trial as a search runs it: stitch + merges + score + store. Its wall time."""
+    from gptailor.search import TrialRecord
+
+    t = time.perf_counter()
+    res = ev.evaluate(plan, fidelity, split="search", references=refs)
+    store.record_trial(study_id, TrialRecord(number, plan, fidelity, res, wall_s=time.perf_counter() - t).to_dict())
+    return time.perf_counter() - t
+
+
+def new_store(folder: Path, fam):
+    from db.store import Store
+
+    store = Store(f"sqlite:///{folder / 'bench.db'}")
+    sid = store.create_study(family_name=fam.name, family_source=str(fam.spec.root), family_spec=fam.spec.to_dict(),
+                             family_info={}, method="manual", budget={}, settings={}, n_trials=0, name="scale bench")
+    return store, sid
+
+
+@torch.inference_mode()
+def pure_forward(model, batches) -> None:
+    for b in batches:
+        model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+
+
+def member_bytes(fam, member: str = "base") -> int:
+    ck = fam.checkpoints[member]
+    return sum(ck.numel([n]) * torch.tensor([], dtype=ck.dtype(n)).element_size() for n in ck.headers)
+
+
+# ----------------------------------------------------------------------------- child phases
+def phase_trials(args) -> dict:
+    """Peak RSS through N trials of random plans (in a fresh process)."""
+    import transformers  # noqa: F401 - imported before the baseline is read: libraries are not the family
+
+    import gptailor  # noqa: F401
+    import db.store  # noqa: F401
+
+    before = _status()
+    with PeakSampler() as ps:
+        fam, ev, _ = open_family(args.family, args.dtype, args.cache_mb)
+        refs = cheap_references(ev, args.fidelity)
+        with tempfile.TemporaryDirectory() as d:
+            store, sid = new_store(Path(d), fam)
+            times = [trial(ev, store, sid, i, p, args.fidelity, refs)
+                     for i, p in enumerate(random_plans(fam, args.trials, args.seed))]
+            store.engine.dispose() if hasattr(store, "engine") else None
+    return {"peak": ps.peak, "start": before, "trial_s": times, "cache_budget": fam.cache.max_bytes,
+            "member_bytes": member_bytes(fam), "cache_source": fam.cache_source}
+
+
+def phase_from_pretrained(args) -> dict:
+    """Peak RSS of every member loaded with from_pretrained, all resident (the obvious alternative)."""
+    from transformers import AutoModelForCausalLM
+
+    from gptailor.family import FamilySpec, resolve_dtype
+
+    spec = FamilySpec.load(args.family)
+    dt = resolve_dtype(args.dtype, torch.device("cpu"))
+    before = _status()
+    with PeakSampler() as ps:
+        models = [AutoModelForCausalLM.from_pretrained(spec.source(m), dtype=dt) for m in spec.member_names]
+        resident = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
+    return {"peak": ps.peak, "start": before, "members": len(models), "param_bytes": resident}
+
+
+def run_child(phase: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--family", args.family, "--dtype", args.dtype, "--trials", str(args.trials),
+           "--fidelity", str(args.fidelity), "--seed", str(args.seed), "--phase", phase]
+    if args.cache_mb is not None:
+        cmd += ["--cache-mb", str(args.cache_mb)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- costs (this process)
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def costs(args) -> list[dict]:
+    from transformers import AutoModelForCausalLM
+
+    from gptailor.export import mergekit_yaml
+
+    fam, ev, _ = open_family(args.family, args.dtype, args.cache_mb)
+    refs = cheap_references(ev, args.fidelity)
+    rows, numbers = [], itertools.count(10_000)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as d:
+        store, sid = new_store(Path(d), fam)
+        for name, plan in plans_for(fam).items():
+            fam.cache.clear()
+            t = time.perf_counter()
+            model = ev.stitcher.build(plan)
+            stitch_cold = time.perf_counter() - t
+            stitch_warm = median_time(lambda: ev.stitcher.build(plan), args.repeats)
+            t = time.perf_counter()
+            store.record_trial(sid, {"number": next(numbers), "plan": plan.to_dict(), "plan_text": plan.to_text(),
+                                     "fidelity": args.fidelity, "result": None, "status": "complete"})
+            store_s = time.perf_counter() - t
+            batches = [b for task in ev.suite for b in ev._prepare(task, args.fidelity, "search")[0]]
+            pure_forward(model, batches)  # warm-up
+            fwd = median_time(lambda: pure_forward(model, batches), args.repeats)
+            whole = median_time(lambda: trial(ev, store, sid, next(numbers), plan, args.fidelity, refs),
+                                args.repeats)
+            score = median_time(lambda: ev.score_model(model, args.fidelity, "search"), args.repeats)
+
+            def naive_write_reload(write) -> tuple[float, float]:
+                out = Path(d) / "naive"
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.perf_counter()
+                write(out)
+                t1 = time.perf_counter()
+                m = AutoModelForCausalLM.from_pretrained(out, dtype=fam.dtype).eval()
+                t2 = time.perf_counter()
+                ev.score_model(m, args.fidelity, "search")
+                del m
+                shutil.rmtree(out, ignore_errors=True)
+                return t2 - t0, time.perf_counter() - t0  # non-forward (write + reload), whole
+
+            def save_pretrained(out: Path) -> None:
+                model.save_pretrained(out)
+                fam.tokenizer.save_pretrained(out)
+
+            def mergekit(out: Path) -> None:
+                cfg = Path(d) / "plan.yaml"
+                cfg.write_text(mergekit_yaml(fam, plan))
+                r = subprocess.run(["mergekit-yaml", str(cfg), str(out), "--lazy-unpickle", "--copy-tokenizer"],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise RuntimeError(f"mergekit-yaml failed: {r.stderr[-2000:]}")
+
+            sp = naive_write_reload(save_pretrained)
+            mk = naive_write_reload(mergekit) if shutil.which("mergekit-yaml") else (float("nan"), float("nan"))
+            ours_nonfwd = stitch_cold + store_s
+            row = dict(plan=name, text=plan.to_text(), stitch_cold=stitch_cold, stitch_warm=stitch_warm,
+                       store=store_s, score=score, forward=fwd, whole=whole, save_nonfwd=sp[0], save_whole=sp[1],
+                       mk_nonfwd=mk[0], mk_whole=mk[1], ours_nonfwd=ours_nonfwd)
+            rows.append(row)
+            print(f"\n{name}: {plan.to_text()}\n  stitch cold {stitch_cold:.3f} s (warm {stitch_warm:.3f} s), store "
+                  f"{store_s * 1e3:.1f} ms, score {score:.2f} s, pure forward {fwd:.2f} s, whole trial {whole:.2f} s\n"
+                  f"  naive save_pretrained: write+reload {sp[0]:.2f} s, whole {sp[1]:.2f} s; mergekit-yaml: "
+                  f"write+reload {mk[0]:.2f} s, whole {mk[1]:.2f} s", flush=True)
+            del model
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", required=True, help="a family folder/spec (e.g. a synth family)")
+    ap.add_argument("--dtype", default="bfloat16", help="compute dtype (default bfloat16, the checkpoints')")
+    ap.add_argument("--cache-mb", type=float, default=2048.0)
+    ap.add_argument("--trials", type=int, default=4, help="trials in the peak-RSS run")
+    ap.add_argument("--fidelity", type=int, default=4, help="examples per task")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="where the naive route writes (default: the system temp dir)")
+    ap.add_argument("--phase", choices=["trials", "from_pretrained"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        res = phase_trials(args) if args.phase == "trials" else phase_from_pretrained(args)
+        print(json.dumps(res))
+        return 0
+    print(f"bench/scale.py on {args.family}: dtype {args.dtype}, cache {args.cache_mb} MB, {args.trials} trials, "
+          f"fidelity {args.fidelity}, {torch.get_num_threads()} threads", flush=True)
+    tr = run_child("trials", args)
+    fp = run_child("from_pretrained", args)
+    libs = tr["start"]["VmRSS"]  # the interpreter with torch, transformers and gptailor imported
+    grown = tr["peak"]["maxrss"] - libs
+    fp_grown = fp["peak"]["maxrss"] - fp["start"]["VmRSS"]
+    print(f"process with libraries imported: {libs / GiB:.2f} GiB RSS before the family is opened")
+    print(f"peak RSS through {args.trials} trials: {tr['peak']['maxrss'] / GiB:.2f} GiB, +{grown / GiB:.2f} GiB over the "
+          f"libraries (peak anon {tr['peak']['RssAnon'] / GiB:.2f}, peak file-backed {tr['peak']['RssFile'] / GiB:.2f}); "
+          f"trials {', '.join(f'{t:.1f}' for t in tr['trial_s'])} s", flush=True)
+    print(f"peak RSS, every member with from_pretrained: {fp['peak']['maxrss'] / GiB:.2f} GiB, +{fp_grown / GiB:.2f} GiB "
+          f"({fp['members']} members, {fp['param_bytes'] / GiB:.2f} GiB of parameters)", flush=True)
+    rows = costs(args)
+    member, cache = tr["member_bytes"], tr["cache_budget"]
+    target = 1.2 * (member + cache)
+    print("\nratios (targets: RSS growth <= 1.2 x (member + cache); naive/ours non-forward >= 20x; whole/forward <= 1.10)")
+    print(f"memory: peak growth {grown / GiB:.2f} GiB vs target {target / GiB:.2f} GiB (member {member / GiB:.2f} + "
+          f"cache {cache / GiB:.2f}, +20%): {'met' if grown <= target else 'MISSED'}; from_pretrained of every member "
+          f"grows {fp_grown / max(grown, 1):.1f}x as much")
+    print(f"{'plan':<15}{'save/ours nonfwd':>18}{'mergekit/ours nonfwd':>22}{'save/ours whole':>17}"
+          f"{'mergekit/ours whole':>21}{'whole/forward':>15}")
+    for r in rows:
+        print(f"{r['plan']:<15}{r['save_nonfwd'] / r['ours_nonfwd']:>17.1f}x{r['mk_nonfwd'] / r['ours_nonfwd']:>21.1f}x"
+              f"{r['save_whole'] / r['whole']:>16.2f}x{r['mk_whole'] / r['whole']:>20.2f}x{r['whole'] / r['forward']:>15.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
