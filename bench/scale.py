@@ -188,11 +188,13 @@ def phase_trials(args) -> dict:
                      for i, p in enumerate(random_plans(fam, args.trials, args.seed))]
             store.engine.dispose() if hasattr(store, "engine") else None
     return {"peak": ps.peak, "start": before, "trial_s": times, "cache_budget": fam.cache.max_bytes,
-            "member_bytes": member_bytes(fam), "cache_source": fam.cache_source}
+            "member_bytes": member_bytes(fam), "cache_source": fam.cache_source,
+            "family_bytes": sum(member_bytes(fam, m) for m in fam.member_names)}
 
 
 def phase_from_pretrained(args) -> dict:
-    """Peak RSS of every member loaded with from_pretrained, all resident (the obvious alternative)."""
+    """Peak RSS of every member loaded with from_pretrained, all held, one forward each (the obvious
+    alternative: transformers memory-maps bf16 safetensors too, so the pages count once touched)."""
     from transformers import AutoModelForCausalLM
 
     from gptailor.family import FamilySpec, resolve_dtype
@@ -201,20 +203,68 @@ def phase_from_pretrained(args) -> dict:
     dt = resolve_dtype(args.dtype, torch.device("cpu"))
     before = _status()
     with PeakSampler() as ps:
-        models = [AutoModelForCausalLM.from_pretrained(spec.source(m), dtype=dt) for m in spec.member_names]
+        models = [AutoModelForCausalLM.from_pretrained(spec.source(m), dtype=dt).eval() for m in spec.member_names]
+        ids = torch.arange(1, 33).unsqueeze(0)
+        with torch.inference_mode():  # a forward per member: what scoring them touches (mmap pages included)
+            for m in models:
+                m(input_ids=ids, use_cache=False)
         resident = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
     return {"peak": ps.peak, "start": before, "members": len(models), "param_bytes": resident}
 
 
-def run_child(phase: str, args) -> dict:
+def memory_cgroup(limit_bytes: int) -> tuple[Path, str] | None:
+    """A child memory cgroup of this process's own, limited to ``limit_bytes`` (cgroup v1 or v2), and the
+    file holding its peak usage; None where the system does not let us make one (then say so)."""
+    lines = [ln.split(":", 2) for ln in Path("/proc/self/cgroup").read_text().splitlines()]
+    v1 = next((path for _, ctrl, path in lines if ctrl == "memory"), None)
+    if v1 is not None and Path("/sys/fs/cgroup/memory").is_dir():
+        parent, limit_file, peak_file = Path("/sys/fs/cgroup/memory") / v1.lstrip("/"), "memory.limit_in_bytes", \
+            "memory.max_usage_in_bytes"
+    else:
+        v2 = next((path for h, _, path in lines if h == "0"), "/")
+        parent, limit_file, peak_file = Path("/sys/fs/cgroup") / v2.lstrip("/"), "memory.max", "memory.peak"
+    cg = parent / f"gptailor-bench-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        cg.mkdir()
+        (cg / limit_file).write_text(str(int(limit_bytes)))
+    except OSError:
+        return None
+    return cg, peak_file
+
+
+def run_child(phase: str, args, limit_bytes: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--family", args.family, "--dtype", args.dtype, "--trials", str(args.trials),
            "--fidelity", str(args.fidelity), "--seed", str(args.seed), "--phase", phase]
     if args.cache_mb is not None:
         cmd += ["--cache-mb", str(args.cache_mb)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"phase {phase} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if limit_bytes is None:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"phase {phase} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    made = memory_cgroup(limit_bytes)
+    if made is None:
+        return {"limited": False, "why": "cannot create a memory cgroup here (needs write access to /sys/fs/cgroup)"}
+    cg, peak_file = made
+    procs = str(cg / "cgroup.procs")
+
+    def join() -> None:
+        Path(procs).write_text(str(os.getpid()))
+
+    try:
+        t = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join)
+        res = {"limited": True, "limit": limit_bytes, "rc": out.returncode, "wall_s": time.perf_counter() - t,
+               "cgroup_peak": int((cg / peak_file).read_text()), "ok": out.returncode == 0,
+               "error": "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["killed"])[-1][-300:]}
+        if out.returncode == 0:
+            res.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        return res
+    finally:
+        try:
+            cg.rmdir()
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------- costs (this process)
@@ -249,10 +299,13 @@ def costs(args) -> list[dict]:
             store_s = time.perf_counter() - t
             batches = [b for task in ev.suite for b in ev._prepare(task, args.fidelity, "search")[0]]
             pure_forward(model, batches)  # warm-up
-            fwd = median_time(lambda: pure_forward(model, batches), args.repeats)
-            whole = median_time(lambda: trial(ev, store, sid, next(numbers), plan, args.fidelity, refs),
-                                args.repeats)
-            score = median_time(lambda: ev.score_model(model, args.fidelity, "search"), args.repeats)
+            # Interleaved, so that load from other processes hits both sides alike; medians.
+            fwds, wholes, scores = [], [], []
+            for _ in range(args.repeats):
+                fwds.append(median_time(lambda: pure_forward(model, batches), 1))
+                wholes.append(median_time(lambda: trial(ev, store, sid, next(numbers), plan, args.fidelity, refs), 1))
+                scores.append(median_time(lambda: ev.score_model(model, args.fidelity, "search"), 1))
+            fwd, whole, score = (statistics.median(x) for x in (fwds, wholes, scores))
 
             def naive_write_reload(write) -> tuple[float, float]:
                 out = Path(d) / "naive"
@@ -280,6 +333,7 @@ def costs(args) -> list[dict]:
                     raise RuntimeError(f"mergekit-yaml failed: {r.stderr[-2000:]}")
 
             sp = naive_write_reload(save_pretrained)
+            sp = (sp[0] + stitch_cold, sp[1] + stitch_cold)  # the naive route builds the model first, too
             mk = naive_write_reload(mergekit) if shutil.which("mergekit-yaml") else (float("nan"), float("nan"))
             ours_nonfwd = stitch_cold + store_s
             row = dict(plan=name, text=plan.to_text(), stitch_cold=stitch_cold, stitch_warm=stitch_warm,
@@ -304,6 +358,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="where the naive route writes (default: the system temp dir)")
+    ap.add_argument("--no-limit", action="store_true", help="skip the runs under a memory cgroup of the target size")
     ap.add_argument("--phase", choices=["trials", "from_pretrained"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
@@ -323,9 +378,20 @@ def main() -> int:
           f"trials {', '.join(f'{t:.1f}' for t in tr['trial_s'])} s", flush=True)
     print(f"peak RSS, every member with from_pretrained: {fp['peak']['maxrss'] / GiB:.2f} GiB, +{fp_grown / GiB:.2f} GiB "
           f"({fp['members']} members, {fp['param_bytes'] / GiB:.2f} GiB of parameters)", flush=True)
-    rows = costs(args)
     member, cache = tr["member_bytes"], tr["cache_budget"]
     target = 1.2 * (member + cache)
+    limited = {}
+    if not args.no_limit:  # the same runs under a hard memory limit of the target (+ the libraries)
+        limit = int(target + libs)
+        for phase in ("trials", "from_pretrained"):
+            r = limited[phase] = run_child(phase, args, limit)
+            if not r.get("limited"):
+                print(f"memory-limited runs skipped: {r['why']}")
+                break
+            print(f"{phase} under a {limit / GiB:.2f} GiB memory cgroup (family on disk: {tr['family_bytes'] / GiB:.1f} GiB): "
+                  f"{'completed' if r['ok'] else 'FAILED (rc ' + str(r['rc']) + ': ' + r['error'] + ')'} in "
+                  f"{r['wall_s']:.0f} s, cgroup peak {r['cgroup_peak'] / GiB:.2f} GiB (page cache included)", flush=True)
+    rows = costs(args)
     print("\nratios (targets: RSS growth <= 1.2 x (member + cache); naive/ours non-forward >= 20x; whole/forward <= 1.10)")
     print(f"memory: peak growth {grown / GiB:.2f} GiB vs target {target / GiB:.2f} GiB (member {member / GiB:.2f} + "
           f"cache {cache / GiB:.2f}, +20%): {'met' if grown <= target else 'MISSED'}; from_pretrained of every member "

@@ -91,7 +91,8 @@ def cmd_eval(args) -> int:
     plan = _read_plan(args.plan, fam.name)
     ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size, split=args.split,
                    definition=None if args.retention == "auto" else args.retention)
-    res = ev.evaluate(plan.validate(fam.member_names, fam.n_layers, fam.name), args.fidelity)
+    res = ev.evaluate(plan.validate(fam.member_names, fam.n_layers, fam.name), args.fidelity,
+                      speed=not args.no_speed)
     print(json.dumps(_finite(res.to_dict()), indent=2, allow_nan=False) if args.json else res.table())
     return 0
 
@@ -104,7 +105,7 @@ def cmd_export(args) -> int:
     plan = _read_plan(args.plan, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
     result = None
     if not args.no_eval and (args.suite or fam.spec.suite_path()):
-        result = Evaluator(fam, _suite(args, fam)).evaluate(plan, args.fidelity)
+        result = Evaluator(fam, _suite(args, fam)).evaluate(plan, args.fidelity, speed=True)
     out = export(fam, plan, args.out, result=result, overwrite=args.overwrite, dtype=args.dtype)
     print(f"wrote {out}" + (f" (retention {100 * result.retention:.1f}%)" if result else ""))
     return 0
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--retention", choices=("auto", "family", "base"), default="auto",
                     help="retention definition (auto: family where a finetune holds a skill the base lacks)")
     sp.add_argument("--batch-size", type=arg("batch size"), default=64)
+    sp.add_argument("--no-speed", action="store_true",
+                    help="skip timing prefill/decode tokens/s against the base (a few seconds on large models)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_eval)
 

@@ -27,13 +27,16 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .family import Family
 from .plan import Plan
 from .stitch import Stitcher, param_count
+
+if TYPE_CHECKING:
+    from .speed import SpeedSettings
 from .tasks import Suite, Task, TaskError
 
 DEFINITIONS = ("family", "base")
@@ -114,6 +117,7 @@ class EvalResult:
     retentions: dict[str, float] = field(default_factory=dict)  # both definitions' means
     task_retentions: dict[str, dict[str, float | None]] = field(default_factory=dict)  # definition -> task -> r
     details: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> every metric, n, stderr
+    speed: dict[str, Any] | None = None  # measured prefill/decode tokens/s vs the base's (gptailor.speed.compare)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +148,10 @@ class EvalResult:
                      f"fidelity {self.fidelity or 'full'}  kept {self.kept_layers}/{self.n_layers} layers  "
                      f"params {self.params / 1e6:.2f}M  stitch {self.stitch_s * 1e3:.0f} ms  "
                      f"score {self.score_s * 1e3:.0f} ms")
+        if self.speed:
+            from .speed import describe
+
+            lines.append(describe(self.speed))
         return "\n".join(lines)
 
 
@@ -463,9 +471,11 @@ class Evaluator:
 
     # -- the main entry -------------------------------------------------------------
     def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
-                 references: References | None = None, definition: str | None = None) -> EvalResult:
+                 references: References | None = None, definition: str | None = None,
+                 speed: bool | SpeedSettings = False) -> EvalResult:
         """Stitch ``plan``, score it at ``fidelity`` examples per task of ``split``, and compute retention
-        against fixed references (by default: every member on the whole split)."""
+        against fixed references (by default: every member on the whole split). With ``speed``, also time
+        the stitched model's prefill and decode against the base's (search trials leave it off)."""
         split = split or self.split
         refs = references or self.references(split)
         definition = definition or self.definition or refs.default_definition()
@@ -487,4 +497,12 @@ class Evaluator:
             metrics={n: t.objective_metric for n, t in tasks.items()}, task_retention=task_rets[definition],
             references=refs.table(definition), retention=means[definition], kept_layers=plan.n_kept,
             n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, split=split,
-            definition=definition, retentions=means, task_retentions=task_rets, details=details)
+            definition=definition, retentions=means, task_retentions=task_rets, details=details,
+            speed=self.speed(model, speed) if speed else None)
+
+    def speed(self, model, settings: bool | SpeedSettings = True) -> dict[str, Any]:
+        """``model``'s measured tokens/s against the base's, built by the same stitcher on the same device."""
+        from .speed import SpeedSettings, compare
+
+        base = self.stitcher.build(Plan.identity(self.family.n_layers, family=self.family.name))
+        return compare(model, base, settings if isinstance(settings, SpeedSettings) else None)

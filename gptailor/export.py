@@ -176,6 +176,14 @@ def model_card(family: Family, plan: Plan, params: int, result: EvalResult | Non
             lines.append(f"| {t} | {result.metrics[t]} | {v:.4f} | {ref.value:.4f} ({ref.member}) | "
                          f"{'-' if r is None else f'{100 * r:.1f}%'} |")
         lines.append("")
+        if result.speed:
+            m, b = result.speed["model"], result.speed["base"]
+            lines += [f"Speed, measured on {m['device']} in {m['dtype']} (batch {m['batch']}, prompt {m['prompt_len']} "
+                      f"tokens, {m['new_tokens']} new tokens, greedy with KV cache):", "",
+                      "| | prefill tok/s | decode tok/s |", "|---|---|---|",
+                      f"| this model | {m['prefill_tok_s']:,.0f} | {m['decode_tok_s']:,.1f} |",
+                      f"| base | {b['prefill_tok_s']:,.0f} | {b['decode_tok_s']:,.1f} |",
+                      f"| ratio | {result.speed['prefill_ratio']:.2f}x | {result.speed['decode_ratio']:.2f}x |", ""]
     lines += ["Load it with `AutoModelForCausalLM.from_pretrained(folder)`; `plan.json` and `mergekit.yaml` "
               "rebuild it from the family.", ""]
     return "\n".join(lines)
