@@ -12,7 +12,7 @@ Metrics follow lm-evaluation-harness:
   string), which is exactly when greedy generation yields the target and then stops. With a ``filter``
   (regex extract or "contains"), the answer is generated greedily, batched, and filtered as lm-eval does.
 - ``multiple_choice``: ``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (log-likelihood divided
-  by the choice's length in characters); the task says which one is the objective.
+  by the choice's length in characters, or the example's ``lengths``); the task says which one is the objective.
 - ``perplexity``: per token; lower is better, so its "goodness" is 1 / perplexity.
 
 Retention (DESIGN.md) is the mean over tasks of goodness / reference goodness, with the references
@@ -251,8 +251,10 @@ class Evaluator:
                 rows.append(self._encode_pair(task, ex["prompt"], ex["target"]))
             elif task.kind == "multiple_choice":
                 start = len(rows)
-                rows += [self._encode_pair(task, ex["context"], ch) for ch in ex["choices"]]
-                meta.append((start, [len(ch) for ch in ex["choices"]], ex["answer"]))
+                ctx = ex["context"]
+                ctxs = ctx if isinstance(ctx, list) else [ctx] * len(ex["choices"])
+                rows += [self._encode_pair(task, c, ch) for c, ch in zip(ctxs, ex["choices"])]
+                meta.append((start, ex.get("lengths") or [len(ch) for ch in ex["choices"]], ex["answer"]))
             else:
                 ids = tok(ex["text"])["input_ids"]
                 if len(ids) < 2:

@@ -2,7 +2,10 @@
 
 Three kinds (one JSON object per line):
 - ``exact_match``:     ``{"prompt": ..., "target": ...}``  -- teacher-forced, one forward pass scores it;
-- ``multiple_choice``: ``{"context": ..., "choices": [...], "answer": <index>}``  -- log-likelihood;
+- ``multiple_choice``: ``{"context": ..., "choices": [...], "answer": <index>}``  -- log-likelihood; optionally
+  ``"lengths"`` (characters each choice's log-likelihood is divided by for ``acc_norm``; default each choice's
+  own length) and, for lm-eval's "partial evaluation" tasks (WinoGrande, WSC273), ``context`` as a list with
+  one context per choice (the choices then hold the shared continuation);
 - ``perplexity``:      ``{"text": ...}``.
 
 A suite is a YAML file listing tasks (name, kind, path relative to the suite file), and optionally:
@@ -133,14 +136,21 @@ def _check_example(kind: str, obj: Any) -> str | None:
         if not obj["target"]:
             return "'target' is empty"
     elif kind == "multiple_choice":
-        if not isinstance(obj.get("context"), str):
-            return "needs a string 'context'"
+        ctx = obj.get("context")
         ch = obj.get("choices")
+        if not isinstance(ctx, str) and not (isinstance(ctx, list) and all(isinstance(c, str) for c in ctx)):
+            return "needs a string 'context'"
         if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c for c in ch):
             return "'choices' must be a list of at least two non-empty strings"
+        if isinstance(ctx, list) and len(ctx) != len(ch):
+            return f"a list 'context' needs one context per choice ({len(ch)}), got {len(ctx)}"
         a = obj.get("answer")
         if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < len(ch):
             return f"'answer' must be the index of the right choice (0..{len(ch) - 1}), got {a!r}"
+        n = obj.get("lengths")
+        if n is not None and not (isinstance(n, list) and len(n) == len(ch) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in n)):
+            return "'lengths' must give one positive number per choice"
     elif kind == "perplexity":
         if not isinstance(obj.get("text"), str) or not obj["text"]:
             return "needs a non-empty string 'text'"
