@@ -408,6 +408,25 @@ class Evaluator:
         ppl = float(math.exp(-logp.sum() / max(1.0, float(count.sum()))))
         return {"perplexity": ppl, "n": len(count), "tokens": float(count.sum())}
 
+    def example_scores(self, model, task: Task, fidelity: int | None = None, split: str | None = None
+                       ) -> list[dict[str, Any]]:
+        """Per example, in the split's order: multiple choice ``lls`` (one per choice), ``acc``, ``acc_norm``;
+        exact match (teacher-forced) ``exact_match``. What lm-eval's ``log_samples`` holds, to compare."""
+        if task.kind == "perplexity" or (task.kind == "exact_match" and task.filter):
+            raise TaskError(f"task {task.name!r}: per-example scores are for multiple choice and exact match")
+        batches, meta = self._prepare(task, fidelity, split or self.split)
+        stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
+        logp, correct, _ = self._row_stats(model, batches, stop)
+        if task.kind == "exact_match":
+            return [{"exact_match": float(c)} for c in correct.tolist()]
+        out = []
+        for start, lens, ans in meta:
+            lls = logp[start: start + len(lens)]
+            norm = lls / torch.tensor(lens, dtype=torch.float64)
+            out.append({"lls": lls.tolist(), "acc": float(int(torch.argmax(lls)) == ans),
+                        "acc_norm": float(int(torch.argmax(norm)) == ans)})
+        return out
+
     def score_task(self, model, task: Task, fidelity: int | None = None, split: str | None = None) -> float:
         return self.task_metrics(model, task, fidelity, split)[task.objective_metric]
 

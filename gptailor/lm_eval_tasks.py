@@ -175,10 +175,12 @@ def build_tasks(name: str, include_path=None) -> list:
 
 
 def leaf_tasks(name: str, include_path=None) -> list:
+    """The single tasks under a name (a group's members, recursively)."""
+    built = build_tasks(name, include_path)
     from lm_eval.api.group import Group
 
     out = []
-    for obj in build_tasks(name, include_path):
+    for obj in built:
         out += obj.get_all_tasks() if isinstance(obj, Group) else [obj]
     return out
 

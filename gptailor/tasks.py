@@ -20,7 +20,7 @@ A suite is a YAML file listing tasks (name, kind, path relative to the suite fil
   ``{task, metric, limit, name, test_fraction}`` (``limit``: lm-eval's ``--limit``, docs per lm-eval task
   before the search/test split), and ``lm_eval_include``: folder(s) of lm-eval task YAMLs relative to the
   suite file. Their docs become ordinary examples (``gptailor.lm_eval_tasks``), so splits and fidelities
-  apply unchanged.
+  apply unchanged; ``lm_eval_report``: lm-eval task names a chosen plan is reported on (lm-eval's own run).
 
 Fidelity n means "the first n examples of a fixed shuffle" of a task's split, so a higher fidelity
 always contains every lower one (what multi-fidelity search assumes).
@@ -113,6 +113,7 @@ class Suite:
     name: str
     tasks: list[Task]
     path: str | None = None
+    lm_eval_report: list[str] = field(default_factory=list)  # lm-eval tasks to report a chosen plan on
 
     def __iter__(self):
         return iter(self.tasks)
@@ -235,7 +236,10 @@ def load_suite(path: str | os.PathLike) -> Suite:
             raise TaskError(f"{path}: task name {task.name!r} appears twice; give the lm_eval entry a 'name'")
         seen.add(task.name)
         tasks.append(task)
-    return Suite(str(data.get("name", path.parent.name)), tasks, str(path))
+    report = data.get("lm_eval_report") or []
+    if not isinstance(report, list) or not all(isinstance(x, str) and x for x in report):
+        raise TaskError(f"{path}: 'lm_eval_report' is a list of lm-eval task names")
+    return Suite(str(data.get("name", path.parent.name)), tasks, str(path), report)
 
 
 def _lm_eval_tasks(path: Path, data: dict[str, Any], suite_opts: dict[str, Any]) -> list[Task]:
