@@ -364,8 +364,11 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | None = None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
     with hub_offline():
+        # seeds None: zero-shot greedy needs none, and lm-eval would otherwise reseed the caller's global RNGs
         res = lm_eval.simple_evaluate(lm, tasks=objs, num_fewshot=0, limit=limit, log_samples=log_samples,
-                                      bootstrap_iters=bootstrap_iters, task_manager=task_manager(tasks, _includes(include_path)))
+                                      bootstrap_iters=bootstrap_iters, random_seed=None, numpy_random_seed=None,
+                                      torch_random_seed=None,
+                                      task_manager=task_manager(tasks, _includes(include_path)))
     seconds = time.perf_counter() - t0
     samples = {k: v for k, v in (res.get("samples") or {}).items()} if log_samples else {}
     return LmEvalRun(_parse_results(res, leaves), seconds, samples)
