@@ -23,7 +23,7 @@ from gptailor.lm_eval_tasks import LmEvalError, lm_eval_report, run_lm_eval, tas
 from gptailor.tasks import Suite, load_suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-N = 24  # docs per task: enough for varied per-doc outcomes, few enough to stay fast
+N = 16  # docs per task: enough for varied per-doc outcomes, few enough to stay fast
 PLANS = {  # stitched plans whose scores are neither 0 nor 1 (checked once on the demo family)
     "math_mostly": "0:math 1:math 2:math 3:math 4:drop 5:math 6:math 7:math",
     "facts_mostly": "0:facts 1:facts 2:facts 3:strings 4:facts 5:facts 6:facts 7:drop",
@@ -119,16 +119,17 @@ def test_suite_lists_lm_eval_tasks_beside_jsonl(lm_tasks, tmp_path):
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
         "name": "mixed", "test_fraction": 0.25, "lm_eval_include": str(lm_tasks),
         "tasks": [{"name": "math", "kind": "exact_match", "path": "math.jsonl"}],
-        "lm_eval": [{"task": "t_facts", "metric": "acc_norm", "limit": 20}, "t_math"]}))
+        "lm_eval": [{"task": "t_facts", "metric": "acc_norm", "limit": 12}, "t_math"]}))
     suite = load_suite(tmp_path / "suite.yaml")
     assert suite.names == ["math", "t_facts", "t_math"]
     facts = suite.tasks[1]
-    assert facts.objective_metric == "acc_norm" and len(facts) == 20 and facts.test_fraction == 0.25
-    assert sorted(e["doc_id"] for e in facts.examples) == list(range(20))  # lm-eval's --limit: the first docs
+    assert facts.objective_metric == "acc_norm" and len(facts) == 12 and facts.test_fraction == 0.25
+    assert sorted(e["doc_id"] for e in facts.examples) == list(range(12))  # lm-eval's --limit: the first docs
+    assert len(suite.tasks[2]) == N and suite.tasks[2].until == ["\n"]
     search, test = facts.split_indices("search"), facts.split_indices("test")
-    assert not set(search) & set(test) and len(test) == 5 and len(search) == 15
-    small, big = facts.subset(5, "search"), facts.subset(10, "search")
-    assert small == big[:5]  # nested fidelities
+    assert not set(search) & set(test) and len(test) == 3 and len(search) == 9
+    small, big = facts.subset(4, "search"), facts.subset(8, "search")
+    assert small == big[:4]  # nested fidelities
     with pytest.raises(LmEvalError, match="metric 'exact_match' is not one of acc, acc_norm"):
         tasks_from_lm_eval([{"task": "t_facts", "metric": "exact_match"}], lm_tasks)
 
