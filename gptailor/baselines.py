@@ -38,7 +38,8 @@ def calibration_texts(suite: Suite, n: int = 64) -> list[str]:
             if task.kind == "exact_match":
                 texts.append(ex["prompt"] + ex["target"])
             elif task.kind == "multiple_choice":
-                texts.append(ex["context"] + ex["choices"][ex["answer"]])
+                ctx = ex["context"]  # a list for lm-eval's partial-evaluation tasks: one context per choice
+                texts.append((ctx[ex["answer"]] if isinstance(ctx, list) else ctx) + ex["choices"][ex["answer"]])
             else:
                 texts.append(ex["text"])
     return texts[:n]

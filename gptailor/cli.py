@@ -84,11 +84,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _lm_eval_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give lm-eval task names separated by commas, e.g. arc_easy,hellaswag")
+    return names
+
+
+def _lm_eval_report(args, fam, plan, members: bool = True):
+    """lm-eval's own metrics for the plan (and the members), when --lm-eval names tasks."""
+    from .lm_eval_tasks import lm_eval_report
+
+    return lm_eval_report(fam, plan, args.lm_eval, args.limit, args.lm_eval_include, members=members,
+                          batch_size=args.batch_size)
+
+
 def cmd_eval(args) -> int:
     from .evaluate import Evaluator
 
     fam = _load(args)
     plan = _read_plan(args.plan, fam.name)
+    if args.lm_eval:
+        rep = _lm_eval_report(args, fam, plan.validate(fam.member_names, fam.n_layers, fam.name))
+        print(json.dumps(_finite(rep.to_dict()), indent=2, allow_nan=False) if args.json else rep.table())
+        return 0
     ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size, split=args.split,
                    definition=None if args.retention == "auto" else args.retention)
     res = ev.evaluate(plan.validate(fam.member_names, fam.n_layers, fam.name), args.fidelity,
@@ -106,7 +125,8 @@ def cmd_export(args) -> int:
     result = None
     if not args.no_eval and (args.suite or fam.spec.suite_path()):
         result = Evaluator(fam, _suite(args, fam)).evaluate(plan, args.fidelity, speed=True)
-    out = export(fam, plan, args.out, result=result, overwrite=args.overwrite, dtype=args.dtype)
+    rep = _lm_eval_report(args, fam, plan) if args.lm_eval else None
+    out = export(fam, plan, args.out, result=result, overwrite=args.overwrite, dtype=args.dtype, lm_eval=rep)
     print(f"wrote {out}" + (f" (retention {100 * result.retention:.1f}%)" if result else ""))
     return 0
 
@@ -156,6 +176,16 @@ def _temperature(text: str) -> float:
     return t
 
 
+def lm_eval_args(sp, what: str = "print lm-eval's own metrics of the plan beside the base's and each member's"):
+    from .limits import arg
+
+    sp.add_argument("--lm-eval", type=_lm_eval_names, default=None, metavar="TASKS",
+                    help=f"lm-evaluation-harness task names, comma-separated (arc_easy,hellaswag): {what}")
+    sp.add_argument("--limit", type=arg("limit"), default=None, help="--lm-eval: docs per task (lm-eval's --limit)")
+    sp.add_argument("--lm-eval-include", default=None, metavar="DIR",
+                    help="--lm-eval: a folder of lm-eval task YAMLs (e.g. over local JSON files)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .limits import arg
 
@@ -185,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=arg("batch size"), default=64)
     sp.add_argument("--no-speed", action="store_true",
                     help="skip timing prefill/decode tokens/s against the base (a few seconds on large models)")
+    lm_eval_args(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_eval)
 
@@ -197,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-eval", action="store_true", help="skip scoring for the model card")
     sp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="dtype of the written weights (default: the base checkpoint's)")
+    sp.add_argument("--batch-size", type=arg("batch size"), default=16, help=argparse.SUPPRESS)
+    lm_eval_args(sp, "add lm-eval's metrics of the plan and every member to the model card")
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("chat", help="one prompt -> generated text from a plan's model")

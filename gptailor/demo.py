@@ -234,6 +234,32 @@ def write_tasks(out: Path, n_test: int = 200, seed: int = 1) -> None:
     (tasks / "suite.yaml").write_text(_yaml(suite))
 
 
+def write_lm_eval_tasks(out: Path, n: int | None = None, src: Path | None = None) -> Path:
+    """lm-evaluation-harness task YAMLs over local JSON files made from the demo's own task data, so lm-eval
+    runs offline on the demo family: ``demo_facts`` (multiple choice, 8 colours of different lengths) and
+    ``demo_math`` (generate_until, stops at a newline). ``n``: docs per task (default all). Returns ``out``."""
+    src = src or DEMO_DIR / "tasks"
+    out.mkdir(parents=True, exist_ok=True)
+    facts = [json.loads(x) for x in (src / "facts.jsonl").read_text().splitlines() if x.strip()][:n]
+    math_ = [json.loads(x) for x in (src / "math.jsonl").read_text().splitlines() if x.strip()][:n]
+    _write_jsonl(out / "demo_facts.json", [{"question": r["context"], "choices": r["choices"], "label": r["answer"]}
+                                           for r in facts])
+    _write_jsonl(out / "demo_math.json", [{"question": r["prompt"], "answer": r["target"]} for r in math_])
+    common = {"dataset_path": "json", "test_split": "test", "doc_to_text": "{{question}}"}
+    specs = {
+        "demo_facts": {**common, "output_type": "multiple_choice", "doc_to_choice": "{{choices}}",
+                       "doc_to_target": "label", "target_delimiter": "",
+                       "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]},
+        "demo_math": {**common, "output_type": "generate_until", "doc_to_target": "answer",
+                      "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": 8},
+                      "metric_list": [{"metric": "exact_match"}]},
+    }
+    for name, spec in specs.items():
+        spec = {"task": name, **spec, "dataset_kwargs": {"data_files": {"test": str((out / f"{name}.json").resolve())}}}
+        (out / f"{name}.yaml").write_text(_yaml(spec))
+    return out
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -324,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--finetune-steps", type=int, default=DemoConfig.finetune_steps)
     t = sub.add_parser("tasks", help="rewrite only the task files")
     t.add_argument("--out", type=Path, default=DEMO_DIR)
+    lm = sub.add_parser("lm-eval-tasks", help="write lm-eval task YAMLs over local copies of the demo's task data")
+    lm.add_argument("--out", type=Path, required=True)
+    lm.add_argument("--n", type=int, default=None, help="docs per task (default all)")
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
     from .synth import SHAPES
@@ -346,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "build":
         build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
+    elif args.cmd == "lm-eval-tasks":
+        print(write_lm_eval_tasks(args.out, args.n))
     elif args.cmd == "report":
         print(report(args.family))
     else:

@@ -12,7 +12,7 @@ Metrics follow lm-evaluation-harness:
   string), which is exactly when greedy generation yields the target and then stops. With a ``filter``
   (regex extract or "contains"), the answer is generated greedily, batched, and filtered as lm-eval does.
 - ``multiple_choice``: ``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (log-likelihood divided
-  by the choice's length in characters); the task says which one is the objective.
+  by the choice's length in characters, or the example's ``lengths``); the task says which one is the objective.
 - ``perplexity``: per token; lower is better, so its "goodness" is 1 / perplexity.
 
 Retention (DESIGN.md) is the mean over tasks of goodness / reference goodness, with the references
@@ -259,8 +259,10 @@ class Evaluator:
                 rows.append(self._encode_pair(task, ex["prompt"], ex["target"]))
             elif task.kind == "multiple_choice":
                 start = len(rows)
-                rows += [self._encode_pair(task, ex["context"], ch) for ch in ex["choices"]]
-                meta.append((start, [len(ch) for ch in ex["choices"]], ex["answer"]))
+                ctx = ex["context"]
+                ctxs = ctx if isinstance(ctx, list) else [ctx] * len(ex["choices"])
+                rows += [self._encode_pair(task, c, ch) for c, ch in zip(ctxs, ex["choices"])]
+                meta.append((start, ex.get("lengths") or [len(ch) for ch in ex["choices"]], ex["answer"]))
             else:
                 ids = tok(ex["text"])["input_ids"]
                 if len(ids) < 2:
@@ -413,6 +415,25 @@ class Evaluator:
             return out
         ppl = float(math.exp(-logp.sum() / max(1.0, float(count.sum()))))
         return {"perplexity": ppl, "n": len(count), "tokens": float(count.sum())}
+
+    def example_scores(self, model, task: Task, fidelity: int | None = None, split: str | None = None
+                       ) -> list[dict[str, Any]]:
+        """Per example, in the split's order: multiple choice ``lls`` (one per choice), ``acc``, ``acc_norm``;
+        exact match (teacher-forced) ``exact_match``. What lm-eval's ``log_samples`` holds, to compare."""
+        if task.kind == "perplexity" or (task.kind == "exact_match" and task.filter):
+            raise TaskError(f"task {task.name!r}: per-example scores are for multiple choice and exact match")
+        batches, meta = self._prepare(task, fidelity, split or self.split)
+        stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
+        logp, correct, _ = self._row_stats(model, batches, stop)
+        if task.kind == "exact_match":
+            return [{"exact_match": float(c)} for c in correct.tolist()]
+        out = []
+        for start, lens, ans in meta:
+            lls = logp[start: start + len(lens)]
+            norm = lls / torch.tensor(lens, dtype=torch.float64)
+            out.append({"lls": lls.tolist(), "acc": float(int(torch.argmax(lls)) == ans),
+                        "acc_norm": float(int(torch.argmax(norm)) == ans)})
+        return out
 
     def score_task(self, model, task: Task, fidelity: int | None = None, split: str | None = None) -> float:
         return self.task_metrics(model, task, fidelity, split)[task.objective_metric]

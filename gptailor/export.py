@@ -53,9 +53,9 @@ def export_dtype(family: Family, dtype: str | torch.dtype | None = None) -> torc
 
 def export(family: Family, plan: Plan, folder: str | os.PathLike, result: EvalResult | None = None,
            overwrite: bool = False, stitcher: Stitcher | None = None,
-           dtype: str | torch.dtype | None = None) -> Path:
+           dtype: str | torch.dtype | None = None, lm_eval=None) -> Path:
     """Stitch ``plan`` and save it under ``folder`` in ``dtype`` (default: the base checkpoint's);
-    returns the folder's resolved path. Picks are written as stored when the dtypes agree; merges are
+    returns the folder's resolved path. ``lm_eval``: an ``LmEvalReport`` whose table the model card carries. Picks are written as stored when the dtypes agree; merges are
     computed in float32 and rounded once to ``dtype``."""
     plan.validate(family.member_names, family.n_layers)
     plan = Plan(plan.ops, plan.family or family.name)
@@ -68,7 +68,7 @@ def export(family: Family, plan: Plan, folder: str | os.PathLike, result: EvalRe
     family.tokenizer.save_pretrained(folder)
     (folder / "plan.json").write_text(plan.to_json(indent=2) + "\n")
     (folder / "mergekit.yaml").write_text(mergekit_yaml(family, plan, dt))
-    (folder / "README.md").write_text(model_card(family, plan, param_count(model), result))
+    (folder / "README.md").write_text(model_card(family, plan, param_count(model), result, lm_eval))
     return folder
 
 
@@ -157,7 +157,7 @@ def mergekit_yaml(family: Family, plan: Plan, dtype: torch.dtype | None = None) 
 
 
 # ----------------------------------------------------------------------------- model card
-def model_card(family: Family, plan: Plan, params: int, result: EvalResult | None = None) -> str:
+def model_card(family: Family, plan: Plan, params: int, result: EvalResult | None = None, lm_eval=None) -> str:
     base_src = family.spec.source("base")
     hub_id = not Path(base_src).exists()  # the hub's card metadata only makes sense for hub ids
     lines = ["---", "library_name: transformers", "tags:", "- gptailor", "- layer-pruning", "- model-merging",
@@ -184,6 +184,9 @@ def model_card(family: Family, plan: Plan, params: int, result: EvalResult | Non
                       f"| this model | {m['prefill_tok_s']:,.0f} | {m['decode_tok_s']:,.1f} |",
                       f"| base | {b['prefill_tok_s']:,.0f} | {b['decode_tok_s']:,.1f} |",
                       f"| ratio | {result.speed['prefill_ratio']:.2f}x | {result.speed['decode_ratio']:.2f}x |", ""]
+    if lm_eval is not None:
+        lines += [f"lm-evaluation-harness (zero-shot, {'all' if lm_eval.limit is None else lm_eval.limit} docs per "
+                  f"task; value ± stderr), this model (`plan`) beside the family members:", "", lm_eval.markdown(), ""]
     lines += ["Load it with `AutoModelForCausalLM.from_pretrained(folder)`; `plan.json` and `mergekit.yaml` "
               "rebuild it from the family.", ""]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "min fidelity": (1, MAX_FIDELITY), "max fidelity": (1, MAX_FIDELITY), "workers": (1, MAX_WORKERS),
     "batch size": (1, MAX_BATCH_SIZE), "max new tokens": (1, 4096), "eta": (2, 100),
     "initial configurations": (0, MAX_TRIALS), "layers to remove": (0, 1_000_000), "study id": (1, 2**63 - 1),
+    "limit": (1, MAX_FIDELITY),
 }
 
 

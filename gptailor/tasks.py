@@ -2,7 +2,10 @@
 
 Three kinds (one JSON object per line):
 - ``exact_match``:     ``{"prompt": ..., "target": ...}``  -- teacher-forced, one forward pass scores it;
-- ``multiple_choice``: ``{"context": ..., "choices": [...], "answer": <index>}``  -- log-likelihood;
+- ``multiple_choice``: ``{"context": ..., "choices": [...], "answer": <index>}``  -- log-likelihood; optionally
+  ``"lengths"`` (characters each choice's log-likelihood is divided by for ``acc_norm``; default each choice's
+  own length) and, for lm-eval's "partial evaluation" tasks (WinoGrande, WSC273), ``context`` as a list with
+  one context per choice (the choices then hold the shared continuation);
 - ``perplexity``:      ``{"text": ...}``.
 
 A suite is a YAML file listing tasks (name, kind, path relative to the suite file), and optionally:
@@ -12,7 +15,12 @@ A suite is a YAML file listing tasks (name, kind, path relative to the suite fil
   ``["\n"]``; the tokenizer's EOS always stops), ``filter`` (``{regex: PATTERN}`` or ``{contains: true}``:
   the answer is extracted from a greedy generation, for models that answer in a sentence),
   ``max_gen_toks``, ``metric`` (multiple choice: ``acc`` or ``acc_norm``, the objective; both are reported);
-- ``chat_template: true`` (suite-wide or per task): prompts are wrapped in the family's chat template.
+- ``chat_template: true`` (suite-wide or per task): prompts are wrapped in the family's chat template;
+- ``lm_eval``: lm-evaluation-harness tasks beside (or instead of) the JSONL ones, each a task name or
+  ``{task, metric, limit, name, test_fraction}`` (``limit``: lm-eval's ``--limit``, docs per lm-eval task
+  before the search/test split), and ``lm_eval_include``: folder(s) of lm-eval task YAMLs relative to the
+  suite file. Their docs become ordinary examples (``gptailor.lm_eval_tasks``), so splits and fidelities
+  apply unchanged; ``lm_eval_report``: lm-eval task names a chosen plan is reported on (lm-eval's own run).
 
 Fidelity n means "the first n examples of a fixed shuffle" of a task's split, so a higher fidelity
 always contains every lower one (what multi-fidelity search assumes).
@@ -105,6 +113,7 @@ class Suite:
     name: str
     tasks: list[Task]
     path: str | None = None
+    lm_eval_report: list[str] = field(default_factory=list)  # lm-eval tasks to report a chosen plan on
 
     def __iter__(self):
         return iter(self.tasks)
@@ -133,14 +142,21 @@ def _check_example(kind: str, obj: Any) -> str | None:
         if not obj["target"]:
             return "'target' is empty"
     elif kind == "multiple_choice":
-        if not isinstance(obj.get("context"), str):
-            return "needs a string 'context'"
+        ctx = obj.get("context")
         ch = obj.get("choices")
+        if not isinstance(ctx, str) and not (isinstance(ctx, list) and all(isinstance(c, str) for c in ctx)):
+            return "needs a string 'context'"
         if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c for c in ch):
             return "'choices' must be a list of at least two non-empty strings"
+        if isinstance(ctx, list) and len(ctx) != len(ch):
+            return f"a list 'context' needs one context per choice ({len(ch)}), got {len(ctx)}"
         a = obj.get("answer")
         if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < len(ch):
             return f"'answer' must be the index of the right choice (0..{len(ch) - 1}), got {a!r}"
+        n = obj.get("lengths")
+        if n is not None and not (isinstance(n, list) and len(n) == len(ch) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in n)):
+            return "'lengths' must give one positive number per choice"
     elif kind == "perplexity":
         if not isinstance(obj.get("text"), str) or not obj["text"]:
             return "needs a non-empty string 'text'"
@@ -200,11 +216,13 @@ def load_suite(path: str | os.PathLike) -> Suite:
         data = yaml.safe_load(_text(path))
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: cannot parse suite: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
-        raise TaskError(f"{path}: a suite needs a non-empty 'tasks' list of {{name, kind, path}}")
+    lm = data.get("lm_eval") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not (isinstance(data.get("tasks"), list) and data["tasks"] or lm):
+        raise TaskError(f"{path}: a suite needs a non-empty 'tasks' list of {{name, kind, path}} "
+                        f"(or an 'lm_eval' list of lm-evaluation-harness tasks)")
     tasks, seen = [], set()
     suite_opts = _suite_options(path, data)
-    for i, t in enumerate(data["tasks"]):
+    for i, t in enumerate(data.get("tasks") or []):
         if not isinstance(t, dict) or not all(k in t for k in ("kind", "path")):
             raise TaskError(f"{path}: task #{i} needs 'kind' and 'path' (and optionally 'name')")
         task = load_task(path.parent / t["path"], t["kind"], t.get("name"))
@@ -213,7 +231,35 @@ def load_suite(path: str | os.PathLike) -> Suite:
             raise TaskError(f"{path}: task name {task.name!r} appears twice")
         seen.add(task.name)
         tasks.append(task)
-    return Suite(str(data.get("name", path.parent.name)), tasks, str(path))
+    for task in _lm_eval_tasks(path, data, suite_opts):
+        if task.name in seen:
+            raise TaskError(f"{path}: task name {task.name!r} appears twice; give the lm_eval entry a 'name'")
+        seen.add(task.name)
+        tasks.append(task)
+    report = data.get("lm_eval_report") or []
+    if not isinstance(report, list) or not all(isinstance(x, str) and x for x in report):
+        raise TaskError(f"{path}: 'lm_eval_report' is a list of lm-eval task names")
+    return Suite(str(data.get("name", path.parent.name)), tasks, str(path), report)
+
+
+def _lm_eval_tasks(path: Path, data: dict[str, Any], suite_opts: dict[str, Any]) -> list[Task]:
+    """The suite's ``lm_eval`` entries, built from lm-eval's own task definitions (``lm_eval_include``:
+    folders of task YAMLs, relative to the suite file)."""
+    entries = data.get("lm_eval")
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not entries:
+        raise TaskError(f"{path}: 'lm_eval' is a list of lm-eval task names or {{task, metric, limit, name}}")
+    inc = data.get("lm_eval_include")
+    inc = [inc] if isinstance(inc, str) else inc
+    if inc is not None and not (isinstance(inc, list) and all(isinstance(p, str) and p for p in inc)):
+        raise TaskError(f"{path}: 'lm_eval_include' is a folder (or a list of folders) of lm-eval task YAMLs")
+    from .lm_eval_tasks import LmEvalSpec, tasks_from_lm_eval
+
+    specs = [LmEvalSpec.parse(e, str(path)) for e in entries]
+    include = [str((path.parent / p).resolve()) for p in inc] if inc else None
+    opts = {k: v for k, v in suite_opts.items() if k == "test_fraction"}
+    return tasks_from_lm_eval(specs, include, defaults=opts)
 
 
 _TASK_OPTIONS = ("until", "filter", "metric", "chat_template", "max_gen_toks", "test_fraction")
