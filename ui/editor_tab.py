@@ -106,8 +106,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
                            SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8),
-                                          owner=session_of(request)), name=f"manual: {plan.to_text()[:60]}",
-                           evaluator=ev)
+                                          owner=session_of(request)), evaluator=ev)
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
         st.transition(sid, ("created",), "finished")
