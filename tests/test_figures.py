@@ -118,3 +118,10 @@ def test_importance_and_marginal_figures():
 def test_task_scores_table():
     t = {"scores": {"math": 0.5, "ppl": 12.0}, "task_retention": {"math": 0.8, "ppl": None}}
     assert figures.task_scores(t) == [["math", 0.5, 80.0], ["ppl", 12.0, None]]
+
+
+def test_many_rows_stay_readable():
+    ts = [trial(i, "base drop", 0.5 + i / 1000) for i in range(200)]
+    fig = figures.layer_choice_per_trial(ts, MEMBERS)
+    assert fig.layout.height <= 1200 and list(fig.layout.yaxis.tickvals)[:3] == [0, 3, 6]
+    assert figures.row_height(5) == (30, 1) and figures.row_height(40) == (22, 1)

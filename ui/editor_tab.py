@@ -185,7 +185,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
                         label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
     status = gr.Markdown()
-    preview = gr.Plot(label="Layer map")
+    preview = gr.Plot(label="Layer map", show_label=False)
     with gr.Row():
         fidelity = gr.Number(value=None, step=1, label="Examples per task (0 or empty = all)")
         eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")

@@ -109,12 +109,22 @@ def plan_map(rows: list[MapRow], members: list[str], title: str = "Layer map") -
         fig.update_xaxes(range=[0, top * 1.02], title_text="retention %", row=1, col=2, showgrid=False)
     fig.update_xaxes(range=[-0.5, n_pos - 0.5], title_text="layer position", row=1, col=1, showgrid=False,
                      dtick=1 if n_pos <= 32 else None, zeroline=False)
-    fig.update_yaxes(tickvals=list(range(len(rows))), ticktext=[r.label for r in rows], autorange="reversed",
+    px, every = row_height(len(rows))
+    ticks = list(range(0, len(rows), every))
+    fig.update_yaxes(tickvals=ticks, ticktext=[rows[i].label for i in ticks], autorange="reversed",
                      showgrid=False, row=1, col=1)
-    fig.update_layout(barmode="overlay", bargap=0, height=max(210, 150 + 24 * len(rows)), plot_bgcolor="white")
+    if px < 14 and scored:  # rows too thin for a label inside the score bar: the hover has it
+        fig.update_traces(text=None, selector={"name": "retention"})
+    fig.update_layout(barmode="overlay", bargap=0, height=max(220, 190 + px * len(rows)), plot_bgcolor="white")
     legend_outside(fig, title)
     fig.update_layout(margin={"b": 86})
     return fig
+
+
+def row_height(n: int) -> tuple[int, int]:
+    """Pixels per map row and 'label every k-th row': roomy for a few rows, at most ~900 px for hundreds."""
+    px = 30 if n <= 12 else max(5, min(22, 900 // max(n, 1)))
+    return px, max(1, math.ceil(14 / px))
 
 
 def layer_map(plan: Plan, members: list[str], title: str = "Layer map", score: float | None = None,
@@ -158,13 +168,15 @@ def layer_choice_per_trial(trials: list[dict[str, Any]], members: list[str], stu
                     f"Layer choice per trial{': ' + study if study else ''}")
 
 
-def legend_outside(fig: go.Figure, title: str) -> go.Figure:
-    """Title top left, legend in one horizontal band under the plot: never on top of the data and never
-    squeezing the plot's width (the page can be 760 px wide)."""
-    fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
-                      legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom",
-                              "x": 0, "xanchor": "left", "font": {"size": 11}},
-                      margin={"l": 60, "r": 20, "t": 44, "b": 100}, showlegend=True)
+def legend_outside(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
+    """Title top left (details in a smaller subtitle, so a 760 px page does not clip it), legend in one
+    horizontal band under the plot: never on top of the data and never squeezing the plot's width."""
+    head: dict[str, Any] = {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}}
+    if subtitle:
+        head["subtitle"] = {"text": subtitle, "font": {"size": 12, "color": "#666"}}
+    fig.update_layout(title=head, legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom",
+                                          "x": 0, "xanchor": "left", "font": {"size": 11}},
+                      margin={"l": 60, "r": 20, "t": 64 if subtitle else 44, "b": 100}, showlegend=True)
     return fig
 
 
@@ -212,7 +224,8 @@ def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> 
                 hovertemplate="%{customdata[1]}<extra></extra>"))
     fig.update_layout(xaxis_title="trial" if x == "number" else "wall time (s)", yaxis_title="retention %",
                       height=380)
-    return legend_outside(fig, "Best retention so far" + (" (wall time)" if x != "number" else ""))
+    return legend_outside(fig, "Best retention so far" + (" (wall time)" if x != "number" else ""),
+                          "each study at its top fidelity; faint: lower fidelities")
 
 
 def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
@@ -234,7 +247,7 @@ def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
                                  mode="lines", line={"shape": "hv", "dash": "dot", "color": "black"},
                                  name="Pareto front (all studies)", hoverinfo="skip"))
     fig.update_layout(xaxis_title="parameters (M)", yaxis_title="retention %", height=380)
-    return legend_outside(fig, "Retention vs size, every budget")
+    return legend_outside(fig, "Retention vs size", "every study and budget on the family; dotted: the Pareto front")
 
 
 def pareto_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -266,13 +279,13 @@ def task_scores(trial: dict[str, Any]) -> list[list[Any]]:
 
 
 # ----------------------------------------------------------------------------- which positions matter
-def importance_bars(importance: list[float], title: str) -> go.Figure:
+def importance_bars(importance: list[float], title: str, subtitle: str | None = None) -> go.Figure:
     """fANOVA share of the retention's variance explained by each position's op."""
     fig = go.Figure(go.Bar(x=list(range(len(importance))), y=[100 * v for v in importance], marker_color="#4c78a8",
                            name="importance", hovertemplate="position %{x}: %{y:.1f}% of the variance<extra></extra>"))
     fig.update_layout(xaxis={"title": "layer position", "dtick": 1}, yaxis_title="importance %", height=320,
                       showlegend=False)
-    legend_outside(fig, title)
+    legend_outside(fig, title, subtitle)
     fig.update_layout(showlegend=False, margin={"b": 50})
     return fig
 
