@@ -90,9 +90,23 @@ def test_dashboard_linked_views_and_both_widths(dash):
         box = point.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        name = {v: k for k, v in ids.items()}[sid]
+        name_of = {v: f"{k}-r{r}" + ("-s0" if k in ("smac", "random") else "")
+                   for (k, v), r in zip(ids.items(), (2, 2, 3, 1))}
+        name = name_of[sid]
         expect(confirm).to_contain_text(f"Trial {number} of {name}", timeout=20_000)
         assert f"#{number} ·" in page.locator("#trial-selector input").input_value()
+
+        # a click on a cell of the top-5 map selects that row's trial
+        key = page.evaluate("""() => {
+            const gd = document.querySelector('#top-trials .js-plotly-plot');
+            const tr = gd.data.find((t) => t.type === 'bar' && t.name !== 'retention');
+            return tr.customdata[tr.customdata.length - 1][0]; }""")
+        cell_sid, cell_n = (int(x) for x in key.split(":"))
+        bar = page.locator("#top-trials .barlayer .trace").first.locator(".point").last
+        bb = bar.bounding_box()
+        page.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
+        page.mouse.click(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
+        expect(confirm).to_contain_text(f"Trial {cell_n} of {name_of[cell_sid]}", timeout=20_000)
 
         # a click on a row of the trial table selects that row's trial
         def cell(r, c):
@@ -100,7 +114,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
         r = 5 if (cell(5, 0).inner_text().strip(), cell(5, 1).inner_text().strip()) != (str(sid), str(number)) else 6
         want_sid, want_n = cell(r, 0).inner_text().strip(), cell(r, 1).inner_text().strip()
         cell(r, 3).click()
-        want = {str(v): k for k, v in ids.items()}[want_sid]
+        want = name_of[int(want_sid)]
         expect(confirm).to_contain_text(f"Trial {want_n} of {want}", timeout=20_000)
 
         # open in editor: the Editor tab comes to the front with that trial's plan

@@ -122,13 +122,17 @@ def trial_choices(trials: list[dict], names: dict[int, str]) -> list[tuple[str, 
 
 def importance_figures(study_id: int | None, name: str, trials: list[dict], members: tuple[str, ...]):
     """fANOVA importance and the per-position marginal of one study (cached per study and trial count)."""
-    done = [t for t in trials if t["status"] == "complete" and t["retention"] is not None]
-    return _importance(study_id, name, len(done), members, tuple((t["number"], t["fidelity"]) for t in done)) \
-        if study_id is not None else (None, None)
+    n = sum(1 for t in trials if t["status"] == "complete" and t["retention"] is not None)
+    return _importance(study_id, name, members, importance_bucket(n)) if study_id is not None else (None, None)
+
+
+def importance_bucket(n: int) -> int:
+    """fANOVA fits a forest (a second or more): recompute when a tenth more trials are in, not every tick."""
+    return n if n < 20 else n - n % max(1, n // 10)
 
 
 @lru_cache(maxsize=32)
-def _importance(study_id: int, name: str, n_done: int, members: tuple[str, ...], _stamp: tuple):
+def _importance(study_id: int, name: str, members: tuple[str, ...], _bucket: int):
     done = [t for t in store().trials(study_id) if t["status"] == "complete" and t["retention"] is not None]
     top = figures.top_fidelity(done)
     use, which = (top, "top fidelity") if len(top) >= MIN_TOP_TRIALS else (done, "all fidelities")
