@@ -81,12 +81,15 @@ def test_dashboard_linked_views_and_both_widths(dash):
         assert top.locator(".legendtext", has_text="drop").count() == 1
         assert top.locator(".barlayer .trace").count() >= 3
 
-        # a click on a Pareto point selects that trial everywhere
+        # a click on a Pareto point (of another study than the best trial's) selects that trial everywhere
+        expect(confirm).to_contain_text("of smac-r2-s0 selected")
         key = page.evaluate("""() => {
             const gd = document.querySelector('#pareto .js-plotly-plot');
-            return gd.data[0].customdata[0][0]; }""")
+            return gd.data[1].customdata[0][0]; }""")
         sid, number = (int(x) for x in key.split(":"))
-        point = page.locator("#pareto .scatterlayer .trace").first.locator(".point").first
+        assert sid == ids["random"]
+        point = page.locator("#pareto .scatterlayer .trace").nth(1).locator(".point").first
+        point.scroll_into_view_if_needed()
         box = point.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -103,6 +106,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
             return tr.customdata[tr.customdata.length - 1][0]; }""")
         cell_sid, cell_n = (int(x) for x in key.split(":"))
         bar = page.locator("#top-trials .barlayer .trace").first.locator(".point").last
+        bar.scroll_into_view_if_needed()
         bb = bar.bounding_box()
         page.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
         page.mouse.click(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)

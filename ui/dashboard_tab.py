@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 import gradio as gr
@@ -41,7 +42,7 @@ CLICK_JS = """
     const pt = ev && ev.points && ev.points[0];
     const cd = pt && pt.customdata;
     const key = Array.isArray(cd) ? cd[0] : cd;
-    if (typeof key === 'string' && /^\\d+:\\d+$/.test(key)) send(key);
+    if (typeof key === 'string' && /^\\d+:\\d+$/.test(key)) send(key + '#' + Date.now());
   };
   const hook = () => {
     document.querySelectorAll('.js-plotly-plot').forEach((gd) => {
@@ -146,9 +147,9 @@ def _importance(study_id: int, name: str, members: tuple[str, ...], _bucket: int
 
 
 def find_trial(key: str | None) -> tuple[dict, dict] | None:
-    """The (study, trial) a 'study:number' key names, or None."""
+    """The (study, trial) a 'study:number' key names (a '#nonce' after it is ignored), or None."""
     try:
-        sid, number = (int(x) for x in str(key or "").split(":"))
+        sid, number = (int(x) for x in str(key or "").partition("#")[0].split(":"))
     except ValueError:
         return None
     study = next((s for s in store().studies() if s["id"] == sid), None)
@@ -169,7 +170,7 @@ def select_trial(key: str | None):
     fig = figures.layer_map(Plan.from_dict(t["plan"]), members, f"Selected: {study['name']} #{t['number']}",
                             score=t["retention"], label=f"#{t['number']}", note=f"at fidelity {t['fidelity'] or 'full'}",
                             key=figures.trial_key(t)) if members else None
-    return key, note, fig, figures.task_scores(t)
+    return figures.trial_key(t), note, fig, figures.task_scores(t)
 
 
 def select_best(ids, selected: str | None):
@@ -183,9 +184,10 @@ def select_best(ids, selected: str | None):
 
 
 def table_select(evt: gr.SelectData) -> str:
-    """A click on a trial-table row: the key of that row's trial (the row as shown, filtered or not)."""
+    """A click on a trial-table row: the key of that row's trial (the row as shown, filtered or not), with a
+    nonce so that selecting the same trial again is still a change."""
     row = evt.row_value
-    return f"{int(row[0])}:{int(row[1])}"
+    return f"{int(row[0])}:{int(row[1])}#{time.time()}"
 
 
 def open_in_editor(key: str | None):
@@ -286,8 +288,9 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
         select_best, [pick, selector], shown, show_progress="hidden")
     live.change(lambda on: gr.Timer(active=on), [live], [timer])
     selector.input(select_trial, [selector], shown, api_name="select_trial")
-    click_box.input(select_trial, [click_box], shown, show_progress="hidden")
-    table.select(table_select, None, [click_box]).then(select_trial, [click_box], shown, show_progress="hidden")
+    # Plotly clicks (CLICK_JS) and table rows both write 'study:number#nonce' into the hidden box
+    click_box.change(select_trial, [click_box], shown, show_progress="hidden")
+    table.select(table_select, None, [click_box], show_progress="hidden")
     open_btn.click(open_in_editor, [selector], [plan_box, tabs])
     table.change(to_csv, [table], [dl])
     rename_box.expand(lambda: gr.Dropdown(choices=study_choices()), None, [rename_pick])
