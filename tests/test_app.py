@@ -208,7 +208,7 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
         time.sleep(1)
     assert set(trials[0]["scores"]) == {"adds", "prose"}
     # Compare on this suite shows only studies scored on it
-    table, _bars = client.predict("demo", suite_path, api_name="/compare")
+    table, _bars, _maps = client.predict("demo", suite_path, api_name="/compare")
     assert [r[0] for r in rows_of(table)] == [int(sid)]
     # bad uploads: a clear error naming the file and line, and nothing stored
     broken = write_lines(tmp_path / "broken.jsonl", ['{"prompt": "1+1=", "target": "2"}', '{"prompt": "x"}'])
