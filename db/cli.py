@@ -153,9 +153,17 @@ def cmd_cancel(args, argv) -> int:
 
 def cmd_studies(args, argv) -> int:
     from .runs import reconcile
-    from .store import Store
+    from .store import Store, StoreError
 
     store = Store(args.db)
+    if args.rename:
+        sid, name = args.rename
+        try:
+            sid = int(sid)
+        except ValueError:
+            raise StoreError(f"--rename takes a study id and a name, got {sid!r} as the id") from None
+        print(f"study {sid} is now named {store.rename_study(sid, name)!r}")
+        return 0
     reconcile(store)
     rows = store.studies()
     if args.json:
@@ -245,6 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("studies", help="list studies with status and best retention")
     sp.add_argument("--db", default=None)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--rename", nargs=2, metavar=("ID", "NAME"), default=None,
+                    help="give study ID a new short name (unique within its family)")
     sp.set_defaults(study_func=cmd_studies)
 
     sp = sub.add_parser("compare", help="every study's best plan re-evaluated at full fidelity")

@@ -69,9 +69,17 @@ def create_study(store: Store, family_source: str, method: str, budget: Budget,
     s["suite"] = ev.suite.path
     s["n_remove"] = n_remove
     n_trials = settings.n_trials if method in ("smac", "random") else 0
+    name = name or short_name(method, n_remove, settings.seed)
     return store.create_study(family_name=ev.family.name, family_source=str(family_source),
                               family_spec=spec.to_dict(), family_info=info, method=method,
                               budget=budget.to_dict(), settings=s, n_trials=n_trials, name=name)
+
+
+def short_name(method: str, n_remove: int, seed: int = 0) -> str:
+    """The default study name: method, layers removed and (for searches) the seed, e.g. ``smac-r2-s0``.
+
+    Short enough for a legend; the store adds ``-2``, ``-3``... when the family already has it."""
+    return f"{method}-r{n_remove}-s{seed}" if method in ("smac", "random") else f"{method}-r{n_remove}"
 
 
 # ----------------------------------------------------------------------------- running

@@ -360,13 +360,30 @@ class Store:
     def create_study(self, *, family_name: str, family_source: str, family_spec: dict[str, Any],
                      family_info: dict[str, Any], method: str, budget: dict[str, Any], settings: dict[str, Any],
                      n_trials: int, name: str | None = None) -> int:
+        """Store a new study; its name (default: the method) is made unique in its family with a suffix."""
         fid = self.ensure_family(family_name, family_spec, family_info)
         with self.session() as s:
-            row = StudyRow(name=name or f"{method} on {family_name}", family_id=fid, family_source=family_source,
-                           method=method, budget=budget, settings=settings, n_trials=n_trials, status="created")
+            taken = set(s.scalars(select(StudyRow.name).where(StudyRow.family_id == fid)))
+            row = StudyRow(name=unique_name(clean_name(name or method), taken), family_id=fid,
+                           family_source=family_source, method=method, budget=budget, settings=settings,
+                           n_trials=n_trials, status="created")
             s.add(row)
             s.flush()
             return row.id
+
+    def rename_study(self, study_id: int, name: str) -> str:
+        """Give a study a new short name; refused (StoreError) if empty, too long or taken in its family."""
+        name = clean_name(name)
+        with self.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                raise StoreError(f"no study {study_id}")
+            clash = s.scalar(select(StudyRow.id).where(StudyRow.family_id == row.family_id, StudyRow.name == name,
+                                                       StudyRow.id != study_id))
+            if clash is not None:
+                raise StoreError(f"study {clash} on this family is already named {name!r}; pick another name")
+            row.name = name
+            return name
 
     def transition(self, study_id: int, allowed_from: tuple[str, ...], status: str, error: str | None = None,
                    owner: Owner | None = None) -> bool:
@@ -538,6 +555,29 @@ class Store:
     def studies(self) -> list[dict[str, Any]]:
         with self.session() as s:
             return [_study_dict(s, r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id)).all()]
+
+
+NAME_MAX = 60
+
+
+def clean_name(name: str) -> str:
+    """A study name as stored: stripped, one line, 1..NAME_MAX characters (StoreError otherwise)."""
+    name = " ".join(str(name or "").split())
+    if not name:
+        raise StoreError("a study name cannot be empty")
+    if len(name) > NAME_MAX:
+        raise StoreError(f"a study name has at most {NAME_MAX} characters, this one has {len(name)}")
+    return name
+
+
+def unique_name(wanted: str, taken: set[str]) -> str:
+    """``wanted``, or ``wanted-2``, ``wanted-3``... the first not in ``taken``."""
+    if wanted not in taken:
+        return wanted
+    k = 2
+    while f"{wanted}-{k}" in taken:
+        k += 1
+    return f"{wanted}-{k}"
 
 
 def _iso() -> str:

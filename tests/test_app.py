@@ -145,14 +145,14 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
         page.locator("#best-layer-map .js-plotly-plot").wait_for(timeout=180_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(OUT / "dashboard.png"), full_page=True)
-        assert page.locator("#best-layer-map .heatmaplayer, #best-layer-map g.hm").count() >= 1
+        assert page.locator("#best-layer-map .barlayer .point").count() >= 1
         browser.close()
     assert (OUT / "dashboard.png").stat().st_size > 20_000
 
 
 def test_compare_tab_reevaluates_each_studys_best(client):
     # the studies launched by the tests above have trials by now (the manual one at least)
-    table, _bars = client.predict(api_name="/compare")
+    table, _bars, _maps = client.predict(api_name="/compare")
     rows = rows_of(table)
     assert rows and all(isinstance(r[3], (int, float)) for r in rows)
     assert any(r[2] == "manual" for r in rows)
@@ -208,7 +208,7 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
         time.sleep(1)
     assert set(trials[0]["scores"]) == {"adds", "prose"}
     # Compare on this suite shows only studies scored on it
-    table, _bars = client.predict("demo", suite_path, api_name="/compare")
+    table, _bars, _maps = client.predict("demo", suite_path, api_name="/compare")
     assert [r[0] for r in rows_of(table)] == [int(sid)]
     # bad uploads: a clear error naming the file and line, and nothing stored
     broken = write_lines(tmp_path / "broken.jsonl", ['{"prompt": "1+1=", "target": "2"}', '{"prompt": "x"}'])

@@ -20,26 +20,38 @@ def build_app() -> gr.Blocks:
                     "without retraining.")
         shared = picker.build()
         family, suite = shared["family"], shared["suite"]
-        with gr.Tab("Evaluate"):
-            shared.update(evaluate_tab.build(family, suite))
-        with gr.Tab("Search"):
-            search = search_tab.build(family, suite)
-        with gr.Tab("Dashboard"):
-            dashboard_tab.build(shared["plan"])
-        with gr.Tab("Compare"):
-            compare_tab.build(family, suite)
-        with gr.Tab("Editor"):
-            editor_tab.build(family, suite, shared["plan"])
-        with gr.Tab("Analysis"):
-            analysis_tab.build(family, suite)
-        with gr.Tab("Chat"):
-            chat_tab.build(shared["family"], shared["plan"])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Evaluate", id="evaluate"):
+                shared.update(evaluate_tab.build(family, suite))
+            with gr.Tab("Search", id="search"):
+                search = search_tab.build(family, suite)
+            with gr.Tab("Dashboard", id="dashboard"):
+                dashboard_tab.build(shared["plan"], tabs)
+            with gr.Tab("Compare", id="compare"):
+                compare_tab.build(family, suite)
+            with gr.Tab("Editor", id="editor"):
+                editor_tab.build(family, suite, shared["plan"])
+            with gr.Tab("Analysis", id="analysis"):
+                analysis_tab.build(family, suite)
+            with gr.Tab("Chat", id="chat"):
+                chat_tab.build(shared["family"], shared["plan"])
         demo.load(picker.refresh_choices, None, [family, suite])
         demo.load(picker.suite_info, [family, suite], [shared["info"]])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
         demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],
                   [search["budget_info"]])
     return demo
+
+
+# Two-column rows (class gt-grid) become one column on narrow screens (a phone, a 760 px window), so no
+# chart is squeezed to half of that and no title is clipped; the hidden textbox receives Plotly clicks.
+CSS = """
+.gt-hidden { display: none !important; }
+@media (max-width: 900px) {
+  .gt-grid { flex-direction: column !important; flex-wrap: nowrap !important; }
+  .gt-grid > * { width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important; }
+}
+"""
 
 
 def _start_queued_forever(period_s: float = 5.0) -> None:
@@ -65,4 +77,5 @@ def main() -> None:
     app = build_app().queue(default_concurrency_limit=2)
     _start_queued_forever()
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", os.environ.get("HOST", "127.0.0.1")),
-               server_port=port, auth=auth_pairs(), max_file_size=max_upload_bytes())
+               server_port=port, auth=auth_pairs(), max_file_size=max_upload_bytes(), css=CSS,
+               js=dashboard_tab.CLICK_JS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from db.runs import compare, engine_key
-from gptailor import FamilyError, TaskError
+from gptailor import FamilyError, Plan, TaskError
 
 from . import figures
 from .engine import ENGINE, gpu, store
@@ -37,7 +37,19 @@ def run_compare(family: str, suite: str | None = None, progress=gr.Progress()):
              [None if r.task_retention[t] is None else round(100 * r.task_retention[t], 1) for t in tasks]
              for r in rows]
     headers = COLUMNS + [f"{t} %" for t in tasks]
-    return gr.Dataframe(value=table, headers=headers), figures.task_bars([r.__dict__ for r in rows])
+    return gr.Dataframe(value=table, headers=headers), figures.task_bars([r.__dict__ for r in rows]), \
+        best_maps(rows, session.family.member_names)
+
+
+def best_maps(rows, members: list[str]):
+    """Each study's best plan as one row of the shared layer-map component, with the same retention as the
+    table (re-scored on the test split), best first."""
+    if not rows:
+        return None
+    ranked = sorted(rows, key=lambda r: -r.retention)
+    return figures.plan_map([figures.MapRow(f"{r.study_id}: {r.name}", Plan.from_text(r.plan), r.retention,
+                                            f"({r.split} split, {r.definition} retention)") for r in ranked],
+                            members, "Best plan of each study")
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
@@ -46,5 +58,6 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
                 "chosen family and task suite are compared.")
     go_btn = gr.Button("Compare all studies", variant="primary")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter")
-    bars = gr.Plot()
-    go_btn.click(run_compare, [family, suite], [table, bars], api_name="compare")
+    maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
+    bars = gr.Plot(show_label=False)
+    go_btn.click(run_compare, [family, suite], [table, bars, maps], api_name="compare")

@@ -106,8 +106,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
                            SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8),
-                                          owner=session_of(request)), name=f"manual: {plan.to_text()[:60]}",
-                           evaluator=ev)
+                                          owner=session_of(request)), evaluator=ev)
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
         st.transition(sid, ("created",), "finished")
@@ -186,7 +185,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
                         label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
     status = gr.Markdown()
-    preview = gr.Plot(label="Layer map")
+    preview = gr.Plot(label="Layer map", show_label=False)
     with gr.Row():
         fidelity = gr.Number(value=None, step=1, label="Examples per task (0 or empty = all)")
         eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")

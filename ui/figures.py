@@ -5,9 +5,11 @@ Trials are the dicts the store returns (``plan``, ``plan_text``, ``retention``, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from db.runs import rank_key
 from gptailor import Plan
@@ -18,93 +20,163 @@ MERGE, DROP = "merge", "drop"
 
 
 # ----------------------------------------------------------------------------- layer maps
-def layer_map_matrix(plan: Plan, members: list[str]) -> tuple[list[list[float | None]], list[list[str]]]:
-    """z[member][position]: the weight each member contributes (pick = 1, merge = normalised weights,
-    drop = None), and matching hover texts naming the op."""
-    z = [[0.0] * len(plan) for _ in members]
-    hover = [[""] * len(plan) for _ in members]
-    for i, op in enumerate(plan.ops):
-        text = f"position {i}: {op.to_text()}"
-        for r, m in enumerate(members):
-            hover[r][i] = text
-            if op.kind == "drop":
-                z[r][i] = None
-            elif op.kind == "pick":
-                z[r][i] = 1.0 if op.member == m else 0.0
-            else:
-                total = sum(w for _, w in op.weights)
-                mine = sum(w for src, w in op.weights if split_source(src)[0] == m)  # member@j counts as member
-                z[r][i] = round(mine / total, 6)
-    return z, hover
+PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
+DROP_COLOR = "#c7c7c7"  # an explicit grey cell, never blank and never a member's colour
+MERGE_NAME = "merge (hatched, colour = largest weight)"
+CELL = 0.92  # cell width in positions: the gap between cells keeps them apart
 
 
-def layer_map(plan: Plan, members: list[str], title: str = "Layer map") -> go.Figure:
-    """Members x positions heatmap of one plan; dropped positions are blank and marked with an x."""
-    z, hover = layer_map_matrix(plan, members)
-    fig = go.Figure(go.Heatmap(z=z, x=list(range(len(plan))), y=members, text=hover, hoverinfo="text",
-                               colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "weight"}, xgap=1, ygap=1))
-    dropped = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
-    if dropped:
-        fig.add_trace(go.Scatter(x=dropped, y=[members[len(members) // 2]] * len(dropped), mode="markers",
-                                 marker={"symbol": "x", "size": 12, "color": "crimson"}, name="dropped",
-                                 hovertext=[f"position {i}: drop" for i in dropped], hoverinfo="text"))
-    fig.update_layout(title=title, xaxis_title="layer position", yaxis_title="member", height=120 + 40 * len(members),
-                      margin={"l": 60, "r": 20, "t": 50, "b": 40}, showlegend=False)
+@dataclass
+class MapRow:
+    """One row of a layer map: a plan, the score beside it, and what hover and a click need."""
+    label: str
+    plan: Plan
+    score: float | None = None  # retention in [0, 1+]
+    note: str = ""  # hover extra, e.g. "fidelity 40"
+    key: str = ""  # "study:number", what a click on the row selects
+    faint: bool = False  # a score at a lower fidelity: drawn faint
+
+
+def member_colors(members: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(members)}
+
+
+def cell_of(op, members: list[str]) -> tuple[str, str]:
+    """(category, member whose colour the cell takes): pick -> member, merge -> largest weight, drop -> drop."""
+    if op.kind == "drop":
+        return DROP, DROP
+    if op.kind == "pick":
+        return op.member, op.member
+    weight: dict[str, float] = {}
+    for src, w in op.weights:
+        m = split_source(src)[0]
+        weight[m] = weight.get(m, 0.0) + w
+    top = max(weight, key=lambda m: (weight[m], -members.index(m) if m in members else 0))
+    return MERGE, top
+
+
+def cell_hover(op, i: int) -> str:
+    """Position, op and (for a merge) each member's weight as a share of the total."""
+    if op.kind == "drop":
+        return f"position {i}: drop (layer removed)"
+    if op.kind == "pick":
+        return f"position {i}: pick {op.member}"
+    total = sum(w for _, w in op.weights) or 1.0
+    parts = ", ".join(f"{m} {w:g} ({100 * w / total:.0f}%)" for m, w in op.weights)
+    return f"position {i}: merge [{op.method}] {parts}"
+
+
+def plan_map(rows: list[MapRow], members: list[str], title: str = "Layer map") -> go.Figure:
+    """The one layer-map component (Dashboard, Editor, Compare): one row per plan, one cell per position.
+
+    Colour = member; a merge is hatched in the colour of its largest weight with the weights on hover;
+    a drop is a grey cell with its own legend entry. The score is a bar beside each row. Each category
+    is its own trace, so the legend lists members, merge and drop, and a click reads the row's key."""
+    n_pos = max((len(r.plan) for r in rows), default=0)
+    scored = any(r.score is not None for r in rows)
+    fig = make_subplots(rows=1, cols=2 if scored else 1, shared_yaxes=True, horizontal_spacing=0.02,
+                        column_widths=[0.84, 0.16] if scored else None)
+    colors = member_colors(members)
+    cells: dict[str, dict[str, list]] = {}
+    for y, r in enumerate(rows):
+        for i, op in enumerate(r.plan.ops):
+            cat, colour_of = cell_of(op, members)
+            c = cells.setdefault(cat, {"x": [], "y": [], "color": [], "data": []})
+            c["x"].append(i - CELL / 2)
+            c["y"].append(y)
+            c["color"].append(DROP_COLOR if cat == DROP else colors.get(colour_of, "#333333"))
+            score = "" if r.score is None else f" · {100 * r.score:.1f}%"
+            c["data"].append([r.key, f"{r.label}{score}{' ' + r.note if r.note else ''}<br>{cell_hover(op, i)}"])
+    for cat in [*members, MERGE, DROP]:
+        c = cells.get(cat)
+        if c is None:
+            continue
+        marker: dict[str, Any] = {"color": c["color"], "line": {"width": 0}}
+        if cat == MERGE:
+            marker["pattern"] = {"shape": "/", "fgcolor": "white", "size": 6, "solidity": 0.35}
+        fig.add_trace(go.Bar(orientation="h", x=[CELL] * len(c["x"]), base=c["x"], y=c["y"], width=0.84,
+                             marker=marker, name=MERGE_NAME if cat == MERGE else cat, legendgroup=cat,
+                             customdata=c["data"], hovertemplate="%{customdata[1]}<extra></extra>"), row=1, col=1)
+    if scored:
+        fig.add_trace(go.Bar(
+            orientation="h", y=list(range(len(rows))), x=[None if r.score is None else 100 * r.score for r in rows],
+            marker={"color": ["#bdbdbd" if r.faint else "#3a3a3a" for r in rows]}, width=0.84, name="retention",
+            showlegend=False, text=["" if r.score is None else f"{100 * r.score:.1f}%" for r in rows],
+            textposition="inside", insidetextanchor="end", textfont={"color": "white", "size": 11},
+            customdata=[[r.key, f"{r.label}: {'-' if r.score is None else f'{100 * r.score:.1f}%'} {r.note}"]
+                        for r in rows], hovertemplate="%{customdata[1]}<extra></extra>"), row=1, col=2)
+        top = max([100 * r.score for r in rows if r.score is not None] + [100.0])
+        fig.update_xaxes(range=[0, top * 1.02], title_text="retention %", row=1, col=2, showgrid=False)
+    fig.update_xaxes(range=[-0.5, n_pos - 0.5], title_text="layer position", row=1, col=1, showgrid=False,
+                     dtick=1 if n_pos <= 32 else None, zeroline=False)
+    px, every = row_height(len(rows))
+    ticks = list(range(0, len(rows), every))
+    fig.update_yaxes(tickvals=ticks, ticktext=[rows[i].label for i in ticks], autorange="reversed",
+                     showgrid=False, row=1, col=1)
+    if px < 14 and scored:  # rows too thin for a label inside the score bar: the hover has it
+        fig.update_traces(text=None, selector={"name": "retention"})
+    fig.update_layout(barmode="overlay", bargap=0, height=max(220, 190 + px * len(rows)), plot_bgcolor="white")
+    legend_outside(fig, title)
+    fig.update_layout(margin={"b": 86})
     return fig
 
 
-def top_k_layer_maps(trials: list[dict[str, Any]], members: list[str], k: int = 5) -> go.Figure:
-    """The best k trials' layer maps stacked: one row block per trial, ranked like the best trial
-    (highest fidelity first, then retention), labelled study/#number when trials carry their study."""
+def row_height(n: int) -> tuple[int, int]:
+    """Pixels per map row and 'label every k-th row': roomy for a few rows, at most ~900 px for hundreds."""
+    px = 30 if n <= 12 else max(5, min(22, 900 // max(n, 1)))
+    return px, max(1, math.ceil(14 / px))
+
+
+def layer_map(plan: Plan, members: list[str], title: str = "Layer map", score: float | None = None,
+              label: str = "plan", note: str = "", key: str = "") -> go.Figure:
+    """One plan as a one-row layer map (the Editor's preview, the dashboard's selected trial)."""
+    return plan_map([MapRow(label, plan, score, note, key)], members, title)
+
+
+def trial_key(t: dict[str, Any]) -> str:
+    """What a click on a trial's point, cell or table row selects: ``study:number``."""
+    sid = t.get("study_id")
+    return f"{'' if sid is None else sid}:{t['number']}"
+
+
+def trial_row(t: dict[str, Any], label: str, top_fid: float | None = None) -> MapRow:
+    faint = top_fid is not None and fidelity_rank(t["fidelity"]) < top_fid
+    return MapRow(label, Plan.from_dict(t["plan"]), t.get("retention"),
+                  f"at fidelity {t['fidelity'] or 'full'}" + (" (lower rung)" if faint else ""), trial_key(t), faint)
+
+
+def top_k_layer_maps(trials: list[dict[str, Any]], members: list[str], k: int = 5,
+                     names: dict[Any, str] | None = None) -> go.Figure:
+    """The best k trials, one row each with its score, ranked by the one rule (gptailor.search.rank_key):
+    the highest fidelity first, then retention; labelled 'study #number'."""
     best = sorted(_complete(trials), key=rank_key)[:k]
-    z: list[list[float | None]] = []
-    hover: list[list[str]] = []
-    labels: list[str] = []
-    for rank, t in enumerate(best):
-        zz, hh = layer_map_matrix(Plan.from_dict(t["plan"]), members)
-        z += zz
-        name = f"{t['study_id']}/#{t['number']}" if t.get("study_id") is not None else f"#{t['number']}"
-        hover += [[f"{name} ({100 * t['retention']:.1f}% at fidelity {t['fidelity']}) {h}" for h in row]
-                  for row in hh]
-        labels += [f"{name} {m}" for m in members]
-    fig = go.Figure(go.Heatmap(z=z, y=labels, text=hover, hoverinfo="text", colorscale="Blues", zmin=0, zmax=1,
-                               xgap=1, ygap=1))
-    fig.update_layout(title=f"Top {len(best)} trials", xaxis_title="layer position",
-                      height=150 + 22 * max(1, len(labels)), yaxis={"autorange": "reversed"},
-                      margin={"l": 110, "r": 20, "t": 50, "b": 40})
-    return fig
+    names = names or {}
+    def label(t: dict[str, Any]) -> str:
+        sid = t.get("study_id")
+        return f"{names.get(sid, sid) if sid is not None else ''} #{t['number']}".strip()
+    rows = [trial_row(t, label(t)) for t in best]
+    return plan_map(rows, members, f"Top {len(best)} trials")
 
 
-def op_codes(plan: Plan, members: list[str]) -> list[int]:
-    """Per position: the member's index for a pick, len(members) for a merge, len(members)+1 for a drop."""
-    out = []
-    for op in plan.ops:
-        if op.kind == "pick":
-            out.append(members.index(op.member))
-        elif op.kind == "merge":
-            out.append(len(members))
-        else:
-            out.append(len(members) + 1)
-    return out
-
-
-def trials_over_time(trials: list[dict[str, Any]], members: list[str]) -> go.Figure:
-    """Trial number x position, coloured by the op chosen: to see the search converge."""
-    cats = [*members, MERGE, DROP]
+def layer_choice_per_trial(trials: list[dict[str, Any]], members: list[str], study: str = "") -> go.Figure:
+    """Every trial of one study in order, one row each: which layer each position took as the search went
+    on, with the score beside it (lower fidelities faint)."""
     rows = sorted(trials, key=lambda t: t["number"])
-    z = [op_codes(Plan.from_dict(t["plan"]), members) for t in rows]
-    palette = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
-    colors = [palette[i % len(palette)] for i in range(len(members))] + ["#7f7f7f", "#ffffff"]
-    n = len(cats)
-    scale = []
-    for i, c in enumerate(colors):  # a discrete colour scale: one band per category
-        scale += [[i / n, c], [(i + 1) / n, c]]
-    fig = go.Figure(go.Heatmap(
-        z=z, y=[t["number"] for t in rows], colorscale=scale, zmin=-0.5, zmax=n - 0.5, xgap=1,
-        customdata=[[cats[c] for c in row] for row in z], hovertemplate="trial %{y}, position %{x}: %{customdata}<extra></extra>",
-        colorbar={"tickvals": list(range(n)), "ticktext": cats}))
-    fig.update_layout(title="Trials over time", xaxis_title="layer position", yaxis_title="trial",
-                      height=max(300, min(900, 12 * len(rows) + 120)), margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    done = _complete(rows)
+    top = max((fidelity_rank(t["fidelity"]) for t in done), default=None)
+    return plan_map([trial_row(t, f"#{t['number']}", top) for t in rows], members,
+                    f"Layer choice per trial{': ' + study if study else ''}")
+
+
+def legend_outside(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
+    """Title top left (details in a smaller subtitle, so a 760 px page does not clip it), legend in one
+    horizontal band under the plot: never on top of the data and never squeezing the plot's width."""
+    head: dict[str, Any] = {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}}
+    if subtitle:
+        head["subtitle"] = {"text": subtitle, "font": {"size": 12, "color": "#666"}}
+    fig.update_layout(title=head, legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom",
+                                          "x": 0, "xanchor": "left", "font": {"size": 11}},
+                      margin={"l": 60, "r": 20, "t": 64 if subtitle else 44, "b": 100}, showlegend=True)
     return fig
 
 
@@ -125,48 +197,57 @@ def top_fidelity(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> go.Figure:
     """Best retention so far against trial number (or wall time, x='wall_s'), one line per study, from the
-    trials at the study's top fidelity only; lower Hyperband rungs are faint points of their own."""
+    trials at the study's top fidelity only (the number the tables show); lower Hyperband rungs are faint
+    points of their own. A click on a point selects that trial."""
     fig = go.Figure()
-    for name, trials in studies.items():
+    for k, (name, trials) in enumerate(studies.items()):
+        colour = PALETTE[k % len(PALETTE)]
         top = top_fidelity(trials)
         fid = top[0]["fidelity"] if top else None
-        best, xs, ys = -math.inf, [], []
+        best, xs, ys, data = -math.inf, [], [], []
         for t in sorted(top, key=lambda t: t[x] or 0):
             best = max(best, t["retention"])
             xs.append(t[x] if t[x] is not None else 0)
             ys.append(100 * best)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"shape": "hv"}, marker={"size": 4},
-                                 name=f"{name} (fidelity {fid or 'full'})"))
+            data.append([trial_key(t), f"{name} #{t['number']}: {100 * t['retention']:.1f}% "
+                                       f"(best so far {100 * best:.1f}%) at fidelity {fid or 'full'}"])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"shape": "hv", "color": colour},
+                                 marker={"size": 6}, name=f"{name} (fidelity {fid or 'full'})", legendgroup=name,
+                                 customdata=data, hovertemplate="%{customdata[1]}<extra></extra>"))
         low = [t for t in _complete(trials) if t not in top]
         if low:
-            fig.add_trace(go.Scatter(x=[t[x] or 0 for t in low], y=[100 * t["retention"] for t in low],
-                                     mode="markers", opacity=0.3, marker={"size": 4},
-                                     name=f"{name}: lower fidelities",
-                                     text=[f"fidelity {t['fidelity']}" for t in low],
-                                     hovertemplate="%{y:.1f}% at %{text}<extra></extra>"))
-    fig.update_layout(title="Best retention so far (top fidelity; search split)",
-                      xaxis_title="trial" if x == "number" else "wall time (s)",
-                      yaxis_title="retention %", height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
-    return fig
+            fig.add_trace(go.Scatter(
+                x=[t[x] or 0 for t in low], y=[100 * t["retention"] for t in low], mode="markers", opacity=0.3,
+                marker={"size": 5, "color": colour}, name=f"{name}: lower fidelities", legendgroup=name,
+                customdata=[[trial_key(t), f"{name} #{t['number']}: {100 * t['retention']:.1f}% at fidelity "
+                                           f"{t['fidelity']} (lower rung, not comparable)"] for t in low],
+                hovertemplate="%{customdata[1]}<extra></extra>"))
+    fig.update_layout(xaxis_title="trial" if x == "number" else "wall time (s)", yaxis_title="retention %",
+                      height=380)
+    return legend_outside(fig, "Best retention so far" + (" (wall time)" if x != "number" else ""),
+                          "each study at its top fidelity; faint: lower fidelities")
 
 
 def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
-    """Retention against parameter count, the trials at each study's top fidelity."""
+    """Retention against parameter count over every given study (all budgets of a family): each study's
+    trials at its top fidelity, and the one Pareto front (``pareto_front``) across all of them."""
     fig = go.Figure()
-    studies = {name: top_fidelity(trials) for name, trials in studies.items()}
-    for name, trials in studies.items():
-        done = _complete(trials)
-        fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in done], y=[100 * t["retention"] for t in done],
-                                 mode="markers", name=name, text=[t["plan_text"] for t in done],
-                                 hovertemplate="%{y:.1f}%% at %{x:.2f}M<br>%{text}<extra></extra>"))
-    front = pareto_front([t for ts in studies.values() for t in _complete(ts)])
+    tops = {name: top_fidelity(trials) for name, trials in studies.items()}
+    for k, (name, done) in enumerate(tops.items()):
+        fig.add_trace(go.Scatter(
+            x=[t["params"] / 1e6 for t in done], y=[100 * t["retention"] for t in done], mode="markers",
+            name=name, marker={"size": 8, "color": PALETTE[k % len(PALETTE)], "opacity": 0.8},
+            customdata=[[trial_key(t), f"{name} #{t['number']}: {100 * t['retention']:.1f}% with "
+                                       f"{t['kept_layers']} layers, {t['params'] / 1e6:.2f}M (fidelity "
+                                       f"{t['fidelity'] or 'full'})"] for t in done],
+            hovertemplate="%{customdata[1]}<extra></extra>"))
+    front = pareto_front([t for ts in tops.values() for t in ts])
     if front:
         fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in front], y=[100 * t["retention"] for t in front],
                                  mode="lines", line={"shape": "hv", "dash": "dot", "color": "black"},
-                                 name="Pareto front", hoverinfo="skip"))
-    fig.update_layout(title="Retention vs size", xaxis_title="parameters (M)", yaxis_title="retention %",
-                      height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
-    return fig
+                                 name="Pareto front (all studies)", hoverinfo="skip"))
+    fig.update_layout(xaxis_title="parameters (M)", yaxis_title="retention %", height=380)
+    return legend_outside(fig, "Retention vs size", "every study and budget on the family; dotted: the Pareto front")
 
 
 def pareto_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -186,8 +267,41 @@ def task_bars(rows: list[dict[str, Any]]) -> go.Figure:
     for r in rows:
         fig.add_trace(go.Bar(name=f"{r['study_id']}: {r['name']}", x=tasks,
                              y=[None if r["task_retention"][t] is None else 100 * r["task_retention"][t] for t in tasks]))
-    fig.update_layout(barmode="group", title="Retention per task (best plan, full fidelity)", yaxis_title="%",
-                      height=360, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    fig.update_layout(barmode="group", yaxis_title="%", height=380)
+    return legend_outside(fig, "Retention per task (best plan, test split)")
+
+
+def task_scores(trial: dict[str, Any]) -> list[list[Any]]:
+    """The selected trial's per-task table: task, score, retention %."""
+    ret = trial.get("task_retention") or {}
+    return [[task, None if v is None else round(v, 4), None if ret.get(task) is None else round(100 * ret[task], 1)]
+            for task, v in (trial.get("scores") or {}).items()]
+
+
+# ----------------------------------------------------------------------------- which positions matter
+def importance_bars(importance: list[float], title: str, subtitle: str | None = None) -> go.Figure:
+    """fANOVA share of the retention's variance explained by each position's op."""
+    fig = go.Figure(go.Bar(x=list(range(len(importance))), y=[100 * v for v in importance], marker_color="#4c78a8",
+                           name="importance", hovertemplate="position %{x}: %{y:.1f}% of the variance<extra></extra>"))
+    fig.update_layout(xaxis={"title": "layer position", "dtick": 1}, yaxis_title="importance %", height=320,
+                      showlegend=False)
+    legend_outside(fig, title, subtitle)
+    fig.update_layout(showlegend=False, margin={"b": 50})
+    return fig
+
+
+def marginal_map(marginals: list[dict[str, tuple[float, int]]], members: list[str]) -> go.Figure:
+    """Mean retention of the trials that chose each op at each position (the count on hover): op x position."""
+    ops = [m for m in [*members, MERGE, DROP] if any(m in pos for pos in marginals)]
+    z = [[100 * pos[o][0] if o in pos else None for pos in marginals] for o in ops]
+    n = [[pos[o][1] if o in pos else 0 for pos in marginals] for o in ops]
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(len(marginals))), y=ops, customdata=n, colorscale="Viridis",
+                               xgap=1, ygap=1, colorbar={"title": {"text": "mean %"}, "thickness": 12},
+                               hovertemplate="position %{x}, %{y}: mean %{z:.1f}% over %{customdata} trials"
+                                             "<extra></extra>"))
+    fig.update_layout(xaxis={"title": "layer position", "dtick": 1}, yaxis_title="op", height=120 + 30 * len(ops))
+    legend_outside(fig, "Mean retention per op and position")
+    fig.update_layout(showlegend=False, margin={"b": 50, "r": 10})
     return fig
 
 
