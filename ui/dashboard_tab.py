@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from db.runs import best_trial
+from db.runs import best_trial, phase_line, reconcile
 from gptailor import Plan
 from gptailor.paths import child
 
@@ -63,6 +63,28 @@ def refresh(ids):
             figures.trials_over_time(first, members) if members and first else None, rows)
 
 
+def status_line(ids) -> str:
+    """One line per shown study: what its worker is doing now (phase, trial i of N, fidelity, ETA), a
+    late heartbeat, or how it ended. Markdown, refreshed with the charts."""
+    st = store()
+    reconcile(st)  # a worker that stopped beating is shown as interrupted, not as running
+    studies = st.studies()
+    ids = [int(i) for i in (ids or [])] or default_ids(studies)
+    chosen = [s for s in reversed(studies) if s["id"] in ids]
+    if not chosen:
+        return "No studies yet: launch one in the Search tab."
+    return "\n".join(f"- **{s['id']}: {_md(s['name'])}** ({s['method']}, {s['trials_done']}"
+                     f"{'/' + str(s['n_trials']) if s['n_trials'] else ''} trials) · {_md(phase_line(s))}"
+                     for s in chosen)
+
+
+def _md(text: str) -> str:
+    """Plain text inside Markdown: no tags, no emphasis by accident."""
+    import html
+
+    return html.escape(str(text), quote=False).replace("*", "\\*").replace("_", "\\_")
+
+
 def _members(studies: list[dict]) -> list[str]:
     """Members of the (first selected) study's family, base first, as stored with the family."""
     for s in studies:
@@ -104,6 +126,7 @@ def build(plan_box: gr.Textbox) -> dict:
                            allow_custom_value=True, scale=4)
         reload_btn = gr.Button("Reload list", scale=1)
         live = gr.Checkbox(value=True, label="Live refresh", scale=1)
+    status = gr.Markdown(elem_id="study-status")
     with gr.Row():
         curve = gr.Plot(label="Best so far (trials)")
         curve_t = gr.Plot(label="Best so far (wall time)")
@@ -120,6 +143,8 @@ def build(plan_box: gr.Textbox) -> dict:
     reload_btn.click(lambda: gr.Dropdown(choices=study_choices()), None, [pick])
     timer = gr.Timer(3)
     timer.tick(refresh, [pick], outputs, show_progress="hidden")
+    timer.tick(status_line, [pick], [status], show_progress="hidden")
+    pick.change(status_line, [pick], [status], api_name="dashboard_status", show_progress="hidden")
     live.change(lambda on: gr.Timer(active=on), [live], [timer])
     table.select(row_plan, [table], [plan_box])
     table.change(to_csv, [table], [dl])
