@@ -156,6 +156,8 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
         recorded = [0]
         spaces: list[Any] = []  # the search's plan space, to store the in-flight trial's configuration
         total = [int(study["n_trials"] or 0)]
+        full = ev.suite.split_fidelity("search")
+        top_fidelity = min(study["settings"].get("max_fidelity") or full, full)  # the study's top rung
 
         def report(plan: Plan, fidelity: int | None, source: str) -> None:
             now = time.perf_counter()
@@ -169,7 +171,7 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
                 "phase": "trial", "trial": done, "done": done, "total": total[0] or None,
                 "plan": plan.to_text(), "plan_json": plan.to_dict(), "config": _config_of(spaces, plan),
                 "fidelity": ev.suite.split_fidelity("search") if fidelity is None else fidelity,
-                "max_fidelity": ev.suite.split_fidelity("search"), "source": source, "eta_s": eta,
+                "max_fidelity": top_fidelity, "source": source, "eta_s": eta,
                 "wall_s": now - start})
 
         watched = _Watched(ev, report)
