@@ -33,6 +33,7 @@ import torch
 
 from .family import Family
 from .plan import Plan
+from .progress import tick
 from .stitch import Stitcher, param_count
 from .tasks import Suite, Task, TaskError
 
@@ -325,6 +326,7 @@ class Evaluator:
         n = batches[0].n_rows
         logp, correct, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), torch.zeros(n)
         for b in batches:
+            tick()  # a listener may stop the work between batches
             hidden = model.model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                                  use_cache=False).last_hidden_state
             picked = hidden[b.rows, b.cols]
@@ -359,6 +361,7 @@ class Evaluator:
         dev = self.stitcher.device
         out: list[str] = []
         for s in range(0, len(prompts), self.batch_size):
+            tick()
             enc = []
             for p in prompts[s: s + self.batch_size]:
                 text, special = self._context(task, p)
@@ -411,7 +414,11 @@ class Evaluator:
 
     def model_details(self, model, fidelity: int | None = None, split: str | None = None
                       ) -> dict[str, dict[str, float]]:
-        return {t.name: self.task_metrics(model, t, fidelity, split) for t in self.suite}
+        out = {}
+        for k, t in enumerate(self.suite):
+            tick(f"scoring {t.name}", k, len(self.suite.tasks))
+            out[t.name] = self.task_metrics(model, t, fidelity, split)
+        return out
 
     def objective_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
         """Each task's objective metric picked out of its full metrics."""
