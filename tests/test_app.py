@@ -445,3 +445,52 @@ def test_the_dashboard_and_studies_list_say_what_a_study_is_doing(client):
     rows = rows_of(client.predict(sid, api_name="/cancel_study")[1])
     row = next(r for r in rows if r[0] == sid)
     assert row[4] in ("cancelling", "cancelled") and (row[5].startswith("cancel requested; still") or row[5] == "")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(url, wait_until="networkidle")
+        # an error replaces the last result instead of leaving it on the page
+        page.get_by_label("Examples per task (0 or empty = all)").first.fill("4")
+        page.get_by_label("Plan (text form or JSON)").fill(" ".join(["base"] * 7 + ["drop"]))
+        page.get_by_role("button", name="Evaluate", exact=True).click()
+        expect(page.get_by_text(re.compile(r"Retention \d"))).to_be_visible(timeout=60_000)
+        page.get_by_label("Plan (text form or JSON)").fill("garbage")
+        page.get_by_role("button", name="Evaluate", exact=True).click()
+        expect(page.get_by_text("position 0: unknown member 'garbage'").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text(re.compile(r"Retention \d"))).to_have_count(0)
+        # the search form: the remove slider runs 0..7 on the 8-layer demo, one budget slider at a time
+        page.get_by_role("tab", name="Search").click()
+        expect(page.locator("#remove-layers input[type=range]")).to_have_attribute("max", "7")
+        expect(page.locator("#param-fraction input[type=range]")).to_be_disabled()
+        page.get_by_label("Trials (SMAC / random)").fill("20")
+        page.get_by_role("button", name="Launch in the background").click()
+        page.get_by_text("started in the background").wait_for(timeout=120_000)
+        # the dashboard's status line says what the new study is doing from its first second
+        page.get_by_role("tab", name="Dashboard").click()
+        status = page.locator("#study-status")
+        expect(status).to_contain_text(re.compile(r"(launching|starting|loading family|references|heuristics|"
+                                                  r"trial \d+ of 20)"), timeout=30_000)
+        expect(status).to_contain_text(re.compile(r"trial \d+ of 20 at fidelity \d+/\d+ examples per task"),
+                                       timeout=180_000)
+        page.screenshot(path=str(OUT / "dashboard-status.png"), full_page=False)
+        page.get_by_role("tab", name="Editor").click()
+        expect(page.get_by_text("Enter applies it")).to_have_count(0)
+        browser.close()
+    from db.store import Store
+
+    st = Store(f"sqlite:///{server[1] / 'gptailor.db'}")
+    for s in st.studies():  # leave no worker running for the tests after this one
+        if s["status"] in ("running", "created"):
+            client.predict(s["id"], api_name="/cancel_study")
