@@ -57,7 +57,8 @@ def test_export_and_chat(spec, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["eval", "-p", "0:base 1:ghost"], "error: plan has 2 positions"),
+    (["eval", "-p", "0:base 1:base"], "error: plan has 2 positions"),
+    (["eval", "-p", "0:base 1:ghost"], "error: position 1: unknown member 'ghost'"),  # the name before the count
     (["eval", "-p", "base ghost base base"], "error: position 1: unknown member 'ghost'"),
     (["info", "-f", "no-such-family"], "error: no family 'no-such-family'"),
 ])
