@@ -464,6 +464,10 @@ class Evaluator:
             self._refs[split] = refs
         return self._refs[split]
 
+    def has_references(self, split: str | None = None) -> bool:
+        """Whether this evaluator already holds the references of ``split`` (computed or adopted)."""
+        return (split or self.split) in self._refs
+
     def use_references(self, refs: References) -> None:
         """Adopt references fixed earlier (a resumed study's stored ones)."""
         self._refs[refs.split] = refs

@@ -91,9 +91,12 @@ class Precompute:
         """Every member scored on the whole ``split`` (the evaluator's ``references``), from the cache when
         this family, suite content and split were scored before; the evaluator adopts them."""
         fam = ev.family
+        K = len(fam.member_names)
+        if ev.has_references(split):  # already in memory: nothing to read or hash
+            on_phase(Phase("references", K, K, "already loaded", cached=True))
+            return ev.references(split)
         key = {"family": family_fingerprint(fam), "suite": suite_fingerprint(ev.suite), "split": split,
                "fidelity": None, "near_zero": ev.near_zero}
-        K = len(fam.member_names)
         hit = self.get("refs", fam, key)
         if hit is not None:
             refs = References.from_dict(hit)

@@ -69,7 +69,7 @@ def rows_of(table):
     return table["data"] if isinstance(table, dict) else table
 
 
-def test_evaluate_a_plan_through_the_app(client):
+def test_evaluate_a_plan_through_the_app(client, server):
     base_plan = client.predict("demo", api_name="/identity_plan")
     assert base_plan.startswith("0:base 1:base")
     n = len(base_plan.split())
@@ -79,6 +79,8 @@ def test_evaluate_a_plan_through_the_app(client):
     rows = rows_of(table)
     assert [r[0] for r in rows] == ["math", "strings", "facts", "chat_ppl"]
     assert all(isinstance(r[2], (int, float)) for r in rows)
+    # the references it scored are kept for the next process (an app restart, a study's worker)
+    assert len(list((server[1] / "cache").glob("refs-demo-*.json"))) == 1
 
 
 def test_bad_plan_is_a_clear_error(client):

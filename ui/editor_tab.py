@@ -20,7 +20,7 @@ from gptailor.space import Budget
 
 from . import figures
 from .engine import (ENGINE, check_fidelity, data_dir, gpu, max_export_bytes, max_export_zips, max_full_examples,
-                     public_mode, store)
+                     public_mode, store, warm_references)
 from .evaluate_tab import cleared
 from .guard import allowance, refuse, session_of
 from .stop import stop_button, stoppable, wire_stop
@@ -108,6 +108,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         progress(0.1, desc="scoring")
         t0 = time.perf_counter()
         with stoppable(request, progress):
+            warm_references(ev)
             res = ev.evaluate(plan, n)
             base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         st = store()

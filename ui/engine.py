@@ -258,6 +258,14 @@ class Engine:
 ENGINE = Engine()
 
 
+def warm_references(ev: Evaluator, split: str | None = None) -> None:
+    """Give the evaluator its references from the studies' precompute cache (computed there and stored
+    if missing), so the first evaluation after a restart does not score every member again."""
+    from db.runs import precompute
+
+    precompute(store()).references(ev, split or ev.split)
+
+
 _STORE = None
 
 

@@ -6,7 +6,7 @@ import gradio as gr
 from gptailor import FamilyError, Plan, PlanError, TaskError
 from gptailor.limits import whole
 
-from .engine import ENGINE, check_fidelity, gpu
+from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
 from .stop import stop_button, stoppable, wire_stop
 
@@ -27,6 +27,7 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
         check_fidelity(ev, n)
         progress(0.1, desc="stitching and scoring")
         with stoppable(request, progress):
+            warm_references(ev)
             res = ev.evaluate(plan, n)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
