@@ -152,8 +152,8 @@ def cmd_cancel(args, argv) -> int:
 
 
 def cmd_studies(args, argv) -> int:
-    from .runs import reconcile
-    from .store import Store, StoreError
+    from .runs import QUEUED, phase_line, reconcile
+    from .store import ACTIVE, Store, StoreError
 
     store = Store(args.db)
     if args.rename:
@@ -167,7 +167,7 @@ def cmd_studies(args, argv) -> int:
     reconcile(store)
     rows = store.studies()
     if args.json:
-        print(json.dumps(rows, default=str, indent=2))
+        print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
         return 0
     print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}{'search':>8}{'test':>8}"
           f"{'retention':>10}  name")
@@ -178,6 +178,8 @@ def cmd_studies(args, argv) -> int:
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}{best:>8}{test:>8}"
               f"{definition:>10}  {s['name']}")
+        if s["status"] in (*ACTIVE, QUEUED):  # what its worker is doing now (or that it went quiet)
+            print(f"{'':>5}now: {phase_line(s)}")
     return 0
 
 

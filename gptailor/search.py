@@ -36,6 +36,7 @@ from .evaluate import DEFINITIONS, EvalResult, Evaluator, References
 from .family import Family
 from .limits import SettingsError, seconds, whole
 from .plan import Op, Plan
+from .progress import OnPhase, Phase, quiet
 from .space import Budget, PlanSpace, make_space, removal_preference
 
 METHODS = ("smac", "random")
@@ -370,8 +371,9 @@ class Search:
                  on_trial: Callable[[TrialRecord], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, previous: Iterable[TrialRecord] = (),
                  heuristic_removals: dict[str, list[int]] | None = None,
-                 references: References | None = None) -> None:
+                 references: References | None = None, on_phase: OnPhase = quiet) -> None:
         self.evaluator = evaluator
+        self.on_phase = on_phase  # 'references' when computed here, 'seeds' while SMAC is assembled
         self.family = evaluator.family
         self.settings = settings or SearchSettings()
         self.settings.check()
@@ -498,7 +500,8 @@ class Search:
                           "(the CLI and the background worker set it for you)", stacklevel=2)
         t_setup = time.perf_counter()
         if self.references is None:  # fixed once, on the whole search split (fails early on a bad suite)
-            self.references = self.evaluator.references("search")
+            self.references = self.evaluator.references(
+                "search", on_member=lambda k, n, m: self.on_phase(Phase("references", k, n, f"scoring {m}")))
         else:
             self.evaluator.use_references(self.references)
         refs = self.references
@@ -517,6 +520,8 @@ class Search:
             if self.settings.n_workers > 1 or self.settings.scheduler:
                 client, cluster = _dask_client(self.settings)
             scenario = self._scenario(outdir)
+            self.on_phase(Phase("seeds", None, None, "building SMAC's initial design"
+                                + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")))
             facade = self._facade(scenario, objective.train, client)
             self._replay(facade)
             remaining = self.settings.n_trials - len(self.previous)

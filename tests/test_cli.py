@@ -57,7 +57,8 @@ def test_export_and_chat(spec, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["eval", "-p", "0:base 1:ghost"], "error: plan has 2 positions"),
+    (["eval", "-p", "0:base 1:base"], "error: plan has 2 positions"),
+    (["eval", "-p", "0:base 1:ghost"], "error: position 1: unknown member 'ghost'"),  # the name before the count
     (["eval", "-p", "base ghost base base"], "error: position 1: unknown member 'ghost'"),
     (["info", "-f", "no-such-family"], "error: no family 'no-such-family'"),
 ])
@@ -176,3 +177,23 @@ def test_eval_json_has_no_bare_nan(spec):
     out = json.dumps(_finite({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}}),
                      allow_nan=False)
     assert json.loads(out) == {"a": None, "b": [None, 1.0], "c": {"d": None}}
+
+
+def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path):
+    from db.liveness import Owner
+    from db.runs import create_study
+    from db.store import Store
+    from gptailor.search import SearchSettings
+    from gptailor.space import Budget
+
+    db = f"sqlite:///{tmp_path / 'now.db'}"
+    store = Store(db)
+    sid = create_study(store, str(spec), "smac", Budget(remove_layers=1), SearchSettings(n_trials=9))
+    me = Owner.me()  # this test process stands in for a live worker
+    assert store.claim(sid, me)
+    store.set_progress(sid, {"phase": "references", "done": 2, "total": 3, "detail": "scoring code"}, me)
+    r = run("studies", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "now: scoring references: 2 of 3 members (scoring code)" in r.stdout
+    rows = json.loads(run("studies", "--db", db, "--json").stdout)
+    assert rows[0]["phase_line"] == "scoring references: 2 of 3 members (scoring code)"
