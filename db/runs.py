@@ -26,7 +26,8 @@ from gptailor.baselines import HEURISTICS, calibration_texts
 from gptailor.evaluate import References
 from gptailor.precompute import Precompute
 from gptailor.progress import OnPhase, Phase, quiet
-from gptailor.search import Search, SearchSettings, TrialRecord, rank_key as _engine_rank_key
+from gptailor.search import Search, SearchSettings, TrialRecord, size_front, smallest_keeping
+from gptailor.search import rank_key as _engine_rank_key
 from gptailor.space import Budget
 
 from .liveness import Heartbeat, Owner, grace_s, heartbeat_s, host_id, local_worker_dead, process_start, stop_grace_s
@@ -695,6 +696,36 @@ def compare_table(rows: list[CompareRow]) -> str:
     return "\n".join(lines)
 
 
+def family_rows(store: Store, family: str, evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
+    """Every study of ``family`` (by name) with its best plan re-scored on the test split."""
+    ids = [s["id"] for s in store.studies() if s["family"] == family]
+    return compare(store, ids, evaluators) if ids else []
+
+
+def front_table(rows: list[CompareRow], keep: float) -> str:
+    """Retention against size across every study and budget of a family (test split), the front marked,
+    and the answer to "how small can I go and keep ``keep``?"."""
+    if not rows:
+        return "no studies with complete trials on this family"
+    front = size_front(rows, size=lambda r: r.params, score=lambda r: r.retention)
+    on = {id(r) for r in front}
+    lines = [f"every study's best plan, re-scored on the {rows[0].split} split ({rows[0].definition} retention); "
+             f"* = on the front (nothing smaller keeps more)",
+             f"{'':2}{'id':>3} {'name':<18}{'method':<12}{'kept':>6}{'params':>10}{'retention':>11}"]
+    for r in sorted(rows, key=lambda r: (r.params, -r.retention)):
+        lines.append(f"{'*' if id(r) in on else ' ':2}{r.study_id:>3} {r.name[:17]:<18}{r.method:<12}{r.kept_layers:>6}"
+                     f"{r.params / 1e6:>9.2f}M{100 * r.retention:>10.1f}%")
+    best = smallest_keeping(rows, keep, size=lambda r: r.params, score=lambda r: r.retention)
+    if best is None:
+        top = max(rows, key=lambda r: r.retention)
+        lines.append(f"no study keeps {100 * keep:.0f}%: the best is {100 * top.retention:.1f}% (study {top.study_id}, "
+                     f"{top.kept_layers} layers); try a smaller budget (fewer layers removed)")
+    else:
+        lines.append(f"smallest keeping >= {100 * keep:.0f}%: study {best.study_id} ({best.name}), {best.kept_layers} "
+                     f"layers, {best.params / 1e6:.2f}M params, {100 * best.retention:.1f}%: {best.plan}")
+    return "\n".join(lines)
+
+
 def terminate(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -704,4 +735,4 @@ def terminate(pid: int) -> None:
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
            "wait", "compare", "compare_table", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
-           "withdraw", "QUEUED"]
+           "withdraw", "QUEUED", "family_rows", "front_table"]

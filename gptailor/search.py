@@ -28,7 +28,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from ConfigSpace import Configuration
 
@@ -41,6 +41,8 @@ from .space import Budget, PlanSpace, make_space, removal_preference
 
 METHODS = ("smac", "random")
 CRASH_COST = 1.0  # retention 0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -270,6 +272,25 @@ def pareto_front(trials: Iterable[TrialRecord], tasks: list[str]) -> list[TrialR
             seen.add(t.plan.key())
             front.append(t)
     return front
+
+
+def size_front(items: Iterable[T], size: Callable[[T], float], score: Callable[[T], float]) -> list[T]:
+    """Items no other item beats on both size (smaller) and score (higher), smallest first: retention
+    against parameters across budgets and studies (the dashboard's front, the CLI's ``front``)."""
+    front: list[T] = []
+    best = -math.inf
+    for it in sorted(items, key=lambda i: (size(i), -score(i))):
+        if score(it) > best:
+            front.append(it)
+            best = score(it)
+    return front
+
+
+def smallest_keeping(items: Iterable[T], threshold: float, size: Callable[[T], float],
+                     score: Callable[[T], float]) -> T | None:
+    """"How small can I go and keep ``threshold``?": the smallest item whose score reaches it (on the front)."""
+    ok = [i for i in size_front(items, size, score) if score(i) >= threshold]
+    return ok[0] if ok else None
 
 
 # ----------------------------------------------------------------------------- heuristic seeds

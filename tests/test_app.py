@@ -1,5 +1,6 @@
 """The real app in a real server process, driven through gradio_client and a real browser."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -76,6 +77,7 @@ def test_evaluate_a_plan_through_the_app(client, server):
     plan = " ".join(["base"] * (n - 3) + ["drop", "drop", "base"])
     summary, table = client.predict("demo", plan, 8, api_name="/evaluate")
     assert "Retention" in summary and f"keeps {n - 2} of {n} layers" in summary
+    assert re.search(r"Speed: prefill [\d,]+ tok/s \([\d.]+x the base\), decode [\d,.]+ tok/s", summary)
     rows = rows_of(table)
     assert [r[0] for r in rows] == ["math", "strings", "facts", "chat_ppl"]
     assert all(isinstance(r[2], (int, float)) for r in rows)
@@ -476,7 +478,11 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
         page.get_by_role("tab", name="Search").click()
         expect(page.locator("#remove-layers input[type=range]")).to_have_attribute("max", "7")
         expect(page.locator("#param-fraction input[type=range]")).to_be_disabled()
-        page.get_by_label("Trials (SMAC / random)").fill("20")
+        trials = page.get_by_label("Trials (SMAC / random)")
+        trials.fill("20")
+        trials.press("Tab")  # Gradio takes a number's value on change; blur before launching
+        expect(trials).to_have_value("20")
+        page.wait_for_timeout(500)
         page.get_by_role("button", name="Launch in the background").click()
         page.get_by_text("started in the background").wait_for(timeout=120_000)
         # the dashboard's status line says what the new study is doing from its first second

@@ -13,6 +13,7 @@ from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
 from gptailor.limits import whole
+from gptailor.speed import short
 from gptailor.paths import PathError, child
 from gptailor.progress import tick
 from gptailor.search import SearchSettings, TrialRecord
@@ -109,7 +110,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         t0 = time.perf_counter()
         with stoppable(request, progress):
             warm_references(ev)
-            res = ev.evaluate(plan, n)
+            res = ev.evaluate(plan, n, speed=True)
             base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
@@ -127,6 +128,8 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
             for t, v in res.scores.items()]
     note = (f"**This plan: {100 * res.retention:.1f}%** retention, {res.kept_layers}/{res.n_layers} layers, "
             f"{res.params / 1e6:.2f}M params · stored as study {sid}")
+    if res.speed:
+        note += f"  \nSpeed: {short(res.speed)}"
     if best_res is not None:
         note += (f" · current best (study {best_study['id']}, {best_study['method']}): "
                  f"{100 * best_res.retention:.1f}% with {best_res.kept_layers} layers on the same examples")

@@ -5,6 +5,7 @@ import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
 from gptailor.limits import whole
+from gptailor.speed import short
 
 from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
@@ -28,7 +29,7 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
         progress(0.1, desc="stitching and scoring")
         with stoppable(request, progress):
             warm_references(ev)
-            res = ev.evaluate(plan, n)
+            res = ev.evaluate(plan, n, speed=True)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
     rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,
@@ -37,6 +38,8 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
     summary = (f"**Retention {100 * res.retention:.1f}%** · keeps {res.kept_layers} of {res.n_layers} layers · "
                f"{res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
                f"stitch {res.stitch_s * 1e3:.0f} ms, score {res.score_s * 1e3:.0f} ms")
+    if res.speed:
+        summary += f"  \nSpeed: {short(res.speed)}"
     return summary, rows
 
 
