@@ -197,3 +197,21 @@ def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path):
     assert "now: scoring references: 2 of 3 members (scoring code)" in r.stdout
     rows = json.loads(run("studies", "--db", db, "--json").stdout)
     assert rows[0]["phase_line"] == "scoring references: 2 of 3 members (scoring code)"
+
+
+def test_sweep_runs_one_study_per_budget_and_front_answers_how_small(spec, tmp_path):
+    db = f"sqlite:///{tmp_path / 'sweep.db'}"
+    r = run("sweep", "-f", str(spec), "--db", db, "--method", "last_n", "--remove", "1,2", "--keep", "0.01")
+    assert r.returncode == 0, r.stderr
+    studies = json.loads(run("studies", "--db", db, "--json").stdout)
+    assert sorted(s["budget"]["remove_layers"] for s in studies) == [1, 2]
+    test = {s["budget"]["remove_layers"]: s["test_retention"] for s in studies}
+    ids = {s["budget"]["remove_layers"]: s["id"] for s in studies}
+    # the answer is the smallest study reaching the threshold, by the studies' own test-split figures
+    for keep, want in ((min(test.values()), 2), (max(test.values()), 2 if test[2] >= test[1] else 1)):
+        out = run("front", "-f", str(spec), "--db", db, "--keep", str(keep)).stdout
+        assert f"study {ids[want]} (" in out.splitlines()[-1], out
+    out = run("front", "-f", str(spec), "--db", db, "--keep", "9").stdout
+    assert "no study keeps 900%" in out
+    bad = run("sweep", "-f", str(spec), "--db", db, "--remove", "0,2")
+    assert bad.returncode == 2 and "distinct layer counts >= 1" in bad.stderr
