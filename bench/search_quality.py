@@ -13,6 +13,7 @@ As a reviewer expects it, in one run:
 - each study lives in its own SQLite file.
 
     PYTHONHASHSEED=0 python bench/search_quality.py [--trials 200] [--seeds 0,1,2] [--methods smac,random]
+    PYTHONHASHSEED=0 python bench/search_quality.py --methods smac,random,smac-noseed,random-noseed
 """
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def interval(xs: list[float]) -> tuple[float, float, float]:
 def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     """One study in its own SQLite file; returns its test-split report and its timings."""
     store = Store(f"sqlite:///{workdir / f'{method}-seed{seed}.db'}")
+    kind, _, variant = method.partition("-")  # smac-noseed: SMAC's own initial design, no heuristic plans
     settings = SearchSettings(n_trials=args.trials, min_fidelity=args.min_fidelity, seed=seed,
-                              retention=args.retention)
-    sid = create_study(store, args.family, method, budget, settings, name=f"{method} s{seed}", evaluator=ev)
+                              retention=args.retention, initial_plans=variant != "noseed")
+    sid = create_study(store, args.family, kind, budget, settings, name=f"{method} s{seed}", evaluator=ev)
     t = time.perf_counter()
     run_study(store, sid, evaluator=ev)
     wall = time.perf_counter() - t
@@ -60,7 +62,7 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     row = compare(store, [sid], evaluators={engine_key(store.study(sid)): ev})[0]
     evals = [x for x in trials if not x["cached"]]
     eval_s = sum((x["stitch_s"] or 0) + (x["score_s"] or 0) for x in evals)
-    if method in ("smac", "random"):  # the heuristic seeds are computed inside run_study: not the optimizer's
+    if kind in ("smac", "random") and variant != "noseed":  # the heuristic seeds are computed inside run_study: not the optimizer's
         wall -= args.heuristic_s
     return {"method": method, "seed": seed, "row": row, "wall": wall, "eval_s": eval_s, "n": len(trials),
             "scored": len(evals), "search_best": store.study(sid)["best_retention"]}
@@ -71,7 +73,9 @@ def main() -> int:
     ap.add_argument("--family", default="demo")
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--methods", default="smac,random")
+    ap.add_argument("--methods", default="smac,random",
+                    help="searches to run with every seed: smac, random, and smac-noseed / random-noseed (without "
+                         "the heuristic plans in the initial design: seeds then vary the whole run)")
     ap.add_argument("--remove-fraction", type=float, default=0.25)
     ap.add_argument("--min-fidelity", type=int, default=10)
     ap.add_argument("--retention", default="auto", choices=("auto", "family", "base"))
