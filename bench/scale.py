@@ -232,6 +232,19 @@ def memory_cgroup(limit_bytes: int) -> tuple[Path, str] | None:
     return cg, peak_file
 
 
+def evict_page_cache(folder: str) -> None:
+    """Drop the family's files from the OS page cache (POSIX_FADV_DONTNEED), so that a memory-limited
+    run has to read them again and their pages are charged to its cgroup, not to whoever read them first."""
+    root = Path(folder)
+    root = root if root.is_dir() else root.parent
+    for p in root.rglob("*.safetensors"):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def run_child(phase: str, args, limit_bytes: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--family", args.family, "--dtype", args.dtype, "--trials", str(args.trials),
            "--fidelity", str(args.fidelity), "--seed", str(args.seed), "--phase", phase]
@@ -247,6 +260,7 @@ def run_child(phase: str, args, limit_bytes: int | None = None) -> dict:
         return {"limited": False, "why": "cannot create a memory cgroup here (needs write access to /sys/fs/cgroup)"}
     cg, peak_file = made
     procs = str(cg / "cgroup.procs")
+    evict_page_cache(args.family)
 
     def join() -> None:
         Path(procs).write_text(str(os.getpid()))
