@@ -13,6 +13,8 @@ Metrics follow lm-evaluation-harness:
   (regex extract or "contains"), the answer is generated greedily, batched, and filtered as lm-eval does.
 - ``multiple_choice``: ``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (log-likelihood divided
   by the choice's length in characters, or the example's ``lengths``); the task says which one is the objective.
+  A doc's context is run once, its choices packed after it (see ``_Batch``): the context is usually most of
+  the tokens, and 4-8 choices would otherwise repeat it 4-8 times.
 - ``perplexity``: per token; lower is better, so its "goodness" is 1 / perplexity.
 
 Retention (DESIGN.md) is the mean over tasks of goodness / reference goodness, with the references
