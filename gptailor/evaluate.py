@@ -252,6 +252,7 @@ class Evaluator:
     default, ``family`` where a finetune holds a skill the base lacks). ``pack_choices``: score a
     multiple-choice doc's context once, its choices packed after it in one sequence (a 4D attention mask
     keeps them apart); off, or with an attention implementation that takes no 4D mask, one row per choice.
+    ``batch_size`` counts forward rows: a packed doc is one row.
     """
 
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
