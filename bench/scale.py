@@ -162,7 +162,7 @@ def new_store(folder: Path, fam):
 @torch.inference_mode()
 def pure_forward(model, batches) -> None:
     for b in batches:
-        model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+        model(**b.model_inputs(model.dtype), use_cache=False)  # the very inputs the scorer feeds
 
 
 def member_bytes(fam, member: str = "base") -> int:

@@ -13,6 +13,8 @@ Metrics follow lm-evaluation-harness:
   (regex extract or "contains"), the answer is generated greedily, batched, and filtered as lm-eval does.
 - ``multiple_choice``: ``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (log-likelihood divided
   by the choice's length in characters, or the example's ``lengths``); the task says which one is the objective.
+  A doc's context is run once, its choices packed after it (see ``_Batch``): the context is usually most of
+  the tokens, and 4-8 choices would otherwise repeat it 4-8 times.
 - ``perplexity``: per token; lower is better, so its "goodness" is 1 / perplexity.
 
 Retention (DESIGN.md) is the mean over tasks of goodness / reference goodness, with the references
@@ -162,15 +164,63 @@ def _pct(r: float | None) -> str:
 
 @dataclass
 class _Batch:
+    """One forward pass's worth of sequences, and where in its output each scored token is read.
+
+    A sequence is a context followed by one continuation (a plain row) or, for multiple choice, by all
+    the choices that share that context (packed): then ``segments`` says which part each position is in
+    (0 context, j the j-th choice, -1 padding) and ``position_ids`` restart after the context for every
+    choice, so each choice sees exactly what it would see alone, and the context is run once."""
+
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor  # 2D padding mask (1 = token)
     rows: torch.Tensor  # for each scored token: its row in the batch
     cols: torch.Tensor  # ... the position whose output predicts it
     targets: torch.Tensor  # ... the token itself
-    row_ids: torch.Tensor  # for each batch row: its index in the task's flat row list
+    flat: torch.Tensor  # ... its index in the task's flat row list (one row per choice / example)
     n_rows: int
     stop_rows: torch.Tensor | None = None  # exact match: batch rows whose next argmax must be a stop ...
     stop_cols: torch.Tensor | None = None  # ... at this position (the target's last token)
+    stop_flat: torch.Tensor | None = None  # ... and their flat rows
+    segments: torch.Tensor | None = None  # packed batches only: per position 0 context, j choice j, -1 pad
+    position_ids: torch.Tensor | None = None  # packed batches only
+
+    def model_inputs(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """What the decoder gets: a 2D padding mask, or for packed sequences a 4D additive mask (a position
+        sees earlier context positions and earlier positions of its own choice) and the position ids."""
+        if self.segments is None:
+            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return {"input_ids": self.input_ids, "attention_mask": packed_mask(self.segments, dtype),
+                "position_ids": self.position_ids}
+
+
+def packed_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, 1, L, L) additive mask (0 seen, dtype's min hidden) for sequences laid out as context then
+    choices: query q sees key k <= q when k is in the context or in q's own choice. Padding sees itself only
+    (a fully hidden row would give NaN in some kernels; its output is never read). Built per forward from
+    the segment ids, so cached batches stay O(L), not O(L^2)."""
+    n = segments.shape[1]
+    idx = torch.arange(n, device=segments.device)
+    causal = idx[:, None] >= idx[None, :]
+    q, k = segments[:, :, None], segments[:, None, :]
+    seen = causal & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+    seen |= torch.eye(n, dtype=torch.bool, device=segments.device)
+    mask = torch.zeros(seen.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
+
+
+@dataclass
+class _Seq:
+    """A context and the continuations scored after it, each with its flat row index."""
+
+    ctx: list[int]
+    conts: list[tuple[int, list[int]]]
+
+    @property
+    def length(self) -> int:
+        return len(self.ctx) + sum(len(c) for _, c in self.conts)
+
+
+PACKABLE_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask as is
 
 
 def goodness(kind: str, value: float) -> float:
@@ -200,12 +250,15 @@ class Evaluator:
 
     ``split`` is the default split scored (``test``: held-out numbers unless asked otherwise); a search
     passes ``search``. ``definition`` is the default retention definition (None: the references' own
-    default, ``family`` where a finetune holds a skill the base lacks).
+    default, ``family`` where a finetune holds a skill the base lacks). ``pack_choices``: score a
+    multiple-choice doc's context once, its choices packed after it in one sequence (a 4D attention mask
+    keeps them apart); off, or with an attention implementation that takes no 4D mask, one row per choice.
+    ``batch_size`` counts forward rows: a packed doc is one row.
     """
 
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
                  near_zero: float = 0.05, max_length: int | None = None, head_chunk: int = 4096,
-                 split: str = "test", definition: str | None = None) -> None:
+                 split: str = "test", definition: str | None = None, pack_choices: bool = True) -> None:
         self.family = family
         self.suite = suite
         self.stitcher = stitcher or Stitcher(family)
@@ -213,6 +266,7 @@ class Evaluator:
         self.near_zero = near_zero
         self.head_chunk = head_chunk  # scored positions per LM-head call
         self.split = split
+        self.pack_choices = pack_choices  # multiple choice: a doc's shared context run once for all its choices
         if definition is not None and definition not in DEFINITIONS:
             raise ValueError(f"retention definition is one of {', '.join(DEFINITIONS)}, got {definition!r}")
         self.definition = definition
@@ -271,44 +325,96 @@ class Evaluator:
                 rows.append((ids[:1], ids[1:]))
         return rows, meta
 
-    def _prepare(self, task: Task, fidelity: int | None, split: str | None = None) -> tuple[list[_Batch], list[Any]]:
+    def _plain(self, r: int, ctx: list[int], cont: list[int]) -> _Seq:
+        """Flat row ``r`` alone, cut to ``max_length`` as lm-eval does: the continuation kept, the context cut
+        from the left."""
+        cont = cont[: self.max_length - 1]
+        return _Seq(ctx[max(0, len(ctx) + len(cont) - self.max_length):], [(r, cont)])
+
+    def _sequences(self, task: Task, rows: list[tuple[list[int], list[int]]], meta: list[Any], packed: bool
+                   ) -> list[_Seq]:
+        """The forward rows: one per flat row, or (``packed``) one per multiple-choice doc and context, holding
+        all the choices that share that context (split in several when longer than ``max_length``). Choices
+        with contexts of their own (lm-eval's partial evaluation, e.g. winogrande) stay one row each."""
+        if not packed:
+            return [self._plain(r, c, t) for r, (c, t) in enumerate(rows)]
+        seqs: list[_Seq] = []
+        for start, lens, _ in meta:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for r in range(start, start + len(lens)):
+                groups.setdefault(tuple(rows[r][0]), []).append(r)
+            for ctx, members in groups.items():
+                cur = _Seq(list(ctx), [])
+                for r in members:
+                    cont = rows[r][1]
+                    if len(ctx) + len(cont) > self.max_length:  # too long even alone: cut as a plain row
+                        seqs.append(self._plain(r, list(ctx), cont))
+                        continue
+                    if cur.conts and cur.length + len(cont) > self.max_length:
+                        seqs.append(cur)
+                        cur = _Seq(list(ctx), [])
+                    cur.conts.append((r, cont))
+                if cur.conts:
+                    seqs.append(cur)
+        return seqs
+
+    def _prepare(self, task: Task, fidelity: int | None, split: str | None = None, packed: bool | None = None
+                 ) -> tuple[list[_Batch], list[Any]]:
+        """Tokenized, padded batches of a task's examples, built once. ``packed`` (default: ``pack_choices``
+        for multiple choice) runs a doc's shared context once for all its choices."""
         split = split or self.split
-        key = (task.name, fidelity, split)
+        if packed is None:
+            packed = self.pack_choices and task.kind == "multiple_choice"
+        packed = packed and task.kind == "multiple_choice"
+        key = (task.name, fidelity, split, packed)
         if key in self._batches:
             return self._batches[key]
         rows, meta = self._rows(task, task.subset(fidelity, split))
-        pad = self.family.tokenizer.pad_token_id or 0
-        order = sorted(range(len(rows)), key=lambda r: -(len(rows[r][0]) + len(rows[r][1])))
-        stop = task.kind == "exact_match"
-        batches = []
-        for s in range(0, len(order), self.batch_size):
-            chunk = order[s: s + self.batch_size]
-            seqs, r_idx, c_idx, tgt, s_rows, s_cols = [], [], [], [], [], []
-            for b, r in enumerate(chunk):
-                ctx, cont = rows[r]
-                cont = cont[: self.max_length - 1]
-                ctx = ctx[max(0, len(ctx) + len(cont) - self.max_length):]
-                seqs.append(ctx + cont)
-                for k, t in enumerate(cont):
-                    r_idx.append(b)
-                    c_idx.append(len(ctx) + k - 1)
-                    tgt.append(t)
-                s_rows.append(b)
-                s_cols.append(len(ctx) + len(cont) - 1)
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for b, s in enumerate(seqs):
-                ids[b, : len(s)] = torch.tensor(s)
-                mask[b, : len(s)] = 1
-            dev = self.stitcher.device
-            batches.append(_Batch(ids.to(dev), mask.to(dev), torch.tensor(r_idx, device=dev),
-                                  torch.tensor(c_idx, device=dev), torch.tensor(tgt, device=dev),
-                                  torch.tensor(chunk), len(rows),
-                                  torch.tensor(s_rows, device=dev) if stop else None,
-                                  torch.tensor(s_cols, device=dev) if stop else None))
+        seqs = sorted(self._sequences(task, rows, meta, packed), key=lambda q: -q.length)
+        batches = [self._batch(chunk, len(rows), task.kind == "exact_match")
+                   for chunk in (seqs[s: s + self.batch_size] for s in range(0, len(seqs), self.batch_size))]
         self._batches[key] = (batches, meta)
         return batches, meta
+
+    def _batch(self, chunk: list[_Seq], n_rows: int, stop: bool) -> _Batch:
+        """Right-padded ids and the gather indices of every scored token; segments and positions when packed."""
+        pad = self.family.tokenizer.pad_token_id or 0
+        width = max(q.length for q in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        seg = torch.full((len(chunk), width), -1, dtype=torch.long)
+        pos = torch.zeros((len(chunk), width), dtype=torch.long)
+        r_idx, c_idx, tgt, flat, s_rows, s_cols, s_flat = [], [], [], [], [], [], []
+        for b, q in enumerate(chunk):
+            c = len(q.ctx)
+            ids[b, :c] = torch.tensor(q.ctx)
+            seg[b, :c] = 0
+            pos[b, :c] = torch.arange(c)
+            off = c
+            for j, (r, cont) in enumerate(q.conts):
+                if cont:
+                    ids[b, off: off + len(cont)] = torch.tensor(cont)
+                seg[b, off: off + len(cont)] = j + 1
+                pos[b, off: off + len(cont)] = torch.arange(c, c + len(cont))
+                for k, t in enumerate(cont):  # token k is predicted by the previous token of its own choice
+                    r_idx.append(b)
+                    c_idx.append(c - 1 if k == 0 else off + k - 1)
+                    tgt.append(t)
+                    flat.append(r)
+                s_rows.append(b)
+                s_cols.append(c - 1 if not cont else off + len(cont) - 1)
+                s_flat.append(r)
+                off += len(cont)
+            mask[b, :off] = 1
+        dev = self.stitcher.device
+        packed = any(len(q.conts) > 1 for q in chunk)
+
+        def t(x: list[int]) -> torch.Tensor:
+            return torch.tensor(x, dtype=torch.long, device=dev)
+
+        return _Batch(ids.to(dev), mask.to(dev), t(r_idx), t(c_idx), t(tgt), t(flat), n_rows,
+                      t(s_rows) if stop else None, t(s_cols) if stop else None, t(s_flat) if stop else None,
+                      seg.to(dev) if packed else None, pos.to(dev) if packed else None)
 
     def stop_mask(self, until: list[str]) -> torch.Tensor:
         """Per vocabulary id: does greedy generation stop right there (EOS, or text beginning with a stop)?"""
@@ -328,17 +434,24 @@ class Evaluator:
         return self._stop_masks[key]
 
     # -- scoring --------------------------------------------------------------------
+    def _packs(self, model) -> bool | None:
+        """None (the default: pack multiple choice) unless ``model``'s attention takes no custom 4D mask."""
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        return None if impl in PACKABLE_ATTENTION else False
+
     @torch.inference_mode()
     def _row_stats(self, model, batches: list[_Batch], stop_mask: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per flat row: sum of log-probs of the scored tokens, all-argmax-correct (and then stop) flag,
         token count."""
         n = batches[0].n_rows
-        logp, correct, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), torch.zeros(n)
+        dev = self.stitcher.device
+        logp = torch.zeros(n, dtype=torch.float64, device=dev)
+        misses, count = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
+        stops = torch.ones(n, dtype=torch.bool, device=dev)
         for b in batches:
             tick()  # a listener may stop the work between batches
-            hidden = model.model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                 use_cache=False).last_hidden_state
+            hidden = model.model(**b.model_inputs(model.dtype), use_cache=False).last_hidden_state
             picked = hidden[b.rows, b.cols]
             tok_lp, hit = [], []
             for s in range(0, picked.shape[0], self.head_chunk):  # bounded memory for big vocabularies
@@ -347,21 +460,14 @@ class Evaluator:
                 tok_lp.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
                 hit.append(logits.argmax(-1) == tgt)
             tok_lp, hit = torch.cat(tok_lp), torch.cat(hit)
-            nb = b.input_ids.shape[0]
-            dev = tok_lp.device
-            row_lp = torch.zeros(nb, dtype=torch.float64, device=dev).index_add_(0, b.rows, tok_lp.double())
-            misses = torch.zeros(nb, device=dev).index_add_(0, b.rows, (~hit).float())
-            cnt = torch.zeros(nb, device=dev).index_add_(0, b.rows, torch.ones_like(tok_lp))
-            ok = (misses == 0) & (cnt > 0)
+            logp.index_add_(0, b.flat, tok_lp.double())
+            misses.index_add_(0, b.flat, (~hit).float())
+            count.index_add_(0, b.flat, torch.ones_like(misses[b.flat]))
             if stop_mask is not None and b.stop_rows is not None:
                 nxt = model.lm_head(hidden[b.stop_rows, b.stop_cols]).float().argmax(-1).cpu()
-                stops = torch.zeros(nb, dtype=torch.bool)
-                stops[b.stop_rows.cpu()] = stop_mask[nxt.clamp(max=stop_mask.numel() - 1)]
-                ok = ok & stops.to(dev)
-            logp[b.row_ids] = row_lp.cpu()
-            correct[b.row_ids] = ok.cpu()
-            count[b.row_ids] = cnt.cpu()
-        return logp, correct, count
+                stops[b.stop_flat] = stop_mask[nxt.clamp(max=stop_mask.numel() - 1)].to(dev)
+        correct = (misses == 0) & (count > 0) & stops
+        return logp.cpu(), correct.cpu(), count.cpu()
 
     @torch.inference_mode()
     def generate(self, model, task: Task, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -403,7 +509,7 @@ class Evaluator:
             answers = self.generate(model, task, [e["prompt"] for e in examples], n_new)
             em = sum(apply_filter(a, e["target"], task.filter) for a, e in zip(answers, examples)) / len(examples)
             return {"exact_match": em, "n": len(examples), "stderr": acc_stderr(em, len(examples))}
-        batches, meta = self._prepare(task, fidelity, split)
+        batches, meta = self._prepare(task, fidelity, split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, count = self._row_stats(model, batches, stop)
         if task.kind == "exact_match":
@@ -425,7 +531,7 @@ class Evaluator:
         exact match (teacher-forced) ``exact_match``. What lm-eval's ``log_samples`` holds, to compare."""
         if task.kind == "perplexity" or (task.kind == "exact_match" and task.filter):
             raise TaskError(f"task {task.name!r}: per-example scores are for multiple choice and exact match")
-        batches, meta = self._prepare(task, fidelity, split or self.split)
+        batches, meta = self._prepare(task, fidelity, split or self.split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, _ = self._row_stats(model, batches, stop)
         if task.kind == "exact_match":
