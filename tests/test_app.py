@@ -85,6 +85,26 @@ def test_evaluate_a_plan_through_the_app(client, server):
     assert len(list((server[1] / "cache").glob("refs-demo-*.json"))) == 1
 
 
+def test_lm_eval_from_the_evaluate_tab_matches_lm_evals_own_run(client, tmp_path):
+    from gptailor import Family, Plan
+    from gptailor.demo import write_lm_eval_tasks
+    from gptailor.lm_eval_tasks import run_lm_eval
+    from gptailor.stitch import Stitcher
+
+    tasks = write_lm_eval_tasks(tmp_path / "lm", n=6)
+    plan = "0:base 1:math 2:drop 3:facts 4:base 5:strings 6:base 7:base"
+    note, table = client.predict("demo", plan, "demo_facts", 6, str(tasks), api_name="/lm_eval")
+    rows = {r[0]: r[1:] for r in table["data"]}
+    assert set(rows) == {"plan", "base", "math", "strings", "facts"} and "6 docs per task" in note
+    # independent route: lm-eval run in this process on the facts member's own model
+    fam = Family.from_spec("demo")
+    own = run_lm_eval(Stitcher(fam).build(Plan.identity(8, "facts", "demo"), shared_from="facts"),
+                      fam.tokenizer, ["demo_facts"], 6, str(tasks)).metrics["demo_facts"]
+    assert rows["facts"][table["headers"].index("demo_facts acc") - 1].startswith(f"{own['acc']:.4f}")
+    with pytest.raises(Exception, match="name at least one lm-eval task"):
+        client.predict("demo", plan, " ", 6, "", api_name="/lm_eval")
+
+
 def test_bad_plan_is_a_clear_error(client):
     with pytest.raises(Exception, match="unknown member 'ghost'"):
         client.predict("demo", "base ghost base base base base base base", 4, api_name="/evaluate")
