@@ -94,6 +94,7 @@ def test_lm_eval_from_the_evaluate_tab_matches_lm_evals_own_run(client, tmp_path
     tasks = write_lm_eval_tasks(tmp_path / "lm", n=6)
     plan = "0:base 1:math 2:drop 3:facts 4:base 5:strings 6:base 7:base"
     note, table = client.predict("demo", plan, "demo_facts", 6, str(tasks), api_name="/lm_eval")
+    table = table["value"] if "value" in table else table
     rows = {r[0]: r[1:] for r in table["data"]}
     assert set(rows) == {"plan", "base", "math", "strings", "facts"} and "6 docs per task" in note
     # independent route: lm-eval run in this process on the facts member's own model

@@ -59,7 +59,7 @@ def lm_eval_tab(family: str, plan_text: str, tasks: str, limit: float | None, in
         session = ENGINE.get(family)
         fam = session.family
         plan = Plan.parse(plan_text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
-        n = whole("docs per task", limit) if limit else None
+        n = whole("limit", limit) if limit else None
         progress(0.05, desc="running lm-eval on the plan and every member")
         with stoppable(request, progress):
             rep = lm_eval_report(fam, plan, names, n, (include or "").strip() or None, stitcher=session.stitcher)
