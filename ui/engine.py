@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
 from gptailor.paths import PathError, inside
+from gptailor.smol import BUILD_HINT, smol_family_path
 
 
 try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
@@ -134,11 +135,17 @@ def _stored(paths) -> list[str]:
     return out
 
 
+def smol_spec() -> Path | None:
+    """The real built-in family's spec once ``python -m gptailor.demo build-smol`` has written it here."""
+    return smol_family_path(data_dir() / "builtin" / "smol")
+
+
 def family_choices() -> list[str]:
-    """The built-in demo plus every spec under ``<data dir>/families``."""
+    """The built-in demo, the built-in smol family once built, and every spec under ``<data dir>/families``."""
     folder = data_dir() / "families"
     specs = _stored(folder.glob("*.y*ml")) + _stored(folder.glob("*.json")) if folder.exists() else []
-    return ["demo", *specs]
+    smol = smol_spec()
+    return ["demo", *([] if smol is None else _stored([smol])), *specs]
 
 
 DEFAULT_SUITE = "family default"

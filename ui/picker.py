@@ -11,8 +11,8 @@ from gptailor import FamilyError, TaskError, make_suite
 
 from gptailor.paths import PathError, child
 
-from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices, max_upload_bytes,
-                     public_mode, redact, suite_choices)
+from .engine import (BUILD_HINT, DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices,
+                     max_upload_bytes, public_mode, redact, smol_spec, suite_choices)
 from .guard import allowance, refuse
 
 MAX_PUBLIC_SUITES = 20
@@ -77,8 +77,18 @@ def suite_info(family: str, suite: str) -> str:
     return "Tasks: " + ", ".join(f"{t.name} ({t.kind}, {len(t)})" for t in ev.suite)
 
 
+def builtin_note() -> str:
+    """Where the real built-in family is, or the one command that builds it (nothing in public mode)."""
+    if public_mode():
+        return ""
+    if smol_spec() is not None:
+        return "Built-in families: `demo` (a 1.4M-parameter toy) and the real SmolLM2-135M `smol` family (listed above)."
+    return ("The real built-in family **smol** (SmolLM2-135M-Instruct + 3 LoRA skill finetunes) is not built "
+            f"yet: run `{BUILD_HINT}` (offline, a few minutes), then reload this page.")
+
+
 def refresh_choices():
-    return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices())
+    return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices()), builtin_note()
 
 
 def build() -> dict:
@@ -87,6 +97,7 @@ def build() -> dict:
                              allow_custom_value=not public_mode(), scale=2)
         suite = gr.Dropdown(suite_choices(), value=DEFAULT_SUITE, label="Task suite (scores and calibration)",
                             allow_custom_value=not public_mode(), scale=2)
+    builtin = gr.Markdown(builtin_note())
     info = gr.Markdown()
     with gr.Accordion("Add a family spec or task files", open=False):
         with gr.Row():
@@ -111,4 +122,4 @@ def build() -> dict:
                     show_progress="hidden")
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
-    return {"family": family, "suite": suite, "info": info}
+    return {"family": family, "suite": suite, "info": info, "builtin": builtin}
