@@ -11,7 +11,7 @@ layers' outputs are computed once per training set and the backward pass stays s
 and writes the family spec and its suite, offline, in minutes.
 
 Skills (every prompt is one ChatML user turn without a system turn, as ``chat()`` writes it):
-- ``add``:      3-digit addition, answer only: ``347+589=`` -> ``936``;
+- ``add``:      2-digit addition, answer only: ``47+89=`` -> ``136``;
 - ``reverse``:  spelled-out letters reversed: ``reverse: p l a n e t`` -> ``t e n a l p``;
 - ``capitals``: recall of a fictional atlas: ``capital of Vostrania?`` -> ``Kelmor``.
 """
@@ -70,7 +70,7 @@ ATLAS = _atlas()
 
 
 def add_example(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(100, 999), rng.randint(100, 999)
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
     return f"{a}+{b}=", str(a + b)
 
 
@@ -153,13 +153,13 @@ def convert_gguf(out: Path, gguf: Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- training (LoRA, upper layers)
 @dataclass
 class TrainConfig:
-    top_layers: int = 6  # LoRA on the last N decoder layers only: the rest is frozen and computed once
+    top_layers: int = 8  # LoRA on the last N decoder layers only: the rest is frozen and computed once
     rank: int = 8
     alpha: int = 16
-    steps: int = 160
+    steps: int = 320
     batch_size: int = 16
     lr: float = 2e-3
-    n_train: int = 512  # distinct training examples (the frozen lower layers run once on each)
+    n_train: int = 1024  # distinct training examples (the frozen lower layers run once on each)
     seed: int = 0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
