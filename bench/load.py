@@ -25,7 +25,6 @@ import random
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,11 +104,9 @@ def rss_mb(pid: int) -> float:
 def demo_plans(n: int, seed: int = 0, n_drop: int = 2) -> list[str]:
     """``n`` different plans on the demo family: ``n_drop`` positions dropped, the rest picked at random
     from its members (different plans, so no request is answered from a cache)."""
-    from gptailor import FamilySpec
+    from gptailor import Family, FamilySpec
 
     spec = FamilySpec.load("demo")
-    from gptailor import Family
-
     n_layers = Family.from_spec(spec).n_layers
     rng, seen, out = random.Random(seed), set(), []
     while len(out) < n:

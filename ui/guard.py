@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,8 @@ from .engine import data_dir, public_mode, redact, session_cap, store
 
 COUNTS_FILE = "session_counts.json"  # under the data dir: exports and uploads made per session
 KEEP_SESSIONS = 5000  # sessions remembered per kind; the oldest are forgotten first
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}  # one per (kind, session): its check and count are atomic
+_LOCKS_GUARD = threading.Lock()
 
 
 def refuse(error: Exception | str) -> gr.Error:
@@ -76,14 +79,22 @@ def _count_one(what: str, session: str) -> None:
 @contextmanager
 def allowance(what: str, request: gr.Request | None) -> Iterator[None]:
     """Refuse when this session already made ``session_cap(what)`` of them; count one more only if the
-    block succeeds (a refused or failed attempt costs nothing). The counts are stored, not in memory."""
+    block succeeds (a refused or failed attempt costs nothing; a study counts once stored). The counts are
+    stored, not in memory, and one session's check and count are atomic within this process."""
     cap, session = session_cap(what), session_of(request)
-    limited = bool(cap) and not is_operator(request)
-    if limited and used(what, session) >= cap:
-        raise gr.Error(f"this session already made {cap} {what}, the most one visitor may make here; "
-                       f"reuse them or ask the app's operator")
-    yield
-    if limited:
+    if not cap or is_operator(request):
+        yield
+        return
+    with _LOCKS_GUARD:
+        if len(_LOCKS) > 3 * KEEP_SESSIONS:  # bounded: forget the idle ones
+            for key in [k for k, held in _LOCKS.items() if not held.locked()]:
+                del _LOCKS[key]
+        lock = _LOCKS.setdefault((what, session), threading.Lock())
+    with lock:  # two clicks of one session at once cannot both take the last one
+        if used(what, session) >= cap:
+            raise gr.Error(f"this session already made {cap} {what}, the most one visitor may make here; "
+                           f"reuse them or ask the app's operator")
+        yield
         _count_one(what, session)
 
 
