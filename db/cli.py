@@ -183,8 +183,8 @@ def cmd_cancel(args, argv) -> int:
 
 
 def cmd_studies(args, argv) -> int:
-    from .runs import reconcile, start_queued, worker_cap
-    from .store import Store, StoreError
+    from .runs import QUEUED, phase_line, reconcile, start_queued, worker_cap
+    from .store import ACTIVE, Store, StoreError
 
     store = Store(args.db)
     if args.rename:
@@ -199,7 +199,7 @@ def cmd_studies(args, argv) -> int:
     start_queued(store, worker_cap(), log_dir=_log_dir(store))  # as the app's refresh: free slots take the queue
     rows = store.studies()
     if args.json:
-        print(json.dumps(rows, default=str, indent=2))
+        print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
         return 0
     print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}{'search':>8}{'test':>8}"
           f"{'retention':>10}  name")
@@ -210,6 +210,8 @@ def cmd_studies(args, argv) -> int:
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}{best:>8}{test:>8}"
               f"{definition:>10}  {s['name']}")
+        if s["status"] in (*ACTIVE, QUEUED):  # what its worker is doing now (or that it went quiet)
+            print(f"{'':>5}now: {phase_line(s)}")
     return 0
 
 
@@ -223,6 +225,73 @@ def cmd_compare(args, argv) -> int:
     else:
         print(compare_table(rows))
     return 0
+
+
+def _family_name(source: str) -> str:
+    from gptailor import FamilySpec
+
+    return FamilySpec.load(source).name
+
+
+def cmd_front(args, argv) -> int:
+    from .runs import family_rows, front_table
+    from .store import Store
+
+    print(front_table(family_rows(Store(args.db), _family_name(args.family)), args.keep))
+    return 0
+
+
+def cmd_sweep(args, argv) -> int:
+    """One study per budget (same method, trials and seed), then the front across them."""
+    from gptailor.search import SearchSettings
+    from gptailor.space import Budget
+
+    from .runs import create_study, family_rows, front_table, launch_or_queue, worker_cap
+    from .store import Store
+
+    search = args.method in ("smac", "random")
+    settings = (SearchSettings(method=args.method, n_trials=args.trials, min_fidelity=args.min_fidelity,
+                               max_fidelity=args.max_fidelity, seed=args.seed, retention=args.retention)
+                if search else SearchSettings(seed=args.seed, retention=args.retention))
+    settings.check()
+    if not args.background:
+        _fixed_hash_seed(argv, args.seed)
+    store = Store(args.db)
+    ids = [create_study(store, args.family, args.method, Budget(remove_layers=r), settings, args.suite)
+           for r in args.remove]  # every budget checked and stored before any runs
+    for sid, r in zip(ids, args.remove):
+        if args.background:
+            how = launch_or_queue(store, sid, worker_cap(), log_dir=_log_dir(store))
+            print(f"study {sid} ({args.method}, {r} layers removed) {how} in the background")
+        else:
+            print(f"-- {r} layers removed (study {sid})")
+            _run(args, store, sid, args.trials if search else None)
+    if args.background:
+        print(f"follow them with `python -m gptailor studies`; then `python -m gptailor front --family {args.family}`")
+        return 0
+    print()
+    print(front_table(family_rows(store, _family_name(args.family)), args.keep))
+    return 0
+
+
+def _removals(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layer counts separated by commas, e.g. 1,2,4,8") from None
+    if not vals or any(v < 1 for v in vals) or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct layer counts >= 1, e.g. 1,2,4,8")
+    return vals
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 10:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a retention as a fraction, e.g. 0.95 for 95%")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -291,6 +360,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--rename", nargs=2, metavar=("ID", "NAME"), default=None,
                     help="give study ID a new short name (unique within its family)")
     sp.set_defaults(study_func=cmd_studies)
+
+    sp = sub.add_parser("sweep", help="one study per budget (layers removed), then retention vs size across them")
+    common(sp, budget=False)
+    sp.add_argument("--family", "-f", default="demo")
+    sp.add_argument("--suite", default=None, help="suite.yaml (default: the family's)")
+    sp.add_argument("--remove", type=_removals, required=True, help="layer counts to remove, e.g. 1,2,4,8")
+    sp.add_argument("--method", choices=["smac", "random", *HEURISTICS, "best_single"], default="smac")
+    sp.add_argument("--trials", "-n", type=arg("trials"), default=100, help="trials per budget (searches)")
+    sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8)
+    sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None)
+    sp.add_argument("--seed", type=arg("seed"), default=0)
+    sp.add_argument("--retention", choices=["auto", "family", "base"], default="auto")
+    sp.add_argument("--keep", type=_fraction, default=0.95, help="answer: the smallest plan keeping this retention")
+    sp.set_defaults(study_func=cmd_sweep)
+
+    sp = sub.add_parser("front", help="retention vs size across every study of a family; the smallest keeping --keep")
+    sp.add_argument("--db", default=None)
+    sp.add_argument("--family", "-f", default="demo")
+    sp.add_argument("--keep", type=_fraction, default=0.95, help="retention to keep (default 0.95)")
+    sp.set_defaults(study_func=cmd_front)
 
     sp = sub.add_parser("compare", help="every study's best plan re-evaluated at full fidelity")
     sp.add_argument("--db", default=None)

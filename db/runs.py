@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
-from gptailor.baselines import HEURISTICS, calibration_texts, heuristic_plan
+from gptailor.baselines import HEURISTICS, calibration_texts
 from gptailor.evaluate import References
-from gptailor.search import Search, SearchSettings, TrialRecord, rank_key as _engine_rank_key
+from gptailor.precompute import Precompute
+from gptailor.progress import OnPhase, Phase, quiet
+from gptailor.search import Search, SearchSettings, TrialRecord, size_front, smallest_keeping
+from gptailor.search import rank_key as _engine_rank_key
 from gptailor.space import Budget
 
-from .liveness import Heartbeat, Owner, grace_s, host_id, local_worker_dead, process_start, stop_grace_s
+from .liveness import Heartbeat, Owner, grace_s, heartbeat_s, host_id, local_worker_dead, process_start, stop_grace_s
 from .models import utcnow
 from .store import ACTIVE, ClaimLost, Store, StoreError
 
@@ -128,26 +131,57 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
         return _run_claimed(store, study, me, evaluator, on_trial, lost, hb)
 
 
+def precompute(store: Store) -> Precompute:
+    """The content-keyed cache of references and heuristic plans, shared by every study on a database:
+    ``cache/`` beside a SQLite file, else ``<GPTAILOR_DATA_DIR>/cache``."""
+    path = store._sqlite_path()
+    root = path.parent if path is not None else Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()
+    return Precompute(root / "cache")
+
+
+def _store_progress(store: Store, study_id: int, me: Owner, progress: dict[str, Any]) -> None:
+    try:
+        store.set_progress(study_id, progress, me)
+    except StoreError as e:  # a busy database must not fail the work itself; the next report retries
+        print(f"study {study_id}: progress not stored: {e}", file=sys.stderr, flush=True)
+
+
 def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Evaluator | None,
                  on_trial: Callable[[TrialRecord], None] | None, lost: threading.Event, hb: Heartbeat) -> str:
     study_id = study["id"]
     start = time.perf_counter()
+    first_trial: list[float] = []  # when this run's first trial began (for the ETA)
+
+    def on_phase(p: Phase) -> None:
+        """Every phase before and between trials, stored so each page and `studies` can say it."""
+        _store_progress(store, study_id, me, {**p.to_dict(), "wall_s": time.perf_counter() - start})
+
     try:
+        if evaluator is None:
+            on_phase(Phase("loading family", detail=str(study["family"])))
         ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
         budget = Budget.from_dict(study["budget"])
         previous = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
         recorded = [0]
         spaces: list[Any] = []  # the search's plan space, to store the in-flight trial's configuration
+        total = [int(study["n_trials"] or 0)]
+        full = ev.suite.split_fidelity("search")
+        top_fidelity = min(study["settings"].get("max_fidelity") or full, full)  # the study's top rung
 
         def report(plan: Plan, fidelity: int | None, source: str) -> None:
-            try:
-                store.set_progress(study_id, {"phase": "trial", "trial": len(previous) + recorded[0],
-                                              "plan": plan.to_text(), "plan_json": plan.to_dict(),
-                                              "config": _config_of(spaces, plan),
-                                              "fidelity": ev.suite.max_fidelity if fidelity is None else fidelity,
-                                              "source": source, "wall_s": time.perf_counter() - start}, me)
-            except StoreError as e:  # a busy database must not fail the trial itself; recording it will tell
-                print(f"study {study_id}: progress not stored: {e}", file=sys.stderr, flush=True)
+            now = time.perf_counter()
+            if not first_trial:
+                first_trial.append(now)
+            done = len(previous) + recorded[0]
+            eta = None
+            if recorded[0] and total[0] > done:
+                eta = (now - first_trial[0]) / recorded[0] * (total[0] - done)
+            _store_progress(store, study_id, me, {
+                "phase": "trial", "trial": done, "done": done, "total": total[0] or None,
+                "plan": plan.to_text(), "plan_json": plan.to_dict(), "config": _config_of(spaces, plan),
+                "fidelity": ev.suite.split_fidelity("search") if fidelity is None else fidelity,
+                "max_fidelity": top_fidelity, "source": source, "eta_s": eta,
+                "wall_s": now - start})
 
         watched = _Watched(ev, report)
 
@@ -162,19 +196,22 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
 
         method = study["method"]
         settings = SearchSettings.from_dict(study["settings"])
-        refs, definition = study_references(store, study_id, ev, settings)
+        refs, definition = study_references(store, study_id, ev, settings, on_phase)
         if method in ("smac", "random"):
-            heur = _heuristic_removals(ev, budget) if settings.initial_plans else {}
+            heur = precompute(store).heuristic_removals(ev.family, budget.n_remove(ev.family), ev.suite, ev.stitcher,
+                                                   on_phase) if settings.initial_plans else {}
             search = Search(watched, budget, settings, on_trial=record, should_stop=cancelled, previous=previous,
-                            heuristic_removals=heur, references=refs)
+                            heuristic_removals=heur, references=refs, on_phase=on_phase)
             spaces.append(search.space)
             result = search.run()
             status = "cancelled" if result.stopped == "cancelled" else "finished"
         elif method in BASELINES:
-            status = _run_baseline(watched, budget, method, previous, record, cancelled, refs, definition)
+            status = _run_baseline(watched, budget, method, previous, record, cancelled, refs, definition,
+                                   on_phase, total, precompute(store))
         else:
             status = "finished"
         if not lost.is_set():
+            on_phase(Phase("report", detail="re-scoring the best plan on the test split"))
             write_report(store, study_id, ev, definition)
         hb.quiet()
         if lost.is_set():
@@ -198,16 +235,18 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
         raise
 
 
-def study_references(store: Store, study_id: int, ev: Evaluator, settings: SearchSettings
-                      ) -> tuple[References, str]:
+def study_references(store: Store, study_id: int, ev: Evaluator, settings: SearchSettings,
+                     on_phase: OnPhase = quiet) -> tuple[References, str]:
     """The study's fixed references (every member on the whole search split) and retention definition:
-    computed once and stored with the study, then reused as is (resume, reports)."""
+    taken from the precompute cache when this family and suite were scored before, stored with the
+    study, then reused as is (resume, reports)."""
     stored = store.study(study_id).get("refs")
     if stored:
         refs = References.from_dict(stored)
         ev.use_references(refs)
+        on_phase(Phase("references", detail="stored with the study", cached=True))
         return refs, stored["definition"]
-    refs = ev.references("search")
+    refs = precompute(store).references(ev, "search", on_phase)
     definition = refs.default_definition() if settings.retention == "auto" else settings.retention
     store.set_study_fields(study_id, refs={**refs.to_dict(), "definition": definition})
     return refs, definition
@@ -241,25 +280,19 @@ def _config_of(spaces: list[Any], plan: Plan) -> dict[str, Any] | None:
     return None if cfg is None else {k: v.item() if hasattr(v, "item") else v for k, v in dict(cfg).items()}
 
 
-def _heuristic_removals(ev: Evaluator, budget: Budget) -> dict[str, list[int]]:
-    n = budget.n_remove(ev.family)
-    texts = calibration_texts(ev.suite)
-    out = {}
-    for h in HEURISTICS:
-        plan = heuristic_plan(h, ev.family, n, texts, stitcher=ev.stitcher)
-        out[h] = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
-    return out
-
-
 def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[TrialRecord],
                   record: Callable[[TrialRecord], None], cancelled: Callable[[], bool], refs: References,
-                  definition: str) -> str:
+                  definition: str, on_phase: OnPhase = quiet, total: list[int] | None = None,
+                  cache: Precompute | None = None) -> str:
     """Evaluate the heuristic's plan(s) on the whole search split; best_single tries every heuristic on
     every member (and picks on the search split, like a search)."""
     n = budget.n_remove(ev.family)
     texts = calibration_texts(ev.suite)
     todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
         if method == "best_single" else [(method, "base")]
+    if total is not None:
+        total[0] = len(todo)  # a baseline's trials: one per (heuristic, member)
+    cache = cache or Precompute(None)
     done = {t.source for t in previous if t.status == "complete"}  # a trial cut short is scored again
     number = len(previous)
     start = time.perf_counter()
@@ -269,7 +302,9 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
             continue
         if cancelled():
             return "cancelled"
-        plan = heuristic_plan(h, ev.family, n, texts, member=m, stitcher=ev.stitcher)
+        step = Phase("heuristics", number, len(todo), f"{h} on {m}")
+        plan, _ = cache.heuristic_plan(h, ev.family, n, ev.suite, member=m, stitcher=ev.stitcher, texts=texts,
+                                       on_compute=lambda: on_phase(step))
         if isinstance(ev, _Watched):
             ev.source = name
         res = ev.evaluate(plan, None, split="search", references=refs, definition=definition)
@@ -308,6 +343,75 @@ def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
             log.close()  # the child has its own descriptor
     store.launched(study_id, Owner(proc.pid, host_id(), process_start(proc.pid)))
     return proc
+
+
+def _duration(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 3600} h {s % 3600 // 60:02d} m" if s >= 3600 else f"{s // 60} m {s % 60:02d} s" if s >= 60 \
+        else f"{s} s"
+
+
+def _steps(p: dict[str, Any], unit: str) -> str:
+    done, total = p.get("done"), p.get("total")
+    if total:
+        return f"{done or 0} of {total} {unit}"
+    return f"{done} {unit}" if done is not None else ""
+
+
+def phase_text(p: dict[str, Any] | None) -> str:
+    """What a worker says it is doing (``studies.progress``), in words; '' if it said nothing yet."""
+    p = p or {}
+    phase, detail, cached = p.get("phase"), p.get("detail") or "", p.get("cached")
+    if phase == "launching":
+        return "launching the worker"
+    if phase == "starting":
+        return "starting the worker (loading torch)"
+    if phase == "loading family":
+        return f"loading family {detail}".strip()
+    if phase == "references":
+        if cached:
+            return f"references reused from the cache ({detail})" if detail else "references reused from the cache"
+        return f"scoring references: {_steps(p, 'members')} ({detail})"
+    if phase == "heuristics":
+        if cached and p.get("done") == p.get("total"):
+            return "heuristics reused from the cache"
+        return f"computing heuristics: {_steps(p, 'done')} ({detail})" if p.get("done") != p.get("total") \
+            else f"heuristics computed ({detail})"
+    if phase == "seeds":
+        return detail or "building the initial design"
+    if phase == "trial":
+        total = f" of {p['total']}" if p.get("total") else ""
+        top = p.get("max_fidelity")
+        fid = f" at fidelity {p.get('fidelity')}" + (f"/{top}" if top else "") + " examples per task"
+        eta = f" · ETA {_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
+        return f"trial {int(p.get('trial', 0)) + 1}{total}{fid}{eta}"
+    if phase == "between trials":
+        return f"between trials (trial {int(p.get('last_trial') or 0) + 1} stored)"
+    if phase == "report":
+        return "re-scoring the best plan on the test split"
+    if phase == "stopped":
+        return "stopped"
+    return str(phase or "")
+
+
+def phase_line(s: dict[str, Any], now: datetime | None = None) -> str:
+    """A study's status as one line for every page and the CLI: the phase of an active study (with a
+    warning once its worker's heartbeat is late), or how it ended."""
+    status = s["status"]
+    if status == QUEUED:
+        return "queued: waiting for a free worker"
+    if status not in ACTIVE:
+        return status + (f": {s['error']}" if s.get("error") else "")
+    text = phase_text(s.get("progress")) or ("waiting for a worker" if not _launched(s) else "starting")
+    if status == "cancelling":
+        text = f"cancel requested; still {text}"
+    last = s.get("heartbeat_at")
+    if _launched(s) and last is not None:
+        age = ((now or utcnow()) - last).total_seconds()
+        if age > max(3 * heartbeat_s(), 10.0):
+            text += (f" · ⚠ no heartbeat for {age:.0f} s: the worker may be stuck (declared interrupted after "
+                     f"{grace_s():g} s)")
+    return text
 
 
 def _launched(s: dict[str, Any]) -> bool:
@@ -615,6 +719,36 @@ def compare_table(rows: list[CompareRow]) -> str:
     return "\n".join(lines)
 
 
+def family_rows(store: Store, family: str, evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
+    """Every study of ``family`` (by name) with its best plan re-scored on the test split."""
+    ids = [s["id"] for s in store.studies() if s["family"] == family]
+    return compare(store, ids, evaluators) if ids else []
+
+
+def front_table(rows: list[CompareRow], keep: float) -> str:
+    """Retention against size across every study and budget of a family (test split), the front marked,
+    and the answer to "how small can I go and keep ``keep``?"."""
+    if not rows:
+        return "no studies with complete trials on this family"
+    front = size_front(rows, size=lambda r: r.params, score=lambda r: r.retention)
+    on = {id(r) for r in front}
+    lines = [f"every study's best plan, re-scored on the {rows[0].split} split ({rows[0].definition} retention); "
+             f"* = on the front (nothing smaller keeps more)",
+             f"{'':2}{'id':>3} {'name':<18}{'method':<12}{'kept':>6}{'params':>10}{'retention':>11}"]
+    for r in sorted(rows, key=lambda r: (r.params, -r.retention)):
+        lines.append(f"{'*' if id(r) in on else ' ':2}{r.study_id:>3} {r.name[:17]:<18}{r.method:<12}{r.kept_layers:>6}"
+                     f"{r.params / 1e6:>9.2f}M{100 * r.retention:>10.1f}%")
+    best = smallest_keeping(rows, keep, size=lambda r: r.params, score=lambda r: r.retention)
+    if best is None:
+        top = max(rows, key=lambda r: r.retention)
+        lines.append(f"no study keeps {100 * keep:.0f}%: the best is {100 * top.retention:.1f}% (study {top.study_id}, "
+                     f"{top.kept_layers} layers); try a smaller budget (fewer layers removed)")
+    else:
+        lines.append(f"smallest keeping >= {100 * keep:.0f}%: study {best.study_id} ({best.name}), {best.kept_layers} "
+                     f"layers, {best.params / 1e6:.2f}M params, {100 * best.retention:.1f}%: {best.plan}")
+    return "\n".join(lines)
+
+
 def terminate(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -624,4 +758,4 @@ def terminate(pid: int) -> None:
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
            "wait", "compare", "compare_table", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
-           "withdraw", "QUEUED", "running", "worker_cap"]
+           "withdraw", "QUEUED", "family_rows", "front_table", "running", "worker_cap"]

@@ -549,7 +549,7 @@ class Store:
         with self.session() as s:
             row = s.get(StudyRow, study_id)
             if row is None:
-                raise StoreError(f"no study {study_id}; list them with `python -m gptailor studies`")
+                raise StoreError(f"no study {study_id} is stored")
             return _study_dict(s, row)
 
     def count_owned(self, owner: str, exclude_methods: tuple[str, ...] = ("manual",)) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from .family import Family
 from .plan import Op, Plan
+from .progress import tick
 from .stitch import Stitcher
 from .tasks import Suite
 
@@ -88,6 +89,7 @@ def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16, keep_
     n_tokens = 0
     try:
         for s in range(0, len(texts), batch_size):
+            tick()
             enc = tokenizer(texts[s: s + batch_size], return_tensors="pt", padding=True, truncation=True,
                             max_length=max_length)
             mask = enc["attention_mask"].bool()

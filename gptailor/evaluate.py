@@ -33,6 +33,7 @@ import torch
 
 from .family import Family
 from .plan import Plan
+from .progress import tick
 from .stitch import Stitcher, param_count
 
 if TYPE_CHECKING:
@@ -335,6 +336,7 @@ class Evaluator:
         n = batches[0].n_rows
         logp, correct, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), torch.zeros(n)
         for b in batches:
+            tick()  # a listener may stop the work between batches
             hidden = model.model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                                  use_cache=False).last_hidden_state
             picked = hidden[b.rows, b.cols]
@@ -369,6 +371,7 @@ class Evaluator:
         dev = self.stitcher.device
         out: list[str] = []
         for s in range(0, len(prompts), self.batch_size):
+            tick()
             enc = []
             for p in prompts[s: s + self.batch_size]:
                 text, special = self._context(task, p)
@@ -440,7 +443,11 @@ class Evaluator:
 
     def model_details(self, model, fidelity: int | None = None, split: str | None = None
                       ) -> dict[str, dict[str, float]]:
-        return {t.name: self.task_metrics(model, t, fidelity, split) for t in self.suite}
+        out = {}
+        for k, t in enumerate(self.suite):
+            tick(f"scoring {t.name}", k, len(self.suite.tasks))
+            out[t.name] = self.task_metrics(model, t, fidelity, split)
+        return out
 
     def objective_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
         """Each task's objective metric picked out of its full metrics."""
@@ -485,6 +492,10 @@ class Evaluator:
                     f"(filter: {{regex: ...}} or {{contains: true}}) for answers given inside a sentence")
             self._refs[split] = refs
         return self._refs[split]
+
+    def has_references(self, split: str | None = None) -> bool:
+        """Whether this evaluator already holds the references of ``split`` (computed or adopted)."""
+        return (split or self.split) in self._refs
 
     def use_references(self, refs: References) -> None:
         """Adopt references fixed earlier (a resumed study's stored ones)."""

@@ -136,7 +136,9 @@ class FamilySpec:
 
                 data = yaml.safe_load(text)
         except Exception as e:  # noqa: BLE001 - the parser's message is what the user needs
-            raise FamilyError(f"{path}: cannot parse family spec: {e}") from None
+            from .parsing import parse_error
+
+            raise FamilyError(f"cannot parse family spec {parse_error(e, path.name)}") from None
         return cls.from_dict(data, root=str(path.parent.resolve()))
 
 
@@ -580,6 +582,36 @@ def _config_json(spec: FamilySpec, member: str) -> dict[str, Any]:
         raise FamilyError(f"member {member!r}: architecture {cfg.get('model_type')!r} is not supported yet; "
                           f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-layout decoders)")
     return cfg
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def verify_spec(spec: FamilySpec) -> dict[str, Any]:
+    """Check that every member can be opened *here*, before a spec is stored: a folder source exists, a hub
+    id is in the local Hugging Face cache (nothing is downloaded; the app runs offline), the configs are
+    compatible and the weights' headers complete (``inspect_family``), and a named suite exists.
+    Returns the family's summary; FamilyError naming the first member that fails."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for m in spec.member_names:
+        src = spec.source(m)
+        if Path(src).is_dir():
+            continue
+        raw = spec.base if m == "base" else spec.candidates[m]
+        if os.path.isabs(src) or src.startswith(".") or not _HUB_ID.match(src) or src.count("/") > 1:
+            where = f" (relative to {spec.root})" if spec.root and not os.path.isabs(raw) else ""
+            raise FamilyError(f"member {m!r}: folder {raw!r}{where} does not exist")
+        if not isinstance(try_to_load_from_cache(src, "config.json"), str):
+            raise FamilyError(f"member {m!r}: hub id {src!r} is not in this machine's Hugging Face cache and "
+                              f"this app does not download models; the server's operator must download it first, "
+                              f"or point the spec at a local folder")
+    info = inspect_family(spec)
+    suite = spec.suite_path()
+    if suite is not None and not Path(suite).exists():
+        raise FamilyError(f"the spec's suite {spec.suite!r} does not exist next to the spec; upload the task "
+                          f"files as a suite instead, or remove 'suite:'")
+    return info
 
 
 def inspect_family(spec: FamilySpec | str | os.PathLike, device: str | None = None, dtype: str | None = None,

@@ -164,6 +164,15 @@ def _parse_op_text(text: str, position: int) -> Op:
     return Op.merge(weights, method, density)
 
 
+def _looks_like(members: Sequence[str], n_layers: int) -> str:
+    """What a plan looks like for this family, for messages about a text that is not one."""
+    ms = list(members) or ["base"]
+    other = ms[1] if len(ms) > 1 else ms[0]
+    example = f"0:{ms[0]} 1:{other} 2:drop" + (f" 3:merge({ms[0]}=.5,{other}=.5)" if len(ms) > 1 else "")
+    return (f"A plan is one op per layer, {n_layers} in all: drop, a member name, or merge(member=weight,...), "
+            f"e.g. '{example} ...'")
+
+
 def _float(s: str, where: str) -> float:
     try:
         return float(s)
@@ -274,15 +283,20 @@ class Plan:
         """Check the plan against a family; raise PlanError naming the first wrong position."""
         if family and self.family and self.family != family:
             raise PlanError(f"plan is for family {self.family!r}, not {family!r}")
-        if len(self.ops) != n_layers:
-            raise PlanError(f"plan has {len(self.ops)} positions but the base has {n_layers} layers; "
-                            f"give exactly one op per layer (use 'drop' to remove one)")
         known = set(members)
+        shape = _looks_like(members, n_layers)
+        for i, op in enumerate(self.ops):  # an unknown name is the first real problem, before the count
+            for m in op.members:
+                name, _ = split_source(m) if op.kind == "merge" else (m, None)
+                if name not in known:
+                    hint = "" if len(self.ops) == n_layers else f". {shape}"
+                    raise PlanError(f"position {i}: unknown member {name!r}; the family has {', '.join(members)}{hint}")
+        if len(self.ops) != n_layers:
+            raise PlanError(f"plan has {len(self.ops)} position{'s' if len(self.ops) != 1 else ''} but the base has "
+                            f"{n_layers} layers. {shape}")
         for i, op in enumerate(self.ops):
             for m in op.members:
-                name, pos = split_source(m) if op.kind == "merge" else (m, None)
-                if name not in known:
-                    raise PlanError(f"position {i}: unknown member {name!r}; the family has {', '.join(members)}")
+                _, pos = split_source(m) if op.kind == "merge" else (m, None)
                 if pos is not None and not 0 <= pos < n_layers:
                     raise PlanError(f"position {i}: source {m!r} names layer {pos}; the base has layers 0..{n_layers - 1}")
             if op.kind != "merge":

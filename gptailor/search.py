@@ -28,7 +28,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from ConfigSpace import Configuration
 
@@ -36,10 +36,13 @@ from .evaluate import DEFINITIONS, EvalResult, Evaluator, References
 from .family import Family
 from .limits import SettingsError, seconds, whole
 from .plan import Op, Plan
+from .progress import OnPhase, Phase, quiet
 from .space import Budget, PlanSpace, make_space, removal_preference
 
 METHODS = ("smac", "random")
 CRASH_COST = 1.0  # retention 0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -271,6 +274,25 @@ def pareto_front(trials: Iterable[TrialRecord], tasks: list[str]) -> list[TrialR
     return front
 
 
+def size_front(items: Iterable[T], size: Callable[[T], float], score: Callable[[T], float]) -> list[T]:
+    """Items no other item beats on both size (smaller) and score (higher), smallest first: retention
+    against parameters across budgets and studies (the dashboard's front, the CLI's ``front``)."""
+    front: list[T] = []
+    best = -math.inf
+    for it in sorted(items, key=lambda i: (size(i), -score(i))):
+        if score(it) > best:
+            front.append(it)
+            best = score(it)
+    return front
+
+
+def smallest_keeping(items: Iterable[T], threshold: float, size: Callable[[T], float],
+                     score: Callable[[T], float]) -> T | None:
+    """"How small can I go and keep ``threshold``?": the smallest item whose score reaches it (on the front)."""
+    ok = [i for i in size_front(items, size, score) if score(i) >= threshold]
+    return ok[0] if ok else None
+
+
 # ----------------------------------------------------------------------------- heuristic seeds
 def removal_patterns(L: int, n: int) -> dict[str, list[int]]:
     """Simple removal patterns for the initial design: deepest-first, middle-outward, alternating."""
@@ -370,8 +392,9 @@ class Search:
                  on_trial: Callable[[TrialRecord], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, previous: Iterable[TrialRecord] = (),
                  heuristic_removals: dict[str, list[int]] | None = None,
-                 references: References | None = None) -> None:
+                 references: References | None = None, on_phase: OnPhase = quiet) -> None:
         self.evaluator = evaluator
+        self.on_phase = on_phase  # 'references' when computed here, 'seeds' while SMAC is assembled
         self.family = evaluator.family
         self.settings = settings or SearchSettings()
         self.settings.check()
@@ -498,7 +521,8 @@ class Search:
                           "(the CLI and the background worker set it for you)", stacklevel=2)
         t_setup = time.perf_counter()
         if self.references is None:  # fixed once, on the whole search split (fails early on a bad suite)
-            self.references = self.evaluator.references("search")
+            self.references = self.evaluator.references(
+                "search", on_member=lambda k, n, m: self.on_phase(Phase("references", k, n, f"scoring {m}")))
         else:
             self.evaluator.use_references(self.references)
         refs = self.references
@@ -517,6 +541,8 @@ class Search:
             if self.settings.n_workers > 1 or self.settings.scheduler:
                 client, cluster = _dask_client(self.settings)
             scenario = self._scenario(outdir)
+            self.on_phase(Phase("seeds", None, None, "building SMAC's initial design"
+                                + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")))
             facade = self._facade(scenario, objective.train, client)
             self._replay(facade)
             remaining = self.settings.n_trials - len(self.previous)

@@ -111,3 +111,10 @@ def describe(speed: dict[str, Any]) -> str:
             f"tokens): prefill {m['prefill_tok_s']:,.0f} tok/s (base {b['prefill_tok_s']:,.0f}, "
             f"{speed['prefill_ratio']:.2f}x), decode {m['decode_tok_s']:,.1f} tok/s (base {b['decode_tok_s']:,.1f}, "
             f"{speed['decode_ratio']:.2f}x)")
+
+
+def short(speed: dict[str, Any]) -> str:
+    """The same in a few words, for a page's summary line."""
+    m = speed["model"]
+    return (f"prefill {m['prefill_tok_s']:,.0f} tok/s ({speed['prefill_ratio']:.2f}x the base), decode "
+            f"{m['decode_tok_s']:,.1f} tok/s ({speed['decode_ratio']:.2f}x), measured on {m['device']} in {m['dtype']}")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .parsing import parse_error
 from .paths import PathError, safe_name
 
 TASK_KINDS = ("exact_match", "multiple_choice", "perplexity")
@@ -215,7 +216,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     try:
         data = yaml.safe_load(_text(path))
     except yaml.YAMLError as e:
-        raise TaskError(f"{path}: cannot parse suite: {e}") from None
+        raise TaskError(f"cannot parse suite {parse_error(e, str(path))}") from None
     lm = data.get("lm_eval") if isinstance(data, dict) else None
     if not isinstance(data, dict) or not (isinstance(data.get("tasks"), list) and data["tasks"] or lm):
         raise TaskError(f"{path}: a suite needs a non-empty 'tasks' list of {{name, kind, path}} "
@@ -369,7 +370,7 @@ def folder_suite(folder: Path) -> Suite:
 
 
 def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: str,
-               max_bytes: int | None = None) -> Suite:
+               max_bytes: int | None = None, max_examples: int | None = None) -> Suite:
     """Turn task files into a stored suite folder ``dest`` (``suite.yaml`` + the JSONL files) and load it.
 
     ``files`` are JSONL task files, optionally with one ``suite.yaml`` naming them (for task names and kinds);
@@ -417,7 +418,7 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
             try:
                 data = yaml.safe_load(_text(suites[0], suites[0].name))
             except yaml.YAMLError as e:
-                raise TaskError(f"{suites[0].name}: cannot parse: {e}") from None
+                raise TaskError(f"cannot parse {parse_error(e, suites[0].name)}") from None
             entries = data.get("tasks") if isinstance(data, dict) else None
             if not isinstance(entries, list) or not entries:
                 raise TaskError(f"{suites[0].name}: a suite needs a non-empty 'tasks' list of {{name, kind, path}}")
@@ -434,9 +435,15 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
                 entries.append({"name": p.stem, "kind": file_kind(p, p.name, "upload"), "path": p.name})
         (staging / "suite.yaml").write_text(yaml.safe_dump({"name": name, "tasks": entries}, sort_keys=False))
         try:
-            load_suite(staging / "suite.yaml")
+            staged = load_suite(staging / "suite.yaml")
         except TaskError as e:
             raise TaskError(str(e).replace(f"{staging.resolve()}{os.sep}", "").replace(f"{staging}{os.sep}", ""))
+        if max_examples:
+            big = [t for t in staged if len(t) > max_examples]
+            if big:
+                raise TaskError(f"task {big[0].name!r} has {len(big[0])} examples; this app takes at most "
+                                f"{max_examples} per task (GPTAILOR_MAX_TASK_EXAMPLES), so that scoring stays "
+                                f"interactive: upload a sample of it")
         staging.rename(dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

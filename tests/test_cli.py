@@ -58,7 +58,8 @@ def test_export_and_chat(spec, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["eval", "-p", "0:base 1:ghost"], "error: plan has 2 positions"),
+    (["eval", "-p", "0:base 1:base"], "error: plan has 2 positions"),
+    (["eval", "-p", "0:base 1:ghost"], "error: position 1: unknown member 'ghost'"),  # the name before the count
     (["eval", "-p", "base ghost base base"], "error: position 1: unknown member 'ghost'"),
     (["info", "-f", "no-such-family"], "error: no family 'no-such-family'"),
 ])
@@ -177,6 +178,44 @@ def test_eval_json_has_no_bare_nan(spec):
     out = json.dumps(_finite({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}}),
                      allow_nan=False)
     assert json.loads(out) == {"a": None, "b": [None, 1.0], "c": {"d": None}}
+
+
+def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path):
+    from db.liveness import Owner
+    from db.runs import create_study
+    from db.store import Store
+    from gptailor.search import SearchSettings
+    from gptailor.space import Budget
+
+    db = f"sqlite:///{tmp_path / 'now.db'}"
+    store = Store(db)
+    sid = create_study(store, str(spec), "smac", Budget(remove_layers=1), SearchSettings(n_trials=9))
+    me = Owner.me()  # this test process stands in for a live worker
+    assert store.claim(sid, me)
+    store.set_progress(sid, {"phase": "references", "done": 2, "total": 3, "detail": "scoring code"}, me)
+    r = run("studies", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "now: scoring references: 2 of 3 members (scoring code)" in r.stdout
+    rows = json.loads(run("studies", "--db", db, "--json").stdout)
+    assert rows[0]["phase_line"] == "scoring references: 2 of 3 members (scoring code)"
+
+
+def test_sweep_runs_one_study_per_budget_and_front_answers_how_small(spec, tmp_path):
+    db = f"sqlite:///{tmp_path / 'sweep.db'}"
+    r = run("sweep", "-f", str(spec), "--db", db, "--method", "last_n", "--remove", "1,2", "--keep", "0.01")
+    assert r.returncode == 0, r.stderr
+    studies = json.loads(run("studies", "--db", db, "--json").stdout)
+    assert sorted(s["budget"]["remove_layers"] for s in studies) == [1, 2]
+    test = {s["budget"]["remove_layers"]: s["test_retention"] for s in studies}
+    ids = {s["budget"]["remove_layers"]: s["id"] for s in studies}
+    # the answer is the smallest study reaching the threshold, by the studies' own test-split figures
+    for keep, want in ((min(test.values()), 2), (max(test.values()), 2 if test[2] >= test[1] else 1)):
+        out = run("front", "-f", str(spec), "--db", db, "--keep", str(keep)).stdout
+        assert f"study {ids[want]} (" in out.splitlines()[-1], out
+    out = run("front", "-f", str(spec), "--db", db, "--keep", "9").stdout
+    assert "no study keeps 900%" in out
+    bad = run("sweep", "-f", str(spec), "--db", db, "--remove", "0,2")
+    assert bad.returncode == 2 and "distinct layer counts >= 1" in bad.stderr
 
 
 def test_background_searches_obey_the_worker_cap(spec, tmp_path, monkeypatch, capsys):

@@ -75,3 +75,18 @@ def test_malformed_json_and_wrong_family():
         Plan.from_json("{nope")
     with pytest.raises(PlanError, match="for family 'a', not 'b'"):
         Plan.from_text("base", family="a").validate(["base"], 1, family="b")
+
+
+@pytest.mark.parametrize("text,first,not_said", [
+    # a single word is one op: the unknown name is the problem, and the message says what a plan is
+    ("garbage", "position 0: unknown member 'garbage'; the family has base, math, code. A plan is one op per "
+                "layer, 3 in all", "1 position"),
+    # the unknown member is named before the count
+    ("0:base 1:nosuchmember", "position 1: unknown member 'nosuchmember'", "positions but"),
+    ("0:base", "plan has 1 position but the base has 3 layers. A plan is one op per layer", "1 positions"),
+])
+def test_plan_errors_name_the_first_real_problem(text, first, not_said):
+    with pytest.raises(PlanError) as e:
+        Plan.parse(text).validate(["base", "math", "code"], 3)
+    assert str(e.value).startswith(first) and not_said not in str(e.value)
+    assert "e.g. '0:base 1:math 2:drop 3:merge(base=.5,math=.5) ...'" in str(e.value)

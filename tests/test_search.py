@@ -192,3 +192,22 @@ def test_parallel_trials_on_dask_workers(tiny_ev):
                                                                    n_workers=2), on_trial=seen.append).run()
     assert len(res.trials) == 6 == len(seen)
     assert all(t.status == "complete" and t.plan.n_kept == 4 for t in res.trials)
+
+
+def test_size_front_and_smallest_keeping_by_brute_force():
+    # Independent check: an item is on the front iff no other item is at most as large and scores more
+    # (or is strictly smaller and scores the same).
+    import random
+
+    from gptailor.search import size_front, smallest_keeping
+
+    rng = random.Random(4)
+    items = [(rng.randint(1, 20), round(rng.random(), 2)) for _ in range(60)]
+    front = size_front(items, size=lambda i: i[0], score=lambda i: i[1])
+    brute = {i for i in items if not any((j[0] <= i[0] and j[1] > i[1]) or (j[0] < i[0] and j[1] >= i[1])
+                                         for j in items)}
+    assert set(front) == brute and [i[0] for i in front] == sorted(i[0] for i in front)
+    for keep in (0.5, 0.9, 0.99, 1.5):
+        ok = [i for i in items if i[1] >= keep]
+        want = min(ok, key=lambda i: (i[0], -i[1])) if ok else None
+        assert smallest_keeping(items, keep, size=lambda i: i[0], score=lambda i: i[1]) == want

@@ -113,3 +113,20 @@ def test_make_suite_checks_name_and_size(tmp_path):
         make_suite([f], tmp_path / "s", "../evil")
     with pytest.raises(TaskError, match="at most 0.0 MB"):
         make_suite([f], tmp_path / "s", "s", max_bytes=1000)
+
+
+def test_make_suite_caps_examples_per_task_and_keeps_yaml_positions(tmp_path):
+    from gptailor.tasks import make_suite
+
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join('{"text": "line %d"}\n' % i for i in range(30)))
+    with pytest.raises(TaskError, match="task 'many' has 30 examples; this app takes at most 25 per task"):
+        make_suite([many], tmp_path / "suites" / "big", "big", max_examples=25)
+    assert not (tmp_path / "suites" / "big").exists()
+    assert len(next(iter(make_suite([many], tmp_path / "suites" / "ok", "ok", max_examples=30)))) == 30
+    bad = tmp_path / "suite.yaml"
+    bad.write_text("name: x\ntasks:\n  - {name: a, kind: perplexity, path: many.jsonl\n")
+    with pytest.raises(TaskError) as e:
+        make_suite([many, bad], tmp_path / "suites" / "y", "y")
+    assert "cannot parse suite.yaml: line 4, column 1: expected ',' or '}'" in str(e.value)
+    assert "<unicode string>" not in str(e.value) and "\n" not in str(e.value)

@@ -11,6 +11,7 @@ from gptailor.paths import PathError
 from . import figures
 from .engine import ENGINE, data_dir, gpu
 from .guard import refuse
+from .stop import stop_button, stoppable, wire_stop
 
 TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_layers": "CKA between positions",
           "cka_members": "CKA between members", "drift": "Weight drift"}
@@ -29,7 +30,7 @@ CAPTIONS = {
 
 @gpu
 def compute(family: str, n_texts: float, member: str, position: float, suite: str | None = None,
-            progress=gr.Progress()):
+            progress=gr.Progress(), request: gr.Request = None):
     try:
         session = ENGINE.get(family, suite)
         ev = session.scorer()
@@ -38,8 +39,9 @@ def compute(family: str, n_texts: float, member: str, position: float, suite: st
     fam = session.family
     texts = calibration_texts(ev.suite, int(n_texts))
     try:
-        res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
-                              progress=lambda f, d: progress(f, desc=d))
+        with stoppable(request):  # Stop ends it between batches; nothing half-done is cached
+            res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
+                                  progress=lambda f, d: progress(f, desc=d))
     except PathError as e:  # a family name that cannot be part of a cache file name
         raise refuse(e) from None
     member = member if member in fam.member_names else "base"
@@ -52,13 +54,16 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
         n_texts = gr.Slider(8, 512, value=64, step=8, label="Calibration texts (from the chosen task suite)")
         member = gr.Dropdown(["base"], value="base", label="Member (angular, CKA between positions)")
         position = gr.Number(value=0, precision=0, label="Position (CKA between members)")
-    go_btn = gr.Button("Compute (cached per family and calibration set)", variant="primary")
+    with gr.Row():
+        go_btn = gr.Button("Compute (cached per family and calibration set)", variant="primary")
+        halt = stop_button()
     plots = []
     for key in ("influence", "angular", "cka_layers", "cka_members", "drift"):
         plots.append(gr.Plot(label=TITLES[key]))
         gr.Markdown(CAPTIONS[key])
     inputs = [family, n_texts, member, position, suite]
-    go_btn.click(compute, inputs, [member, *plots], api_name="analysis")
+    going = go_btn.click(compute, inputs, [member, *plots], api_name="analysis")
+    wire_stop(halt, going)
     # a new member or position only re-draws from the cache (computed once per family and calibration set)
     for comp in (member, position):
         comp.input(compute, inputs, [member, *plots], show_progress="minimal")

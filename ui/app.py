@@ -40,6 +40,7 @@ def build_app() -> gr.Blocks:
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
         demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],
                   [search["budget_info"]])
+        demo.load(search_tab.budget_controls, [shared["family"], search["kind"]], [search["remove"], search["fraction"]])
     return demo
 
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 import gradio as gr
 
-from db.runs import best_trial, rank_key
+from db.runs import best_trial, phase_line, rank_key, reconcile
 from db.store import StoreError
 from gptailor import Plan
 from gptailor.importance import ImportanceError, position_importance
@@ -210,6 +210,28 @@ def rename(study_id, name: str):
     return f"✓ study {int(study_id)} is now named **{new}**", gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
 
+def status_line(ids) -> str:
+    """One line per shown study: what its worker is doing now (phase, trial i of N, fidelity, ETA), a
+    late heartbeat, or how it ended. Markdown, refreshed with the charts."""
+    st = store()
+    reconcile(st)  # a worker that stopped beating is shown as interrupted, not as running
+    studies = st.studies()
+    ids = [int(i) for i in (ids or [])] or default_ids(studies)
+    chosen = [s for s in reversed(studies) if s["id"] in ids]
+    if not chosen:
+        return "No studies yet: launch one in the Search tab."
+    return "\n".join(f"- **{s['id']}: {_md(s['name'])}** ({s['method']}, {s['trials_done']}"
+                     f"{'/' + str(s['n_trials']) if s['n_trials'] else ''} trials) · {_md(phase_line(s))}"
+                     for s in chosen)
+
+
+def _md(text: str) -> str:
+    """Plain text inside Markdown: no tags, no emphasis by accident."""
+    import html
+
+    return html.escape(str(text), quote=False).replace("*", "\\*").replace("_", "\\_")
+
+
 def _members(studies: list[dict]) -> list[str]:
     """Members of the (first selected) study's family, base first, as stored with the family."""
     for s in studies:
@@ -245,6 +267,7 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
                            allow_custom_value=True, scale=4)
         reload_btn = gr.Button("Reload list", scale=1)
         live = gr.Checkbox(value=True, label="Live refresh", scale=1)
+    status = gr.Markdown(elem_id="study-status")
     with gr.Row(elem_classes=["gt-grid"]):
         selector = gr.Dropdown(choices=[], label="Selected trial (or click a point, a layer-map row or a table row)",
                                elem_id="trial-selector", scale=3, min_width=240)
@@ -286,6 +309,8 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
     timer = gr.Timer(3)
     timer.tick(refresh, [pick], outputs, show_progress="hidden").then(
         select_best, [pick, selector], shown, show_progress="hidden")
+    timer.tick(status_line, [pick], [status], show_progress="hidden")
+    pick.change(status_line, [pick], [status], api_name="dashboard_status", show_progress="hidden")
     live.change(lambda on: gr.Timer(active=on), [live], [timer])
     selector.input(select_trial, [selector], shown, api_name="select_trial")
     # Plotly clicks (CLICK_JS) and table rows both write 'study:number#nonce' into the hidden box

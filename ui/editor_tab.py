@@ -13,13 +13,18 @@ from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
 from gptailor.limits import whole
+from gptailor.speed import short
 from gptailor.paths import PathError, child
+from gptailor.progress import tick
 from gptailor.search import SearchSettings, TrialRecord
 from gptailor.space import Budget
 
 from . import figures
-from .engine import ENGINE, data_dir, gpu, max_export_bytes, max_export_zips, public_mode, store
+from .engine import (ENGINE, check_fidelity, data_dir, gpu, max_export_bytes, max_export_zips, max_full_examples,
+                     public_mode, store, warm_references)
+from .evaluate_tab import cleared
 from .guard import allowance, refuse, session_of
+from .stop import stop_button, stoppable, wire_stop
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
 
@@ -100,9 +105,13 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         fam = session.family
         plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
         n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
-        progress(0.2, desc="scoring")
+        check_fidelity(ev, n)
+        progress(0.1, desc="scoring")
         t0 = time.perf_counter()
-        res = ev.evaluate(plan, n)
+        with stoppable(request, progress):
+            warm_references(ev)
+            res = ev.evaluate(plan, n, speed=True)
+            base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
                            SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8),
@@ -110,8 +119,8 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
         st.transition(sid, ("created",), "finished")
-        base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
-        best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
+        with stoppable(request, progress):
+            best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
     rows = [[t, round(v, 4), round(base.scores[t], 4), None if best_res is None else round(best_res.scores[t], 4),
@@ -119,6 +128,8 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
             for t, v in res.scores.items()]
     note = (f"**This plan: {100 * res.retention:.1f}%** retention, {res.kept_layers}/{res.n_layers} layers, "
             f"{res.params / 1e6:.2f}M params · stored as study {sid}")
+    if res.speed:
+        note += f"  \nSpeed: {short(res.speed)}"
     if best_res is not None:
         note += (f" · current best (study {best_study['id']}, {best_study['method']}): "
                  f"{100 * best_res.retention:.1f}% with {best_res.kept_layers} layers on the same examples")
@@ -144,10 +155,15 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
             session = ENGINE.get(family, suite)
             fam = session.family
             plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
-            progress(0.3, desc="writing the checkpoint")
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             folder = child(data_dir(), "family", fam.name, f"-{stamp}", under="exports")
-            res = session.evaluator.evaluate(plan, None) if session.evaluator else None
+            ev = session.evaluator
+            big = ev is not None and max(t.split_size("test") for t in ev.suite) > max_full_examples() > 0
+            with stoppable(request, progress):  # the model card's scores: the test split, capped when large
+                progress(0.1, desc="scoring for the model card")
+                res = ev.evaluate(plan, max_full_examples() if big else None) if ev else None
+                progress(0.7, desc="writing the checkpoint")
+                tick()  # a Stop pressed while scoring ends here, before anything is written
             export(fam, plan, folder, result=res)
             archive = Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
             if public_mode():  # visitors download the zip; the folder would only fill the disk
@@ -175,13 +191,16 @@ def prune_exports(folder: Path, keep: Path) -> None:
         shutil.rmtree(z.with_suffix(""), ignore_errors=True)
         if z == keep:
             raise ExportError(f"the export is {size / 1e6:.0f} MB, over this app's cap of {cap / 1e6:.0f} MB "
-                              f"for exports (GPTAILOR_MAX_EXPORT_MB); export from the command line instead")
+                              f"for exports (GPTAILOR_MAX_EXPORT_MB); the operator can raise the cap")
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None:
-    gr.Markdown("Edit the grid or the text (Enter applies it); the other follows. The plan is shared with the "
-                "Evaluate and Chat tabs, and a click on a trial in the Dashboard loads it here.")
-    text = gr.Textbox(label="Plan (compact text form)", lines=2)
+    gr.Markdown("Edit the grid, or the text and press **Apply** (leaving the text box applies it too); the other "
+                "follows. The plan is shared with the Evaluate and Chat tabs, and a click on a trial in the "
+                "Dashboard loads it here.")
+    with gr.Row():
+        text = gr.Textbox(label="Plan (compact text form)", lines=2, scale=5)
+        apply_btn = gr.Button("Apply", scale=0, min_width=80)
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
                         label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
     status = gr.Markdown()
@@ -190,13 +209,19 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
         fidelity = gr.Number(value=None, step=1, label="Examples per task (0 or empty = all)")
         eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")
         export_btn = gr.Button("Export HF checkpoint (zip)")
+        halt = stop_button()
     result = gr.Markdown()
     table = gr.Dataframe(headers=["task", "this plan", "base", "current best", "retention %"], interactive=False)
     download = gr.File(label="Exported checkpoint")
     export_note = gr.Markdown()
     plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text])
-    text.submit(lambda t: t, [text], [plan_box])
-    text.blur(lambda t: t, [text], [plan_box])
+    for trigger in (text.submit, text.blur, apply_btn.click):
+        trigger(lambda t: t, [text], [plan_box], api_visibility="private")
     grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
-    eval_btn.click(evaluate_manual, [family, plan_box, fidelity, suite], [result, table], api_name="evaluate_manual")
-    export_btn.click(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")
+    going = eval_btn.click(cleared(2), None, [result, table], queue=False, show_progress="hidden",
+                           api_visibility="private") \
+        .then(evaluate_manual, [family, plan_box, fidelity, suite], [result, table], api_name="evaluate_manual")
+    exporting = export_btn.click(lambda: (None, ""), None, [download, export_note], queue=False,
+                                 show_progress="hidden", api_visibility="private") \
+        .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")
+    wire_stop(halt, going, exporting)

@@ -111,6 +111,7 @@ def auth_pairs() -> list[tuple[str, str]] | None:
 def check_settings() -> None:
     """Read every setting once, so a malformed one stops the app at start (ConfigError), not later."""
     max_trials(), max_workers(), max_upload_bytes(), max_export_zips(), max_export_bytes(), auth_pairs()
+    max_task_examples(), max_full_examples()
     for what in ("studies", "exports", "uploads"):
         session_cap(what)
 
@@ -142,11 +143,16 @@ def _stored(paths) -> list[str]:
     return out
 
 
-def family_choices() -> list[str]:
-    """The built-in demo plus every spec under ``<data dir>/families``."""
+def family_values() -> list[str]:
+    """The built-in demo plus every spec under ``<data dir>/families`` (paths: what the picker's value is)."""
     folder = data_dir() / "families"
     specs = _stored(folder.glob("*.y*ml")) + _stored(folder.glob("*.json")) if folder.exists() else []
     return ["demo", *specs]
+
+
+def family_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs for the picker: a stored spec shows its name, not the server's path."""
+    return [("demo (built in)" if v == "demo" else f"{Path(v).stem} (uploaded)", v) for v in family_values()]
 
 
 DEFAULT_SUITE = "family default"
@@ -164,8 +170,33 @@ def suite_choices() -> list[tuple[str, str]]:
 
 
 def max_upload_bytes() -> int:
-    """Bytes one upload may hold (GPTAILOR_MAX_UPLOAD_MB): Gradio refuses bigger files before storing them."""
-    return int(_env_number("GPTAILOR_MAX_UPLOAD_MB", 5, 500, integer=False) * 1e6)
+    """Bytes one upload may hold (GPTAILOR_MAX_UPLOAD_MB, 5 public, 50 otherwise): Gradio refuses bigger
+    files before storing them. Larger suites are for the command line's own files, not a web upload."""
+    return int(_env_number("GPTAILOR_MAX_UPLOAD_MB", 5, 50, integer=False) * 1e6)
+
+
+def max_task_examples() -> int:
+    """Examples one uploaded task may hold (GPTAILOR_MAX_TASK_EXAMPLES, 2000 public, 20000 otherwise, 0 = no
+    cap): what is still scored interactively in reasonable time."""
+    return int(_env_number("GPTAILOR_MAX_TASK_EXAMPLES", 2000, 20000))
+
+
+def max_full_examples() -> int:
+    """The most examples per task an evaluation may score with "all" (GPTAILOR_MAX_FULL_EXAMPLES, default
+    1000, 0 = no cap); above it the page asks for a number (a fidelity) instead."""
+    return int(_env_number("GPTAILOR_MAX_FULL_EXAMPLES", 1000, 1000))
+
+
+def check_fidelity(ev: Evaluator, n: int | None, split: str | None = None, what: str = "this evaluation") -> None:
+    """Refuse "all examples" on a suite too large to score interactively; the message says what to type."""
+    cap = max_full_examples()
+    if n is not None or not cap:
+        return
+    largest = max(t.split_size(split or ev.split) for t in ev.suite)
+    if largest > cap:
+        raise TaskError(f"the suite has up to {largest} examples per task; scoring them all would keep this page "
+                        f"busy for long, so {what} needs a number of examples per task (at most {cap} here), "
+                        f"e.g. 200")
 
 
 @dataclass
@@ -195,8 +226,9 @@ class Engine:
         self._lock = threading.Lock()
 
     def get(self, family: str, suite: str | None = None) -> Session:
-        if public_mode() and family not in family_choices():
-            raise FamilyError(f"{family!r} is not one of this app's families ({', '.join(family_choices())}); "
+        if public_mode() and family not in family_values():
+            raise FamilyError(f"{family!r} is not one of this app's families "
+                              f"({', '.join(label for label, _ in family_choices())}); "
                               f"public mode does not load arbitrary paths or hub ids")
         if suite in (None, "", DEFAULT_SUITE):
             suite = None
@@ -216,7 +248,30 @@ class Engine:
             return Session(fam, self._evaluators[key], stitcher)
 
 
+    def forget(self, family: str) -> None:
+        """Drop a family (and its evaluators) whose spec was removed."""
+        with self._lock:
+            self._families.pop(family, None)
+            for key in [k for k in self._evaluators if k[0] == family]:
+                del self._evaluators[key]
+
+    def forget_suite(self, suite: str) -> None:
+        """Drop the evaluators of a removed suite."""
+        path = str(Path(suite).expanduser().resolve())
+        with self._lock:
+            for key in [k for k in self._evaluators if k[1] == path]:
+                del self._evaluators[key]
+
+
 ENGINE = Engine()
+
+
+def warm_references(ev: Evaluator, split: str | None = None) -> None:
+    """Give the evaluator its references from the studies' precompute cache (computed there and stored
+    if missing), so the first evaluation after a restart does not score every member again."""
+    from db.runs import precompute
+
+    precompute(store()).references(ev, split or ev.split)
 
 
 _STORE = None

@@ -5,26 +5,31 @@ import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
 from gptailor.limits import whole
+from gptailor.speed import short
 
-from .engine import ENGINE, gpu
+from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
+from .stop import stop_button, stoppable, wire_stop
 
 COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
 
 
 @gpu
 def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | None = None,
-             progress=gr.Progress()):
-    """Score a plan; returns a summary line and a per-task table."""
+             progress=gr.Progress(), request: gr.Request = None):
+    """Score a plan; returns a summary line and a per-task table. Stop ends it within a batch."""
     try:
-        progress(0.1, desc="loading family")
+        progress(0.05, desc="loading family")
         session = ENGINE.get(family, suite)
         ev = session.scorer()
         plan = Plan.parse(plan_text, session.family.name)
         plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
-        progress(0.4, desc="stitching and scoring")
         n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
-        res = ev.evaluate(plan, n)
+        check_fidelity(ev, n)
+        progress(0.1, desc="stitching and scoring")
+        with stoppable(request, progress):
+            warm_references(ev)
+            res = ev.evaluate(plan, n, speed=True)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
     rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,
@@ -33,6 +38,8 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
     summary = (f"**Retention {100 * res.retention:.1f}%** · keeps {res.kept_layers} of {res.n_layers} layers · "
                f"{res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
                f"stitch {res.stitch_s * 1e3:.0f} ms, score {res.score_s * 1e3:.0f} ms")
+    if res.speed:
+        summary += f"  \nSpeed: {short(res.speed)}"
     return summary, rows
 
 
@@ -40,7 +47,13 @@ def identity_plan(family: str) -> str:
     try:
         return ENGINE.get(family).identity_text()
     except FamilyError as e:
-        raise gr.Error(str(e)) from None
+        raise refuse(e) from None
+
+
+def cleared(n: int):
+    """What a result area shows while new work runs: nothing, so an error never leaves the last run's
+    numbers on the page as if they were this run's."""
+    return lambda: ("",) + (None,) * (n - 1)
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
@@ -50,8 +63,12 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     with gr.Row():
         reset = gr.Button("Base plan (keep every layer)")
         run = gr.Button("Evaluate", variant="primary")
+        halt = stop_button()
     summary = gr.Markdown()
     table = gr.Dataframe(headers=COLUMNS, label="Per-task scores", interactive=False)
-    run.click(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate")
+    going = run.click(cleared(2), None, [summary, table], queue=False, show_progress="hidden",
+                      api_visibility="private") \
+        .then(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate")
+    wire_stop(halt, going)
     reset.click(identity_plan, [family], [plan], api_name="identity_plan")
     return {"plan": plan}

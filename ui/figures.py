@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from db.runs import rank_key
 from gptailor import Plan
 from gptailor.plan import split_source
-from gptailor.search import fidelity_rank
+from gptailor.search import fidelity_rank, size_front
 
 MERGE, DROP = "merge", "drop"
 
@@ -251,13 +251,8 @@ def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
 
 
 def pareto_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials no other trial beats on both size and retention, smallest first."""
-    front, best = [], -math.inf
-    for t in sorted(trials, key=lambda t: (t["params"], -t["retention"])):
-        if t["retention"] > best:
-            front.append(t)
-            best = t["retention"]
-    return front
+    """Trials no other trial beats on both size and retention, smallest first (the engine's one rule)."""
+    return size_front(trials, size=lambda t: t["params"], score=lambda t: t["retention"])
 
 
 def task_bars(rows: list[dict[str, Any]]) -> go.Figure:

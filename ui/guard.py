@@ -7,6 +7,7 @@ manage only the studies started in their own session; an operator (logged in thr
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import threading
@@ -26,8 +27,11 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def refuse(error: Exception | str) -> gr.Error:
-    """A gr.Error with the message (server folders hidden in public mode), to ``raise ... from None``."""
-    return gr.Error(redact(str(error)))
+    """A gr.Error with the message (server folders hidden in public mode), to ``raise ... from None``.
+
+    The page renders a toast's text as HTML, so '<' and '&' are escaped: a parser's '<unicode string>'
+    or a redacted '<data>' must show as text, not vanish as a tag."""
+    return gr.Error(html.escape(redact(str(error)), quote=False))
 
 
 def session_of(request: gr.Request | None) -> str:

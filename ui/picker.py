@@ -5,48 +5,103 @@ search, the editor and the analysis alike.
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import gradio as gr
 
 from gptailor import FamilyError, TaskError, make_suite
+from gptailor.paths import PathError, child, inside
 
-from gptailor.paths import PathError, child
-
-from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices, max_upload_bytes,
-                     public_mode, redact, suite_choices)
-from .guard import allowance, refuse
+from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices, max_task_examples,
+                     max_upload_bytes, public_mode, redact, suite_choices, suites_dir)
+from .guard import allowance, is_operator, refuse
 
 MAX_PUBLIC_SUITES = 20
 
 
 def upload_spec(path: str | None, request: gr.Request = None):
-    """Validate an uploaded family spec and keep it as <data dir>/families/<name>.yaml; select it.
+    """Validate an uploaded family spec fully, then keep it as <data dir>/families/<name>.yaml; select it.
 
-    The spec's name becomes the file name, so it must be a safe name (gptailor.paths); a spec asking
-    for trust_remote_code (which runs the model repository's Python) needs GPTAILOR_ALLOW_REMOTE_CODE=1."""
+    Nothing is stored unless every member opens here: folders exist (relative to where the spec is kept),
+    hub ids are in the local Hugging Face cache (the app never downloads), configs and weight headers
+    match (``verify_spec``). The spec's name becomes the file name, so it must be a safe name
+    (gptailor.paths); a spec asking for trust_remote_code (which runs the model repository's Python)
+    needs GPTAILOR_ALLOW_REMOTE_CODE=1."""
     if not path:
         raise gr.Error("choose a family spec file (.yaml or .json)")
     if public_mode():
         raise gr.Error("this is a public app: uploading family specs is turned off")
     import yaml
 
-    from gptailor.family import FamilySpec
+    from gptailor.family import FamilySpec, verify_spec
+    from gptailor.parsing import parse_error
 
+    shown = Path(path).name
     try:
         text = open(path, encoding="utf-8").read()
         data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise refuse(f"not a usable family spec: {parse_error(e, shown)}") from None
+    except UnicodeDecodeError as e:
+        raise refuse(f"not a usable family spec: {shown} is not UTF-8 text (byte {e.start})") from None
+    try:
         spec = FamilySpec.from_dict(data)
         dest = child(data_dir(), "family spec", spec.name, ".yaml", under="families")
-    except (FamilyError, PathError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise refuse(f"not a usable family spec: {e}") from None
-    if spec.trust_remote_code and not allow_remote_code():
-        raise gr.Error("this spec sets trust_remote_code: true, which would run the model repository's own "
-                       "Python on this server; the operator must start the app with GPTAILOR_ALLOW_REMOTE_CODE=1")
+        if spec.trust_remote_code and not allow_remote_code():
+            raise gr.Error("this spec sets trust_remote_code: true, which would run the model repository's own "
+                           "Python on this server; the operator must start the app with GPTAILOR_ALLOW_REMOTE_CODE=1")
+        spec = FamilySpec.from_dict(data, root=str(dest.parent))  # relative folders: where it will be kept
+        verify_spec(spec)
+    except (FamilyError, PathError) as e:
+        raise refuse(f"not stored: {e}") from None
     if dest.exists() and dest.read_text(encoding="utf-8", errors="replace") != text:
         raise gr.Error(f"a different family spec named {spec.name!r} is already stored; rename yours")
     with allowance("uploads", request):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text, encoding="utf-8")
-    return gr.Dropdown(choices=family_choices(), value=str(dest)), f"Stored {dest}"
+    return gr.Dropdown(choices=family_choices(), value=str(dest)), f"Stored family **{spec.name}**"
+
+
+def _may_remove(request: gr.Request | None) -> None:
+    if public_mode() and not is_operator(request):
+        raise gr.Error("on this public app only the operator (logged in) may remove stored families and suites")
+
+
+def remove_family(family: str, request: gr.Request = None):
+    """Delete a stored family spec (never the built-in demo); the picker goes back to the demo.
+    Studies that used it keep their trials and charts."""
+    _may_remove(request)
+    if family in (None, "", "demo"):
+        raise gr.Error("the built-in demo family cannot be removed")
+    folder = (data_dir() / "families").resolve()
+    try:
+        path = inside(folder, family, "family spec")
+    except PathError:
+        raise gr.Error("only family specs stored in this app (uploaded here) can be removed; "
+                       "this one is a path or hub id typed in") from None
+    if not path.is_file():
+        raise gr.Error("that family spec is no longer stored")
+    path.unlink()
+    ENGINE.forget(family)
+    return gr.Dropdown(choices=family_choices(), value="demo"), f"Removed family spec **{path.stem}**"
+
+
+def remove_suite(suite: str, request: gr.Request = None):
+    """Delete an uploaded task suite (its folder); the picker goes back to the family's own suite."""
+    _may_remove(request)
+    if suite in (None, "", DEFAULT_SUITE):
+        raise gr.Error("the family's own suite cannot be removed; pick an uploaded suite to remove it")
+    try:
+        path = inside(suites_dir().resolve(), suite, "suite")
+    except PathError:
+        raise gr.Error("only suites uploaded to this app can be removed") from None
+    folder = path.parent if path.name == "suite.yaml" else path
+    if folder == suites_dir().resolve() or not folder.is_dir():
+        raise gr.Error("that suite is no longer stored")
+    shutil.rmtree(folder)
+    ENGINE.forget_suite(str(path))
+    return gr.Dropdown(choices=suite_choices(), value=DEFAULT_SUITE), f"Removed suite **{folder.name}**"
 
 
 def upload_tasks(files: list[str] | None, name: str, request: gr.Request = None):
@@ -59,7 +114,8 @@ def upload_tasks(files: list[str] | None, name: str, request: gr.Request = None)
     try:
         with allowance("uploads", request):
             dest = child(data_dir(), "suite", name, under="suites")
-            suite = make_suite(list(files), dest, name, max_bytes=max_upload_bytes())
+            suite = make_suite(list(files), dest, name, max_bytes=max_upload_bytes(),
+                               max_examples=max_task_examples())
     except (TaskError, PathError) as e:
         raise refuse(f"task files not stored: {e}") from None
     kinds = ", ".join(f"{t.name} ({t.kind}, {len(t)} examples)" for t in suite)
@@ -99,16 +155,21 @@ def build() -> dict:
                 gr.Markdown("**Task files**: one JSONL file per task; the kind is read from the keys "
                             "(`prompt`+`target`: exact match, `context`+`choices`+`answer`: multiple choice, "
                             "`text`: perplexity), or add a `suite.yaml` naming each file's kind. "
-                            f"At most {max_upload_bytes() / 1e6:.0f} MB.")
+                            f"At most {max_upload_bytes() / 1e6:.0f} MB and {max_task_examples()} examples per task.")
                 suite_name = gr.Textbox(label="Suite name", placeholder="my-tasks")
                 task_files = gr.File(label="Task files (.jsonl, optional suite.yaml)", file_count="multiple",
                                      file_types=[".jsonl", ".json", ".yaml", ".yml"], type="filepath")
                 add_tasks = gr.Button("Store these tasks as a suite")
                 tasks_note = gr.Markdown()
+        with gr.Row():
+            drop_family = gr.Button("Remove the selected family spec", size="sm", variant="stop")
+            drop_suite = gr.Button("Remove the selected suite", size="sm", variant="stop")
     # progress hidden: on a refused upload the error toast says why, and the pickers stay in view
     spec_file.upload(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec", show_progress="hidden")
     add_tasks.click(upload_tasks, [task_files, suite_name], [suite, tasks_note], api_name="upload_tasks",
                     show_progress="hidden")
+    drop_family.click(remove_family, [family], [family, spec_note], api_name="remove_family", show_progress="hidden")
+    drop_suite.click(remove_suite, [suite], [suite, tasks_note], api_name="remove_suite", show_progress="hidden")
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
     return {"family": family, "suite": suite, "info": info}

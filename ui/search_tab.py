@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study, launch_or_queue, queue,
-                     start_queued, withdraw)
-from db.store import StoreError
+from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study, launch_or_queue, phase_line,
+                     queue, start_queued, withdraw)
+from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.limits import SettingsError, whole
 from gptailor.search import SearchSettings
@@ -14,7 +14,7 @@ from gptailor.space import Budget, BudgetError
 from .engine import ENGINE, data_dir, max_trials, max_workers, redact, store
 from .guard import allowance, check_owner, refuse, session_of
 
-STUDY_COLUMNS = ["id", "name", "method", "family", "status", "trials", "best retention %", "error"]
+STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best retention %", "error"]
 LAUNCHABLE = [m for m in METHODS if m != "manual"]
 
 
@@ -37,6 +37,18 @@ def budget_text(family: str, remove: float, kind: str = "layers to remove", frac
             f"{fam.param_count() / 1e6:.2f} M** params ({100 * fam.param_count(L - n) / fam.param_count():.1f}%)")
 
 
+def budget_controls(family: str, kind: str = "layers to remove"):
+    """The remove-layers slider runs 0..depth - 1 of the chosen family, and only the slider of the chosen
+    budget kind is active (the other one is shown greyed out, not silently ignored)."""
+    by_layers = kind != "parameter fraction"
+    try:
+        depth = ENGINE.get(family).family.n_layers
+        remove = gr.Slider(maximum=max(1, depth - 1), interactive=by_layers)
+    except (FamilyError, TaskError):
+        remove = gr.Slider(interactive=by_layers)
+    return remove, gr.Slider(interactive=not by_layers)
+
+
 def start_waiting() -> list[int]:
     """Start queued studies while worker slots are free (the app's timer and every launch call this)."""
     return start_queued(store(), max_workers(), log_dir=data_dir() / "logs")
@@ -52,7 +64,8 @@ def studies_rows() -> list[list]:
         trials = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         best = None if s["best_retention"] is None else round(100 * s["best_retention"], 1)
         status = f"{QUEUED} #{line[s['id']]}" if s["id"] in line else s["status"]
-        rows.append([s["id"], s["name"], s["method"], s["family"], status, trials, best, s["error"] or ""])
+        now = phase_line(s) if s["status"] in (*ACTIVE, QUEUED) else ""
+        rows.append([s["id"], s["name"], s["method"], s["family"], status, now, trials, best, s["error"] or ""])
     return rows
 
 
@@ -105,11 +118,16 @@ def _study(study_id: float | None) -> dict:
 def cancel_study(study_id: float, request: gr.Request = None):
     study = _study(study_id)
     check_owner(study, request, "cancel")
+    if study["status"] not in (*ACTIVE, QUEUED):
+        raise gr.Error(f"study {study['id']} is already {study['status']}; there is nothing to cancel")
     try:
         withdraw(store(), study["id"])
+        after = store().study(study["id"])["status"]
     except (StudyError, StoreError) as e:
         raise refuse(f"cannot cancel: {e}") from None
-    return f"Study {study['id']}: cancel requested.", studies_rows()
+    if after == "cancelling":
+        return f"Study {study['id']}: cancel requested; it stops after its current trial.", studies_rows()
+    return f"Study {study['id']}: {after}.", studies_rows()
 
 
 def resume_study(study_id: float, request: gr.Request = None):
@@ -135,8 +153,9 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     with gr.Row():
         method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
         kind = gr.Radio(["layers to remove", "parameter fraction"], value="layers to remove", label="Budget by")
-        remove = gr.Slider(0, 64, value=2, step=1, label="Layers to remove")
-        fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters")
+        remove = gr.Slider(0, 7, value=2, step=1, label="Layers to remove", elem_id="remove-layers")
+        fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters",
+                             interactive=False, elem_id="param-fraction")
         trials = gr.Number(value=60, step=1, label="Trials (SMAC / random)")
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
@@ -156,6 +175,8 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
         resume_btn = gr.Button("Resume")
     for comp in (family, remove, kind, fraction):
         comp.change(budget_text, [family, remove, kind, fraction], [budget_info])
+    for comp in (family, kind):
+        comp.change(budget_controls, [family, kind], [remove, fraction], api_visibility="private", show_progress="hidden")
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
                                 fraction, suite],
                  [message, studies, study_id], api_name="launch_study", show_progress="hidden")

@@ -1,0 +1,81 @@
+"""Stop buttons really stop the engine's work, and the page's caps and controls follow the family."""
+import threading
+import time
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from gptailor import Evaluator, Family, Plan, TaskError, load_suite
+from gptailor.progress import Stopped, listening, tick
+
+
+@pytest.fixture(scope="module")
+def demo_ev():
+    fam = Family.from_spec("demo")
+    return Evaluator(fam, load_suite(fam.spec.suite_path()))
+
+
+def test_ticks_reach_the_listener_and_can_stop_an_evaluation(demo_ev):
+    tick("nobody listens")  # free and harmless without a listener
+    seen = []
+    plan = Plan.identity(demo_ev.family.n_layers, family="demo")
+    refs = []
+    with listening(lambda what, done, total: refs.append(what)):  # the references score every member first
+        demo_ev.references("test")
+    assert refs.count("scoring math") == len(demo_ev.family.member_names)
+    with listening(lambda what, done, total: seen.append((what, done, total))):
+        demo_ev.evaluate(plan, 4)
+    tasks = [t.name for t in demo_ev.suite]
+    assert [s for s in seen if s[0]] == [(f"scoring {t}", k, len(tasks)) for k, t in enumerate(tasks)]
+    assert len([s for s in seen if not s[0]]) >= len(tasks)  # one tick per batch as well
+
+    def stop_at_second_task(what, done, total):
+        if done == 1:
+            raise Stopped("stopped")
+    with listening(stop_at_second_task), pytest.raises(Stopped):
+        demo_ev.evaluate(plan, 4)
+
+
+def test_the_stop_button_ends_a_running_evaluation_within_a_batch(demo_ev, monkeypatch):
+    from ui import stop as stop_mod
+
+    request = SimpleNamespace(session_hash="s-stop", username=None)
+    plan = Plan.identity(demo_ev.family.n_layers, family="demo")
+    ticks = []
+    slow = demo_ev.task_metrics
+
+    def slowed(*a, **kw):  # each task waits a moment, so Stop lands while work is left
+        time.sleep(0.3)
+        return slow(*a, **kw)
+    monkeypatch.setattr(demo_ev, "task_metrics", slowed)
+    threading.Timer(0.4, stop_mod.stop, [request]).start()
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error, match="stopped: the work was cut short"):
+        with stop_mod.stoppable(request, lambda f, desc: ticks.append(desc)):
+            demo_ev.evaluate(plan, 4)
+    assert time.perf_counter() - t0 < 4 * 0.3 + 0.5 and len(ticks) < len(demo_ev.suite.tasks)
+    with stop_mod.stoppable(request):  # the next run of the session starts unstopped
+        demo_ev.evaluate(plan, 2)
+
+
+def test_all_examples_is_refused_above_the_cap_with_what_to_type(demo_ev, monkeypatch):
+    from ui.engine import check_fidelity
+
+    largest = max(t.split_size("test") for t in demo_ev.suite)
+    monkeypatch.setenv("GPTAILOR_MAX_FULL_EXAMPLES", str(largest - 1))
+    with pytest.raises(TaskError, match=f"the suite has up to {largest} examples per task; .* needs a number of "
+                                        f"examples per task \\(at most {largest - 1} here\\)"):
+        check_fidelity(demo_ev, None)
+    check_fidelity(demo_ev, 50)  # a number is always fine
+    monkeypatch.setenv("GPTAILOR_MAX_FULL_EXAMPLES", str(largest))
+    check_fidelity(demo_ev, None)
+
+
+def test_budget_sliders_follow_the_family_and_only_one_is_active():
+    from ui.search_tab import budget_controls
+
+    remove, fraction = budget_controls("demo", "layers to remove")
+    assert remove.maximum == 7 and remove.interactive is True and fraction.interactive is False
+    remove, fraction = budget_controls("demo", "parameter fraction")
+    assert remove.interactive is False and fraction.interactive is True

@@ -1,0 +1,57 @@
+"""Stop buttons for long work (evaluate, compare, analysis, export) that really stop it.
+
+Gradio's ``cancels=`` ends the page's wait for an event, but a synchronous handler keeps running in its
+thread. So each long handler runs inside ``stoppable``: the engine's ``tick`` (between batches, tasks
+and members) shows progress on the page and raises ``Stopped`` once this session pressed Stop, which
+frees the server within one batch instead of at the end of the work."""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import gradio as gr
+
+from gptailor.progress import Stopped, listening
+
+from .guard import session_of
+
+_FLAGS: dict[str, threading.Event] = {}
+_LOCK = threading.Lock()
+
+
+def _flag(request: gr.Request | None) -> threading.Event:
+    with _LOCK:
+        return _FLAGS.setdefault(session_of(request), threading.Event())
+
+
+@contextmanager
+def stoppable(request: gr.Request | None, progress: Any = None) -> Iterator[None]:
+    """Run the block so that this session's Stop ends it (gr.Error 'stopped'), with engine progress."""
+    flag = _flag(request)
+    flag.clear()
+
+    def on_tick(what: str, done: int | None, total: int | None) -> None:
+        if flag.is_set():
+            raise Stopped("stopped")
+        if progress is not None and what:
+            progress(None if not total else (done or 0) / total, desc=what)
+    try:
+        with listening(on_tick):
+            yield
+    except Stopped:
+        raise gr.Error("stopped: the work was cut short and nothing was stored") from None
+
+
+def stop(request: gr.Request = None) -> None:
+    """The Stop button: the running handler of this session stops at its next batch."""
+    _flag(request).set()
+
+
+def stop_button(label: str = "Stop") -> gr.Button:
+    return gr.Button(label, variant="stop", min_width=80, scale=0)
+
+
+def wire_stop(btn: gr.Button, *events: Any) -> None:
+    """``btn`` cancels ``events`` on the page and stops their work on the server."""
+    btn.click(stop, None, None, cancels=list(events), api_visibility="private", queue=False)
