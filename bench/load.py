@@ -131,6 +131,7 @@ class HttpFigures:
     rss_after_mb: float = 0.0
     rss_peak_mb: float = 0.0
     wall_s: float = 0.0
+    solo_s: float = 0.0  # one evaluation with the server otherwise idle (after the warm-up)
 
     def line(self) -> str:
         ok = len(self.latencies)
@@ -138,7 +139,7 @@ class HttpFigures:
                f"max {max(self.latencies):.2f} s" if ok else "no request completed")
         return (f"http public={'on' if self.public else 'off'}: {self.clients} clients x {self.requests} "
                 f"evaluations (fidelity {self.fidelity}) in {self.wall_s:.1f} s: {ok} ok, {len(self.errors)} errors; "
-                f"{lat}; server RSS idle {self.rss_idle_mb:.0f} MB, before {self.rss_before_mb:.0f} MB, "
+                f"{lat} (one alone: {self.solo_s:.2f} s); server RSS idle {self.rss_idle_mb:.0f} MB, before {self.rss_before_mb:.0f} MB, "
                 f"after {self.rss_after_mb:.0f} MB, peak {self.rss_peak_mb:.0f} MB")
 
 
@@ -157,8 +158,11 @@ def http_load(clients: int = 8, requests: int = 5, public: bool = False, fidelit
         fig.rss_idle_mb = rss_mb(proc.pid)
         warm = Client(url, verbose=False)
         warm.predict("demo", warm.predict("demo", api_name="/identity_plan"), fidelity, api_name="/evaluate")
+        plans = demo_plans(clients * requests + 1)
+        t0 = time.perf_counter()
+        warm.predict("demo", plans.pop(), fidelity, api_name="/evaluate")
+        fig.solo_s = time.perf_counter() - t0
         fig.rss_before_mb = fig.rss_peak_mb = rss_mb(proc.pid)
-        plans = demo_plans(clients * requests)
         conns = [Client(url, verbose=False) for _ in range(clients)]  # connected before the clock starts
         lock, go = threading.Lock(), threading.Barrier(clients + 1)
 
