@@ -44,12 +44,40 @@ def _progress(total: int | None, desc: str):
     return bar, on_trial
 
 
+def _log_dir(store) -> str:
+    return os.path.join(os.path.dirname(store.url.split("///")[-1]) or ".", "logs")
+
+
+def _check_slot(args, store) -> None:
+    """``--background`` obeys GPTAILOR_MAX_WORKERS, as the app does: with every worker slot taken (or
+    studies already waiting), refuse before anything is stored, unless ``--queue`` asks to wait in line."""
+    from .runs import StudyError, queue, reconcile, running, worker_cap
+
+    cap = worker_cap()
+    if not (args.background and cap) or args.queue:
+        return
+    reconcile(store)
+    busy, waiting = running(store), queue(store)
+    if len(busy) >= cap or waiting:
+        line = f" and {len(waiting)} wait in the queue" if waiting else ""
+        raise StudyError(f"{len(busy)} of {cap} worker slots are taken (GPTAILOR_MAX_WORKERS; running: studies "
+                         f"{', '.join(map(str, busy)) or '-'}){line}; wait for one to end, or add --queue to start "
+                         f"this one when a slot frees")
+
+
 def _run(args, store, study_id: int, total: int | None) -> int:
-    from .runs import launch, run_study
+    from .runs import QUEUED, launch_or_queue, queue, run_study, running, worker_cap
 
     if args.background:
-        proc = launch(store, study_id, log_dir=os.path.join(os.path.dirname(store.url.split("///")[-1]) or ".", "logs"))
-        print(f"study {study_id} started in the background (pid {proc.pid}); follow it with "
+        cap = worker_cap()
+        if launch_or_queue(store, study_id, cap, log_dir=_log_dir(store)) == QUEUED:
+            line = queue(store)
+            print(f"study {study_id} queued (#{line.index(study_id) + 1 if study_id in line else 1} in line): "
+                  f"{len(running(store))} of {cap} worker slots are taken (GPTAILOR_MAX_WORKERS); it starts when "
+                  f"one frees (started by the app, or by `python -m gptailor studies`)")
+            return 0
+        s = store.study(study_id)
+        print(f"study {study_id} started in the background (pid {s['worker_pid']}); follow it with "
               f"`python -m gptailor studies`")
         return 0
     done = len(store.trials(study_id))
@@ -105,6 +133,7 @@ def cmd_search(args, argv) -> int:
     if not args.background:
         _fixed_hash_seed(argv, args.seed)
     store = Store(args.db)
+    _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
 
@@ -116,6 +145,7 @@ def cmd_baseline(args, argv) -> int:
     from .store import Store
 
     store = Store(args.db)
+    _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), SearchSettings(seed=args.seed),
                        args.suite, args.name)
     return _run(args, store, sid, None)
@@ -132,6 +162,7 @@ def cmd_resume(args, argv) -> int:
     if s["status"] == "queued":
         raise StudyError(f"study {args.study} is queued in the app; it starts when a worker slot frees")
     seed = whole("seed", s["settings"].get("seed", 0))  # a stored seed the worker could not start with
+    _check_slot(args, store)
     if not args.background:
         _fixed_hash_seed(argv, seed)
     return _run(args, store, args.study, s["n_trials"] or None)
@@ -152,7 +183,7 @@ def cmd_cancel(args, argv) -> int:
 
 
 def cmd_studies(args, argv) -> int:
-    from .runs import QUEUED, phase_line, reconcile
+    from .runs import QUEUED, phase_line, reconcile, start_queued, worker_cap
     from .store import ACTIVE, Store, StoreError
 
     store = Store(args.db)
@@ -165,6 +196,7 @@ def cmd_studies(args, argv) -> int:
         print(f"study {sid} is now named {store.rename_study(sid, name)!r}")
         return 0
     reconcile(store)
+    start_queued(store, worker_cap(), log_dir=_log_dir(store))  # as the app's refresh: free slots take the queue
     rows = store.studies()
     if args.json:
         print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
@@ -214,7 +246,7 @@ def cmd_sweep(args, argv) -> int:
     from gptailor.search import SearchSettings
     from gptailor.space import Budget
 
-    from .runs import create_study, family_rows, front_table, launch_or_queue
+    from .runs import create_study, family_rows, front_table, launch_or_queue, worker_cap
     from .store import Store
 
     search = args.method in ("smac", "random")
@@ -229,7 +261,7 @@ def cmd_sweep(args, argv) -> int:
            for r in args.remove]  # every budget checked and stored before any runs
     for sid, r in zip(ids, args.remove):
         if args.background:
-            how = launch_or_queue(store, sid, int(os.environ.get("GPTAILOR_MAX_WORKERS", "0") or 0))
+            how = launch_or_queue(store, sid, worker_cap(), log_dir=_log_dir(store))
             print(f"study {sid} ({args.method}, {r} layers removed) {how} in the background")
         else:
             print(f"-- {r} layers removed (study {sid})")
@@ -280,6 +312,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             sp.add_argument("--name", default=None)
             sp.add_argument("--seed", type=arg("seed"), default=0)
         sp.add_argument("--background", action="store_true", help="run in a worker process and return")
+        sp.add_argument("--queue", action="store_true",
+                        help="with --background: when GPTAILOR_MAX_WORKERS studies run already, wait in the queue "
+                             "(started by the app or by `studies`) instead of being refused")
 
     sp = sub.add_parser("search", help="SMAC (or random) search for a plan under a budget, stored as a study")
     common(sp)

@@ -565,9 +565,32 @@ QUEUED = "queued"
 _QUEUE_LOCK = threading.Lock()  # one process's launches are counted one at a time
 
 
+def running(store: Store) -> list[int]:
+    """Ids of the studies holding a live worker right now (each one a process using CPU or GPU)."""
+    return [s["id"] for s in store.studies() if s["status"] in ACTIVE and worker_alive(s)]
+
+
 def _busy(store: Store) -> int:
-    """Studies holding a live worker right now (each one a process using CPU or GPU)."""
-    return sum(1 for s in store.studies() if s["status"] in ACTIVE and worker_alive(s))
+    return len(running(store))
+
+
+def worker_cap() -> int:
+    """Study workers that may run at once on this database (``GPTAILOR_MAX_WORKERS``; 0 = no cap).
+
+    Default 2 in public mode (``GPTAILOR_PUBLIC=1``), else no cap. The app and the CLI's
+    ``--background`` both obey it; further studies queue (``launch_or_queue``)."""
+    from .liveness import SettingError
+
+    raw = os.environ.get("GPTAILOR_MAX_WORKERS", "").strip()
+    if not raw:
+        return 2 if os.environ.get("GPTAILOR_PUBLIC", "").lower() in ("1", "true", "yes") else 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise SettingError(f"GPTAILOR_MAX_WORKERS must be a whole number >= 0, got {raw!r}")
+    return value
 
 
 def launch_or_queue(store: Store, study_id: int, max_workers: int = 0,
@@ -735,4 +758,4 @@ def terminate(pid: int) -> None:
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
            "wait", "compare", "compare_table", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
-           "withdraw", "QUEUED", "family_rows", "front_table"]
+           "withdraw", "QUEUED", "family_rows", "front_table", "running", "worker_cap"]

@@ -552,6 +552,13 @@ class Store:
                 raise StoreError(f"no study {study_id} is stored")
             return _study_dict(s, row)
 
+    def count_owned(self, owner: str, exclude_methods: tuple[str, ...] = ("manual",)) -> int:
+        """Studies whose settings name ``owner`` (the app session that started them), so a per-session
+        cap counts what is stored and survives an app restart."""
+        with self.session() as s:
+            rows = s.execute(select(StudyRow.settings).where(StudyRow.method.not_in(exclude_methods))).scalars()
+            return sum(1 for settings in rows if (settings or {}).get("owner") == owner)
+
     def studies(self) -> list[dict[str, Any]]:
         with self.session() as s:
             return [_study_dict(s, r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id)).all()]

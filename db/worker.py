@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             hf_logging.disable_progress_bar()
             from .runs import StudyError, run_study
 
+            recorded: list[int] = []  # this worker's own count, to check against the stored rows
             try:
-                status = run_study(store, args.study)
+                status = run_study(store, args.study, on_trial=lambda rec: recorded.append(rec.number))
             except StudyError as e:
                 print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
                 return 2
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         print(f"study {args.study}: stopped by a signal while starting", file=sys.stderr, flush=True)
         return 1
-    print(f"study {args.study}: {status}", flush=True)
+    print(f"study {args.study}: {status} ({len(recorded)} trials recorded by this worker)", flush=True)
     return 0 if status in ("finished", "cancelled") else 1
 
 

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,49 @@ def test_sweep_runs_one_study_per_budget_and_front_answers_how_small(spec, tmp_p
     assert "no study keeps 900%" in out
     bad = run("sweep", "-f", str(spec), "--db", db, "--remove", "0,2")
     assert bad.returncode == 2 and "distinct layer counts >= 1" in bad.stderr
+
+
+def test_background_searches_obey_the_worker_cap(spec, tmp_path, monkeypatch, capsys):
+    """GPTAILOR_MAX_WORKERS=1: a second --background search is refused (one line, exit 2, nothing stored),
+    --queue puts it in line with its place shown, and `studies` starts it once the slot frees."""
+    from db.runs import terminate
+    from db.store import Store
+    from gptailor.cli import main
+
+    def cli(*argv):
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    db = f"sqlite:///{tmp_path / 'cap.db'}"
+    monkeypatch.setenv("GPTAILOR_MAX_WORKERS", "1")
+    base = ["search", "--background", "-f", str(spec), "--db", db, "-r", "1", "--trials", "500"]
+    code, out, err = cli(*base)
+    assert code == 0 and "started in the background" in out, err
+    first = Store(db).studies()[0]
+    try:
+        code, out, err = cli(*base, "--seed", "1")
+        assert code == 2 and err.strip().splitlines() == [
+            f"error: 1 of 1 worker slots are taken (GPTAILOR_MAX_WORKERS; running: studies {first['id']}); wait "
+            f"for one to end, or add --queue to start this one when a slot frees"], err
+        assert [s["id"] for s in Store(db).studies()] == [first["id"]]  # nothing stored for the refusal
+        code, out, err = cli("baseline", "--background", "-m", "last_n", "-f", str(spec), "--db", db, "-r", "1",
+                             "--queue")
+        assert code == 0, err
+        second = Store(db).studies()[1]
+        assert out.startswith(f"study {second['id']} queued (#1 in line): 1 of 1 worker slots are taken"), out
+        assert second["status"] == "queued" and second["worker_pid"] is None
+        code, out, err = cli(*base, "--seed", "2")  # a study waits in line: the next one is refused too
+        assert code == 2 and "1 wait in the queue" in err
+        assert cli("studies", "--db", db)[0] == 0
+        assert Store(db).study(second["id"])["status"] == "queued"  # the slot is still taken
+    finally:
+        terminate(first["worker_pid"])
+    deadline = time.time() + 120
+    while Store(db).study(second["id"])["status"] == "queued":
+        assert time.time() < deadline, "the queued study never started"
+        time.sleep(1)
+        assert cli("studies", "--db", db)[0] == 0  # a reader fills the free slot
+    done = Store(db).study(second["id"])
+    assert done["status"] in ("created", "running", "finished") and done["worker_pid"]
+    terminate(done["worker_pid"])

@@ -1,15 +1,9 @@
 """The same migrations and liveness writes on a real PostgreSQL server, started for this module.
 
 Skipped where no PostgreSQL server binaries or no psycopg2 are installed."""
-import glob
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,58 +15,25 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from db.liveness import Owner  # noqa: E402
 from db.store import MIGRATIONS_DIR, SCHEMA_REVISION, Store, StoreError  # noqa: E402
+from bench.pgserver import PgUnavailable, new_database, pg_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bindir() -> str | None:
-    for d in [os.environ.get("PG_BINDIR", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
-        if d and os.path.exists(os.path.join(d, "initdb")):
-            return d
-    initdb = shutil.which("initdb")
-    return os.path.dirname(initdb) if initdb else None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A throwaway PostgreSQL cluster on a free port (run as the postgres user when we are root)."""
-    bindir = _bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb) installed")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
-            pytest.skip("running as root without a postgres user to start the server as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    d = Path(tempfile.mkdtemp(prefix="gptailor-pg-"))  # not under pytest's root-only folder
-    if as_user:
-        shutil.chown(d, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def server():
+    """A throwaway PostgreSQL cluster on a free port (bench/pgserver.py), or a skip saying why not."""
     try:
-        for cmd in ([f"{bindir}/initdb", "-D", f"{d}/data", "-A", "trust", "-U", "postgres"],
-                    [f"{bindir}/pg_ctl", "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-o",
-                     f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]):
-            res = subprocess.run([*as_user, *cmd], capture_output=True, text=True)
-            if res.returncode:
-                pytest.skip(f"cannot start a PostgreSQL server here: {(res.stderr or res.stdout).strip()[-300:]}")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", f"{d}/data", "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(d, ignore_errors=True)
+        with pg_server() as url:
+            yield url
+    except PgUnavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture
 def url(server):
     """A fresh database on the server for each test."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return f"{server}/{name}"
+    return new_database(server)
 
 
 def test_six_processes_create_a_fresh_database_at_once(url, tmp_path):

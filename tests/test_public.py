@@ -150,3 +150,52 @@ def test_in_public_mode_only_the_owner_or_an_operator_manages_a_study(monkeypatc
         check_owner({"id": 8, "settings": {}}, gr.Request(session_hash="visitor-a"), "resume")  # CLI-started
     monkeypatch.setenv("GPTAILOR_PUBLIC", "0")
     check_owner(study, gr.Request(session_hash="visitor-b"), "cancel")  # a private app trusts its user
+
+
+CAPS_SCRIPT = """
+import sys
+import gradio as gr
+from ui.guard import allowance
+from ui.engine import store
+
+def attempt(what, session, user=None):
+    try:
+        with allowance(what, gr.Request(session_hash=session, username=user)):
+            if what == "studies":
+                store().create_study(family_name="demo", family_source="demo", family_spec={}, family_info={},
+                                     method="random", budget={}, settings={"owner": session}, n_trials=1)
+        return "ok"
+    except gr.Error:
+        return "refused"
+
+for step in sys.argv[1:]:
+    print(attempt(*step.split(":")))
+"""
+
+
+def test_session_caps_are_stored_so_a_restart_resets_nothing(tmp_path):
+    """Two app processes in turn on one data dir (a restart): the second still refuses what the first
+    allowed up to the cap; studies are counted in the database, exports and uploads in a counts file."""
+    import json
+    import sqlite3
+
+    env = {**os.environ, "GPTAILOR_DATA_DIR": str(tmp_path), "GPTAILOR_PUBLIC": "1", "HF_HUB_OFFLINE": "1",
+           "GPTAILOR_SESSION_MAX_STUDIES": "2", "GPTAILOR_SESSION_MAX_EXPORTS": "2"}
+    env.pop("GPTAILOR_DB_URL", None)
+
+    def app(*steps):
+        r = subprocess.run([sys.executable, "-c", CAPS_SCRIPT, *steps], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.split()
+
+    assert app("studies:a", "studies:a", "studies:a", "exports:a", "exports:a", "exports:a") == \
+        ["ok", "ok", "refused", "ok", "ok", "refused"]
+    with sqlite3.connect(tmp_path / "gptailor.db") as c:  # the two studies, stored with their owner
+        assert c.execute("SELECT count(*) FROM studies WHERE settings LIKE '%\"owner\": \"a\"%'").fetchone() == (2,)
+    assert json.loads((tmp_path / "session_counts.json").read_text()) == {"exports": {"a": 2}}
+    # after the restart: session a is still at its caps; others (and an operator in session a) are not
+    assert app("studies:a", "exports:a", "uploads:a", "studies:b", "exports:b", "exports:a:op", "studies:a:op") == \
+        ["refused", "refused", "ok", "ok", "ok", "ok", "ok"]
+    assert json.loads((tmp_path / "session_counts.json").read_text()) == {"exports": {"a": 2, "b": 1},
+                                                                         "uploads": {"a": 1}}

@@ -60,8 +60,16 @@ def max_trials() -> int:
 
 
 def max_workers() -> int:
-    """Study workers running at once in all (GPTAILOR_MAX_WORKERS, 0 = no cap); more wait in a queue."""
-    return int(_env_number("GPTAILOR_MAX_WORKERS", 2, 0))
+    """Study workers running at once in all (GPTAILOR_MAX_WORKERS, 0 = no cap); more wait in a queue.
+
+    One rule for the app and the CLI's ``--background`` (``db.runs.worker_cap``)."""
+    from db.liveness import SettingError
+    from db.runs import worker_cap
+
+    try:
+        return worker_cap()
+    except SettingError as e:
+        raise ConfigError(str(e)) from None
 
 
 def session_cap(what: str) -> int:

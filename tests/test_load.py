@@ -1,0 +1,48 @@
+"""bench/load.py at a tiny size, so the load script cannot rot: a real app server under 2 clients, real
+SMAC workers with a reader on SQLite and (when a server can be started here) on PostgreSQL."""
+import numpy as np
+import pytest
+
+from bench.load import StudyFigures, http_load, percentile, postgres_load, sqlite_load
+
+
+def test_percentile_is_numpys_nearest_rank():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 17, 80):
+        xs = list(rng.exponential(size=n))
+        for q in (50, 95, 100):
+            assert percentile(xs, q) == np.percentile(xs, q, method="inverted_cdf")
+
+
+def test_lost_counts_trials_short_of_the_ask_or_of_what_a_worker_recorded():
+    fig = StudyFigures("sqlite", studies=2, n_trials=3, readers=1, stored={1: 3, 2: 2}, reported={1: 3, 2: 3})
+    assert fig.lost == 1
+    assert StudyFigures("x", 1, 3, 1, stored={1: 3}, reported={1: 4}).lost == 1  # recorded but not stored
+    assert StudyFigures("x", 1, 3, 1, stored={1: 3}, reported={1: 3}).lost == 0
+
+
+def test_two_clients_on_one_public_server():
+    fig = http_load(clients=2, requests=2, public=True, fidelity=4, timeout_s=240)
+    assert fig.errors == [] and len(fig.latencies) == 4, fig.errors
+    assert 0 < percentile(fig.latencies, 50) <= percentile(fig.latencies, 95) <= fig.wall_s + 1
+    assert 0 < fig.rss_idle_mb and 0 < fig.rss_before_mb <= fig.rss_peak_mb and fig.rss_after_mb <= fig.rss_peak_mb
+    assert "2 clients x 2 evaluations" in fig.line() and "0 errors" in fig.line()
+
+
+def _check_studies(fig: StudyFigures) -> None:
+    assert fig.skipped is None
+    assert fig.reader_errors == [] and fig.lock_errors == 0, fig.reader_errors
+    assert set(fig.statuses.values()) == {"finished"}, fig.statuses
+    assert list(fig.stored.values()) == [2, 2] and fig.reported == fig.stored  # each worker's own count
+    assert fig.lost == 0 and fig.duplicated == 0 and fig.failed_trials == 0 and fig.reads > 0
+
+
+def test_two_studies_and_a_reader_on_sqlite():
+    _check_studies(sqlite_load(studies=2, n_trials=2, readers=1, timeout_s=240))
+
+
+def test_two_studies_and_a_reader_on_postgresql():
+    fig = postgres_load(studies=2, n_trials=2, readers=1, timeout_s=240)
+    if fig.skipped:
+        pytest.skip(f"no PostgreSQL here: {fig.skipped}")
+    _check_studies(fig)
