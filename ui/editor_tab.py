@@ -13,7 +13,7 @@ from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export import ExportError, export
 from gptailor.limits import whole
-from gptailor.speed import short
+from gptailor.speed import INTERACTIVE, short
 from gptailor.paths import PathError, child
 from gptailor.progress import tick
 from gptailor.search import SearchSettings, TrialRecord
@@ -110,7 +110,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         t0 = time.perf_counter()
         with stoppable(request, progress):
             warm_references(ev)
-            res = ev.evaluate(plan, n, speed=True)
+            res = ev.evaluate(plan, n, speed=INTERACTIVE)
             base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),

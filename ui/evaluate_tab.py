@@ -5,7 +5,7 @@ import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
 from gptailor.limits import whole
-from gptailor.speed import short
+from gptailor.speed import INTERACTIVE, short
 
 from .engine import ENGINE, check_fidelity, gpu, public_mode, warm_references
 from .guard import refuse
@@ -29,7 +29,7 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
         progress(0.1, desc="stitching and scoring")
         with stoppable(request, progress):
             warm_references(ev)
-            res = ev.evaluate(plan, n, speed=True)
+            res = ev.evaluate(plan, n, speed=INTERACTIVE)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
     rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,
