@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,7 +30,9 @@ def _lost() -> None:
     """The study was declared dead or taken over while this worker was busy: stop now."""
     print("this worker no longer owns its study (no heartbeat reached the database in time, or another "
           "worker took it over); stopping", file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGTERM)
+    # To the main thread itself: a process-wide kill from this (heartbeat) thread is usually delivered to
+    # this thread, and the main thread's blocking call (a sleep, a read) would only notice when it returns.
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
