@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,20 +28,11 @@ from gptailor.demo import write_lm_eval_tasks  # noqa: E402
 from gptailor.lm_eval_tasks import run_lm_eval, tasks_from_lm_eval  # noqa: E402
 from gptailor.stitch import Stitcher  # noqa: E402
 from gptailor.tasks import Suite  # noqa: E402
+from bench.timing import timed  # noqa: E402
 
 PLANS = {"math-heavy": "0:math 1:math 2:math 3:math 4:drop 5:math 6:math 7:math",
          "facts-heavy": "0:facts 1:facts 2:facts 3:strings 4:facts 5:facts 6:facts 7:drop"}
 METRIC = {"demo_facts": "acc_norm", "demo_math": "exact_match"}
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    fn()
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 ev.task_metrics(model, task)  # cold: tokenizes and pads once
                 cold = time.perf_counter() - t
-                warm, ours = median_time(lambda: ev.task_metrics(model, task), args.repeats)
-                theirs_s, run = median_time(lambda: run_lm_eval(model, fam.tokenizer, [task.name], include_path=inc,
+                warm, ours = timed(lambda: ev.task_metrics(model, task), args.repeats)
+                theirs_s, run = timed(lambda: run_lm_eval(model, fam.tokenizer, [task.name], include_path=inc,
                                                                 batch_size=args.batch_size), args.repeats)
                 m, n = METRIC[task.name], len(task)
                 theirs = run.metrics[task.name][m]

@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from bench.timing import pure_forward, timed  # noqa: E402
+
 hf_logging.disable_progress_bar()
 
 GiB = 2 ** 30
@@ -123,12 +125,10 @@ def random_plans(fam, k: int, seed: int = 0):
 
 # ----------------------------------------------------------------------------- pieces
 def open_family(path: str, dtype: str, cache_mb: float | None):
-    from gptailor import Family, Evaluator, load_suite
-    from gptailor.evaluate import References
+    from gptailor import Evaluator, Family, load_suite
 
     fam = Family.from_spec(path, dtype=dtype, cache_mb=cache_mb)
-    ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
-    return fam, ev, References
+    return fam, Evaluator(fam, load_suite(fam.spec.suite_path()))
 
 
 def cheap_references(ev, fidelity: int):
@@ -159,12 +159,6 @@ def new_store(folder: Path, fam):
     return store, sid
 
 
-@torch.inference_mode()
-def pure_forward(model, batches) -> None:
-    for b in batches:
-        model(**b.model_inputs(model.dtype), use_cache=False)  # the very inputs the scorer feeds
-
-
 def member_bytes(fam, member: str = "base") -> int:
     ck = fam.checkpoints[member]
     return sum(ck.numel([n]) * torch.tensor([], dtype=ck.dtype(n)).element_size() for n in ck.headers)
@@ -180,13 +174,13 @@ def phase_trials(args) -> dict:
 
     before = _status()
     with PeakSampler() as ps:
-        fam, ev, _ = open_family(args.family, args.dtype, args.cache_mb)
+        fam, ev = open_family(args.family, args.dtype, args.cache_mb)
         refs = cheap_references(ev, args.fidelity)
         with tempfile.TemporaryDirectory() as d:
             store, sid = new_store(Path(d), fam)
             times = [trial(ev, store, sid, i, p, args.fidelity, refs)
                      for i, p in enumerate(random_plans(fam, args.trials, args.seed))]
-            store.engine.dispose() if hasattr(store, "engine") else None
+            store.engine.dispose()
     return {"peak": ps.peak, "start": before, "trial_s": times, "cache_budget": fam.cache.max_bytes,
             "member_bytes": member_bytes(fam), "cache_source": fam.cache_source,
             "family_bytes": sum(member_bytes(fam, m) for m in fam.member_names)}
@@ -282,13 +276,6 @@ def run_child(phase: str, args, limit_bytes: int | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- costs (this process)
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def costs(args) -> list[dict]:
@@ -296,7 +283,7 @@ def costs(args) -> list[dict]:
 
     from gptailor.export import mergekit_yaml
 
-    fam, ev, _ = open_family(args.family, args.dtype, args.cache_mb)
+    fam, ev = open_family(args.family, args.dtype, args.cache_mb)
     refs = cheap_references(ev, args.fidelity)
     rows, numbers = [], itertools.count(10_000)
     with tempfile.TemporaryDirectory(dir=args.tmp) as d:
@@ -306,7 +293,7 @@ def costs(args) -> list[dict]:
             t = time.perf_counter()
             model = ev.stitcher.build(plan)
             stitch_cold = time.perf_counter() - t
-            stitch_warm = median_time(lambda: ev.stitcher.build(plan), args.repeats)
+            stitch_warm, _ = timed(lambda: ev.stitcher.build(plan), args.repeats, warmup=False)
             t = time.perf_counter()
             store.record_trial(sid, {"number": next(numbers), "plan": plan.to_dict(), "plan_text": plan.to_text(),
                                      "fidelity": args.fidelity, "result": None, "status": "complete"})
@@ -316,9 +303,9 @@ def costs(args) -> list[dict]:
             # Interleaved, so that load from other processes hits both sides alike; medians.
             fwds, wholes, scores = [], [], []
             for _ in range(args.repeats):
-                fwds.append(median_time(lambda: pure_forward(model, batches), 1))
-                wholes.append(median_time(lambda: trial(ev, store, sid, next(numbers), plan, args.fidelity, refs), 1))
-                scores.append(median_time(lambda: ev.score_model(model, args.fidelity, "search"), 1))
+                fwds.append(timed(lambda: pure_forward(model, batches), 1, warmup=False)[0])
+                wholes.append(timed(lambda: trial(ev, store, sid, next(numbers), plan, args.fidelity, refs), 1, warmup=False)[0])
+                scores.append(timed(lambda: ev.score_model(model, args.fidelity, "search"), 1, warmup=False)[0])
             fwd, whole, score = (statistics.median(x) for x in (fwds, wholes, scores))
 
             def naive_write_reload(write) -> tuple[float, float]:
@@ -326,7 +313,6 @@ def costs(args) -> list[dict]:
                 shutil.rmtree(out, ignore_errors=True)
                 t0 = time.perf_counter()
                 write(out)
-                t1 = time.perf_counter()
                 m = AutoModelForCausalLM.from_pretrained(out, dtype=fam.dtype).eval()
                 t2 = time.perf_counter()
                 ev.score_model(m, args.fidelity, "search")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.stitch import Stitcher  # noqa: E402
+from bench.timing import pure_forward, timed  # noqa: E402
 
 
 def plans_for(fam: Family) -> dict[str, Plan]:
@@ -41,23 +41,6 @@ def plans_for(fam: Family) -> dict[str, Plan]:
             for i in range(n)]
     return {"pick-only": Plan.from_text(" ".join(pick)), "linear merges": Plan.from_text(" ".join(merge)),
             "ties merges": Plan.from_text(" ".join(ties))}
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median of ``repeats`` timed calls, after one untimed warm-up call."""
-    fn()
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
-
-
-@torch.inference_mode()
-def pure_forward(model, batches) -> None:
-    for b in batches:
-        model(**b.model_inputs(model.dtype), use_cache=False)  # no KV cache: a fair forward; packed choices as scored
 
 
 def main() -> int:
