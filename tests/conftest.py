@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,3 +88,13 @@ def tiny_family(tiny_spec):
     from gptailor.family import Family
 
     return Family.from_spec(tiny_spec)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # Debian's package (.ci/run installs it)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def launch_chromium(playwright):
+    """The system Chromium, headless and offline-quiet, as every browser test drives it."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -1,7 +1,6 @@
 """The real app in a real server process, driven through gradio_client and a real browser."""
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import CHROMIUM, launch_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "output"
@@ -147,7 +148,6 @@ def test_manual_evaluation_and_export(client):
     assert str(archive).endswith(".zip") and Path(archive).stat().st_size > 10_000 and "Saved" in saved
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
@@ -157,9 +157,7 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
     url, _ = server
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(url, wait_until="networkidle")
         page.get_by_role("tab", name="Search").click()
@@ -481,9 +479,7 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
     url, _ = server
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(url, wait_until="networkidle")
         # an error replaces the last result instead of leaving it on the page

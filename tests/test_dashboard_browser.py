@@ -9,7 +9,8 @@ import random
 import pytest
 
 from gptailor import Plan
-from test_app import CHROMIUM, OUT, start_app, stop_app
+from conftest import CHROMIUM, launch_chromium
+from test_app import OUT, start_app, stop_app
 
 MEMBERS = ["base", "math", "strings", "facts"]
 INFO = {"n_layers": 8, "members": {m: m for m in MEMBERS}}
@@ -62,9 +63,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
     url, ids = dash
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url, wait_until="networkidle")
         page.get_by_role("tab", name="Dashboard").click()
