@@ -419,11 +419,17 @@ class LmEvalReport:
                      + ", ".join(f"{t} {v}" for t, v in n.items()) + " (value ± stderr)")
         return "\n".join(lines)
 
+    def grid(self) -> tuple[list[str], list[list[str]]]:
+        """Headers and rows (one per model; cells 'value ± stderr'): the model card's and the app's table."""
+        cols = self._cells()
+        return (["model", *(f"{t} {m}" for t, m in cols)],
+                [[label, *(self._cell(label, t, m) for t, m in cols)] for label in self.rows])
+
     def markdown(self) -> str:
         """The model card's table."""
-        cols = self._cells()
-        lines = ["| model | " + " | ".join(f"{t} {m}" for t, m in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        lines += [f"| {label} | " + " | ".join(self._cell(label, t, m) for t, m in cols) + " |" for label in self.rows]
+        head, rows = self.grid()
+        lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
 
 

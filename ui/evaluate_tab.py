@@ -65,11 +65,10 @@ def lm_eval_tab(family: str, plan_text: str, tasks: str, limit: float | None, in
             rep = lm_eval_report(fam, plan, names, n, (include or "").strip() or None, stitcher=session.stitcher)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
-    cols = rep._cells()
-    rows = [[label, *[rep._cell(label, t, m) for t, m in cols]] for label in rep.rows]
+    headers, rows = rep.grid()
     note = (f"lm-eval, zero-shot, {n or 'all'} docs per task; value ± stderr; `plan` is the stitched model, the "
             f"other rows the family members")
-    return note, gr.Dataframe(value=rows, headers=["model", *[f"{t} {m}" for t, m in cols]])
+    return note, gr.Dataframe(value=rows, headers=headers)
 
 
 def identity_plan(family: str) -> str:
