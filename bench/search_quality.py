@@ -14,6 +14,8 @@ As a reviewer expects it, in one run:
 
     PYTHONHASHSEED=0 python bench/search_quality.py [--trials 200] [--seeds 0,1,2] [--methods smac,random]
     PYTHONHASHSEED=0 python bench/search_quality.py --methods smac,random,smac-noseed,random-noseed
+    PYTHONHASHSEED=0 python bench/search_quality.py --family data/builtin/smol --remove 1,2,4,8 --trials 24
+      (one budget per count, then retention vs size as a front per method, and "how small keeps 95%?")
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from db.runs import _heuristic_removals, compare, create_study, engine_key, run_study  # noqa: E402
+from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.search import SearchSettings  # noqa: E402
@@ -62,10 +64,118 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     row = compare(store, [sid], evaluators={engine_key(store.study(sid)): ev})[0]
     evals = [x for x in trials if not x["cached"]]
     eval_s = sum((x["stitch_s"] or 0) + (x["score_s"] or 0) for x in evals)
-    if kind in ("smac", "random") and variant != "noseed":  # the heuristic seeds are computed inside run_study: not the optimizer's
-        wall -= args.heuristic_s
     return {"method": method, "seed": seed, "row": row, "wall": wall, "eval_s": eval_s, "n": len(trials),
             "scored": len(evals), "search_best": store.study(sid)["best_retention"]}
+
+
+def sampling_se(rows: list, tasks: list[str], suite, test_refs, definition: str) -> float:
+    """Standard error of a row's mean retention from the finite test split (binomial per accuracy task)."""
+    kinds = {t.name: t.kind for t in suite}
+    var = 0.0
+    for t in tasks:
+        ref = test_refs.reference(definition, t).value
+        if kinds[t] == "perplexity" or ref <= 0:
+            continue
+        p = statistics.fmean([r.scores[t] for r in rows])
+        n_t = next(x for x in suite if x.name == t).split_size("test")
+        var += (p * (1 - p) / max(1, n_t - 1)) / ref ** 2
+    return math.sqrt(var) / len(tasks)
+
+
+def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], workdir: Path, definition: str,
+               test_refs) -> dict[str, dict]:
+    """Every method at one budget: the per-budget table, the verdicts, the overhead; returns a summary."""
+    fam, suite = ev.family, ev.suite
+    n = budget.n_remove(fam)
+    bdir = workdir / f"remove{n}"
+    bdir.mkdir(exist_ok=True)
+    t0 = time.perf_counter()  # the studies below read these from the cache beside their SQLite files
+    precompute(Store(f"sqlite:///{bdir / 'heuristics.db'}")).heuristic_removals(fam, n, suite, ev.stitcher)
+    args.heuristic_s = time.perf_counter() - t0
+    print(f"\n=== removing {n} of {fam.n_layers} layers ({100 * n / fam.n_layers:.1f}%); heuristic seeds "
+          f"{args.heuristic_s:.1f}s (bounded: one base forward + at most 8 LaCo candidates; cached afterwards)",
+          flush=True)
+    runs: list[dict] = []
+    for method in methods:
+        for seed in seeds:
+            r = run_one(args, ev, budget, method, seed, bdir)
+            runs.append(r)
+            print(f"  {method:<8} seed {seed}: test {100 * r['row'].retention:.1f}%  (search-split best "
+                  f"{100 * (r['search_best'] or 0):.1f}%), {r['n']} trials ({r['scored']} scored) in {r['wall']:.0f}s",
+                  flush=True)
+    t_h = time.perf_counter()
+    for h in HEURISTICS:
+        runs.append(run_one(args, ev, budget, h, 0, bdir))
+    heur_s = time.perf_counter() - t_h
+
+    print(f"held-out test split, {definition} retention (best plan of each study re-scored on the whole "
+          f"test split); mean +- sd [95% interval] over seeds")
+    tasks = list(runs[0]["row"].scores)
+    print(f"{'method':<14}{'seeds':>6}{'retention':>12}{'sd':>7}{'95% CI':>17}"
+          + "".join(f"{t[:10]:>11}" for t in tasks) + f"{'base-def.':>10}  best plan (first seed)")
+    summary: dict[str, dict] = {}
+    for method in [*methods, *HEURISTICS]:
+        rs = [r for r in runs if r["method"] == method]
+        vals = [r["row"].retention for r in rs]
+        m, sd, hw = interval(vals)
+        summary[method] = {"mean": m, "sd": sd, "hw": hw, "vals": vals, "rows": [r["row"] for r in rs]}
+        per_task = [statistics.fmean([(r["row"].task_retention.get(t) or 0) for r in rs]) for t in tasks]
+        base_def = statistics.fmean([(r["row"].retentions or {}).get("base", 0) for r in rs])
+        print(f"{method:<14}{len(rs):>6}{100 * m:>11.1f}%{100 * sd:>6.1f}"
+              f"{f'[{100 * (m - hw):.1f}, {100 * (m + hw):.1f}]':>17}"
+              + "".join(f"{100 * v:>10.1f}%" for v in per_task) + f"{100 * base_def:>9.1f}%  {rs[0]['row'].plan}")
+    for s_ in summary.values():
+        s_["se"] = sampling_se(s_["rows"], tasks, suite, test_refs, definition)
+
+    print("differences: larger than the noise only when |difference| > 1.96 x the combined noise of the two rows "
+          "(seed spread and the test split's sampling error)")
+    for method in methods:
+        a = summary[method]
+        for other in [x for x in [*methods, *HEURISTICS] if x != method]:
+            b = summary[other]
+            noise = math.sqrt(a["sd"] ** 2 / len(a["vals"]) + b["sd"] ** 2 / len(b["vals"]) + a["se"] ** 2
+                              + b["se"] ** 2)
+            verdict = "larger than the noise" if abs(a["mean"] - b["mean"]) > 1.96 * noise else "within the noise"
+            print(f"  {method} - {other}: {100 * (a['mean'] - b['mean']):+.1f} pts (noise sd {100 * noise:.1f})  "
+                  f"{verdict}")
+    print("optimizer overhead per trial (wall time minus evaluation; references and heuristics excluded)")
+    for method in methods:
+        rs = [r for r in runs if r["method"] == method]
+        over = [(r["wall"] - r["eval_s"]) / r["n"] for r in rs]
+        ev_per = [r["eval_s"] / max(1, r["scored"]) for r in rs]
+        print(f"  {method:<8} {1e3 * statistics.fmean(over):.0f} ms overhead vs {1e3 * statistics.fmean(ev_per):.0f} ms "
+              f"per scored trial; repeats served from the cache: "
+              f"{sum(r['n'] - r['scored'] for r in rs)} of {sum(r['n'] for r in rs)} trials")
+    print(f"  all heuristic baselines at this budget: {heur_s:.1f}s", flush=True)
+    return summary
+
+
+def print_fronts(fronts: dict[int, dict[str, dict]], methods: list[str], n_layers: int, keep: float) -> None:
+    """Retention (test split) against layers removed, one row per method: the front each method traces."""
+    budgets = sorted(fronts)
+    print(f"\n=== retention vs size per method (test split, mean +- sd over seeds; {n_layers} layers)")
+    print(f"{'method':<14}" + "".join(f"{f'-{n} ({100 * n / n_layers:.0f}%)':>18}" for n in budgets))
+    for method in [*methods, *HEURISTICS]:
+        cells = [f"{100 * fronts[n][method]['mean']:.1f} +- {100 * fronts[n][method]['sd']:.1f}" for n in budgets]
+        print(f"{method:<14}" + "".join(f"{c:>18}" for c in cells))
+    print(f"smallest size keeping >= {100 * keep:.0f}% (family's best per task), per method:")
+    for method in [*methods, *HEURISTICS]:
+        ok = [n for n in budgets if fronts[n][method]["mean"] >= keep]
+        print(f"  {method:<12} " + (f"{max(ok)} of {n_layers} layers removed" if ok else "none of the budgets tried"))
+    print("does each search's front dominate every other method's by more than the noise, at every budget?")
+    for method in methods:
+        verdicts = []
+        for n in budgets:
+            a = fronts[n][method]
+            worse = []
+            for other in [x for x in [*methods, *HEURISTICS] if x != method]:
+                b = fronts[n][other]
+                noise = math.sqrt(a["sd"] ** 2 / len(a["vals"]) + b["sd"] ** 2 / len(b["vals"]) + a["se"] ** 2
+                                  + b["se"] ** 2)
+                if a["mean"] - b["mean"] <= 1.96 * noise:
+                    worse.append(other)
+            verdicts.append(f"-{n}: " + ("yes" if not worse else "no (not above " + ", ".join(worse) + ")"))
+        print(f"  {method:<8} " + "; ".join(verdicts))
 
 
 def main() -> int:
@@ -77,6 +187,10 @@ def main() -> int:
                     help="searches to run with every seed: smac, random, and smac-noseed / random-noseed (without "
                          "the heuristic plans in the initial design: seeds then vary the whole run)")
     ap.add_argument("--remove-fraction", type=float, default=0.25)
+    ap.add_argument("--remove", default=None,
+                    help="layers to remove, comma-separated (1,2,4,8): one budget each, and a retention-vs-size "
+                         "front per method at the end (overrides --remove-fraction)")
+    ap.add_argument("--keep", type=float, default=0.95, help="with --remove: the retention to ask 'how small?' for")
     ap.add_argument("--min-fidelity", type=int, default=10)
     ap.add_argument("--retention", default="auto", choices=("auto", "family", "base"))
     args = ap.parse_args()
@@ -85,91 +199,31 @@ def main() -> int:
 
     fam = Family.from_spec(args.family)
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
-    budget = Budget(remove_fraction=args.remove_fraction)
-    n = budget.n_remove(fam)
+    budgets = [Budget(remove_layers=int(x)) for x in args.remove.split(",")] if args.remove \
+        else [Budget(remove_fraction=args.remove_fraction)]
+    methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="gptailor-bench-"))
     t0 = time.perf_counter()
     refs = ev.references("search")
     ref_s = time.perf_counter() - t0
     definition = refs.default_definition() if args.retention == "auto" else args.retention
-    t0 = time.perf_counter()
-    _heuristic_removals(ev, budget)
-    args.heuristic_s = time.perf_counter() - t0
     suite = ev.suite
-    print(f"family {fam.name}: {fam.n_layers} layers, removing {n}; {args.trials} trials per search, seeds {seeds}; "
-          f"suite {suite.name}: search split {suite.split_fidelity('search')} / test split "
-          f"{suite.split_fidelity('test')} examples per task; retention definition {definition}; "
+    print(f"family {fam.name}: {fam.n_layers} layers, removing {[b.n_remove(fam) for b in budgets]}; {args.trials} "
+          f"trials per search, seeds {seeds}; suite {suite.name}: search split {suite.split_fidelity('search')} / "
+          f"test split {suite.split_fidelity('test')} examples per task; retention definition {definition}; "
           f"one SQLite file per study under {workdir}; references (every member, search split) {ref_s:.1f}s")
     base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), None, split="test", definition=definition)
     print("base on the test split: " + ", ".join(
         f"{t} {v:.3f} (stderr {base.details[t].get('stderr', 0):.3f})" for t, v in base.scores.items())
-        + f"; retention {100 * base.retention:.1f}% ({definition})")
-
-    runs: list[dict] = []
-    for method in args.methods.split(","):
-        for seed in seeds:
-            r = run_one(args, ev, budget, method, seed, workdir)
-            runs.append(r)
-            print(f"  {method:<8} seed {seed}: test {100 * r['row'].retention:.1f}%  (search-split best "
-                  f"{100 * (r['search_best'] or 0):.1f}%), {r['n']} trials ({r['scored']} scored) in {r['wall']:.0f}s",
-                  flush=True)
-    t_h = time.perf_counter()
-    for h in HEURISTICS:
-        runs.append(run_one(args, ev, budget, h, 0, workdir))
-    heur_s = time.perf_counter() - t_h
-
-    print(f"\nheld-out test split, {definition} retention (best plan of each study re-scored on the whole "
-          f"test split); mean +- sd [95% interval] over seeds")
-    tasks = list(runs[0]["row"].scores)
-    print(f"{'method':<12}{'seeds':>6}{'retention':>12}{'sd':>7}{'95% CI':>17}" + "".join(f"{t[:10]:>11}" for t in tasks)
-          + f"{'base-def.':>10}")
-    summary = {}
-    for method in [*args.methods.split(","), *HEURISTICS]:
-        rs = [r for r in runs if r["method"] == method]
-        vals = [r["row"].retention for r in rs]
-        m, sd, hw = interval(vals)
-        summary[method] = (m, sd, hw, vals)
-        per_task = [statistics.fmean([(r["row"].task_retention.get(t) or 0) for r in rs]) for t in tasks]
-        base_def = statistics.fmean([(r["row"].retentions or {}).get("base", 0) for r in rs])
-        print(f"{method:<12}{len(rs):>6}{100 * m:>11.1f}%{100 * sd:>6.1f}"
-              f"{f'[{100 * (m - hw):.1f}, {100 * (m + hw):.1f}]':>17}"
-              + "".join(f"{100 * v:>10.1f}%" for v in per_task) + f"{100 * base_def:>9.1f}%")
+        + f"; retention {100 * base.retention:.1f}% ({definition})", flush=True)
     test_refs = ev.references("test")
-    kinds = {t.name: t.kind for t in suite}
-
-    def sampling_se(method: str) -> float:
-        """Standard error of a row's mean retention from the finite test split (binomial per accuracy task)."""
-        rs = [r["row"] for r in runs if r["method"] == method]
-        var = 0.0
-        for t in tasks:
-            ref = test_refs.reference(definition, t).value
-            if kinds[t] == "perplexity" or ref <= 0:
-                continue
-            p = statistics.fmean([r.scores[t] for r in rs])
-            n_t = next(x for x in suite if x.name == t).split_size("test")
-            var += (p * (1 - p) / max(1, n_t - 1)) / ref ** 2
-        return math.sqrt(var) / len(tasks)
-
-    print("\ndifferences: larger than the noise only when |difference| > 1.96 x the combined noise of the two rows "
-          "(seed spread and the test split's sampling error)")
-    for method in args.methods.split(","):
-        m, sd, _, vals = summary[method]
-        for other in [x for x in [*args.methods.split(","), *HEURISTICS] if x != method]:
-            m2, sd2, _, vals2 = summary[other]
-            noise = math.sqrt(sd ** 2 / len(vals) + sd2 ** 2 / len(vals2) + sampling_se(method) ** 2
-                              + sampling_se(other) ** 2)
-            verdict = "larger than the noise" if abs(m - m2) > 1.96 * noise else "within the noise"
-            print(f"  {method} - {other}: {100 * (m - m2):+.1f} pts (noise sd {100 * noise:.1f})  {verdict}")
-    print("\noptimizer overhead per trial (wall time minus evaluation; references and heuristics excluded)")
-    for method in args.methods.split(","):
-        rs = [r for r in runs if r["method"] == method]
-        over = [(r["wall"] - r["eval_s"]) / r["n"] for r in rs]
-        ev_per = [r["eval_s"] / max(1, r["scored"]) for r in rs]
-        print(f"  {method:<8} {1e3 * statistics.fmean(over):.0f} ms overhead vs {1e3 * statistics.fmean(ev_per):.0f} ms "
-              f"per scored trial; repeats served from the cache: "
-              f"{sum(r['n'] - r['scored'] for r in rs)} of {sum(r['n'] for r in rs)} trials")
-    print(f"  references (once per study, not overhead): {ref_s:.1f}s; all heuristic baselines: {heur_s:.1f}s")
+    ev.use_references(refs)
+    fronts = {b.n_remove(fam): run_budget(args, ev, b, methods, seeds, workdir, definition, test_refs)
+              for b in budgets}
+    if len(fronts) > 1:
+        print_fronts(fronts, methods, fam.n_layers, args.keep)
+    print(f"\nreferences (once, not overhead): {ref_s:.1f}s")
     return 0
 
 

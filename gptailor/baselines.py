@@ -7,7 +7,8 @@
   the n-block starting at the argmin;
 - ``laco``:     LaCo-style layer collapse: layers l..l+n become one, theta_l + sum_k (theta_{l+k} - theta_l)
   (a task-arithmetic merge of ``member@j`` sources); the block whose collapsed model keeps the last
-  hidden state closest (cosine) to the full model's on the calibration set wins;
+  hidden state closest (cosine) to the full model's on the calibration set wins; at most
+  ``LACO_CANDIDATES`` blocks are collapsed and run, the ones ranked most similar by the angular distance;
 - ``best_single``: the best of the above applied to each member alone (does cross-model stitching
   beat pruning the best single model?).
 
@@ -154,16 +155,42 @@ def laco_plan_at(family: Family, n: int, start: int) -> Plan:
     return Plan(tuple(ops), family.name)
 
 
-def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | None = None) -> Plan:
-    """LaCo-style: try every block (never the final layer) and keep the collapse closest to the full model."""
+LACO_CANDIDATES = 8  # collapsed models LaCo builds and runs: the rest are ranked out by one forward
+
+
+def base_states(family: Family, texts: list[str], member: str = "base",
+                stitcher: Stitcher | None = None) -> LayerStates:
+    """One forward of ``member`` with hooks: what ShortGPT, angular and LaCo's ranking all read."""
+    model = (stitcher or Stitcher(family)).build(Plan.identity(family.n_layers, member, family.name))
+    return layer_states(model, family.tokenizer, texts)
+
+
+def laco_candidates(states: LayerStates, n: int, limit: int = LACO_CANDIDATES) -> list[int]:
+    """Block starts LaCo tries, at most ``limit``: every start (never the final layer) when few, else
+    the ``limit`` whose dropped layers ``start+1..start+n`` change the last-token state least (the
+    angular distance d(start+1, start+1+n), from the one forward already made). Bounds LaCo's cost
+    at ``limit`` stitched forwards instead of one per layer (27 on a 30-layer model)."""
+    L = len(states.last_inputs) - 1
+    starts = list(range(0, L - n - 1))
+    if len(starts) <= limit:
+        return starts
+    d = angular_distance(states, n)
+    return sorted(sorted(starts, key=lambda s: (d[s + 1], -s))[:limit])
+
+
+def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | None = None,
+              states: LayerStates | None = None, limit: int = LACO_CANDIDATES) -> Plan:
+    """LaCo-style: collapse each candidate block and keep the one whose last hidden state is closest
+    (cosine) to the full model's; at most ``limit`` candidates (``laco_candidates``)."""
     member = "base"
     if n == 0:
         return Plan.identity(family.n_layers, member, family.name)
     st = stitcher or Stitcher(family)
-    L = family.n_layers
-    full = layer_states(st.build(Plan.identity(L, member, family.name)), family.tokenizer, texts).last_inputs[-1]
+    states = states or base_states(family, texts, member, st)
+    full = states.last_inputs[-1]
     best, best_sim = None, -2.0
-    for start in range(0, L - n - 1):
+    for start in laco_candidates(states, n, limit):
+        tick()
         plan = laco_plan_at(family, n, start)
         out = layer_states(st.build(plan), family.tokenizer, texts).last_inputs[-1]
         sim = float(torch.nn.functional.cosine_similarity(out, full, dim=-1).mean())
@@ -173,18 +200,18 @@ def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | Non
 
 
 def heuristic_plan(name: str, family: Family, n: int, texts: list[str], member: str = "base",
-                   stitcher: Stitcher | None = None) -> Plan:
-    """One heuristic's plan for ``member`` (its own model) removing ``n`` layers."""
+                   stitcher: Stitcher | None = None, states: LayerStates | None = None) -> Plan:
+    """One heuristic's plan for ``member`` (its own model) removing ``n`` layers; ``states`` (the
+    member's ``base_states`` on ``texts``) saves the forward when several heuristics share it."""
     if name == "last_n":
         return last_n_plan(family, n, member)
-    if name == "laco":
-        if member != "base":
-            raise ValueError("the LaCo collapse is defined for the base model only")
-        return laco_plan(family, n, texts, stitcher)
     if name not in HEURISTICS:
         raise ValueError(f"unknown baseline {name!r}; use one of {', '.join(HEURISTICS)}")
-    model = (stitcher or Stitcher(family)).build(Plan.identity(family.n_layers, member, family.name))
-    states = layer_states(model, family.tokenizer, texts)
+    if name == "laco" and member != "base":
+        raise ValueError("the LaCo collapse is defined for the base model only")
+    states = states or base_states(family, texts, member, stitcher)
+    if name == "laco":
+        return laco_plan(family, n, texts, stitcher, states)
     return (shortgpt_plan if name == "shortgpt" else angular_plan)(family, n, states, member)
 
 

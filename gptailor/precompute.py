@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .baselines import HEURISTICS, calibration_texts, heuristic_plan
+from .baselines import HEURISTICS, LACO_CANDIDATES, LayerStates, base_states, calibration_texts, heuristic_plan
 from .evaluate import Evaluator, References
 from .family import Family
 from .paths import inside, safe_name
@@ -114,32 +114,45 @@ class Precompute:
     # -- heuristics ---------------------------------------------------------------------
     def heuristic_plan(self, name: str, family: Family, n: int, suite: Suite, member: str = "base",
                        stitcher: Stitcher | None = None, texts: list[str] | None = None,
-                       on_compute: Callable[[], None] | None = None) -> tuple[Plan, bool]:
+                       on_compute: Callable[[], None] | None = None,
+                       states: Callable[[], LayerStates] | None = None) -> tuple[Plan, bool]:
         """One heuristic's plan (``baselines.heuristic_plan``) on the suite's calibration texts, and whether
-        it came from the cache; ``on_compute`` is called only when it has to be computed."""
+        it came from the cache; ``on_compute`` is called only when it has to be computed; ``states``
+        hands out the member's hidden-state statistics when several heuristics share one forward."""
         texts = texts if texts is not None else calibration_texts(suite)
         key = {"family": family_fingerprint(family), "texts": _digest(texts), "heuristic": name, "member": member,
                "n": n}
+        if name == "laco":  # a different bound is a different algorithm: never serve the other's plan
+            key["candidates"] = LACO_CANDIDATES
         hit = self.get("heuristic", family, key) if name != "last_n" else None
         if hit is not None:
             return Plan.from_dict(hit), True
         if on_compute is not None and name != "last_n":
             on_compute()
-        plan = heuristic_plan(name, family, n, texts, member=member, stitcher=stitcher)
+        plan = heuristic_plan(name, family, n, texts, member=member, stitcher=stitcher,
+                              states=states() if states is not None and name != "last_n" else None)
         if name != "last_n":  # last_n needs no statistics: nothing to save
             self.put("heuristic", family, key, plan.to_dict())
         return plan, name == "last_n"
 
     def heuristic_removals(self, family: Family, n: int, suite: Suite, stitcher: Stitcher | None = None,
                            on_phase: OnPhase = quiet) -> dict[str, list[int]]:
-        """The positions each heuristic removes (the search's seeded initial design)."""
+        """The positions each heuristic removes (the search's seeded initial design). The base runs
+        forward once for all of them (LaCo then runs at most ``LACO_CANDIDATES`` collapsed models)."""
         texts = calibration_texts(suite)
+        memo: list[LayerStates] = []
+
+        def states() -> LayerStates:
+            if not memo:
+                memo.append(base_states(family, texts, "base", stitcher))
+            return memo[0]
         out: dict[str, list[int]] = {}
         K = len(HEURISTICS)
         all_cached = True
         for k, h in enumerate(HEURISTICS):
             plan, cached = self.heuristic_plan(h, family, n, suite, stitcher=stitcher, texts=texts,
-                                               on_compute=lambda: on_phase(Phase("heuristics", k, K, h)))
+                                               on_compute=lambda: on_phase(Phase("heuristics", k, K, h)),
+                                               states=states)
             all_cached = all_cached and cached
             out[h] = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
         on_phase(Phase("heuristics", K, K, ", ".join(HEURISTICS), cached=all_cached))
