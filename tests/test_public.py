@@ -199,3 +199,40 @@ def test_session_caps_are_stored_so_a_restart_resets_nothing(tmp_path):
         ["refused", "refused", "ok", "ok", "ok", "ok", "ok"]
     assert json.loads((tmp_path / "session_counts.json").read_text()) == {"exports": {"a": 2, "b": 1},
                                                                          "uploads": {"a": 1}}
+
+
+RACE_SCRIPT = """
+import sys, time
+import gradio as gr
+from ui.guard import allowance
+from ui.engine import store
+
+what, session, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
+store()  # the database exists before the race starts
+time.sleep(max(0.0, go - time.time()))
+try:
+    with allowance(what, gr.Request(session_hash=session)):
+        time.sleep(1.0)  # the work inside the allowance (a study stored, an export written) takes a while
+        if what == "studies":
+            store().create_study(family_name="demo", family_source="demo", family_spec={}, family_info={},
+                                 method="random", budget={}, settings={"owner": session}, n_trials=1)
+    print("ok")
+except gr.Error:
+    print("refused")
+"""
+
+
+@pytest.mark.parametrize("what", ["studies", "exports"])
+def test_two_app_processes_cannot_both_take_a_sessions_last_slot(tmp_path, what):
+    """Two app processes serving one data dir, one session with one slot left: the check and the count
+    are atomic across processes, so exactly one of two simultaneous attempts gets it."""
+
+    env = {**os.environ, "GPTAILOR_DATA_DIR": str(tmp_path), "GPTAILOR_PUBLIC": "1", "HF_HUB_OFFLINE": "1",
+           "GPTAILOR_SESSION_MAX_STUDIES": "1", "GPTAILOR_SESSION_MAX_EXPORTS": "1"}
+    env.pop("GPTAILOR_DB_URL", None)
+    go = time.time() + 12  # both processes are imported and waiting by then, and start together
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, what, "s", str(go)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    assert sorted(o.strip() for o, _ in outs) == ["ok", "refused"]

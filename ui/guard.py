@@ -7,6 +7,7 @@ manage only the studies started in their own session; an operator (logged in thr
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -22,6 +23,7 @@ from .engine import data_dir, public_mode, redact, session_cap, store
 
 COUNTS_FILE = "session_counts.json"  # under the data dir: exports and uploads made per session
 KEEP_SESSIONS = 5000  # sessions remembered per kind; the oldest are forgotten first
+LOCK_STRIPES = 256  # cross-process locks per kind: a session hashes to one (bounded files, rare sharing)
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}  # one per (kind, session): its check and count are atomic
 _LOCKS_GUARD = threading.Lock()
 
@@ -94,12 +96,24 @@ def allowance(what: str, request: gr.Request | None) -> Iterator[None]:
             for key in [k for k, held in _LOCKS.items() if not held.locked()]:
                 del _LOCKS[key]
         lock = _LOCKS.setdefault((what, session), threading.Lock())
-    with lock:  # two clicks of one session at once cannot both take the last one
+    # two clicks of one session at once, in one process or in two serving one data dir, cannot both
+    # take the last one
+    with lock, _session_file_lock(what, session):
         if used(what, session) >= cap:
             raise gr.Error(f"this session already made {cap} {what}, the most one visitor may make here; "
                            f"reuse them or ask the app's operator")
         yield
         _count_one(what, session)
+
+
+def _session_file_lock(what: str, session: str) -> FileLock:
+    """The lock that makes one session's check-and-count atomic across app processes sharing the data dir.
+    Sessions hash onto ``LOCK_STRIPES`` lock files per kind, so the folder stays small; two sessions on one
+    stripe only wait for each other, they never share a count."""
+    stripe = int(hashlib.sha256(session.encode()).hexdigest(), 16) % LOCK_STRIPES
+    folder = data_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{what}-{stripe:03d}.lock"), timeout=3600)
 
 
 def check_owner(study: dict[str, Any], request: gr.Request | None, action: str) -> None:
