@@ -3,15 +3,23 @@
 Why not ``from_pretrained``: it materialises every member in the requested dtype, so a bfloat16
 family searched in float32 on the CPU holds a float32 copy of every member in RAM. Here a member is
 its headers (names, dtypes, shapes: read in microseconds, no tensor data) plus memory-mapped files;
-a tensor is read only when a plan uses it (``safetensors.safe_open``: zero-copy on the CPU, pages come
-from the OS page cache and can be dropped by it). Single files and sharded folders
+a tensor is read only when a plan uses it (a zero-copy view of the read-only mapping, as
+``safetensors.safe_open`` gives, with the offsets from the header). Single files and sharded folders
 (``model.safetensors.index.json``) work alike, as in mergekit's ``LazyTensorLoader``.
+
+Why our own mapping: pages a process has touched stay in its resident set as long as the file is
+mapped, so a search that visits every member's layers would end up with the whole family resident.
+``release(names)`` hands those tensors' pages back (``madvise(MADV_DONTNEED)``: the mapping stays
+valid, a later read faults the pages in again from the OS page cache), which keeps the resident set
+to the layers the current plan uses.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -38,6 +46,11 @@ def one_line(e: BaseException | str) -> str:
 
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (safetensors dtype, shape), from the file's JSON header only."""
+    return {name: (dt, shape) for name, (dt, shape, _) in read_entries(path).items()}
+
+
+def read_entries(path: Path) -> dict[str, tuple[str, tuple[int, ...], tuple[int, int]]]:
+    """Tensor name -> (safetensors dtype, shape, (start, end) byte offsets in the file)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -54,7 +67,7 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             start, end = e["data_offsets"]
             if end > size - 8 - n or e["dtype"] not in ST_DTYPES:
                 raise ValueError(f"tensor {name} lies past the end of the file or has dtype {e['dtype']}")
-            out[name] = (str(e["dtype"]), tuple(int(d) for d in e["shape"]))
+            out[name] = (str(e["dtype"]), tuple(int(d) for d in e["shape"]), (8 + n + int(start), 8 + n + int(end)))
         return out
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a valid safetensors file ({one_line(e)}); {_FIX}") from None
@@ -89,15 +102,17 @@ class Checkpoint:
         self.folder = Path(folder)
         self.files = weight_files(self.folder)
         self.headers: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.spans: dict[str, tuple[int, int]] = {}  # byte range of each tensor in its file
         for path in sorted(set(self.files.values())):
-            for name, entry in read_header(path).items():
+            for name, (dt, shape, span) in read_entries(path).items():
                 if self.files.get(name) == path:
-                    self.headers[name] = entry
+                    self.headers[name] = (dt, shape)
+                    self.spans[name] = span
         missing = [n for n in self.files if n not in self.headers]
         if missing:
             raise CheckpointError(f"{self.files[missing[0]]} lacks tensor {missing[0]} that {INDEX_FILE} places "
                                   f"there; {_FIX}")
-        self._handles: dict[Path, object] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         self._lock = threading.Lock()
 
     def __contains__(self, name: str) -> bool:
@@ -125,17 +140,43 @@ class Checkpoint:
             counts[self.headers[n][0]] += self.numel([n])
         return ST_DTYPES[counts.most_common(1)[0][0]]
 
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor as stored (dtype and all), on the CPU, backed by the memory-mapped file."""
-        path = self.files[name]
+    def _map(self, path: Path) -> mmap.mmap:
         with self._lock:
-            handle = self._handles.get(path)
-            if handle is None:
-                from safetensors import safe_open
-
+            mm = self._maps.get(path)
+            if mm is None:
                 try:
-                    handle = safe_open(str(path), framework="pt", device="cpu")
-                except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                    with open(path, "rb") as f:
+                        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError) as e:
                     raise CheckpointError(f"{path}: cannot open ({one_line(e)}); {_FIX}") from None
-                self._handles[path] = handle
-            return handle.get_tensor(name)
+                self._maps[path] = mm
+            return mm
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor as stored (dtype and all), on the CPU, a view of the memory-mapped file (read-only:
+        never write into it)."""
+        path = self.files[name]
+        dt, shape = self.dtype(name), self.shape(name)
+        start, end = self.spans[name]
+        if end == start:
+            return torch.empty(shape, dtype=dt)
+        mm = self._map(path)
+        with warnings.catch_warnings():  # the mapping is read-only on purpose: nothing writes into weights
+            warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+            flat = torch.frombuffer(mm, dtype=dt, count=(end - start) // dt.itemsize, offset=start)
+        return flat.view(shape)
+
+    def release(self, names: Iterable[str]) -> None:
+        """Hand back the resident pages of ``names`` (their views stay valid: a later read faults them in
+        again from the OS page cache). A no-op where ``madvise`` is missing."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        with self._lock:
+            for name in names:
+                mm = self._maps.get(self.files[name])
+                start, end = self.spans[name]
+                lo = start - start % page
+                hi = min(len(mm), end + (-end) % page) if mm is not None else lo
+                if mm is not None and hi > lo:
+                    mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -324,8 +324,22 @@ class Family:
         if self._stored_as(member, position, dev, dt):
             return self.raw_layer(member, position)
         key = ("layer", member, position, str(dev), dt)
-        return (self.cache if cache is None else cache).get_or_make(
-            key, lambda: _convert(self.raw_layer(member, position), dev, dt))
+
+        def make() -> State:
+            out = _convert(self.raw_layer(member, position), dev, dt)
+            self.release_mapped(keep=(), only=[(member, position)])  # the copy is made: the pages can go
+            return out
+        return (self.cache if cache is None else cache).get_or_make(key, make)
+
+    def release_mapped(self, keep: Iterable[tuple[str, int]] = (),
+                       only: Iterable[tuple[str, int]] | None = None) -> None:
+        """Hand back the resident pages of memory-mapped layers read so far, except ``keep`` ((member,
+        position) pairs a live model uses as mapped). Bounds the process's resident set to the layers in
+        use: without it every layer a search ever touched would stay resident. Views stay valid."""
+        keep = set(keep)
+        for member, position in list(self._raw) if only is None else only:
+            if (member, position) not in keep:
+                self.checkpoints[member].release(self._layer_names(position))
 
     def shared_state(self, member: str = "base", device: str | torch.device | None = None,
                      dtype: torch.dtype | None = None, cache: ByteCache | None = None) -> State:

@@ -102,6 +102,9 @@ class Stitcher:
             for k, v in self.layer_tensors(i, plan.ops[i]).items():
                 state[f"model.layers.{j}.{k}"] = v
         model.load_state_dict(state, strict=True, assign=True)
+        # only the layers this model uses as mapped stay resident (merges and conversions are cached copies)
+        fam.release_mapped(keep=[(plan.ops[i].member or "base", i) for i in plan.kept_positions
+                                 if plan.ops[i].kind == "pick"])
         # Non-persistent buffers (rotary inv_freq) are not in state dicts: computed from the config.
         model.model.rotary_emb = self._rotary(type(model.model.rotary_emb))
         if cfg.tie_word_embeddings:
