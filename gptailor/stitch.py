@@ -78,6 +78,9 @@ class Stitcher:
             weights = [w for _, w in op.weights]
             state = merge_state(op.method, states, weights, base, op.density)
             self.cache.put(key, state)
+            # the merge is a cached copy now: its mapped sources need not stay resident
+            self.family.release_mapped(only=[(m, position if p is None else p) for m, p in sources]
+                                       + ([("base", position)] if base is not None else []))
         return state
 
     def shared_tensors(self, member: str = "base") -> dict[str, torch.Tensor]:
