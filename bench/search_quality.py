@@ -192,6 +192,8 @@ def main() -> int:
                          "front per method at the end (overrides --remove-fraction)")
     ap.add_argument("--keep", type=float, default=0.95, help="with --remove: the retention to ask 'how small?' for")
     ap.add_argument("--min-fidelity", type=int, default=10)
+    ap.add_argument("--workdir", default=None, help="folder for the studies' SQLite files and the references/"
+                    "heuristics cache (default: a new temporary folder); a rerun there reuses the cache")
     ap.add_argument("--retention", default="auto", choices=("auto", "family", "base"))
     args = ap.parse_args()
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -203,9 +205,11 @@ def main() -> int:
         else [Budget(remove_fraction=args.remove_fraction)]
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    workdir = Path(tempfile.mkdtemp(prefix="gptailor-bench-"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gptailor-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache = precompute(Store(f"sqlite:///{workdir / 'references.db'}"))  # a rerun in --workdir reuses them
     t0 = time.perf_counter()
-    refs = ev.references("search")
+    refs = cache.references(ev, "search")
     ref_s = time.perf_counter() - t0
     definition = refs.default_definition() if args.retention == "auto" else args.retention
     suite = ev.suite
@@ -213,12 +217,11 @@ def main() -> int:
           f"trials per search, seeds {seeds}; suite {suite.name}: search split {suite.split_fidelity('search')} / "
           f"test split {suite.split_fidelity('test')} examples per task; retention definition {definition}; "
           f"one SQLite file per study under {workdir}; references (every member, search split) {ref_s:.1f}s")
+    test_refs = cache.references(ev, "test")
     base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), None, split="test", definition=definition)
     print("base on the test split: " + ", ".join(
         f"{t} {v:.3f} (stderr {base.details[t].get('stderr', 0):.3f})" for t, v in base.scores.items())
         + f"; retention {100 * base.retention:.1f}% ({definition})", flush=True)
-    test_refs = ev.references("test")
-    ev.use_references(refs)
     fronts = {b.n_remove(fam): run_budget(args, ev, b, methods, seeds, workdir, definition, test_refs)
               for b in budgets}
     if len(fronts) > 1:
