@@ -191,3 +191,35 @@ def test_unknown_names_and_missing_lm_eval_message(lm_tasks):
             "try:\n    tasks_from_lm_eval(['x'])\nexcept LmEvalError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "lm-evaluation-harness is not installed; pip install lm_eval==0.4.13", r.stderr
+
+
+def test_lm_eval_ticks_per_model_and_batch_so_stop_ends_it(demo, lm_tasks):
+    """The app's progress and Stop ride on the engine's tick: one per model of the report (with its label)
+    and one per lm-eval batch, so a Stop lands inside lm-eval's own loop, not after the last member."""
+    from gptailor.progress import Stopped, listening
+
+    plan = Plan.from_text(PLANS["math_mostly"], "demo")
+    seen: list[str] = []
+
+    def stop_at_base(what, done, total):
+        seen.append(what)
+        if what.startswith("lm-eval on base"):
+            raise Stopped("stopped")
+    with listening(stop_at_base), pytest.raises(Stopped):
+        lm_eval_report(demo, plan, ["t_facts", "t_math"], limit=8, include_path=lm_tasks, batch_size=4)
+    labelled = [w for w in seen if w]
+    assert labelled == ["lm-eval on plan (1 of 5)", "lm-eval on base (2 of 5)"]
+    # the plan's run: 8 docs x 8 choices of t_facts in batches of 4, then t_math's generation batches
+    assert seen.count("") >= 8 * 8 // 4 + 2
+    batches = []
+
+    def stop_at_third_batch(what, done, total):
+        batches.append(what)
+        if len(batches) == 3:
+            raise Stopped("stopped")
+    model = Stitcher(demo).build(plan)
+    with listening(stop_at_third_batch), pytest.raises(Stopped):
+        run_lm_eval(model, demo.tokenizer, ["t_facts"], limit=8, include_path=lm_tasks, batch_size=4)
+    assert batches == ["", "", ""]
+    again = run_lm_eval(model, demo.tokenizer, ["t_facts"], limit=8, include_path=lm_tasks, batch_size=4)
+    assert again.metrics["t_facts"]["n"] == 8  # a stopped run leaves nothing behind
