@@ -211,7 +211,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
         halt = stop_button()
     result = gr.Markdown()
     table = gr.Dataframe(headers=["task", "this plan", "base", "current best", "retention %"], interactive=False)
-    download = gr.File(label="Exported checkpoint")
+    download = gr.File(label="Exported checkpoint", interactive=False, elem_id="editor-download")
     export_note = gr.Markdown()
     plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text])
     for trigger in (text.submit, text.blur, apply_btn.click):
