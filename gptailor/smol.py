@@ -369,9 +369,11 @@ def write_lm_eval_tasks(out: Path, family_dir: Path | None = None, n: int | None
     """lm-evaluation-harness task YAMLs over local JSON copies of the built family's suite, so lm-eval runs
     offline on the smol family: ``smol_general`` (multiple choice, acc / acc_norm) and ``smol_convert``,
     ``smol_reverse``, ``smol_capitals`` (generate_until, greedy, exact match, stopping at ``<|im_end|>`` or
-    a newline). Every prompt is already in SmolLM2's chat format, as the suite scores it: the skills' as
-    written, the general questions rendered once by the family's own tokenizer (its chat template, with the
-    default system turn), so lm-eval's report and the fast scorer see one prompt. ``n``: docs per task."""
+    a newline), and ``suite.yaml`` (:func:`lm_eval_suite_dict`) searching on them. Every prompt is already in
+    SmolLM2's chat format, as the family's suite scores it: the skills' as written, the general questions
+    rendered once by the family's own tokenizer (its chat template, with the default system turn), so
+    lm-eval's report and the fast scorer see one prompt. ``n``: docs per task."""
+    import yaml
     from transformers import AutoTokenizer
 
     from .lm_eval_tasks import write_local_task
@@ -401,7 +403,18 @@ def write_lm_eval_tasks(out: Path, family_dir: Path | None = None, n: int | None
                          target_delimiter="",
                          generation_kwargs={"until": ["<|im_end|>", "\n"], "do_sample": False, "max_gen_toks": 16},
                          metric_list=[{"metric": "exact_match"}])
+    (out / "suite.yaml").write_text(yaml.safe_dump(lm_eval_suite_dict(), sort_keys=False))
     return out
+
+
+def lm_eval_suite_dict(limit: int = 60) -> dict:
+    """suites/paper.yaml's shape on the local smol tasks: general knowledge and the three skills as the
+    search objective (lm-eval's first ``limit`` docs each, half searched on, half held out), all four as
+    the report. Written beside the task YAMLs, so ``lm_eval_include: .`` finds them."""
+    return {"name": "smol-lm-eval", "test_fraction": 0.5, "lm_eval_include": ".",
+            "lm_eval": [{"task": "smol_general", "metric": "acc", "limit": limit},
+                        *({"task": f"smol_{s}", "metric": "exact_match", "limit": limit} for s in SKILLS)],
+            "lm_eval_report": ["smol_general", *(f"smol_{s}" for s in SKILLS)]}
 
 
 def data_root() -> Path:

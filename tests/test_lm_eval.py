@@ -223,3 +223,43 @@ def test_lm_eval_ticks_per_model_and_batch_so_stop_ends_it(demo, lm_tasks):
     assert batches == ["", "", ""]
     again = run_lm_eval(model, demo.tokenizer, ["t_facts"], limit=8, include_path=lm_tasks, batch_size=4)
     assert again.metrics["t_facts"]["n"] == 8  # a stopped run leaves nothing behind
+
+
+def test_smol_lm_eval_tasks_keep_the_suites_prompts(tmp_path):
+    """`demo lm-eval-tasks --family smol` on a smol-shaped folder (the real suite's task files; a tokenizer
+    with a chat template standing in for SmolLM2's, as the real family is not built in CI): lm-eval's docs
+    become exactly the prompts, choices, answers and stops the family's own suite scores, and its suite.yaml
+    loads with the search/test split."""
+    from gptailor import smol
+    from gptailor.demo import build_tokenizer
+
+    fam = tmp_path / "smol"
+    smol.write_tasks(fam / "tasks")
+    tok = build_tokenizer()
+    tok.save_pretrained(fam / "base")
+    out = tmp_path / "lm"
+    r = subprocess.run([sys.executable, "-m", "gptailor.demo", "lm-eval-tasks", "--family", "smol", "--src", str(fam),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    suite = load_suite(out / "suite.yaml")
+    assert suite.names == ["smol_general", "smol_convert", "smol_reverse", "smol_capitals"]
+    general = [json.loads(x) for x in (fam / "tasks" / "general.jsonl").read_text().splitlines()]
+    g = suite.tasks[0]
+    assert g.kind == "multiple_choice" and g.objective_metric == "acc" and len(g) == 60
+    for ex in g.examples[:5]:
+        row = general[ex["doc_id"]]
+        chat = tok.apply_chat_template([{"role": "user", "content": row["context"]}], tokenize=False,
+                                       add_generation_prompt=True)
+        # lm-eval moves the context's trailing newline into each continuation; the text scored is the same
+        assert [ex["context"] + c for c in ex["choices"]] == [chat + c for c in row["choices"]]
+        assert ex["answer"] == row["answer"]
+    capitals = [json.loads(x) for x in (fam / "tasks" / "capitals.jsonl").read_text().splitlines()]
+    c = suite.tasks[3]
+    assert c.kind == "exact_match" and c.until == ["<|im_end|>", "\n"] and len(c) == 60
+    assert [(e["prompt"], e["target"]) for e in sorted(c.examples, key=lambda e: e["doc_id"])] == \
+        [(x["prompt"], x["target"]) for x in capitals[:60]]
+    assert len(c.split_indices("search")) == len(c.split_indices("test")) == 30
+    r = subprocess.run([sys.executable, "-m", "gptailor.demo", "lm-eval-tasks", "--family", "smol", "--src",
+                        str(tmp_path / "nowhere"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "is not a built smol family" in r.stderr and "Traceback" not in r.stderr
