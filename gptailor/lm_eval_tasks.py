@@ -451,10 +451,10 @@ class LmEvalReport:
 
     def table(self) -> str:
         """Plain text for terminals: one row per model, one column per (task, metric)."""
-        cols = self._cells()
-        head = f"{'model':<10}" + "".join(f"{f'{t} {m}':>24}" for t, m in cols)
-        lines = [head] + [f"{label:<10}" + "".join(f"{self._cell(label, t, m):>24}" for t, m in cols)
-                          for label in self.rows]
+        head, rows = self.grid()
+        widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(len(head))]
+        lines = ["  ".join(f"{c:<{w}}" if k == 0 else f"{c:>{w}}" for k, (c, w) in enumerate(zip(r, widths)))
+                 for r in [head, *rows]]  # columns as wide as their longest cell: names never run together
         n = {t: int(next(iter(self.rows.values())).get(t, {}).get("n", 0)) for t in self.tasks}
         lines.append(f"lm-eval {LM_EVAL_VERSION}, zero-shot, docs per task: "
                      + ", ".join(f"{t} {v}" for t, v in n.items()) + " (value ± stderr)")
