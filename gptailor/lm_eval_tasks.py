@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .progress import tick
 from .tasks import MC_METRICS, Task, TaskError, _apply_options
 
 LM_EVAL_VERSION = "0.4.13"
@@ -183,6 +184,24 @@ def leaf_tasks(name: str, include_path=None) -> list:
     for obj in built:
         out += obj.get_all_tasks() if isinstance(obj, Group) else [obj]
     return out
+
+
+def write_local_task(out: Path, name: str, docs: Sequence[dict[str, Any]], **config: Any) -> Path:
+    """One lm-eval task over a local JSON file, the offline route lm-eval itself supports (``dataset_path:
+    json`` + ``data_files``): writes ``out/<name>.json`` (the docs, one per line) and ``out/<name>.yaml``
+    (``config`` is the rest of lm-eval's task config: output_type, doc_to_text, ...). Returns the YAML."""
+    import json
+
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = (out / f"{name}.json").resolve()
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    spec = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", **config}
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 # ----------------------------------------------------------------------------- lm-eval docs -> our examples
@@ -346,6 +365,30 @@ def _parse_results(results: dict[str, Any], leaves: dict[str, list[str]]) -> dic
     return out
 
 
+_HFLM: type | None = None
+
+
+def hflm_class() -> type:
+    """lm-eval's HF wrapper (``HFLM``) with the engine's ``tick`` before each batch it runs (each forward
+    and each batched generate), so a listener sees lm-eval working and a Stop ends its run within one
+    batch instead of after the last model. Subclassing the wrapper is lm-eval's own extension point."""
+    global _HFLM
+    if _HFLM is None:
+        from lm_eval.models.huggingface import HFLM
+
+        class TickingHFLM(HFLM):
+            def _model_call(self, inps, attn_mask=None, labels=None):
+                tick()
+                return super()._model_call(inps, attn_mask, labels)
+
+            def _model_generate(self, context, max_length, stop, **generation_kwargs):
+                tick()
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+        _HFLM = TickingHFLM
+    return _HFLM
+
+
 def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | None = None, include_path=None,
                 batch_size: int = 16, log_samples: bool = False, bootstrap_iters: int = 1000) -> LmEvalRun:
     """Run lm-eval on a ready model in memory (no checkpoint written) and return its own metrics.
@@ -353,15 +396,13 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | None = None
     ``tasks`` are lm-eval task or group names (datasets from the local cache or task YAMLs under
     ``include_path``); ``limit`` is lm-eval's ``--limit`` (docs per task). Zero-shot, as the suites score."""
     lm_eval = _lm_eval()
-    from lm_eval.models.huggingface import HFLM
-
     if not tasks:
         raise LmEvalError("no lm-eval tasks given; name at least one (e.g. arc_easy)")
     objs, leaves = [], {}
     for name in tasks:
         objs += build_tasks(name, include_path)
         leaves[name] = [t.task_name for t in leaf_tasks(name, include_path)]
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
     with hub_offline():
         # seeds None: zero-shot greedy needs none, and lm-eval would otherwise reseed the caller's global RNGs
@@ -410,10 +451,10 @@ class LmEvalReport:
 
     def table(self) -> str:
         """Plain text for terminals: one row per model, one column per (task, metric)."""
-        cols = self._cells()
-        head = f"{'model':<10}" + "".join(f"{f'{t} {m}':>24}" for t, m in cols)
-        lines = [head] + [f"{label:<10}" + "".join(f"{self._cell(label, t, m):>24}" for t, m in cols)
-                          for label in self.rows]
+        head, rows = self.grid()
+        widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(len(head))]
+        lines = ["  ".join(f"{c:<{w}}" if k == 0 else f"{c:>{w}}" for k, (c, w) in enumerate(zip(r, widths)))
+                 for r in [head, *rows]]  # columns as wide as their longest cell: names never run together
         n = {t: int(next(iter(self.rows.values())).get(t, {}).get("n", 0)) for t in self.tasks}
         lines.append(f"lm-eval {LM_EVAL_VERSION}, zero-shot, docs per task: "
                      + ", ".join(f"{t} {v}" for t, v in n.items()) + " (value ± stderr)")
@@ -447,7 +488,8 @@ def lm_eval_report(family, plan, tasks: Sequence[str], limit: int | None = None,
     if members:
         models += [(m, Plan.identity(family.n_layers, m, family.name), m) for m in family.member_names]
     rows, secs = {}, {}
-    for label, p, shared in models:
+    for k, (label, p, shared) in enumerate(models):
+        tick(f"lm-eval on {label} ({k + 1} of {len(models)})", k, len(models))
         model = stitcher.build(p, shared_from=shared) if shared else stitcher.build(p)
         run = run_lm_eval(model, family.tokenizer, tasks, limit, include_path, batch_size)
         rows[label], secs[label] = run.metrics, run.seconds

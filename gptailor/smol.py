@@ -365,6 +365,58 @@ def write_tasks(out: Path) -> Path:
     return out / "suite.yaml"
 
 
+def write_lm_eval_tasks(out: Path, family_dir: Path | None = None, n: int | None = None) -> Path:
+    """lm-evaluation-harness task YAMLs over local JSON copies of the built family's suite, so lm-eval runs
+    offline on the smol family: ``smol_general`` (multiple choice, acc / acc_norm) and ``smol_convert``,
+    ``smol_reverse``, ``smol_capitals`` (generate_until, greedy, exact match, stopping at ``<|im_end|>`` or
+    a newline), and ``suite.yaml`` (:func:`lm_eval_suite_dict`) searching on them. Every prompt is already in
+    SmolLM2's chat format, as the family's suite scores it: the skills' as written, the general questions
+    rendered once by the family's own tokenizer (its chat template, with the default system turn), so
+    lm-eval's report and the fast scorer see one prompt. ``n``: docs per task."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from .lm_eval_tasks import write_local_task
+
+    family_dir = Path(family_dir or default_out())
+    src = family_dir / "tasks"
+    if not (src / "general.jsonl").exists():
+        raise SmolError(f"{family_dir} is not a built smol family (no tasks/general.jsonl); build it with: "
+                        f"{BUILD_HINT}")
+    tok = AutoTokenizer.from_pretrained(family_dir / "base")
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(x) for x in (src / f"{name}.jsonl").read_text().splitlines() if x.strip()][:n]
+
+    def render(question: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True)
+
+    write_local_task(out, "smol_general", [{"prompt": render(r["context"]), "choices": r["choices"],
+                                            "label": r["answer"]} for r in rows("general")],
+                     output_type="multiple_choice", doc_to_text="{{prompt}}", doc_to_choice="{{choices}}",
+                     doc_to_target="label", target_delimiter="",
+                     metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])
+    for skill in SKILLS:
+        write_local_task(out, f"smol_{skill}", [{"prompt": r["prompt"], "answer": r["target"]} for r in rows(skill)],
+                         output_type="generate_until", doc_to_text="{{prompt}}", doc_to_target="answer",
+                         target_delimiter="",
+                         generation_kwargs={"until": ["<|im_end|>", "\n"], "do_sample": False, "max_gen_toks": 16},
+                         metric_list=[{"metric": "exact_match"}])
+    (out / "suite.yaml").write_text(yaml.safe_dump(lm_eval_suite_dict(), sort_keys=False))
+    return out
+
+
+def lm_eval_suite_dict(limit: int = 60) -> dict:
+    """suites/paper.yaml's shape on the local smol tasks: general knowledge and the three skills as the
+    search objective (lm-eval's first ``limit`` docs each, half searched on, half held out), all four as
+    the report. Written beside the task YAMLs, so ``lm_eval_include: .`` finds them."""
+    return {"name": "smol-lm-eval", "test_fraction": 0.5, "lm_eval_include": ".",
+            "lm_eval": [{"task": "smol_general", "metric": "acc", "limit": limit},
+                        *({"task": f"smol_{s}", "metric": "exact_match", "limit": limit} for s in SKILLS)],
+            "lm_eval_report": ["smol_general", *(f"smol_{s}" for s in SKILLS)]}
+
+
 def data_root() -> Path:
     """The app's data folder (``GPTAILOR_DATA_DIR``, default ``data``), as ui.engine reads it."""
     return Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()

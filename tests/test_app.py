@@ -107,6 +107,41 @@ def test_lm_eval_from_the_evaluate_tab_matches_lm_evals_own_run(client, tmp_path
         client.predict("demo", plan, " ", 6, "", api_name="/lm_eval")
 
 
+def test_lm_eval_from_the_editor_tab_matches_lm_evals_own_run_on_the_same_plan(client, tmp_path):
+    """The Editor's lm-eval panel (the Evaluate tab's, shared) on the plan being edited: every cell of the
+    plan's row is lm-eval's own number for that plan, run here independently; bad tasks are one line."""
+    from gptailor import Family, Plan
+    from gptailor.demo import write_lm_eval_tasks
+    from gptailor.lm_eval_tasks import run_lm_eval
+    from gptailor.stitch import Stitcher
+
+    tasks = write_lm_eval_tasks(tmp_path / "lm", n=8)
+    plan = "0:math 1:math 2:math 3:math 4:drop 5:math 6:math 7:merge(math=.5,facts=.5)"
+    note, table = client.predict("demo", plan, "demo_facts, demo_math", 8, str(tasks), api_name="/editor_lm_eval")
+    table = table["value"] if "value" in table else table
+    headers, rows = table["headers"], {r[0]: r[1:] for r in table["data"]}
+    assert headers == ["model", "demo_facts acc", "demo_facts acc_norm", "demo_math exact_match"]
+    assert list(rows) == ["plan", "base", "math", "strings", "facts"]
+    assert "8 docs per task" in note and "7 of 8 layers" in note
+    fam = Family.from_spec("demo")
+    own = run_lm_eval(Stitcher(fam).build(Plan.from_text(plan, "demo")), fam.tokenizer, ["demo_facts", "demo_math"],
+                      8, str(tasks)).metrics
+    want = [f"{own['demo_facts']['acc']:.4f} ± {own['demo_facts']['acc_stderr']:.4f}",
+            f"{own['demo_facts']['acc_norm']:.4f} ± {own['demo_facts']['acc_norm_stderr']:.4f}",
+            f"{own['demo_math']['exact_match']:.4f} ± {own['demo_math']['exact_match_stderr']:.4f}"]
+    assert rows["plan"] == want
+    assert 0 < own["demo_math"]["exact_match"] < 1  # a plan with a real score, not a trivial 0 or 1
+    assert rows["plan"] != rows["base"]
+    for bad, msg in (("demo_nope", "lm-eval task 'demo_nope' is not one of lm-eval"),
+                     (" , ", "name at least one lm-eval task")):
+        with pytest.raises(Exception, match=msg) as e:
+            client.predict("demo", plan, bad, 8, str(tasks), api_name="/editor_lm_eval")
+        assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(Exception, match="unknown member 'ghost'"):
+        client.predict("demo", plan.replace("0:math", "0:ghost"), "demo_facts", 8, str(tasks),
+                       api_name="/editor_lm_eval")
+
+
 def test_bad_plan_is_a_clear_error(client):
     with pytest.raises(Exception, match="unknown member 'ghost'"):
         client.predict("demo", "base ghost base base base base base base", 4, api_name="/evaluate")

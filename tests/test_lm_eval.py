@@ -191,3 +191,75 @@ def test_unknown_names_and_missing_lm_eval_message(lm_tasks):
             "try:\n    tasks_from_lm_eval(['x'])\nexcept LmEvalError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "lm-evaluation-harness is not installed; pip install lm_eval==0.4.13", r.stderr
+
+
+def test_lm_eval_ticks_per_model_and_batch_so_stop_ends_it(demo, lm_tasks):
+    """The app's progress and Stop ride on the engine's tick: one per model of the report (with its label)
+    and one per lm-eval batch, so a Stop lands inside lm-eval's own loop, not after the last member."""
+    from gptailor.progress import Stopped, listening
+
+    plan = Plan.from_text(PLANS["math_mostly"], "demo")
+    seen: list[str] = []
+
+    def stop_at_base(what, done, total):
+        seen.append(what)
+        if what.startswith("lm-eval on base"):
+            raise Stopped("stopped")
+    with listening(stop_at_base), pytest.raises(Stopped):
+        lm_eval_report(demo, plan, ["t_facts", "t_math"], limit=8, include_path=lm_tasks, batch_size=4)
+    labelled = [w for w in seen if w]
+    assert labelled == ["lm-eval on plan (1 of 5)", "lm-eval on base (2 of 5)"]
+    # the plan's run: 8 docs x 8 choices of t_facts in batches of 4, then t_math's generation batches
+    assert seen.count("") >= 8 * 8 // 4 + 2
+    batches = []
+
+    def stop_at_third_batch(what, done, total):
+        batches.append(what)
+        if len(batches) == 3:
+            raise Stopped("stopped")
+    model = Stitcher(demo).build(plan)
+    with listening(stop_at_third_batch), pytest.raises(Stopped):
+        run_lm_eval(model, demo.tokenizer, ["t_facts"], limit=8, include_path=lm_tasks, batch_size=4)
+    assert batches == ["", "", ""]
+    again = run_lm_eval(model, demo.tokenizer, ["t_facts"], limit=8, include_path=lm_tasks, batch_size=4)
+    assert again.metrics["t_facts"]["n"] == 8  # a stopped run leaves nothing behind
+
+
+def test_smol_lm_eval_tasks_keep_the_suites_prompts(tmp_path):
+    """`demo lm-eval-tasks --family smol` on a smol-shaped folder (the real suite's task files; a tokenizer
+    with a chat template standing in for SmolLM2's, as the real family is not built in CI): lm-eval's docs
+    become exactly the prompts, choices, answers and stops the family's own suite scores, and its suite.yaml
+    loads with the search/test split."""
+    from gptailor import smol
+    from gptailor.demo import build_tokenizer
+
+    fam = tmp_path / "smol"
+    smol.write_tasks(fam / "tasks")
+    tok = build_tokenizer()
+    tok.save_pretrained(fam / "base")
+    out = tmp_path / "lm"
+    r = subprocess.run([sys.executable, "-m", "gptailor.demo", "lm-eval-tasks", "--family", "smol", "--src", str(fam),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    suite = load_suite(out / "suite.yaml")
+    assert suite.names == ["smol_general", "smol_convert", "smol_reverse", "smol_capitals"]
+    general = [json.loads(x) for x in (fam / "tasks" / "general.jsonl").read_text().splitlines()]
+    g = suite.tasks[0]
+    assert g.kind == "multiple_choice" and g.objective_metric == "acc" and len(g) == 60
+    for ex in g.examples[:5]:
+        row = general[ex["doc_id"]]
+        chat = tok.apply_chat_template([{"role": "user", "content": row["context"]}], tokenize=False,
+                                       add_generation_prompt=True)
+        # lm-eval moves the context's trailing newline into each continuation; the text scored is the same
+        assert [ex["context"] + c for c in ex["choices"]] == [chat + c for c in row["choices"]]
+        assert ex["answer"] == row["answer"]
+    capitals = [json.loads(x) for x in (fam / "tasks" / "capitals.jsonl").read_text().splitlines()]
+    c = suite.tasks[3]
+    assert c.kind == "exact_match" and c.until == ["<|im_end|>", "\n"] and len(c) == 60
+    assert [(e["prompt"], e["target"]) for e in sorted(c.examples, key=lambda e: e["doc_id"])] == \
+        [(x["prompt"], x["target"]) for x in capitals[:60]]
+    assert len(c.split_indices("search")) == len(c.split_indices("test")) == 30
+    r = subprocess.run([sys.executable, "-m", "gptailor.demo", "lm-eval-tasks", "--family", "smol", "--src",
+                        str(tmp_path / "nowhere"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "is not a built smol family" in r.stderr and "Traceback" not in r.stderr

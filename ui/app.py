@@ -48,6 +48,7 @@ def build_app() -> gr.Blocks:
 # chart is squeezed to half of that and no title is clipped; the hidden textbox receives Plotly clicks.
 CSS = """
 .gt-hidden { display: none !important; }
+#editor-download { height: 96px !important; min-height: 0 !important; overflow: hidden; }  /* one file, no empty drop area */
 @media (max-width: 900px) {
   .gt-grid { flex-direction: column !important; flex-wrap: nowrap !important; }
   .gt-grid > * { width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important; }

@@ -19,12 +19,11 @@ from gptailor.progress import tick
 from gptailor.search import SearchSettings, TrialRecord
 from gptailor.space import Budget
 
-from . import figures
+from . import figures, lm_eval_panel
 from .engine import (ENGINE, check_fidelity, data_dir, gpu, max_export_bytes, max_export_zips, max_full_examples,
                      public_mode, store, warm_references)
-from .evaluate_tab import cleared
 from .guard import allowance, refuse, session_of
-from .stop import stop_button, stoppable, wire_stop
+from .stop import cleared, stop_button, stoppable, wire_stop
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
 
@@ -212,7 +211,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
         halt = stop_button()
     result = gr.Markdown()
     table = gr.Dataframe(headers=["task", "this plan", "base", "current best", "retention %"], interactive=False)
-    download = gr.File(label="Exported checkpoint")
+    download = gr.File(label="Exported checkpoint", interactive=False, elem_id="editor-download")
     export_note = gr.Markdown()
     plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text])
     for trigger in (text.submit, text.blur, apply_btn.click):
@@ -225,3 +224,4 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
                                  show_progress="hidden", api_visibility="private") \
         .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")
     wire_stop(halt, going, exporting)
+    lm_eval_panel.build(family, plan_box, api_name="editor_lm_eval", elem_id="editor-lm-eval")

@@ -7,9 +7,10 @@ from gptailor import FamilyError, Plan, PlanError, TaskError
 from gptailor.limits import whole
 from gptailor.speed import INTERACTIVE, short
 
-from .engine import ENGINE, check_fidelity, gpu, public_mode, warm_references
+from . import lm_eval_panel
+from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
-from .stop import stop_button, stoppable, wire_stop
+from .stop import cleared, stop_button, stoppable, wire_stop
 
 COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
 
@@ -43,45 +44,11 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
     return summary, rows
 
 
-@gpu
-def lm_eval_tab(family: str, plan_text: str, tasks: str, limit: float | None, include: str | None,
-                progress=gr.Progress(), request: gr.Request = None):
-    """lm-evaluation-harness on the plan (stitched in memory) beside every member: lm-eval's own metrics."""
-    from gptailor.lm_eval_tasks import lm_eval_report
-
-    names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
-    try:
-        if not names:
-            raise ValueError("name at least one lm-eval task, e.g. arc_easy,hellaswag (comma-separated)")
-        if include and include.strip() and public_mode():
-            raise ValueError("task folders on the server cannot be named in public mode; use tasks whose datasets "
-                             "the server has cached")
-        session = ENGINE.get(family)
-        fam = session.family
-        plan = Plan.parse(plan_text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
-        n = whole("limit", limit) if limit else None
-        progress(0.05, desc="running lm-eval on the plan and every member")
-        with stoppable(request, progress):
-            rep = lm_eval_report(fam, plan, names, n, (include or "").strip() or None, stitcher=session.stitcher)
-    except (PlanError, FamilyError, TaskError, ValueError) as e:
-        raise refuse(e) from None
-    headers, rows = rep.grid()
-    note = (f"lm-eval, zero-shot, {n or 'all'} docs per task; value ± stderr; `plan` is the stitched model, the "
-            f"other rows the family members")
-    return note, gr.Dataframe(value=rows, headers=headers)
-
-
 def identity_plan(family: str) -> str:
     try:
         return ENGINE.get(family).identity_text()
     except FamilyError as e:
         raise refuse(e) from None
-
-
-def cleared(n: int):
-    """What a result area shows while new work runs: nothing, so an error never leaves the last run's
-    numbers on the page as if they were this run's."""
-    return lambda: ("",) + (None,) * (n - 1)
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
@@ -99,19 +66,5 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
         .then(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate")
     wire_stop(halt, going)
     reset.click(identity_plan, [family], [plan], api_name="identity_plan")
-    with gr.Accordion("Standard benchmarks (lm-evaluation-harness)", open=False):
-        with gr.Row():
-            lm_tasks = gr.Textbox(label="lm-eval tasks (comma-separated; their datasets must be cached)",
-                                  placeholder="arc_easy,hellaswag", scale=3)
-            lm_limit = gr.Number(value=100, label="Docs per task (0 or empty = all)", step=1, scale=1)
-        lm_include = gr.Textbox(label="Folder of your own lm-eval task YAMLs (optional)", visible=not public_mode())
-        with gr.Row():
-            lm_run = gr.Button("Run lm-eval on the plan and the members")
-            lm_halt = stop_button()
-        lm_note = gr.Markdown()
-        lm_table = gr.Dataframe(label="lm-eval's metrics", interactive=False)
-        lm_going = lm_run.click(cleared(2), None, [lm_note, lm_table], queue=False, show_progress="hidden",
-                                api_visibility="private") \
-            .then(lm_eval_tab, [family, plan, lm_tasks, lm_limit, lm_include], [lm_note, lm_table], api_name="lm_eval")
-        wire_stop(lm_halt, lm_going)
+    lm_eval_panel.build(family, plan, api_name="lm_eval", elem_id="evaluate-lm-eval")
     return {"plan": plan}

@@ -55,3 +55,9 @@ def stop_button(label: str = "Stop") -> gr.Button:
 def wire_stop(btn: gr.Button, *events: Any) -> None:
     """``btn`` cancels ``events`` on the page and stops their work on the server."""
     btn.click(stop, None, None, cancels=list(events), api_visibility="private", queue=False)
+
+
+def cleared(n: int):
+    """What a result area shows while new work runs: nothing, so an error never leaves the last run's
+    numbers on the page as if they were this run's."""
+    return lambda: ("",) + (None,) * (n - 1)
