@@ -266,10 +266,13 @@ def task_bars(rows: list[dict[str, Any]]) -> go.Figure:
     return legend_outside(fig, "Retention per task (best plan, test split)")
 
 
-def task_scores(trial: dict[str, Any]) -> list[list[Any]]:
-    """The selected trial's per-task table: task, score, retention %."""
-    ret = trial.get("task_retention") or {}
-    return [[task, None if v is None else round(v, 4), None if ret.get(task) is None else round(100 * ret[task], 1)]
+def task_scores(trial: dict[str, Any], definition: str | None = None) -> list[list[Any]]:
+    """The selected trial's per-task table: task, score, family retention %, base retention % (both
+    definitions; ``definition`` is the study's, the one an older trial stored alone)."""
+    from .retention import pct, task_values
+
+    both = task_values(trial, definition)
+    return [[task, None if v is None else round(v, 4), pct(both["family"].get(task)), pct(both["base"].get(task))]
             for task, v in (trial.get("scores") or {}).items()]
 
 
