@@ -560,13 +560,15 @@ class Store:
             return sum(1 for settings in rows if (settings or {}).get("owner") == owner)
 
     def fingerprint(self, families: list[str] | None = None) -> tuple:
-        """What a page compares before re-reading anything, in one query: the newest study id, and per study
-        of ``families`` (all when None) its name, status, last heartbeat, cancel request, trial count and
-        newest trial. Equal fingerprints mean nothing a dashboard draws has changed."""
-        newest = select(func.max(aliased(StudyRow).id)).scalar_subquery()
-        q = (select(newest, StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.heartbeat_at,
-                    StudyRow.cancel_requested_at, func.count(TrialRow.id), func.max(TrialRow.id))
-             .outerjoin(TrialRow, TrialRow.study_id == StudyRow.id).group_by(StudyRow.id).order_by(StudyRow.id))
+        """What a page compares before re-reading anything, in one query: per study of ``families`` its name,
+        status, last heartbeat, cancel request, trial count and newest trial (and, over the whole database
+        when ``families`` is None, the newest study id). Equal fingerprints: nothing a dashboard draws changed."""
+        cols = [StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.heartbeat_at, StudyRow.cancel_requested_at,
+                func.count(TrialRow.id), func.max(TrialRow.id)]
+        if families is None:  # the whole database: a new study anywhere may become the page's default
+            cols.insert(0, select(func.max(aliased(StudyRow).id)).scalar_subquery())
+        q = select(*cols).outerjoin(TrialRow, TrialRow.study_id == StudyRow.id).group_by(StudyRow.id) \
+            .order_by(StudyRow.id)
         if families is not None:
             q = q.join(FamilyRow, FamilyRow.id == StudyRow.family_id).where(FamilyRow.name.in_(families))
         with self.session() as s:

@@ -25,7 +25,7 @@ from gptailor.paths import child
 from . import figures
 from .engine import store
 from .guard import session_of
-from .retention import definition_of, line, means, pair, shared_definition
+from .retention import definition_of, line, marked, means, pair, shared_definition
 
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
@@ -150,13 +150,6 @@ def best_summary(view: View) -> list[list]:
         rows.append([s["id"], view.names[s["id"]], s["method"], best["number"], best["fidelity"] or "full",
                      *pair(means(best, d)), *pair(test), d, best["kept_layers"], best["plan_text"]])
     return rows
-
-
-def marked(columns: list[str], objective: str | None) -> list[str]:
-    """Column headers with the shown studies' shared objective marked ('family retention % (objective)')."""
-    if objective is None:
-        return columns
-    return [f"{c} (objective)" if c.startswith(f"{objective} ") and "%" in c else c for c in columns]
 
 
 def draw(view: View):

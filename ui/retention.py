@@ -26,13 +26,12 @@ def shared_definition(studies: Iterable[dict[str, Any]]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def header(definition: str, objective: str | None, what: str = "retention %") -> str:
-    """'family retention % (objective)' for the objective's column, 'base retention %' for the other."""
-    return f"{definition} {what}" + (" (objective)" if definition == objective else "")
-
-
-def headers(objective: str | None, what: str = "retention %") -> list[str]:
-    return [header(d, objective, what) for d in DEFINITIONS]
+def marked(columns: list[str], objective: str | None) -> list[str]:
+    """Column headers with the shared objective marked: 'family retention %' -> 'family retention %
+    (objective)'. None (the rows' studies differ) leaves them as they are: a per-row column says."""
+    if objective is None:
+        return list(columns)
+    return [f"{c} (objective)" if c.startswith(f"{objective} ") and "%" in c else c for c in columns]
 
 
 def means(trial: dict[str, Any], definition: str | None) -> dict[str, float | None]:
