@@ -4,13 +4,14 @@ best-trial summary and selected trial, the Search tab's studies, Compare, Evalua
 a hand computation (score / reference, from the references the app stored) made here.
 
 Two real studies (a random search and a last_n baseline on the demo family) are run in this process on
-the app's database before the server starts; the server reads them as any page would."""
+the app's database before the server starts (conftest's ``demo_studies_app``); the server reads them as any
+page would."""
 import json
 import math
 
 import pytest
 
-from test_app import rows_of, start_app, stop_app
+from test_app import rows_of
 
 
 def goodness(kind: str, v: float) -> float:
@@ -47,26 +48,8 @@ def col(headers: list[str], start: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    from db.runs import create_study, load_engine, run_study
-    from db.store import Store
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
-
-    data = tmp_path_factory.mktemp("data")
-    st = Store(f"sqlite:///{data / 'gptailor.db'}")
-    ev = load_engine("demo")
-    search = create_study(st, "demo", "random", Budget(remove_layers=2),
-                          SearchSettings(n_trials=5, seed=1, initial_plans=False), evaluator=ev)
-    assert run_study(st, search, ev) == "finished"
-    baseline = create_study(st, "demo", "last_n", Budget(remove_layers=3), evaluator=ev)
-    assert run_study(st, baseline, ev) == "finished"
-    test_refs = ev.references("test").to_dict()  # every member's scores on the test split (the reports' refs)
-    proc, url, _ = start_app(tmp_path_factory, GPTAILOR_DATA_DIR=str(data))
-    from gradio_client import Client
-
-    yield Client(url, verbose=False), st, (search, baseline), data, test_refs
-    stop_app(proc)
+def app(demo_studies_app):
+    return demo_studies_app
 
 
 def test_dashboard_tables_show_both_definitions(app):
