@@ -72,8 +72,8 @@ def test_compare_in_the_browser_matches_the_dashboard(demo_studies_app):
         pick = page.locator("#best-summary [data-testid='cell-1-0']")
         expect(pick).to_be_visible(timeout=60_000)
         shead = headers(page, "best-summary")
-        tfam = next(i for i, h in enumerate(shead) if h.startswith("family % (test)"))
-        tbase = next(i for i, h in enumerate(shead) if h.startswith("base % (test)"))
+        tfam = next(i for i, h in enumerate(shead) if h.startswith("family % test"))
+        tbase = next(i for i, h in enumerate(shead) if h.startswith("base % test"))
         summary = {int(r[0]): r for r in table_rows(page, "best-summary", len(shead))}
         for sid in ids:
             assert summary[sid][tfam] == shown[sid][fam] and summary[sid][tbase] == shown[sid][base]

@@ -75,17 +75,17 @@ def test_dashboard_tables_show_both_definitions(app):
 
     # the best-trial summary: the search split's best by the one rule, and its test-split report
     head, rows = grid(out["summary"])
-    assert f"{definition} % (search) (objective)" in head
+    assert f"{definition} % search (objective)" in head
     for r in rows:
         s = studies[r[0]]
         best = st.trials(s["id"])[r[head.index("best trial")]]
         assert best["number"] == s["best_trial"]
         want = by_hand(best["scores"], s["refs"])["means"]
-        assert r[col(head, "family % (search)")] == pytest.approx(100 * want["family"], abs=0.06)
-        assert r[col(head, "base % (search)")] == pytest.approx(100 * want["base"], abs=0.06)
+        assert r[col(head, "family % search")] == pytest.approx(100 * want["family"], abs=0.06)
+        assert r[col(head, "base % search")] == pytest.approx(100 * want["base"], abs=0.06)
         rep = s["report"]
-        assert r[col(head, "family % (test)")] == round(100 * rep["retentions"]["family"], 1)
-        assert r[col(head, "base % (test)")] == round(100 * rep["retentions"]["base"], 1)
+        assert r[col(head, "family % test")] == round(100 * rep["retentions"]["family"], 1)
+        assert r[col(head, "base % test")] == round(100 * rep["retentions"]["base"], 1)
 
     # the selected trial (the best of the shown studies): its confirmation and per-task table
     assert "(objective)" in out["confirm"] and "% base" in out["confirm"] and "% family" in out["confirm"]
@@ -98,7 +98,7 @@ def test_dashboard_tables_show_both_definitions(app):
     for r in rows:
         for d in ("family", "base"):
             want = hand[d][r[0]]
-            got = r[col(head, f"{d} retention")]
+            got = r[col(head, f"{d} %")]
             assert (got is None) if want is None else got == pytest.approx(100 * want, abs=0.06)
 
 

@@ -29,9 +29,9 @@ from .retention import definition_of, line, marked, means, pair, shared_definiti
 
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
-TASK_COLUMNS = ["task", "score", "family retention %", "base retention %"]
-SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "family % (search)", "base % (search)",
-                   "family % (test)", "base % (test)", "objective", "kept", "plan"]
+TASK_COLUMNS = ["task", "score", "family %", "base %"]
+SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "family % search", "base % search",
+                   "family % test", "base % test", "objective", "kept", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
 CLICK_JS = """
@@ -371,7 +371,7 @@ def to_csv(rows, request: gr.Request = None) -> str:
 
 
 def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
-    with gr.Row():
+    with gr.Row(elem_classes=["gt-grid"]):
         pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies (empty: the newest and the others on its family and suite)",
                            allow_custom_value=True, scale=4)
         reload_btn = gr.Button("Reload list", scale=1)
@@ -397,7 +397,7 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
                         elem_id="focus-study")
     with gr.Row(elem_classes=["gt-grid"]):
         curve = gr.Plot(label="Best so far (trials)", show_label=False, elem_id="curve")
-        curve_t = gr.Plot(label="Best so far (wall time)", show_label=False)
+        curve_t = gr.Plot(label="Best so far (wall time)", show_label=False, elem_id="curve-time")
     topk = gr.Plot(label="Top trials", show_label=False, elem_id="top-trials")
     over = gr.Plot(label="Layer choice per trial", show_label=False, elem_id="per-trial")
     with gr.Row(elem_classes=["gt-grid"]):

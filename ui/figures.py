@@ -103,7 +103,8 @@ def plan_map(rows: list[MapRow], members: list[str], title: str = "Layer map") -
             marker={"color": ["#bdbdbd" if r.faint else "#3a3a3a" for r in rows]}, width=0.84, name="retention",
             showlegend=False, text=["" if r.score is None else f"{100 * r.score:.1f}%" for r in rows],
             textposition="auto", textangle=0, insidetextanchor="end", cliponaxis=False, textfont={"size": 11},
-            insidetextfont={"color": "white"}, outsidetextfont={"color": "#333333"},  # short bars: text beside
+            insidetextfont={"color": ["#333333" if r.faint else "white" for r in rows]},  # dark on a faint bar
+            outsidetextfont={"color": "#333333"},  # a short bar: its text beside it, upright
             customdata=[[r.key, f"{r.label}: {'-' if r.score is None else f'{100 * r.score:.1f}%'} {r.note}"]
                         for r in rows], hovertemplate="%{customdata[1]}<extra></extra>"), row=1, col=2)
         top = max([100 * r.score for r in rows if r.score is not None] + [100.0])
