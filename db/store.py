@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from sqlalchemy import and_, create_engine, event, func, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from .liveness import Owner
@@ -559,6 +559,21 @@ class Store:
             rows = s.execute(select(StudyRow.settings).where(StudyRow.method.not_in(exclude_methods))).scalars()
             return sum(1 for settings in rows if (settings or {}).get("owner") == owner)
 
+    def fingerprint(self, families: list[str] | None = None) -> tuple:
+        """What a page compares before re-reading anything, in one query: per study of ``families`` its name,
+        status, last heartbeat, cancel request, trial count and newest trial (and, over the whole database
+        when ``families`` is None, the newest study id). Equal fingerprints: nothing a dashboard draws changed."""
+        cols = [StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.heartbeat_at, StudyRow.cancel_requested_at,
+                func.count(TrialRow.id), func.max(TrialRow.id)]
+        if families is None:  # the whole database: a new study anywhere may become the page's default
+            cols.insert(0, select(func.max(aliased(StudyRow).id)).scalar_subquery())
+        q = select(*cols).outerjoin(TrialRow, TrialRow.study_id == StudyRow.id).group_by(StudyRow.id) \
+            .order_by(StudyRow.id)
+        if families is not None:
+            q = q.join(FamilyRow, FamilyRow.id == StudyRow.family_id).where(FamilyRow.name.in_(families))
+        with self.session() as s:
+            return tuple(tuple(row) for row in s.execute(q).all())
+
     def studies(self) -> list[dict[str, Any]]:
         with self.session() as s:
             return [_study_dict(s, r) for r in s.scalars(select(StudyRow).order_by(StudyRow.id)).all()]
@@ -600,16 +615,28 @@ def _trial_dict(r: TrialRow) -> dict[str, Any]:
             "retentions": r.retentions}
 
 
+def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[str, float] | None]:
+    """The study's best complete trial by the one ranking rule (``gptailor.search.rank_key``, applied here
+    in Python rather than re-stated in SQL): its retention, number and both definitions' means."""
+    from gptailor.search import rank_key
+
+    rows = s.execute(select(TrialRow.number, TrialRow.fidelity, TrialRow.retention).where(
+        TrialRow.study_id == study_id, TrialRow.status == "complete", TrialRow.retention.is_not(None))).all()
+    if not rows:
+        return None, None, None
+    number, _fidelity, retention = min(rows, key=lambda t: rank_key(t.fidelity, t.retention, t.number))
+    stored = s.scalar(select(TrialRow.retentions).where(TrialRow.study_id == study_id, TrialRow.number == number))
+    means = {d: v.get("mean") for d, v in (stored or {}).items() if isinstance(v, dict)} or None
+    return retention, number, means
+
+
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
     done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id))
-    max_fid = s.scalar(select(func.max(TrialRow.fidelity)).where(TrialRow.study_id == r.id,
-                                                                  TrialRow.status == "complete"))
-    best = s.scalar(select(func.max(TrialRow.retention)).where(
-        TrialRow.study_id == r.id, TrialRow.status == "complete",
-        (TrialRow.fidelity == max_fid) if max_fid is not None else TrialRow.fidelity.is_(None)))
+    best, best_number, best_means = _best_of(s, r.id)
     return {"id": r.id, "name": r.name, "family": r.family.name, "family_source": r.family_source,
             "method": r.method, "budget": r.budget, "settings": r.settings, "status": r.status,
             "n_trials": r.n_trials, "trials_done": done, "best_retention": best,
+            "best_trial": best_number, "best_retentions": best_means,
             "test_retention": (r.report or {}).get("retention"), "worker_pid": r.worker_pid,
             "worker_host": r.worker_host, "worker_start": r.worker_start, "error": r.error,
             "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,

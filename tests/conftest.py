@@ -98,3 +98,30 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def launch_chromium(playwright):
     """The system Chromium, headless and offline-quiet, as every browser test drives it."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@pytest.fixture(scope="session")
+def demo_studies_app(tmp_path_factory):
+    """A real app server over a database holding two real finished studies on the demo family (a 5-trial
+    random search removing 2 layers, a last_n baseline removing 3), run in this process before the server
+    starts. Yields (gradio_client, store, (search id, baseline id), data dir, the test split's references)."""
+    from gradio_client import Client
+
+    from db.runs import create_study, load_engine, run_study
+    from db.store import Store
+    from gptailor.search import SearchSettings
+    from gptailor.space import Budget
+    from test_app import start_app, stop_app
+
+    data = tmp_path_factory.mktemp("data")
+    st = Store(f"sqlite:///{data / 'gptailor.db'}")
+    ev = load_engine("demo")
+    search = create_study(st, "demo", "random", Budget(remove_layers=2),
+                          SearchSettings(n_trials=5, seed=1, initial_plans=False), evaluator=ev)
+    assert run_study(st, search, ev) == "finished"
+    baseline = create_study(st, "demo", "last_n", Budget(remove_layers=3), evaluator=ev)
+    assert run_study(st, baseline, ev) == "finished"
+    test_refs = ev.references("test").to_dict()  # every member's scores on the test split (the reports' refs)
+    proc, url, _ = start_app(tmp_path_factory, GPTAILOR_DATA_DIR=str(data))
+    yield Client(url, verbose=False), st, (search, baseline), data, test_refs
+    stop_app(proc)

@@ -43,7 +43,11 @@ def fill(data) -> dict[str, int]:
                                   "wall_s": 2.0 * k, "result": {
                                       "scores": {"math": retention, "facts": 0.4}, "retention": retention,
                                       "task_retention": {"math": retention, "facts": 0.5},
+                                      "retentions": {"family": retention, "base": 1.4 * retention},
+                                      "task_retentions": {"family": {"math": retention, "facts": 0.5},
+                                                          "base": {"math": 1.8 * retention, "facts": 1.0}},
                                       "kept_layers": plan.n_kept, "params": 1e6 * plan.n_kept}})
+        st.set_study_fields(sid, refs={"definition": "family"})
         st.transition(sid, ("created",), "finished")
     return ids
 
@@ -65,11 +69,18 @@ def test_dashboard_linked_views_and_both_widths(dash):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="networkidle")
-        page.get_by_role("tab", name="Dashboard").click()
+        page.goto(url, wait_until="load", timeout=120_000)  # never idle for long: the pages' timers tick every 3 s
+        page.get_by_role("tab", name="Dashboard").click(timeout=60_000)
         confirm = page.locator("#trial-selected")
         # the newest study (manual) and the others on its family are shown; the best trial is selected first
         expect(confirm).to_contain_text("selected", timeout=60_000)
+        # the per-trial charts follow the newest study (the one-trial manual plan) until another is picked
+        focus = page.locator("#focus-study input")
+        expect(focus).to_have_value(f"{ids['manual']}: manual-r1 [finished]", timeout=30_000)
+        expect(page.locator("#curve .legendtext").first).to_contain_text("manual-r1")
+        focus.click()
+        page.get_by_role("option", name=f"{ids['smac']}: smac-r2-s0 [finished]").click()
+        expect(page.locator("#curve .legendtext").first).to_contain_text("smac-r2-s0", timeout=30_000)
         page.locator("#importance .js-plotly-plot").wait_for(timeout=30_000)
         page.locator("#per-trial .js-plotly-plot").wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
@@ -132,8 +143,9 @@ def test_dashboard_linked_views_and_both_widths(dash):
         page.wait_for_timeout(2500)
         page.screenshot(path=str(OUT / "dashboard-760.png"), full_page=True)
         a = page.locator("#curve").bounding_box()
+        w = page.locator("#curve-time").bounding_box()
         b = page.locator("#pareto").bounding_box()
-        assert a["width"] > 500 and b["width"] > 500 and b["y"] >= a["y"] + a["height"] - 1
+        assert a["width"] > 500 and w["width"] > 500 and b["width"] > 500 and w["y"] >= a["y"] + a["height"] - 1
         title_box = page.locator("#pareto .gtitle").bounding_box()
         assert title_box["x"] >= b["x"] and title_box["x"] + title_box["width"] <= b["x"] + b["width"]
         browser.close()

@@ -246,3 +246,33 @@ def test_paper_space_study_stores_its_configurations(tmp_path, fam_dir, ev):
     assert run_study(store, sid, evaluator=ev) == "finished"
     trials = store.trials(sid)
     assert len(trials) == 5 and all(isinstance(t["config"]["remove_000"], int) for t in trials)
+
+
+@pytest.mark.parametrize("trials,best", [
+    # a missing fidelity is the full suite: it outranks any number of examples (the old SQL took max(8))
+    ([(0, 8, 0.9, "complete"), (1, None, 0.5, "complete"), (2, 8, 0.95, "complete")], 1),
+    # a tie at the top fidelity: the earliest trial; failed trials and missing retentions never count
+    ([(0, 8, 0.99, "failed"), (1, 40, 0.6, "complete"), (2, 40, 0.6, "complete"), (3, 40, None, "complete"),
+      (4, 8, 0.99, "complete")], 1),
+    ([(0, 8, None, "complete"), (1, 8, 0.2, "failed")], None),
+])
+def test_best_retention_follows_the_one_ranking_rule(tmp_path, trials, best):
+    """The studies list's best trial is gptailor.search.rank_key's best, on tie and missing-fidelity cases."""
+    from db.runs import best_trial
+    from gptailor import Plan
+
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = store.create_study(family_name="f", family_source="f", family_spec={}, family_info={}, method="random",
+                             budget={}, settings={}, n_trials=len(trials), name="s")
+    plan = Plan.from_text("base base", "f")
+    for number, fidelity, retention, status in trials:
+        store.record_trial(sid, {"number": number, "plan": plan.to_dict(), "plan_text": plan.to_text(),
+                                 "fidelity": fidelity, "status": status, "result": None if retention is None else {
+                                     "retention": retention, "retentions": {"family": retention, "base": 2 * retention},
+                                     "kept_layers": 2, "params": 10}})
+    s = store.study(sid)
+    assert s["best_trial"] == best == (None if best_trial(store.trials(sid)) is None
+                                       else best_trial(store.trials(sid))["number"])
+    if best is not None:
+        assert s["best_retention"] == trials[best][2]
+        assert s["best_retentions"] == {"family": trials[best][2], "base": 2 * trials[best][2]}

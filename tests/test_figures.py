@@ -117,7 +117,10 @@ def test_importance_and_marginal_figures():
 
 def test_task_scores_table():
     t = {"scores": {"math": 0.5, "ppl": 12.0}, "task_retention": {"math": 0.8, "ppl": None}}
-    assert figures.task_scores(t) == [["math", 0.5, 80.0], ["ppl", 12.0, None]]
+    assert figures.task_scores(t, "family") == [["math", 0.5, 80.0, None], ["ppl", 12.0, None, None]]
+    t["retentions"] = {"family": {"mean": 0.8, "tasks": {"math": 0.8, "ppl": None}},
+                       "base": {"mean": 1.25, "tasks": {"math": 1.25, "ppl": 0.5}}}
+    assert figures.task_scores(t, "family") == [["math", 0.5, 80.0, 125.0], ["ppl", 12.0, None, 50.0]]
 
 
 def test_many_rows_stay_readable():

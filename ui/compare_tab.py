@@ -9,9 +9,11 @@ from gptailor import FamilyError, Plan, TaskError
 from . import figures
 from .engine import ENGINE, gpu, store
 from .guard import refuse
+from .retention import marked, pair, pct
 from .stop import stop_button, stoppable, wire_stop
 
-COLUMNS = ["id", "study", "method", "average retention %", "kept", "params M", "trials", "wall s", "plan"]
+COLUMNS = ["id", "study", "method", "family retention %", "base retention %", "objective", "kept", "params M",
+           "trials", "wall s", "plan"]
 
 
 @gpu
@@ -34,14 +36,21 @@ def run_compare(family: str, suite: str | None = None, progress=gr.Progress(), r
                 if same else []
     except (FamilyError, TaskError) as e:
         raise refuse(e) from None
-    tasks = list(rows[0].task_retention) if rows else []
-    table = [[r.study_id, r.name, r.method, round(100 * r.retention, 1), r.kept_layers, round(r.params / 1e6, 3),
-              r.trials, round(r.wall_s, 1), r.plan] +
-             [None if r.task_retention[t] is None else round(100 * r.task_retention[t], 1) for t in tasks]
-             for r in rows]
-    headers = COLUMNS + [f"{t} %" for t in tasks]
+    table, headers = compare_grid(rows)
     return gr.Dataframe(value=table, headers=headers), figures.task_bars([r.__dict__ for r in rows]), \
         best_maps(rows, session.family.member_names)
+
+
+def compare_grid(rows) -> tuple[list[list], list[str]]:
+    """Compare's table: both retention definitions' means side by side (the objective's header marked when
+    every study shares it), then each task's retention under the study's own definition."""
+    tasks = list(rows[0].task_retention) if rows else []
+    objective = rows[0].definition if rows and len({r.definition for r in rows}) == 1 else None
+    table = [[r.study_id, r.name, r.method, *pair(r.retentions or {r.definition: r.retention}), r.definition,
+              r.kept_layers, round(r.params / 1e6, 3), r.trials, round(r.wall_s, 1), r.plan] +
+             [pct(r.task_retention[t]) for t in tasks] for r in rows]
+    per_task = [f"{t} % ({objective or 'objective'})" for t in tasks]
+    return table, [*marked(COLUMNS, objective), *per_task]
 
 
 def best_maps(rows, members: list[str]):
@@ -56,13 +65,15 @@ def best_maps(rows, members: list[str]):
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
-    gr.Markdown("Each study's best plan (highest fidelity reached, then best retention), re-evaluated on the "
-                "full suite so that searches and baselines are compared on equal terms. Only studies of the "
-                "chosen family and task suite are compared.")
+    gr.Markdown("Each study's best plan (highest fidelity reached, then best retention), re-scored on the held-out "
+                "test split so that searches and baselines are compared on equal terms. Only studies of the "
+                "chosen family and task suite are compared. Both retention definitions are shown: `family` "
+                "(score / the best member's, capped at 100%) and `base` (score / the base's); the study's "
+                "objective is marked.")
     with gr.Row():
         go_btn = gr.Button("Compare all studies", variant="primary")
         halt = stop_button()
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter", elem_id="compare-table")
     maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
     bars = gr.Plot(show_label=False)
     going = go_btn.click(run_compare, [family, suite], [table, bars, maps], api_name="compare")

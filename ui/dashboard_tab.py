@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 import gradio as gr
 
 from db.runs import best_trial, phase_line, rank_key, reconcile
-from db.store import StoreError
+from db.store import ACTIVE, StoreError
 from gptailor import Plan
 from gptailor.importance import ImportanceError, position_importance
 from gptailor.paths import child
@@ -24,9 +25,13 @@ from gptailor.paths import child
 from . import figures
 from .engine import store
 from .guard import session_of
+from .retention import definition_of, line, marked, means, pair, shared_definition
 
-TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "retention %", "kept", "params M", "plan", "error",
-                 "study name"]
+TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
+                 "kept", "params M", "plan", "error", "study name"]
+TASK_COLUMNS = ["task", "score", "family %", "base %"]
+SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "family % search", "base % search",
+                   "family % test", "base % test", "objective", "kept", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
 CLICK_JS = """
@@ -85,33 +90,141 @@ def same_family(all_studies: list[dict], chosen: list[dict]) -> list[dict]:
     return [s for s in all_studies if (s["family"], s["settings"].get("suite")) in keys]
 
 
-def refresh(ids):
-    """Everything the dashboard shows, for the selected study ids (runs every few seconds: one read of
-    the study list, then the trials of the selected studies and of their family's other studies)."""
+@dataclass
+class View:
+    """One read of what the dashboard draws: the studies shown, their family's, and their trials."""
+    chosen: list[dict]  # the picked studies (or the newest and its family's)
+    family: list[dict]  # every study on their families and suites (the Pareto chart's span)
+    trials: dict[int, list[dict]]
+    names: dict[int, str]
+    focus: dict | None  # the study the per-trial charts follow
+
+
+def focus_of(chosen: list[dict], wanted) -> dict | None:
+    """The per-trial charts' study: the one picked in the dropdown if still shown, else the newest running
+    (or queued) study, else the newest."""
+    by_id = {s["id"]: s for s in chosen}
+    try:
+        if wanted not in (None, "") and int(wanted) in by_id:
+            return by_id[int(wanted)]
+    except (TypeError, ValueError):
+        pass
+    active = [s for s in chosen if s["status"] in ACTIVE]
+    return max(active or chosen, key=lambda s: s["id"], default=None)
+
+
+def read_view(ids, focus=None) -> View:
+    """The studies list, then the trials of the chosen studies and of their family's other studies."""
     st = store()
     all_studies = st.studies()
     ids = [int(i) for i in (ids or [])] or default_ids(all_studies)
     chosen = [s for s in all_studies if s["id"] in ids]
     family = same_family(all_studies, chosen)
-    names = labels_of(family)
-    trials = {s["id"]: st.trials(s["id"]) for s in family}
-    picked = {names[s["id"]]: trials[s["id"]] for s in chosen}
-    rows = [[str(s["id"]), t["number"], t["status"], t["fidelity"],
-             None if t["retention"] is None else round(100 * t["retention"], 2), t["kept_layers"],
-             None if t["params"] is None else round(t["params"] / 1e6, 3), t["plan_text"], t["error"] or "",
-             names[s["id"]]] for s in chosen for t in trials[s["id"]]]
-    members = _members(chosen)
-    all_trials = [t for s in chosen for t in trials[s["id"]]]
-    main = max(chosen, key=lambda s: len(trials[s["id"]]), default=None)  # the longest run shows convergence best
-    main_trials = trials[main["id"]] if main else []
-    imp, marg = importance_figures(main["id"] if main else None, names.get(main["id"], "") if main else "",
-                                   main_trials, tuple(members))
-    choices = trial_choices(all_trials, names)
-    return (figures.best_so_far(picked), figures.best_so_far(picked, x="wall_s"),
-            figures.pareto({names[s["id"]]: trials[s["id"]] for s in family}),
-            figures.top_k_layer_maps(all_trials, members, names=names) if members else None,
-            figures.layer_choice_per_trial(main_trials, members, names.get(main["id"], "")) if members and main_trials
-            else None, imp, marg, gr.Dropdown(choices=choices), rows)
+    return View(chosen, family, {s["id"]: st.trials(s["id"]) for s in family}, labels_of(family),
+                focus_of(chosen, focus))
+
+
+def trial_rows(view: View) -> list[list]:
+    """The trial table: both retention definitions side by side and the study's own named per row."""
+    rows = []
+    for s in view.chosen:
+        d = definition_of(s)
+        for t in view.trials[s["id"]]:
+            rows.append([str(s["id"]), t["number"], t["status"], t["fidelity"], *pair(means(t, d), 2), d,
+                         t["kept_layers"], None if t["params"] is None else round(t["params"] / 1e6, 3),
+                         t["plan_text"], t["error"] or "", view.names[s["id"]]])
+    return rows
+
+
+def best_summary(view: View) -> list[list]:
+    """Each shown study's best trial (the one ranking rule) with both definitions on the search split, and
+    its report's on the held-out test split: the numbers Compare shows for the same study."""
+    rows = []
+    for s in view.chosen:
+        best = best_trial(view.trials[s["id"]])
+        if best is None:
+            continue
+        d = definition_of(s)
+        rep = s.get("report") or {}
+        test = rep.get("retentions") or {} if rep.get("trial") == best["number"] else {}
+        rows.append([s["id"], view.names[s["id"]], s["method"], best["number"], best["fidelity"] or "full",
+                     *pair(means(best, d)), *pair(test), d, best["kept_layers"], best["plan_text"]])
+    return rows
+
+
+def draw(view: View):
+    """The charts, tables and choices of one read. Per-trial charts (best-so-far, top trials, layer choice,
+    importance) follow the focus study; the Pareto chart spans every study on the family."""
+    names, members = view.names, _members(view.chosen)
+    focus = view.focus
+    focus_trials = view.trials[focus["id"]] if focus else []
+    focus_name = names.get(focus["id"], "") if focus else ""
+    picked = {focus_name: focus_trials} if focus else {}
+    imp, marg = importance_figures(focus["id"] if focus else None, focus_name, focus_trials, tuple(members))
+    objective = shared_definition(view.chosen)
+    all_trials = [t for s in view.chosen for t in view.trials[s["id"]]]
+    return {
+        "focus": gr.Dropdown(choices=[(f"{s['id']}: {names[s['id']]} [{s['status']}]", s["id"])
+                                      for s in reversed(view.chosen)], value=focus["id"] if focus else None),
+        "curve": figures.best_so_far(picked), "curve_t": figures.best_so_far(picked, x="wall_s"),
+        "pareto": figures.pareto({names[s["id"]]: view.trials[s["id"]] for s in view.family}),
+        "topk": figures.top_k_layer_maps(focus_trials, members, names=names) if members and focus_trials else None,
+        "over": figures.layer_choice_per_trial(focus_trials, members, focus_name) if members and focus_trials else None,
+        "imp": imp, "marg": marg,
+        "summary": gr.Dataframe(value=best_summary(view), headers=marked(SUMMARY_COLUMNS, objective)),
+        "choices": trial_choices(all_trials, names),
+        "table": gr.Dataframe(value=trial_rows(view), headers=marked(TRIAL_COLUMNS, objective)),
+    }
+
+
+# the order of build()'s outputs list: the fingerprint state, the status line, then what draw() returns
+OUTPUTS = ["state", "status", "focus", "curve", "curve_t", "pareto", "topk", "over", "imp", "marg", "summary",
+           "selector", "confirm", "selected_map", "task_table", "table"]
+N_OUTPUTS = len(OUTPUTS)
+
+
+def refresh(ids, focus=None, selected=None, last=None):
+    """Everything the dashboard shows (the study picker's change, the focus dropdown, the 'dashboard' API):
+    a full read. Returns the outputs of ``build``'s ``outputs`` list, the fingerprint state first."""
+    st = store()
+    reconcile(st)  # a worker that stopped beating is shown as interrupted, not as running
+    families = None
+    if ids:  # the fingerprint covers the picked studies' families; nothing picked: the whole database
+        families = sorted({s["family"] for s in st.studies() if s["id"] in {int(i) for i in ids}})
+    fp = st.fingerprint(families)  # taken before the read: a trial recorded during it shows next tick
+    view = read_view(ids, focus)
+    state = {"key": _key(ids, focus), "families": families, "fp": fp,
+             "active": any(s["status"] in ACTIVE for s in view.family)}
+    out = draw(view)
+    out.update(state=state, status=status_of(view.chosen))
+    best = None if selected else best_trial([t for s in view.chosen for t in view.trials[s["id"]]])
+    if best is None:  # a trial is selected already (it stays), or there is none yet
+        out.update(selector=gr.Dropdown(choices=out["choices"]), confirm=gr.skip(), selected_map=gr.skip(),
+                   task_table=gr.skip())
+    else:  # the first refresh selects the best trial of the shown studies
+        key, note, fig, tasks = select_trial(figures.trial_key(best))
+        out.update(selector=gr.Dropdown(choices=out["choices"], value=key), confirm=note, selected_map=fig,
+                   task_table=tasks)
+    return tuple(out[k] for k in OUTPUTS)
+
+
+def tick(ids, focus, selected, last):
+    """The 3-second timer: one fingerprint query; nothing is re-read or re-drawn when it has not changed.
+
+    A running study changes its fingerprint with every heartbeat; a stalled one does not, so while any
+    shown study is active the status line is still re-read (reconcile marks a dead worker)."""
+    if last and last.get("key") == _key(ids, focus):
+        fp = store().fingerprint(last["families"])
+        if fp == last["fp"]:
+            if not last["active"]:
+                return (gr.skip(),) * N_OUTPUTS
+            return tuple(status_line(ids) if k == "status" else gr.skip() for k in OUTPUTS)
+    return refresh(ids, focus, selected, last)
+
+
+def _key(ids, focus) -> tuple:
+    """What the user chose (studies, focus): a change of it is a full read, whatever the fingerprint."""
+    return tuple(sorted(int(i) for i in (ids or []))), None if focus in (None, "") else str(focus)
 
 
 def trial_choices(trials: list[dict], names: dict[int, str]) -> list[tuple[str, str]]:
@@ -164,23 +277,15 @@ def select_trial(key: str | None):
         return gr.update(), "No trial selected: click a point, a layer-map row or a table row.", None, []
     study, t = found
     members = _members([study])
-    ret = "-" if t["retention"] is None else f"{100 * t['retention']:.1f}%"
-    note = (f"✓ **Trial {t['number']} of {study['name']} selected**: {ret} at fidelity {t['fidelity'] or 'full'}, "
-            f"{t['kept_layers']} layers kept · `{t['plan_text']}`")
+    d = definition_of(study)
+    note = (f"✓ **Trial {t['number']} of {study['name']} selected**: {line(means(t, d), d)} at fidelity "
+            f"{t['fidelity'] or 'full'}, {t['kept_layers']} layers kept · `{t['plan_text']}`")
     fig = figures.layer_map(Plan.from_dict(t["plan"]), members, f"Selected: {study['name']} #{t['number']}",
-                            score=t["retention"], label=f"#{t['number']}", note=f"at fidelity {t['fidelity'] or 'full'}",
+                            score=t["retention"], label=f"#{t['number']}",
+                            note=f"at fidelity {t['fidelity'] or 'full'} ({d} retention)",
                             key=figures.trial_key(t)) if members else None
-    return figures.trial_key(t), note, fig, figures.task_scores(t)
-
-
-def select_best(ids, selected: str | None):
-    """On the first refresh (nothing selected yet) the best trial of the selected studies is selected."""
-    if selected:
-        return gr.update(), gr.update(), gr.update(), gr.update()
-    st = store()
-    ids = [int(i) for i in (ids or [])] or default_ids(st.studies())
-    best = best_trial([t for sid in ids for t in st.trials(sid)])
-    return select_trial(figures.trial_key(best)) if best else (gr.update(),) * 4
+    return figures.trial_key(t), note, fig, gr.Dataframe(value=figures.task_scores(t, d),
+                                                        headers=marked(TASK_COLUMNS, d))
 
 
 def table_select(evt: gr.SelectData) -> str:
@@ -217,12 +322,15 @@ def status_line(ids) -> str:
     reconcile(st)  # a worker that stopped beating is shown as interrupted, not as running
     studies = st.studies()
     ids = [int(i) for i in (ids or [])] or default_ids(studies)
-    chosen = [s for s in reversed(studies) if s["id"] in ids]
+    return status_of([s for s in studies if s["id"] in ids])
+
+
+def status_of(chosen: list[dict]) -> str:
     if not chosen:
         return "No studies yet: launch one in the Search tab."
     return "\n".join(f"- **{s['id']}: {_md(s['name'])}** ({s['method']}, {s['trials_done']}"
                      f"{'/' + str(s['n_trials']) if s['n_trials'] else ''} trials) · {_md(phase_line(s))}"
-                     for s in chosen)
+                     for s in reversed(chosen))
 
 
 def _md(text: str) -> str:
@@ -252,22 +360,26 @@ def to_csv(rows, request: gr.Request = None) -> str:
     """The trial table as CSV for the download button, in this session's one file."""
     path = csv_path(session_of(request))
     data = rows.values.tolist() if hasattr(rows, "values") else (rows or [])
+    head = [str(c) for c in rows.columns] if hasattr(rows, "columns") else TRIAL_COLUMNS
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(TRIAL_COLUMNS)
+        w.writerow(head)
         w.writerows(data)
     tmp.replace(path)
     return str(path)
 
 
 def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
-    with gr.Row():
+    with gr.Row(elem_classes=["gt-grid"]):
         pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies (empty: the newest and the others on its family and suite)",
                            allow_custom_value=True, scale=4)
         reload_btn = gr.Button("Reload list", scale=1)
         live = gr.Checkbox(value=True, label="Live refresh", scale=1)
     status = gr.Markdown(elem_id="study-status")
+    summary = gr.Dataframe(headers=SUMMARY_COLUMNS, interactive=False, elem_id="best-summary",
+                           label="Best trial of each study: search split, and re-scored on the held-out test split "
+                                 "(the numbers Compare shows)")
     with gr.Row(elem_classes=["gt-grid"]):
         selector = gr.Dropdown(choices=[], label="Selected trial (or click a point, a layer-map row or a table row)",
                                elem_id="trial-selector", scale=3, min_width=240)
@@ -278,20 +390,20 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
         with gr.Column(scale=3, min_width=300):
             selected_map = gr.Plot(label="Selected trial's layer map", show_label=False, elem_id="best-layer-map")
         with gr.Column(scale=2, min_width=240):
-            task_table = gr.Dataframe(headers=["task", "score", "retention %"], label="Selected trial's scores per task",
-                                      interactive=False)
+            task_table = gr.Dataframe(headers=TASK_COLUMNS, label="Selected trial's scores per task",
+                                      interactive=False, elem_id="task-table")
+    par = gr.Plot(label="Retention vs size (every study on the family)", show_label=False, elem_id="pareto")
+    focus = gr.Dropdown(choices=[], label="Per-trial charts below follow this study (default: the newest running one)",
+                        elem_id="focus-study")
     with gr.Row(elem_classes=["gt-grid"]):
         curve = gr.Plot(label="Best so far (trials)", show_label=False, elem_id="curve")
-        curve_t = gr.Plot(label="Best so far (wall time)", show_label=False)
-    with gr.Row(elem_classes=["gt-grid"]):
-        par = gr.Plot(label="Retention vs size (every study on the family)", show_label=False, elem_id="pareto")
-        topk = gr.Plot(label="Top trials", show_label=False, elem_id="top-trials")
-    over = gr.Plot(label="Layer choice per trial (the selected study with the most trials)", show_label=False,
-                   elem_id="per-trial")
+        curve_t = gr.Plot(label="Best so far (wall time)", show_label=False, elem_id="curve-time")
+    topk = gr.Plot(label="Top trials", show_label=False, elem_id="top-trials")
+    over = gr.Plot(label="Layer choice per trial", show_label=False, elem_id="per-trial")
     with gr.Row(elem_classes=["gt-grid"]):
         imp = gr.Plot(label="Which positions matter (fANOVA)", show_label=False, elem_id="importance")
         marg = gr.Plot(label="Mean retention per op and position", show_label=False, elem_id="marginal")
-    table = gr.Dataframe(headers=TRIAL_COLUMNS, label="Trials (click a row to select the trial)",
+    table = gr.Dataframe(headers=TRIAL_COLUMNS, label="Trials of the shown studies (click a row to select the trial)",
                          interactive=False, show_search="filter", elem_id="trial-table")
     dl = gr.DownloadButton("Download CSV")
     with gr.Accordion("Rename a study", open=False) as rename_box:
@@ -301,15 +413,18 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
             new_name = gr.Textbox(label="New short name (unique in its family)", scale=2, min_width=200)
             rename_btn = gr.Button("Rename", scale=1, min_width=100)
         rename_note = gr.Markdown()
-    outputs = [curve, curve_t, par, topk, over, imp, marg, selector, table]
+    state = gr.State(None)  # the last read's fingerprint: the timer re-reads only when it changed
+    parts = {"state": state, "status": status, "focus": focus, "curve": curve, "curve_t": curve_t, "pareto": par,
+             "topk": topk, "over": over, "imp": imp, "marg": marg, "summary": summary, "selector": selector,
+             "confirm": confirm, "selected_map": selected_map, "task_table": task_table, "table": table}
+    outputs = [parts[k] for k in OUTPUTS]
     shown = [selector, confirm, selected_map, task_table]
-    pick.change(refresh, [pick], outputs, api_name="dashboard").then(
-        select_best, [pick, selector], shown, show_progress="hidden")
+    inputs = [pick, focus, selector, state]
+    pick.change(refresh, inputs, outputs, api_name="dashboard")
+    focus.input(refresh, inputs, outputs, api_name="dashboard_focus", show_progress="hidden")
     reload_btn.click(lambda: (gr.Dropdown(choices=study_choices()),) * 2, None, [pick, rename_pick])
     timer = gr.Timer(3)
-    timer.tick(refresh, [pick], outputs, show_progress="hidden").then(
-        select_best, [pick, selector], shown, show_progress="hidden")
-    timer.tick(status_line, [pick], [status], show_progress="hidden")
+    timer.tick(tick, inputs, outputs, show_progress="hidden")
     pick.change(status_line, [pick], [status], api_name="dashboard_status", show_progress="hidden")
     live.change(lambda on: gr.Timer(active=on), [live], [timer])
     selector.input(select_trial, [selector], shown, api_name="select_trial")

@@ -23,9 +23,11 @@ from . import figures, lm_eval_panel
 from .engine import (ENGINE, check_fidelity, data_dir, gpu, max_export_bytes, max_export_zips, max_full_examples,
                      public_mode, store, warm_references)
 from .guard import allowance, refuse, session_of
+from .retention import line, marked, pct
 from .stop import cleared, stop_button, stoppable, wire_stop
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
+RESULT_COLUMNS = ["task", "this plan", "base", "current best", "family retention %", "base retention %"]
 
 
 def plan_to_grid(plan: Plan) -> list[list]:
@@ -115,6 +117,8 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
                            SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8),
                                           owner=session_of(request)), evaluator=ev)
+        # the references it was scored against, and its definition, so every table marks the right objective
+        st.set_study_fields(sid, refs={**ev.references(res.split).to_dict(), "definition": res.definition})
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual").to_dict())
         st.transition(sid, ("created",), "finished")
@@ -123,16 +127,17 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
     rows = [[t, round(v, 4), round(base.scores[t], 4), None if best_res is None else round(best_res.scores[t], 4),
-             None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
+             pct(res.task_retentions["family"].get(t)), pct(res.task_retentions["base"].get(t))]
             for t, v in res.scores.items()]
-    note = (f"**This plan: {100 * res.retention:.1f}%** retention, {res.kept_layers}/{res.n_layers} layers, "
-            f"{res.params / 1e6:.2f}M params · stored as study {sid}")
+    note = (f"**This plan: {line(res.retentions, res.definition)}** retention, {res.kept_layers}/{res.n_layers} "
+            f"layers, {res.params / 1e6:.2f}M params · stored as study {sid}")
     if res.speed:
         note += f"  \nSpeed: {short(res.speed)}"
     if best_res is not None:
         note += (f" · current best (study {best_study['id']}, {best_study['method']}): "
-                 f"{100 * best_res.retention:.1f}% with {best_res.kept_layers} layers on the same examples")
-    return note, rows
+                 f"{line(best_res.retentions, best_res.definition)} with {best_res.kept_layers} layers on the same "
+                 f"examples")
+    return note, gr.Dataframe(value=rows, headers=marked(RESULT_COLUMNS, res.definition))
 
 
 def current_best(st, family_name: str, ev, n: int | None, exclude: int):
@@ -210,7 +215,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
         export_btn = gr.Button("Export HF checkpoint (zip)")
         halt = stop_button()
     result = gr.Markdown()
-    table = gr.Dataframe(headers=["task", "this plan", "base", "current best", "retention %"], interactive=False)
+    table = gr.Dataframe(headers=RESULT_COLUMNS, interactive=False, elem_id="editor-results")
     download = gr.File(label="Exported checkpoint", interactive=False, elem_id="editor-download")
     export_note = gr.Markdown()
     plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text])

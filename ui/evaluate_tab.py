@@ -10,9 +10,11 @@ from gptailor.speed import INTERACTIVE, short
 from . import lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
+from .retention import marked, pct
 from .stop import cleared, stop_button, stoppable, wire_stop
 
-COLUMNS = ["task", "metric", "score", "reference", "reference from", "retention %"]
+COLUMNS = ["task", "metric", "score", "best member", "family reference", "family retention %", "base reference",
+           "base retention %"]
 
 
 @gpu
@@ -33,15 +35,29 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
             res = ev.evaluate(plan, n, speed=INTERACTIVE)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
-    rows = [[t, res.metrics[t], round(v, 4), round(res.references[t].value, 4), res.references[t].member,
-             None if res.task_retention[t] is None else round(100 * res.task_retention[t], 1)]
-            for t, v in res.scores.items()]
-    summary = (f"**Retention {100 * res.retention:.1f}%** · keeps {res.kept_layers} of {res.n_layers} layers · "
-               f"{res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
+    headers, rows = result_grid(res, ev.references(res.split))
+    summary = (f"**Retention {100 * res.retention:.1f}%** ({retention_note(res)}) · keeps {res.kept_layers} of "
+               f"{res.n_layers} layers · {res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
                f"stitch {res.stitch_s * 1e3:.0f} ms, score {res.score_s * 1e3:.0f} ms")
     if res.speed:
         summary += f"  \nSpeed: {short(res.speed)}"
-    return summary, rows
+    return summary, gr.Dataframe(value=rows, headers=headers)
+
+
+def retention_note(res) -> str:
+    """'family, the objective; base 95.1%': which definition the headline is, and the other one's mean."""
+    others = "; ".join(f"{d} {100 * v:.1f}%" for d, v in res.retentions.items() if d != res.definition)
+    return f"{res.definition}, the objective" + (f"; {others}" if others else "")
+
+
+def result_grid(res, refs) -> tuple[list[str], list[list]]:
+    """Per task: the score, each definition's reference (the best member's, the base's) and retention, side
+    by side; the evaluator's default definition (what a study would optimise) is marked in the headers."""
+    fam, base = refs.table("family"), refs.table("base")
+    rows = [[t, res.metrics[t], round(v, 4), fam[t].member, round(fam[t].value, 4),
+             pct(res.task_retentions["family"].get(t)), None if base[t].member == "none" else round(base[t].value, 4),
+             pct(res.task_retentions["base"].get(t))] for t, v in res.scores.items()]
+    return marked(COLUMNS, res.definition), rows
 
 
 def identity_plan(family: str) -> str:

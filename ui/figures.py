@@ -102,7 +102,9 @@ def plan_map(rows: list[MapRow], members: list[str], title: str = "Layer map") -
             orientation="h", y=list(range(len(rows))), x=[None if r.score is None else 100 * r.score for r in rows],
             marker={"color": ["#bdbdbd" if r.faint else "#3a3a3a" for r in rows]}, width=0.84, name="retention",
             showlegend=False, text=["" if r.score is None else f"{100 * r.score:.1f}%" for r in rows],
-            textposition="inside", insidetextanchor="end", textfont={"color": "white", "size": 11},
+            textposition="auto", textangle=0, insidetextanchor="end", cliponaxis=False, textfont={"size": 11},
+            insidetextfont={"color": ["#333333" if r.faint else "white" for r in rows]},  # dark on a faint bar
+            outsidetextfont={"color": "#333333"},  # a short bar: its text beside it, upright
             customdata=[[r.key, f"{r.label}: {'-' if r.score is None else f'{100 * r.score:.1f}%'} {r.note}"]
                         for r in rows], hovertemplate="%{customdata[1]}<extra></extra>"), row=1, col=2)
         top = max([100 * r.score for r in rows if r.score is not None] + [100.0])
@@ -262,14 +264,19 @@ def task_bars(rows: list[dict[str, Any]]) -> go.Figure:
     for r in rows:
         fig.add_trace(go.Bar(name=f"{r['study_id']}: {r['name']}", x=tasks,
                              y=[None if r["task_retention"][t] is None else 100 * r["task_retention"][t] for t in tasks]))
-    fig.update_layout(barmode="group", yaxis_title="%", height=380)
-    return legend_outside(fig, "Retention per task (best plan, test split)")
+    defs = sorted({r.get("definition") or "family" for r in rows})
+    fig.update_layout(barmode="group", yaxis_title=f"{'/'.join(defs)} retention %", height=380)
+    return legend_outside(fig, "Retention per task (best plan, test split)",
+                          f"each study's objective: {', '.join(defs)} retention" if rows else None)
 
 
-def task_scores(trial: dict[str, Any]) -> list[list[Any]]:
-    """The selected trial's per-task table: task, score, retention %."""
-    ret = trial.get("task_retention") or {}
-    return [[task, None if v is None else round(v, 4), None if ret.get(task) is None else round(100 * ret[task], 1)]
+def task_scores(trial: dict[str, Any], definition: str | None = None) -> list[list[Any]]:
+    """The selected trial's per-task table: task, score, family retention %, base retention % (both
+    definitions; ``definition`` is the study's, the one an older trial stored alone)."""
+    from .retention import pct, task_values
+
+    both = task_values(trial, definition)
+    return [[task, None if v is None else round(v, 4), pct(both["family"].get(task)), pct(both["base"].get(task))]
             for task, v in (trial.get("scores") or {}).items()]
 
 

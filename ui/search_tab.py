@@ -13,8 +13,10 @@ from gptailor.space import Budget, BudgetError
 
 from .engine import ENGINE, data_dir, max_trials, max_workers, redact, store
 from .guard import allowance, check_owner, refuse, session_of
+from .retention import definition_of, pair
 
-STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best retention %", "error"]
+STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best family retention %",
+                 "best base retention %", "objective", "error"]
 LAUNCHABLE = [m for m in METHODS if m != "manual"]
 
 
@@ -62,10 +64,11 @@ def studies_rows() -> list[list]:
     rows = []
     for s in reversed(st.studies()):
         trials = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
-        best = None if s["best_retention"] is None else round(100 * s["best_retention"], 1)
+        d = definition_of(s)
+        best = pair(s["best_retentions"] or {d: s["best_retention"]})  # an older trial kept only its objective
         status = f"{QUEUED} #{line[s['id']]}" if s["id"] in line else s["status"]
         now = phase_line(s) if s["status"] in (*ACTIVE, QUEUED) else ""
-        rows.append([s["id"], s["name"], s["method"], s["family"], status, now, trials, best, s["error"] or ""])
+        rows.append([s["id"], s["name"], s["method"], s["family"], status, now, trials, *best, d, s["error"] or ""])
     return rows
 
 
@@ -168,7 +171,8 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
             name = gr.Textbox(label="Study name (optional)")
     go_btn = gr.Button("Launch in the background", variant="primary")
     message = gr.Markdown()
-    studies = gr.Dataframe(headers=STUDY_COLUMNS, value=studies_rows, label="Studies", interactive=False)
+    studies = gr.Dataframe(headers=STUDY_COLUMNS, value=studies_rows, interactive=False, elem_id="studies-table",
+                           label="Studies (best trial by the one ranking rule; 'objective' is the retention it maximises)")
     with gr.Row():
         study_id = gr.Number(value=None, precision=0, label="Study id (click a row above)")
         cancel_btn = gr.Button("Cancel")
@@ -184,6 +188,6 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     # quick actions: progress hidden, so a refusal shows as a toast and the studies list stays in view
     cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study", show_progress="hidden")
     resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study", show_progress="hidden")
-    gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden")
+    gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden", api_name="studies")
     return {"budget_info": budget_info, "remove": remove, "kind": kind, "fraction": fraction,
             "study_id": study_id, "studies": studies}

@@ -1,0 +1,165 @@
+"""Both retention definitions in every table of the real app (#9 item 2): the Dashboard's trial table,
+best-trial summary and selected trial, the Search tab's studies, Compare, Evaluate and the Editor show
+`family` and `base` retention side by side, the study's own marked in the header, and every number equals
+a hand computation (score / reference, from the references the app stored) made here.
+
+Two real studies (a random search and a last_n baseline on the demo family) are run in this process on
+the app's database before the server starts (conftest's ``demo_studies_app``); the server reads them as any
+page would."""
+import json
+import math
+
+import pytest
+
+from test_app import rows_of
+
+
+def goodness(kind: str, v: float) -> float:
+    if kind == "perplexity":
+        return 1.0 / v if v > 0 and math.isfinite(v) else 0.0
+    return v
+
+
+def by_hand(scores: dict, refs: dict) -> dict[str, dict]:
+    """family: score / the best member's score per task, capped at 1; base: score / the base's score, none
+    where the base is near zero (below 0.05, accuracy tasks); means over the tasks that have one."""
+    out = {"family": {}, "base": {}}
+    for t, v in scores.items():
+        kind = refs["kinds"][t]
+        g = goodness(kind, v)
+        best = max(goodness(kind, member[t]) for member in refs["scores"].values())
+        out["family"][t] = min(1.0, g / best) if best > 0 else None
+        gb = goodness(kind, refs["scores"]["base"][t])
+        out["base"][t] = g / gb if gb > 0 and (kind == "perplexity" or gb >= refs.get("near_zero", 0.05)) else None
+    means = {d: sum(x for x in r.values() if x is not None) / sum(1 for x in r.values() if x is not None)
+             for d, r in out.items()}
+    return {"tasks": out, "means": means}
+
+
+def grid(value) -> tuple[list[str], list[list]]:
+    """(headers, rows) of a Dataframe as gradio_client returns it (a value or an update)."""
+    if isinstance(value, dict) and "value" in value:
+        value = value["value"]
+    return value["headers"], value["data"]
+
+
+def col(headers: list[str], start: str) -> int:
+    return next(i for i, h in enumerate(headers) if h.startswith(start))
+
+
+@pytest.fixture(scope="module")
+def app(demo_studies_app):
+    return demo_studies_app
+
+
+def test_dashboard_tables_show_both_definitions(app):
+    from ui.dashboard_tab import OUTPUTS
+
+    client, st, ids, _, _ = app
+    out = dict(zip(OUTPUTS[1:], client.predict(list(ids), None, None, api_name="/dashboard")))
+    studies = {s["id"]: s for s in st.studies()}
+    definition = studies[ids[0]]["refs"]["definition"]
+    other = "base" if definition == "family" else "family"
+    head, rows = grid(out["table"])
+    assert f"{definition} retention % (objective)" in head and f"{other} retention %" in head
+    fam, base, obj = col(head, "family retention"), col(head, "base retention"), head.index("objective")
+    trials = {(s, t["number"]): t for s in ids for t in st.trials(s)}
+    assert len(rows) == len(trials) == 6
+    for r in rows:
+        t = trials[(int(r[0]), int(r[1]))]
+        want = by_hand(t["scores"], studies[int(r[0])]["refs"])["means"]
+        assert r[fam] == pytest.approx(100 * want["family"], abs=0.006)
+        assert r[base] == pytest.approx(100 * want["base"], abs=0.006)
+        assert r[obj] == definition
+    assert any(abs(r[fam] - r[base]) > 1 for r in rows)  # the two definitions really differ on the demo
+
+    # the best-trial summary: the search split's best by the one rule, and its test-split report
+    head, rows = grid(out["summary"])
+    assert f"{definition} % search (objective)" in head
+    for r in rows:
+        s = studies[r[0]]
+        best = st.trials(s["id"])[r[head.index("best trial")]]
+        assert best["number"] == s["best_trial"]
+        want = by_hand(best["scores"], s["refs"])["means"]
+        assert r[col(head, "family % search")] == pytest.approx(100 * want["family"], abs=0.06)
+        assert r[col(head, "base % search")] == pytest.approx(100 * want["base"], abs=0.06)
+        rep = s["report"]
+        assert r[col(head, "family % test")] == round(100 * rep["retentions"]["family"], 1)
+        assert r[col(head, "base % test")] == round(100 * rep["retentions"]["base"], 1)
+
+    # the selected trial (the best of the shown studies): its confirmation and per-task table
+    assert "(objective)" in out["confirm"] and "% base" in out["confirm"] and "% family" in out["confirm"]
+    key, note, _fig, tasks = client.predict(f"{ids[0]}:0", api_name="/select_trial")
+    sid, number = (int(x) for x in key.split(":"))
+    head, rows = grid(tasks)
+    t = st.trials(sid)[number]
+    hand = by_hand(t["scores"], studies[sid]["refs"])["tasks"]
+    assert [r[0] for r in rows] == list(t["scores"])
+    for r in rows:
+        for d in ("family", "base"):
+            want = hand[d][r[0]]
+            got = r[col(head, f"{d} %")]
+            assert (got is None) if want is None else got == pytest.approx(100 * want, abs=0.06)
+
+
+def test_search_tab_studies_show_both_definitions(app):
+    client, st, ids, _, _ = app
+    rows = rows_of(client.predict(api_name="/studies"))
+    from ui.search_tab import STUDY_COLUMNS as head
+
+    for s in st.studies():
+        r = next(r for r in rows if r[0] == s["id"])
+        best = st.trials(s["id"])[s["best_trial"]]
+        want = by_hand(best["scores"], s["refs"])["means"]
+        assert r[col(head, "best family")] == pytest.approx(100 * want["family"], abs=0.06)
+        assert r[col(head, "best base")] == pytest.approx(100 * want["base"], abs=0.06)
+        assert r[head.index("objective")] == s["refs"]["definition"]
+
+
+def test_compare_shows_both_definitions_on_the_test_split(app):
+    client, st, ids, data, test_refs = app
+    table, _bars, _maps = client.predict("demo", None, api_name="/compare")
+    head, rows = grid(table)
+    studies = {s["id"]: s for s in st.studies()}
+    definition = studies[ids[0]]["refs"]["definition"]
+    assert f"{definition} retention % (objective)" in head
+    for r in rows:
+        want = by_hand(studies[r[0]]["report"]["scores"], test_refs)["means"]
+        assert r[col(head, "family retention")] == pytest.approx(100 * want["family"], abs=0.06)
+        assert r[col(head, "base retention")] == pytest.approx(100 * want["base"], abs=0.06)
+
+
+def test_evaluate_and_editor_show_both_definitions(app):
+    client, st, ids, data, test_refs = app
+    plan = "0:base 1:math 2:drop 3:facts 4:base 5:strings 6:drop 7:base"
+    summary, table = client.predict("demo", plan, 8, api_name="/evaluate")
+    head, rows = grid(table)
+    refs = next(r for p in (data / "cache").glob("refs-demo-*.json")
+                if (r := json.loads(p.read_text()))["split"] == "test")  # what the app stored and scored against
+    assert all(refs["scores"][m] == pytest.approx(v) for m, v in test_refs["scores"].items())
+    hand = by_hand({r[0]: r[head.index("score")] for r in rows}, refs)
+    assert "(objective)" in " ".join(head) and "Retention" in summary and "the objective" in summary
+    for r in rows:
+        kind = refs["kinds"][r[0]]
+        best = max(refs["scores"], key=lambda m: goodness(kind, refs["scores"][m][r[0]]))
+        assert r[head.index("best member")] == best
+        assert r[col(head, "family reference")] == pytest.approx(refs["scores"][best][r[0]], abs=1e-4)
+        for d in ("family", "base"):  # scores are shown to 4 digits: the hand value carries that rounding
+            want = hand["tasks"][d][r[0]]
+            got = r[col(head, f"{d} retention")]
+            assert (got is None) if want is None else got == pytest.approx(100 * want, abs=0.2)
+
+    note, table = client.predict("demo", plan, 8, api_name="/evaluate_manual")
+    head, rows = grid(table)
+    sid = int(note.rsplit("stored as study ", 1)[1].split()[0].rstrip("·"))
+    s = st.study(sid)
+    t = st.trials(sid)[0]
+    hand = by_hand(t["scores"], s["refs"])
+    assert f"{s['refs']['definition']} retention % (objective)" in head
+    assert f"{100 * hand['means']['family']:.1f}% family" in note and f"{100 * hand['means']['base']:.1f}% base" in note
+    for r in rows:
+        assert r[head.index("this plan")] == round(t["scores"][r[0]], 4)
+        for d in ("family", "base"):
+            want = hand["tasks"][d][r[0]]
+            got = r[col(head, f"{d} retention")]
+            assert (got is None) if want is None else got == pytest.approx(100 * want, abs=0.06)
