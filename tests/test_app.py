@@ -188,14 +188,15 @@ def test_manual_evaluation_and_export(client):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
 def test_browser_launches_a_search_and_renders_the_heatmap(server):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, _ = server
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.goto(url, wait_until="networkidle")
+        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"), timeout=60_000)
         page.get_by_role("tab", name="Search").click()
         page.get_by_label("Trials (SMAC / random)").fill("6")
         page.get_by_role("button", name="Launch in the background").click()
@@ -517,7 +518,8 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(url, wait_until="networkidle")
+        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"), timeout=60_000)
         # an error replaces the last result instead of leaving it on the page
         page.get_by_label("Examples per task (0 or empty = all)").first.fill("4")
         page.get_by_label("Plan (text form or JSON)").fill(" ".join(["base"] * 7 + ["drop"]))

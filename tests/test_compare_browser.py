@@ -35,7 +35,7 @@ def test_compare_in_the_browser_matches_the_dashboard(demo_studies_app):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load", timeout=120_000)  # never idle: the pages' timers tick every 3 s
+        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
         page.get_by_role("tab", name="Compare").click(timeout=60_000)
         page.get_by_role("button", name="Compare all studies").click()
         page.locator("#compare-maps .js-plotly-plot").wait_for(timeout=120_000)

@@ -69,7 +69,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load", timeout=120_000)  # never idle for long: the pages' timers tick every 3 s
+        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
         page.get_by_role("tab", name="Dashboard").click(timeout=60_000)
         confirm = page.locator("#trial-selected")
         # the newest study (manual) and the others on its family are shown; the best trial is selected first

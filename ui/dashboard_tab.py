@@ -30,8 +30,8 @@ from .retention import definition_of, line, marked, means, pair, shared_definiti
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
 TASK_COLUMNS = ["task", "score", "family %", "base %"]
-SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "family % search", "base % search",
-                   "family % test", "base % test", "objective", "kept", "plan"]
+SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "kept", "family % search", "base % search",
+                   "family % test", "base % test", "objective", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
 CLICK_JS = """
@@ -148,8 +148,18 @@ def best_summary(view: View) -> list[list]:
         rep = s.get("report") or {}
         test = rep.get("retentions") or {} if rep.get("trial") == best["number"] else {}
         rows.append([s["id"], view.names[s["id"]], s["method"], best["number"], best["fidelity"] or "full",
-                     *pair(means(best, d)), *pair(test), d, best["kept_layers"], best["plan_text"]])
+                     best["kept_layers"], *pair(means(best, d)), *pair(test), d, best["plan_text"]])
     return rows
+
+
+def summary_table(view: View, objective: str | None) -> gr.Dataframe:
+    """The summary as shown: with one objective for every study the headers mark it and the per-row
+    'objective' column goes (the table then fits 1400 px without scrolling)."""
+    rows, head = best_summary(view), marked(SUMMARY_COLUMNS, objective)
+    if objective is not None:
+        k = SUMMARY_COLUMNS.index("objective")
+        rows, head = [r[:k] + r[k + 1:] for r in rows], head[:k] + head[k + 1:]
+    return gr.Dataframe(value=rows, headers=head)
 
 
 def draw(view: View):
@@ -171,7 +181,7 @@ def draw(view: View):
         "topk": figures.top_k_layer_maps(focus_trials, members, names=names) if members and focus_trials else None,
         "over": figures.layer_choice_per_trial(focus_trials, members, focus_name) if members and focus_trials else None,
         "imp": imp, "marg": marg,
-        "summary": gr.Dataframe(value=best_summary(view), headers=marked(SUMMARY_COLUMNS, objective)),
+        "summary": summary_table(view, objective),
         "choices": trial_choices(all_trials, names),
         "table": gr.Dataframe(value=trial_rows(view), headers=marked(TRIAL_COLUMNS, objective)),
     }
