@@ -29,7 +29,7 @@ def test_editor_lm_eval_table_at_both_widths(app, tmp_path):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app, wait_until="networkidle")
+        page.goto(app, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
         page.get_by_role("tab", name="Editor").click()
         text = page.get_by_label("Plan (compact text form)")
         expect(text).to_have_value("0:base 1:base 2:base 3:base 4:base 5:base 6:base 7:base", timeout=60_000)
