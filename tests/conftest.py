@@ -125,3 +125,11 @@ def demo_studies_app(tmp_path_factory):
     proc, url, _ = start_app(tmp_path_factory, GPTAILOR_DATA_DIR=str(data))
     yield Client(url, verbose=False), st, (search, baseline), data, test_refs
     stop_app(proc)
+
+
+def open_app(browser, url: str, height: int = 1000, width: int = 1400):
+    """A page on the app, once the page has loaded. Not ``networkidle``: the dashboard's gr.State keeps
+    Gradio's heartbeat connection open, so the network never goes idle."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url, wait_until="load", timeout=120_000)
+    return page

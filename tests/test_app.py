@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, launch_chromium
+from conftest import CHROMIUM, launch_chromium, open_app
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "output"
@@ -194,8 +194,7 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        page = open_app(browser, url, 1600)
         expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"), timeout=60_000)
         page.get_by_role("tab", name="Search").click()
         page.get_by_label("Trials (SMAC / random)").fill("6")
@@ -517,8 +516,7 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        page = open_app(browser, url, 1400)
         expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"), timeout=60_000)
         # an error replaces the last result instead of leaving it on the page
         page.get_by_label("Examples per task (0 or empty = all)").first.fill("4")

@@ -5,7 +5,7 @@ same numbers as the Dashboard's best-trial summary for the same studies. Screens
 compare-760.png in tests/output/."""
 import pytest
 
-from conftest import CHROMIUM, launch_chromium
+from conftest import CHROMIUM, launch_chromium, open_app
 from test_app import OUT
 
 
@@ -34,8 +34,7 @@ def test_compare_in_the_browser_matches_the_dashboard(demo_studies_app):
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        page = open_app(browser, url, 1000)
         page.get_by_role("tab", name="Compare").click(timeout=60_000)
         page.get_by_role("button", name="Compare all studies").click()
         page.locator("#compare-maps .js-plotly-plot").wait_for(timeout=120_000)

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from gptailor import Plan
-from conftest import CHROMIUM, launch_chromium
+from conftest import CHROMIUM, launch_chromium, open_app
 from test_app import OUT, start_app, stop_app
 
 MEMBERS = ["base", "math", "strings", "facts"]
@@ -68,8 +68,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        page = open_app(browser, url, 1000)
         page.get_by_role("tab", name="Dashboard").click(timeout=60_000)
         confirm = page.locator("#trial-selected")
         # the newest study (manual) and the others on its family are shown; the best trial is selected first

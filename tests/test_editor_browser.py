@@ -3,7 +3,7 @@ it from the Editor's own lm-eval panel (local task files, demo family); screensh
 (editor-lm-eval-1400.png, editor-lm-eval-760.png)."""
 import pytest
 
-from conftest import CHROMIUM, launch_chromium
+from conftest import CHROMIUM, launch_chromium, open_app
 from test_app import OUT, start_app, stop_app
 
 PLAN = "0:math 1:math 2:math 3:math 4:drop 5:math 6:math 7:merge(math=.5,facts=.5)"
@@ -28,8 +28,7 @@ def test_editor_lm_eval_table_at_both_widths(app, tmp_path):
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app, wait_until="load", timeout=120_000)  # not networkidle: gr.State keeps a heartbeat open
+        page = open_app(browser, app, 1000)
         page.get_by_role("tab", name="Editor").click()
         text = page.get_by_label("Plan (compact text form)")
         expect(text).to_have_value("0:base 1:base 2:base 3:base 4:base 5:base 6:base 7:base", timeout=60_000)
