@@ -182,6 +182,19 @@ def cmd_cancel(args, argv) -> int:
     return 0
 
 
+def _both(means: dict | None, definition: str, objective: float | None) -> tuple[str, str]:
+    """A study's (family, base) retention cells: each definition's mean where stored, the objective's
+    own value where only it is (a study stored before both were kept), '-' where neither."""
+    from gptailor.evaluate import DEFINITIONS
+
+    out = []
+    for d in DEFINITIONS:
+        v = (means or {}).get(d)
+        v = objective if v is None and d == definition else v
+        out.append("-" if v is None else f"{100 * v:.1f}%")
+    return out[0], out[1]
+
+
 def cmd_studies(args, argv) -> int:
     from .runs import QUEUED, phase_line, reconcile, start_queued, worker_cap
     from .store import ACTIVE, Store, StoreError
@@ -201,15 +214,16 @@ def cmd_studies(args, argv) -> int:
     if args.json:
         print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
         return 0
-    print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}{'search':>8}{'test':>8}"
-          f"{'retention':>10}  name")
+    print(f"{'':>48}{'search split':^18}{'test split':^18}")
+    print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}"
+          f"{'family':>9}{'base':>9}{'family':>9}{'base':>9}{'objective':>11}  name")
     for s in rows:
-        best = "-" if s["best_retention"] is None else f"{100 * s['best_retention']:.1f}%"
-        test = "-" if s["test_retention"] is None else f"{100 * s['test_retention']:.1f}%"
-        definition = (s.get("refs") or {}).get("definition", "-")
+        definition = (s.get("refs") or {}).get("definition") or (s.get("report") or {}).get("definition") or "-"
+        search = _both(s.get("best_retentions"), definition, s["best_retention"])
+        test = _both((s.get("report") or {}).get("retentions"), definition, s["test_retention"])
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
-        print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}{best:>8}{test:>8}"
-              f"{definition:>10}  {s['name']}")
+        print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}"
+              + "".join(f"{v:>9}" for v in (*search, *test)) + f"{definition:>11}  {s['name']}")
         if s["status"] in (*ACTIVE, QUEUED):  # what its worker is doing now (or that it went quiet)
             print(f"{'':>5}now: {phase_line(s)}")
     return 0

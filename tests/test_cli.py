@@ -218,6 +218,31 @@ def test_sweep_runs_one_study_per_budget_and_front_answers_how_small(spec, tmp_p
     assert bad.returncode == 2 and "distinct layer counts >= 1" in bad.stderr
 
 
+def test_studies_lists_both_retentions_on_both_splits(spec, tmp_path):
+    """`studies` shows family and base retention for the search-split best and the test-split report; the
+    test cells equal the best plan re-scored here on the test split, the search cells the stored best trial.
+    On the demo family, whose finetunes hold skills the base lacks, so the two definitions differ."""
+    from db.store import Store
+    from gptailor import Evaluator, Family, Plan, load_suite
+
+    db = f"sqlite:///{tmp_path / 'both.db'}"
+    r = run("sweep", "-f", "demo", "--db", db, "--method", "shortgpt", "--remove", "1")
+    assert r.returncode == 0, r.stderr
+    study = Store(db).studies()[0]
+    fam = Family.from_spec("demo")
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
+    trial = next(t for t in Store(db).trials(study["id"]) if t["number"] == study["best_trial"])
+    test = ev.evaluate(Plan.from_dict(trial["plan"]), None, split="test")
+    assert test.retentions["base"] != test.retentions["family"]  # the two columns can be told apart
+    search = {d: trial["retentions"][d]["mean"] for d in ("family", "base")}
+    out = run("studies", "--db", db).stdout
+    row = next(line for line in out.splitlines() if line.split()[:1] == [str(study["id"])])
+    cells = [f"{100 * v:.1f}%" for v in (search["family"], search["base"], test.retentions["family"],
+                                         test.retentions["base"])]
+    assert row.split()[5:9] == cells, (row, cells)
+    assert "search split" in out and "test split" in out and row.split()[9] == study["refs"]["definition"]
+
+
 def test_background_searches_obey_the_worker_cap(spec, tmp_path, monkeypatch, capsys):
     """GPTAILOR_MAX_WORKERS=1: a second --background search is refused (one line, exit 2, nothing stored),
     --queue puts it in line with its place shown, and `studies` starts it once the slot frees."""
