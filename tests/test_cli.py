@@ -180,7 +180,7 @@ def test_eval_json_has_no_bare_nan(spec):
     assert json.loads(out) == {"a": None, "b": [None, 1.0], "c": {"d": None}}
 
 
-def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path):
+def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path, monkeypatch):
     from db.liveness import Owner
     from db.runs import create_study
     from db.store import Store
@@ -191,6 +191,9 @@ def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path):
     store = Store(db)
     sid = create_study(store, str(spec), "smac", Budget(remove_layers=1), SearchSettings(n_trials=9))
     me = Owner.me()  # this test process stands in for a live worker
+    # it beats only once (at the claim): a `studies` that takes over a minute to start on a loaded machine
+    # must not judge it dead by the default 60 s heartbeat grace
+    monkeypatch.setenv("GPTAILOR_GRACE_S", "3600")
     assert store.claim(sid, me)
     store.set_progress(sid, {"phase": "references", "done": 2, "total": 3, "detail": "scoring code"}, me)
     r = run("studies", "--db", db)
