@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
-from gptailor.baselines import HEURISTICS, LayerStates, base_states, calibration_texts
+from gptailor.baselines import HEURISTICS, SharedStates, calibration_texts
 from gptailor.evaluate import References
 from gptailor.precompute import Precompute
 from gptailor.progress import OnPhase, Phase, quiet
@@ -296,14 +296,7 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
     done = {t.source for t in previous if t.status == "complete"}  # a trial cut short is scored again
     number = len(previous)
     start = time.perf_counter()
-    memo: dict[str, LayerStates] = {}  # one forward per member, shared by its heuristics
-
-    def states_of(m: str) -> Callable[[], LayerStates]:
-        def get() -> LayerStates:
-            if m not in memo:
-                memo[m] = base_states(ev.family, texts, m, ev.stitcher)
-            return memo[m]
-        return get
+    shared = SharedStates(ev.family, texts, ev.stitcher)  # one forward per member, shared by its heuristics
     for h, m in todo:
         name = f"{h}:{m}"
         if name in done:
@@ -312,7 +305,7 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
             return "cancelled"
         step = Phase("heuristics", number, len(todo), f"{h} on {m}")
         plan, _ = cache.heuristic_plan(h, ev.family, n, ev.suite, member=m, stitcher=ev.stitcher, texts=texts,
-                                       on_compute=lambda: on_phase(step), states=states_of(m))
+                                       on_compute=lambda: on_phase(step), states=shared.of(m))
         if isinstance(ev, _Watched):
             ev.source = name
         res = ev.evaluate(plan, None, split="search", references=refs, definition=definition)

@@ -165,6 +165,24 @@ def base_states(family: Family, texts: list[str], member: str = "base",
     return layer_states(model, family.tokenizer, texts)
 
 
+class SharedStates:
+    """Each member's ``base_states`` on one set of texts, computed on first use and then shared: every
+    heuristic that reads a member's statistics costs one forward of that member in all."""
+
+    def __init__(self, family: Family, texts: list[str], stitcher: Stitcher | None = None) -> None:
+        self.family, self.texts, self.stitcher = family, texts, stitcher
+        self._memo: dict[str, LayerStates] = {}
+
+    def get(self, member: str = "base") -> LayerStates:
+        if member not in self._memo:
+            self._memo[member] = base_states(self.family, self.texts, member, self.stitcher)
+        return self._memo[member]
+
+    def of(self, member: str = "base") -> Callable[[], LayerStates]:
+        """A thunk for ``member``'s statistics (what ``Precompute.heuristic_plan`` takes as ``states``)."""
+        return lambda: self.get(member)
+
+
 def laco_candidates(states: LayerStates, n: int, limit: int = LACO_CANDIDATES) -> list[int]:
     """Block starts LaCo tries, at most ``limit``: every start (never the final layer) when few, else
     the ``limit`` whose dropped layers ``start+1..start+n`` change the last-token state least (the

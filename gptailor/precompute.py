@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .baselines import HEURISTICS, LACO_CANDIDATES, LayerStates, base_states, calibration_texts, heuristic_plan
+from .baselines import (HEURISTICS, LACO_CANDIDATES, LayerStates, SharedStates, calibration_texts,
+                        heuristic_plan)
 from .evaluate import Evaluator, References
 from .family import Family
 from .paths import inside, safe_name
@@ -140,12 +141,7 @@ class Precompute:
         """The positions each heuristic removes (the search's seeded initial design). The base runs
         forward once for all of them (LaCo then runs at most ``LACO_CANDIDATES`` collapsed models)."""
         texts = calibration_texts(suite)
-        memo: list[LayerStates] = []
-
-        def states() -> LayerStates:
-            if not memo:
-                memo.append(base_states(family, texts, "base", stitcher))
-            return memo[0]
+        states = SharedStates(family, texts, stitcher).of("base")
         out: dict[str, list[int]] = {}
         K = len(HEURISTICS)
         all_cached = True
