@@ -63,7 +63,7 @@ def main() -> int:
         print(f"{m + '/' + task.name:<22}" + "".join(f"{100 * r:>5.0f}" for r in rel), flush=True)
         print(f"{'':<22}positions keeping >= 90%: {[i for i in range(L) if rel[i] >= 0.9]}", flush=True)
     print("\n2. the n least harmful single drops together: the skill's own score on the held-out test split "
-          f"(full: the member unchanged)")
+          "(full: the member unchanged)")
     print(f"{'member/task':<22}{'full':>8}" + "".join(f"{f'-{n}':>8}" for n in budgets) + "   drops at the largest")
     for m, task, _ in skills:
         full_test = score(ev, Plan.identity(L, m, fam.name), task, "test")
