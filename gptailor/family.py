@@ -213,6 +213,7 @@ class Family:
         self.generation_config = generation_config
         self._resident: dict[tuple, State] = {}  # the base's shared tensors per (device, dtype)
         self._resident_bytes = 0  # of those, the ones not memory-mapped
+        self._layer_equal: dict[tuple[str, int], bool] = {}
         self._io_equal: dict[tuple[str, str], bool] = {}
         self._raw: dict[tuple[str, int], State] = {}  # memory-mapped layer views, read once
 
@@ -385,6 +386,27 @@ class Family:
             mine, base = self.raw_shared(member), self.raw_shared("base")
             self._io_equal[key] = mine[name].dtype == base[name].dtype and torch.equal(mine[name], base[name])
         return self._io_equal[key]
+
+    def layer_equals_base(self, member: str, position: int) -> bool:
+        """Whether ``member``'s layer at ``position`` is bit-for-bit the base's (a finetune that froze
+        it, or a LoRA that did not adapt it). Compared on the mapped files, pages handed back after."""
+        self._check(member, position)
+        if member == "base":
+            return True
+        key = (member, position)
+        if key not in self._layer_equal:
+            mine, base = self.raw_layer(member, position), self.raw_layer("base", position)
+            self._layer_equal[key] = all(mine[k].dtype == base[k].dtype and torch.equal(mine[k], base[k])
+                                         for k in self.layer_shapes)
+            self.release_mapped(only=[key, ("base", position)])
+        return self._layer_equal[key]
+
+    def shared_positions(self) -> list[int]:
+        """Positions where every member's layer is the base's: there a pick or a merge (linear, task
+        arithmetic, TIES: all reduce to the layer itself) is the base's layer, so only keep-or-drop
+        matters. A search space that still offered members there would spend its trials on no-ops."""
+        return [i for i in range(self.n_layers)
+                if all(self.layer_equals_base(m, i) for m in self.member_names[1:])]
 
     def layer_params(self) -> int:
         return self.checkpoints["base"].numel(self._layer_names(0))

@@ -90,7 +90,14 @@ class PlanSpace:
         self.candidates = self.members[1:]
         self.n_remove = n_remove
         self.seed = seed
+        # positions where every member's layer is the base's: only keep (base) or drop is offered there
+        self.shared = frozenset(family.shared_positions()) if self.candidates else frozenset()
         self.cs = self._build()
+
+    def _same_as_base(self, i: int, op: Op) -> bool:
+        """Whether ``op`` at position ``i`` is the base's layer because every member's layer there is:
+        a pick, or a merge of members at this position (not a LaCo-style merge reading other positions)."""
+        return i in self.shared and op.kind != "drop" and not any("@" in m for m in op.members)
 
     def _build(self) -> ConfigurationSpace:
         raise NotImplementedError
@@ -108,7 +115,7 @@ class PlanSpace:
 
     def describe(self) -> dict[str, Any]:
         return {"space": self.name, "positions": self.L, "members": self.members, "n_remove": self.n_remove,
-                "hyperparameters": len(list(self.cs.values()))}
+                "hyperparameters": len(list(self.cs.values())), "shared_positions": sorted(self.shared)}
 
 
 class LayerwiseSpace(PlanSpace):
@@ -126,9 +133,10 @@ class LayerwiseSpace(PlanSpace):
         cs = ConfigurationSpace(seed=self.seed)
         ops = ["drop", *self.members] + (["merge"] if self.merge and len(self.members) > 1 else [])
         for i in range(self.L):
-            op = Categorical(f"op_{i:03d}", ops, default=self.members[0])
+            here = ["drop", self.members[0]] if i in self.shared else ops
+            op = Categorical(f"op_{i:03d}", here, default=self.members[0])
             cs.add(op)
-            if "merge" not in ops:
+            if "merge" not in here:
                 continue
             method = Categorical(f"method_{i:03d}", list(MERGE_METHODS_SEARCHED), default="linear")
             weights = [Float(f"w_{i:03d}_{m}", (0.0, 1.0), default=0.5) for m in self.members]
@@ -177,6 +185,8 @@ class LayerwiseSpace(PlanSpace):
         for i, op in enumerate(plan.ops):
             if op.kind == "drop":
                 values[f"op_{i:03d}"] = "drop"
+            elif self._same_as_base(i, op):
+                values[f"op_{i:03d}"] = self.members[0]
             elif op.kind == "pick":
                 values[f"op_{i:03d}"] = op.member
             else:
@@ -208,9 +218,11 @@ class PaperSpace(PlanSpace):
         for j in range(self.n_remove):
             cs.add(Integer(f"remove_{j:03d}", (0, self.L - 1), default=removal_preference(self.L)[j]))
         for i in range(self.L):
+            if i in self.shared:
+                continue  # every finetune's layer is the base's here: no mask to choose
             for k in self.candidates:
                 cs.add(Categorical(f"mask_{i:03d}_{k}", [0, 1], default=0))
-        if self.candidates:
+        if self.candidates and len(self.shared) < self.L:
             cs.add(Float("scale", (MIN_WEIGHT, 1.0), default=0.5))
         return cs
 
@@ -238,7 +250,7 @@ class PaperSpace(PlanSpace):
             if i in gone:
                 ops.append(Op.drop())
                 continue
-            chosen = [k for k in self.candidates if int(c[f"mask_{i:03d}_{k}"]) == 1]
+            chosen = [] if i in self.shared else [k for k in self.candidates if int(c[f"mask_{i:03d}_{k}"]) == 1]
             if not chosen:
                 ops.append(Op.pick("base"))
             elif len(chosen) == 1:
@@ -255,7 +267,9 @@ class PaperSpace(PlanSpace):
         scale = None
         for i, op in enumerate(plan.ops):
             chosen: set[str] = set()
-            if op.kind == "pick" and op.member != "base":
+            if op.kind == "drop" or self._same_as_base(i, op):
+                pass  # a shared position has no masks; its pick or merge is the base's layer
+            elif op.kind == "pick" and op.member != "base":
                 chosen = {op.member}
             elif op.kind == "merge":
                 ws = {w for _, w in op.weights}
@@ -265,9 +279,9 @@ class PaperSpace(PlanSpace):
                     return None
                 scale = op.weights[0][1]
                 chosen = set(op.members)
-            for k in self.candidates:
+            for k in self.candidates if i not in self.shared else ():
                 values[f"mask_{i:03d}_{k}"] = int(k in chosen)
-        if self.candidates:
+        if self.candidates and len(self.shared) < self.L:
             values["scale"] = min(1.0, max(MIN_WEIGHT, scale if scale is not None else 0.5))
         try:
             return Configuration(self.cs, values=values)
