@@ -15,7 +15,8 @@ As a reviewer expects it, in one run:
     PYTHONHASHSEED=0 python bench/search_quality.py [--trials 200] [--seeds 0,1,2] [--methods smac,random]
     PYTHONHASHSEED=0 python bench/search_quality.py --methods smac,random,smac-noseed,random-noseed
     PYTHONHASHSEED=0 python bench/search_quality.py --family data/builtin/smol --remove 1,2,4,8 --trials 24
-      (one budget per count, then retention vs size as a front per method, and "how small keeps 95%?")
+      (one budget per count, then retention vs size as a front per method, and "how small keeps 95%?";
+      --baselines none runs the searches only, --workdir keeps references and heuristics for reruns)
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
                   f"{100 * (r['search_best'] or 0):.1f}%), {r['n']} trials ({r['scored']} scored) in {r['wall']:.0f}s",
                   flush=True)
     t_h = time.perf_counter()
-    for h in HEURISTICS:
+    for h in args.baselines:
         runs.append(run_one(args, ev, budget, h, 0, bdir))
     heur_s = time.perf_counter() - t_h
 
@@ -114,7 +115,7 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
     print(f"{'method':<14}{'seeds':>6}{'retention':>12}{'sd':>7}{'95% CI':>17}"
           + "".join(f"{t[:10]:>11}" for t in tasks) + f"{'base-def.':>10}  best plan (first seed)")
     summary: dict[str, dict] = {}
-    for method in [*methods, *HEURISTICS]:
+    for method in [*methods, *args.baselines]:
         rs = [r for r in runs if r["method"] == method]
         vals = [r["row"].retention for r in rs]
         m, sd, hw = interval(vals)
@@ -131,7 +132,7 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
           "(seed spread and the test split's sampling error)")
     for method in methods:
         a = summary[method]
-        for other in [x for x in [*methods, *HEURISTICS] if x != method]:
+        for other in [x for x in [*methods, *args.baselines] if x != method]:
             b = summary[other]
             noise = math.sqrt(a["sd"] ** 2 / len(a["vals"]) + b["sd"] ** 2 / len(b["vals"]) + a["se"] ** 2
                               + b["se"] ** 2)
@@ -150,25 +151,29 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
     return summary
 
 
-def print_fronts(fronts: dict[int, dict[str, dict]], methods: list[str], n_layers: int, keep: float) -> None:
+def print_fronts(fronts: dict[int, dict[str, dict]], methods: list[str], n_layers: int, keep: float,
+                 baselines: tuple[str, ...] = HEURISTICS) -> None:
     """Retention (test split) against layers removed, one row per method: the front each method traces."""
     budgets = sorted(fronts)
     print(f"\n=== retention vs size per method (test split, mean +- sd over seeds; {n_layers} layers)")
     print(f"{'method':<14}" + "".join(f"{f'-{n} ({100 * n / n_layers:.0f}%)':>18}" for n in budgets))
-    for method in [*methods, *HEURISTICS]:
+    for method in [*methods, *baselines]:
         cells = [f"{100 * fronts[n][method]['mean']:.1f} +- {100 * fronts[n][method]['sd']:.1f}" for n in budgets]
         print(f"{method:<14}" + "".join(f"{c:>18}" for c in cells))
     print(f"smallest size keeping >= {100 * keep:.0f}% (family's best per task), per method:")
-    for method in [*methods, *HEURISTICS]:
+    for method in [*methods, *baselines]:
         ok = [n for n in budgets if fronts[n][method]["mean"] >= keep]
         print(f"  {method:<12} " + (f"{max(ok)} of {n_layers} layers removed" if ok else "none of the budgets tried"))
     print("does each search's front dominate every other method's by more than the noise, at every budget?")
     for method in methods:
+        if not [x for x in [*methods, *baselines] if x != method]:
+            print(f"  {method:<8} no other method in this run to compare with")
+            continue
         verdicts = []
         for n in budgets:
             a = fronts[n][method]
             worse = []
-            for other in [x for x in [*methods, *HEURISTICS] if x != method]:
+            for other in [x for x in [*methods, *baselines] if x != method]:
                 b = fronts[n][other]
                 noise = math.sqrt(a["sd"] ** 2 / len(a["vals"]) + b["sd"] ** 2 / len(b["vals"]) + a["se"] ** 2
                                   + b["se"] ** 2)
@@ -195,7 +200,12 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="folder for the studies' SQLite files and the references/"
                     "heuristics cache (default: a new temporary folder); a rerun there reuses the cache")
     ap.add_argument("--retention", default="auto", choices=("auto", "family", "base"))
+    ap.add_argument("--baselines", default=",".join(HEURISTICS),
+                    help="heuristic rows to run at every budget (comma-separated; 'none' for the searches only)")
     args = ap.parse_args()
+    args.baselines = () if args.baselines == "none" else tuple(args.baselines.split(","))
+    if set(args.baselines) - set(HEURISTICS):
+        ap.error(f"--baselines: choose from {', '.join(HEURISTICS)} (or none)")
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
 
@@ -225,7 +235,7 @@ def main() -> int:
     fronts = {b.n_remove(fam): run_budget(args, ev, b, methods, seeds, workdir, definition, test_refs)
               for b in budgets}
     if len(fronts) > 1:
-        print_fronts(fronts, methods, fam.n_layers, args.keep)
+        print_fronts(fronts, methods, fam.n_layers, args.keep, args.baselines)
     print(f"\nreferences (once, not overhead): {ref_s:.1f}s")
     return 0
 
