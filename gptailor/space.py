@@ -11,6 +11,9 @@ Two encodings, both decoding every configuration to a valid plan that respects t
 - ``paper`` (GPTailor's own): R removed positions; for every kept position a K-bit mask over the
   finetunes (none = base layer, one = pick it, several = task arithmetic base + s * sum(theta_j -
   base) of the selected ones, all read at the *same* source position) and one scale s.
+
+In both, a position where every finetune's layer is bit-for-bit the base's (``Family.shared_positions``)
+offers only keep or drop: any pick or merge there is the base's layer, so it is not searched.
 """
 from __future__ import annotations
 
