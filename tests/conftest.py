@@ -133,3 +133,14 @@ def open_app(browser, url: str, height: int = 1000, width: int = 1400):
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(url, wait_until="load", timeout=120_000)
     return page
+
+
+NARROW = 760  # the narrow window every browser test checks the layout at (beside open_app's 1400)
+
+
+def narrow(page, tab: str | None = None, settle_ms: int = 2500) -> None:
+    """Show ``tab`` (if given) in a NARROW-px window and let Plotly and Gradio re-lay it out."""
+    if tab is not None:
+        page.get_by_role("tab", name=tab).click()
+    page.set_viewport_size({"width": NARROW, "height": 1000})
+    page.wait_for_timeout(settle_ms)

@@ -5,7 +5,7 @@ same numbers as the Dashboard's best-trial summary for the same studies. Screens
 compare-760.png in tests/output/."""
 import pytest
 
-from conftest import CHROMIUM, launch_chromium, open_app
+from conftest import CHROMIUM, launch_chromium, narrow, open_app
 from test_app import OUT
 
 
@@ -78,9 +78,7 @@ def test_compare_in_the_browser_matches_the_dashboard(demo_studies_app):
             assert summary[sid][tfam] == shown[sid][fam] and summary[sid][tbase] == shown[sid][base]
 
         # 760 px: the table scrolls inside its box, the maps keep the page's width, nothing clipped
-        page.get_by_role("tab", name="Compare").click()
-        page.set_viewport_size({"width": 760, "height": 1000})
-        page.wait_for_timeout(2500)
+        narrow(page, "Compare")
         page.screenshot(path=str(OUT / "compare-760.png"), full_page=True)
         box = page.locator("#compare-maps").bounding_box()
         table = page.locator("#compare-table").bounding_box()

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from gptailor import Plan
-from conftest import CHROMIUM, launch_chromium, open_app
+from conftest import CHROMIUM, launch_chromium, narrow, open_app
 from test_app import OUT, start_app, stop_app
 
 MEMBERS = ["base", "math", "strings", "facts"]
@@ -137,9 +137,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
         expect(editor_text).to_have_value(page.locator("#trial-selected code").inner_text(), timeout=60_000)
 
         # 760 px: the two-column rows become one column (best-so-far above wall time), nothing clipped
-        page.get_by_role("tab", name="Dashboard").click()
-        page.set_viewport_size({"width": 760, "height": 1000})
-        page.wait_for_timeout(2500)
+        narrow(page, "Dashboard")
         page.screenshot(path=str(OUT / "dashboard-760.png"), full_page=True)
         a = page.locator("#curve").bounding_box()
         w = page.locator("#curve-time").bounding_box()

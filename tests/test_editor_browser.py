@@ -3,7 +3,7 @@ it from the Editor's own lm-eval panel (local task files, demo family); screensh
 (editor-lm-eval-1400.png, editor-lm-eval-760.png)."""
 import pytest
 
-from conftest import CHROMIUM, launch_chromium, open_app
+from conftest import CHROMIUM, launch_chromium, narrow, open_app
 from test_app import OUT, start_app, stop_app
 
 PLAN = "0:math 1:math 2:math 3:math 4:drop 5:math 6:math 7:merge(math=.5,facts=.5)"
@@ -68,8 +68,7 @@ def test_editor_lm_eval_table_at_both_widths(app, tmp_path):
         assert box["height"] < 120 and inner["y"] + inner["height"] <= box["y"] + box["height"]
 
         # 760 px: the table stays inside the page (no column cut off at the right edge)
-        page.set_viewport_size({"width": 760, "height": 1000})
-        page.wait_for_timeout(1500)
+        narrow(page, settle_ms=1500)
         panel.scroll_into_view_if_needed()
         page.screenshot(path=str(OUT / "editor-lm-eval-760.png"), full_page=True)
         box = panel.bounding_box()
