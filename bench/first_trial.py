@@ -50,8 +50,8 @@ def main() -> None:
     os.environ.setdefault("GPTAILOR_DATA_DIR", tempfile.mkdtemp(prefix="gptailor-first-trial-"))
     from db.runs import create_study, load_engine
     from db.store import Store
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
 
     store = Store()
     ev = load_engine(args.family)  # the app holds the loaded family; so does this process

@@ -24,10 +24,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptailor import Evaluator, Family, Plan  # noqa: E402
-from gptailor.demo import write_lm_eval_tasks  # noqa: E402
-from gptailor.lm_eval_tasks import run_lm_eval, tasks_from_lm_eval  # noqa: E402
+from gptailor.builtin.demo import write_lm_eval_tasks  # noqa: E402
+from gptailor.eval.lm_eval import run_lm_eval, tasks_from_lm_eval  # noqa: E402
 from gptailor.stitch import Stitcher  # noqa: E402
-from gptailor.tasks import Suite  # noqa: E402
+from gptailor.eval.suite import Suite  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 PLANS = {"math-heavy": "0:math 1:math 2:math 3:math 4:drop 5:math 6:math 7:math",

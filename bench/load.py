@@ -289,8 +289,8 @@ def study_load(url: str, backend: str, studies: int = 3, n_trials: int = 20, rea
     """``studies`` SMAC studies on the demo family in their own workers, with readers, on database ``url``."""
     from db.runs import create_study, launch, load_engine, terminate
     from db.store import Store
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
 
     _bounded("studies", studies), _bounded("trials", n_trials), _bounded("readers", readers)
     fig = StudyFigures(backend, studies, n_trials, readers)

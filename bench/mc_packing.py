@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from gptailor import Evaluator, Family, Plan  # noqa: E402
-from gptailor.tasks import load_suite  # noqa: E402
+from gptailor.eval.suite import load_suite  # noqa: E402
 
 PLAN = "0:math 1:strings 2:facts 3:math 4:strings 5:drop 6:drop 7:strings"
 

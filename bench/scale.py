@@ -3,7 +3,7 @@
 Run on a synthetic real-shape family (random bfloat16 weights at a published model's shape; see
 ``gptailor/synth.py``)::
 
-    python -m gptailor.demo synth --shape llama-3.2-1b --members 4 --out /data/synth-1b
+    python -m gptailor.builtin synth --shape llama-3.2-1b --members 4 --out /data/synth-1b
     python bench/scale.py --family /data/synth-1b [--trials 4] [--fidelity 4] [--cache-mb 2048]
 
 Each memory figure is measured in a fresh child process (peak RSS is per process):
@@ -134,7 +134,7 @@ def open_family(path: str, dtype: str, cache_mb: float | None):
 def cheap_references(ev, fidelity: int):
     """References from the base alone at the bench's fidelity: retention is arithmetic on the scores,
     so this keeps the bench's time on what it measures (a study fixes its references once anyway)."""
-    from gptailor.evaluate import References
+    from gptailor.eval.results import References
 
     kinds = {t.name: t.kind for t in ev.suite}
     return References("search", kinds, {"base": ev.member_scores("base", fidelity, "search")}, ev.near_zero)
@@ -142,7 +142,7 @@ def cheap_references(ev, fidelity: int):
 
 def trial(ev, store, study_id: int, number: int, plan, fidelity: int, refs) -> float:
     """One whole trial as a search runs it: stitch + merges + score + store. Its wall time."""
-    from gptailor.search import TrialRecord
+    from gptailor.search.trials import TrialRecord
 
     t = time.perf_counter()
     res = ev.evaluate(plan, fidelity, split="search", references=refs)
@@ -191,7 +191,8 @@ def phase_from_pretrained(args) -> dict:
     alternative: transformers memory-maps bf16 safetensors too, so the pages count once touched)."""
     from transformers import AutoModelForCausalLM
 
-    from gptailor.family import FamilySpec, resolve_dtype
+    from gptailor.family.spec import FamilySpec
+    from gptailor.family.device import resolve_dtype
 
     spec = FamilySpec.load(args.family)
     dt = resolve_dtype(args.dtype, torch.device("cpu"))
@@ -281,7 +282,7 @@ def run_child(phase: str, args, limit_bytes: int | None = None) -> dict:
 def costs(args) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
-    from gptailor.export import mergekit_yaml
+    from gptailor.export.mergekit import mergekit_yaml
 
     fam, ev = open_family(args.family, args.dtype, args.cache_mb)
     refs = cheap_references(ev, args.fidelity)

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
-from gptailor.search import SearchSettings  # noqa: E402
-from gptailor.space import Budget  # noqa: E402
+from gptailor.search.settings import SearchSettings  # noqa: E402
+from gptailor.search.space import Budget  # noqa: E402
 
 HEURISTICS = ("last_n", "shortgpt", "angular", "laco", "best_single")
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}

@@ -12,7 +12,7 @@ import sys
 
 
 def _budget(args):
-    from gptailor.space import Budget
+    from gptailor.search.space import Budget
 
     if args.max_param_fraction is not None:
         return Budget(max_param_fraction=args.max_param_fraction)
@@ -95,7 +95,7 @@ def _run(args, store, study_id: int, total: int | None) -> int:
           f"{'-' if test is None else f'{100 * test:.1f}%'} on the held-out test split "
           f"({refs.get('definition', '?')} retention)")
     if refs:
-        from gptailor.evaluate import References
+        from gptailor.eval.results import References
 
         r = References.from_dict(refs)
         print("references (fixed for the study, full search split): " + ", ".join(
@@ -106,7 +106,7 @@ def _run(args, store, study_id: int, total: int | None) -> int:
     if b:
         print(f"best plan: {b['plan_text']}")
     if s["settings"].get("objectives") == "per_task":
-        from gptailor.search import TrialRecord, pareto_front
+        from gptailor.search.trials import TrialRecord, pareto_front
 
         recs = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
         tasks = [k for k, v in (b or {}).get("task_retention", {}).items() if v is not None]
@@ -119,7 +119,7 @@ def _run(args, store, study_id: int, total: int | None) -> int:
 
 
 def cmd_search(args, argv) -> int:
-    from gptailor.search import SearchSettings
+    from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
     from .store import Store
@@ -139,7 +139,7 @@ def cmd_search(args, argv) -> int:
 
 
 def cmd_baseline(args, argv) -> int:
-    from gptailor.search import SearchSettings
+    from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
     from .store import Store
@@ -152,7 +152,7 @@ def cmd_baseline(args, argv) -> int:
 
 
 def cmd_resume(args, argv) -> int:
-    from gptailor.limits import whole
+    from gptailor.common.limits import whole
 
     from .runs import StudyError, check_resumable
     from .store import Store
@@ -185,7 +185,7 @@ def cmd_cancel(args, argv) -> int:
 def _both(means: dict | None, definition: str, objective: float | None) -> tuple[str, str]:
     """A study's (family, base) retention cells: each definition's mean where stored, the objective's
     own value where only it is (a study stored before both were kept), '-' where neither."""
-    from gptailor.evaluate import DEFINITIONS
+    from gptailor.eval.results import DEFINITIONS
 
     out = []
     for d in DEFINITIONS:
@@ -257,8 +257,8 @@ def cmd_front(args, argv) -> int:
 
 def cmd_sweep(args, argv) -> int:
     """One study per budget (same method, trials and seed), then the front across them."""
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
 
     from .runs import create_study, family_rows, front_table, launch_or_queue, worker_cap
     from .store import Store
@@ -309,8 +309,8 @@ def _fraction(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from gptailor.baselines import HEURISTICS
-    from gptailor.limits import arg, arg_seconds
+    from gptailor.search.baselines import HEURISTICS
+    from gptailor.common.limits import arg, arg_seconds
 
     def common(sp, budget: bool = True):
         sp.add_argument("--db", default=None, help="SQLAlchemy URL (default: GPTAILOR_DB_URL or data/gptailor.db)")
@@ -403,7 +403,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def errors() -> tuple[type[Exception], ...]:
-    from gptailor.space import BudgetError
+    from gptailor.search.space import BudgetError
 
     from .liveness import SettingError
     from .runs import StudyError

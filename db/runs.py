@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
-from gptailor.baselines import HEURISTICS, SharedStates, calibration_texts
-from gptailor.evaluate import References
-from gptailor.precompute import Precompute
-from gptailor.progress import OnPhase, Phase, quiet
-from gptailor.search import Search, SearchSettings, TrialRecord, size_front, smallest_keeping
-from gptailor.search import rank_key as _engine_rank_key
-from gptailor.space import Budget
+from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_texts
+from gptailor.eval.results import References
+from gptailor.search.precompute import Precompute
+from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.search.optimizer import Search
+from gptailor.search.settings import SearchSettings
+from gptailor.search.trials import TrialRecord, size_front, smallest_keeping
+from gptailor.search.trials import rank_key as _engine_rank_key
+from gptailor.search.space import Budget
 
 from .liveness import Heartbeat, Owner, grace_s, heartbeat_s, host_id, local_worker_dead, process_start, stop_grace_s
 from .models import utcnow
@@ -599,7 +601,7 @@ def launch_or_queue(store: Store, study_id: int, max_workers: int = 0,
     """Start a worker for the study if fewer than ``max_workers`` run (0: no cap), else mark it 'queued'
     for ``start_queued``; returns 'started' or 'queued'. The stored seed is checked first: a worker
     cannot start with a PYTHONHASHSEED outside 0..2**32-1."""
-    from gptailor.limits import SettingsError, whole
+    from gptailor.common.limits import SettingsError, whole
 
     try:
         whole("seed", store.study(study_id)["settings"].get("seed", 0))
@@ -660,7 +662,7 @@ class CompareRow:
 
 
 def rank_key(trial: dict[str, Any]) -> tuple[float, float, int]:
-    """The engine's one ranking rule (gptailor.search.rank_key) over database rows."""
+    """The engine's one ranking rule (gptailor.search.trials.rank_key) over database rows."""
     return _engine_rank_key(trial["fidelity"], trial["retention"], trial.get("number", 0))
 
 

@@ -616,9 +616,9 @@ def _trial_dict(r: TrialRow) -> dict[str, Any]:
 
 
 def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[str, float] | None]:
-    """The study's best complete trial by the one ranking rule (``gptailor.search.rank_key``, applied here
+    """The study's best complete trial by the one ranking rule (``gptailor.search.trials.rank_key``, applied here
     in Python rather than re-stated in SQL): its retention, number and both definitions' means."""
-    from gptailor.search import rank_key
+    from gptailor.search.trials import rank_key
 
     rows = s.execute(select(TrialRow.number, TrialRow.fidelity, TrialRow.retention).where(
         TrialRow.study_id == study_id, TrialRow.status == "complete", TrialRow.retention.is_not(None))).all()

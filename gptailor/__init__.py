@@ -11,13 +11,16 @@ Notebook use mirrors the app::
     # lm-evaluation-harness's own metrics for the plan beside every member (datasets cached or local YAMLs)
     print(lm_eval_report(fam, plan, ["arc_easy"], limit=200).table())
 """
-from .evaluate import EvalResult, Evaluator
-from .export import export
-from .family import Family, FamilyError, FamilySpec
-from .lm_eval_tasks import LmEvalError, LmEvalReport, lm_eval_report, run_lm_eval, tasks_from_lm_eval
-from .plan import Op, Plan, PlanError
-from .stitch import Stitcher
-from .tasks import Suite, Task, TaskError, load_suite, make_suite
+from gptailor.eval.results import EvalResult
+from gptailor.eval.evaluator import Evaluator
+from gptailor.export.hf import export
+from gptailor.family.family import Family
+from gptailor.family.spec import FamilyError, FamilySpec
+from gptailor.eval.lm_eval import LmEvalError, LmEvalReport, lm_eval_report, run_lm_eval, tasks_from_lm_eval
+from gptailor.plan import Op, Plan, PlanError
+from gptailor.stitch import Stitcher
+from gptailor.eval.suite import Suite, load_suite, make_suite
+from gptailor.eval.tasks import Task, TaskError
 
 __all__ = ["EvalResult", "Evaluator", "Family", "FamilyError", "FamilySpec", "LmEvalError", "LmEvalReport", "Op",
            "Plan", "PlanError", "lm_eval_report", "run_lm_eval", "tasks_from_lm_eval",

@@ -1,3 +1,3 @@
-from .cli import main
+from gptailor.cli import main
 
 raise SystemExit(main())

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _read_plan(arg: str, family_name: str):
     """A plan given inline, as a file, or as @file; PlanError (one line) for unreadable files."""
-    from .plan import Plan, PlanError
+    from gptailor.plan import Plan, PlanError
 
     path = Path(arg[1:]) if arg.startswith("@") else Path(arg)
     if arg.startswith("@") or _is_file(path):
@@ -54,13 +54,14 @@ def _finite(obj):
 
 
 def _load(args):
-    from .family import Family
+    from gptailor.family.family import Family
 
     return Family.from_spec(args.family, device=args.device)
 
 
 def _suite(args, family):
-    from .tasks import TaskError, load_suite
+    from gptailor.eval.tasks import TaskError
+    from gptailor.eval.suite import load_suite
 
     path = args.suite or family.spec.suite_path()
     if not path:
@@ -69,7 +70,7 @@ def _suite(args, family):
 
 
 def cmd_info(args) -> int:
-    from .family import inspect_family  # configs and safetensors headers only: no member is loaded
+    from gptailor.family.inspect import inspect_family  # configs and safetensors headers only: no member is loaded
 
     info = inspect_family(args.family, device=args.device)
     if args.json:
@@ -93,14 +94,14 @@ def _lm_eval_names(text: str) -> list[str]:
 
 def _lm_eval_report(args, fam, plan, members: bool = True):
     """lm-eval's own metrics for the plan (and the members), when --lm-eval names tasks."""
-    from .lm_eval_tasks import lm_eval_report
+    from gptailor.eval.lm_eval import lm_eval_report
 
     return lm_eval_report(fam, plan, args.lm_eval, args.limit, args.lm_eval_include, members=members,
                           batch_size=args.batch_size)
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import Evaluator
+    from gptailor.eval.evaluator import Evaluator
 
     fam = _load(args)
     plan = _read_plan(args.plan, fam.name)
@@ -117,8 +118,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .evaluate import Evaluator
-    from .export import export
+    from gptailor.eval.evaluator import Evaluator
+    from gptailor.export.hf import export
 
     fam = _load(args)
     plan = _read_plan(args.plan, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
@@ -132,10 +133,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import reply
-    from .stitch import Stitcher
+    from gptailor.chat import reply
+    from gptailor.stitch import Stitcher
 
-    from .plan import Plan
+    from gptailor.plan import Plan
 
     fam = _load(args)
     plan = _read_plan(args.plan, fam.name) if args.plan else Plan.identity(fam.n_layers, family=fam.name)
@@ -177,7 +178,7 @@ def _temperature(text: str) -> float:
 
 
 def lm_eval_args(sp, what: str = "print lm-eval's own metrics of the plan beside the base's and each member's"):
-    from .limits import arg
+    from gptailor.common.limits import arg
 
     sp.add_argument("--lm-eval", type=_lm_eval_names, default=None, metavar="TASKS",
                     help=f"lm-evaluation-harness task names, comma-separated (arc_easy,hellaswag): {what}")
@@ -187,7 +188,7 @@ def lm_eval_args(sp, what: str = "print lm-eval's own metrics of the plan beside
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .limits import arg
+    from gptailor.common.limits import arg
 
     p = OneLineParser(prog="python -m gptailor", description="Tailor smaller LLMs from a model family.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -244,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .export import ExportError
-    from .family import FamilyError
-    from .limits import SettingsError
-    from .paths import PathError
-    from .plan import PlanError
-    from .tasks import TaskError
+    from gptailor.export.hf import ExportError
+    from gptailor.family.spec import FamilyError
+    from gptailor.common.limits import SettingsError
+    from gptailor.common.paths import PathError
+    from gptailor.plan import PlanError
+    from gptailor.eval.tasks import TaskError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

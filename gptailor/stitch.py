@@ -18,10 +18,12 @@ import copy
 
 import torch
 
-from .cache import ByteCache, cache_budget
-from .family import Family, FamilyError, resolve_dtype
-from .merge import merge_state
-from .plan import Op, Plan, split_source
+from gptailor.weights.cache import ByteCache, cache_budget
+from gptailor.family.family import Family
+from gptailor.family.spec import FamilyError
+from gptailor.family.device import resolve_dtype
+from gptailor.merge.methods import merge_state
+from gptailor.plan import Op, Plan, split_source
 
 
 def stitched_config(base_config, plan: Plan):

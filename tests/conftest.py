@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from gptailor.demo import build_tokenizer
+from gptailor.builtin.tokenizer import build_tokenizer
 
 
 def tiny_config(model_type: str = "llama", n_layers: int = 4, tie: bool = False, **overrides):
@@ -70,7 +70,7 @@ def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), ti
 
 def make_tiny_family_with_suite(root: Path, n_layers: int, n_test: int) -> Path:
     """A tiny family whose spec names the demo's task files (``n_test`` examples per task) as its suite."""
-    from gptailor import demo
+    from gptailor.builtin import demo
 
     spec = make_tiny_family(root, n_layers=n_layers)
     demo.write_tasks(root, n_test=n_test)
@@ -85,7 +85,7 @@ def tiny_spec(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_family(tiny_spec):
-    from gptailor.family import Family
+    from gptailor.family.family import Family
 
     return Family.from_spec(tiny_spec)
 
@@ -109,8 +109,8 @@ def demo_studies_app(tmp_path_factory):
 
     from db.runs import create_study, load_engine, run_study
     from db.store import Store
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
     from test_app import start_app, stop_app
 
     data = tmp_path_factory.mktemp("data")

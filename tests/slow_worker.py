@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from gptailor.evaluate import Evaluator
+from gptailor.eval.evaluator import Evaluator
 
 _evaluate = Evaluator.evaluate
 

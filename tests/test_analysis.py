@@ -1,6 +1,6 @@
 import torch
 
-from gptailor.analysis import analyze, cached_analysis, linear_cka, weight_drift
+from gptailor.analysis.layers import analyze, cached_analysis, linear_cka, weight_drift
 
 TEXTS = ["hello world", "the quick brown fox", "12+34=46", "rev abc=cba", "color of bazok"]
 

@@ -88,8 +88,8 @@ def test_evaluate_a_plan_through_the_app(client, server):
 
 def test_lm_eval_from_the_evaluate_tab_matches_lm_evals_own_run(client, tmp_path):
     from gptailor import Family, Plan
-    from gptailor.demo import write_lm_eval_tasks
-    from gptailor.lm_eval_tasks import run_lm_eval
+    from gptailor.builtin.demo import write_lm_eval_tasks
+    from gptailor.eval.lm_eval import run_lm_eval
     from gptailor.stitch import Stitcher
 
     tasks = write_lm_eval_tasks(tmp_path / "lm", n=6)
@@ -111,8 +111,8 @@ def test_lm_eval_from_the_editor_tab_matches_lm_evals_own_run_on_the_same_plan(c
     """The Editor's lm-eval panel (the Evaluate tab's, shared) on the plan being edited: every cell of the
     plan's row is lm-eval's own number for that plan, run here independently; bad tasks are one line."""
     from gptailor import Family, Plan
-    from gptailor.demo import write_lm_eval_tasks
-    from gptailor.lm_eval_tasks import run_lm_eval
+    from gptailor.builtin.demo import write_lm_eval_tasks
+    from gptailor.eval.lm_eval import run_lm_eval
     from gptailor.stitch import Stitcher
 
     tasks = write_lm_eval_tasks(tmp_path / "lm", n=8)
@@ -220,7 +220,7 @@ def test_compare_tab_reevaluates_each_studys_best(client):
 def test_upload_a_family_spec(client, tmp_path):
     from gradio_client import handle_file
 
-    from gptailor.family import DEMO_DIR
+    from gptailor.family.spec import DEMO_DIR
 
     good = tmp_path / "mine.yaml"
     good.write_text(f"name: mine\nbase: {DEMO_DIR}/base\ncandidates:\n  math: {DEMO_DIR}/math\n"
@@ -297,7 +297,7 @@ def public_client(public_server):
 def test_public_mode_refuses_paths_specs_big_uploads_and_long_studies(public_client, tmp_path):
     from gradio_client import handle_file
 
-    from gptailor.family import DEMO_DIR
+    from gptailor.family.spec import DEMO_DIR
 
     plan = " ".join(["base"] * 8)
     # Gradio itself refuses a value outside the listed choices; the engine would too
@@ -326,7 +326,7 @@ def test_public_mode_refuses_paths_specs_big_uploads_and_long_studies(public_cli
 def test_engine_refuses_unlisted_families_and_suites_in_public_mode(monkeypatch, tmp_path):
     # behind Gradio's own dropdown check: an API caller reaching the engine directly is refused too
     from gptailor import FamilyError, TaskError
-    from gptailor.family import DEMO_DIR
+    from gptailor.family.spec import DEMO_DIR
     from ui.engine import Engine
 
     monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path))
@@ -386,7 +386,7 @@ def test_public_refusals_do_not_show_server_paths(public_server, public_client, 
 def test_uploaded_spec_names_are_checked_and_remote_code_needs_the_opt_in(client, server, tmp_path):
     from gradio_client import handle_file
 
-    from gptailor.family import DEMO_DIR
+    from gptailor.family.spec import DEMO_DIR
 
     escape = tmp_path / "escape.yaml"
     escape.write_text(f"name: ../../../../tmp/x/ESCAPED\nbase: {DEMO_DIR}/base\n")
@@ -440,7 +440,7 @@ def test_messages_name_the_problem_and_never_a_cli_command(client, tmp_path):
 def test_family_spec_uploads_are_verified_before_storing_and_removable(client, server, tmp_path):
     from gradio_client import handle_file
 
-    from gptailor.family import DEMO_DIR
+    from gptailor.family.spec import DEMO_DIR
 
     families = server[1] / "families"
     before = sorted(p.name for p in families.glob("*")) if families.exists() else []

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from conftest import make_tiny_family
-from gptailor.baselines import (base_states, calibration_texts, laco_candidates, laco_plan, laco_plan_at)
-from gptailor.family import Family
+from gptailor.search.baselines import base_states, calibration_texts, laco_candidates, laco_plan, laco_plan_at
+from gptailor.family.family import Family
 from gptailor.plan import Plan
-from gptailor.precompute import Precompute
+from gptailor.search.precompute import Precompute
 from gptailor.stitch import Stitcher
-from gptailor.tasks import Suite, Task
+from gptailor.eval.suite import Suite
+from gptailor.eval.tasks import Task
 
 L = 10
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptailor import demo
+from gptailor.builtin import demo
 
 from conftest import make_tiny_family
 
@@ -163,8 +163,8 @@ def test_bad_seed_from_the_real_cli_leaves_stored_studies_alone(spec, tmp_path):
     db = f"sqlite:///{tmp_path / 's.db'}"
     from db.runs import create_study
     from db.store import Store
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
 
     sid = create_study(Store(db), str(spec), "last_n", Budget(remove_layers=1), SearchSettings())
     r = run("search", "-f", str(spec), "--db", db, "--seed", "-1")
@@ -184,8 +184,8 @@ def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path, monkeypa
     from db.liveness import Owner
     from db.runs import create_study
     from db.store import Store
-    from gptailor.search import SearchSettings
-    from gptailor.space import Budget
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
 
     db = f"sqlite:///{tmp_path / 'now.db'}"
     store = Store(db)

@@ -11,9 +11,9 @@ from db.runs import StudyError, cancel, compare, compare_table, create_study, la
     run_study, wait
 from db.store import SCHEMA_VERSION, Store, StoreError
 from gptailor import Evaluator, load_suite
-from gptailor.family import Family
-from gptailor.search import SearchSettings
-from gptailor.space import Budget, BudgetError
+from gptailor.family.family import Family
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget, BudgetError
 
 from conftest import make_tiny_family_with_suite
 
@@ -61,7 +61,8 @@ def _rh(rows):
 def test_resume_scores_no_plan_fidelity_pair_twice_and_continues_smacs_history(tmp_path, fam_dir, ev):
     """Trial identity is (plan, exact budget): SMAC's fractional budgets survive the database, resume re-tells
     exactly them, and a repeat is served from the stored result instead of being scored again."""
-    from gptailor.search import Search, TrialRecord
+    from gptailor.search.optimizer import Search
+    from gptailor.search.trials import TrialRecord
 
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     spec = str(fam_dir / "family.yaml")
@@ -107,7 +108,7 @@ def test_bad_inputs_leave_no_partial_study(tmp_path, fam_dir, ev):
         create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=6), settings(), evaluator=ev)
     with pytest.raises(StudyError, match="unknown method 'magic'"):
         create_study(store, str(fam_dir / "family.yaml"), "magic", Budget(remove_layers=1), evaluator=ev)
-    from gptailor.family import FamilyError
+    from gptailor.family.spec import FamilyError
 
     with pytest.raises(FamilyError, match="no family"):
         create_study(store, str(tmp_path / "nope.yaml"), "smac", Budget(remove_layers=1))
@@ -257,7 +258,7 @@ def test_paper_space_study_stores_its_configurations(tmp_path, fam_dir, ev):
     ([(0, 8, None, "complete"), (1, 8, 0.2, "failed")], None),
 ])
 def test_best_retention_follows_the_one_ranking_rule(tmp_path, trials, best):
-    """The studies list's best trial is gptailor.search.rank_key's best, on tie and missing-fidelity cases."""
+    """The studies list's best trial is gptailor.search.trials.rank_key's best, on tie and missing-fidelity cases."""
     from db.runs import best_trial
     from gptailor import Plan
 

@@ -12,8 +12,8 @@ from db.liveness import host_id, process_start
 from db.models import StudyRow, utcnow
 from db.runs import StudyError, cancel, check_resumable, create_study, launch, reconcile
 from db.store import Store
-from gptailor.search import SearchSettings
-from gptailor.space import Budget
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget
 
 from conftest import make_tiny_family_with_suite
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from gptailor import Evaluator, Family, Plan, load_suite
-from gptailor.family import DEMO_DIR
+from gptailor.family.spec import DEMO_DIR
 
 
 @pytest.fixture(scope="module")

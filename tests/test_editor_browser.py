@@ -21,8 +21,8 @@ def test_editor_lm_eval_table_at_both_widths(app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     from gptailor import Family, Plan, Stitcher
-    from gptailor.demo import write_lm_eval_tasks
-    from gptailor.lm_eval_tasks import run_lm_eval
+    from gptailor.builtin.demo import write_lm_eval_tasks
+    from gptailor.eval.lm_eval import run_lm_eval
 
     tasks = write_lm_eval_tasks(tmp_path / "lm", n=8)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from gptailor.evaluate import Evaluator
+from gptailor.eval.evaluator import Evaluator
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher
-from gptailor.tasks import Suite, load_task
+from gptailor.eval.suite import Suite
+from gptailor.eval.tasks import load_task
 
 PROMPTS = ["hello w", "ab", "the quick brown f", "x=1;y", "abcabcab", "lorem ipsum dolor s", "zz", "12+34="]
 
@@ -162,7 +163,7 @@ def test_filtered_generation_matches_the_teacher_forced_path(tiny_family, model_
 
 
 def test_filter_and_split_helpers():
-    from gptailor.evaluate import apply_filter
+    from gptailor.eval.metrics import apply_filter
 
     assert apply_filter("The answer is 42.", "42", {"regex": r"answer is (\d+)"})
     assert not apply_filter("no number here", "42", {"regex": r"answer is (\d+)"})
@@ -211,7 +212,7 @@ def test_references_are_fixed_and_do_not_depend_on_fidelity(tiny_family, model_t
 
 
 def test_a_suite_nobody_scores_on_is_refused(tiny_family, tmp_path):
-    from gptailor.tasks import TaskError
+    from gptailor.eval.tasks import TaskError
 
     task = load_task(write_jsonl(tmp_path / "zero.jsonl", [{"prompt": p, "target": "~~~~"} for p in PROMPTS]),
                      "exact_match")

@@ -5,7 +5,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gptailor.export import ExportError, export, mergekit_config
+from gptailor.export.hf import ExportError, export
+from gptailor.export.mergekit import mergekit_config
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher
 
@@ -88,9 +89,9 @@ def test_export_writes_yaml_even_when_not_expressible(tiny_family, tmp_path):
 
 
 def test_bf16_family_exports_bf16_by_default(tmp_path, capsys):
-    from gptailor.checkpoint import Checkpoint
+    from gptailor.weights.checkpoint import Checkpoint
     from gptailor.cli import main
-    from gptailor.family import Family
+    from gptailor.family.family import Family
 
     from conftest import make_tiny_family
 

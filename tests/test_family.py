@@ -13,7 +13,10 @@ import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from gptailor.cli import main
-from gptailor.family import COMPAT_KEYS, Family, FamilyError, FamilySpec, inspect_family
+from gptailor.family.compat import COMPAT_KEYS
+from gptailor.family.family import Family
+from gptailor.family.spec import FamilyError, FamilySpec
+from gptailor.family.inspect import inspect_family
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher
 

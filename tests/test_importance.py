@@ -4,7 +4,7 @@ import random
 import pytest
 
 from gptailor import Op, Plan
-from gptailor.importance import ImportanceError, marginals, op_label, position_importance
+from gptailor.analysis.importance import ImportanceError, marginals, op_label, position_importance
 
 CHOICES = [Op.pick("base"), Op.pick("math"), Op.drop(), Op.merge({"base": 1, "math": 1})]
 

@@ -17,10 +17,11 @@ import yaml
 pytest.importorskip("lm_eval")
 
 from gptailor import Family, Plan, Stitcher  # noqa: E402
-from gptailor.demo import COLORS, DEMO_DIR  # noqa: E402
-from gptailor.evaluate import Evaluator  # noqa: E402
-from gptailor.lm_eval_tasks import LmEvalError, lm_eval_report, run_lm_eval, tasks_from_lm_eval  # noqa: E402
-from gptailor.tasks import Suite, load_suite  # noqa: E402
+from gptailor.builtin.demo import COLORS
+from gptailor.family.spec import DEMO_DIR  # noqa: E402
+from gptailor.eval.evaluator import Evaluator  # noqa: E402
+from gptailor.eval.lm_eval import LmEvalError, lm_eval_report, run_lm_eval, tasks_from_lm_eval  # noqa: E402
+from gptailor.eval.suite import Suite, load_suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 16  # docs per task: enough for varied per-doc outcomes, few enough to stay fast
@@ -165,7 +166,7 @@ def test_paper_suite_without_datasets_is_one_line():
 
 
 def test_report_beside_members_and_model_card(demo, lm_tasks, tmp_path):
-    from gptailor.export import export
+    from gptailor.export.hf import export
 
     plan = Plan.from_text(PLANS["math_mostly"], "demo")
     rep = lm_eval_report(demo, plan, ["t_facts", "t_math"], limit=8, include_path=lm_tasks, batch_size=8)
@@ -196,7 +197,7 @@ def test_unknown_names_and_missing_lm_eval_message(lm_tasks):
 def test_lm_eval_ticks_per_model_and_batch_so_stop_ends_it(demo, lm_tasks):
     """The app's progress and Stop ride on the engine's tick: one per model of the report (with its label)
     and one per lm-eval batch, so a Stop lands inside lm-eval's own loop, not after the last member."""
-    from gptailor.progress import Stopped, listening
+    from gptailor.common.progress import Stopped, listening
 
     plan = Plan.from_text(PLANS["math_mostly"], "demo")
     seen: list[str] = []
@@ -230,15 +231,15 @@ def test_smol_lm_eval_tasks_keep_the_suites_prompts(tmp_path):
     with a chat template standing in for SmolLM2's, as the real family is not built in CI): lm-eval's docs
     become exactly the prompts, choices, answers and stops the family's own suite scores, and its suite.yaml
     loads with the search/test split."""
-    from gptailor import smol
-    from gptailor.demo import build_tokenizer
+    from gptailor.builtin import smol
+    from gptailor.builtin.tokenizer import build_tokenizer
 
     fam = tmp_path / "smol"
     smol.write_tasks(fam / "tasks")
     tok = build_tokenizer()
     tok.save_pretrained(fam / "base")
     out = tmp_path / "lm"
-    r = subprocess.run([sys.executable, "-m", "gptailor.demo", "lm-eval-tasks", "--family", "smol", "--src", str(fam),
+    r = subprocess.run([sys.executable, "-m", "gptailor.builtin", "lm-eval-tasks", "--family", "smol", "--src", str(fam),
                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     suite = load_suite(out / "suite.yaml")
@@ -259,7 +260,7 @@ def test_smol_lm_eval_tasks_keep_the_suites_prompts(tmp_path):
     assert [(e["prompt"], e["target"]) for e in sorted(c.examples, key=lambda e: e["doc_id"])] == \
         [(x["prompt"], x["target"]) for x in capitals[:60]]
     assert len(c.split_indices("search")) == len(c.split_indices("test")) == 30
-    r = subprocess.run([sys.executable, "-m", "gptailor.demo", "lm-eval-tasks", "--family", "smol", "--src",
+    r = subprocess.run([sys.executable, "-m", "gptailor.builtin", "lm-eval-tasks", "--family", "smol", "--src",
                         str(tmp_path / "nowhere"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "is not a built smol family" in r.stderr and "Traceback" not in r.stderr

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from gptailor.merge import linear, merge_tensors, slerp, task_arithmetic, ties
+from gptailor.merge.methods import linear, merge_tensors, slerp, task_arithmetic, ties
 
 
 def test_linear_normalizes_weights():

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gptailor import Family, Plan, Stitcher
-from gptailor.export import mergekit_yaml
+from gptailor.export.mergekit import mergekit_yaml
 
 from conftest import make_tiny_family
 

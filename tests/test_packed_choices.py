@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from gptailor import Evaluator, Family, Plan
-from gptailor.evaluate import packed_mask
+from gptailor.eval.batching import packed_mask
 from gptailor.stitch import Stitcher
-from gptailor.tasks import Suite, load_task
+from gptailor.eval.suite import Suite
+from gptailor.eval.tasks import load_task
 from conftest import make_tiny_family
 from test_evaluate import write_jsonl
 

@@ -1,4 +1,4 @@
-"""Every name that becomes a path: one rule (gptailor.paths), refused with a clear message."""
+"""Every name that becomes a path: one rule (gptailor.common.paths), refused with a clear message."""
 import copy
 import dataclasses
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gptailor.paths import PathError, child, inside, safe_name
+from gptailor.common.paths import PathError, child, inside, safe_name
 
 BAD_NAMES = ["../../../../tmp/x/ESCAPED", "..", "../x", "a/../../b", "/etc/passwd", "x/y", "..\\..\\x",
              ".hidden", "a..b", "", " ", "name with space", "x" * 65, "ünïcode", "a\0b", "-rf", None, 3]
@@ -41,7 +41,8 @@ def test_a_link_inside_the_data_dir_pointing_out_is_refused(tmp_path):
 
 
 def test_make_suite_refuses_unsafe_suite_and_file_names(tmp_path):
-    from gptailor.tasks import TaskError, make_suite
+    from gptailor.eval.tasks import TaskError
+    from gptailor.eval.suite import make_suite
 
     good = tmp_path / "ok.jsonl"
     good.write_text('{"text": "fine"}\n')
@@ -55,8 +56,8 @@ def test_make_suite_refuses_unsafe_suite_and_file_names(tmp_path):
 
 
 def test_analysis_cache_refuses_a_family_name_that_is_a_path(tiny_family, tmp_path):
-    from gptailor.analysis import cached_analysis
-    from gptailor.family import Family
+    from gptailor.analysis.layers import cached_analysis
+    from gptailor.family.family import Family
 
     spec = dataclasses.replace(tiny_family.spec, name="../../escaped")
     fam = copy.copy(tiny_family)  # the same loaded family under a name that is a path

@@ -7,11 +7,11 @@ import pytest
 from db.runs import create_study, phase_line, phase_text, precompute, run_study
 from db.store import Store
 from gptailor import Evaluator, load_suite
-from gptailor.family import Family
-from gptailor.precompute import Precompute, family_fingerprint, suite_fingerprint
-from gptailor.progress import Phase
-from gptailor.search import SearchSettings
-from gptailor.space import Budget
+from gptailor.family.family import Family
+from gptailor.search.precompute import Precompute, family_fingerprint, suite_fingerprint
+from gptailor.common.progress import Phase
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget
 
 from conftest import make_tiny_family_with_suite
 

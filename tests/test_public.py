@@ -12,9 +12,9 @@ import pytest
 
 from db.runs import QUEUED, create_study, launch_or_queue, queue, start_queued, terminate, withdraw
 from db.store import Store
-from gptailor.limits import SettingsError
-from gptailor.search import SearchSettings
-from gptailor.space import Budget
+from gptailor.common.limits import SettingsError
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget
 
 from conftest import make_tiny_family_with_suite
 
@@ -79,7 +79,7 @@ def test_the_app_checks_numbers_with_the_clis_rule(field, value, words, monkeypa
 
 
 def test_exports_keep_the_newest_few_within_the_byte_cap(tmp_path, monkeypatch):
-    from gptailor.export import ExportError
+    from gptailor.export.hf import ExportError
     from ui.editor_tab import prune_exports
 
     monkeypatch.setenv("GPTAILOR_MAX_EXPORTS", "2")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_family
-from gptailor.family import Family
+from gptailor.family.family import Family
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher
 

@@ -6,17 +6,20 @@ import pytest
 from ConfigSpace import Configuration
 
 from gptailor import Evaluator, Plan
-from gptailor.search import Search, SearchSettings, TrialRecord, incumbent, seed_plans
-from gptailor.space import Budget, BudgetError, LayerwiseSpace, PaperSpace
-from gptailor.tasks import load_suite
+from gptailor.search.optimizer import Search
+from gptailor.search.settings import SearchSettings
+from gptailor.search.trials import TrialRecord, incumbent
+from gptailor.search.seeds import seed_plans
+from gptailor.search.space import Budget, BudgetError, LayerwiseSpace, PaperSpace
+from gptailor.eval.suite import load_suite
 
 from conftest import make_tiny_family
 
 
 @pytest.fixture(scope="module")
 def tiny_ev(tmp_path_factory):
-    from gptailor import demo
-    from gptailor.family import Family
+    from gptailor.builtin import demo
+    from gptailor.family.family import Family
 
     d = tmp_path_factory.mktemp("search")
     make_tiny_family(d, n_layers=6)
@@ -170,7 +173,7 @@ def test_same_seed_repeats_exactly_with_fixed_hash_seed(tiny_ev):
 
 
 def test_per_task_objectives_with_parego_report_a_pareto_set(tiny_ev):
-    from gptailor.search import pareto_front
+    from gptailor.search.trials import pareto_front
 
     res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=4, max_fidelity=8,
                                                                    objectives="per_task")).run()
@@ -199,7 +202,7 @@ def test_size_front_and_smallest_keeping_by_brute_force():
     # (or is strictly smaller and scores the same).
     import random
 
-    from gptailor.search import size_front, smallest_keeping
+    from gptailor.search.trials import size_front, smallest_keeping
 
     rng = random.Random(4)
     items = [(rng.randint(1, 20), round(rng.random(), 2)) for _ in range(60)]

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from conftest import make_tiny_family, save_model
 from gptailor import Family, Plan
 from gptailor.plan import Op
-from gptailor.space import make_space
+from gptailor.search.space import make_space
 from gptailor.stitch import Stitcher
 
 FROZEN = {"math": (0, 2), "code": (0,)}  # positions each finetune copies from the base

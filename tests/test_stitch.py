@@ -3,8 +3,9 @@ import copy
 import pytest
 import torch
 
-from gptailor.family import Family, FamilyError, FamilySpec
-from gptailor.merge import merge_state
+from gptailor.family.family import Family
+from gptailor.family.spec import FamilyError, FamilySpec
+from gptailor.merge.methods import merge_state
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher, param_count
 from transformers import AutoModelForCausalLM
@@ -209,7 +210,7 @@ def test_shared_from_member_rebuilds_that_member_exactly(tiny_family, refs):
 
 
 def test_laco_collapse_sources_at_other_positions(tiny_family):
-    from gptailor.baselines import laco_plan_at
+    from gptailor.search.baselines import laco_plan_at
     from gptailor.plan import PlanError
 
     plan = laco_plan_at(tiny_family, 2, 0)

@@ -7,7 +7,7 @@ import gradio as gr
 import pytest
 
 from gptailor import Evaluator, Family, Plan, TaskError, load_suite
-from gptailor.progress import Stopped, listening, tick
+from gptailor.common.progress import Stopped, listening, tick
 
 
 @pytest.fixture(scope="module")

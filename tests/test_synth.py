@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gptailor import Family, Plan
-from gptailor.demo import main as demo_main
+from gptailor.builtin.cli import main as demo_main
 from gptailor.stitch import Stitcher
-from gptailor.synth import SHAPES, SynthError, model_config, param_count, synth
+from gptailor.builtin.synth import SHAPES, SynthError, model_config, param_count, synth
 
 
 @pytest.mark.parametrize("name", [n for n, s in SHAPES.items() if s.real_params])

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from gptailor.tasks import TaskError, load_suite, load_task
+from gptailor.eval.tasks import TaskError, load_task
+from gptailor.eval.suite import load_suite
 
 
 def write(path, lines):
@@ -68,7 +69,7 @@ def test_suite_loading_and_errors(tmp_path):
 
 
 def test_make_suite_infers_kinds_and_stores_a_loadable_suite(tmp_path):
-    from gptailor.tasks import make_suite
+    from gptailor.eval.suite import make_suite
 
     up = tmp_path / "upload"
     up.mkdir()
@@ -95,7 +96,7 @@ def test_make_suite_infers_kinds_and_stores_a_loadable_suite(tmp_path):
     ({"notes.txt": ["hi"]}, "expected JSONL task files"),
 ])
 def test_make_suite_rejects_bad_uploads_and_leaves_nothing(tmp_path, files, msg):
-    from gptailor.tasks import make_suite
+    from gptailor.eval.suite import make_suite
 
     up = tmp_path / "upload"
     up.mkdir()
@@ -106,7 +107,7 @@ def test_make_suite_rejects_bad_uploads_and_leaves_nothing(tmp_path, files, msg)
 
 
 def test_make_suite_checks_name_and_size(tmp_path):
-    from gptailor.tasks import make_suite
+    from gptailor.eval.suite import make_suite
 
     f = write(tmp_path / "x.jsonl", ['{"text": "' + "a" * 2000 + '"}'])
     with pytest.raises(TaskError, match="suite name"):
@@ -116,7 +117,7 @@ def test_make_suite_checks_name_and_size(tmp_path):
 
 
 def test_make_suite_caps_examples_per_task_and_keeps_yaml_positions(tmp_path):
-    from gptailor.tasks import make_suite
+    from gptailor.eval.suite import make_suite
 
     many = tmp_path / "many.jsonl"
     many.write_text("".join('{"text": "line %d"}\n' % i for i in range(30)))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import gradio as gr
 
 from gptailor import FamilyError, TaskError
-from gptailor.analysis import cached_analysis
-from gptailor.baselines import calibration_texts
-from gptailor.paths import PathError
+from gptailor.analysis.layers import cached_analysis
+from gptailor.search.baselines import calibration_texts
+from gptailor.common.paths import PathError
 
 from . import figures
 from .engine import ENGINE, data_dir, gpu

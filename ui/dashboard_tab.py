@@ -19,8 +19,8 @@ import gradio as gr
 from db.runs import best_trial, phase_line, rank_key, reconcile
 from db.store import ACTIVE, StoreError
 from gptailor import Plan
-from gptailor.importance import ImportanceError, position_importance
-from gptailor.paths import child
+from gptailor.analysis.importance import ImportanceError, position_importance
+from gptailor.common.paths import child
 
 from . import figures
 from .engine import store

@@ -11,13 +11,14 @@ import gradio as gr
 
 from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
-from gptailor.export import ExportError, export
-from gptailor.limits import whole
-from gptailor.speed import INTERACTIVE, short
-from gptailor.paths import PathError, child
-from gptailor.progress import tick
-from gptailor.search import SearchSettings, TrialRecord
-from gptailor.space import Budget
+from gptailor.export.hf import ExportError, export
+from gptailor.common.limits import whole
+from gptailor.eval.speed import INTERACTIVE, short
+from gptailor.common.paths import PathError, child
+from gptailor.common.progress import tick
+from gptailor.search.settings import SearchSettings
+from gptailor.search.trials import TrialRecord
+from gptailor.search.space import Budget
 
 from . import figures, lm_eval_panel
 from .engine import (ENGINE, check_fidelity, data_dir, gpu, max_export_bytes, max_export_zips, max_full_examples,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
-from gptailor.paths import PathError, inside
-from gptailor.smol import BUILD_HINT, smol_family_path
+from gptailor.common.paths import PathError, inside
+from gptailor.builtin.smol import BUILD_HINT, smol_family_path
 
 
 try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
@@ -145,7 +145,7 @@ def _stored(paths) -> list[str]:
 
 
 def smol_spec() -> Path | None:
-    """The real built-in family's spec once ``python -m gptailor.demo build-smol`` has written it here."""
+    """The real built-in family's spec once ``python -m gptailor.builtin build-smol`` has written it here."""
     return smol_family_path(data_dir() / "builtin" / "smol")
 
 

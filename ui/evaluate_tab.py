@@ -4,8 +4,8 @@ from __future__ import annotations
 import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
-from gptailor.limits import whole
-from gptailor.speed import INTERACTIVE, short
+from gptailor.common.limits import whole
+from gptailor.eval.speed import INTERACTIVE, short
 
 from . import lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, warm_references

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from db.runs import rank_key
 from gptailor import Plan
 from gptailor.plan import split_source
-from gptailor.search import fidelity_rank, size_front
+from gptailor.search.trials import fidelity_rank, size_front
 
 MERGE, DROP = "merge", "drop"
 
@@ -149,7 +149,7 @@ def trial_row(t: dict[str, Any], label: str, top_fid: float | None = None) -> Ma
 
 def top_k_layer_maps(trials: list[dict[str, Any]], members: list[str], k: int = 5,
                      names: dict[Any, str] | None = None) -> go.Figure:
-    """The best k trials, one row each with its score, ranked by the one rule (gptailor.search.rank_key):
+    """The best k trials, one row each with its score, ranked by the one rule (gptailor.search.trials.rank_key):
     the highest fidelity first, then retention; labelled 'study #number'."""
     best = sorted(_complete(trials), key=rank_key)[:k]
     names = names or {}
@@ -189,7 +189,7 @@ def _complete(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def top_fidelity(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Complete trials at the highest fidelity the study reached: the only ones whose scores are comparable
-    with the best trial, the tables and Compare (the same rule as gptailor.search.rank_key)."""
+    with the best trial, the tables and Compare (the same rule as gptailor.search.trials.rank_key)."""
     done = _complete(trials)
     if not done:
         return []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from gptailor import FamilyError, Plan, PlanError, TaskError
-from gptailor.limits import whole
+from gptailor.common.limits import whole
 
 from .engine import ENGINE, gpu, public_mode
 from .guard import refuse
@@ -28,7 +28,7 @@ def run(family: str, plan_text: str, tasks: str, limit: float | None, include: s
         progress=gr.Progress(), request: gr.Request = None):
     """lm-eval on the plan (stitched in memory) and on every member: lm-eval's own metrics, one row each.
     Stop ends it within one of lm-eval's batches."""
-    from gptailor.lm_eval_tasks import lm_eval_report
+    from gptailor.eval.lm_eval import lm_eval_report
 
     try:
         names = task_names(tasks)

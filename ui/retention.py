@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from gptailor.evaluate import DEFINITIONS
+from gptailor.eval.results import DEFINITIONS
 
 
 def definition_of(study: dict[str, Any]) -> str:

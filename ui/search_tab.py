@@ -7,9 +7,9 @@ from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study,
                      queue, start_queued, withdraw)
 from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
-from gptailor.limits import SettingsError, whole
-from gptailor.search import SearchSettings
-from gptailor.space import Budget, BudgetError
+from gptailor.common.limits import SettingsError, whole
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget, BudgetError
 
 from .engine import ENGINE, data_dir, max_trials, max_workers, redact, store
 from .guard import allowance, check_owner, refuse, session_of

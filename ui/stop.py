@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from gptailor.progress import Stopped, listening
+from gptailor.common.progress import Stopped, listening
 
 from .guard import session_of
 

@@ -17,11 +17,11 @@ from typing import Callable
 
 import torch
 
-from .baselines import angular_distance, block_influence, layer_states
-from .family import Family
-from .paths import inside, safe_name
-from .plan import Plan
-from .stitch import Stitcher
+from gptailor.analysis.states import angular_distance, block_influence, layer_states
+from gptailor.family.family import Family
+from gptailor.common.paths import inside, safe_name
+from gptailor.plan import Plan
+from gptailor.stitch import Stitcher
 
 
 @dataclass

@@ -27,159 +27,19 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable
 
 from ConfigSpace import Configuration
 
-from .evaluate import DEFINITIONS, EvalResult, Evaluator, References
-from .family import Family
-from .limits import SettingsError, seconds, whole
-from .plan import Op, Plan
-from .progress import OnPhase, Phase, quiet
-from .space import Budget, PlanSpace, make_space, removal_preference
-
-METHODS = ("smac", "random")
-CRASH_COST = 1.0  # retention 0
-
-T = TypeVar("T")
-
-
-@dataclass
-class SearchSettings:
-    method: str = "smac"  # smac | random
-    facade: str = "multi_fidelity"  # multi_fidelity (Hyperband over examples per task) | hpo (full fidelity)
-    space: str = "layerwise"  # layerwise | paper
-    constraint: str = "repair"  # layerwise only: repair | reject
-    n_trials: int = 100
-    walltime_s: float | None = None
-    min_fidelity: int = 8
-    max_fidelity: int | None = None  # None: every example of the suite
-    eta: int = 3
-    seed: int = 0
-    initial_plans: bool = True  # seed the initial design with heuristic plans (as the paper does)
-    n_initial: int | None = None  # random configurations in the initial design (default: SMAC's choice, capped)
-    n_workers: int = 1
-    scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
-    objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
-    retention: str = "auto"  # auto | family | base (see gptailor.evaluate); auto: the references' default
-    owner: str | None = None  # the app session that started the study: only it (or an operator) may cancel it
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def check(self) -> None:
-        """Refuse settings no search can run with (SettingsError, a ValueError): the CLI and the app both
-        come through here, so each range lives in ``limits`` once."""
-        if self.method not in METHODS:
-            raise SettingsError(f"unknown search method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.facade not in ("multi_fidelity", "hpo"):
-            raise SettingsError("facade is 'multi_fidelity' or 'hpo'")
-        if self.objectives not in ("retention", "per_task"):
-            raise SettingsError("objectives is 'retention' or 'per_task'")
-        if self.retention not in ("auto", *DEFINITIONS):
-            raise SettingsError(f"retention is one of auto, {', '.join(DEFINITIONS)}; got {self.retention!r}")
-        self.n_trials = whole("trials", self.n_trials)
-        self.seed = whole("seed", self.seed)
-        self.min_fidelity = whole("min fidelity", self.min_fidelity)
-        if self.max_fidelity is not None:
-            self.max_fidelity = whole("max fidelity", self.max_fidelity)
-            if self.max_fidelity < self.min_fidelity:
-                raise SettingsError(f"max fidelity ({self.max_fidelity}) is below min fidelity "
-                                    f"({self.min_fidelity}); raise it or leave it empty for all examples")
-        if self.walltime_s is not None:
-            self.walltime_s = seconds("wall time", self.walltime_s)
-        self.n_workers = whole("workers", self.n_workers)
-        self.eta = whole("eta", self.eta)
-        if self.n_initial is not None:
-            self.n_initial = whole("initial configurations", self.n_initial)
-
-
-@dataclass
-class TrialRecord:
-    """One evaluated plan, as the search reports it (and the database stores it)."""
-
-    number: int
-    plan: Plan
-    fidelity: int | None
-    result: EvalResult | None
-    status: str = "complete"  # complete | failed | rejected
-    error: str | None = None
-    config: dict[str, Any] | None = None
-    wall_s: float = 0.0
-    source: str = "search"  # search | initial | heuristic name
-    budget: float | None = None  # SMAC's budget exactly as asked (fidelity is the examples it maps to)
-    cached: bool = False  # a repeated (plan, fidelity): served from an earlier result, not scored again
-
-    @property
-    def retention(self) -> float | None:
-        return self.result.retention if self.result else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "plan": self.plan.to_dict(), "plan_text": self.plan.to_text(),
-                "fidelity": self.fidelity, "result": self.result.to_dict() if self.result else None,
-                "status": self.status, "error": self.error, "config": self.config, "wall_s": self.wall_s,
-                "source": self.source, "budget": self.budget, "cached": self.cached,
-                "split": self.result.split if self.result else None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrialRecord":
-        """From ``to_dict`` output or a database trial row."""
-        r = d.get("result")
-        if r is None and d.get("retention") is not None:  # a database row: flat fields
-            rets = d.get("retentions") or {}
-            r = {"plan": d["plan_text"], "fidelity": d.get("fidelity"), "scores": d.get("scores", {}),
-                 "metrics": {}, "task_retention": d.get("task_retention", {}), "references": {},
-                 "retention": d["retention"], "kept_layers": d.get("kept_layers") or 0, "n_layers": 0,
-                 "params": d.get("params") or 0, "stitch_s": d.get("stitch_s") or 0.0,
-                 "score_s": d.get("score_s") or 0.0, "split": d.get("split") or "all",
-                 "retentions": {k: v["mean"] for k, v in rets.items()},
-                 "task_retentions": {k: v["tasks"] for k, v in rets.items()}}
-        result = EvalResult.from_dict(r) if r else None
-        return cls(number=d["number"], plan=Plan.from_dict(d["plan"]), fidelity=d.get("fidelity"),
-                   result=result, status=d.get("status", "complete"), error=d.get("error"),
-                   config=d.get("config"), wall_s=d.get("wall_s") or 0.0, source=d.get("source", "search"),
-                   budget=d.get("budget"), cached=bool(d.get("cached")))
-
-
-@dataclass
-class SearchResult:
-    trials: list[TrialRecord]
-    incumbent: TrialRecord | None
-    settings: SearchSettings
-    space: dict[str, Any] = field(default_factory=dict)
-    stopped: str = "finished"  # finished | cancelled | walltime
-    smac_overhead_s: float = 0.0  # wall time not spent evaluating
-    pareto: list[TrialRecord] = field(default_factory=list)  # per-task objectives: the non-dominated plans
-    references: References | None = None  # fixed for the study (full search split)
-    setup_s: float = 0.0  # references before the first trial (not optimizer overhead)
-    runhistory: list[tuple[dict, float | None, Any]] = field(default_factory=list)  # SMAC's (config, budget, cost)
-    evaluations: int = 0  # trials actually scored (the rest were served from the cache)
-
-
-# ----------------------------------------------------------------------------- the one best-trial rule
-def fidelity_rank(fidelity: int | None) -> float:
-    """A missing fidelity means the full suite: it ranks highest, everywhere."""
-    return math.inf if fidelity is None else float(fidelity)
-
-
-def rank_key(fidelity: int | None, retention: float, number: int = 0) -> tuple[float, float, int]:
-    """Sort key, best first: the highest fidelity (low-fidelity scores are noisy), then retention, then the
-    earliest trial. The only ranking rule: the engine, the database, the dashboard and compare use it."""
-    return -fidelity_rank(fidelity), -retention, number
-
-
-def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
-    """The best complete trial at the highest fidelity any complete trial reached."""
-    done = [t for t in trials if t.status == "complete" and t.result is not None]
-    if not done:
-        return None
-    return min(done, key=lambda t: rank_key(t.fidelity, t.result.retention, t.number))
+from gptailor.eval.results import EvalResult, References
+from gptailor.eval.evaluator import Evaluator
+from gptailor.family.family import Family
+from gptailor.plan import Plan
+from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.search.space import Budget, PlanSpace, make_space
+from gptailor.search.seeds import seed_plans
+from gptailor.search.settings import SearchSettings
+from gptailor.search.trials import CRASH_COST, SearchResult, TrialRecord, incumbent, pareto_front
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -213,7 +73,7 @@ class Objective:
         spec, device, suite_path, space_name, n_remove, seed = self._recipe
         key = (repr(spec), device, suite_path)
         if key not in _CACHE:
-            from .tasks import load_suite
+            from gptailor.eval.suite import load_suite
 
             _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path), split="search")
         self.evaluator = _CACHE[key]
@@ -252,86 +112,6 @@ def costs_of(result: EvalResult | None, tasks: list[str] | None) -> float | list
     if not tasks:
         return 1.0 - result.retention
     return [1.0 - (result.task_retention.get(t) or 0.0) for t in tasks]
-
-
-def pareto_front(trials: Iterable[TrialRecord], tasks: list[str]) -> list[TrialRecord]:
-    """Complete trials at the highest fidelity that no other such trial beats on every task."""
-    done = [t for t in trials if t.status == "complete" and t.result is not None]
-    if not done:
-        return []
-    top = max((t.fidelity or math.inf) for t in done)
-    pts = [t for t in done if (t.fidelity or math.inf) == top]
-    vec = {id(t): [t.result.task_retention.get(k) or 0.0 for k in tasks] for t in pts}
-
-    def dominated(a: TrialRecord) -> bool:
-        va = vec[id(a)]
-        return any(all(x >= y for x, y in zip(vec[id(b)], va)) and vec[id(b)] != va for b in pts)
-    front, seen = [], set()
-    for t in pts:
-        if not dominated(t) and t.plan.key() not in seen:
-            seen.add(t.plan.key())
-            front.append(t)
-    return front
-
-
-def size_front(items: Iterable[T], size: Callable[[T], float], score: Callable[[T], float]) -> list[T]:
-    """Items no other item beats on both size (smaller) and score (higher), smallest first: retention
-    against parameters across budgets and studies (the dashboard's front, the CLI's ``front``)."""
-    front: list[T] = []
-    best = -math.inf
-    for it in sorted(items, key=lambda i: (size(i), -score(i))):
-        if score(it) > best:
-            front.append(it)
-            best = score(it)
-    return front
-
-
-def smallest_keeping(items: Iterable[T], threshold: float, size: Callable[[T], float],
-                     score: Callable[[T], float]) -> T | None:
-    """"How small can I go and keep ``threshold``?": the smallest item whose score reaches it (on the front)."""
-    ok = [i for i in size_front(items, size, score) if score(i) >= threshold]
-    return ok[0] if ok else None
-
-
-# ----------------------------------------------------------------------------- heuristic seeds
-def removal_patterns(L: int, n: int) -> dict[str, list[int]]:
-    """Simple removal patterns for the initial design: deepest-first, middle-outward, alternating."""
-    if n == 0:
-        return {"none": []}
-    pref = removal_preference(L)
-    mid = L // 2
-    outward = sorted(range(1, L - 1), key=lambda i: (abs(i - mid), i))
-    alternating = list(range(L - 2, 0, -2)) + list(range(L - 3, 0, -2))
-    return {"deepest_first": pref[:n], "middle_outward": (outward + [L - 1, 0])[:n],
-            "alternating": (alternating + [L - 1, 0])[:n]}
-
-
-def merge_settings(members: list[str]) -> dict[str, Callable[[int], Op]]:
-    """What kept positions become in seeded plans: the base's layer, one finetune's, or a merge of all."""
-    out: dict[str, Callable[[int], Op]] = {"base": lambda i: Op.pick("base")}
-    cands = members[1:]
-    for c in cands:  # each finetune alone: SMAC starts from every "prune one model" answer
-        out[c] = (lambda m: (lambda i: Op.pick(m)))(c)
-    if cands:
-        out["linear_all"] = lambda i: Op.merge({m: 1.0 for m in members}, "linear")
-        out["task_arithmetic_half"] = lambda i: Op.merge({m: 0.5 for m in cands}, "task_arithmetic") \
-            if len(cands) > 1 else Op.pick(cands[0])
-    return out
-
-
-def seed_plans(family: Family, n_remove: int, heuristic_removals: dict[str, list[int]]) -> dict[str, Plan]:
-    """Heuristic removal patterns crossed with merge settings, duplicates (same model) removed."""
-    L = family.n_layers
-    removals = {**heuristic_removals, **removal_patterns(L, n_remove)}
-    plans: dict[str, Plan] = {}
-    seen: set[str] = set()
-    for mname, op_of in merge_settings(family.member_names).items():  # plain removals first: most trusted
-        for rname, gone in removals.items():
-            plan = Plan(tuple(Op.drop() if i in set(gone) else op_of(i) for i in range(L)), family.name)
-            if plan.key() not in seen:
-                seen.add(plan.key())
-                plans[f"{rname}+{mname}"] = plan
-    return plans
 
 
 # ----------------------------------------------------------------------------- the search

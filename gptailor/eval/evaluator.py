@@ -26,223 +26,23 @@ skill is kept).
 from __future__ import annotations
 
 import math
-import re
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .family import Family
-from .plan import Plan
-from .progress import tick
-from .stitch import Stitcher, param_count
+from gptailor.family.family import Family
+from gptailor.plan import Plan
+from gptailor.common.progress import tick
+from gptailor.stitch import Stitcher, param_count
 
 if TYPE_CHECKING:
-    from .speed import SpeedSettings
-from .tasks import Suite, Task, TaskError
-
-DEFINITIONS = ("family", "base")
-
-
-@dataclass
-class Reference:
-    member: str  # whose score normalizes this task under a definition ("none" if nobody scores)
-    value: float
-
-
-@dataclass
-class References:
-    """Every member's scores at the full ``split``: what retention is normalised by, fixed once per study."""
-
-    split: str
-    kinds: dict[str, str]
-    scores: dict[str, dict[str, float]]  # member -> task -> score
-    near_zero: float = 0.05
-
-    def reference(self, definition: str, task: str) -> Reference:
-        kind = self.kinds[task]
-        if definition == "base":
-            v = self.scores["base"][task]
-            usable = goodness(kind, v) > 0 and (kind == "perplexity" or goodness(kind, v) >= self.near_zero)
-            return Reference("base" if usable else "none", v)
-        best = max(self.scores, key=lambda m: goodness(kind, self.scores[m][task]))
-        v = self.scores[best][task]
-        return Reference(best if goodness(kind, v) > 0 else "none", v)
-
-    def table(self, definition: str) -> dict[str, Reference]:
-        return {t: self.reference(definition, t) for t in self.kinds}
-
-    def default_definition(self) -> str:
-        """``family`` when a finetune holds a skill the base lacks (best >= 2x the base), else ``base``."""
-        for t, kind in self.kinds.items():
-            best = self.reference("family", t)
-            if best.member not in ("base", "none") and \
-                    goodness(kind, best.value) >= 2 * goodness(kind, self.scores["base"][t]):
-                return "family"
-        return "base"
-
-    def retention(self, definition: str, kind: str, task: str, score: float) -> float | None:
-        ref = self.reference(definition, task)
-        g_ref = goodness(kind, ref.value)
-        if ref.member == "none" or g_ref <= 0:
-            return None
-        r = goodness(kind, score) / g_ref
-        return min(1.0, r) if definition == "family" else r
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "References":
-        return cls(**{k: d[k] for k in ("split", "kinds", "scores", "near_zero") if k in d})
-
-
-@dataclass
-class EvalResult:
-    """Everything a trial records: per-task scores, retention, size and timings."""
-
-    plan: str
-    fidelity: int | None
-    scores: dict[str, float]  # each task's objective metric
-    metrics: dict[str, str]  # its name (lm-eval's: exact_match, acc, acc_norm, perplexity)
-    task_retention: dict[str, float | None]  # under ``definition``
-    references: dict[str, Reference]  # under ``definition``
-    retention: float  # under ``definition``
-    kept_layers: int
-    n_layers: int
-    params: int
-    stitch_s: float
-    score_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-    split: str = "all"
-    definition: str = "family"
-    retentions: dict[str, float] = field(default_factory=dict)  # both definitions' means
-    task_retentions: dict[str, dict[str, float | None]] = field(default_factory=dict)  # definition -> task -> r
-    details: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> every metric, n, stderr
-    speed: dict[str, Any] | None = None  # measured prefill/decode tokens/s vs the base's (gptailor.speed.compare)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
-        d = dict(d)
-        d["references"] = {k: Reference(**v) if isinstance(v, dict) else v for k, v in d.get("references", {}).items()}
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def table(self) -> str:
-        """A plain-text table for terminals and logs: both retention definitions, the split, the stderr."""
-        other = [d for d in DEFINITIONS if d != self.definition and d in self.task_retentions]
-        head = f"{'task':<16}{'metric':<12}{'score':>10}{'stderr':>9}{'reference':>22}{'retention':>11}"
-        head += "".join(f"{'(' + d + ')':>11}" for d in other)
-        lines = [head]
-        for t, v in self.scores.items():
-            ref = self.references[t]
-            r = self.task_retention[t]
-            se = self.details.get(t, {}).get("stderr")
-            line = (f"{t:<16}{self.metrics[t]:<12}{v:>10.4f}{'-' if se is None else f'{se:.4f}':>9}"
-                    f"{f'{ref.value:.4f} ({ref.member})':>22}{_pct(r):>11}")
-            line += "".join(f"{_pct(self.task_retentions[d].get(t)):>11}" for d in other)
-            lines.append(line)
-        both = ", ".join(f"{d} {100 * self.retentions[d]:.1f}%" for d in DEFINITIONS if d in self.retentions)
-        lines.append(f"retention {100 * self.retention:.1f}% ({self.definition}; {both})  split {self.split}, "
-                     f"fidelity {self.fidelity or 'full'}  kept {self.kept_layers}/{self.n_layers} layers  "
-                     f"params {self.params / 1e6:.2f}M  stitch {self.stitch_s * 1e3:.0f} ms  "
-                     f"score {self.score_s * 1e3:.0f} ms")
-        if self.speed:
-            from .speed import describe
-
-            lines.append(describe(self.speed))
-        return "\n".join(lines)
-
-
-def _pct(r: float | None) -> str:
-    return "-" if r is None else f"{100 * r:.1f}%"
-
-
-@dataclass
-class _Batch:
-    """One forward pass's worth of sequences, and where in its output each scored token is read.
-
-    A sequence is a context followed by one continuation (a plain row) or, for multiple choice, by all
-    the choices that share that context (packed): then ``segments`` says which part each position is in
-    (0 context, j the j-th choice, -1 padding) and ``position_ids`` restart after the context for every
-    choice, so each choice sees exactly what it would see alone, and the context is run once."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor  # 2D padding mask (1 = token)
-    rows: torch.Tensor  # for each scored token: its row in the batch
-    cols: torch.Tensor  # ... the position whose output predicts it
-    targets: torch.Tensor  # ... the token itself
-    flat: torch.Tensor  # ... its index in the task's flat row list (one row per choice / example)
-    n_rows: int
-    stop_rows: torch.Tensor | None = None  # exact match: batch rows whose next argmax must be a stop ...
-    stop_cols: torch.Tensor | None = None  # ... at this position (the target's last token)
-    stop_flat: torch.Tensor | None = None  # ... and their flat rows
-    segments: torch.Tensor | None = None  # packed batches only: per position 0 context, j choice j, -1 pad
-    position_ids: torch.Tensor | None = None  # packed batches only
-
-    def model_inputs(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """What the decoder gets: a 2D padding mask, or for packed sequences a 4D additive mask (a position
-        sees earlier context positions and earlier positions of its own choice) and the position ids."""
-        if self.segments is None:
-            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        return {"input_ids": self.input_ids, "attention_mask": packed_mask(self.segments, dtype),
-                "position_ids": self.position_ids}
-
-
-def packed_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(batch, 1, L, L) additive mask (0 seen, dtype's min hidden) for sequences laid out as context then
-    choices: query q sees key k <= q when k is in the context or in q's own choice. Padding sees itself only
-    (a fully hidden row would give NaN in some kernels; its output is never read). Built per forward from
-    the segment ids, so cached batches stay O(L), not O(L^2)."""
-    n = segments.shape[1]
-    idx = torch.arange(n, device=segments.device)
-    causal = idx[:, None] >= idx[None, :]
-    q, k = segments[:, :, None], segments[:, None, :]
-    seen = causal & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
-    seen |= torch.eye(n, dtype=torch.bool, device=segments.device)
-    mask = torch.zeros(seen.shape, dtype=dtype, device=segments.device)
-    return mask.masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
-
-
-@dataclass
-class _Seq:
-    """A context and the continuations scored after it, each with its flat row index."""
-
-    ctx: list[int]
-    conts: list[tuple[int, list[int]]]
-
-    @property
-    def length(self) -> int:
-        return len(self.ctx) + sum(len(c) for _, c in self.conts)
-
-
-PACKABLE_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask as is
-
-
-def goodness(kind: str, value: float) -> float:
-    """Higher is better, zero is worst: accuracy as is, perplexity inverted."""
-    if kind == "perplexity":
-        return 0.0 if not math.isfinite(value) or value <= 0 else 1.0 / value
-    return value if math.isfinite(value) else 0.0
-
-
-def acc_stderr(p: float, n: int) -> float:
-    """lm-eval's sample standard error of a mean of 0/1 outcomes."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
-
-
-def apply_filter(response: str, target: str, filt: dict[str, Any] | None) -> bool:
-    """lm-eval-style post-processing of a generated answer, then exact match (or containment)."""
-    if filt and filt.get("contains"):
-        return target.strip() in response
-    if filt and "regex" in filt:
-        m = re.search(filt["regex"], response)
-        response = (m.group(1) if m.groups() else m.group(0)) if m else "[invalid]"
-    return response.strip() == target.strip()
+    from gptailor.eval.speed import SpeedSettings
+from gptailor.eval.suite import Suite
+from gptailor.eval.tasks import Task, TaskError
+from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq
+from gptailor.eval.metrics import acc_stderr, apply_filter
+from gptailor.eval.results import DEFINITIONS, EvalResult, References
 
 
 class Evaluator:
@@ -640,7 +440,7 @@ class Evaluator:
 
     def speed(self, model, settings: bool | SpeedSettings = True) -> dict[str, Any]:
         """``model``'s measured tokens/s against the base's, built by the same stitcher on the same device."""
-        from .speed import SpeedSettings, compare
+        from gptailor.eval.speed import SpeedSettings, compare
 
         base = self.stitcher.build(Plan.identity(self.family.n_layers, family=self.family.name))
         return compare(model, base, settings if isinstance(settings, SpeedSettings) else None)

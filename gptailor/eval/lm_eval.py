@@ -6,7 +6,7 @@ Two routes, one source of truth (lm-eval's own task definitions):
   the number to set beside a paper's table.
 - :func:`tasks_from_lm_eval` builds lm-eval's task objects once and turns the requests lm-eval would send
   (its prompts with zero few-shot, ``target_delimiter`` + choices, gold index, ``until`` stops) into the
-  project's :class:`~gptailor.tasks.Task` examples, so the batched scorer in ``gptailor.evaluate`` scores
+  project's :class:`~gptailor.eval.tasks.Task` examples, so the batched scorer in ``gptailor.eval.evaluator`` scores
   them hundreds of times per search at a fraction of lm-eval's cost, with the same per-doc results.
 
 Offline and honest: datasets come from the local Hugging Face cache or from task YAMLs over local files
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .progress import tick
-from .tasks import MC_METRICS, Task, TaskError, _apply_options
+from gptailor.common.progress import tick
+from gptailor.eval.tasks import MC_METRICS, Task, TaskError, _apply_options
 
 LM_EVAL_VERSION = "0.4.13"
 REPORT_METRICS = ("acc", "acc_norm", "exact_match")
@@ -477,8 +477,8 @@ class LmEvalReport:
 def lm_eval_report(family, plan, tasks: Sequence[str], limit: int | None = None, include_path=None,
                    members: bool = True, batch_size: int = 16, stitcher=None) -> LmEvalReport:
     """lm-eval's metrics for ``plan`` (stitched in memory) and, with ``members``, for every family member."""
-    from .plan import Plan
-    from .stitch import Stitcher
+    from gptailor.plan import Plan
+    from gptailor.stitch import Stitcher
 
     stitcher = stitcher or Stitcher(family)
     tasks = list(tasks)

@@ -1,0 +1,3 @@
+from gptailor.builtin.cli import main
+
+raise SystemExit(main())

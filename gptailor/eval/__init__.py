@@ -1,0 +1,1 @@
+"""Scoring a plan: tasks and suites, lm-eval tasks, metrics, batching, the ``Evaluator``, retention results and speed."""

@@ -1,0 +1,1 @@
+"""Writing a plan out: a Hugging Face checkpoint folder (``hf``), its mergekit YAML (``mergekit``) and its model card (``card``)."""

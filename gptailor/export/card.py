@@ -1,0 +1,46 @@
+"""The model card (README.md) written beside an exported checkpoint: what was kept, from whom, and how it scored."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+from gptailor.eval.results import EvalResult
+from gptailor.family.family import Family
+from gptailor.plan import Plan
+
+
+# ----------------------------------------------------------------------------- model card
+def model_card(family: Family, plan: Plan, params: int, result: EvalResult | None = None, lm_eval=None) -> str:
+    base_src = family.spec.source("base")
+    hub_id = not Path(base_src).exists()  # the hub's card metadata only makes sense for hub ids
+    lines = ["---", "library_name: transformers", "tags:", "- gptailor", "- layer-pruning", "- model-merging",
+             *([f"base_model: {json.dumps(base_src)}"] if hub_id else []), "---", "", f"# {family.name}: tailored with GPTailor", "",
+             f"Layers kept: {plan.n_kept} of {len(plan)}; parameters: {params / 1e6:.2f}M "
+             f"(base: {family.param_count() / 1e6:.2f}M, {100 * params / family.param_count():.1f}%).", "",
+             "Family members:", ""]
+    lines += [f"- `{m}`: {family.spec.source(m)}" for m in family.member_names]
+    lines += ["", "Plan (one op per base layer position):", "", "```", plan.to_text(), "```", ""]
+    if result is not None:
+        lines += [f"Scores at fidelity {result.fidelity or 'full'} (retention {100 * result.retention:.1f}% of the "
+                  f"reference):", "", "| task | metric | score | reference | retention |", "|---|---|---|---|---|"]
+        for t, v in result.scores.items():
+            r = result.task_retention[t]
+            ref = result.references[t]
+            lines.append(f"| {t} | {result.metrics[t]} | {v:.4f} | {ref.value:.4f} ({ref.member}) | "
+                         f"{'-' if r is None else f'{100 * r:.1f}%'} |")
+        lines.append("")
+        if result.speed:
+            m, b = result.speed["model"], result.speed["base"]
+            lines += [f"Speed, measured on {m['device']} in {m['dtype']} (batch {m['batch']}, prompt {m['prompt_len']} "
+                      f"tokens, {m['new_tokens']} new tokens, greedy with KV cache):", "",
+                      "| | prefill tok/s | decode tok/s |", "|---|---|---|",
+                      f"| this model | {m['prefill_tok_s']:,.0f} | {m['decode_tok_s']:,.1f} |",
+                      f"| base | {b['prefill_tok_s']:,.0f} | {b['decode_tok_s']:,.1f} |",
+                      f"| ratio | {result.speed['prefill_ratio']:.2f}x | {result.speed['decode_ratio']:.2f}x |", ""]
+    if lm_eval is not None:
+        lines += [f"lm-evaluation-harness (zero-shot, {'all' if lm_eval.limit is None else lm_eval.limit} docs per "
+                  f"task; value ± stderr), this model (`plan`) beside the family members:", "", lm_eval.markdown(), ""]
+    lines += ["Load it with `AutoModelForCausalLM.from_pretrained(folder)`; `plan.json` and `mergekit.yaml` "
+              "rebuild it from the family.", ""]
+    return "\n".join(lines)

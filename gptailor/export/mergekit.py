@@ -1,0 +1,110 @@
+"""The plan as a mergekit YAML (passthrough slices of picks and merges): the same model rebuilt by ``mergekit-yaml``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gptailor.family.family import Family
+from gptailor.family.spec import FamilyError
+from gptailor.family.device import dtype_name, resolve_dtype
+from gptailor.plan import Plan, split_source
+
+
+# ----------------------------------------------------------------------------- mergekit
+def _merge_method(plan: Plan) -> str:
+    """The single mergekit merge_method this plan can be written with, or ExportError saying why not."""
+    methods = {op.method for op in plan.ops if op.kind == "merge"}
+    if len(methods) > 1:
+        raise ExportError(f"plan mixes merge methods {sorted(methods)}; one mergekit config has one merge_method")
+    if "slerp" in methods:
+        raise ExportError("mergekit's slerp also interpolates the embeddings and head, which stay the base's here")
+    return methods.pop() if methods else "passthrough"
+
+
+def _check_io_sources(family: Family, slices: list[dict[str, Any]]) -> None:
+    """mergekit takes the embeddings from the first slice's models and the final norm and LM head from
+    the last slice's; the stitched model has the base's. They agree when each of those models has the
+    base's tensors bit for bit (decoder-only finetunes usually do), whichever member its layers are from."""
+    member_of = {family.spec.source(m): m for m in family.member_names}
+    for where, sl, parts in (("first", slices[0], ("embed",)), ("last", slices[-1], ("norm", "head"))):
+        for source in sl["sources"]:
+            m = member_of[source["model"]]
+            for part in parts:
+                if not family.io_equals_base(m, part):
+                    what = {"embed": "embeddings", "norm": "final norm", "head": "LM head"}[part]
+                    raise ExportError(f"mergekit takes the {what} from the {where} slice's models; member {m!r} "
+                                      f"there has {what} unlike the base's (the stitched model uses the base's)")
+
+
+def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The plan as a mergekit config: slices in position order. Written only when mergekit rebuilds
+    the stitched model: the models it takes the embeddings, final norm and LM head from (first and last
+    slice) must have the base's, as the stitched model does."""
+    method = _merge_method(plan)
+    src = family.spec.source
+    needs_base = method in ("task_arithmetic", "ties")  # mergekit reads the base tensor from each slice
+    slices: list[dict[str, Any]] = []
+    i, ops = 0, plan.ops
+    while i < len(ops):
+        op = ops[i]
+        if op.kind == "drop":
+            i += 1
+            continue
+        if op.kind == "pick":
+            j = i + 1
+            if method == "passthrough":  # merge runs of picks from one member into one slice
+                while j < len(ops) and ops[j].kind == "pick" and ops[j].member == op.member:
+                    j += 1
+            source: dict[str, Any] = {"model": src(op.member or "base"), "layer_range": [i, j]}
+            if method != "passthrough":  # a single source with weight 1 reproduces that layer
+                source["parameters"] = {"weight": 1.0, **({"density": 1.0} if method == "ties" else {})}
+            sources = [source]
+            if needs_base and op.member != "base":
+                sources.append({"model": src("base"), "layer_range": [i, j]})
+            slices.append({"sources": sources})
+            i = j
+            continue
+        sources = []
+        for m, w in op.weights:
+            params: dict[str, Any] = {"weight": w}
+            if op.method == "ties":
+                params["density"] = 0.5 if op.density is None else op.density
+            name, pos = split_source(m)
+            j = i if pos is None else pos  # mergekit sources may read other layer ranges of equal length
+            sources.append({"model": src(name), "layer_range": [j, j + 1], "parameters": params})
+        if needs_base and "base" not in op.members:
+            sources.append({"model": src("base"), "layer_range": [i, i + 1]})
+        slices.append({"sources": sources})
+        i += 1
+    _check_io_sources(family, slices)
+    cfg: dict[str, Any] = {"slices": slices, "merge_method": method, "base_model": src("base"),
+                           "dtype": dtype_name(export_dtype(family, dtype))}
+    if method in ("linear", "ties"):
+        cfg["parameters"] = {"normalize": True}
+    return cfg
+
+
+def mergekit_yaml(family: Family, plan: Plan, dtype: torch.dtype | None = None) -> str:
+    import yaml
+
+    head = f"# GPTailor plan for family {family.name!r} as a mergekit config: mergekit-yaml mergekit.yaml OUT\n"
+    try:
+        return head + yaml.safe_dump(mergekit_config(family, plan, dtype), sort_keys=False)
+    except ExportError as e:
+        return head + f"# not expressible as one mergekit config: {e}\n# rebuild with gptailor from plan.json\n"
+
+
+class ExportError(ValueError):
+    pass
+
+
+def export_dtype(family: Family, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The dtype an export writes: the base checkpoint's by default (a bfloat16 family stays bfloat16
+    even when it is searched in float32 on a CPU)."""
+    if dtype is None:
+        return family.checkpoint_dtype
+    try:
+        return resolve_dtype(dtype, torch.device("cpu"))
+    except FamilyError as e:
+        raise ExportError(str(e)) from None

@@ -1,0 +1,1 @@
+"""A family of checkpoints: its spec, where members' files come from, compatibility checks, devices and the loaded ``Family``."""

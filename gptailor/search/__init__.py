@@ -1,0 +1,1 @@
+"""Searching plans under a budget: the space (``space``), settings, trials and their ranking, seeded plans, the SMAC loop (``optimizer``), the heuristic baselines and the per-family precompute cache."""

@@ -1,0 +1,135 @@
+"""One evaluated plan (``TrialRecord``), the one ranking rule (``rank_key``) and the Pareto fronts over trials."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, TypeVar
+
+
+from gptailor.eval.results import EvalResult, References
+from gptailor.plan import Plan
+from gptailor.search.settings import SearchSettings
+CRASH_COST = 1.0  # retention 0
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrialRecord:
+    """One evaluated plan, as the search reports it (and the database stores it)."""
+
+    number: int
+    plan: Plan
+    fidelity: int | None
+    result: EvalResult | None
+    status: str = "complete"  # complete | failed | rejected
+    error: str | None = None
+    config: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    source: str = "search"  # search | initial | heuristic name
+    budget: float | None = None  # SMAC's budget exactly as asked (fidelity is the examples it maps to)
+    cached: bool = False  # a repeated (plan, fidelity): served from an earlier result, not scored again
+
+    @property
+    def retention(self) -> float | None:
+        return self.result.retention if self.result else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "plan": self.plan.to_dict(), "plan_text": self.plan.to_text(),
+                "fidelity": self.fidelity, "result": self.result.to_dict() if self.result else None,
+                "status": self.status, "error": self.error, "config": self.config, "wall_s": self.wall_s,
+                "source": self.source, "budget": self.budget, "cached": self.cached,
+                "split": self.result.split if self.result else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialRecord":
+        """From ``to_dict`` output or a database trial row."""
+        r = d.get("result")
+        if r is None and d.get("retention") is not None:  # a database row: flat fields
+            rets = d.get("retentions") or {}
+            r = {"plan": d["plan_text"], "fidelity": d.get("fidelity"), "scores": d.get("scores", {}),
+                 "metrics": {}, "task_retention": d.get("task_retention", {}), "references": {},
+                 "retention": d["retention"], "kept_layers": d.get("kept_layers") or 0, "n_layers": 0,
+                 "params": d.get("params") or 0, "stitch_s": d.get("stitch_s") or 0.0,
+                 "score_s": d.get("score_s") or 0.0, "split": d.get("split") or "all",
+                 "retentions": {k: v["mean"] for k, v in rets.items()},
+                 "task_retentions": {k: v["tasks"] for k, v in rets.items()}}
+        result = EvalResult.from_dict(r) if r else None
+        return cls(number=d["number"], plan=Plan.from_dict(d["plan"]), fidelity=d.get("fidelity"),
+                   result=result, status=d.get("status", "complete"), error=d.get("error"),
+                   config=d.get("config"), wall_s=d.get("wall_s") or 0.0, source=d.get("source", "search"),
+                   budget=d.get("budget"), cached=bool(d.get("cached")))
+
+
+@dataclass
+class SearchResult:
+    trials: list[TrialRecord]
+    incumbent: TrialRecord | None
+    settings: SearchSettings
+    space: dict[str, Any] = field(default_factory=dict)
+    stopped: str = "finished"  # finished | cancelled | walltime
+    smac_overhead_s: float = 0.0  # wall time not spent evaluating
+    pareto: list[TrialRecord] = field(default_factory=list)  # per-task objectives: the non-dominated plans
+    references: References | None = None  # fixed for the study (full search split)
+    setup_s: float = 0.0  # references before the first trial (not optimizer overhead)
+    runhistory: list[tuple[dict, float | None, Any]] = field(default_factory=list)  # SMAC's (config, budget, cost)
+    evaluations: int = 0  # trials actually scored (the rest were served from the cache)
+
+
+# ----------------------------------------------------------------------------- the one best-trial rule
+def fidelity_rank(fidelity: int | None) -> float:
+    """A missing fidelity means the full suite: it ranks highest, everywhere."""
+    return math.inf if fidelity is None else float(fidelity)
+
+
+def rank_key(fidelity: int | None, retention: float, number: int = 0) -> tuple[float, float, int]:
+    """Sort key, best first: the highest fidelity (low-fidelity scores are noisy), then retention, then the
+    earliest trial. The only ranking rule: the engine, the database, the dashboard and compare use it."""
+    return -fidelity_rank(fidelity), -retention, number
+
+
+def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
+    """The best complete trial at the highest fidelity any complete trial reached."""
+    done = [t for t in trials if t.status == "complete" and t.result is not None]
+    if not done:
+        return None
+    return min(done, key=lambda t: rank_key(t.fidelity, t.result.retention, t.number))
+
+
+def pareto_front(trials: Iterable[TrialRecord], tasks: list[str]) -> list[TrialRecord]:
+    """Complete trials at the highest fidelity that no other such trial beats on every task."""
+    done = [t for t in trials if t.status == "complete" and t.result is not None]
+    if not done:
+        return []
+    top = max((t.fidelity or math.inf) for t in done)
+    pts = [t for t in done if (t.fidelity or math.inf) == top]
+    vec = {id(t): [t.result.task_retention.get(k) or 0.0 for k in tasks] for t in pts}
+
+    def dominated(a: TrialRecord) -> bool:
+        va = vec[id(a)]
+        return any(all(x >= y for x, y in zip(vec[id(b)], va)) and vec[id(b)] != va for b in pts)
+    front, seen = [], set()
+    for t in pts:
+        if not dominated(t) and t.plan.key() not in seen:
+            seen.add(t.plan.key())
+            front.append(t)
+    return front
+
+
+def size_front(items: Iterable[T], size: Callable[[T], float], score: Callable[[T], float]) -> list[T]:
+    """Items no other item beats on both size (smaller) and score (higher), smallest first: retention
+    against parameters across budgets and studies (the dashboard's front, the CLI's ``front``)."""
+    front: list[T] = []
+    best = -math.inf
+    for it in sorted(items, key=lambda i: (size(i), -score(i))):
+        if score(it) > best:
+            front.append(it)
+            best = score(it)
+    return front
+
+
+def smallest_keeping(items: Iterable[T], threshold: float, size: Callable[[T], float],
+                     score: Callable[[T], float]) -> T | None:
+    """"How small can I go and keep ``threshold``?": the smallest item whose score reaches it (on the front)."""
+    ok = [i for i in size_front(items, size, score) if score(i) >= threshold]
+    return ok[0] if ok else None
