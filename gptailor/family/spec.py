@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo_family"  # built by `python -m gptailor.builtin build`
+DEMO_DIR = Path(__file__).resolve().parents[1] / "builtin" / "demo_family"  # built by `python -m gptailor.builtin build`
 
 
 _MEMBER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
