@@ -51,9 +51,10 @@ def _log_dir(store) -> str:
 def _check_slot(args, store) -> None:
     """``--background`` obeys GPTAILOR_MAX_WORKERS, as the app does: with every worker slot taken (or
     studies already waiting), refuse before anything is stored, unless ``--queue`` asks to wait in line."""
-    from .runs import StudyError, queue, reconcile, running, worker_cap
+    from .runs import StudyError, queue, reconcile, running
+    from .settings import max_workers
 
-    cap = worker_cap()
+    cap = max_workers()
     if not (args.background and cap) or args.queue:
         return
     reconcile(store)
@@ -66,10 +67,11 @@ def _check_slot(args, store) -> None:
 
 
 def _run(args, store, study_id: int, total: int | None) -> int:
-    from .runs import QUEUED, launch_or_queue, queue, run_study, running, worker_cap
+    from .runs import QUEUED, launch_or_queue, queue, run_study, running
+    from .settings import max_workers
 
     if args.background:
-        cap = worker_cap()
+        cap = max_workers()
         if launch_or_queue(store, study_id, cap, log_dir=_log_dir(store)) == QUEUED:
             line = queue(store)
             print(f"study {study_id} queued (#{line.index(study_id) + 1 if study_id in line else 1} in line): "
@@ -196,7 +198,8 @@ def _both(means: dict | None, definition: str, objective: float | None) -> tuple
 
 
 def cmd_studies(args, argv) -> int:
-    from .runs import QUEUED, phase_line, reconcile, start_queued, worker_cap
+    from .runs import QUEUED, phase_line, reconcile, start_queued
+    from .settings import max_workers
     from .store import ACTIVE, Store, StoreError
 
     store = Store(args.db)
@@ -209,7 +212,7 @@ def cmd_studies(args, argv) -> int:
         print(f"study {sid} is now named {store.rename_study(sid, name)!r}")
         return 0
     reconcile(store)
-    start_queued(store, worker_cap(), log_dir=_log_dir(store))  # as the app's refresh: free slots take the queue
+    start_queued(store, max_workers(), log_dir=_log_dir(store))  # as the app's refresh: free slots take the queue
     rows = store.studies()
     if args.json:
         print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
@@ -260,7 +263,8 @@ def cmd_sweep(args, argv) -> int:
     from gptailor.search.settings import SearchSettings
     from gptailor.search.space import Budget
 
-    from .runs import create_study, family_rows, front_table, launch_or_queue, worker_cap
+    from .runs import create_study, family_rows, front_table, launch_or_queue
+    from .settings import max_workers
     from .store import Store
 
     search = args.method in ("smac", "random")
@@ -275,7 +279,7 @@ def cmd_sweep(args, argv) -> int:
            for r in args.remove]  # every budget checked and stored before any runs
     for sid, r in zip(ids, args.remove):
         if args.background:
-            how = launch_or_queue(store, sid, worker_cap(), log_dir=_log_dir(store))
+            how = launch_or_queue(store, sid, max_workers(), log_dir=_log_dir(store))
             print(f"study {sid} ({args.method}, {r} layers removed) {how} in the background")
         else:
             print(f"-- {r} layers removed (study {sid})")
@@ -405,8 +409,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def errors() -> tuple[type[Exception], ...]:
     from gptailor.search.space import BudgetError
 
-    from .liveness import SettingError
+    from gptailor.common.limits import SettingsError
     from .runs import StudyError
     from .store import StoreError
 
-    return (StudyError, StoreError, BudgetError, SettingError)
+    return (StudyError, StoreError, BudgetError, SettingsError)

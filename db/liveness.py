@@ -16,41 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Protocol
 
-
-class SettingError(ValueError):
-    """A liveness setting (environment variable) has a value that cannot be used."""
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(f"{name}={raw!r} is not a number of seconds; unset it or give e.g. {default:g}") from None
-    if value <= 0:
-        raise SettingError(f"{name}={raw!r} must be more than 0 seconds")
-    return value
-
-
-def heartbeat_s() -> float:
-    """How often a worker beats (``GPTAILOR_HEARTBEAT_S``, default 5 s)."""
-    return _seconds("GPTAILOR_HEARTBEAT_S", 5.0)
-
-
-def grace_s() -> float:
-    """How old a heartbeat may be before the worker counts as dead (``GPTAILOR_GRACE_S``, default 60 s).
-
-    At least three beats, so a worker busy in a long trial or a briefly locked database is not
-    declared dead by one late beat."""
-    return max(_seconds("GPTAILOR_GRACE_S", 60.0), 3 * heartbeat_s())
-
-
-def stop_grace_s() -> float:
-    """How long a cancelled worker may take to stop by itself before it is terminated
-    (``GPTAILOR_STOP_GRACE_S``, default 30 s); SIGKILL follows SIGTERM after another third of it."""
-    return _seconds("GPTAILOR_STOP_GRACE_S", 30.0)
+from .settings import heartbeat_s, host_id_override
 
 
 @lru_cache(maxsize=None)
@@ -73,9 +39,9 @@ def host_id() -> str:
 
     Two readers with different host ids never judge each other's workers by pid, only by heartbeat;
     setting ``GPTAILOR_HOST_ID`` simulates (or declares) separate machines sharing one database."""
-    explicit = os.environ.get("GPTAILOR_HOST_ID")
+    explicit = host_id_override()
     if explicit:
-        return explicit[:200]
+        return explicit
     return f"{socket.gethostname()}/{_kernel_identity()}"[:200]
 
 

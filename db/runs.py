@@ -32,7 +32,8 @@ from gptailor.search.trials import TrialRecord, size_front, smallest_keeping
 from gptailor.search.trials import rank_key as _engine_rank_key
 from gptailor.search.space import Budget
 
-from .liveness import Heartbeat, Owner, grace_s, heartbeat_s, host_id, local_worker_dead, process_start, stop_grace_s
+from .liveness import Heartbeat, Owner, host_id, local_worker_dead, process_start
+from .settings import data_dir, grace_s, heartbeat_s, stop_grace_s
 from .models import utcnow
 from .store import ACTIVE, ClaimLost, Store, StoreError
 
@@ -137,7 +138,7 @@ def precompute(store: Store) -> Precompute:
     """The content-keyed cache of references and heuristic plans, shared by every study on a database:
     ``cache/`` beside a SQLite file, else ``<GPTAILOR_DATA_DIR>/cache``."""
     path = store._sqlite_path()
-    root = path.parent if path is not None else Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()
+    root = path.parent if path is not None else data_dir(create=False)
     return Precompute(root / "cache")
 
 
@@ -577,25 +578,6 @@ def _busy(store: Store) -> int:
     return len(running(store))
 
 
-def worker_cap() -> int:
-    """Study workers that may run at once on this database (``GPTAILOR_MAX_WORKERS``; 0 = no cap).
-
-    Default 2 in public mode (``GPTAILOR_PUBLIC=1``), else no cap. The app and the CLI's
-    ``--background`` both obey it; further studies queue (``launch_or_queue``)."""
-    from .liveness import SettingError
-
-    raw = os.environ.get("GPTAILOR_MAX_WORKERS", "").strip()
-    if not raw:
-        return 2 if os.environ.get("GPTAILOR_PUBLIC", "").lower() in ("1", "true", "yes") else 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise SettingError(f"GPTAILOR_MAX_WORKERS must be a whole number >= 0, got {raw!r}")
-    return value
-
-
 def launch_or_queue(store: Store, study_id: int, max_workers: int = 0,
                     log_dir: str | os.PathLike | None = None) -> str:
     """Start a worker for the study if fewer than ``max_workers`` run (0: no cap), else mark it 'queued'
@@ -761,4 +743,4 @@ def terminate(pid: int) -> None:
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
            "wait", "compare", "compare_table", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
-           "withdraw", "QUEUED", "family_rows", "front_table", "running", "worker_cap"]
+           "withdraw", "QUEUED", "family_rows", "front_table", "running"]

@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from .liveness import Owner
 from .models import FamilyRow, SchemaVersion, StudyRow, TrialRow, utcnow
+from .settings import db_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SCHEMA_REVISION = "0003"  # this release's Alembic head (tests check it against db/migrations/versions)
@@ -46,12 +47,6 @@ class StoreError(RuntimeError):
 class ClaimLost(StoreError):
     """This worker no longer owns its study (a reader declared it dead, or another worker took it over)."""
 
-
-def default_url() -> str:
-    if os.environ.get("GPTAILOR_DB_URL"):
-        return os.environ["GPTAILOR_DB_URL"]
-    data = Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()
-    return f"sqlite:///{data / 'gptailor.db'}"
 
 
 def _absolute(url: str) -> str:
@@ -93,7 +88,7 @@ def _owner_is(owner: Owner):
 
 class Store:
     def __init__(self, url: str | None = None) -> None:
-        self.url = _absolute(url or default_url())
+        self.url = _absolute(url or db_url())
         self.shown_url = _hide_password(self.url)
         self.path = self._sqlite_path()
         self.engine = self._engine()

@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", type=int, required=True)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
-    from .liveness import Heartbeat, Owner, SettingError
+    from gptailor.common.limits import SettingsError
+
+    from .liveness import Heartbeat, Owner
     from .store import Store, StoreError
 
     try:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             except StudyError as e:
                 print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
                 return 2
-    except (StoreError, SettingError) as e:
+    except (StoreError, SettingsError) as e:
         print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # a signal while still starting: say so rather than wait for the grace

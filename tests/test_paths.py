@@ -1,7 +1,6 @@
 """Every name that becomes a path: one rule (gptailor.common.paths), refused with a clear message."""
 import copy
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -57,7 +56,6 @@ def test_make_suite_refuses_unsafe_suite_and_file_names(tmp_path):
 
 def test_analysis_cache_refuses_a_family_name_that_is_a_path(tiny_family, tmp_path):
     from gptailor.analysis.layers import cached_analysis
-    from gptailor.family.family import Family
 
     spec = dataclasses.replace(tiny_family.spec, name="../../escaped")
     fam = copy.copy(tiny_family)  # the same loaded family under a name that is a path

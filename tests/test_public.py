@@ -119,12 +119,13 @@ def test_dashboard_csv_is_one_file_per_session():
     ({"GPTAILOR_MAX_UPLOAD_MB": "-1"}, "GPTAILOR_MAX_UPLOAD_MB must be a number >= 0"),
 ])
 def test_malformed_settings_refuse_to_start_with_one_line(env, words, monkeypatch):
-    from ui.engine import ConfigError, check_settings
+    from db.settings import check_all
+    from gptailor.common.limits import SettingsError
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
-        check_settings()
+    with pytest.raises(SettingsError, match=words.replace("(", r"\(")):
+        check_all()
 
 
 def test_the_app_exits_2_on_a_malformed_login(tmp_path):

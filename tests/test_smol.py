@@ -185,7 +185,7 @@ def test_picker_lists_the_smol_family_once_built(tmp_path, monkeypatch):
     assert "is not built yet" in picker.builtin_note() and "Build the smol family" in picker.builtin_note()
     assert "python -m" not in picker.builtin_note()  # a web page never tells the user to run a CLI command
     spec = make_tiny_family(tmp_path / "builtin" / "smol", n_layers=2, members=("convert",))
-    assert smol.smol_family_path() == spec  # default root: <data dir>/builtin/smol
+    assert engine.smol_spec() == spec  # the app's root: <GPTAILOR_DATA_DIR>/builtin/smol
     assert engine.family_values() == ["demo", str(spec.resolve())]
     assert ("smol (built in)", str(spec.resolve())) in engine.family_choices()
     assert "not built" not in picker.builtin_note()

@@ -138,7 +138,7 @@ def test_own_cache_budget_and_setting(tiny_spec, monkeypatch):
     fam = Family.from_spec(tiny_spec)
     assert fam.cache.max_bytes == 12 * 2 ** 20 and fam.info()["cache_mb"] == 12
     monkeypatch.setenv("GPTAILOR_CACHE_MB", "lots")
-    with pytest.raises(FamilyError, match="GPTAILOR_CACHE_MB='lots' is not a number of megabytes"):
+    with pytest.raises(FamilyError, match="GPTAILOR_CACHE_MB must be a number of megabytes >= 0, got 'lots'"):
         Family.from_spec(tiny_spec)
     monkeypatch.delenv("GPTAILOR_CACHE_MB")
     info = Family.from_spec(tiny_spec).info()

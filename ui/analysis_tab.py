@@ -9,7 +9,8 @@ from gptailor.search.baselines import calibration_texts
 from gptailor.common.paths import PathError
 
 from . import figures
-from .engine import ENGINE, data_dir, gpu
+from .engine import ENGINE, gpu
+from db.settings import data_dir
 from .guard import refuse
 from .stop import stop_button, stoppable, wire_stop
 

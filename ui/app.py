@@ -10,7 +10,8 @@ import gradio as gr
 
 from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, picker,
                search_tab)
-from .engine import ConfigError, auth_pairs, check_settings, max_upload_bytes, public_mode
+from db.settings import auth_pairs, check_all, max_upload_bytes, public_mode
+from gptailor.common.limits import SettingsError
 
 
 def build_app() -> gr.Blocks:
@@ -71,9 +72,9 @@ def _start_queued_forever(period_s: float = 5.0) -> None:
 def main() -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        check_settings()
+        check_all()
         port = int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    except (ConfigError, ValueError) as e:
+    except (SettingsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)  # one line and exit 2, like the CLI's refusals
         sys.exit(2)
     app = build_app().queue(default_concurrency_limit=2)

@@ -21,8 +21,8 @@ from gptailor.search.trials import TrialRecord
 from gptailor.search.space import Budget
 
 from . import figures, lm_eval_panel
-from .engine import (ENGINE, check_fidelity, data_dir, gpu, max_export_bytes, max_export_zips, max_full_examples,
-                     public_mode, store, warm_references)
+from .engine import ENGINE, check_fidelity, gpu, store, warm_references
+from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_examples, public_mode
 from .guard import allowance, refuse, session_of
 from .retention import line, marked, pct
 from .stop import cleared, stop_button, stoppable, wire_stop

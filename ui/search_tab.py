@@ -11,7 +11,8 @@ from gptailor.common.limits import SettingsError, whole
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget, BudgetError
 
-from .engine import ENGINE, data_dir, max_trials, max_workers, redact, store
+from .engine import ENGINE, redact, store
+from db.settings import data_dir, max_trials, max_workers
 from .guard import allowance, check_owner, refuse, session_of
 from .retention import definition_of, pair
 

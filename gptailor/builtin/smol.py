@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import string
@@ -377,7 +376,7 @@ def write_lm_eval_tasks(out: Path, family_dir: Path | None = None, n: int | None
 
     from gptailor.eval.lm_eval import write_local_task
 
-    family_dir = Path(family_dir or default_out())
+    family_dir = Path(family_dir or DEFAULT_OUT)
     src = family_dir / "tasks"
     if not (src / "general.jsonl").exists():
         raise SmolError(f"{family_dir} is not a built smol family (no tasks/general.jsonl); build it with: "
@@ -416,18 +415,15 @@ def lm_eval_suite_dict(limit: int = 60) -> dict:
             "lm_eval_report": ["smol_general", *(f"smol_{s}" for s in SKILLS)]}
 
 
-def data_root() -> Path:
-    """The app's data folder (``GPTAILOR_DATA_DIR``, default ``data``), as ui.engine reads it."""
-    return Path(os.environ.get("GPTAILOR_DATA_DIR", "data")).expanduser()
+# Where the command line builds the family unless told otherwise: the app's default data dir
+# (``data``), so the app lists it. An app with another data dir passes its own folder (the engine reads
+# no app setting).
+DEFAULT_OUT = Path("data") / "builtin" / FAMILY_NAME
 
 
-def default_out() -> Path:
-    return data_root() / "builtin" / FAMILY_NAME
-
-
-def smol_family_path(root: Path | None = None) -> Path | None:
-    """The built family's spec (``family.yaml``) if ``build-smol`` has run, else None."""
-    spec = (root or default_out()) / "family.yaml"
+def smol_family_path(root: Path) -> Path | None:
+    """The built family's spec (``<root>/family.yaml``) if ``build-smol`` has written it there, else None."""
+    spec = root / "family.yaml"
     return spec if spec.exists() else None
 
 
@@ -441,7 +437,7 @@ def build(out: Path | None = None, deltas: Path = SMOL_DIR / "deltas", gguf: Pat
     spec; returns the spec path. Offline; minutes on a CPU."""
     import yaml
 
-    out = Path(out or default_out())
+    out = Path(out or DEFAULT_OUT)
     members = shipped_members(deltas)
     if not members:
         raise SmolError(f"no adapters under {deltas}; train them with: python -m gptailor.builtin.smol train")
@@ -460,11 +456,12 @@ def build(out: Path | None = None, deltas: Path = SMOL_DIR / "deltas", gguf: Pat
 
 
 def train(base_dir: Path, skills: tuple[str, ...] = SKILLS, deltas: Path = SMOL_DIR / "deltas",
-          cfg: TrainConfig | None = None, log=print) -> list[dict]:
-    """Train (or retrain) the shipped adapters from a converted base folder."""
+          cfg: TrainConfig | None = None, log=print, threads: int = 2) -> list[dict]:
+    """Train (or retrain) the shipped adapters from a converted base folder (on ``threads`` CPU threads:
+    the shipped adapters were trained on 2, and the thread count changes the float sums)."""
     import torch
 
-    torch.set_num_threads(int(os.environ.get("GPTAILOR_TRAIN_THREADS", "2")))
+    torch.set_num_threads(threads)
     return [train_adapter(base_dir, s, deltas / s, cfg, log) for s in skills]
 
 
@@ -472,12 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gptailor.builtin.smol", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="convert the GGUF, merge the shipped adapters, write spec and suite")
-    b.add_argument("--out", type=Path, default=None, help="default: <data dir>/builtin/smol")
+    b.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT} (the app's default data dir)")
     t = sub.add_parser("train", help="retrain the shipped LoRA adapters from a converted base folder")
     t.add_argument("--base", type=Path, required=True, help="a converted base folder (see 'convert')")
     t.add_argument("--skills", nargs="+", default=list(SKILLS), choices=SKILLS)
     t.add_argument("--steps", type=int, default=TrainConfig.steps)
     t.add_argument("--top-layers", type=int, default=TrainConfig.top_layers)
+    t.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the shipped adapters)")
     c = sub.add_parser("convert", help="only convert the GGUF base into an HF folder")
     c.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -487,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "convert":
             convert_gguf(args.out)
         else:
-            train(args.base, tuple(args.skills), cfg=TrainConfig(steps=args.steps, top_layers=args.top_layers))
+            train(args.base, tuple(args.skills), cfg=TrainConfig(steps=args.steps, top_layers=args.top_layers),
+                  threads=args.threads)
     except SmolError as e:
         raise SystemExit(f"error: {e}") from None
     return 0

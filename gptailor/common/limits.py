@@ -1,4 +1,5 @@
-"""Ranges of the numeric settings a person types (trials, seed, fidelities, batch size, ...).
+"""Ranges of the numeric settings a person types (trials, seed, fidelities, batch size, ...), and the one
+parser of numeric environment variables.
 
 One place for each rule: the CLI's argparse ``type=`` functions and ``SearchSettings.check`` (which the
 app goes through) both call these, so a bad value gets the same message wherever it is typed.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 from typing import Any, Callable
 
 MAX_TRIALS = 100_000
@@ -87,3 +89,29 @@ def arg(name: str) -> Callable[[str], int]:
 def arg_seconds(name: str) -> Callable[[str], float]:
     """An argparse ``type=`` for a positive number of seconds."""
     return _argparse_type(seconds, name)
+
+
+def env_number(name: str, default: float, *, integer: bool = False, above_zero: bool = False,
+               unit: str = "") -> float:
+    """The environment variable ``name`` as a number, ``default`` when it is unset or empty.
+
+    The one parser of every numeric ``GPTAILOR_*`` variable (the app's settings and the engine's cache
+    size alike), so a bad value is refused with the same SettingsError wording wherever it is read:
+    nothing is silently clamped, rounded or ignored."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value: float = int(raw) if integer else float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value > 0 if above_zero else value >= 0)):
+        what = ("a whole number" if integer else "a number") + (f" of {unit}" if unit else "")
+        raise SettingsError(f"{name} must be {what} {'above 0' if above_zero else '>= 0'}, got {raw!r}; "
+                            f"unset it for the default")
+    return value
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1, true or yes (any case) is yes; anything else, or unset, is no."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")

@@ -187,8 +187,7 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
             big = [t for t in staged if len(t) > max_examples]
             if big:
                 raise TaskError(f"task {big[0].name!r} has {len(big[0])} examples; this app takes at most "
-                                f"{max_examples} per task (GPTAILOR_MAX_TASK_EXAMPLES), so that scoring stays "
-                                f"interactive: upload a sample of it")
+                                f"{max_examples} per task, so that scoring stays interactive: upload a sample of it")
         staging.rename(dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -70,11 +70,11 @@ def verify_spec(spec: FamilySpec) -> dict[str, Any]:
             raise FamilyError(f"member {m!r}: folder {raw!r}{where} does not exist")
         if not isinstance(try_to_load_from_cache(src, "config.json"), str):
             raise FamilyError(f"member {m!r}: hub id {src!r} is not in this machine's Hugging Face cache and "
-                              f"this app does not download models; the server's operator must download it first, "
-                              f"or point the spec at a local folder")
+                              f"nothing is downloaded here; download it into the cache first "
+                              f"(huggingface-cli download {src}), or point the spec at a local folder")
     info = inspect_family(spec)
     suite = spec.suite_path()
     if suite is not None and not Path(suite).exists():
-        raise FamilyError(f"the spec's suite {spec.suite!r} does not exist next to the spec; upload the task "
-                          f"files as a suite instead, or remove 'suite:'")
+        raise FamilyError(f"the spec's suite {spec.suite!r} does not exist next to the spec; give the task "
+                          f"files as a suite of their own, or remove 'suite:'")
     return info

@@ -10,12 +10,15 @@ while a model still uses it lives until that model is dropped.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
 from typing import Callable, Hashable
 
 import torch
+
+from gptailor.common.limits import SettingsError, env_number
 
 CACHE_ENV = "GPTAILOR_CACHE_MB"
 DEFAULT_FRACTION = 0.25  # of the free memory, leaving room for activations and the built models
@@ -44,24 +47,16 @@ def free_bytes(device: torch.device) -> int:
 
 
 def cache_budget(device: torch.device, cache_mb: float | None = None) -> tuple[int, str]:
-    """The cache budget in bytes and where it came from (shown by ``python -m gptailor info``)."""
+    """The cache budget in bytes and where it came from (shown by ``python -m gptailor info``):
+    the ``cache_mb`` argument, else ``GPTAILOR_CACHE_MB``, else a share of the free memory."""
     if cache_mb is not None:
-        return _checked_mb(cache_mb, "cache_mb"), "cache_mb argument"
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return _checked_mb(env, f"${CACHE_ENV}"), f"${CACHE_ENV}"
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or not 0 <= cache_mb < math.inf:
+            raise SettingsError(f"cache_mb must be a number of megabytes >= 0 (0 turns the cache off), got {cache_mb!r}")
+        return int(cache_mb * MB), "cache_mb argument"
+    if os.environ.get(CACHE_ENV, "").strip():
+        return int(env_number(CACHE_ENV, 0, unit="megabytes") * MB), f"${CACHE_ENV}"
     free = free_bytes(device)
     return int(DEFAULT_FRACTION * free), f"{DEFAULT_FRACTION:.0%} of {free / 2 ** 30:.1f} GiB free on {device.type}"
-
-
-def _checked_mb(value: float | str, what: str) -> int:
-    try:
-        mb = float(value)
-    except ValueError:
-        raise ValueError(f"{what}={value!r} is not a number of megabytes (e.g. 4096)") from None
-    if mb < 0:
-        raise ValueError(f"{what}={value!r} must be >= 0 megabytes (0 turns the cache off)")
-    return int(mb * MB)
 
 
 class ByteCache:

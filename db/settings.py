@@ -1,0 +1,138 @@
+"""Every ``GPTAILOR_*`` environment variable of the app, read in one place.
+
+The store, the workers, the CLI's study commands and the pages ask these functions, one per variable,
+so there is one data-dir rule, one number parser (``gptailor.common.limits.env_number``) and one error
+type (``SettingsError``). The engine reads no app setting: it is handed paths and caps as arguments.
+Its only variable is its own tensor-cache size, ``GPTAILOR_CACHE_MB`` (``gptailor.weights.cache``).
+
+Public mode (``GPTAILOR_PUBLIC=1``, a public Space) changes several defaults at once; each function
+says both.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gptailor.common.limits import SettingsError, env_flag, env_number
+
+
+def data_dir(create: bool = True) -> Path:
+    """Where the app keeps its files (database, cache, exports, uploads, built families):
+    ``GPTAILOR_DATA_DIR``, default ``data`` under the working directory."""
+    d = Path(os.environ.get("GPTAILOR_DATA_DIR", "").strip() or "data").expanduser()
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def db_url() -> str:
+    """The study database: ``GPTAILOR_DB_URL`` (any SQLAlchemy URL), else SQLite in the data dir."""
+    return os.environ.get("GPTAILOR_DB_URL", "").strip() or f"sqlite:///{data_dir(create=False) / 'gptailor.db'}"
+
+
+def public_mode() -> bool:
+    """``GPTAILOR_PUBLIC=1``: a public Space. Only listed families, no local paths or hub ids, capped work."""
+    return env_flag("GPTAILOR_PUBLIC")
+
+
+def allow_remote_code() -> bool:
+    """``GPTAILOR_ALLOW_REMOTE_CODE=1``: uploaded family specs may ask for trust_remote_code (runs their code)."""
+    return env_flag("GPTAILOR_ALLOW_REMOTE_CODE")
+
+
+def _cap(name: str, public: float, private: float, integer: bool = True) -> float:
+    return env_number(name, public if public_mode() else private, integer=integer)
+
+
+def max_workers() -> int:
+    """Study workers running at once on one database (``GPTAILOR_MAX_WORKERS``; 2 public, else 0 = no cap).
+    The app and the CLI's ``--background`` both obey it; further studies queue."""
+    return int(_cap("GPTAILOR_MAX_WORKERS", 2, 0))
+
+
+def max_trials() -> int:
+    """Trials one study may ask for from the page (``GPTAILOR_MAX_TRIALS``; 200 public, 100000 otherwise)."""
+    return int(_cap("GPTAILOR_MAX_TRIALS", 200, 100000))
+
+
+def session_cap(what: str) -> int:
+    """How many studies / exports / uploads one browser session may make (0 = no cap):
+    ``GPTAILOR_SESSION_MAX_STUDIES`` (public default 5), ``_EXPORTS`` (3), ``_UPLOADS`` (5)."""
+    public = {"studies": 5, "exports": 3, "uploads": 5}[what]
+    return int(_cap(f"GPTAILOR_SESSION_MAX_{what.upper()}", public, 0))
+
+
+def max_export_zips() -> int:
+    """Export zips kept under <data dir>/exports (``GPTAILOR_MAX_EXPORTS``; 3 public, 20); older ones go."""
+    return int(_cap("GPTAILOR_MAX_EXPORTS", 3, 20))
+
+
+def max_export_bytes() -> int:
+    """Bytes all kept export zips may hold together (``GPTAILOR_MAX_EXPORT_MB``; 2000 public, 0 = no cap)."""
+    return int(_cap("GPTAILOR_MAX_EXPORT_MB", 2000, 0, integer=False) * 1e6)
+
+
+def max_upload_bytes() -> int:
+    """Bytes one upload may hold (``GPTAILOR_MAX_UPLOAD_MB``; 5 public, 50): Gradio refuses bigger files
+    before storing them. Larger suites are for the command line's own files, not a web upload."""
+    return int(_cap("GPTAILOR_MAX_UPLOAD_MB", 5, 50, integer=False) * 1e6)
+
+
+def max_task_examples() -> int:
+    """Examples one uploaded task may hold (``GPTAILOR_MAX_TASK_EXAMPLES``; 2000 public, 20000, 0 = no cap):
+    what is still scored interactively in reasonable time."""
+    return int(_cap("GPTAILOR_MAX_TASK_EXAMPLES", 2000, 20000))
+
+
+def max_full_examples() -> int:
+    """The most examples per task an evaluation may score with "all" (``GPTAILOR_MAX_FULL_EXAMPLES``,
+    1000, 0 = no cap); above it the page asks for a number (a fidelity) instead."""
+    return int(_cap("GPTAILOR_MAX_FULL_EXAMPLES", 1000, 1000))
+
+
+def auth_pairs() -> list[tuple[str, str]] | None:
+    """``GPTAILOR_AUTH`` as Gradio's auth list: ``user:password``, several separated by commas; None if unset."""
+    raw = os.environ.get("GPTAILOR_AUTH", "").strip()
+    if not raw:
+        return None
+    pairs = []
+    for item in raw.split(","):
+        user, colon, password = item.strip().partition(":")
+        if not colon or not user.strip() or not password:
+            raise SettingsError("GPTAILOR_AUTH must be user:password (several separated by commas), with a "
+                                "user name and a password in each; login is not turned off silently")
+        pairs.append((user.strip(), password))
+    return pairs
+
+
+def heartbeat_s() -> float:
+    """How often a worker beats (``GPTAILOR_HEARTBEAT_S``, default 5 s)."""
+    return env_number("GPTAILOR_HEARTBEAT_S", 5.0, above_zero=True, unit="seconds")
+
+
+def grace_s() -> float:
+    """How old a heartbeat may be before the worker counts as dead (``GPTAILOR_GRACE_S``, default 60 s).
+
+    At least three beats, so a worker busy in a long trial or a briefly locked database is not
+    declared dead by one late beat."""
+    return max(env_number("GPTAILOR_GRACE_S", 60.0, above_zero=True, unit="seconds"), 3 * heartbeat_s())
+
+
+def stop_grace_s() -> float:
+    """How long a cancelled worker may take to stop by itself before it is terminated
+    (``GPTAILOR_STOP_GRACE_S``, default 30 s); SIGKILL follows SIGTERM after another third of it."""
+    return env_number("GPTAILOR_STOP_GRACE_S", 30.0, above_zero=True, unit="seconds")
+
+
+def host_id_override() -> str | None:
+    """``GPTAILOR_HOST_ID``: who "this host" is for pid checks, when set (declares separate machines)."""
+    return os.environ.get("GPTAILOR_HOST_ID", "").strip()[:200] or None
+
+
+def check_all() -> None:
+    """Read every setting once, so a malformed one stops the app or a worker at start (SettingsError)."""
+    for read in (max_workers, max_trials, max_export_zips, max_export_bytes, max_upload_bytes,
+                 max_task_examples, max_full_examples, auth_pairs, heartbeat_s, grace_s, stop_grace_s):
+        read()
+    for what in ("studies", "exports", "uploads"):
+        session_cap(what)
