@@ -11,6 +11,13 @@ from gptailor.family.spec import FamilyError
 
 # Decoder-only architectures sharing the Llama layout (model.layers[i].self_attn / mlp, norms).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def check_architecture(member: str, model_type: object) -> None:
+    """Refuse a member whose architecture is not a supported Llama-layout decoder."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise FamilyError(f"member {member!r}: architecture {model_type!r} is not supported yet; "
+                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-layout decoders)")
 # Config fields that change what a decoder layer (or the embeddings/head) computes: a member must match
 # the base on every one. rope_parameters is transformers 5's home of rope_theta and rope scaling;
 # rope_theta / rope_scaling are read too for configs that still carry them as attributes.

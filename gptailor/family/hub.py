@@ -8,7 +8,7 @@ from typing import Any
 
 
 from gptailor.weights.checkpoint import Checkpoint, CheckpointError, one_line
-from gptailor.family.compat import SUPPORTED_MODEL_TYPES
+from gptailor.family.compat import check_architecture
 from gptailor.family.spec import FamilyError, FamilySpec
 
 
@@ -62,9 +62,7 @@ def _load_config(auto_config, spec: FamilySpec, member: str):
     except (OSError, ValueError) as e:
         raise FamilyError(f"member {member!r}: cannot load config from {src!r} (a hub id needs a local cache "
                           f"when offline, a folder needs config.json): {one_line(e)}") from None
-    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-        raise FamilyError(f"member {member!r}: architecture {cfg.model_type!r} is not supported yet; "
-                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-layout decoders)")
+    check_architecture(member, cfg.model_type)
     return cfg
 
 
@@ -87,7 +85,5 @@ def _config_json(spec: FamilySpec, member: str) -> dict[str, Any]:
         assert isinstance(cfg, dict)
     except (OSError, ValueError, AssertionError) as e:
         raise FamilyError(f"member {member!r}: {path} is not a readable config.json ({one_line(e)})") from None
-    if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise FamilyError(f"member {member!r}: architecture {cfg.get('model_type')!r} is not supported yet; "
-                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-layout decoders)")
+    check_architecture(member, cfg.get("model_type"))
     return cfg
