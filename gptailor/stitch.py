@@ -19,6 +19,7 @@ import copy
 import torch
 
 from gptailor.weights.cache import ByteCache, cache_budget
+from gptailor.family.compat import kept_layers_config
 from gptailor.family.family import Family
 from gptailor.family.spec import FamilyError
 from gptailor.family.device import resolve_dtype
@@ -27,15 +28,8 @@ from gptailor.plan import Op, Plan, split_source
 
 
 def stitched_config(base_config, plan: Plan):
-    """The base config with only the kept positions (``num_hidden_layers``, ``layer_types``)."""
-    cfg = copy.deepcopy(base_config)
-    kept = plan.kept_positions
-    cfg.num_hidden_layers = len(kept)
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [base_config.layer_types[i] for i in kept]
-    if getattr(cfg, "max_window_layers", None) is not None:  # qwen2: sliding window from this index on
-        cfg.max_window_layers = sum(1 for i in kept if i < base_config.max_window_layers)
-    return cfg
+    """The base config with only the plan's kept positions."""
+    return kept_layers_config(base_config, plan.kept_positions)
 
 
 class Stitcher:

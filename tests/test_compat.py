@@ -19,3 +19,21 @@ def test_unsupported_architecture_is_refused_the_same_way_loaded_or_inspected(tm
     with pytest.raises(FamilyError) as inspected:
         inspect_family(spec)
     assert str(loaded.value) == str(inspected.value) == want
+
+
+def test_kept_layers_config_by_hand():
+    """Stitched models and one-layer probes slice the config by one rule; values worked out by hand."""
+    from transformers import Qwen2Config
+
+    from gptailor.family.compat import kept_layers_config, one_layer_config
+
+    cfg = Qwen2Config(num_hidden_layers=6, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                      num_key_value_heads=1, use_sliding_window=True, sliding_window=8, max_window_layers=3)
+    kinds = list(cfg.layer_types)  # positions >= max_window_layers slide
+    assert kinds == ["full_attention"] * 3 + ["sliding_attention"] * 3
+    kept = kept_layers_config(cfg, [0, 2, 4, 5])
+    assert kept.num_hidden_layers == 4 and kept.max_window_layers == 2
+    assert kept.layer_types == ["full_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    one = one_layer_config(cfg, 4)
+    assert one.num_hidden_layers == 1 and one.max_window_layers == 0 and one.layer_types == ["sliding_attention"]
+    assert cfg.num_hidden_layers == 6 and cfg.layer_types == kinds  # the family's own config is untouched

@@ -27,15 +27,21 @@ COMPAT_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_att
                "use_sliding_window", "sliding_window", "layer_types")
 
 
-def one_layer_config(config, position: int = 0):
-    """The config of a one-layer model whose layer is ``position``'s kind (for layer_types)."""
+def kept_layers_config(config, positions: list[int]):
+    """The config of a model holding only the layers at ``positions`` (in order): ``num_hidden_layers``,
+    each kept layer's kind (``layer_types``) and qwen2's sliding-window start (``max_window_layers``)."""
     cfg = copy.deepcopy(config)
-    cfg.num_hidden_layers = 1
+    cfg.num_hidden_layers = len(positions)
     if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [config.layer_types[position]]
-    if getattr(cfg, "max_window_layers", None) is not None:
-        cfg.max_window_layers = int(position < config.max_window_layers)
+        cfg.layer_types = [config.layer_types[i] for i in positions]
+    if getattr(cfg, "max_window_layers", None) is not None:  # qwen2: sliding window from this index on
+        cfg.max_window_layers = sum(1 for i in positions if i < config.max_window_layers)
     return cfg
+
+
+def one_layer_config(config, position: int = 0):
+    """The config of a one-layer model whose layer is ``position``'s kind."""
+    return kept_layers_config(config, [position])
 
 
 def expected_shapes(config) -> tuple[dict[str, tuple], dict[str, tuple]]:
