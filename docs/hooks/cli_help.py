@@ -11,13 +11,15 @@ import os
 import re
 import runpy
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 MARKER = re.compile(r"^<!-- help: python -m ([\w.]+)((?: [\w-]+)*) -->$", re.M)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def help_text(module: str, args: list[str]) -> str:
+@lru_cache(maxsize=None)
+def help_text(module: str, args: tuple[str, ...]) -> str:
     """What ``python -m <module> <args> --help`` prints, at a fixed width of 100 columns."""
     saved = sys.argv, os.environ.get("COLUMNS")
     sys.argv, os.environ["COLUMNS"] = [f"python -m {module}", *args, "--help"], "100"
@@ -49,5 +51,21 @@ def on_config(config):
     return config
 
 
+def undocumented(markdown: str) -> list[str]:
+    """Subcommands a program's own help lists but the page has no help marker for."""
+    shown = {(m, tuple(a.split())) for m, a in MARKER.findall(markdown)}
+    missing = []
+    for module, args in shown:
+        if args:
+            continue
+        choices = re.search(r"\{([\w,-]+)\}", help_text(module, ()))
+        missing += [f"python -m {module} {c}" for c in (choices.group(1).split(",") if choices else [])
+                    if (module, (c,)) not in shown]
+    return sorted(missing)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    return MARKER.sub(lambda m: f"```text\n{help_text(m.group(1), m.group(2).split())}\n```", markdown)
+    missing = undocumented(markdown)
+    if missing:
+        raise RuntimeError(f"{page.file.src_path}: no help marker for {', '.join(missing)}")
+    return MARKER.sub(lambda m: f"```text\n{help_text(m.group(1), tuple(m.group(2).split()))}\n```", markdown)
