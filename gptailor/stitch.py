@@ -6,7 +6,7 @@ itself when no conversion is needed, else the converted copy in the family's cac
 computed once, on the compute device, and kept in the same byte-bounded cache, keyed by (position,
 members, weights, method, density, device, dtype).
 
-What transformers needs (checked in DESIGN.md): each kept layer is its own module with
+What transformers needs (checked in docs/architecture.md): each kept layer is its own module with
 ``self_attn.layer_idx`` = 0..n-1 in order, ``config.num_hidden_layers = n`` (and ``layer_types``
 sliced), and every layer's config pointing at the new config. Otherwise ``generate()`` with a KV
 cache is silently wrong. We build a fresh model skeleton on the meta device with the new config and

@@ -17,7 +17,7 @@ Metrics follow lm-evaluation-harness:
   the tokens, and 4-8 choices would otherwise repeat it 4-8 times.
 - ``perplexity``: per token; lower is better, so its "goodness" is 1 / perplexity.
 
-Retention (DESIGN.md) is the mean over tasks of goodness / reference goodness, with the references
+Retention (docs/architecture.md) is the mean over tasks of goodness / reference goodness, with the references
 fixed once (per study) at the full search split, never re-chosen per fidelity. Two definitions:
 ``base`` (the paper's: score / base score, a finetune can exceed 100%; tasks the base cannot do at all
 are left out) and ``family`` (score / best member's score, capped at 100%: how much of the family's best
