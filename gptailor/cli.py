@@ -1,4 +1,8 @@
-"""``python -m gptailor``: the engine from a terminal (info, eval, export, chat).
+"""``python -m gptailor`` (installed: ``gptailor``): the engine from a terminal (info, eval, export, chat).
+
+A program built on the engine adds its own commands by calling ``main(extra=...)`` (the app's study
+commands: ``python -m db``). The engine looks for none: it names no other package, and entry points would
+not help, since the app runs from the checkout and is never installed.
 
 Every command exits non-zero with a one-line reason on bad input, so scripts can rely on it.
 """
