@@ -1,6 +1,6 @@
 """What the dashboard's 3-second timer costs: a full read and draw vs a tick on an unchanged database.
 
-    python bench/dashboard_refresh.py [--studies 4] [--trials 200] [--ticks 20]
+    python -m bench.dashboard_refresh [--studies 4] [--trials 200] [--ticks 20]
 
 A throwaway SQLite database (the app's own store, in a temporary folder) gets S finished studies of N
 trials on the demo family; then ``ui.dashboard_tab.refresh`` (what a change triggers) and ``tick`` with
@@ -13,12 +13,9 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = ["base", "math", "strings", "facts"]
 
 
@@ -54,7 +51,6 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="gptailor-dash-")
     os.environ["GPTAILOR_DATA_DIR"] = folder
     os.environ["GPTAILOR_DB_URL"] = f"sqlite:///{folder}/gptailor.db"
-    sys.path.insert(0, str(ROOT))
     from sqlalchemy import event
 
     from ui import dashboard_tab, engine

@@ -6,18 +6,14 @@ first trial is stored: a SMAC study (computes the references and the heuristics'
 them), a second SMAC study (reuses them), and a one-trial ShortGPT baseline. Prints, per study, the
 seconds from launch to the first stored trial and the phases the worker reported on the way.
 
-    python bench/first_trial.py [--family demo] [--remove 2]
+    python -m bench.first_trial [--family demo] [--remove 2]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def first_trial(store, sid: int, timeout: float = 600) -> tuple[float, list[tuple[float, str]]]:

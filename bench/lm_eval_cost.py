@@ -8,20 +8,18 @@ multiple choice, 8 choices; ``demo_math``: generate_until), for a few stitched p
 Scores must be equal; the target (issue #11) is ours >= 3x faster per example. Medians of ``--repeats``
 after a warm-up.
 
-    python bench/lm_eval_cost.py [--n 200] [--repeats 3] [--batch-size 64]
+    python -m bench.lm_eval_cost [--n 200] [--repeats 3] [--batch-size 64]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptailor import Evaluator, Family, Plan  # noqa: E402
 from gptailor.builtin.demo import write_lm_eval_tasks  # noqa: E402

@@ -1,7 +1,7 @@
 """Load figures: many clients on one app server, concurrent studies on one database. Loopback only.
 
-    python bench/load.py                      # defaults below; about 3-5 minutes on 2 busy cores
-    python bench/load.py --clients 8 --requests 10 --studies 3 --trials 20 --readers 2 --only http,sqlite,postgres
+    python -m bench.load                      # defaults below; about 3-5 minutes on 2 busy cores
+    python -m bench.load --clients 8 --requests 10 --studies 3 --trials 20 --readers 2 --only http,sqlite,postgres
 
 1. **http**: the real app (``python app.py``) on 127.0.0.1 with a free port, public mode off then on;
    N gradio_client clients (threads, each its own session) evaluate plans on the demo family, all
@@ -37,8 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 LIMITS = {"clients": 32, "requests": 50, "studies": 6, "trials": 200, "readers": 8}
 TERMINAL = ("finished", "failed", "cancelled", "interrupted")

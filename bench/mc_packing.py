@@ -4,20 +4,17 @@ The same stitched plan scored by two evaluators that differ only in ``pack_choic
 once, choices packed behind a 4D mask; False: one row per choice, the context repeated), interleaved so
 that load from other processes hits both alike; medians of ``--repeats``. Scores must be equal.
 
-    OMP_NUM_THREADS=1 python bench/mc_packing.py [--fidelity 16] [--repeats 7]
+    OMP_NUM_THREADS=1 python -m bench.mc_packing [--fidelity 16] [--repeats 7]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

@@ -4,7 +4,7 @@ Run on a synthetic real-shape family (random bfloat16 weights at a published mod
 ``gptailor/synth.py``)::
 
     python -m gptailor.builtin synth --shape llama-3.2-1b --members 4 --out /data/synth-1b
-    python bench/scale.py --family /data/synth-1b [--trials 4] [--fidelity 4] [--cache-mb 2048]
+    python -m bench.scale --family /data/synth-1b [--trials 4] [--fidelity 4] [--cache-mb 2048]
 
 Each memory figure is measured in a fresh child process (peak RSS is per process):
 - ``trials``: open the family, run N trials (stitch + merges + score + store in SQLite), peak RSS
@@ -37,8 +37,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -241,7 +239,7 @@ def evict_page_cache(folder: str) -> None:
 
 
 def run_child(phase: str, args, limit_bytes: int | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--family", args.family, "--dtype", args.dtype, "--trials", str(args.trials),
+    cmd = [sys.executable, "-m", "bench.scale", "--family", args.family, "--dtype", args.dtype, "--trials", str(args.trials),
            "--fidelity", str(args.fidelity), "--seed", str(args.seed), "--phase", phase]
     if args.cache_mb is not None:
         cmd += ["--cache-mb", str(args.cache_mb)]

@@ -12,9 +12,9 @@ As a reviewer expects it, in one run:
 - the optimizer's own overhead per trial is measured apart from evaluation, references and heuristics;
 - each study lives in its own SQLite file.
 
-    PYTHONHASHSEED=0 python bench/search_quality.py [--trials 200] [--seeds 0,1,2] [--methods smac,random]
-    PYTHONHASHSEED=0 python bench/search_quality.py --methods smac,random,smac-noseed,random-noseed
-    PYTHONHASHSEED=0 python bench/search_quality.py --family data/builtin/smol --remove 1,2,4,8 --trials 24
+    PYTHONHASHSEED=0 python -m bench.search_quality [--trials 200] [--seeds 0,1,2] [--methods smac,random]
+    PYTHONHASHSEED=0 python -m bench.search_quality --methods smac,random,smac-noseed,random-noseed
+    PYTHONHASHSEED=0 python -m bench.search_quality --family data/builtin/smol --remove 1,2,4,8 --trials 24
       (one budget per count, then retention vs size as a front per method, and "how small keeps 95%?";
       --baselines none runs the searches only, --workdir keeps references and heuristics for reruns)
 """
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
@@ -207,7 +206,8 @@ def main() -> int:
     if set(args.baselines) - set(HEURISTICS):
         ap.error(f"--baselines: choose from {', '.join(HEURISTICS)} (or none)")
     if os.environ.get("PYTHONHASHSEED") != "0":
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
+        os.execve(sys.executable, [sys.executable, "-m", "bench.search_quality", *sys.argv[1:]],
+                  {**os.environ, "PYTHONHASHSEED": "0"})
 
     fam = Family.from_spec(args.family)
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()))

@@ -9,18 +9,15 @@ budget keeps. For every member ``m`` with a skill task ``t`` (the task whose ref
    least (ranked on the search split), scored on the held-out **test** split: roughly an upper bound on
    what a pick-only plan removing ``n`` layers keeps of that skill (a greedy, not an exhaustive, bound).
 
-    PYTHONHASHSEED=0 python bench/skill_fragility.py --family data/builtin/smol [--remove 1,2,4,8]
+    PYTHONHASHSEED=0 python -m bench.skill_fragility --family data/builtin/smol [--remove 1,2,4,8]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 

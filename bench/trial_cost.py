@@ -8,19 +8,16 @@ For a few plans on the demo family, measured in this one run:
 Targets (issue #2): (stitch + score) / forward - 1 <= 10 %; naive / (stitch + score) >= 20x.
 Ratios are printed last.
 
-    python bench/trial_cost.py [--family demo] [--fidelity 16] [--repeats 5]
+    python -m bench.trial_cost [--family demo] [--fidelity 16] [--repeats 5]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

@@ -1,7 +1,9 @@
-"""Study commands of ``python -m gptailor``: search, baseline, resume, cancel, studies, compare.
+"""``python -m db``: the app's whole command line, the engine's commands (info, eval, export, chat) plus the
+study commands (search, baseline, resume, cancel, studies, sweep, front, compare).
 
-They live beside the database (not in the engine) and are offered by the CLI when this package is
-importable, so the engine stays usable on its own.
+The study commands need the database, so they live here and hand themselves to the engine's command line
+(``gptailor.cli.main(extra=...)``); the engine never imports the app, and ``python -m gptailor`` (or the
+installed ``gptailor`` script) stays the engine's command line alone.
 """
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import argparse
 import json
 import os
 import sys
+
+MODULE = "db"  # this package runs as the command line: python -m db
+PROG = f"python -m {MODULE}"
 
 
 def _budget(args):
@@ -27,7 +32,7 @@ def _fixed_hash_seed(argv: list[str], seed: int) -> None:
         return
     env = {**os.environ, "PYTHONHASHSEED": str(seed)}
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "gptailor", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", MODULE, *argv], env)
 
 
 def _progress(total: int | None, desc: str):
@@ -76,11 +81,11 @@ def _run(args, store, study_id: int, total: int | None) -> int:
             line = queue(store)
             print(f"study {study_id} queued (#{line.index(study_id) + 1 if study_id in line else 1} in line): "
                   f"{len(running(store))} of {cap} worker slots are taken (GPTAILOR_MAX_WORKERS); it starts when "
-                  f"one frees (started by the app, or by `python -m gptailor studies`)")
+                  f"one frees (started by the app, or by `{PROG} studies`)")
             return 0
         s = store.study(study_id)
         print(f"study {study_id} started in the background (pid {s['worker_pid']}); follow it with "
-              f"`python -m gptailor studies`")
+              f"`{PROG} studies`")
         return 0
     done = len(store.trials(study_id))
     bar, on_trial = _progress(total, f"study {study_id}")
@@ -120,7 +125,7 @@ def _run(args, store, study_id: int, total: int | None) -> int:
     return 0 if status in ("finished", "cancelled") else 1
 
 
-def cmd_search(args, argv) -> int:
+def cmd_search(args) -> int:
     from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
@@ -133,14 +138,14 @@ def cmd_search(args, argv) -> int:
                               scheduler=args.scheduler, objectives=args.objectives, retention=args.retention)
     settings.check()  # before re-running ourselves with the seed, and before anything is stored
     if not args.background:
-        _fixed_hash_seed(argv, args.seed)
+        _fixed_hash_seed(args.argv, args.seed)
     store = Store(args.db)
     _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
 
 
-def cmd_baseline(args, argv) -> int:
+def cmd_baseline(args) -> int:
     from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
@@ -153,7 +158,7 @@ def cmd_baseline(args, argv) -> int:
     return _run(args, store, sid, None)
 
 
-def cmd_resume(args, argv) -> int:
+def cmd_resume(args) -> int:
     from gptailor.common.limits import whole
 
     from .runs import StudyError, check_resumable
@@ -166,11 +171,11 @@ def cmd_resume(args, argv) -> int:
     seed = whole("seed", s["settings"].get("seed", 0))  # a stored seed the worker could not start with
     _check_slot(args, store)
     if not args.background:
-        _fixed_hash_seed(argv, seed)
+        _fixed_hash_seed(args.argv, seed)
     return _run(args, store, args.study, s["n_trials"] or None)
 
 
-def cmd_cancel(args, argv) -> int:
+def cmd_cancel(args) -> int:
     from .runs import cancel, withdraw
     from .store import Store
 
@@ -197,7 +202,7 @@ def _both(means: dict | None, definition: str, objective: float | None) -> tuple
     return out[0], out[1]
 
 
-def cmd_studies(args, argv) -> int:
+def cmd_studies(args) -> int:
     from .runs import QUEUED, phase_line, reconcile, start_queued
     from .settings import max_workers
     from .store import ACTIVE, Store, StoreError
@@ -232,7 +237,7 @@ def cmd_studies(args, argv) -> int:
     return 0
 
 
-def cmd_compare(args, argv) -> int:
+def cmd_compare(args) -> int:
     from .runs import compare, compare_table
     from .store import Store
 
@@ -250,7 +255,7 @@ def _family_name(source: str) -> str:
     return FamilySpec.load(source).name
 
 
-def cmd_front(args, argv) -> int:
+def cmd_front(args) -> int:
     from .runs import family_rows, front_table
     from .store import Store
 
@@ -258,7 +263,7 @@ def cmd_front(args, argv) -> int:
     return 0
 
 
-def cmd_sweep(args, argv) -> int:
+def cmd_sweep(args) -> int:
     """One study per budget (same method, trials and seed), then the front across them."""
     from gptailor.search.settings import SearchSettings
     from gptailor.search.space import Budget
@@ -273,7 +278,7 @@ def cmd_sweep(args, argv) -> int:
                 if search else SearchSettings(seed=args.seed, retention=args.retention))
     settings.check()
     if not args.background:
-        _fixed_hash_seed(argv, args.seed)
+        _fixed_hash_seed(args.argv, args.seed)
     store = Store(args.db)
     ids = [create_study(store, args.family, args.method, Budget(remove_layers=r), settings, args.suite)
            for r in args.remove]  # every budget checked and stored before any runs
@@ -285,7 +290,7 @@ def cmd_sweep(args, argv) -> int:
             print(f"-- {r} layers removed (study {sid})")
             _run(args, store, sid, args.trials if search else None)
     if args.background:
-        print(f"follow them with `python -m gptailor studies`; then `python -m gptailor front --family {args.family}`")
+        print(f"follow them with `{PROG} studies`; then `{PROG} front --family {args.family}`")
         return 0
     print()
     print(front_table(family_rows(store, _family_name(args.family)), args.keep))
@@ -351,17 +356,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="per_task: one objective per task (ParEGO), Pareto set reported")
     sp.add_argument("--retention", choices=["auto", "family", "base"], default="auto",
                     help="retention definition (auto: family where a finetune holds a skill the base lacks)")
-    sp.set_defaults(study_func=cmd_search)
+    sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("baseline", help="a heuristic pruning baseline, stored as a study")
     common(sp)
     sp.add_argument("--method", "-m", choices=[*HEURISTICS, "best_single"], required=True)
-    sp.set_defaults(study_func=cmd_baseline)
+    sp.set_defaults(func=cmd_baseline)
 
     sp = sub.add_parser("resume", help="continue an interrupted or cancelled study")
     common(sp, budget=False)
     sp.add_argument("study", type=int)
-    sp.set_defaults(study_func=cmd_resume)
+    sp.set_defaults(func=cmd_resume)
 
     sp = sub.add_parser("cancel", help="stop a running study after its current trial")
     common(sp, budget=False)
@@ -370,14 +375,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="wait this long for the worker to stop, then stop it by force (SIGTERM, then SIGKILL; "
                          "only a worker on this host). Without it the cancel is asked for and the command returns; "
                          "a reader (the UI, `studies`) forces it after GPTAILOR_STOP_GRACE_S")
-    sp.set_defaults(study_func=cmd_cancel)
+    sp.set_defaults(func=cmd_cancel)
 
     sp = sub.add_parser("studies", help="list studies with status and best retention")
     sp.add_argument("--db", default=None)
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--rename", nargs=2, metavar=("ID", "NAME"), default=None,
                     help="give study ID a new short name (unique within its family)")
-    sp.set_defaults(study_func=cmd_studies)
+    sp.set_defaults(func=cmd_studies)
 
     sp = sub.add_parser("sweep", help="one study per budget (layers removed), then retention vs size across them")
     common(sp, budget=False)
@@ -391,19 +396,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--seed", type=arg("seed"), default=0)
     sp.add_argument("--retention", choices=["auto", "family", "base"], default="auto")
     sp.add_argument("--keep", type=_fraction, default=0.95, help="answer: the smallest plan keeping this retention")
-    sp.set_defaults(study_func=cmd_sweep)
+    sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("front", help="retention vs size across every study of a family; the smallest keeping --keep")
     sp.add_argument("--db", default=None)
     sp.add_argument("--family", "-f", default="demo")
     sp.add_argument("--keep", type=_fraction, default=0.95, help="retention to keep (default 0.95)")
-    sp.set_defaults(study_func=cmd_front)
+    sp.set_defaults(func=cmd_front)
 
     sp = sub.add_parser("compare", help="every study's best plan re-evaluated at full fidelity")
     sp.add_argument("--db", default=None)
     sp.add_argument("studies", type=int, nargs="*")
     sp.add_argument("--json", action="store_true")
-    sp.set_defaults(study_func=cmd_compare)
+    sp.set_defaults(func=cmd_compare)
 
 
 def errors() -> tuple[type[Exception], ...]:
@@ -414,3 +419,9 @@ def errors() -> tuple[type[Exception], ...]:
     from .store import StoreError
 
     return (StudyError, StoreError, BudgetError, SettingsError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gptailor.cli import main as engine_main
+
+    return engine_main(argv, extra=[sys.modules[__name__]], prog=PROG)

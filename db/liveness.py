@@ -80,9 +80,6 @@ class Owner:
         """A process on this host (a worker just started, or this one)."""
         return cls(pid, host_id(), process_start(pid))
 
-    def is_local(self) -> bool:
-        return self.host == host_id()
-
 
 def local_worker_dead(pid: int | None, host: str | None, start: str | None) -> bool | None:
     """True if the recorded worker is certainly gone: it ran here and its pid is gone, a zombie, or now

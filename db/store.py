@@ -491,12 +491,6 @@ class Store:
                        source=p.get("source") or "search", wall_s=p.get("wall_s")))
         row.progress = {**p, "phase": "stopped", "updated": _iso()}
 
-    def delete_study(self, study_id: int) -> None:
-        with self.session() as s:
-            row = s.get(StudyRow, study_id)
-            if row is not None:
-                s.delete(row)
-
     # -- trials ---------------------------------------------------------------------
     def record_trial(self, study_id: int, trial: dict[str, Any], owner: Owner | None = None) -> int:
         """Store one finished trial (its own transaction); ``trial`` is a TrialRecord.to_dict().

@@ -1,4 +1,8 @@
-"""``python -m gptailor``: the engine from a terminal (info, eval, export, chat).
+"""``python -m gptailor`` (installed: ``gptailor``): the engine from a terminal (info, eval, export, chat).
+
+A program built on the engine adds its own commands by calling ``main(extra=...)`` (the app's study
+commands: ``python -m db``). The engine looks for none: it names no other package, and entry points would
+not help, since the app runs from the checkout and is never installed.
 
 Every command exits non-zero with a one-line reason on bad input, so scripts can rely on it.
 """
@@ -10,6 +14,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Protocol, Sequence
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -145,18 +150,14 @@ def cmd_chat(args) -> int:
     return 0
 
 
-def _plugins() -> list:
-    """Command sets contributed by the project's other packages (the study database adds search,
-    baseline, resume, cancel, studies, compare). Optional: the engine's commands work without them."""
-    import importlib
+class Commands(Protocol):
+    """More commands for this command line, from a program built on the engine (the app's study commands):
+    it adds its subparsers (each sets ``func(args)``; ``args.argv`` is the command line as given) and names
+    the errors that end a command with one line and exit 2."""
 
-    mods = []
-    for name in ("db.cli",):
-        try:
-            mods.append(importlib.import_module(name))
-        except ImportError:
-            pass
-    return mods
+    def register(self, sub: argparse._SubParsersAction) -> None: ...
+
+    def errors(self) -> tuple[type[Exception], ...]: ...
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -187,10 +188,11 @@ def lm_eval_args(sp, what: str = "print lm-eval's own metrics of the plan beside
                     help="--lm-eval: a folder of lm-eval task YAMLs (e.g. over local JSON files)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Commands] = (), prog: str = "python -m gptailor") -> argparse.ArgumentParser:
+    """The engine's commands (info, eval, export, chat), then those of each of ``extra``."""
     from gptailor.common.limits import arg
 
-    p = OneLineParser(prog="python -m gptailor", description="Tailor smaller LLMs from a model family.")
+    p = OneLineParser(prog=prog, description="Tailor smaller LLMs from a model family.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp, plan: bool = True, plan_required: bool = True):
@@ -239,12 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=arg("max new tokens"), default=32)
     sp.add_argument("--temperature", type=_temperature, default=0.0)
     sp.set_defaults(func=cmd_chat)
-    for plugin in _plugins():
-        plugin.register(sub)
+    for commands in extra:
+        commands.register(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra: Sequence[Commands] = (), prog: str = "python -m gptailor") -> int:
+    """Run one command; a program built on the engine passes its own ``extra`` commands (the engine knows
+    none of them), so ``python -m gptailor`` is the engine's command line alone."""
     from gptailor.export.hf import ExportError
     from gptailor.family.spec import FamilyError
     from gptailor.common.limits import SettingsError
@@ -253,17 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     from gptailor.eval.tasks import TaskError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(extra, prog).parse_args(argv)
+    args.argv = argv  # for a command that re-runs itself (the seeded search)
     if not sys.stderr.isatty():  # progress bars are for people; keep logs and pipes clean
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     errors: tuple = (PlanError, FamilyError, TaskError, ExportError, SettingsError, PathError, FileNotFoundError)
-    for plugin in _plugins():
-        errors += plugin.errors()
+    for commands in extra:
+        errors += commands.errors()
     try:
-        if hasattr(args, "study_func"):
-            return args.study_func(args, argv)
         return args.func(args)
     except errors as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -203,10 +203,6 @@ class Plan:
     def n_kept(self) -> int:
         return len(self.kept_positions)
 
-    @property
-    def members_used(self) -> set[str]:
-        return {m for op in self.ops for m in op.members}
-
     def key(self) -> str:
         """A canonical string: plans with equal keys build the same model (merge order ignored
         except for slerp, whose direction matters)."""

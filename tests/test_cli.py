@@ -26,10 +26,25 @@ def spec(tmp_path_factory):
     return path
 
 
+STUDY_COMMANDS = ("search", "baseline", "resume", "cancel", "studies", "sweep", "front", "compare")
+
+
 def run(*args):
+    """``python -m gptailor ARGS`` (the engine's command line), or ``python -m db ARGS`` for a study command
+    (the app's command line: the engine's commands plus the study commands)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "gptailor", *args], capture_output=True, text=True, env=env,
+    module = "db" if args[0] in STUDY_COMMANDS else "gptailor"
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           timeout=300)
+
+
+def cli_main(argv: list[str]):
+    """The in-process ``main`` of the command line that has ``argv[0]``."""
+    if argv[0] in STUDY_COMMANDS:
+        from db.cli import main
+    else:
+        from gptailor.cli import main
+    return main
 
 
 def test_info_and_eval(spec):
@@ -129,8 +144,7 @@ CASES = [  # (argv, words the one line must contain); {spec}, {bad} and {db} are
 
 @pytest.mark.parametrize("argv,words", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
 def test_every_bad_input_is_one_line_and_exit_2(spec, bad_files, tmp_path, monkeypatch, capsys, argv, words):
-    from gptailor.cli import main
-
+    main = cli_main(argv)
     (bad_files / "banana.yaml").write_text(f"name: b\nbase: {spec.parent / 'base'}\ndevice: banana\n")
     db = f"sqlite:///{tmp_path / 'studies.db'}"
     argv = [a.replace("{spec}", str(spec)).replace("{bad}", str(bad_files)) for a in argv]
@@ -170,6 +184,19 @@ def test_bad_seed_from_the_real_cli_leaves_stored_studies_alone(spec, tmp_path):
     r = run("search", "-f", str(spec), "--db", db, "--seed", "-1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "seed must be a whole number" in r.stderr
     assert [s["id"] for s in Store(db).studies()] == [sid]
+
+
+def test_the_engine_alone_has_no_study_commands_and_the_app_has_all(spec, capsys):
+    """``python -m gptailor`` is the engine's command line (it knows nothing of the study database);
+    ``python -m db`` offers the engine's commands and the study commands."""
+    from db.cli import main as app_main
+    from gptailor.cli import main as engine_main
+
+    with pytest.raises(SystemExit) as e:
+        engine_main(["studies"])
+    assert e.value.code == 2 and "invalid choice: 'studies'" in capsys.readouterr().err
+    assert app_main(["info", "-f", str(spec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == 4
 
 
 def test_eval_json_has_no_bare_nan(spec):
@@ -249,9 +276,9 @@ def test_studies_lists_both_retentions_on_both_splits(spec, tmp_path):
 def test_background_searches_obey_the_worker_cap(spec, tmp_path, monkeypatch, capsys):
     """GPTAILOR_MAX_WORKERS=1: a second --background search is refused (one line, exit 2, nothing stored),
     --queue puts it in line with its place shown, and `studies` starts it once the slot frees."""
+    from db.cli import main
     from db.runs import terminate
     from db.store import Store
-    from gptailor.cli import main
 
     def cli(*argv):
         code = main(list(argv))

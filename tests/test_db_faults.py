@@ -161,7 +161,7 @@ def test_full_disk_mid_study_keeps_stored_trials(tmp_path):
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "GPTAILOR_DB_URL": "sqlite//x", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "gptailor", "studies"], cwd=ROOT, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "db", "studies"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr

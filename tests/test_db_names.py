@@ -45,7 +45,7 @@ def test_rename_is_checked(tmp_path):
 
 
 def test_rename_from_the_cli(tmp_path, capsys):
-    from gptailor.cli import main
+    from db.cli import main
 
     db = f"sqlite:///{tmp_path / 's.db'}"
     store = Store(db)

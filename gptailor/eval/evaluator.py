@@ -352,9 +352,6 @@ class Evaluator:
                         "acc_norm": float(int(torch.argmax(norm)) == ans)})
         return out
 
-    def score_task(self, model, task: Task, fidelity: int | None = None, split: str | None = None) -> float:
-        return self.task_metrics(model, task, fidelity, split)[task.objective_metric]
-
     def model_details(self, model, fidelity: int | None = None, split: str | None = None
                       ) -> dict[str, dict[str, float]]:
         out = {}

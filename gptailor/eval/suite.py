@@ -54,7 +54,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
         raise TaskError(f"{path}: a suite needs a non-empty 'tasks' list of {{name, kind, path}} "
                         f"(or an 'lm_eval' list of lm-evaluation-harness tasks)")
     tasks, seen = [], set()
-    suite_opts = _suite_options(path, data)
+    suite_opts = _suite_options(data)
     for i, t in enumerate(data.get("tasks") or []):
         if not isinstance(t, dict) or not all(k in t for k in ("kind", "path")):
             raise TaskError(f"{path}: task #{i} needs 'kind' and 'path' (and optionally 'name')")
@@ -95,7 +95,7 @@ def _lm_eval_tasks(path: Path, data: dict[str, Any], suite_opts: dict[str, Any])
     return tasks_from_lm_eval(specs, include, defaults=opts)
 
 
-def _suite_options(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+def _suite_options(data: dict[str, Any]) -> dict[str, Any]:
     """Suite-wide defaults for every task (``chat_template``, ``test_fraction``)."""
     return {k: data[k] for k in ("chat_template", "test_fraction") if k in data}
 

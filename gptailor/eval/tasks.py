@@ -173,9 +173,6 @@ def load_task(path: str | os.PathLike, kind: str, name: str | None = None) -> Ta
     return Task(name, kind, examples, str(path))
 
 
-_TASK_OPTIONS = ("until", "filter", "metric", "chat_template", "max_gen_toks", "test_fraction")
-
-
 def _apply_options(task: Task, opts: dict[str, Any], where: str) -> None:
     """Check and set a task's lm-eval-style options; errors name the suite file and the task."""
     if "until" in opts:

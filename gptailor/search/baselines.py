@@ -154,13 +154,3 @@ def heuristic_plan(name: str, family: Family, n: int, texts: list[str], member: 
     if name == "laco":
         return laco_plan(family, n, texts, stitcher, states)
     return (shortgpt_plan if name == "shortgpt" else angular_plan)(family, n, states, member)
-
-
-def all_heuristic_plans(family: Family, n: int, texts: list[str], members: list[str] | None = None,
-                        stitcher: Stitcher | None = None) -> dict[tuple[str, str], Plan]:
-    """(heuristic, member) -> plan, for every heuristic and member (base only by default)."""
-    out = {}
-    for member in members or ["base"]:
-        for h in HEURISTICS:
-            out[(h, member)] = heuristic_plan(h, family, n, texts, member, stitcher)
-    return out

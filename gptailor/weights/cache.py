@@ -102,13 +102,6 @@ class ByteCache:
             self.put(key, value)
         return value
 
-    def resize(self, max_bytes: int) -> None:
-        with self._lock:
-            self.max_bytes = int(max_bytes)
-            while self.nbytes > self.max_bytes and self.data:
-                _, (_, n) = self.data.popitem(last=False)
-                self.nbytes -= n
-
     def clear(self) -> None:
         with self._lock:
             self.data.clear()
