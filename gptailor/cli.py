@@ -246,6 +246,11 @@ def build_parser(extra: Sequence[Commands] = (), prog: str = "python -m gptailor
     return p
 
 
+# Commands of the app's command line (``python -m db``), named only to point a user there: the engine
+# imports nothing of the app.
+STUDY_COMMANDS = ("search", "baseline", "resume", "cancel", "studies", "sweep", "front", "compare")
+
+
 def main(argv: list[str] | None = None, extra: Sequence[Commands] = (), prog: str = "python -m gptailor") -> int:
     """Run one command; a program built on the engine passes its own ``extra`` commands (the engine knows
     none of them), so ``python -m gptailor`` is the engine's command line alone."""
@@ -257,6 +262,10 @@ def main(argv: list[str] | None = None, extra: Sequence[Commands] = (), prog: st
     from gptailor.eval.tasks import TaskError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not extra and argv and argv[0] in STUDY_COMMANDS:
+        print(f"error: {prog}: {argv[0]!r} is a study command: it needs the study database, which the app "
+              f"holds; from the app's checkout run: python -m db {' '.join(argv)}", file=sys.stderr)
+        return 2
     args = build_parser(extra, prog).parse_args(argv)
     args.argv = argv  # for a command that re-runs itself (the seeded search)
     if not sys.stderr.isatty():  # progress bars are for people; keep logs and pipes clean

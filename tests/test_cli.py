@@ -192,9 +192,13 @@ def test_the_engine_alone_has_no_study_commands_and_the_app_has_all(spec, capsys
     from db.cli import main as app_main
     from gptailor.cli import main as engine_main
 
+    assert engine_main(["studies", "--json"]) == 2
+    assert capsys.readouterr().err == ("error: python -m gptailor: 'studies' is a study command: it needs the study "
+                                       "database, which the app holds; from the app's checkout run: "
+                                       "python -m db studies --json\n")
     with pytest.raises(SystemExit) as e:
-        engine_main(["studies"])
-    assert e.value.code == 2 and "invalid choice: 'studies'" in capsys.readouterr().err
+        engine_main(["nonsense"])
+    assert e.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err
     assert app_main(["info", "-f", str(spec), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"] == 4
 
