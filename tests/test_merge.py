@@ -2,7 +2,11 @@ import math
 
 import torch
 
-from gptailor.merge.methods import linear, merge_tensors, slerp, task_arithmetic, ties
+from gptailor.merge import merge_tensors
+from gptailor.merge.linear import linear
+from gptailor.merge.slerp import slerp
+from gptailor.merge.task_arithmetic import task_arithmetic
+from gptailor.merge.ties import ties
 
 
 def test_linear_normalizes_weights():

@@ -5,7 +5,7 @@ import torch
 
 from gptailor.family.family import Family
 from gptailor.family.spec import FamilyError, FamilySpec
-from gptailor.merge.methods import merge_state
+from gptailor.merge import merge_state
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher, param_count
 from transformers import AutoModelForCausalLM
