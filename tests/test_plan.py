@@ -40,6 +40,7 @@ def test_text_without_indices_and_json_shorthand():
     ("0:base 1:merge[slerp](math=1,code=1,base=1) 2:base", 3, "slerp merges exactly two"),
     ("0:base 1:merge(math=1,math=2) 2:base", 3, "appears twice"),
     ("0:base 1:merge[ties,density=2](math=1,code=1) 2:base", 3, "density must be in (0, 1]"),
+    ("0:base 1:merge[linear,density=.5](math=1,code=1) 2:base", 3, "position 1: linear takes no density (only ties"),
 ])
 def test_validation_errors_name_the_position(plan, n, msg):
     with pytest.raises(PlanError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
