@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from gptailor.merge import merge_tensors
@@ -43,3 +44,39 @@ def test_slerp_on_orthogonal_vectors_stays_on_the_circle():
     assert torch.allclose(slerp(a, 2 * a, 0.5), 1.5 * a)
     # weights (1, 3) mean t = .75 toward the second tensor
     assert torch.allclose(merge_tensors("slerp", [a, b], [1, 3]), slerp(a, b, 0.75))
+
+
+# -- against mergekit's own methods: the same tensors in, the same tensor out -------------------------
+def mergekit_merge(name: str, tensors: list[torch.Tensor], base: torch.Tensor | None = None, **parameters):
+    """mergekit's merge method ``name`` on one tensor group (the base, when given, first)."""
+    from mergekit.merge_methods.base import TensorGroup
+    from mergekit.merge_methods.registry import get
+
+    group = TensorGroup.from_tensors(([base] if base is not None else []) + list(tensors),
+                                     base_index=0 if base is not None else None)
+    return get(name)([group], parameters=parameters)[0]
+
+
+def _members(shape, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(n)]
+
+
+# shapes and densities where int(density * n) and round(density * n) differ (mergekit keeps int(...))
+@pytest.mark.parametrize("shape,density", [((32, 32), 0.4), ((7,), 0.5), ((5, 3), 0.3), ((6, 4), 1.0)])
+def test_ties_equals_mergekit(shape, density):
+    base, a, b = _members(shape)
+    want = mergekit_merge("ties", [a, b], base, weight=[1.0, 2.0], density=density)
+    assert torch.allclose(ties(base, [a, b], [1.0, 2.0], density), want, atol=1e-6)
+    assert torch.allclose(merge_tensors("ties", [a, b], [1.0, 2.0], base, density), want, atol=1e-6)
+
+
+def test_linear_task_arithmetic_and_slerp_equal_mergekit():
+    base, a, b = _members((16, 8), seed=1)
+    assert torch.allclose(merge_tensors("linear", [a, b], [1.0, 3.0]),
+                          mergekit_merge("linear", [a, b], weight=[1.0, 3.0]), atol=1e-6)
+    assert torch.allclose(merge_tensors("task_arithmetic", [a, b], [0.5, 0.7], base),
+                          mergekit_merge("task_arithmetic", [a, b], base, weight=[0.5, 0.7]), atol=1e-6)
+    # mergekit's slerp goes from its base toward the other input at t
+    assert torch.allclose(merge_tensors("slerp", [a, b], [1.0, 3.0]),
+                          mergekit_merge("slerp", [b], a, t=0.75), atol=1e-6)

@@ -11,15 +11,16 @@ DENSITY = 0.5  # our default (mergekit's is 1.0, so the export always writes it)
 
 
 def _trim(delta: Tensor, density: float) -> Tensor:
-    """Keep the ``density`` fraction of entries with the largest magnitude, zero the rest."""
+    """Keep the ``density`` fraction of entries with the largest magnitude, zero the rest: exactly
+    ``max(1, int(density * n))`` entries, mergekit's count (rounded, 0.4 of 1024 entries would keep one more)."""
     if density >= 1:
         return delta
-    k = int(round(density * delta.numel()))
-    if k <= 0:
+    if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
     flat = delta.flatten()
     keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[flat.abs().topk(k).indices] = True  # exactly k entries, as mergekit does
+    keep[flat.abs().topk(k).indices] = True
     return (flat * keep).view_as(delta)
 
 
