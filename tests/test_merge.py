@@ -9,6 +9,8 @@ from gptailor.merge.slerp import slerp
 from gptailor.merge.task_arithmetic import task_arithmetic
 from gptailor.merge.ties import ties
 
+from mergekit_reference import mergekit_merge
+
 
 def test_linear_normalizes_weights():
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0])
@@ -47,16 +49,6 @@ def test_slerp_on_orthogonal_vectors_stays_on_the_circle():
 
 
 # -- against mergekit's own methods: the same tensors in, the same tensor out -------------------------
-def mergekit_merge(name: str, tensors: list[torch.Tensor], base: torch.Tensor | None = None, **parameters):
-    """mergekit's merge method ``name`` on one tensor group (the base, when given, first)."""
-    from mergekit.merge_methods.base import TensorGroup
-    from mergekit.merge_methods.registry import get
-
-    group = TensorGroup.from_tensors(([base] if base is not None else []) + list(tensors),
-                                     base_index=0 if base is not None else None)
-    return get(name)([group], parameters=parameters)[0]
-
-
 def _members(shape, n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g) for _ in range(n)]

@@ -5,12 +5,12 @@ import torch
 
 from gptailor.family.family import Family
 from gptailor.family.spec import FamilyError, FamilySpec
-from gptailor.merge import merge_state
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher, param_count
 from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_family
+from mergekit_reference import mergekit_merge
 
 PLANS = [
     "0:base 1:base 2:base 3:base",
@@ -50,11 +50,25 @@ def reference_logits(models: dict[str, torch.nn.Module], plan: Plan, ids: torch.
             else:
                 layer = copy.deepcopy(base.model.layers[i])
                 states = [models[m].model.layers[i].state_dict() for m in op.members]
-                layer.load_state_dict(merge_state(op.method, states, [w for _, w in op.weights],
-                                                  base.model.layers[i].state_dict(), op.density))
+                layer.load_state_dict(reference_merge(op, states, base.model.layers[i].state_dict()))
             h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
             h = h[0] if isinstance(h, tuple) else h
         return base.lm_head(base.model.norm(h))
+
+
+def reference_merge(op, states: list[dict], base: dict) -> dict:
+    """A merged layer by mergekit's own methods (TIES at our default density .5 when the plan gives none)."""
+    weights = [w for _, w in op.weights]
+
+    def one(key: str) -> torch.Tensor:
+        tensors = [s[key] for s in states]
+        if op.method == "linear":
+            return mergekit_merge("linear", tensors, weight=weights)
+        if op.method == "slerp":  # from the first member toward the second
+            return mergekit_merge("slerp", tensors[1:], tensors[0], t=weights[1] / sum(weights))
+        params = {"density": 0.5 if op.density is None else op.density} if op.method == "ties" else {}
+        return mergekit_merge(op.method, tensors, base[key], weight=weights, **params)
+    return {k: one(k) for k in states[0]}
 
 
 @pytest.mark.parametrize("text", PLANS)
