@@ -15,8 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
+from gptailor.merge import METHODS
+
 OpKind = Literal["drop", "pick", "merge"]
-MERGE_METHODS = ("linear", "task_arithmetic", "ties", "slerp")
 MAX_WEIGHT = 1e6  # larger merge weights overflow the merged tensors (NaN scores), whatever the method
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _SOURCE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)(?:@(\d+))?$")
@@ -43,7 +44,7 @@ class Op:
     member: str | None = None  # for pick
     weights: tuple[tuple[str, float], ...] = ()  # for merge, in the order given
     method: str = "linear"  # for merge
-    density: float | None = None  # TIES: fraction of each task vector kept (default 0.5)
+    density: float | None = None  # TIES, DARE: fraction of each task vector kept (None: the method's default)
 
     # -- constructors ---------------------------------------------------------------
     @staticmethod
@@ -105,7 +106,7 @@ class Op:
                 raise PlanError(f"{where}'merge' needs 'weights' as a non-empty object {{member: weight}}")
             method, density = d.get("method", "linear"), d.get("density")
             if not isinstance(method, str):
-                raise PlanError(f"{where}merge 'method' must be a name ({', '.join(MERGE_METHODS)}), got {method!r}")
+                raise PlanError(f"{where}merge 'method' must be a name ({', '.join(METHODS)}), got {method!r}")
             if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))):
                 raise PlanError(f"{where}merge 'density' must be a number in (0, 1], got {density!r}")
             try:
@@ -205,9 +206,9 @@ class Plan:
 
     def key(self) -> str:
         """A canonical string: plans with equal keys build the same model (merge order ignored
-        except for slerp, whose direction matters)."""
+        except for an ordered method such as slerp, whose direction matters)."""
         def canon(op: Op) -> Op:
-            if op.kind != "merge" or op.method == "slerp":
+            if op.kind != "merge" or (op.method in METHODS and METHODS[op.method].ordered):
                 return op
             return Op.merge(sorted(op.weights), op.method, op.density)
         return " ".join(f"{i}:{canon(op).to_text()}" for i, op in enumerate(self.ops))
@@ -297,8 +298,9 @@ class Plan:
                     raise PlanError(f"position {i}: source {m!r} names layer {pos}; the base has layers 0..{n_layers - 1}")
             if op.kind != "merge":
                 continue
-            if op.method not in MERGE_METHODS:
-                raise PlanError(f"position {i}: unknown merge method {op.method!r}; use one of {', '.join(MERGE_METHODS)}")
+            method = METHODS.get(op.method)
+            if method is None:
+                raise PlanError(f"position {i}: unknown merge method {op.method!r}; use one of {', '.join(METHODS)}")
             if len(set(op.members)) != len(op.members):
                 raise PlanError(f"position {i}: a member appears twice in the merge")
             for m, w in op.weights:
@@ -307,8 +309,12 @@ class Plan:
                 if w > MAX_WEIGHT:
                     raise PlanError(f"position {i}: weight of {m!r} is {w:g}; merge weights must be at most "
                                     f"{MAX_WEIGHT:g} (they are normalized, so use e.g. .6 and .4)")
-            if op.method == "slerp" and len(op.weights) != 2:
-                raise PlanError(f"position {i}: slerp merges exactly two members, got {len(op.weights)}")
+            problem = method.count_error(len(op.weights))
+            if problem:
+                raise PlanError(f"position {i}: {problem}")
+            if op.density is not None and "density" not in method.defaults:
+                raise PlanError(f"position {i}: {op.method} takes no density (only "
+                                f"{', '.join(n for n, m in METHODS.items() if 'density' in m.defaults)} do)")
             if op.density is not None and not 0 < op.density <= 1:
                 raise PlanError(f"position {i}: density must be in (0, 1], got {op.density}")
         if self.n_kept == 0:

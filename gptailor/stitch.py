@@ -23,7 +23,7 @@ from gptailor.family.compat import kept_layers_config
 from gptailor.family.family import Family
 from gptailor.family.spec import FamilyError
 from gptailor.family.device import resolve_dtype
-from gptailor.merge.methods import merge_state
+from gptailor.merge import get_method, merge_state
 from gptailor.plan import Op, Plan, split_source
 
 
@@ -70,9 +70,9 @@ class Stitcher:
         if state is None:
             sources = [split_source(m) for m in op.members]
             states = [self._state(m, position if p is None else p) for m, p in sources]
-            base = self._state("base", position) if op.method in ("task_arithmetic", "ties") else None
+            base = self._state("base", position) if get_method(op.method).needs_base else None
             weights = [w for _, w in op.weights]
-            state = merge_state(op.method, states, weights, base, op.density)
+            state = merge_state(op.method, states, weights, base, op.density, seed=position)
             self.cache.put(key, state)
             # the merge is a cached copy now: its mapped sources need not stay resident
             self.family.release_mapped(only=[(m, position if p is None else p) for m, p in sources]

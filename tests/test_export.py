@@ -6,7 +6,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptailor.export.hf import ExportError, export
-from gptailor.export.mergekit import mergekit_config
+from gptailor.export.mergekit import mergekit_config, mergekit_yaml
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher
 
@@ -66,6 +66,28 @@ def test_mergekit_config_passthrough_and_merge(tiny_family):
         {"model": src("base"), "layer_range": [1, 2]}]
     assert cfg["slices"][0]["sources"] == [
         {"model": src("base"), "layer_range": [0, 1], "parameters": {"weight": 1.0, "density": 1.0}}]
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+def test_mergekit_config_dare(tiny_family, method):
+    """mergekit's own defaults for DARE (no normalising, L1 rescale), written out; the density always
+    (mergekit's default, 1, would drop nothing); picks with density 1; the base as each slice's base."""
+    src = tiny_family.spec.source
+    plan = Plan.from_text(f"0:base 1:math 2:merge[{method}](math=1,code=.5) 3:base")
+    cfg = mergekit_config(tiny_family, plan)
+    assert cfg["merge_method"] == method and cfg["parameters"] == {"normalize": False, "rescale": True}
+    assert cfg["slices"][1]["sources"] == [
+        {"model": src("math"), "layer_range": [1, 2], "parameters": {"weight": 1.0, "density": 1.0}},
+        {"model": src("base"), "layer_range": [1, 2]}]
+    assert cfg["slices"][2]["sources"] == [
+        {"model": src("math"), "layer_range": [2, 3], "parameters": {"weight": 1.0, "density": 0.5}},
+        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 0.5, "density": 0.5}},
+        {"model": src("base"), "layer_range": [2, 3]}]
+    other = mergekit_config(tiny_family, Plan.from_text(f"0:base 1:merge[{method},density=.2](math=1,code=1) 2:drop 3:base"))
+    assert [s.get("parameters") for s in other["slices"][1]["sources"]] == [
+        {"weight": 1.0, "density": 0.2}, {"weight": 1.0, "density": 0.2}, None]
+    text = mergekit_yaml(tiny_family, plan)
+    assert yaml.safe_load(text) == cfg and f"# {method} draws random numbers" in text
 
 
 @pytest.mark.parametrize("text,msg", [

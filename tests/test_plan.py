@@ -40,6 +40,7 @@ def test_text_without_indices_and_json_shorthand():
     ("0:base 1:merge[slerp](math=1,code=1,base=1) 2:base", 3, "slerp merges exactly two"),
     ("0:base 1:merge(math=1,math=2) 2:base", 3, "appears twice"),
     ("0:base 1:merge[ties,density=2](math=1,code=1) 2:base", 3, "density must be in (0, 1]"),
+    ("0:base 1:merge[linear,density=.5](math=1,code=1) 2:base", 3, "position 1: linear takes no density (only ties"),
 ])
 def test_validation_errors_name_the_position(plan, n, msg):
     with pytest.raises(PlanError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -90,3 +91,14 @@ def test_plan_errors_name_the_first_real_problem(text, first, not_said):
         Plan.parse(text).validate(["base", "math", "code"], 3)
     assert str(e.value).startswith(first) and not_said not in str(e.value)
     assert "e.g. '0:base 1:math 2:drop 3:merge(base=.5,math=.5) ...'" in str(e.value)
+
+
+def test_dare_plans_read_write_and_validate():
+    text = "0:merge[dare_ties,density=.3](math=1,code=.5) 1:merge[dare_linear](math=.7,code=.3) 2:base"
+    plan = Plan.from_text(text)
+    assert plan.to_text() == text and Plan.from_json(plan.to_json()) == plan
+    assert [(op.method, op.density) for op in plan.ops[:2]] == [("dare_ties", 0.3), ("dare_linear", None)]
+    assert plan.validate(MEMBERS, 3) is plan
+    assert Plan.from_text("merge[dare_ties](math=1,code=1)").key() == Plan.from_text("merge[dare_ties](code=1,math=1)").key()
+    with pytest.raises(PlanError, match="density must be in"):
+        Plan.from_text("0:merge[dare_linear,density=0](math=1,code=1)").validate(MEMBERS, 1)

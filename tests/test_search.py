@@ -70,6 +70,16 @@ def test_layerwise_repair_and_reject(tiny_ev):
     assert space.valid(ok) and space.decode(ok).key() == Plan.from_text("base drop merge(math=1,code=.5) base drop base").key()
 
 
+def test_layerwise_space_searches_the_registry_s_searchable_methods_only(tiny_ev):
+    """DARE is not searched: its random drop makes a one-member merge differ from a pick (the space's
+    decoding), it would add choices to every existing study's space, and density is not searched."""
+    space = LayerwiseSpace(tiny_ev.family, 2)
+    assert list(space.cs["method_001"].choices) == ["linear", "task_arithmetic", "ties"]
+    for method in ("dare_ties", "dare_linear"):
+        assert space.encode(Plan.from_text(f"base drop merge[{method}](math=1,code=.5) base drop base")) is None
+    assert space.encode(Plan.from_text("base drop merge[ties](math=1,code=.5) base drop base")) is not None
+
+
 def test_paper_space_same_source_position_task_arithmetic(tiny_ev):
     space = PaperSpace(tiny_ev.family, 2)
     values = {"remove_000": 1, "remove_001": 1, "scale": 0.4}  # repeated position moves to the next free one
@@ -153,9 +163,10 @@ SEED_SCRIPT = """
 import sys
 sys.path[:0] = {paths!r}
 from gptailor import Evaluator, load_suite
-from gptailor.family import Family
-from gptailor.search import Search, SearchSettings
-from gptailor.space import Budget
+from gptailor.family.family import Family
+from gptailor.search.optimizer import Search
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget
 ev = Evaluator(Family.from_spec({spec!r}), load_suite({suite!r}))
 res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=2, max_fidelity=8, seed=7)).run()
 print("|".join(t.plan.to_text() + "@" + str(t.fidelity) for t in res.trials))

@@ -1,16 +1,17 @@
 import copy
+import zlib
 
 import pytest
 import torch
 
 from gptailor.family.family import Family
 from gptailor.family.spec import FamilyError, FamilySpec
-from gptailor.merge.methods import merge_state
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher, param_count
 from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_family
+from mergekit_reference import mergekit_merge
 
 PLANS = [
     "0:base 1:base 2:base 3:base",
@@ -19,6 +20,7 @@ PLANS = [
     "0:merge[task_arithmetic](math=.7,code=.5) 1:drop 2:drop 3:math",
     "0:base 1:merge[ties,density=.4](math=1,code=1) 2:merge[slerp](base=.3,math=.7) 3:drop",
     "0:math 1:math 2:math 3:math",
+    "0:merge[dare_ties,density=.3](math=1,code=.5) 1:base 2:merge[dare_linear](math=.7,code=.3) 3:drop",
 ]
 
 
@@ -50,11 +52,28 @@ def reference_logits(models: dict[str, torch.nn.Module], plan: Plan, ids: torch.
             else:
                 layer = copy.deepcopy(base.model.layers[i])
                 states = [models[m].model.layers[i].state_dict() for m in op.members]
-                layer.load_state_dict(merge_state(op.method, states, [w for _, w in op.weights],
-                                                  base.model.layers[i].state_dict(), op.density))
+                layer.load_state_dict(reference_merge(op, i, states, base.model.layers[i].state_dict()))
             h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
             h = h[0] if isinstance(h, tuple) else h
         return base.lm_head(base.model.norm(h))
+
+
+def reference_merge(op, position: int, states: list[dict], base: dict) -> dict:
+    """A merged layer by mergekit's own methods (TIES and DARE at our default density .5 when the plan
+    gives none). DARE's masks: torch's generator seeded, as documented, with crc32("position:parameter")."""
+    weights = [w for _, w in op.weights]
+
+    def one(key: str) -> torch.Tensor:
+        tensors = [s[key] for s in states]
+        if op.method == "linear":
+            return mergekit_merge("linear", tensors, weight=weights)
+        if op.method == "slerp":  # from the first member toward the second
+            return mergekit_merge("slerp", tensors[1:], tensors[0], t=weights[1] / sum(weights))
+        dense = op.method in ("ties", "dare_ties", "dare_linear")
+        params = {"density": 0.5 if op.density is None else op.density} if dense else {}
+        torch.manual_seed(zlib.crc32(f"{position}:{key}".encode()))
+        return mergekit_merge(op.method, tensors, base[key], weight=weights, **params)
+    return {k: one(k) for k in states[0]}
 
 
 @pytest.mark.parametrize("text", PLANS)

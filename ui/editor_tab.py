@@ -12,6 +12,7 @@ import gradio as gr
 from db.runs import best_trial, create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export.hf import ExportError, export
+from gptailor.merge import METHODS
 from gptailor.common.limits import whole
 from gptailor.eval.speed import INTERACTIVE, short
 from gptailor.common.paths import PathError, child
@@ -207,7 +208,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
         text = gr.Textbox(label="Plan (compact text form)", lines=2, scale=5)
         apply_btn = gr.Button("Apply", scale=0, min_width=80)
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
-                        label="Layer map (op: drop / pick / merge; method: linear, task_arithmetic, ties, slerp)")
+                        label=f"Layer map (op: drop / pick / merge; method: {', '.join(METHODS)})")
     status = gr.Markdown()
     preview = gr.Plot(label="Layer map", show_label=False)
     with gr.Row():

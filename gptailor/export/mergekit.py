@@ -8,18 +8,23 @@ import torch
 from gptailor.family.family import Family
 from gptailor.family.spec import FamilyError
 from gptailor.family.device import dtype_name, resolve_dtype
+from gptailor.merge import MergeMethod, get_method
 from gptailor.plan import Plan, split_source
 
 
 # ----------------------------------------------------------------------------- mergekit
-def _merge_method(plan: Plan) -> str:
-    """The single mergekit merge_method this plan can be written with, or ExportError saying why not."""
+def _merge_method(plan: Plan) -> MergeMethod | None:
+    """The single merge method this plan can be written with in one mergekit config (None: passthrough,
+    the plan merges nothing), or ExportError saying why not."""
     methods = {op.method for op in plan.ops if op.kind == "merge"}
     if len(methods) > 1:
         raise ExportError(f"plan mixes merge methods {sorted(methods)}; one mergekit config has one merge_method")
-    if "slerp" in methods:
-        raise ExportError("mergekit's slerp also interpolates the embeddings and head, which stay the base's here")
-    return methods.pop() if methods else "passthrough"
+    if not methods:
+        return None
+    method = get_method(methods.pop())
+    if method.mergekit is None:
+        raise ExportError(method.mergekit_why_not)
+    return method
 
 
 def _check_io_sources(family: Family, slices: list[dict[str, Any]]) -> None:
@@ -41,9 +46,10 @@ def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None
     """The plan as a mergekit config: slices in position order. Written only when mergekit rebuilds
     the stitched model: the models it takes the embeddings, final norm and LM head from (first and last
     slice) must have the base's, as the stitched model does."""
-    method = _merge_method(plan)
+    merge = _merge_method(plan)
+    method = "passthrough" if merge is None else merge.mergekit
     src = family.spec.source
-    needs_base = method in ("task_arithmetic", "ties")  # mergekit reads the base tensor from each slice
+    needs_base = merge is not None and merge.needs_base  # mergekit reads the base tensor from each slice
     slices: list[dict[str, Any]] = []
     i, ops = 0, plan.ops
     while i < len(ops):
@@ -57,8 +63,8 @@ def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None
                 while j < len(ops) and ops[j].kind == "pick" and ops[j].member == op.member:
                     j += 1
             source: dict[str, Any] = {"model": src(op.member or "base"), "layer_range": [i, j]}
-            if method != "passthrough":  # a single source with weight 1 reproduces that layer
-                source["parameters"] = {"weight": 1.0, **({"density": 1.0} if method == "ties" else {})}
+            if merge is not None:  # a single source with weight 1 (and density 1: all kept) reproduces that layer
+                source["parameters"] = {"weight": 1.0, **({"density": 1.0} if "density" in merge.defaults else {})}
             sources = [source]
             if needs_base and op.member != "base":
                 sources.append({"model": src("base"), "layer_range": [i, j]})
@@ -67,9 +73,7 @@ def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None
             continue
         sources = []
         for m, w in op.weights:
-            params: dict[str, Any] = {"weight": w}
-            if op.method == "ties":
-                params["density"] = 0.5 if op.density is None else op.density
+            params: dict[str, Any] = {"weight": w, **merge.parameters(op.density)}  # type: ignore[union-attr]
             name, pos = split_source(m)
             j = i if pos is None else pos  # mergekit sources may read other layer ranges of equal length
             sources.append({"model": src(name), "layer_range": [j, j + 1], "parameters": params})
@@ -80,8 +84,8 @@ def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None
     _check_io_sources(family, slices)
     cfg: dict[str, Any] = {"slices": slices, "merge_method": method, "base_model": src("base"),
                            "dtype": dtype_name(export_dtype(family, dtype))}
-    if method in ("linear", "ties"):
-        cfg["parameters"] = {"normalize": True}
+    if merge is not None and merge.mergekit_parameters:
+        cfg["parameters"] = dict(merge.mergekit_parameters)
     return cfg
 
 
@@ -90,7 +94,12 @@ def mergekit_yaml(family: Family, plan: Plan, dtype: torch.dtype | None = None) 
 
     head = f"# GPTailor plan for family {family.name!r} as a mergekit config: mergekit-yaml mergekit.yaml OUT\n"
     try:
-        return head + yaml.safe_dump(mergekit_config(family, plan, dtype), sort_keys=False)
+        cfg = mergekit_config(family, plan, dtype)
+        merge = _merge_method(plan)
+        if merge is not None and not merge.mergekit_exact:
+            head += (f"# {merge.name} draws random numbers: mergekit draws its own (pass --random-seed to repeat a "
+                     f"run), so its model differs from GPTailor's in the drawn entries\n")
+        return head + yaml.safe_dump(cfg, sort_keys=False)
     except ExportError as e:
         return head + f"# not expressible as one mergekit config: {e}\n# rebuild with gptailor from plan.json\n"
 

@@ -25,10 +25,11 @@ from ConfigSpace import Categorical, ConfigurationSpace, EqualsCondition, Float,
 from ConfigSpace import Configuration
 
 from gptailor.family.family import Family
+from gptailor.merge import METHODS
 from gptailor.plan import Op, Plan, PlanError
 
 MIN_WEIGHT = 0.05
-MERGE_METHODS_SEARCHED = ("linear", "task_arithmetic", "ties")
+MERGE_METHODS_SEARCHED = tuple(name for name, m in METHODS.items() if m.searchable)
 
 
 class BudgetError(ValueError):
@@ -196,9 +197,9 @@ class LayerwiseSpace(PlanSpace):
                 if not self.merge or op.method not in MERGE_METHODS_SEARCHED or op.density is not None \
                         or any("@" in m for m in op.members):
                     return None
-                # linear and TIES normalise their weights, so rescaling into [0, 1] keeps the model;
-                # task arithmetic does not, so its weights must already lie in [0, 1].
-                total = max(w for _, w in op.weights) if op.method != "task_arithmetic" else 1.0
+                # a method that normalises its weights (linear, TIES) keeps the model when they are
+                # rescaled into [0, 1]; for one that does not (task arithmetic) they must lie there already.
+                total = max(w for _, w in op.weights) if METHODS[op.method].normalises else 1.0
                 if any(w / total > 1.0 or w / total < MIN_WEIGHT for _, w in op.weights):
                     return None
                 values[f"op_{i:03d}"] = "merge"
