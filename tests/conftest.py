@@ -41,10 +41,11 @@ def save_model(model, folder: Path, dtype=None, max_shard_size=None) -> Path:
 
 def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), tie: bool = False,
                      seed: int = 0, model_type: str = "llama", dtype=None, layers_only: bool = False,
-                     max_shard_size=None, **config) -> Path:
+                     max_shard_size=None, base_layers: dict[str, list[int]] | None = None, **config) -> Path:
     """A random base and finetunes (base + noise) as HF folders, plus family.yaml; returns the spec path.
     ``layers_only``: finetunes leave embeddings, final norm and head alone (as decoder-only finetunes
-    usually do); ``dtype``: the dtype saved on disk; ``max_shard_size``: save sharded checkpoints."""
+    usually do); ``dtype``: the dtype saved on disk; ``max_shard_size``: save sharded checkpoints;
+    ``base_layers``: member -> positions it leaves untouched (bit-identical to the base's there)."""
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(model_type, n_layers, tie, **config)
@@ -57,9 +58,10 @@ def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), ti
         torch.manual_seed(seed + 1 + k)
         ft = AutoModelForCausalLM.from_config(cfg).to(base.dtype)
         ft.load_state_dict(base.state_dict())
+        same = tuple(f".layers.{i}." for i in (base_layers or {}).get(m, ()))
         with torch.no_grad():
             for name, p in ft.named_parameters():
-                if not layers_only or ".layers." in name:
+                if (not layers_only or ".layers." in name) and not any(tag in name for tag in same):
                     p.add_(0.05 * torch.randn_like(p))
         save_model(ft, root / m, max_shard_size=max_shard_size)
     spec = {"name": "tiny", "base": "base", "candidates": {m: m for m in members}, "dtype": "float32",
