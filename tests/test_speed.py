@@ -113,7 +113,6 @@ def test_timed_decode_loop_is_greedy_generation(demo_family):
             nxt = model(input_ids=seq, use_cache=False).logits[:, -1:].argmax(-1)
             seq = torch.cat([seq, nxt], dim=1)
     assert torch.equal(toks, seq[:, 12:]) and pre > 0 and dec > 0
-    assert ids.shape == (2, 12)
 
 
 @pytest.mark.parametrize("s", [SpeedSettings(prompt_len=16, new_tokens=4, batch=2, repeats=3),
