@@ -7,7 +7,8 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ def stop_between_beats(store: Store, sid: int, proc: subprocess.Popen, db: Path,
     stopped inside its transaction would lock every other writer out); retried after the next beat if not."""
     while True:
         seen = store.study(sid)["heartbeat_at"]
-        wait_until(lambda: store.study(sid)["heartbeat_at"] != seen, proc, log)
+        wait_until(lambda seen=seen: store.study(sid)["heartbeat_at"] != seen, proc, log)
         os.kill(proc.pid, signal.SIGSTOP)
         wait_until(lambda: state(proc.pid) == "T")
         if not write_locked(db):
@@ -137,7 +138,7 @@ def test_sigstop_past_grace_from_another_host_then_resume(tmp_path, fam_dir, fas
         b = Store()
         for _ in range(2):  # a live worker elsewhere, seen beating: left alone
             seen = b.study(sid)["heartbeat_at"]
-            wait_until(lambda: b.study(sid)["heartbeat_at"] != seen, proc, log)
+            wait_until(lambda seen=seen: b.study(sid)["heartbeat_at"] != seen, proc, log)
             assert reconcile(b) == []
         with pytest.raises(StudyError, match="still running"):
             check_resumable(b, sid)

@@ -229,7 +229,7 @@ def test_info_reads_configs_and_headers_only(big_bf16_spec):
     weights = sum(f.stat().st_size for f in big_bf16_spec.parent.glob("*/*.safetensors"))
     assert weights > 200 * 2 ** 20
     out = subprocess.run([sys.executable, "-c", INSPECT, str(big_bf16_spec)], capture_output=True, text=True,
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.splitlines()[-1])
     assert seen["tensors"] == [] and seen["imported"] == []
