@@ -41,10 +41,11 @@ def save_model(model, folder: Path, dtype=None, max_shard_size=None) -> Path:
 
 def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), tie: bool = False,
                      seed: int = 0, model_type: str = "llama", dtype=None, layers_only: bool = False,
-                     max_shard_size=None, **config) -> Path:
+                     max_shard_size=None, base_layers: dict[str, list[int]] | None = None, **config) -> Path:
     """A random base and finetunes (base + noise) as HF folders, plus family.yaml; returns the spec path.
     ``layers_only``: finetunes leave embeddings, final norm and head alone (as decoder-only finetunes
-    usually do); ``dtype``: the dtype saved on disk; ``max_shard_size``: save sharded checkpoints."""
+    usually do); ``dtype``: the dtype saved on disk; ``max_shard_size``: save sharded checkpoints;
+    ``base_layers``: member -> positions it leaves untouched (bit-identical to the base's there)."""
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(model_type, n_layers, tie, **config)
@@ -57,9 +58,10 @@ def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), ti
         torch.manual_seed(seed + 1 + k)
         ft = AutoModelForCausalLM.from_config(cfg).to(base.dtype)
         ft.load_state_dict(base.state_dict())
+        same = tuple(f".layers.{i}." for i in (base_layers or {}).get(m, ()))
         with torch.no_grad():
             for name, p in ft.named_parameters():
-                if not layers_only or ".layers." in name:
+                if (not layers_only or ".layers." in name) and not any(tag in name for tag in same):
                     p.add_(0.05 * torch.randn_like(p))
         save_model(ft, root / m, max_shard_size=max_shard_size)
     spec = {"name": "tiny", "base": "base", "candidates": {m: m for m in members}, "dtype": "float32",
@@ -127,20 +129,34 @@ def demo_studies_app(tmp_path_factory):
     stop_app(proc)
 
 
+HANG_GUARD_MS = 600_000  # a browser wait's only limit: against a hang; every wait ends on what the page shows
+
+
 def open_app(browser, url: str, height: int = 1000, width: int = 1400):
     """A page on the app, once the page has loaded. Not ``networkidle``: the dashboard's gr.State keeps
-    Gradio's heartbeat connection open, so the network never goes idle."""
+    Gradio's heartbeat connection open, so the network never goes idle. Every wait on the page (clicks,
+    ``expect``) waits for its event as long as it takes, up to HANG_GUARD_MS."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=HANG_GUARD_MS)
     page = browser.new_page(viewport={"width": width, "height": height})
-    page.goto(url, wait_until="load", timeout=120_000)
+    page.set_default_timeout(HANG_GUARD_MS)
+    page.goto(url, wait_until="load")
     return page
 
 
 NARROW = 760  # the narrow window every browser test checks the layout at (beside open_app's 1400)
 
+# Every shown Plotly chart drawn at its container's width again: the page's re-layout after a resize is done.
+LAID_OUT = """(width) => window.innerWidth === width && [...document.querySelectorAll('.js-plotly-plot')]
+    .filter((gd) => gd.offsetParent !== null)
+    .every((gd) => { const svg = gd.querySelector('.main-svg');
+                     return svg && Math.abs(svg.getBoundingClientRect().width - gd.getBoundingClientRect().width) < 2; })"""
 
-def narrow(page, tab: str | None = None, settle_ms: int = 2500) -> None:
-    """Show ``tab`` (if given) in a NARROW-px window and let Plotly and Gradio re-lay it out."""
+
+def narrow(page, tab: str | None = None) -> None:
+    """Show ``tab`` (if given) in a NARROW-px window and wait until Plotly and Gradio have re-laid it out."""
     if tab is not None:
         page.get_by_role("tab", name=tab).click()
     page.set_viewport_size({"width": NARROW, "height": 1000})
-    page.wait_for_timeout(settle_ms)
+    page.wait_for_function(LAID_OUT, arg=NARROW, polling="raf")

@@ -5,11 +5,12 @@ tests/output/ (dashboard-1400.png, dashboard-760.png).
 The studies are written straight into the app's database (a real SQLite file through the store) with
 trials whose retention depends on position 5 only, so the page is full in seconds without a search."""
 import random
+import re
 
 import pytest
 
 from gptailor import Plan
-from conftest import CHROMIUM, launch_chromium, narrow, open_app
+from conftest import CHROMIUM, LAID_OUT, launch_chromium, narrow, open_app
 from test_app import OUT, start_app, stop_app
 
 MEMBERS = ["base", "math", "strings", "facts"]
@@ -69,32 +70,32 @@ def test_dashboard_linked_views_and_both_widths(dash):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = open_app(browser, url, 1000)
-        page.get_by_role("tab", name="Dashboard").click(timeout=60_000)
+        page.get_by_role("tab", name="Dashboard").click()
         confirm = page.locator("#trial-selected")
         # the newest study (manual) and the others on its family are shown; the best trial is selected first
-        expect(confirm).to_contain_text("selected", timeout=60_000)
+        expect(confirm).to_contain_text("selected")
         # the per-trial charts follow the newest study (the one-trial manual plan) until another is picked
         focus = page.locator("#focus-study input")
-        expect(focus).to_have_value(f"{ids['manual']}: manual-r1 [finished]", timeout=30_000)
+        expect(focus).to_have_value(f"{ids['manual']}: manual-r1 [finished]")
         expect(page.locator("#curve .legendtext").first).to_contain_text("manual-r1")
         focus.click()
         page.get_by_role("option", name=f"{ids['smac']}: smac-r2-s0 [finished]").click()
-        expect(page.locator("#curve .legendtext").first).to_contain_text("smac-r2-s0", timeout=30_000)
-        page.locator("#importance .js-plotly-plot").wait_for(timeout=30_000)
-        page.locator("#per-trial .js-plotly-plot").wait_for(timeout=30_000)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(OUT / "dashboard-1400.png"), full_page=True)
+        expect(page.locator("#curve .legendtext").first).to_contain_text("smac-r2-s0")
+        page.locator("#importance .js-plotly-plot").wait_for()
+        page.locator("#per-trial .js-plotly-plot").wait_for()
 
         # the layer maps: a grey drop cell and a legend entry for it; the score beside each top-5 row
         top = page.locator("#top-trials")
-        assert top.locator(".legendtext", has_text="drop").count() == 1
-        assert top.locator(".barlayer .trace").count() >= 3
+        expect(top.locator(".legendtext", has_text="drop")).to_have_count(1)
+        top.locator(".barlayer .trace").nth(2).wait_for()  # at least 3
+        page.wait_for_function(LAID_OUT, arg=1400, polling="raf")  # every chart drawn: the screenshot is whole
+        page.screenshot(path=str(OUT / "dashboard-1400.png"), full_page=True)
 
         # a click on a Pareto point (of another study than the best trial's) selects that trial everywhere
         expect(confirm).to_contain_text("of smac-r2-s0 selected")
-        key = page.evaluate("""() => {
+        key = page.wait_for_function("""() => {
             const gd = document.querySelector('#pareto .js-plotly-plot');
-            return gd.data[1].customdata[0][0]; }""")
+            return gd && gd.data && gd.data[1] && gd.data[1].customdata[0][0]; }""").json_value()
         sid, number = (int(x) for x in key.split(":"))
         assert sid == ids["random"]
         point = page.locator("#pareto .scatterlayer .trace").nth(1).locator(".point").first
@@ -105,8 +106,8 @@ def test_dashboard_linked_views_and_both_widths(dash):
         name_of = {v: f"{k}-r{r}" + ("-s0" if k in ("smac", "random") else "")
                    for (k, v), r in zip(ids.items(), (2, 2, 3, 1))}
         name = name_of[sid]
-        expect(confirm).to_contain_text(f"Trial {number} of {name}", timeout=20_000)
-        assert f"#{number} ·" in page.locator("#trial-selector input").input_value()
+        expect(confirm).to_contain_text(f"Trial {number} of {name}")
+        expect(page.locator("#trial-selector input")).to_have_value(re.compile(f"#{number} ·"))
 
         # a click on a cell of the top-5 map selects that row's trial
         key = page.evaluate("""() => {
@@ -119,7 +120,7 @@ def test_dashboard_linked_views_and_both_widths(dash):
         bb = bar.bounding_box()
         page.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
         page.mouse.click(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
-        expect(confirm).to_contain_text(f"Trial {cell_n} of {name_of[cell_sid]}", timeout=20_000)
+        expect(confirm).to_contain_text(f"Trial {cell_n} of {name_of[cell_sid]}")
 
         # a click on a row of the trial table selects that row's trial
         def cell(r, c):
@@ -128,13 +129,13 @@ def test_dashboard_linked_views_and_both_widths(dash):
         want_sid, want_n = cell(r, 0).inner_text().strip(), cell(r, 1).inner_text().strip()
         cell(r, 3).click()
         want = name_of[int(want_sid)]
-        expect(confirm).to_contain_text(f"Trial {want_n} of {want}", timeout=20_000)
+        expect(confirm).to_contain_text(f"Trial {want_n} of {want}")
 
         # open in editor: the Editor tab comes to the front with that trial's plan
         page.get_by_role("button", name="Open in editor").click()
         editor_text = page.get_by_label("Plan (compact text form)")
-        expect(editor_text).to_be_visible(timeout=20_000)
-        expect(editor_text).to_have_value(page.locator("#trial-selected code").inner_text(), timeout=60_000)
+        expect(editor_text).to_be_visible()
+        expect(editor_text).to_have_value(page.locator("#trial-selected code").inner_text())
 
         # 760 px: the two-column rows become one column (best-so-far above wall time), nothing clipped
         narrow(page, "Dashboard")

@@ -3,7 +3,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -116,26 +115,60 @@ def test_old_release_newer_version_and_foreign_tables_are_refused_untouched(tmp_
         Store(f"sqlite:///{other}")
 
 
+# A process that opens a database: it imports everything, says "ready", waits for a line on stdin (the
+# start signal), then opens the store; filelock's own log says when it found the lock taken ("waiting").
 OPEN = """
-import sys, time
-from pathlib import Path
-go = Path(sys.argv[2])
-while not go.exists():
-    time.sleep(0.005)
+import logging, sys
+import sqlalchemy, alembic, filelock
 from db.store import Store
+
+
+class Waiting(logging.Handler):
+    said = False
+
+    def emit(self, record):
+        if "not acquired" in record.getMessage() and not self.said:
+            self.said = True
+            print("waiting", flush=True)
+
+
+log = logging.getLogger("filelock")
+log.setLevel(logging.DEBUG)
+log.addHandler(Waiting())
+print("ready", flush=True)
+sys.stdin.readline()
 print(Store(sys.argv[1]).revision())
 """
+HANG_GUARD_S = 600  # only against a hang; the test waits on the processes' own words
+
+
+def said(proc: subprocess.Popen, word: str) -> None:
+    """Wait for ``proc``'s next line and check it is ``word`` (else show why it ended)."""
+    line = proc.stdout.readline()
+    if line != word + "\n":
+        proc.kill()
+        pytest.fail(f"expected {word!r}, got {line!r}: {proc.communicate()[1][-1500:]}")
 
 
 def test_six_processes_create_a_fresh_database_at_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", "import sqlalchemy, alembic, filelock\n" + OPEN, url, str(go)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(6)]
-    time.sleep(1.5)  # all started and waiting
-    go.touch()
-    outs = [p.communicate(timeout=120) for p in procs]
+    """The race, made certain: all six find the file fresh and queue at the migration lock (held here
+    until each says so), then take it one after another; one creates the schema, the rest find it."""
+    from filelock import FileLock
+
+    path = tmp_path / "fresh.db"
+    url = f"sqlite:///{path}"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, url], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for p in procs:
+        said(p, "ready")  # all started, imports done
+    with FileLock(f"{path}.lock"):
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            said(p, "waiting")  # each found the database fresh and now waits for the lock
+        assert not path.exists() or path.stat().st_size == 0  # nobody has created anything yet
+    outs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [o[1][-800:] for o in outs]
     assert [o[0].strip() for o in outs] == [SCHEMA_REVISION] * 6
     with sqlite3.connect(tmp_path / "fresh.db") as con:

@@ -36,15 +36,32 @@ def url(server):
     return new_database(server)
 
 
-def test_six_processes_create_a_fresh_database_at_once(url, tmp_path):
-    go = tmp_path / "go"
-    code = ("import sys, time\nfrom pathlib import Path\nfrom db.store import Store\n"
-            "while not Path(sys.argv[2]).exists(): time.sleep(0.005)\nprint(Store(sys.argv[1]).revision())")
-    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(go)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
-    time.sleep(1.5)
-    go.touch()
-    outs = [p.communicate(timeout=120) for p in procs]
+MIGRATION_LOCK = 7244310513  # the advisory lock db.store takes around a PostgreSQL schema upgrade
+HANG_GUARD_S = 600  # only against a hang; the test waits on the processes and the server's lock table
+OPEN = ("import sys\nfrom db.store import Store\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+        "print(Store(sys.argv[1]).revision())")
+
+
+def test_six_processes_create_a_fresh_database_at_once(url):
+    """The race, made certain: all six find the database empty and queue at the migration's advisory lock
+    (held here until the server shows six waiting for it), then take it one after another."""
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, url], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n", p.communicate()[1][-1500:]  # all started, imports done
+    holder = create_engine(url)
+    with holder.connect() as c:
+        c.execute(text(f"SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        while c.execute(waiting).scalar() < 6:
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-800:] for p in procs if p.poll()]
+            time.sleep(0.05)
+        c.execute(text(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+    holder.dispose()
+    outs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [o[1][-800:] for o in outs]
     assert [o[0].strip() for o in outs] == [SCHEMA_REVISION] * 6
 

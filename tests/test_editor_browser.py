@@ -68,7 +68,7 @@ def test_editor_lm_eval_table_at_both_widths(app, tmp_path):
         assert box["height"] < 120 and inner["y"] + inner["height"] <= box["y"] + box["height"]
 
         # 760 px: the table stays inside the page (no column cut off at the right edge)
-        narrow(page, settle_ms=1500)
+        narrow(page)
         panel.scroll_into_view_if_needed()
         page.screenshot(path=str(OUT / "editor-lm-eval-760.png"), full_page=True)
         box = panel.bounding_box()

@@ -37,12 +37,22 @@ def _check_studies(fig: StudyFigures) -> None:
     assert fig.lost == 0 and fig.duplicated == 0 and fig.failed_trials == 0 and fig.reads > 0
 
 
-def test_two_studies_and_a_reader_on_sqlite():
-    _check_studies(sqlite_load(studies=2, n_trials=2, readers=1, timeout_s=240))
+@pytest.fixture
+def patient(monkeypatch):
+    """The studies run until their workers end, however loaded the machine: no run deadline (an infinite
+    ``timeout_s``), no reader declaring a slow worker dead (a heartbeat grace of an hour; the workers and
+    the reader inherit it), and PostgreSQL's start waited for (pg_ctl -w gives up after PGCTLTIMEOUT s)."""
+    monkeypatch.setenv("GPTAILOR_GRACE_S", "3600")
+    monkeypatch.setenv("PGCTLTIMEOUT", "3600")
+    return float("inf")
 
 
-def test_two_studies_and_a_reader_on_postgresql():
-    fig = postgres_load(studies=2, n_trials=2, readers=1, timeout_s=240)
+def test_two_studies_and_a_reader_on_sqlite(patient):
+    _check_studies(sqlite_load(studies=2, n_trials=2, readers=1, timeout_s=patient))
+
+
+def test_two_studies_and_a_reader_on_postgresql(patient):
+    fig = postgres_load(studies=2, n_trials=2, readers=1, timeout_s=patient)
     if fig.skipped:
         pytest.skip(f"no PostgreSQL here: {fig.skipped}")
     _check_studies(fig)
