@@ -26,9 +26,10 @@ depends_on = None
 
 DEFINITIONS = ("family", "base")
 
+JSON = sa.JSON(none_as_null=True)  # None is SQL NULL, as the models write it
 trials = sa.table("trials", sa.column("id", sa.Integer), sa.column("study_id", sa.Integer),
-                  sa.column("retention", sa.Float), sa.column("task_retention", sa.JSON),
-                  sa.column("retentions", sa.JSON), sa.column("definition", sa.String))
+                  sa.column("retention", sa.Float), sa.column("task_retention", JSON),
+                  sa.column("retentions", JSON), sa.column("definition", sa.String))
 studies = sa.table("studies", sa.column("id", sa.Integer), sa.column("refs", sa.JSON),
                    sa.column("report", sa.JSON), sa.column("settings", sa.JSON))
 
