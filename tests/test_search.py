@@ -153,9 +153,10 @@ SEED_SCRIPT = """
 import sys
 sys.path[:0] = {paths!r}
 from gptailor import Evaluator, load_suite
-from gptailor.family import Family
-from gptailor.search import Search, SearchSettings
-from gptailor.space import Budget
+from gptailor.family.family import Family
+from gptailor.search.optimizer import Search
+from gptailor.search.settings import SearchSettings
+from gptailor.search.space import Budget
 ev = Evaluator(Family.from_spec({spec!r}), load_suite({suite!r}))
 res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=2, max_fidelity=8, seed=7)).run()
 print("|".join(t.plan.to_text() + "@" + str(t.fidelity) for t in res.trials))

@@ -132,7 +132,9 @@ class EvalResult:
         return self.task_retentions.get(self.definition, {})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, plus the applicable definition's ``retention`` and ``task_retention`` for readers of
+        ``eval --json`` (``from_dict`` takes them from ``retentions`` again)."""
+        return {**asdict(self), "retention": self.retention, "task_retention": self.task_retention}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
