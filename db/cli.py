@@ -212,7 +212,7 @@ def cmd_studies(args, argv) -> int:
     print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}"
           f"{'family':>9}{'base':>9}{'family':>9}{'base':>9}{'objective':>11}  name")
     for s in rows:
-        definition = study_definition(s)
+        definition = study_definition(s) if s["trials_done"] else "-"  # nothing scored yet: nothing to label
         search = _both(s.get("best_retentions"))
         test = _both((s.get("report") or {}).get("retentions"))
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])

@@ -88,7 +88,7 @@ def test_sigstop_past_grace_from_another_host_then_resume(tmp_path, fam_dir, fas
     assert s2["status"] == "interrupted" and "on host-a" in s2["error"] and "no heartbeat for" in s2["error"]
     trials = b.trials(sid)
     assert [(t.number, t.status, t.error) for t in trials] == [(s["progress"]["trial"], "failed", CUT)]
-    assert trials[0]["plan_text"] == s["progress"]["plan"] and trials[0]["fidelity"] == s["progress"]["fidelity"]
+    assert trials[0].plan.to_text() == s["progress"]["plan"] and trials[0].fidelity == s["progress"]["fidelity"]
     # woken up, the worker finds its study is no longer its own and stops without writing anything
     assert proc.wait(timeout=60) != 0
     assert b.trials(sid) == trials and b.study(sid)["status"] == "interrupted"

@@ -130,3 +130,16 @@ def test_many_rows_stay_readable():
     fig = figures.layer_choice_per_trial(ts, MEMBERS)
     assert fig.layout.height <= 1200 and list(fig.layout.yaxis.tickvals)[:3] == [0, 3, 6]
     assert figures.row_height(5) == (30, 1) and figures.row_height(40) == (22, 1)
+
+
+def test_figures_need_no_database():
+    """A plotting module reads engine objects only: importing it loads no ``db`` module (nor its workers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, ui.figures; print(sorted(m for m in sys.modules if m == 'db' or m.startswith('db.')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
