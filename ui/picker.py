@@ -35,7 +35,7 @@ def upload_spec(path: str | None, request: gr.Request = None):
     import yaml
 
     from gptailor.family.spec import FamilySpec
-    from gptailor.family.hub import verify_spec
+    from gptailor.family.inspect import verify_spec
     from gptailor.common.parsing import parse_error
 
     shown = Path(path).name
