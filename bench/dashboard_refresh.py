@@ -22,6 +22,8 @@ MEMBERS = ["base", "math", "strings", "facts"]
 def fill(st, studies: int, trials: int) -> None:
     """S finished studies of N trials each with random plans and both retention definitions."""
     from gptailor import Plan
+    from gptailor.eval.results import EvalResult
+    from gptailor.search.trials import TrialRecord
 
     rng = random.Random(0)
     info = {"n_layers": 8, "members": {m: m for m in MEMBERS}}
@@ -35,10 +37,11 @@ def fill(st, studies: int, trials: int) -> None:
                 ops[i] = "drop"
             plan = Plan.from_text(" ".join(ops), "demo")
             r = rng.random()
-            st.record_trial(sid, {"number": n, "plan": plan.to_dict(), "plan_text": plan.to_text(),
-                                  "fidelity": rng.choice([8, 24, 72]), "wall_s": float(n), "result": {
-                                      "scores": {"math": r}, "retention": r, "kept_layers": 6, "params": 6e6,
-                                      "retentions": {"family": r, "base": 1.5 * r}}})
+            fidelity = rng.choice([8, 24, 72])
+            result = EvalResult(plan.to_text(), fidelity, {"math": r}, {}, {}, kept_layers=6, n_layers=8,
+                                params=6_000_000, stitch_s=0.0, score_s=0.0, definition="family",
+                                retentions={"family": r, "base": 1.5 * r})
+            st.record_trial(sid, TrialRecord(n, plan, fidelity, result, wall_s=float(n)))
         st.transition(sid, ("created",), "finished")
 
 

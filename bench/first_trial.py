@@ -28,7 +28,7 @@ def first_trial(store, sid: int, timeout: float = 600) -> tuple[float, list[tupl
         text = phase_text(s["progress"])
         if text and (not seen or seen[-1][1] != text):
             seen.append((time.perf_counter() - t0, text))
-        if any(t["status"] == "complete" for t in store.trials(sid)) or s["status"] == "finished":
+        if any(t.status == "complete" for t in store.trials(sid)) or s["status"] == "finished":
             took = time.perf_counter() - t0
             cancel(store, sid, wait=60)
             return took, seen

@@ -144,7 +144,7 @@ def trial(ev, store, study_id: int, number: int, plan, fidelity: int, refs) -> f
 
     t = time.perf_counter()
     res = ev.evaluate(plan, fidelity, split="search", references=refs)
-    store.record_trial(study_id, TrialRecord(number, plan, fidelity, res, wall_s=time.perf_counter() - t).to_dict())
+    store.record_trial(study_id, TrialRecord(number, plan, fidelity, res, wall_s=time.perf_counter() - t))
     return time.perf_counter() - t
 
 
@@ -281,6 +281,7 @@ def costs(args) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
     from gptailor.export.mergekit import mergekit_yaml
+    from gptailor.search.trials import TrialRecord
 
     fam, ev = open_family(args.family, args.dtype, args.cache_mb)
     refs = cheap_references(ev, args.fidelity)
@@ -294,8 +295,7 @@ def costs(args) -> list[dict]:
             stitch_cold = time.perf_counter() - t
             stitch_warm, _ = timed(lambda: ev.stitcher.build(plan), args.repeats, warmup=False)
             t = time.perf_counter()
-            store.record_trial(sid, {"number": next(numbers), "plan": plan.to_dict(), "plan_text": plan.to_text(),
-                                     "fidelity": args.fidelity, "result": None, "status": "complete"})
+            store.record_trial(sid, TrialRecord(next(numbers), plan, args.fidelity, None))
             store_s = time.perf_counter() - t
             batches = [b for task in ev.suite for b in ev._prepare(task, args.fidelity, "search")[0]]
             pure_forward(model, batches)  # warm-up

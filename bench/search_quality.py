@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
+from gptailor.eval.results import applicable_definition  # noqa: E402
 from gptailor.search.settings import SearchSettings  # noqa: E402
 from gptailor.search.space import Budget  # noqa: E402
 
@@ -62,8 +63,8 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     wall = time.perf_counter() - t
     trials = store.trials(sid)
     row = compare(store, [sid], evaluators={engine_key(store.study(sid)): ev})[0]
-    evals = [x for x in trials if not x["cached"]]
-    eval_s = sum((x["stitch_s"] or 0) + (x["score_s"] or 0) for x in evals)
+    evals = [x for x in trials if not x.cached]
+    eval_s = sum(x.result.stitch_s + x.result.score_s for x in evals if x.result)
     return {"method": method, "seed": seed, "row": row, "wall": wall, "eval_s": eval_s, "n": len(trials),
             "scored": len(evals), "search_best": store.study(sid)["best_retention"]}
 
@@ -221,7 +222,7 @@ def main() -> int:
     t0 = time.perf_counter()
     refs = cache.references(ev, "search")
     ref_s = time.perf_counter() - t0
-    definition = refs.default_definition() if args.retention == "auto" else args.retention
+    definition = applicable_definition(setting=args.retention, refs=refs)
     suite = ev.suite
     print(f"family {fam.name}: {fam.n_layers} layers, removing {[b.n_remove(fam) for b in budgets]}; {args.trials} "
           f"trials per search, seeds {seeds}; suite {suite.name}: search split {suite.split_fidelity('search')} / "

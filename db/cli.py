@@ -107,16 +107,14 @@ def _run(args, store, study_id: int, total: int | None) -> int:
         r = References.from_dict(refs)
         print("references (fixed for the study, full search split): " + ", ".join(
             f"{t} {x.value:.3f} ({x.member})" for t, x in r.table(refs["definition"]).items()))
-    from .runs import best_trial
+    from gptailor.search.trials import incumbent, pareto_front
 
-    b = best_trial(store.trials(study_id))
+    recs = store.trials(study_id)
+    b = incumbent(recs)
     if b:
-        print(f"best plan: {b['plan_text']}")
+        print(f"best plan: {b.plan.to_text()}")
     if s["settings"].get("objectives") == "per_task":
-        from gptailor.search.trials import TrialRecord, pareto_front
-
-        recs = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
-        tasks = [k for k, v in (b or {}).get("task_retention", {}).items() if v is not None]
+        tasks = [k for k, v in (b.result.task_retention if b else {}).items() if v is not None]
         front = pareto_front(recs, tasks)
         print(f"Pareto set ({len(front)} plans, per-task retention {', '.join(tasks)}):")
         for t in front:
@@ -189,20 +187,16 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-def _both(means: dict | None, definition: str, objective: float | None) -> tuple[str, str]:
-    """A study's (family, base) retention cells: each definition's mean where stored, the objective's
-    own value where only it is (a study stored before both were kept), '-' where neither."""
+def _both(means: dict | None) -> tuple[str, str]:
+    """A study's (family, base) retention cells: each definition's mean, '-' where none is stored."""
     from gptailor.eval.results import DEFINITIONS
 
-    out = []
-    for d in DEFINITIONS:
-        v = (means or {}).get(d)
-        v = objective if v is None and d == definition else v
-        out.append("-" if v is None else f"{100 * v:.1f}%")
+    out = ["-" if (means or {}).get(d) is None else f"{100 * means[d]:.1f}%" for d in DEFINITIONS]
     return out[0], out[1]
 
 
 def cmd_studies(args) -> int:
+    from .rows import study_definition
     from .runs import QUEUED, phase_line, reconcile, start_queued
     from .settings import max_workers
     from .store import ACTIVE, Store, StoreError
@@ -226,9 +220,9 @@ def cmd_studies(args) -> int:
     print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}"
           f"{'family':>9}{'base':>9}{'family':>9}{'base':>9}{'objective':>11}  name")
     for s in rows:
-        definition = (s.get("refs") or {}).get("definition") or (s.get("report") or {}).get("definition") or "-"
-        search = _both(s.get("best_retentions"), definition, s["best_retention"])
-        test = _both((s.get("report") or {}).get("retentions"), definition, s["test_retention"])
+        definition = study_definition(s) if s["trials_done"] else "-"  # nothing scored yet: nothing to label
+        search = _both(s.get("best_retentions"))
+        test = _both((s.get("report") or {}).get("retentions"))
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}"
               + "".join(f"{v:>9}" for v in (*search, *test)) + f"{definition:>11}  {s['name']}")
@@ -318,6 +312,7 @@ def _fraction(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from gptailor.eval.results import AUTO, CHOICES
     from gptailor.search.baselines import HEURISTICS
     from gptailor.common.limits import arg, arg_seconds
 
@@ -354,7 +349,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
     sp.add_argument("--objectives", choices=["retention", "per_task"], default="retention",
                     help="per_task: one objective per task (ParEGO), Pareto set reported")
-    sp.add_argument("--retention", choices=["auto", "family", "base"], default="auto",
+    sp.add_argument("--retention", choices=CHOICES, default=AUTO,
                     help="retention definition (auto: family where a finetune holds a skill the base lacks)")
     sp.set_defaults(func=cmd_search)
 
@@ -394,7 +389,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8)
     sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None)
     sp.add_argument("--seed", type=arg("seed"), default=0)
-    sp.add_argument("--retention", choices=["auto", "family", "base"], default="auto")
+    sp.add_argument("--retention", choices=CHOICES, default=AUTO)
     sp.add_argument("--keep", type=_fraction, default=0.95, help="answer: the smallest plan keeping this retention")
     sp.set_defaults(func=cmd_sweep)
 

@@ -81,8 +81,6 @@ class TrialRow(Base):
     config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # SMAC configuration, to re-tell
     fidelity: Mapped[int | None] = mapped_column(Integer, nullable=True)
     scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    task_retention: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    retention: Mapped[float | None] = mapped_column(Float, nullable=True)
     kept_layers: Mapped[int | None] = mapped_column(Integer, nullable=True)
     params: Mapped[int | None] = mapped_column(Integer, nullable=True)
     stitch_s: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -96,6 +94,8 @@ class TrialRow(Base):
     split: Mapped[str | None] = mapped_column(String(10), nullable=True)  # search | test | all
     cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # served from an earlier (plan, fidelity) result
     retentions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {definition: {mean, tasks}}
+    # revision 0004: retention stored once (``retentions``); which definition applies (None: nothing scored)
+    definition: Mapped[str | None] = mapped_column(String(10), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")

@@ -23,13 +23,12 @@ from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
 from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_texts
-from gptailor.eval.results import References
+from gptailor.eval.results import References, applicable_definition
 from gptailor.search.precompute import Precompute
 from gptailor.common.progress import OnPhase, Phase, quiet
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
-from gptailor.search.trials import TrialRecord, size_front, smallest_keeping
-from gptailor.search.trials import rank_key as _engine_rank_key
+from gptailor.search.trials import TrialRecord, incumbent, size_front, smallest_keeping
 from gptailor.search.space import Budget
 
 from .liveness import Heartbeat, Owner, host_id, local_worker_dead, process_start
@@ -164,7 +163,7 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
             on_phase(Phase("loading family", detail=str(study["family"])))
         ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
         budget = Budget.from_dict(study["budget"])
-        previous = [TrialRecord.from_dict(t) for t in store.trials(study_id)]
+        previous = store.trials(study_id)
         recorded = [0]
         spaces: list[Any] = []  # the search's plan space, to store the in-flight trial's configuration
         total = [int(study["n_trials"] or 0)]
@@ -189,7 +188,7 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
         watched = _Watched(ev, report)
 
         def record(rec: TrialRecord) -> None:
-            store.record_trial(study_id, rec.to_dict(), owner=me)
+            store.record_trial(study_id, rec, owner=me)
             recorded[0] += 1
             if on_trial:
                 on_trial(rec)
@@ -250,15 +249,15 @@ def study_references(store: Store, study_id: int, ev: Evaluator, settings: Searc
         on_phase(Phase("references", detail="stored with the study", cached=True))
         return refs, stored["definition"]
     refs = precompute(store).references(ev, "search", on_phase)
-    definition = refs.default_definition() if settings.retention == "auto" else settings.retention
+    definition = applicable_definition(setting=settings.retention, refs=refs)
     store.set_study_fields(study_id, refs={**refs.to_dict(), "definition": definition})
     return refs, definition
 
 
-def report_of(ev: Evaluator, trial: dict[str, Any], definition: str) -> dict[str, Any]:
+def report_of(ev: Evaluator, trial: TrialRecord, definition: str) -> dict[str, Any]:
     """A study's final table: its best trial's plan re-scored on the whole held-out test split."""
-    res = ev.evaluate(Plan.from_dict(trial["plan"]), None, split="test", definition=definition)
-    return {"trial": trial["number"], "plan": res.plan, "split": "test", "fidelity": None,
+    res = ev.evaluate(trial.plan, None, split="test", definition=definition)
+    return {"trial": trial.number, "plan": res.plan, "split": "test", "fidelity": None,
             "definition": definition, "retention": res.retention, "retentions": res.retentions,
             "task_retentions": res.task_retentions, "scores": res.scores, "metrics": res.metrics,
             "details": res.details, "references": {t: vars(r) for t, r in res.references.items()},
@@ -266,7 +265,7 @@ def report_of(ev: Evaluator, trial: dict[str, Any], definition: str) -> dict[str
 
 
 def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) -> dict[str, Any] | None:
-    best = best_trial(store.trials(study_id))
+    best = incumbent(store.trials(study_id))
     if best is None:
         return None
     report = report_of(ev, best, definition)
@@ -643,16 +642,6 @@ class CompareRow:
     retentions: dict[str, float] | None = None
 
 
-def rank_key(trial: dict[str, Any]) -> tuple[float, float, int]:
-    """The engine's one ranking rule (gptailor.search.trials.rank_key) over database rows."""
-    return _engine_rank_key(trial["fidelity"], trial["retention"], trial.get("number", 0))
-
-
-def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    done = [t for t in trials if t["status"] == "complete" and t["retention"] is not None]
-    return min(done, key=rank_key) if done else None
-
-
 def engine_key(study: dict[str, Any]) -> str:
     """Which evaluator scores a study: its family source and task suite (the keys of compare's evaluators)."""
     return f"{study['family_source']}|{study['settings'].get('suite')}"
@@ -667,20 +656,22 @@ def compare(store: Store, study_ids: list[int] | None = None,
         if study_ids and s["id"] not in study_ids:
             continue
         trials = store.trials(s["id"])
-        best = best_trial(trials)
+        best = incumbent(trials)
         if best is None:
             continue
         key = engine_key(s)
         if key not in evaluators:
             evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
         rep = s.get("report")
-        if not rep or rep.get("trial") != best["number"]:  # not written yet (running, or an older study)
+        if not rep or rep.get("trial") != best.number:  # not written yet (running, or an older study)
             ev = evaluators[key]
-            definition = (s.get("refs") or {}).get("definition") or ev.references("search").default_definition()
+            fixed = (s.get("refs") or {}).get("definition")
+            definition = applicable_definition(fixed=fixed, setting=s["settings"].get("retention"),
+                                               refs=lambda: ev.references("search"))
             rep = report_of(ev, best, definition)
         rows.append(CompareRow(s["id"], s["name"], s["method"], rep["plan"], rep["scores"],
                                rep["task_retentions"][rep["definition"]], rep["retention"], rep["kept_layers"],
-                               rep["params"], len(trials), max((t["wall_s"] or 0) for t in trials),
+                               rep["params"], len(trials), max(t.wall_s for t in trials),
                                rep["split"], rep["definition"], rep["retentions"]))
     return rows
 

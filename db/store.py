@@ -26,12 +26,15 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from gptailor.search.trials import TrialRecord, rank_key
+
 from .liveness import Owner
 from .models import FamilyRow, SchemaVersion, StudyRow, TrialRow, utcnow
+from .rows import mean_of, to_record, to_row
 from .settings import db_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SCHEMA_REVISION = "0003"  # this release's Alembic head (tests check it against db/migrations/versions)
+SCHEMA_REVISION = "0004"  # this release's Alembic head (tests check it against db/migrations/versions)
 SCHEMA_VERSION = SCHEMA_REVISION  # the name older code imported
 # what the pre-Alembic code's schema_version numbers correspond to
 LEGACY_REVISIONS = {1: "0001", 2: "0002"}
@@ -487,52 +490,42 @@ class Store:
         if s.scalar(select(TrialRow.id).where(TrialRow.study_id == study_id, TrialRow.number == number)):
             return
         s.add(TrialRow(study_id=study_id, number=number, plan=p.get("plan_json") or {}, plan_text=p.get("plan") or "",
-                       config=p.get("config"), fidelity=p.get("fidelity"), scores={}, task_retention={}, status="failed", error=error,
+                       config=p.get("config"), fidelity=p.get("fidelity"), scores={}, status="failed", error=error,
                        source=p.get("source") or "search", wall_s=p.get("wall_s")))
         row.progress = {**p, "phase": "stopped", "updated": _iso()}
 
     # -- trials ---------------------------------------------------------------------
-    def record_trial(self, study_id: int, trial: dict[str, Any], owner: Owner | None = None) -> int:
-        """Store one finished trial (its own transaction); ``trial`` is a TrialRecord.to_dict().
+    def record_trial(self, study_id: int, trial: TrialRecord, owner: Owner | None = None) -> int:
+        """Store one finished trial (its own transaction); a ``number`` of None takes the next free one.
 
         With ``owner``, first checks (and beats) that this worker still owns the study, in the same
         transaction: ClaimLost, and nothing written, if not."""
-        result = trial.get("result") or {}
         with self.session() as s:
             study = s.get(StudyRow, study_id) if owner is None else None
             if owner is not None:
                 res = s.execute(update(StudyRow).where(StudyRow.id == study_id, StudyRow.status.in_(ACTIVE),
                                                        _owner_is(owner))
                                 .values(heartbeat_at=utcnow(),
-                                        progress={"phase": "between trials", "last_trial": trial.get("number"),
+                                        progress={"phase": "between trials", "last_trial": trial.number,
                                                   "updated": _iso()}))
                 if not res.rowcount:
                     raise ClaimLost(f"study {study_id} is no longer this worker's (declared dead or taken over); "
                                     f"stopping without writing")
-            number = trial.get("number")
+            number = trial.number
             if number is None:
                 number = (s.scalar(select(func.max(TrialRow.number)).where(TrialRow.study_id == study_id)) or -1) + 1
-            row = TrialRow(study_id=study_id, number=number, plan=trial["plan"], plan_text=trial["plan_text"],
-                           config=trial.get("config"), fidelity=trial.get("fidelity"),
-                           scores=result.get("scores", {}), task_retention=result.get("task_retention", {}),
-                           retention=result.get("retention"), kept_layers=result.get("kept_layers"),
-                           params=result.get("params"), stitch_s=result.get("stitch_s"),
-                           score_s=result.get("score_s"), wall_s=trial.get("wall_s"),
-                           status=trial.get("status", "complete"), error=trial.get("error"),
-                           source=trial.get("source") or "search", budget=trial.get("budget"),
-                           split=result.get("split") or trial.get("split"), cached=bool(trial.get("cached")),
-                           retentions={d: {"mean": m, "tasks": result.get("task_retentions", {}).get(d, {})}
-                                       for d, m in result.get("retentions", {}).items()} or None)
+            row = to_row(study_id, number, trial)
             s.add(row)
             if study is not None:
                 study.heartbeat_at = utcnow()
             s.flush()
             return row.id
 
-    def trials(self, study_id: int) -> list[dict[str, Any]]:
+    def trials(self, study_id: int) -> list[TrialRecord]:
+        """The study's trials in number order, as the engine's objects."""
         with self.session() as s:
             rows = s.scalars(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.number)).all()
-            return [_trial_dict(r) for r in rows]
+            return [to_record(r) for r in rows]
 
     def study(self, study_id: int) -> dict[str, Any]:
         with self.session() as s:
@@ -595,28 +588,18 @@ def _iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _trial_dict(r: TrialRow) -> dict[str, Any]:
-    return {"id": r.id, "study_id": r.study_id, "number": r.number, "plan": r.plan, "plan_text": r.plan_text,
-            "config": r.config, "fidelity": r.fidelity, "scores": r.scores, "task_retention": r.task_retention,
-            "retention": r.retention, "kept_layers": r.kept_layers, "params": r.params, "stitch_s": r.stitch_s,
-            "score_s": r.score_s, "wall_s": r.wall_s, "status": r.status, "error": r.error,
-            "source": r.source, "budget": r.budget, "split": r.split, "cached": bool(r.cached),
-            "retentions": r.retentions}
-
-
 def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[str, float] | None]:
     """The study's best complete trial by the one ranking rule (``gptailor.search.trials.rank_key``, applied here
-    in Python rather than re-stated in SQL): its retention, number and both definitions' means."""
-    from gptailor.search.trials import rank_key
-
-    rows = s.execute(select(TrialRow.number, TrialRow.fidelity, TrialRow.retention).where(
-        TrialRow.study_id == study_id, TrialRow.status == "complete", TrialRow.retention.is_not(None))).all()
-    if not rows:
+    in Python rather than re-stated in SQL): its retention, number and every definition's mean."""
+    rows = s.execute(select(TrialRow.number, TrialRow.fidelity, TrialRow.retentions, TrialRow.definition).where(
+        TrialRow.study_id == study_id, TrialRow.status == "complete", TrialRow.definition.is_not(None))).all()
+    scored = [(r, mean_of(r.retentions, r.definition)) for r in rows]
+    scored = [(r, m) for r, m in scored if m is not None]
+    if not scored:
         return None, None, None
-    number, _fidelity, retention = min(rows, key=lambda t: rank_key(t.fidelity, t.retention, t.number))
-    stored = s.scalar(select(TrialRow.retentions).where(TrialRow.study_id == study_id, TrialRow.number == number))
-    means = {d: v.get("mean") for d, v in (stored or {}).items() if isinstance(v, dict)} or None
-    return retention, number, means
+    row, retention = min(scored, key=lambda rm: rank_key(rm[0].fidelity, rm[1], rm[0].number))
+    means = {d: v.get("mean") for d, v in row.retentions.items() if isinstance(v, dict)}
+    return retention, row.number, means
 
 
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:

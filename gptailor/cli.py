@@ -115,7 +115,7 @@ def cmd_eval(args) -> int:
         print(json.dumps(_finite(rep.to_dict()), indent=2, allow_nan=False) if args.json else rep.table())
         return 0
     ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size, split=args.split,
-                   definition=None if args.retention == "auto" else args.retention)
+                   definition=args.retention)
     res = ev.evaluate(plan.validate(fam.member_names, fam.n_layers, fam.name), args.fidelity,
                       speed=not args.no_speed)
     print(json.dumps(_finite(res.to_dict()), indent=2, allow_nan=False) if args.json else res.table())
@@ -191,6 +191,7 @@ def lm_eval_args(sp, what: str = "print lm-eval's own metrics of the plan beside
 def build_parser(extra: Sequence[Commands] = (), prog: str = "python -m gptailor") -> argparse.ArgumentParser:
     """The engine's commands (info, eval, export, chat), then those of each of ``extra``."""
     from gptailor.common.limits import arg
+    from gptailor.eval.results import AUTO, CHOICES
 
     p = OneLineParser(prog=prog, description="Tailor smaller LLMs from a model family.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -213,7 +214,7 @@ def build_parser(extra: Sequence[Commands] = (), prog: str = "python -m gptailor
     sp.add_argument("--fidelity", type=arg("fidelity"), default=None, help="examples per task (default: all of the split)")
     sp.add_argument("--split", choices=("test", "search", "all"), default="test",
                     help="which examples: the held-out test split (default), the search split, or all")
-    sp.add_argument("--retention", choices=("auto", "family", "base"), default="auto",
+    sp.add_argument("--retention", choices=CHOICES, default=AUTO,
                     help="retention definition (auto: family where a finetune holds a skill the base lacks)")
     sp.add_argument("--batch-size", type=arg("batch size"), default=64)
     sp.add_argument("--no-speed", action="store_true",

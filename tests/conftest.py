@@ -160,3 +160,24 @@ def narrow(page, tab: str | None = None) -> None:
         page.get_by_role("tab", name=tab).click()
     page.set_viewport_size({"width": NARROW, "height": 1000})
     page.wait_for_function(LAID_OUT, arg=NARROW, polling="raf")
+
+
+def scored_trial(number: int, plan, retentions: dict | None = None, fidelity: int | None = 10,
+                 params: int | float = 1e6, status: str = "complete", study_id: int | None = None,
+                 wall_s: float | None = None, scores: dict | None = None, task_retentions: dict | None = None,
+                 definition: str = "family", **fields):
+    """A ``TrialRecord`` as the store holds one: ``retentions`` (definition -> mean) None leaves it unscored
+    (``result`` None, e.g. a failed trial); ``plan`` is a Plan or its text."""
+    from gptailor import Plan
+    from gptailor.eval.results import EvalResult
+    from gptailor.search.trials import TrialRecord
+
+    plan = Plan.from_text(plan) if isinstance(plan, str) else plan
+    result = None
+    if retentions is not None:
+        result = EvalResult(plan=plan.to_text(), fidelity=fidelity, scores=scores or {}, metrics={}, references={},
+                            kept_layers=plan.n_kept, n_layers=len(plan), params=int(params), stitch_s=0.0,
+                            score_s=0.0, definition=definition, retentions=dict(retentions),
+                            task_retentions=task_retentions or {d: {} for d in retentions})
+    return TrialRecord(number, plan, fidelity, result, status=status, study_id=study_id,
+                       wall_s=float(number) if wall_s is None else wall_s, **fields)

@@ -265,7 +265,7 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
     while not (trials := st.trials(int(sid))):
         assert time.time() < deadline, "the baseline did not record its trial"
         time.sleep(1)
-    assert set(trials[0]["scores"]) == {"adds", "prose"}
+    assert set(trials[0].result.scores) == {"adds", "prose"}
     # Compare on this suite shows only studies scored on it
     table, _bars, _maps = client.predict("demo", suite_path, api_name="/compare")
     assert [r[0] for r in rows_of(table)] == [int(sid)]

@@ -260,7 +260,7 @@ def test_studies_lists_both_retentions_on_both_splits(spec, tmp_path):
     test cells equal the best plan re-scored here on the test split, the search cells the stored best trial.
     On the demo family, whose finetunes hold skills the base lacks, so the two definitions differ."""
     from db.store import Store
-    from gptailor import Evaluator, Family, Plan, load_suite
+    from gptailor import Evaluator, Family, load_suite
 
     db = f"sqlite:///{tmp_path / 'both.db'}"
     r = run("sweep", "-f", "demo", "--db", db, "--method", "shortgpt", "--remove", "1")
@@ -268,10 +268,10 @@ def test_studies_lists_both_retentions_on_both_splits(spec, tmp_path):
     study = Store(db).studies()[0]
     fam = Family.from_spec("demo")
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
-    trial = next(t for t in Store(db).trials(study["id"]) if t["number"] == study["best_trial"])
-    test = ev.evaluate(Plan.from_dict(trial["plan"]), None, split="test")
+    trial = next(t for t in Store(db).trials(study["id"]) if t.number == study["best_trial"])
+    test = ev.evaluate(trial.plan, None, split="test")
     assert test.retentions["base"] != test.retentions["family"]  # the two columns can be told apart
-    search = {d: trial["retentions"][d]["mean"] for d in ("family", "base")}
+    search = {d: trial.result.retentions[d] for d in ("family", "base")}
     out = run("studies", "--db", db).stdout
     row = next(line for line in out.splitlines() if line.split()[:1] == [str(study["id"])])
     cells = [f"{100 * v:.1f}%" for v in (search["family"], search["base"], test.retentions["family"],

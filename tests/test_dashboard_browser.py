@@ -10,7 +10,7 @@ import re
 import pytest
 
 from gptailor import Plan
-from conftest import CHROMIUM, LAID_OUT, launch_chromium, narrow, open_app
+from conftest import CHROMIUM, LAID_OUT, launch_chromium, narrow, open_app, scored_trial
 from test_app import OUT, start_app, stop_app
 
 MEMBERS = ["base", "math", "strings", "facts"]
@@ -40,14 +40,11 @@ def fill(data) -> dict[str, int]:
             plan = Plan.from_text(" ".join(ops), "demo")
             retention = (0.8 if ops[5] == "math" else 0.5) + 0.05 * rng.random()
             fidelity = 8 if method in ("smac", "random") and k % 3 == 0 else 40
-            st.record_trial(sid, {"number": k, "plan": plan.to_dict(), "plan_text": plan.to_text(), "fidelity": fidelity,
-                                  "wall_s": 2.0 * k, "result": {
-                                      "scores": {"math": retention, "facts": 0.4}, "retention": retention,
-                                      "task_retention": {"math": retention, "facts": 0.5},
-                                      "retentions": {"family": retention, "base": 1.4 * retention},
-                                      "task_retentions": {"family": {"math": retention, "facts": 0.5},
-                                                          "base": {"math": 1.8 * retention, "facts": 1.0}},
-                                      "kept_layers": plan.n_kept, "params": 1e6 * plan.n_kept}})
+            st.record_trial(sid, scored_trial(k, plan, {"family": retention, "base": 1.4 * retention}, fidelity,
+                                              1e6 * plan.n_kept, wall_s=2.0 * k,
+                                              scores={"math": retention, "facts": 0.4},
+                                              task_retentions={"family": {"math": retention, "facts": 0.5},
+                                                               "base": {"math": 1.8 * retention, "facts": 1.0}}))
         st.set_study_fields(sid, refs={"definition": "family"})
         st.transition(sid, ("created",), "finished")
     return ids

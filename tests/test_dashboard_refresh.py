@@ -6,6 +6,7 @@ of the per-trial charts: the newest running study by default, the one picked oth
 import pytest
 from sqlalchemy import event
 
+from conftest import scored_trial
 from gptailor import Plan
 
 MEMBERS = ["base", "math", "strings", "facts"]
@@ -15,11 +16,9 @@ SKIP = {"__type__": "update"}
 
 def add_trial(st, sid: int, number: int, retention: float) -> None:
     plan = Plan.from_text(" ".join(["base"] * 6 + ["drop", "drop"]), "demo")
-    st.record_trial(sid, {"number": number, "plan": plan.to_dict(), "plan_text": plan.to_text(), "fidelity": 40,
-                          "wall_s": 1.0 * number, "result": {
-                              "scores": {"math": retention}, "retention": retention, "kept_layers": 6,
-                              "params": 6e6, "retentions": {"family": retention, "base": 1.5 * retention},
-                              "task_retentions": {"family": {"math": retention}, "base": {"math": 1.5 * retention}}}})
+    st.record_trial(sid, scored_trial(number, plan, {"family": retention, "base": 1.5 * retention}, 40, 6e6,
+                                      wall_s=1.0 * number, scores={"math": retention},
+                                      task_retentions={"family": {"math": retention}, "base": {"math": 1.5 * retention}}))
 
 
 @pytest.fixture()

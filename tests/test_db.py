@@ -15,7 +15,7 @@ from gptailor.family.family import Family
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget, BudgetError
 
-from conftest import make_tiny_family_with_suite
+from conftest import make_tiny_family_with_suite, scored_trial
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def test_store_round_trip_and_wal(tmp_path, fam_dir, ev):
     s = store.study(sid)
     trials = store.trials(sid)
     assert s["status"] == "finished" and s["trials_done"] == 6 == len(trials)
-    assert all(t["plan_text"] and t["config"] for t in trials)
-    assert s["best_retention"] == max(t["retention"] for t in trials if t["fidelity"] == 8)
+    assert all(t.plan.to_text() and t.config for t in trials)
+    assert s["best_retention"] == max(t.retention for t in trials if t.fidelity == 8)
     with sqlite3.connect(tmp_path / "g.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_VERSION
@@ -62,7 +62,6 @@ def test_resume_scores_no_plan_fidelity_pair_twice_and_continues_smacs_history(t
     """Trial identity is (plan, exact budget): SMAC's fractional budgets survive the database, resume re-tells
     exactly them, and a repeat is served from the stored result instead of being scored again."""
     from gptailor.search.optimizer import Search
-    from gptailor.search.trials import TrialRecord
 
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     spec = str(fam_dir / "family.yaml")
@@ -70,8 +69,8 @@ def test_resume_scores_no_plan_fidelity_pair_twice_and_continues_smacs_history(t
     sid = create_study(store, spec, "smac", Budget(remove_layers=2), settings(n_trials=8), evaluator=ev)
     first = Search(ev, Budget(remove_layers=2), settings(n_trials=8)).run()
     for t in first.trials:
-        store.record_trial(sid, t.to_dict())
-    stored = [TrialRecord.from_dict(t) for t in store.trials(sid)]
+        store.record_trial(sid, t)
+    stored = store.trials(sid)
     assert any(t.budget != round(t.budget) for t in stored)  # e.g. 8/3, kept exactly (not rounded to 3)
     assert [t.budget for t in stored] == [t.budget for t in first.trials]
     again = Search(ev, Budget(remove_layers=2), settings(n_trials=16), previous=stored,
@@ -89,17 +88,17 @@ def test_resume_scores_no_plan_fidelity_pair_twice_and_continues_smacs_history(t
     assert len(store.trials(sid)) == 8
     assert run_study(store, sid, evaluator=ev) == "finished"
     trials = store.trials(sid)
-    scored = [(t["plan_text"], t["fidelity"]) for t in trials if t["status"] == "complete" and not t["cached"]]
+    scored = [(t.plan.to_text(), t.fidelity) for t in trials if t.status == "complete" and not t.cached]
     assert len(trials) == 16 and len(scored) == len(set(scored))  # zero repeated evaluations
     for t in trials:
-        if t["cached"]:  # a repeat carries the stored result of the same (plan, fidelity)
-            orig = next(o for o in trials if not o["cached"] and (o["plan_text"], o["fidelity"]) ==
-                        (t["plan_text"], t["fidelity"]))
-            assert t["retention"] == orig["retention"] and t["scores"] == orig["scores"]
+        if t.cached:  # a repeat carries the stored result of the same (plan, fidelity)
+            orig = next(o for o in trials if not o.cached and (o.plan.to_text(), o.fidelity) ==
+                        (t.plan.to_text(), t.fidelity))
+            assert t.retention == orig.retention and t.result.scores == orig.result.scores
     s = store.study(sid)
     assert s["refs"]["split"] == "search" and s["refs"]["definition"] in ("family", "base")
     assert s["report"]["split"] == "test" and s["test_retention"] == s["report"]["retention"]
-    assert all(t["split"] == "search" for t in trials if t["status"] == "complete")
+    assert all(t.result.split == "search" for t in trials if t.status == "complete")
 
 
 def test_bad_inputs_leave_no_partial_study(tmp_path, fam_dir, ev):
@@ -153,13 +152,13 @@ def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
     for m in ("last_n", "shortgpt", "angular", "laco", "best_single"):
         ids[m] = create_study(store, str(fam_dir / "family.yaml"), m, Budget(remove_layers=2), evaluator=ev)
         assert run_study(store, ids[m], evaluator=ev) == "finished"
-    assert store.trials(ids["last_n"])[0]["plan_text"] == "0:base 1:base 2:base 3:drop 4:drop 5:base"
+    assert store.trials(ids["last_n"])[0].plan.to_text() == "0:base 1:base 2:base 3:drop 4:drop 5:base"
     single = store.trials(ids["best_single"])
     assert len(single) == 9  # 3 heuristics x 3 members
-    assert {t["plan_text"].split()[0].split(":")[1] for t in single} >= {"base", "math", "code"}
+    assert {t.plan.to_text().split()[0].split(":")[1] for t in single} >= {"base", "math", "code"}
     rows = compare(store, evaluators={f"{fam_dir / 'family.yaml'}|{ev.suite.path}": ev})
     assert [r.method for r in rows] == ["last_n", "shortgpt", "angular", "laco", "best_single"]
-    laco = store.trials(ids["laco"])[0]["plan_text"]
+    laco = store.trials(ids["laco"])[0].plan.to_text()
     assert "merge[task_arithmetic](base@" in laco and laco.count("drop") == 2
     assert all(r.kept_layers == 4 for r in rows)
     table = compare_table(rows)
@@ -218,9 +217,9 @@ def test_sigkill_loses_nothing_and_resume_finishes(tmp_path, fam_dir):
     trials = store.trials(sid)
     assert s["status"] == "finished", (tmp_path / "logs" / f"study-{sid}.log").read_text()
     # the trial the kill cut short is stored as failed (and told to SMAC when its plan encodes)
-    cut = [t for t in trials if t["status"] == "failed"]
-    assert all(t["error"] == "worker stopped responding during this trial" for t in cut) and len(cut) <= 1
-    assert len(trials) in (10, 11) and [t["number"] for t in trials] == list(range(len(trials)))
+    cut = [t for t in trials if t.status == "failed"]
+    assert all(t.error == "worker stopped responding during this trial" for t in cut) and len(cut) <= 1
+    assert len(trials) in (10, 11) and [t.number for t in trials] == list(range(len(trials)))
     assert trials[: len(kept)] == kept  # nothing completed before the kill was lost or changed
     with pytest.raises(StudyError, match="finished"):
         resume(store, sid)
@@ -246,7 +245,7 @@ def test_paper_space_study_stores_its_configurations(tmp_path, fam_dir, ev):
                        settings(space="paper", n_trials=5), evaluator=ev)
     assert run_study(store, sid, evaluator=ev) == "finished"
     trials = store.trials(sid)
-    assert len(trials) == 5 and all(isinstance(t["config"]["remove_000"], int) for t in trials)
+    assert len(trials) == 5 and all(isinstance(t.config["remove_000"], int) for t in trials)
 
 
 @pytest.mark.parametrize("trials,best", [
@@ -259,21 +258,17 @@ def test_paper_space_study_stores_its_configurations(tmp_path, fam_dir, ev):
 ])
 def test_best_retention_follows_the_one_ranking_rule(tmp_path, trials, best):
     """The studies list's best trial is gptailor.search.trials.rank_key's best, on tie and missing-fidelity cases."""
-    from db.runs import best_trial
-    from gptailor import Plan
+    from gptailor.search.trials import incumbent
 
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     sid = store.create_study(family_name="f", family_source="f", family_spec={}, family_info={}, method="random",
                              budget={}, settings={}, n_trials=len(trials), name="s")
-    plan = Plan.from_text("base base", "f")
     for number, fidelity, retention, status in trials:
-        store.record_trial(sid, {"number": number, "plan": plan.to_dict(), "plan_text": plan.to_text(),
-                                 "fidelity": fidelity, "status": status, "result": None if retention is None else {
-                                     "retention": retention, "retentions": {"family": retention, "base": 2 * retention},
-                                     "kept_layers": 2, "params": 10}})
+        store.record_trial(sid, scored_trial(number, "base base", None if retention is None else
+                                             {"family": retention, "base": 2 * retention}, fidelity, 10, status))
     s = store.study(sid)
-    assert s["best_trial"] == best == (None if best_trial(store.trials(sid)) is None
-                                       else best_trial(store.trials(sid))["number"])
+    assert s["best_trial"] == best == (None if incumbent(store.trials(sid)) is None
+                                       else incumbent(store.trials(sid)).number)
     if best is not None:
         assert s["best_retention"] == trials[best][2]
         assert s["best_retentions"] == {"family": trials[best][2], "base": 2 * trials[best][2]}

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import scored_trial
 from db.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 MOUNTS: list[Path] = []  # unmounted after each test
-PLAN = {"family": "tiny", "ops": ["base"] * 4}
-
-
-def trial(n: int, pad: int = 0) -> dict:
-    return {"number": n, "plan": {**PLAN, "pad": "x" * pad}, "plan_text": f"plan {n}", "fidelity": 4,
-            "result": {"scores": {"t": 0.5}, "task_retention": {"t": 0.5}, "retention": 0.5 + n / 100}}
+def trial(n: int, pad: int = 0):
+    """Trial ``n``; ``pad`` characters in its stored configuration make its row that much bigger."""
+    return scored_trial(n, "base base base base", {"family": 0.5 + n / 100}, 4, scores={"t": 0.5},
+                        task_retentions={"family": {"t": 0.5}}, config={"pad": "x" * pad})
 
 
 def study_with_trials(url: str, n: int, pad: int = 0) -> Store:

@@ -153,8 +153,8 @@ def test_sigstop_past_grace_from_another_host_then_resume(tmp_path, fam_dir, fas
         s2 = b.study(sid)
         assert s2["status"] == "interrupted" and "on host-a" in s2["error"] and "no heartbeat for" in s2["error"]
         trials = b.trials(sid)
-        assert [(t["number"], t["status"], t["error"]) for t in trials] == [(s["progress"]["trial"], "failed", CUT)]
-        assert trials[0]["plan_text"] == s["progress"]["plan"] and trials[0]["fidelity"] == s["progress"]["fidelity"]
+        assert [(t.number, t.status, t.error) for t in trials] == [(s["progress"]["trial"], "failed", CUT)]
+        assert trials[0].plan.to_text() == s["progress"]["plan"] and trials[0].fidelity == s["progress"]["fidelity"]
         # woken up, the worker finds its study is no longer its own and stops without writing anything
         assert proc.wait(timeout=HANG_GUARD_S) != 0
         assert b.trials(sid) == trials and b.study(sid)["status"] == "interrupted"
@@ -177,7 +177,7 @@ def test_cancel_hard_stops_a_worker_stuck_in_a_trial(tmp_path, fam_dir, fast_bea
         done = store.study(sid)
         assert done["status"] == "cancelled" and done["error"] == "stopped by a signal"
         (cut,) = store.trials(sid)
-        assert (cut["number"], cut["status"], cut["error"]) == (s["progress"]["trial"], "failed",
+        assert (cut.number, cut.status, cut.error) == (s["progress"]["trial"], "failed",
                                                                 "stopped by a signal during this trial")
     finally:
         kill_group(proc)
@@ -220,7 +220,7 @@ def test_a_live_pid_is_not_proof_of_life(tmp_path, sleeper, case, start, beat_ag
     s = store.study(sid)
     assert s["status"] == ("interrupted" if dead else "running")
     if dead:
-        assert [(t["number"], t["status"], t["error"]) for t in store.trials(sid)] == [(0, "failed", CUT)]
+        assert [(t.number, t.status, t.error) for t in store.trials(sid)] == [(0, "failed", CUT)]
     assert sleeper.poll() is None  # never signalled
 
 
@@ -279,7 +279,7 @@ def test_reader_escalates_a_cancel_to_sigterm_then_sigkill(tmp_path, monkeypatch
         wait_until(lambda: reconcile(store) or store.study(sid)["status"] != "cancelling")
         s = store.study(sid)
         assert s["status"] == "cancelled" and "stopped by force" in s["error"]
-        assert [t["error"] for t in store.trials(sid)] == [CUT]
+        assert [t.error for t in store.trials(sid)] == [CUT]
     finally:
         for p in (stubborn,):
             p.kill()

@@ -1,4 +1,5 @@
 """Alembic migrations: old databases adopted with every row, fresh ones created once under concurrency."""
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -71,18 +72,19 @@ def test_revisions_reproduce_the_old_schemas(tmp_path, old, revision):
 def test_old_database_is_adopted_with_every_row(tmp_path, old):
     db = tmp_path / old
     shutil.copy(FIXTURES / old, db)
-    with sqlite3.connect(db) as con:
-        before = {t: con.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
-                  for t in ("families", "studies", "trials")}
+    before = {t: table_rows(db, t) for t in ("families", "studies", "trials")}
     store = Store(f"sqlite:///{db}")
     assert store.revision() == SCHEMA_REVISION
+    moved = {"retention", "task_retention", "retentions"}  # 0004 keeps the first two once, in the third
+    for table, rows in before.items():
+        now = table_rows(db, table)
+        assert [{k: r[k] for k in old if k not in moved} for r, old in zip(now, rows)] == \
+            [{k: v for k, v in old.items() if k not in moved} for old in rows]  # every row, values unchanged
     with sqlite3.connect(db) as con:
-        for table, rows in before.items():
-            now = con.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-            assert [r[: len(rows[0])] for r in now] == rows  # old columns first, values unchanged
         assert con.execute("SELECT version FROM schema_version").fetchone()[0] == 1000  # old releases refuse it
     trials = store.trials(1)
-    assert [t["retention"] for t in trials] == [0.71, 0.83, 0.79]
+    assert [t.retention for t in trials] == [r["retention"] for r in before["trials"]] == [0.71, 0.83, 0.79]
+    assert [json.dumps(t.result.task_retention) for t in trials] == [r["task_retention"] for r in before["trials"]]
     assert store.study(1)["status"] == "interrupted" and store.study(2)["status"] == "created"
     # the new columns are usable
     with store.session() as s:
@@ -97,6 +99,98 @@ def test_old_database_is_adopted_with_every_row(tmp_path, old):
         assert con.execute("SELECT cached, split FROM trials WHERE id = 1").fetchone() == (1, "search")
         assert con.execute("SELECT cached FROM trials WHERE id = 2").fetchone() == (0,)
     assert Store(f"sqlite:///{db}").revision() == SCHEMA_REVISION  # a second open changes nothing
+
+
+def table_rows(db: Path, table: str) -> list[dict]:
+    """Every row of ``table`` by id, as {column: value}."""
+    with sqlite3.connect(db) as con:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute(f"SELECT * FROM {table} ORDER BY id")]
+
+
+def at_0003(tmp_path: Path) -> Path:
+    """A database at revision 0003 (the schema before retention was stored once) with every shape of trial
+    that schema holds, written as that release's store wrote them (plain SQL: its code is gone)."""
+    db = upgraded_to(tmp_path, "0003")
+    studies = [  # id, refs, report, settings: where each study's definition came from
+        (1, {"definition": "base"}, None, {"retention": "auto"}),  # fixed with its references
+        (2, None, {"definition": "family"}, {}),  # only its report says
+        (3, None, None, {"retention": "base"}),  # only its setting
+        (4, None, None, {}),  # nothing: a retention then meant family
+    ]
+    fam = {"t": 0.8, "u": 0.4}
+    both = {"family": {"mean": 0.6, "tasks": fam}, "base": {"mean": 0.9, "tasks": {"t": 1.2, "u": 0.6}}}
+    trials = [  # id, study, number, status, retention, task_retention, retentions
+        (1, 1, 0, "complete", 0.9, {"t": 1.2, "u": 0.6}, both),  # both stored: base applies
+        (2, 1, 1, "complete", 0.75, {"t": 0.75}, None),  # before both were kept: the study's (base)
+        (3, 1, 2, "failed", None, {}, None),  # nothing scored
+        (4, 2, 0, "complete", 0.6, fam, None),
+        (5, 3, 0, "complete", 1.1, {"t": 1.1}, None),
+        (6, 4, 0, "complete", 0.5, {"t": 0.5}, None),
+        (7, 4, 1, "complete", 0.9, {"t": 1.2, "u": 0.6}, both),  # the means say base, not the study's family
+        (8, 4, 2, "complete", 0.3, {"t": 0.3}, {"base": {"mean": 0.45, "tasks": {"t": 0.45}}}),  # family missing
+    ]
+    with sqlite3.connect(db) as con:
+        con.execute("INSERT INTO families (id, name, spec, info, created_at) VALUES (1, 'tiny', '{}', '{}', "
+                    "'2026-12-01 00:00:00')")
+        for sid, refs, report, settings in studies:
+            con.execute("INSERT INTO studies (id, name, family_id, family_source, method, budget, settings, status, "
+                        "n_trials, created_at, refs, report) VALUES (?, ?, 1, 'demo', 'random', '{}', ?, 'finished', "
+                        "3, '2026-12-01 00:00:00', ?, ?)",
+                        (sid, f"s{sid}", json.dumps(settings), refs and json.dumps(refs), report and json.dumps(report)))
+        for tid, sid, number, status, ret, tasks, rets in trials:
+            con.execute("INSERT INTO trials (id, study_id, number, plan, plan_text, fidelity, scores, task_retention, "
+                        "retention, kept_layers, params, status, source, cached, retentions, created_at) VALUES "
+                        "(?, ?, ?, ?, ?, 4, ?, ?, ?, 2, 1000, ?, 'search', 0, ?, '2026-12-01 00:00:00')",
+                        (tid, sid, number, json.dumps({"family": "tiny", "layers": ["base", "drop", "base"]}),
+                         "0:base 1:drop 2:base", json.dumps({k: v / 2 for k, v in tasks.items()}), json.dumps(tasks),
+                         ret, status, rets and json.dumps(rets)))
+    return db
+
+
+def test_retention_stored_once_keeps_every_trial(tmp_path):
+    """Upgrading a database of the previous schema to revision 0004 keeps every trial with the same retention:
+    the applicable definition's mean and per-task values, and every definition stored before."""
+    db = at_0003(tmp_path)
+    before = table_rows(db, "trials")
+    store = Store(f"sqlite:///{db}")
+    assert store.revision() == SCHEMA_REVISION == "0004"
+    after = {(s, t.number): t for s in range(1, 5) for t in store.trials(s)}
+    assert len(after) == len(before) == 8  # every trial survives
+    base_means = {1: 0.9, 2: 0.75, 5: 1.1, 7: 0.9, 8: 0.45}  # where base applies or was stored
+    for row in before:
+        t = after[(row["study_id"], row["number"])]
+        assert (t.status, t.plan.to_text(), t.fidelity) == (row["status"], row["plan_text"], row["fidelity"])
+        if row["retention"] is None:
+            assert t.result is None and t.retention is None
+            continue
+        assert t.retention == row["retention"]  # the same number, under the definition that applies
+        assert t.result.task_retention == json.loads(row["task_retention"])
+        assert t.result.scores == json.loads(row["scores"])
+        assert t.result.retentions.get("base") == base_means.get(row["id"])
+    # which definition applied, hand-checked per trial (study 1 base: refs; 2 family: report; 3 base: setting;
+    # 4 family: nothing stored, except trial 7 whose stored means say base)
+    assert {k: t.result.definition for k, t in after.items() if t.result} == {
+        (1, 0): "base", (1, 1): "base", (2, 0): "family", (3, 0): "base", (4, 0): "family", (4, 1): "base",
+        (4, 2): "family"}
+    assert after[(1, 0)].result.retentions == {"family": 0.6, "base": 0.9}  # both kept as they were
+    assert after[(4, 2)].result.retentions == {"family": 0.3, "base": 0.45}
+    assert store.study(1)["best_retentions"] == {"family": 0.6, "base": 0.9}
+    with sqlite3.connect(db) as con:
+        cols = {r[1] for r in con.execute("PRAGMA table_info(trials)")}
+    assert "retention" not in cols and "task_retention" not in cols and "definition" in cols
+    from alembic import command
+
+    eng = create_engine(f"sqlite:///{db}")  # and back: the flat columns come back with the same values
+    with eng.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    eng.dispose()
+    again = table_rows(db, "trials")
+    assert [(r["id"], r["retention"], json.loads(r["task_retention"] or "{}")) for r in again] == \
+        [(r["id"], r["retention"], json.loads(r["task_retention"])) for r in before]
 
 
 def test_old_release_newer_version_and_foreign_tables_are_refused_untouched(tmp_path):

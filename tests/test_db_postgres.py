@@ -86,7 +86,7 @@ def test_pre_alembic_database_is_adopted_and_newer_refused(url):
     store = Store(url)
     assert store.revision() == SCHEMA_REVISION
     (t,) = store.trials(1)
-    assert (t["plan_text"], t["retention"]) == ("p0", 0.8) and store.study(1)["status"] == "interrupted"
+    assert (t.plan.meta["text"], t.retention) == ("p0", 0.8) and store.study(1)["status"] == "interrupted"
     with store.engine.connect() as c:
         assert c.execute(text("SELECT cached FROM trials")).scalar() is False
         c.execute(text("UPDATE alembic_version SET version_num = '0042'"))
@@ -108,5 +108,5 @@ def test_owner_guarded_writes_and_inflight_trial(url):
     assert not store.stop(sid, "interrupted", "x", owner=me, heartbeat_seen=seen)  # it beat since: alive
     seen = store.study(sid)["heartbeat_at"]
     assert store.stop(sid, "interrupted", "gone", owner=me, heartbeat_seen=seen, inflight_error="cut")
-    assert [(t["number"], t["status"], t["error"]) for t in store.trials(sid)] == [(0, "failed", "cut")]
+    assert [(t.number, t.status, t.error) for t in store.trials(sid)] == [(0, "failed", "cut")]
     assert not store.beat(sid, me)

@@ -1,6 +1,7 @@
 """Figure builders on fixed trials: the traces, cells, scores and labels are exactly what they should be."""
 import math
 
+from conftest import scored_trial
 from gptailor import Plan
 from ui import figures
 
@@ -8,10 +9,9 @@ MEMBERS = ["base", "math", "code"]
 
 
 def trial(number, text, retention, fidelity=10, params=1e6, status="complete", study_id=None):
-    plan = Plan.from_text(text)
-    return {"number": number, "plan": plan.to_dict(), "plan_text": plan.to_text(), "retention": retention,
-            "fidelity": fidelity, "params": params, "status": status, "wall_s": float(number),
-            "kept_layers": plan.n_kept, "study_id": study_id}
+    """A stored trial (the engine's TrialRecord) scored ``retention`` under its definition."""
+    return scored_trial(number, text, None if retention is None else {"family": retention}, fidelity, params,
+                        status, study_id)
 
 
 def cells(fig):
@@ -54,7 +54,7 @@ def test_score_beside_each_row_and_legend_outside():
 
 
 def test_top_k_ranks_higher_fidelity_first_like_the_best_trial():
-    from db.runs import best_trial
+    from gptailor.search.trials import incumbent
 
     ts = [trial(0, "base drop", 0.95, fidelity=4, study_id=1), trial(1, "math drop", 0.6, fidelity=200, study_id=2),
           trial(2, "code drop", 0.7, fidelity=200, study_id=2)]
@@ -62,7 +62,7 @@ def test_top_k_ranks_higher_fidelity_first_like_the_best_trial():
     assert list(fig.layout.yaxis.ticktext) == ["random-r1-s0 #2", "random-r1-s0 #1", "smac-r1-s0 #0"]
     score = next(t for t in fig.data if t.name == "retention")
     assert list(score.x) == [70.0, 60.0, 95.0] and [d[0] for d in score.customdata] == ["2:2", "2:1", "1:0"]
-    assert best_trial(ts)["number"] == 2  # the top row is the dashboard's best trial
+    assert incumbent(ts).number == 2  # the top row is the dashboard's best trial
 
 
 def test_layer_choice_per_trial_is_in_trial_order_with_lower_rungs_faint():
@@ -99,9 +99,9 @@ def test_a_lucky_low_fidelity_trial_does_not_set_the_curve():
 
 
 def test_pareto_front_spans_every_study_and_budget():
-    a = [dict(trial(i, "base", r, study_id=1), params=p) for i, (r, p) in enumerate([(0.5, 10), (0.45, 10), (0.6, 12)])]
-    b = [dict(trial(i, "base", r, study_id=2), params=p) for i, (r, p) in enumerate([(0.4, 8), (0.8, 12), (0.3, 9)])]
-    assert [(t["params"], t["retention"]) for t in figures.pareto_front(a + b)] == [(8, 0.4), (10, 0.5), (12, 0.8)]
+    a = [trial(i, "base", r, params=p, study_id=1) for i, (r, p) in enumerate([(0.5, 10), (0.45, 10), (0.6, 12)])]
+    b = [trial(i, "base", r, params=p, study_id=2) for i, (r, p) in enumerate([(0.4, 8), (0.8, 12), (0.3, 9)])]
+    assert [(t.result.params, t.retention) for t in figures.pareto_front(a + b)] == [(8, 0.4), (10, 0.5), (12, 0.8)]
     fig = figures.pareto({"smac-r2-s0": a, "last_n-r4": b})
     assert [t.name for t in fig.data] == ["smac-r2-s0", "last_n-r4", "Pareto front (all studies)"]
     assert list(fig.data[-1].y) == [40.0, 50.0, 80.0] and fig.data[1].customdata[1][0] == "2:1"
@@ -116,11 +116,13 @@ def test_importance_and_marginal_figures():
 
 
 def test_task_scores_table():
-    t = {"scores": {"math": 0.5, "ppl": 12.0}, "task_retention": {"math": 0.8, "ppl": None}}
-    assert figures.task_scores(t, "family") == [["math", 0.5, 80.0, None], ["ppl", 12.0, None, None]]
-    t["retentions"] = {"family": {"mean": 0.8, "tasks": {"math": 0.8, "ppl": None}},
-                       "base": {"mean": 1.25, "tasks": {"math": 1.25, "ppl": 0.5}}}
-    assert figures.task_scores(t, "family") == [["math", 0.5, 80.0, 125.0], ["ppl", 12.0, None, 50.0]]
+    scores = {"math": 0.5, "ppl": 12.0}
+    t = scored_trial(0, "base", {"family": 0.8}, scores=scores, task_retentions={"family": {"math": 0.8, "ppl": None}})
+    assert figures.task_scores(t) == [["math", 0.5, 80.0, None], ["ppl", 12.0, None, None]]
+    t = scored_trial(0, "base", {"family": 0.8, "base": 1.25}, scores=scores,
+                     task_retentions={"family": {"math": 0.8, "ppl": None}, "base": {"math": 1.25, "ppl": 0.5}})
+    assert figures.task_scores(t) == [["math", 0.5, 80.0, 125.0], ["ppl", 12.0, None, 50.0]]
+    assert figures.task_scores(scored_trial(1, "base", None, status="failed")) == []
 
 
 def test_many_rows_stay_readable():
@@ -128,3 +130,16 @@ def test_many_rows_stay_readable():
     fig = figures.layer_choice_per_trial(ts, MEMBERS)
     assert fig.layout.height <= 1200 and list(fig.layout.yaxis.tickvals)[:3] == [0, 3, 6]
     assert figures.row_height(5) == (30, 1) and figures.row_height(40) == (22, 1)
+
+
+def test_figures_need_no_database():
+    """A plotting module reads engine objects only: importing it loads no ``db`` module (nor its workers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, ui.figures; print(sorted(m for m in sys.modules if m == 'db' or m.startswith('db.')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -36,6 +36,54 @@ def by_hand(scores: dict, refs: dict) -> dict[str, dict]:
     return {"tasks": out, "means": means}
 
 
+# A small fixed case computed by hand, independent of both the engine and ``by_hand``:
+#   task  kind             base   math   plan | family: best member        | base: / base's score
+#   add   exact_match      0.5    0.8    0.9  | 0.9 / 0.8 = 1.125 -> 1.0   | 0.9 / 0.5 = 1.8
+#   mc    multiple_choice  0.6    0.3    0.6  | 0.6 / 0.6 = 1.0 (base best) | 0.6 / 0.6 = 1.0
+#   ppl   perplexity       20     25     40   | (1/40) / (1/20) = 0.5      | (1/40) / (1/20) = 0.5
+#   rare  exact_match      0.02   0.4    0.1  | 0.1 / 0.4 = 0.25           | none: base 0.02 < 0.05
+#   means: family (1.0 + 1.0 + 0.5 + 0.25) / 4 = 0.6875; base (1.8 + 1.0 + 0.5) / 3 = 1.1
+# Which definition applies when the study says ``auto``: family, as math is 20x the base on ``rare``
+# (>= 2x); without ``rare`` no finetune doubles the base anywhere (0.8 < 2 x 0.5), so base.
+FIXED_REFS = {"split": "search", "near_zero": 0.05,
+              "kinds": {"add": "exact_match", "mc": "multiple_choice", "ppl": "perplexity", "rare": "exact_match"},
+              "scores": {"base": {"add": 0.5, "mc": 0.6, "ppl": 20.0, "rare": 0.02},
+                         "math": {"add": 0.8, "mc": 0.3, "ppl": 25.0, "rare": 0.4}}}
+FIXED_SCORES = {"add": 0.9, "mc": 0.6, "ppl": 40.0, "rare": 0.1}
+FIXED_TASKS = {"family": {"add": 1.0, "mc": 1.0, "ppl": 0.5, "rare": 0.25},
+               "base": {"add": 1.8, "mc": 1.0, "ppl": 0.5, "rare": None}}
+FIXED_MEANS = {"family": 0.6875, "base": 1.1}
+
+
+def test_fixed_case_by_hand():
+    """The engine's retentions, the rule for which definition applies, and this file's ``by_hand`` (which the
+    app tests below compare against) all equal numbers worked out by hand above."""
+    from gptailor.eval.results import References, applicable_definition
+
+    refs = References.from_dict(FIXED_REFS)
+    means, tasks = refs.retentions(FIXED_SCORES, FIXED_REFS["kinds"])
+    for d in ("family", "base"):
+        assert means[d] == pytest.approx(FIXED_MEANS[d])
+        assert tasks[d] == pytest.approx(FIXED_TASKS[d])
+    hand = by_hand(FIXED_SCORES, FIXED_REFS)
+    assert hand["means"] == pytest.approx(FIXED_MEANS)
+    assert all(hand["tasks"][d] == pytest.approx(FIXED_TASKS[d]) for d in FIXED_TASKS)
+    assert [refs.reference("family", t).member for t in FIXED_SCORES] == ["math", "base", "base", "math"]
+    assert refs.reference("base", "rare").member == "none"
+
+    without_rare = References.from_dict({**FIXED_REFS, "kinds": {k: v for k, v in FIXED_REFS["kinds"].items()
+                                                                 if k != "rare"}})
+    assert applicable_definition(setting="auto", refs=refs) == "family"
+    assert applicable_definition(setting="auto", refs=without_rare) == "base"
+    assert applicable_definition(setting="base", refs=refs) == "base"  # an explicit setting beats the default
+    assert applicable_definition(fixed="base", setting="family") == "base"  # fixed with the study wins
+    assert applicable_definition() == "family"  # nothing stored: what a retention meant before
+    assert applicable_definition(setting="auto", refs=lambda: without_rare) == "base"  # scored only when needed
+    assert applicable_definition(fixed="family", refs=lambda: pytest.fail("references scored needlessly")) == "family"
+    with pytest.raises(ValueError, match="auto, family, base"):
+        applicable_definition(setting="mean")
+
+
 def grid(value) -> tuple[list[str], list[list]]:
     """(headers, rows) of a Dataframe as gradio_client returns it (a value or an update)."""
     if isinstance(value, dict) and "value" in value:
@@ -63,11 +111,11 @@ def test_dashboard_tables_show_both_definitions(app):
     head, rows = grid(out["table"])
     assert f"{definition} retention % (objective)" in head and f"{other} retention %" in head
     fam, base, obj = col(head, "family retention"), col(head, "base retention"), head.index("objective")
-    trials = {(s, t["number"]): t for s in ids for t in st.trials(s)}
+    trials = {(s, t.number): t for s in ids for t in st.trials(s)}
     assert len(rows) == len(trials) == 6
     for r in rows:
         t = trials[(int(r[0]), int(r[1]))]
-        want = by_hand(t["scores"], studies[int(r[0])]["refs"])["means"]
+        want = by_hand(t.result.scores, studies[int(r[0])]["refs"])["means"]
         assert r[fam] == pytest.approx(100 * want["family"], abs=0.006)
         assert r[base] == pytest.approx(100 * want["base"], abs=0.006)
         assert r[obj] == definition
@@ -79,8 +127,8 @@ def test_dashboard_tables_show_both_definitions(app):
     for r in rows:
         s = studies[r[0]]
         best = st.trials(s["id"])[r[head.index("best trial")]]
-        assert best["number"] == s["best_trial"]
-        want = by_hand(best["scores"], s["refs"])["means"]
+        assert best.number == s["best_trial"]
+        want = by_hand(best.result.scores, s["refs"])["means"]
         assert r[col(head, "family % search")] == pytest.approx(100 * want["family"], abs=0.06)
         assert r[col(head, "base % search")] == pytest.approx(100 * want["base"], abs=0.06)
         rep = s["report"]
@@ -93,8 +141,8 @@ def test_dashboard_tables_show_both_definitions(app):
     sid, number = (int(x) for x in key.split(":"))
     head, rows = grid(tasks)
     t = st.trials(sid)[number]
-    hand = by_hand(t["scores"], studies[sid]["refs"])["tasks"]
-    assert [r[0] for r in rows] == list(t["scores"])
+    hand = by_hand(t.result.scores, studies[sid]["refs"])["tasks"]
+    assert [r[0] for r in rows] == list(t.result.scores)
     for r in rows:
         for d in ("family", "base"):
             want = hand[d][r[0]]
@@ -110,7 +158,7 @@ def test_search_tab_studies_show_both_definitions(app):
     for s in st.studies():
         r = next(r for r in rows if r[0] == s["id"])
         best = st.trials(s["id"])[s["best_trial"]]
-        want = by_hand(best["scores"], s["refs"])["means"]
+        want = by_hand(best.result.scores, s["refs"])["means"]
         assert r[col(head, "best family")] == pytest.approx(100 * want["family"], abs=0.06)
         assert r[col(head, "best base")] == pytest.approx(100 * want["base"], abs=0.06)
         assert r[head.index("objective")] == s["refs"]["definition"]
@@ -154,11 +202,11 @@ def test_evaluate_and_editor_show_both_definitions(app):
     sid = int(note.rsplit("stored as study ", 1)[1].split()[0].rstrip("·"))
     s = st.study(sid)
     t = st.trials(sid)[0]
-    hand = by_hand(t["scores"], s["refs"])
+    hand = by_hand(t.result.scores, s["refs"])
     assert f"{s['refs']['definition']} retention % (objective)" in head
     assert f"{100 * hand['means']['family']:.1f}% family" in note and f"{100 * hand['means']['base']:.1f}% base" in note
     for r in rows:
-        assert r[head.index("this plan")] == round(t["scores"][r[0]], 4)
+        assert r[head.index("this plan")] == round(t.result.scores[r[0]], 4)
         for d in ("family", "base"):
             want = hand["tasks"][d][r[0]]
             got = r[col(head, f"{d} retention")]

@@ -37,7 +37,7 @@ def run_compare(family: str, suite: str | None = None, progress=gr.Progress(), r
     except (FamilyError, TaskError) as e:
         raise refuse(e) from None
     table, headers = compare_grid(rows)
-    return gr.Dataframe(value=table, headers=headers), figures.task_bars([r.__dict__ for r in rows]), \
+    return gr.Dataframe(value=table, headers=headers), figures.task_bars(rows), \
         best_maps(rows, session.family.member_names)
 
 

@@ -16,16 +16,17 @@ from functools import lru_cache
 from pathlib import Path
 import gradio as gr
 
-from db.runs import best_trial, phase_line, rank_key, reconcile
+from db.rows import study_definition
+from db.runs import phase_line, reconcile
 from db.store import ACTIVE, StoreError
-from gptailor import Plan
+from gptailor.search.trials import TrialRecord, incumbent, ranked, scored
 from gptailor.analysis.importance import ImportanceError, position_importance
 from gptailor.common.paths import child
 
 from . import figures
 from .engine import store
 from .guard import session_of
-from .retention import definition_of, line, marked, means, pair, shared_definition
+from .retention import line, marked, means, pair, shared_definition
 
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
@@ -95,7 +96,7 @@ class View:
     """One read of what the dashboard draws: the studies shown, their family's, and their trials."""
     chosen: list[dict]  # the picked studies (or the newest and its family's)
     family: list[dict]  # every study on their families and suites (the Pareto chart's span)
-    trials: dict[int, list[dict]]
+    trials: dict[int, list[TrialRecord]]
     names: dict[int, str]
     focus: dict | None  # the study the per-trial charts follow
 
@@ -128,11 +129,12 @@ def trial_rows(view: View) -> list[list]:
     """The trial table: both retention definitions side by side and the study's own named per row."""
     rows = []
     for s in view.chosen:
-        d = definition_of(s)
+        d = study_definition(s)
         for t in view.trials[s["id"]]:
-            rows.append([str(s["id"]), t["number"], t["status"], t["fidelity"], *pair(means(t, d), 2), d,
-                         t["kept_layers"], None if t["params"] is None else round(t["params"] / 1e6, 3),
-                         t["plan_text"], t["error"] or "", view.names[s["id"]]])
+            r = t.result
+            rows.append([str(s["id"]), t.number, t.status, t.fidelity, *pair(means(t), 2), d,
+                         r.kept_layers if r else None, round(r.params / 1e6, 3) if r else None,
+                         t.plan.to_text(), t.error or "", view.names[s["id"]]])
     return rows
 
 
@@ -141,14 +143,14 @@ def best_summary(view: View) -> list[list]:
     its report's on the held-out test split: the numbers Compare shows for the same study."""
     rows = []
     for s in view.chosen:
-        best = best_trial(view.trials[s["id"]])
+        best = incumbent(view.trials[s["id"]])
         if best is None:
             continue
-        d = definition_of(s)
+        d = study_definition(s)
         rep = s.get("report") or {}
-        test = rep.get("retentions") or {} if rep.get("trial") == best["number"] else {}
-        rows.append([s["id"], view.names[s["id"]], s["method"], best["number"], best["fidelity"] or "full",
-                     best["kept_layers"], *pair(means(best, d)), *pair(test), d, best["plan_text"]])
+        test = rep.get("retentions") or {} if rep.get("trial") == best.number else {}
+        rows.append([s["id"], view.names[s["id"]], s["method"], best.number, best.fidelity or "full",
+                     best.result.kept_layers, *pair(means(best)), *pair(test), d, best.plan.to_text()])
     return rows
 
 
@@ -207,7 +209,7 @@ def refresh(ids, focus=None, selected=None, last=None):
              "active": any(s["status"] in ACTIVE for s in view.family)}
     out = draw(view)
     out.update(state=state, status=status_of(view.chosen))
-    best = None if selected else best_trial([t for s in view.chosen for t in view.trials[s["id"]]])
+    best = None if selected else incumbent([t for s in view.chosen for t in view.trials[s["id"]]])
     if best is None:  # a trial is selected already (it stays), or there is none yet
         out.update(selector=gr.Dropdown(choices=out["choices"]), confirm=gr.skip(), selected_map=gr.skip(),
                    task_table=gr.skip())
@@ -237,16 +239,15 @@ def _key(ids, focus) -> tuple:
     return tuple(sorted(int(i) for i in (ids or []))), None if focus in (None, "") else str(focus)
 
 
-def trial_choices(trials: list[dict], names: dict[int, str]) -> list[tuple[str, str]]:
+def trial_choices(trials: list[TrialRecord], names: dict[int, str]) -> list[tuple[str, str]]:
     """The selector's choices, best first (the one ranking rule): 'smac-r2-s0 #12 · 72.2%' -> '3:12'."""
-    done = sorted((t for t in trials if t["status"] == "complete" and t["retention"] is not None), key=rank_key)
-    return [(f"{names.get(t['study_id'], t['study_id'])} #{t['number']} · {100 * t['retention']:.1f}%",
-             figures.trial_key(t)) for t in done]
+    return [(f"{names.get(t.study_id, t.study_id)} #{t.number} · {100 * t.retention:.1f}%",
+             figures.trial_key(t)) for t in ranked(trials)]
 
 
-def importance_figures(study_id: int | None, name: str, trials: list[dict], members: tuple[str, ...]):
+def importance_figures(study_id: int | None, name: str, trials: list[TrialRecord], members: tuple[str, ...]):
     """fANOVA importance and the per-position marginal of one study (cached per study and trial count)."""
-    n = sum(1 for t in trials if t["status"] == "complete" and t["retention"] is not None)
+    n = len(scored(trials))
     return _importance(study_id, name, members, importance_bucket(n)) if study_id is not None else (None, None)
 
 
@@ -257,11 +258,11 @@ def importance_bucket(n: int) -> int:
 
 @lru_cache(maxsize=32)
 def _importance(study_id: int, name: str, members: tuple[str, ...], _bucket: int):
-    done = [t for t in store().trials(study_id) if t["status"] == "complete" and t["retention"] is not None]
+    done = scored(store().trials(study_id))
     top = figures.top_fidelity(done)
     use, which = (top, "top fidelity") if len(top) >= MIN_TOP_TRIALS else (done, "all fidelities")
     try:
-        imp = position_importance([Plan.from_dict(t["plan"]) for t in use], [t["retention"] for t in use])
+        imp = position_importance([t.plan for t in use], [t.retention for t in use])
     except ImportanceError:
         return None, None
     return (figures.importance_bars(imp.importance, f"Which positions matter: {name}",
@@ -269,14 +270,14 @@ def _importance(study_id: int, name: str, members: tuple[str, ...], _bucket: int
             figures.marginal_map(imp.marginals, list(members)))
 
 
-def find_trial(key: str | None) -> tuple[dict, dict] | None:
+def find_trial(key: str | None) -> tuple[dict, TrialRecord] | None:
     """The (study, trial) a 'study:number' key names (a '#nonce' after it is ignored), or None."""
     try:
         sid, number = (int(x) for x in str(key or "").partition("#")[0].split(":"))
     except ValueError:
         return None
     study = next((s for s in store().studies() if s["id"] == sid), None)
-    trial = next((t for t in store().trials(sid) if t["number"] == number), None) if study else None
+    trial = next((t for t in store().trials(sid) if t.number == number), None) if study else None
     return (study, trial) if trial else None
 
 
@@ -287,14 +288,15 @@ def select_trial(key: str | None):
         return gr.update(), "No trial selected: click a point, a layer-map row or a table row.", None, []
     study, t = found
     members = _members([study])
-    d = definition_of(study)
-    note = (f"✓ **Trial {t['number']} of {study['name']} selected**: {line(means(t, d), d)} at fidelity "
-            f"{t['fidelity'] or 'full'}, {t['kept_layers']} layers kept · `{t['plan_text']}`")
-    fig = figures.layer_map(Plan.from_dict(t["plan"]), members, f"Selected: {study['name']} #{t['number']}",
-                            score=t["retention"], label=f"#{t['number']}",
-                            note=f"at fidelity {t['fidelity'] or 'full'} ({d} retention)",
+    d = study_definition(study)
+    kept = t.result.kept_layers if t.result else None
+    note = (f"✓ **Trial {t.number} of {study['name']} selected**: {line(means(t), d)} at fidelity "
+            f"{t.fidelity or 'full'}, {kept} layers kept · `{t.plan.to_text()}`")
+    fig = figures.layer_map(t.plan, members, f"Selected: {study['name']} #{t.number}",
+                            score=t.retention, label=f"#{t.number}",
+                            note=f"at fidelity {t.fidelity or 'full'} ({d} retention)",
                             key=figures.trial_key(t)) if members else None
-    return figures.trial_key(t), note, fig, gr.Dataframe(value=figures.task_scores(t, d),
+    return figures.trial_key(t), note, fig, gr.Dataframe(value=figures.task_scores(t),
                                                         headers=marked(TASK_COLUMNS, d))
 
 
@@ -310,7 +312,7 @@ def open_in_editor(key: str | None):
     found = find_trial(key)
     if found is None:
         raise gr.Error("select a trial first: click a point, a layer-map row or a table row")
-    return found[1]["plan_text"], gr.Tabs(selected="editor")
+    return found[1].plan.to_text(), gr.Tabs(selected="editor")
 
 
 def rename(study_id, name: str):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from db.runs import best_trial, create_study
+from db.runs import create_study
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export.hf import ExportError, export
 from gptailor.merge import METHODS
@@ -18,7 +18,7 @@ from gptailor.eval.speed import INTERACTIVE, short
 from gptailor.common.paths import PathError, child
 from gptailor.common.progress import tick
 from gptailor.search.settings import SearchSettings
-from gptailor.search.trials import TrialRecord
+from gptailor.search.trials import TrialRecord, incumbent
 from gptailor.search.space import Budget
 
 from . import figures, lm_eval_panel
@@ -122,7 +122,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         # the references it was scored against, and its definition, so every table marks the right objective
         st.set_study_fields(sid, refs={**ev.references(res.split).to_dict(), "definition": res.definition})
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
-                                         wall_s=time.perf_counter() - t0, source="manual").to_dict())
+                                         wall_s=time.perf_counter() - t0, source="manual"))
         st.transition(sid, ("created",), "finished")
         with stoppable(request, progress):
             best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
@@ -149,8 +149,8 @@ def current_best(st, family_name: str, ev, n: int | None, exclude: int):
     if not studies:
         return None, None
     study = max(studies, key=lambda s: s["best_retention"])
-    trial = best_trial(st.trials(study["id"]))
-    return study, ev.evaluate(Plan.from_dict(trial["plan"]), n)
+    trial = incumbent(st.trials(study["id"]))
+    return study, ev.evaluate(trial.plan, n)
 
 
 def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Progress(),

@@ -1,6 +1,6 @@
 """Plotly figure builders: plain data in, ``go.Figure`` out, no Gradio, tested on their own.
 
-Trials are the dicts the store returns (``plan``, ``plan_text``, ``retention``, ``fidelity``, ...).
+Trials are the engine's ``TrialRecord`` objects the store returns, ranked by the engine's one rule.
 """
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from db.runs import rank_key
 from gptailor import Plan
 from gptailor.plan import split_source
-from gptailor.search.trials import fidelity_rank, size_front
+from gptailor.search.trials import TrialRecord, fidelity_rank, ranked, scored, size_front
 
 MERGE, DROP = "merge", "drop"
 
@@ -135,38 +134,36 @@ def layer_map(plan: Plan, members: list[str], title: str = "Layer map", score: f
     return plan_map([MapRow(label, plan, score, note, key)], members, title)
 
 
-def trial_key(t: dict[str, Any]) -> str:
+def trial_key(t: TrialRecord) -> str:
     """What a click on a trial's point, cell or table row selects: ``study:number``."""
-    sid = t.get("study_id")
-    return f"{'' if sid is None else sid}:{t['number']}"
+    return f"{'' if t.study_id is None else t.study_id}:{t.number}"
 
 
-def trial_row(t: dict[str, Any], label: str, top_fid: float | None = None) -> MapRow:
-    faint = top_fid is not None and fidelity_rank(t["fidelity"]) < top_fid
-    return MapRow(label, Plan.from_dict(t["plan"]), t.get("retention"),
-                  f"at fidelity {t['fidelity'] or 'full'}" + (" (lower rung)" if faint else ""), trial_key(t), faint)
+def trial_row(t: TrialRecord, label: str, top_fid: float | None = None) -> MapRow:
+    faint = top_fid is not None and fidelity_rank(t.fidelity) < top_fid
+    return MapRow(label, t.plan, t.retention,
+                  f"at fidelity {t.fidelity or 'full'}" + (" (lower rung)" if faint else ""), trial_key(t), faint)
 
 
-def top_k_layer_maps(trials: list[dict[str, Any]], members: list[str], k: int = 5,
+def top_k_layer_maps(trials: list[TrialRecord], members: list[str], k: int = 5,
                      names: dict[Any, str] | None = None) -> go.Figure:
     """The best k trials, one row each with its score, ranked by the one rule (gptailor.search.trials.rank_key):
     the highest fidelity first, then retention; labelled 'study #number'."""
-    best = sorted(_complete(trials), key=rank_key)[:k]
+    best = ranked(trials)[:k]
     names = names or {}
-    def label(t: dict[str, Any]) -> str:
-        sid = t.get("study_id")
-        return f"{names.get(sid, sid) if sid is not None else ''} #{t['number']}".strip()
+    def label(t: TrialRecord) -> str:
+        sid = t.study_id
+        return f"{names.get(sid, sid) if sid is not None else ''} #{t.number}".strip()
     rows = [trial_row(t, label(t)) for t in best]
     return plan_map(rows, members, f"Top {len(best)} trials")
 
 
-def layer_choice_per_trial(trials: list[dict[str, Any]], members: list[str], study: str = "") -> go.Figure:
+def layer_choice_per_trial(trials: list[TrialRecord], members: list[str], study: str = "") -> go.Figure:
     """Every trial of one study in order, one row each: which layer each position took as the search went
     on, with the score beside it (lower fidelities faint)."""
-    rows = sorted(trials, key=lambda t: t["number"])
-    done = _complete(rows)
-    top = max((fidelity_rank(t["fidelity"]) for t in done), default=None)
-    return plan_map([trial_row(t, f"#{t['number']}", top) for t in rows], members,
+    rows = sorted(trials, key=lambda t: t.number)
+    top = max((fidelity_rank(t.fidelity) for t in scored(rows)), default=None)
+    return plan_map([trial_row(t, f"#{t.number}", top) for t in rows], members,
                     f"Layer choice per trial{': ' + study if study else ''}")
 
 
@@ -183,21 +180,17 @@ def legend_outside(fig: go.Figure, title: str, subtitle: str | None = None) -> g
 
 
 # ----------------------------------------------------------------------------- study charts
-def _complete(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [t for t in trials if t.get("status") == "complete" and t.get("retention") is not None]
-
-
-def top_fidelity(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def top_fidelity(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
     """Complete trials at the highest fidelity the study reached: the only ones whose scores are comparable
     with the best trial, the tables and Compare (the same rule as gptailor.search.trials.rank_key)."""
-    done = _complete(trials)
+    done = scored(trials)
     if not done:
         return []
-    top = max(fidelity_rank(t["fidelity"]) for t in done)
-    return [t for t in done if fidelity_rank(t["fidelity"]) == top]
+    top = max(fidelity_rank(t.fidelity) for t in done)
+    return [t for t in done if fidelity_rank(t.fidelity) == top]
 
 
-def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> go.Figure:
+def best_so_far(studies: dict[str, list[TrialRecord]], x: str = "number") -> go.Figure:
     """Best retention so far against trial number (or wall time, x='wall_s'), one line per study, from the
     trials at the study's top fidelity only (the number the tables show); lower Hyperband rungs are faint
     points of their own. A click on a point selects that trial."""
@@ -205,24 +198,25 @@ def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> 
     for k, (name, trials) in enumerate(studies.items()):
         colour = PALETTE[k % len(PALETTE)]
         top = top_fidelity(trials)
-        fid = top[0]["fidelity"] if top else None
+        fid = top[0].fidelity if top else None
         best, xs, ys, data = -math.inf, [], [], []
-        for t in sorted(top, key=lambda t: t[x] or 0):
-            best = max(best, t["retention"])
-            xs.append(t[x] if t[x] is not None else 0)
+        for t in sorted(top, key=lambda t: getattr(t, x) or 0):
+            best = max(best, t.retention)
+            xs.append(getattr(t, x) or 0)
             ys.append(100 * best)
-            data.append([trial_key(t), f"{name} #{t['number']}: {100 * t['retention']:.1f}% "
+            data.append([trial_key(t), f"{name} #{t.number}: {100 * t.retention:.1f}% "
                                        f"(best so far {100 * best:.1f}%) at fidelity {fid or 'full'}"])
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"shape": "hv", "color": colour},
                                  marker={"size": 6}, name=f"{name} (fidelity {fid or 'full'})", legendgroup=name,
                                  customdata=data, hovertemplate="%{customdata[1]}<extra></extra>"))
-        low = [t for t in _complete(trials) if t not in top]
+        on_top = {id(t) for t in top}
+        low = [t for t in scored(trials) if id(t) not in on_top]
         if low:
             fig.add_trace(go.Scatter(
-                x=[t[x] or 0 for t in low], y=[100 * t["retention"] for t in low], mode="markers", opacity=0.3,
+                x=[getattr(t, x) or 0 for t in low], y=[100 * t.retention for t in low], mode="markers", opacity=0.3,
                 marker={"size": 5, "color": colour}, name=f"{name}: lower fidelities", legendgroup=name,
-                customdata=[[trial_key(t), f"{name} #{t['number']}: {100 * t['retention']:.1f}% at fidelity "
-                                           f"{t['fidelity']} (lower rung, not comparable)"] for t in low],
+                customdata=[[trial_key(t), f"{name} #{t.number}: {100 * t.retention:.1f}% at fidelity "
+                                           f"{t.fidelity} (lower rung, not comparable)"] for t in low],
                 hovertemplate="%{customdata[1]}<extra></extra>"))
     fig.update_layout(xaxis_title="trial" if x == "number" else "wall time (s)", yaxis_title="retention %",
                       height=380)
@@ -230,54 +224,56 @@ def best_so_far(studies: dict[str, list[dict[str, Any]]], x: str = "number") -> 
                           "each study at its top fidelity; faint: lower fidelities")
 
 
-def pareto(studies: dict[str, list[dict[str, Any]]]) -> go.Figure:
+def pareto(studies: dict[str, list[TrialRecord]]) -> go.Figure:
     """Retention against parameter count over every given study (all budgets of a family): each study's
     trials at its top fidelity, and the one Pareto front (``pareto_front``) across all of them."""
     fig = go.Figure()
     tops = {name: top_fidelity(trials) for name, trials in studies.items()}
     for k, (name, done) in enumerate(tops.items()):
         fig.add_trace(go.Scatter(
-            x=[t["params"] / 1e6 for t in done], y=[100 * t["retention"] for t in done], mode="markers",
+            x=[t.result.params / 1e6 for t in done], y=[100 * t.retention for t in done], mode="markers",
             name=name, marker={"size": 8, "color": PALETTE[k % len(PALETTE)], "opacity": 0.8},
-            customdata=[[trial_key(t), f"{name} #{t['number']}: {100 * t['retention']:.1f}% with "
-                                       f"{t['kept_layers']} layers, {t['params'] / 1e6:.2f}M (fidelity "
-                                       f"{t['fidelity'] or 'full'})"] for t in done],
+            customdata=[[trial_key(t), f"{name} #{t.number}: {100 * t.retention:.1f}% with "
+                                       f"{t.result.kept_layers} layers, {t.result.params / 1e6:.2f}M (fidelity "
+                                       f"{t.fidelity or 'full'})"] for t in done],
             hovertemplate="%{customdata[1]}<extra></extra>"))
     front = pareto_front([t for ts in tops.values() for t in ts])
     if front:
-        fig.add_trace(go.Scatter(x=[t["params"] / 1e6 for t in front], y=[100 * t["retention"] for t in front],
+        fig.add_trace(go.Scatter(x=[t.result.params / 1e6 for t in front], y=[100 * t.retention for t in front],
                                  mode="lines", line={"shape": "hv", "dash": "dot", "color": "black"},
                                  name="Pareto front (all studies)", hoverinfo="skip"))
     fig.update_layout(xaxis_title="parameters (M)", yaxis_title="retention %", height=380)
     return legend_outside(fig, "Retention vs size", "every study and budget on the family; dotted: the Pareto front")
 
 
-def pareto_front(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
     """Trials no other trial beats on both size and retention, smallest first (the engine's one rule)."""
-    return size_front(trials, size=lambda t: t["params"], score=lambda t: t["retention"])
+    return size_front(trials, size=lambda t: t.result.params, score=lambda t: t.retention)
 
 
-def task_bars(rows: list[dict[str, Any]]) -> go.Figure:
-    """Grouped bars: per task retention of each study's best plan (compare table rows)."""
+def task_bars(rows: list[Any]) -> go.Figure:
+    """Grouped bars: per task retention of each study's best plan (compare's rows: ``study_id``, ``name``,
+    ``task_retention``, ``definition``)."""
     fig = go.Figure()
-    tasks = list(rows[0]["task_retention"]) if rows else []
+    tasks = list(rows[0].task_retention) if rows else []
     for r in rows:
-        fig.add_trace(go.Bar(name=f"{r['study_id']}: {r['name']}", x=tasks,
-                             y=[None if r["task_retention"][t] is None else 100 * r["task_retention"][t] for t in tasks]))
-    defs = sorted({r.get("definition") or "family" for r in rows})
+        fig.add_trace(go.Bar(name=f"{r.study_id}: {r.name}", x=tasks,
+                             y=[None if r.task_retention[t] is None else 100 * r.task_retention[t] for t in tasks]))
+    defs = sorted({r.definition for r in rows})
     fig.update_layout(barmode="group", yaxis_title=f"{'/'.join(defs)} retention %", height=380)
     return legend_outside(fig, "Retention per task (best plan, test split)",
                           f"each study's objective: {', '.join(defs)} retention" if rows else None)
 
 
-def task_scores(trial: dict[str, Any], definition: str | None = None) -> list[list[Any]]:
-    """The selected trial's per-task table: task, score, family retention %, base retention % (both
-    definitions; ``definition`` is the study's, the one an older trial stored alone)."""
-    from .retention import pct, task_values
+def task_scores(trial: TrialRecord) -> list[list[Any]]:
+    """The selected trial's per-task table: task, score, family retention %, base retention %."""
+    from .retention import pct
 
-    both = task_values(trial, definition)
-    return [[task, None if v is None else round(v, 4), pct(both["family"].get(task)), pct(both["base"].get(task))]
-            for task, v in (trial.get("scores") or {}).items()]
+    if trial.result is None:
+        return []
+    both = trial.result.task_retentions
+    return [[task, None if v is None else round(v, 4), pct(both.get("family", {}).get(task)),
+             pct(both.get("base", {}).get(task))] for task, v in trial.result.scores.items()]
 
 
 # ----------------------------------------------------------------------------- which positions matter

@@ -1,28 +1,22 @@
 """Both retention definitions in every table: `family` and `base` side by side, the study's own marked.
 
-The engine scores both for every trial (``EvalResult.retentions``, stored as ``trials.retentions``); the
-search optimises one of them, the study's *definition* (stored with its references). Tables show both
+The engine scores both for every trial (``EvalResult.retentions``, stored once as ``trials.retentions``);
+the search optimises one of them, the study's *definition* (``db.rows.study_definition``, by the engine's
+one rule ``gptailor.eval.results.applicable_definition``). Tables show both
 numbers so a reader never has to guess which one a percentage is, and the objective's header says so.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from db.rows import study_definition
 from gptailor.eval.results import DEFINITIONS
-
-
-def definition_of(study: dict[str, Any]) -> str:
-    """The retention a study optimises: fixed with its references; else its report's; else its setting;
-    else ``family`` (what a trial's ``retention`` meant before the definition was stored)."""
-    refs = study.get("refs") or {}
-    report = study.get("report") or {}
-    setting = (study.get("settings") or {}).get("retention")
-    return refs.get("definition") or report.get("definition") or (setting if setting in DEFINITIONS else "family")
+from gptailor.search.trials import TrialRecord
 
 
 def shared_definition(studies: Iterable[dict[str, Any]]) -> str | None:
     """The one definition every study in a table shares (what its header can mark), or None if they differ."""
-    found = {definition_of(s) for s in studies}
+    found = {study_definition(s) for s in studies}
     return found.pop() if len(found) == 1 else None
 
 
@@ -34,24 +28,9 @@ def marked(columns: list[str], objective: str | None) -> list[str]:
     return [f"{c} (objective)" if c.startswith(f"{objective} ") and "%" in c else c for c in columns]
 
 
-def means(trial: dict[str, Any], definition: str | None) -> dict[str, float | None]:
-    """Both definitions' mean retention of a stored trial; a trial stored before both were kept has only
-    its objective's (``retention``) and None for the other."""
-    stored = trial.get("retentions") or {}
-    out = {d: stored[d].get("mean") if isinstance(stored.get(d), dict) else stored.get(d) for d in DEFINITIONS}
-    if definition in out and out[definition] is None:
-        out[definition] = trial.get("retention")
-    return out
-
-
-def task_values(trial: dict[str, Any], definition: str | None) -> dict[str, dict[str, float | None]]:
-    """definition -> task -> retention of a stored trial (the objective's from ``task_retention`` if older)."""
-    stored = trial.get("retentions") or {}
-    out = {d: dict((stored.get(d) or {}).get("tasks") or {}) if isinstance(stored.get(d), dict) else {}
-           for d in DEFINITIONS}
-    if definition in out and not out[definition]:
-        out[definition] = dict(trial.get("task_retention") or {})
-    return out
+def means(trial: TrialRecord) -> dict[str, float]:
+    """Every definition's mean retention of a trial (empty when nothing was scored)."""
+    return dict(trial.result.retentions) if trial.result else {}
 
 
 def pct(value: float | None, digits: int = 1) -> float | None:

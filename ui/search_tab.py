@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from db.rows import study_definition
+
 from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study, launch_or_queue, phase_line,
                      queue, start_queued, withdraw)
 from db.store import ACTIVE, StoreError
@@ -14,7 +16,7 @@ from gptailor.search.space import Budget, BudgetError
 from .engine import ENGINE, redact, store
 from db.settings import data_dir, max_trials, max_workers
 from .guard import allowance, check_owner, refuse, session_of
-from .retention import definition_of, pair
+from .retention import pair
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best family retention %",
                  "best base retention %", "objective", "error"]
@@ -65,8 +67,8 @@ def studies_rows() -> list[list]:
     rows = []
     for s in reversed(st.studies()):
         trials = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
-        d = definition_of(s)
-        best = pair(s["best_retentions"] or {d: s["best_retention"]})  # an older trial kept only its objective
+        d = study_definition(s)
+        best = pair(s["best_retentions"] or {})
         status = f"{QUEUED} #{line[s['id']]}" if s["id"] in line else s["status"]
         now = phase_line(s) if s["status"] in (*ACTIVE, QUEUED) else ""
         rows.append([s["id"], s["name"], s["method"], s["family"], status, now, trials, *best, d, s["error"] or ""])

@@ -41,7 +41,7 @@ from gptailor.eval.suite import Suite
 from gptailor.eval.tasks import Task, TaskError
 from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq
 from gptailor.eval.metrics import METRICS, apply_filter
-from gptailor.eval.results import DEFINITIONS, EvalResult, References
+from gptailor.eval.results import EvalResult, References, applicable_definition
 
 
 def aggregate(values: dict[str, list], objective: str) -> dict[str, float]:
@@ -77,8 +77,7 @@ class Evaluator:
         self.head_chunk = head_chunk  # scored positions per LM-head call
         self.split = split
         self.pack_choices = pack_choices  # multiple choice: a doc's shared context run once for all its choices
-        if definition is not None and definition not in DEFINITIONS:
-            raise ValueError(f"retention definition is one of {', '.join(DEFINITIONS)}, got {definition!r}")
+        applicable_definition(setting=definition)  # refuses anything but auto, family, base
         self.definition = definition
         limit = getattr(family.config, "max_position_embeddings", 2048) or 2048
         self.max_length = min(max_length or limit, limit)
@@ -421,7 +420,7 @@ class Evaluator:
         the stitched model's prefill and decode against the base's (search trials leave it off)."""
         split = split or self.split
         refs = references or self.references(split)
-        definition = definition or self.definition or refs.default_definition()
+        definition = applicable_definition(setting=definition or self.definition, refs=refs)
         t0 = time.perf_counter()
         model = self.stitcher.build(plan)
         t1 = time.perf_counter()
@@ -429,16 +428,11 @@ class Evaluator:
         t2 = time.perf_counter()
         tasks = {t.name: t for t in self.suite}
         scores = self.objective_scores(details)
-        task_rets: dict[str, dict[str, float | None]] = {}
-        means: dict[str, float] = {}
-        for d in DEFINITIONS:
-            task_rets[d] = {n: refs.retention(d, tasks[n].kind, n, v) for n, v in scores.items()}
-            valid = [r for r in task_rets[d].values() if r is not None]
-            means[d] = sum(valid) / len(valid) if valid else 0.0
+        means, task_rets = refs.retentions(scores, {n: t.kind for n, t in tasks.items()})
         return EvalResult(
             plan=plan.to_text(), fidelity=fidelity, scores=scores,
-            metrics={n: t.objective_metric for n, t in tasks.items()}, task_retention=task_rets[definition],
-            references=refs.table(definition), retention=means[definition], kept_layers=plan.n_kept,
+            metrics={n: t.objective_metric for n, t in tasks.items()},
+            references=refs.table(definition), kept_layers=plan.n_kept,
             n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, split=split,
             definition=definition, retentions=means, task_retentions=task_rets, details=details,
             speed=self.speed(model, speed) if speed else None)

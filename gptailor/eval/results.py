@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
-
-
-if TYPE_CHECKING:
-    pass
 from gptailor.eval.metrics import goodness
 
 DEFINITIONS = ("family", "base")
+AUTO = "auto"  # a setting that defers to the references' default
+CHOICES = (AUTO, *DEFINITIONS)  # what a user may ask for
+LEGACY = "family"  # what a stored ``retention`` meant before the definition was stored with it
 
 
 @dataclass
@@ -58,6 +57,17 @@ class References:
         r = goodness(kind, score) / g_ref
         return min(1.0, r) if definition == "family" else r
 
+    def retentions(self, scores: dict[str, float], kinds: dict[str, str]) \
+            -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
+        """Every definition's (mean, per-task) retention of ``scores``: the mean is over the tasks that have
+        a reference under that definition (0.0 when none has)."""
+        tasks = {d: {n: self.retention(d, kinds[n], n, v) for n, v in scores.items()} for d in DEFINITIONS}
+        means = {}
+        for d, rets in tasks.items():
+            valid = [r for r in rets.values() if r is not None]
+            means[d] = sum(valid) / len(valid) if valid else 0.0
+        return means, tasks
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -66,17 +76,38 @@ class References:
         return cls(**{k: d[k] for k in ("split", "kinds", "scores", "near_zero") if k in d})
 
 
+def applicable_definition(*, fixed: str | None = None, setting: str | None = None,
+                          refs: "References | Callable[[], References] | None" = None) -> str:
+    """Which retention definition applies: the one rule the engine, the database, the UI and the CLI call.
+
+    First one already ``fixed`` (stored with a study's references or report, or a result's own); then an
+    explicit ``setting`` (``family``/``base``; ``auto`` or None defers); then the references' default
+    (``family`` where a finetune holds a skill the base lacks; ``refs`` may be a callable, called only
+    when needed, since scoring references is costly); else ``family``, what a stored retention meant
+    before the definition was stored with it."""
+    if fixed in DEFINITIONS:
+        return fixed
+    if setting in DEFINITIONS:
+        return setting
+    if setting not in (None, AUTO):
+        raise ValueError(f"retention definition is one of {', '.join(CHOICES)}, got {setting!r}")
+    if refs is not None:
+        return (refs() if callable(refs) else refs).default_definition()
+    return LEGACY
+
+
 @dataclass
 class EvalResult:
-    """Everything a trial records: per-task scores, retention, size and timings."""
+    """Everything a trial records: per-task scores, retention under each definition, size and timings.
+
+    Retention is stored once, per definition (``retentions``, ``task_retentions``); ``retention`` and
+    ``task_retention`` read the applicable ``definition``'s."""
 
     plan: str
     fidelity: int | None
     scores: dict[str, float]  # each task's objective metric
     metrics: dict[str, str]  # its name (lm-eval's: exact_match, acc, acc_norm, perplexity)
-    task_retention: dict[str, float | None]  # under ``definition``
     references: dict[str, Reference]  # under ``definition``
-    retention: float  # under ``definition``
     kept_layers: int
     n_layers: int
     params: int
@@ -90,13 +121,32 @@ class EvalResult:
     details: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> every metric, n, stderr
     speed: dict[str, Any] | None = None  # measured prefill/decode tokens/s vs the base's (gptailor.eval.speed.compare)
 
+    @property
+    def retention(self) -> float:
+        """The mean retention under the applicable definition."""
+        return self.retentions[self.definition]
+
+    @property
+    def task_retention(self) -> dict[str, float | None]:
+        """Each task's retention under the applicable definition."""
+        return self.task_retentions.get(self.definition, {})
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, plus the applicable definition's ``retention`` and ``task_retention`` for readers of
+        ``eval --json`` (``from_dict`` takes them from ``retentions`` again)."""
+        return {**asdict(self), "retention": self.retention, "task_retention": self.task_retention}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        """From ``to_dict`` output; one written before retention was stored once (a flat ``retention`` and
+        ``task_retention`` under ``definition``) moves them into that definition's entries."""
         d = dict(d)
         d["references"] = {k: Reference(**v) if isinstance(v, dict) else v for k, v in d.get("references", {}).items()}
+        definition = d.setdefault("definition", LEGACY)
+        if d.get("retention") is not None:
+            d["retentions"] = {definition: d["retention"], **(d.get("retentions") or {})}
+        if d.get("task_retention"):
+            d["task_retentions"] = {definition: d["task_retention"], **(d.get("task_retentions") or {})}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 

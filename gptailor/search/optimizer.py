@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from ConfigSpace import Configuration
 
-from gptailor.eval.results import EvalResult, References
+from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
 from gptailor.plan import Plan
@@ -306,7 +306,7 @@ class Search:
         else:
             self.evaluator.use_references(self.references)
         refs = self.references
-        self.definition = refs.default_definition() if self.settings.retention == "auto" else self.settings.retention
+        self.definition = applicable_definition(setting=self.settings.retention, refs=refs)
         if self.settings.objectives == "per_task":
             self.tasks = [t for t in self.evaluator.suite.names if refs.reference(self.definition, t).member != "none"]
         self.setup_s = time.perf_counter() - t_setup

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-from gptailor.eval.results import DEFINITIONS
+from gptailor.eval.results import CHOICES
 from gptailor.common.limits import SettingsError, seconds, whole
 
 METHODS = ("smac", "random")
@@ -28,7 +28,7 @@ class SearchSettings:
     n_workers: int = 1
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
     objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
-    retention: str = "auto"  # auto | family | base (see gptailor.eval.results); auto: the references' default
+    retention: str = "auto"  # auto | family | base: gptailor.eval.results.applicable_definition decides
     owner: str | None = None  # the app session that started the study: only it (or an operator) may cancel it
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,8 +48,8 @@ class SearchSettings:
             raise SettingsError("facade is 'multi_fidelity' or 'hpo'")
         if self.objectives not in ("retention", "per_task"):
             raise SettingsError("objectives is 'retention' or 'per_task'")
-        if self.retention not in ("auto", *DEFINITIONS):
-            raise SettingsError(f"retention is one of auto, {', '.join(DEFINITIONS)}; got {self.retention!r}")
+        if self.retention not in CHOICES:
+            raise SettingsError(f"retention is one of {', '.join(CHOICES)}; got {self.retention!r}")
         self.n_trials = whole("trials", self.n_trials)
         self.seed = whole("seed", self.seed)
         self.min_fidelity = whole("min fidelity", self.min_fidelity)

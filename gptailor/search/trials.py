@@ -29,6 +29,7 @@ class TrialRecord:
     source: str = "search"  # search | initial | heuristic name
     budget: float | None = None  # SMAC's budget exactly as asked (fidelity is the examples it maps to)
     cached: bool = False  # a repeated (plan, fidelity): served from an earlier result, not scored again
+    study_id: int | None = None  # the study that stores it (set when read back from a store)
 
     @property
     def retention(self) -> float | None:
@@ -38,27 +39,17 @@ class TrialRecord:
         return {"number": self.number, "plan": self.plan.to_dict(), "plan_text": self.plan.to_text(),
                 "fidelity": self.fidelity, "result": self.result.to_dict() if self.result else None,
                 "status": self.status, "error": self.error, "config": self.config, "wall_s": self.wall_s,
-                "source": self.source, "budget": self.budget, "cached": self.cached,
+                "source": self.source, "budget": self.budget, "cached": self.cached, "study_id": self.study_id,
                 "split": self.result.split if self.result else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialRecord":
-        """From ``to_dict`` output or a database trial row."""
-        r = d.get("result")
-        if r is None and d.get("retention") is not None:  # a database row: flat fields
-            rets = d.get("retentions") or {}
-            r = {"plan": d["plan_text"], "fidelity": d.get("fidelity"), "scores": d.get("scores", {}),
-                 "metrics": {}, "task_retention": d.get("task_retention", {}), "references": {},
-                 "retention": d["retention"], "kept_layers": d.get("kept_layers") or 0, "n_layers": 0,
-                 "params": d.get("params") or 0, "stitch_s": d.get("stitch_s") or 0.0,
-                 "score_s": d.get("score_s") or 0.0, "split": d.get("split") or "all",
-                 "retentions": {k: v["mean"] for k, v in rets.items()},
-                 "task_retentions": {k: v["tasks"] for k, v in rets.items()}}
-        result = EvalResult.from_dict(r) if r else None
+        """From ``to_dict`` output (database rows become records in ``db.rows``, not here)."""
+        result = EvalResult.from_dict(d["result"]) if d.get("result") else None
         return cls(number=d["number"], plan=Plan.from_dict(d["plan"]), fidelity=d.get("fidelity"),
                    result=result, status=d.get("status", "complete"), error=d.get("error"),
                    config=d.get("config"), wall_s=d.get("wall_s") or 0.0, source=d.get("source", "search"),
-                   budget=d.get("budget"), cached=bool(d.get("cached")))
+                   budget=d.get("budget"), cached=bool(d.get("cached")), study_id=d.get("study_id"))
 
 
 @dataclass
@@ -88,21 +79,29 @@ def rank_key(fidelity: int | None, retention: float, number: int = 0) -> tuple[f
     return -fidelity_rank(fidelity), -retention, number
 
 
+def scored(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The complete trials that have a score, in their order: the only ones any ranking or chart counts."""
+    return [t for t in trials if t.status == "complete" and t.result is not None]
+
+
+def ranked(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The scored trials, best first by ``rank_key``."""
+    return sorted(scored(trials), key=lambda t: rank_key(t.fidelity, t.result.retention, t.number))
+
+
 def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
     """The best complete trial at the highest fidelity any complete trial reached."""
-    done = [t for t in trials if t.status == "complete" and t.result is not None]
-    if not done:
-        return None
-    return min(done, key=lambda t: rank_key(t.fidelity, t.result.retention, t.number))
+    best = ranked(trials)
+    return best[0] if best else None
 
 
 def pareto_front(trials: Iterable[TrialRecord], tasks: list[str]) -> list[TrialRecord]:
     """Complete trials at the highest fidelity that no other such trial beats on every task."""
-    done = [t for t in trials if t.status == "complete" and t.result is not None]
+    done = scored(trials)
     if not done:
         return []
-    top = max((t.fidelity or math.inf) for t in done)
-    pts = [t for t in done if (t.fidelity or math.inf) == top]
+    top = max(fidelity_rank(t.fidelity) for t in done)
+    pts = [t for t in done if fidelity_rank(t.fidelity) == top]
     vec = {id(t): [t.result.task_retention.get(k) or 0.0 for k in tasks] for t in pts}
 
     def dominated(a: TrialRecord) -> bool:
