@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -148,73 +148,97 @@ def _store_progress(store: Store, study_id: int, me: Owner, progress: dict[str, 
         print(f"study {study_id}: progress not stored: {e}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class _StudyRun:
+    """One claimed study being run by this worker, and what it tells the database as it goes: each phase,
+    the trial in flight (with an ETA), each trial recorded. Plain fields instead of closures over list
+    cells, so the run's state can be read in one place."""
+
+    store: Store
+    study: dict[str, Any]
+    me: Owner
+    lost: threading.Event
+    on_trial: Callable[[TrialRecord], None] | None = None
+    start: float = field(default_factory=time.perf_counter)
+    first_trial: float | None = None  # when this run's first trial began (for the ETA)
+    recorded: int = 0  # trials this run recorded
+    total: int = 0  # trials the study asks for (a baseline: its plans)
+    previous: list[TrialRecord] = field(default_factory=list)  # trials stored before this run
+    space: Any = None  # the search's plan space, to store the in-flight trial's configuration
+    ev: Evaluator | None = None
+    top_fidelity: int | None = None  # the study's top rung
+
+    @property
+    def study_id(self) -> int:
+        return self.study["id"]
+
+    def on_phase(self, p: Phase) -> None:
+        """Every phase before and between trials, stored so each page and `studies` can say it."""
+        _store_progress(self.store, self.study_id, self.me, {**p.to_dict(), "wall_s": time.perf_counter() - self.start})
+
+    def report(self, plan: Plan, fidelity: int | None, source: str) -> None:
+        """The trial about to be scored: stored first, so a reader can record it as failed if this dies."""
+        now = time.perf_counter()
+        if self.first_trial is None:
+            self.first_trial = now
+        done = len(self.previous) + self.recorded
+        eta = None
+        if self.recorded and self.total > done:
+            eta = (now - self.first_trial) / self.recorded * (self.total - done)
+        _store_progress(self.store, self.study_id, self.me, {
+            "phase": "trial", "trial": done, "done": done, "total": self.total or None,
+            "plan": plan.to_text(), "plan_json": plan.to_dict(), "config": _config_of(self.space, plan),
+            "fidelity": self.ev.suite.split_fidelity("search") if fidelity is None else fidelity,
+            "max_fidelity": self.top_fidelity, "source": source, "eta_s": eta, "wall_s": now - self.start})
+
+    def record(self, rec: TrialRecord) -> None:
+        self.store.record_trial(self.study_id, rec, owner=self.me)
+        self.recorded += 1
+        if self.on_trial:
+            self.on_trial(rec)
+
+    def cancelled(self) -> bool:
+        return self.lost.is_set() or self.store.study(self.study_id)["status"] == "cancelling"
+
+    def run_method(self) -> str:
+        """Run the study's search or baseline to its end (or its cancel); returns the status it reached."""
+        study, ev = self.study, self.ev
+        budget = Budget.from_dict(study["budget"])
+        method = study["method"]
+        settings = SearchSettings.from_dict(study["settings"])
+        watched = _Watched(ev, self.report)
+        refs, definition = study_references(self.store, self.study_id, ev, settings, self.on_phase)
+        if method in ("smac", "random"):
+            heur = precompute(self.store).heuristic_removals(ev.family, budget.n_remove(ev.family), ev.suite,
+                                                            ev.stitcher, self.on_phase) if settings.initial_plans else {}
+            search = Search(watched, budget, settings, on_trial=self.record, should_stop=self.cancelled,
+                            previous=self.previous, heuristic_removals=heur, references=refs, on_phase=self.on_phase)
+            self.space = search.space
+            status = "cancelled" if search.run().stopped == "cancelled" else "finished"
+        elif method in BASELINES:
+            status = _run_baseline(watched, budget, method, self.previous, self.record, self.cancelled, refs,
+                                   definition, self.on_phase, self, precompute(self.store))
+        else:
+            status = "finished"
+        if not self.lost.is_set():
+            self.on_phase(Phase("report", detail="re-scoring the best plan on the test split"))
+            write_report(self.store, self.study_id, ev, definition)
+        return status
+
+
 def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Evaluator | None,
                  on_trial: Callable[[TrialRecord], None] | None, lost: threading.Event, hb: Heartbeat) -> str:
     study_id = study["id"]
-    start = time.perf_counter()
-    first_trial: list[float] = []  # when this run's first trial began (for the ETA)
-
-    def on_phase(p: Phase) -> None:
-        """Every phase before and between trials, stored so each page and `studies` can say it."""
-        _store_progress(store, study_id, me, {**p.to_dict(), "wall_s": time.perf_counter() - start})
-
+    run = _StudyRun(store, study, me, lost, on_trial)
     try:
         if evaluator is None:
-            on_phase(Phase("loading family", detail=str(study["family"])))
-        ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
-        budget = Budget.from_dict(study["budget"])
-        previous = store.trials(study_id)
-        recorded = [0]
-        spaces: list[Any] = []  # the search's plan space, to store the in-flight trial's configuration
-        total = [int(study["n_trials"] or 0)]
-        full = ev.suite.split_fidelity("search")
-        top_fidelity = min(study["settings"].get("max_fidelity") or full, full)  # the study's top rung
-
-        def report(plan: Plan, fidelity: int | None, source: str) -> None:
-            now = time.perf_counter()
-            if not first_trial:
-                first_trial.append(now)
-            done = len(previous) + recorded[0]
-            eta = None
-            if recorded[0] and total[0] > done:
-                eta = (now - first_trial[0]) / recorded[0] * (total[0] - done)
-            _store_progress(store, study_id, me, {
-                "phase": "trial", "trial": done, "done": done, "total": total[0] or None,
-                "plan": plan.to_text(), "plan_json": plan.to_dict(), "config": _config_of(spaces, plan),
-                "fidelity": ev.suite.split_fidelity("search") if fidelity is None else fidelity,
-                "max_fidelity": top_fidelity, "source": source, "eta_s": eta,
-                "wall_s": now - start})
-
-        watched = _Watched(ev, report)
-
-        def record(rec: TrialRecord) -> None:
-            store.record_trial(study_id, rec, owner=me)
-            recorded[0] += 1
-            if on_trial:
-                on_trial(rec)
-
-        def cancelled() -> bool:
-            return lost.is_set() or store.study(study_id)["status"] == "cancelling"
-
-        method = study["method"]
-        settings = SearchSettings.from_dict(study["settings"])
-        refs, definition = study_references(store, study_id, ev, settings, on_phase)
-        if method in ("smac", "random"):
-            heur = precompute(store).heuristic_removals(ev.family, budget.n_remove(ev.family), ev.suite, ev.stitcher,
-                                                   on_phase) if settings.initial_plans else {}
-            search = Search(watched, budget, settings, on_trial=record, should_stop=cancelled, previous=previous,
-                            heuristic_removals=heur, references=refs, on_phase=on_phase)
-            spaces.append(search.space)
-            result = search.run()
-            status = "cancelled" if result.stopped == "cancelled" else "finished"
-        elif method in BASELINES:
-            status = _run_baseline(watched, budget, method, previous, record, cancelled, refs, definition,
-                                   on_phase, total, precompute(store))
-        else:
-            status = "finished"
-        if not lost.is_set():
-            on_phase(Phase("report", detail="re-scoring the best plan on the test split"))
-            write_report(store, study_id, ev, definition)
+            run.on_phase(Phase("loading family", detail=str(study["family"])))
+        run.ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
+        run.previous = store.trials(study_id)
+        run.total = int(study["n_trials"] or 0)
+        full = run.ev.suite.split_fidelity("search")
+        run.top_fidelity = min(study["settings"].get("max_fidelity") or full, full)
+        status = run.run_method()
         hb.quiet()
         if lost.is_set():
             return "interrupted"
@@ -273,10 +297,10 @@ def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) ->
     return report
 
 
-def _config_of(spaces: list[Any], plan: Plan) -> dict[str, Any] | None:
+def _config_of(space: Any, plan: Plan) -> dict[str, Any] | None:
     """A configuration of the search space for the plan (so a resumed SMAC is told the failed trial)."""
     try:
-        cfg = spaces[0].encode(plan) if spaces else None
+        cfg = space.encode(plan) if space is not None else None
     except Exception:  # noqa: BLE001 - without it the failed trial is stored, just not re-told
         return None
     return None if cfg is None else {k: v.item() if hasattr(v, "item") else v for k, v in dict(cfg).items()}
@@ -284,7 +308,7 @@ def _config_of(spaces: list[Any], plan: Plan) -> dict[str, Any] | None:
 
 def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[TrialRecord],
                   record: Callable[[TrialRecord], None], cancelled: Callable[[], bool], refs: References,
-                  definition: str, on_phase: OnPhase = quiet, total: list[int] | None = None,
+                  definition: str, on_phase: OnPhase = quiet, run: "_StudyRun | None" = None,
                   cache: Precompute | None = None) -> str:
     """Evaluate the heuristic's plan(s) on the whole search split; best_single tries every heuristic on
     every member (and picks on the search split, like a search)."""
@@ -292,8 +316,8 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
     texts = calibration_texts(ev.suite)
     todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
         if method == "best_single" else [(method, "base")]
-    if total is not None:
-        total[0] = len(todo)  # a baseline's trials: one per (heuristic, member)
+    if run is not None:
+        run.total = len(todo)  # a baseline's trials: one per (heuristic, member)
     cache = cache or Precompute(None)
     done = {t.source for t in previous if t.status == "complete"}  # a trial cut short is scored again
     number = len(previous)
