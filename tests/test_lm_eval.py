@@ -188,7 +188,7 @@ def test_unknown_names_and_missing_lm_eval_message(lm_tasks):
     with pytest.raises(LmEvalError, match=r"include path .* does not exist"):
         tasks_from_lm_eval(["t_facts"], lm_tasks / "nope")
     code = ("import sys; sys.modules['lm_eval'] = None\n"
-            "from gptailor.lm_eval_tasks import tasks_from_lm_eval, LmEvalError\n"
+            "from gptailor.eval.lm_eval import tasks_from_lm_eval, LmEvalError\n"
             "try:\n    tasks_from_lm_eval(['x'])\nexcept LmEvalError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "lm-evaluation-harness is not installed; pip install lm_eval==0.4.13", r.stderr

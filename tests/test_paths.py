@@ -70,4 +70,4 @@ def test_the_rule_lives_in_one_place():
     pattern = "[A-Za-z0-9][A-Za-z0-9_.-]"
     holders = [p.relative_to(root).as_posix() for d in ("gptailor", "db", "ui") for p in (root / d).rglob("*.py")
                if pattern in p.read_text()]
-    assert holders == ["gptailor/paths.py"]
+    assert holders == ["gptailor/common/paths.py"]
