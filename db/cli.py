@@ -196,6 +196,8 @@ def _both(means: dict | None) -> tuple[str, str]:
 
 
 def cmd_studies(args) -> int:
+    from gptailor.eval.prefix import describe_prefix
+
     from .rows import study_definition
     from .runs import QUEUED, phase_line, reconcile, start_queued
     from .settings import max_workers
@@ -228,6 +230,8 @@ def cmd_studies(args) -> int:
               + "".join(f"{v:>9}" for v in (*search, *test)) + f"{definition:>11}  {s['name']}")
         if s["status"] in (*ACTIVE, QUEUED):  # what its worker is doing now (or that it went quiet)
             print(f"{'':>5}now: {phase_line(s)}")
+        if s.get("prefix_cache"):
+            print(f"{'':>5}prefix cache: {describe_prefix(s['prefix_cache'])}")
     return 0
 
 

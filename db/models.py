@@ -96,6 +96,8 @@ class TrialRow(Base):
     retentions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {definition: {mean, tasks}}
     # revision 0004: retention stored once (``retentions``); which definition applies (None: nothing scored)
     definition: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    # revision 0005: what the prefix-state cache did for this trial (gptailor.eval.prefix.PrefixStats.to_dict)
+    prefix_cache: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")

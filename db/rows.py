@@ -24,7 +24,8 @@ def to_row(study_id: int, number: int, trial: TrialRecord) -> TrialRow:
                     stitch_s=r.stitch_s if r else None, score_s=r.score_s if r else None, wall_s=trial.wall_s,
                     status=trial.status, error=trial.error, source=trial.source or "search", budget=trial.budget,
                     split=r.split if r else None, cached=trial.cached,
-                    retentions=stored_retentions(r) if r else None, definition=r.definition if r else None)
+                    retentions=stored_retentions(r) if r else None, definition=r.definition if r else None,
+                    prefix_cache=r.extra.get("prefix_cache") if r else None)
 
 
 def stored_retentions(r: EvalResult) -> dict[str, dict[str, Any]]:
@@ -49,7 +50,8 @@ def _result(row: TrialRow) -> EvalResult | None:
                       kept_layers=row.kept_layers or 0, n_layers=0, params=row.params or 0,
                       stitch_s=row.stitch_s or 0.0, score_s=row.score_s or 0.0, split=row.split or "all",
                       definition=row.definition, retentions={d: v["mean"] for d, v in stored.items()},
-                      task_retentions={d: dict(v.get("tasks") or {}) for d, v in stored.items()})
+                      task_retentions={d: dict(v.get("tasks") or {}) for d, v in stored.items()},
+                      extra={"prefix_cache": row.prefix_cache} if row.prefix_cache else {})
 
 
 def _plan(stored: Any, text: str | None) -> Plan:

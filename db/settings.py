@@ -3,7 +3,8 @@
 The store, the workers, the CLI's study commands and the pages ask these functions, one per variable,
 so there is one data-dir rule, one number parser (``gptailor.common.limits.env_number``) and one error
 type (``SettingsError``). The engine reads no app setting: it is handed paths and caps as arguments.
-Its only variable is its own tensor-cache size, ``GPTAILOR_CACHE_MB`` (``gptailor.weights.cache``).
+Its only variables are its own cache sizes: ``GPTAILOR_CACHE_MB`` (layer tensors, ``gptailor.weights.cache``) and
+``GPTAILOR_PREFIX_CACHE_MB`` (prefix hidden states, ``gptailor.eval.prefix``).
 
 Public mode (``GPTAILOR_PUBLIC=1``, a public Space) changes several defaults at once; each function
 says both.

@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from gptailor.eval.prefix import summarize_prefix
 from gptailor.search.trials import TrialRecord, rank_key
 
 from .liveness import Owner
@@ -34,7 +35,7 @@ from .rows import mean_of, to_record, to_row
 from .settings import db_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SCHEMA_REVISION = "0004"  # this release's Alembic head (tests check it against db/migrations/versions)
+SCHEMA_REVISION = "0005"  # this release's Alembic head (tests check it against db/migrations/versions)
 SCHEMA_VERSION = SCHEMA_REVISION  # the name older code imported
 # what the pre-Alembic code's schema_version numbers correspond to
 LEGACY_REVISIONS = {1: "0001", 2: "0002"}
@@ -605,6 +606,8 @@ def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
     done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id))
     best, best_number, best_means = _best_of(s, r.id)
+    cache = summarize_prefix(s.scalars(select(TrialRow.prefix_cache).where(
+        TrialRow.study_id == r.id, TrialRow.prefix_cache.is_not(None))).all())
     return {"id": r.id, "name": r.name, "family": r.family.name, "family_source": r.family_source,
             "method": r.method, "budget": r.budget, "settings": r.settings, "status": r.status,
             "n_trials": r.n_trials, "trials_done": done, "best_retention": best,
@@ -613,4 +616,4 @@ def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
             "worker_host": r.worker_host, "worker_start": r.worker_start, "error": r.error,
             "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
             "heartbeat_at": r.heartbeat_at, "cancel_requested_at": r.cancel_requested_at, "progress": r.progress,
-            "refs": r.refs, "report": r.report}
+            "refs": r.refs, "report": r.report, "prefix_cache": cache}

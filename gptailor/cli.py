@@ -77,7 +77,13 @@ def _suite(args, family):
 def cmd_info(args) -> int:
     from gptailor.family.inspect import inspect_family  # configs and safetensors headers only: no member is loaded
 
+    import torch
+
+    from gptailor.eval.prefix import prefix_budget
+
     info = inspect_family(args.family, device=args.device)
+    budget, source = prefix_budget(torch.device(info["device"]))
+    info.update(prefix_cache_mb=round(budget / 2 ** 20), prefix_cache_budget=source)
     if args.json:
         print(json.dumps(_finite(info), indent=2, allow_nan=False))
         return 0
@@ -85,6 +91,8 @@ def cmd_info(args) -> int:
           f"{info['params'] / 1e6:.2f}M params ({info['params_per_layer'] / 1e6:.3f}M per layer), "
           f"{info['dtype']} on {info['device']}")
     print(f"cache budget {info['cache_mb']} MB ({info['cache_budget']}; set GPTAILOR_CACHE_MB to change)")
+    print(f"prefix-state cache budget {info['prefix_cache_mb']} MB ({info['prefix_cache_budget']}; "
+          f"set GPTAILOR_PREFIX_CACHE_MB to change, 0 turns it off)")
     for m, src in info["members"].items():
         print(f"  {m:<12} {info['checkpoint_dtypes'][m]:<9} {src}")
     return 0

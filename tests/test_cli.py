@@ -30,10 +30,10 @@ def spec(tmp_path_factory):
 STUDY_COMMANDS = ("search", "baseline", "resume", "cancel", "studies", "sweep", "front", "compare")
 
 
-def run(*args):
+def run(*args, env: dict[str, str] | None = None):
     """``python -m gptailor ARGS`` (the engine's command line), or ``python -m db ARGS`` for a study command
-    (the app's command line: the engine's commands plus the study commands)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    (the app's command line: the engine's commands plus the study commands); ``env``: extra variables."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     module = "db" if args[0] in STUDY_COMMANDS else "gptailor"
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           timeout=HANG_GUARD_S)
@@ -53,6 +53,8 @@ def test_info_and_eval(spec):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["layers"] == 4 and set(info["members"]) == {"base", "math", "code"}
+    r = run("info", "-f", str(spec), env={"GPTAILOR_PREFIX_CACHE_MB": "12"})
+    assert "prefix-state cache budget 12 MB ($GPTAILOR_PREFIX_CACHE_MB;" in r.stdout, r.stdout + r.stderr
     r = run("eval", "-f", str(spec), "-p", "0:base 1:math 2:drop 3:merge(math=.5,code=.5)", "--fidelity", "5", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)

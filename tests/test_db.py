@@ -47,6 +47,12 @@ def test_store_round_trip_and_wal(tmp_path, fam_dir, ev):
     assert s["status"] == "finished" and s["trials_done"] == 6 == len(trials)
     assert all(t.plan.to_text() and t.config for t in trials)
     assert s["best_retention"] == max(t.retention for t in trials if t.fidelity == 8)
+    # what the prefix-state cache did, stored per trial and summed per study
+    per_trial = [t.result.extra["prefix_cache"] for t in trials if not t.cached]
+    assert all(p["lookups"] > 0 for p in per_trial)
+    cache = s["prefix_cache"]
+    assert cache["lookups"] == sum(p["lookups"] for p in per_trial) and cache["trials"] == len(per_trial)
+    assert cache["hit_rate"] == pytest.approx(sum(p["hits"] for p in per_trial) / cache["lookups"])
     with sqlite3.connect(tmp_path / "g.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_VERSION

@@ -19,6 +19,7 @@ import gradio as gr
 from db.rows import study_definition
 from db.runs import phase_line, reconcile
 from db.store import ACTIVE, StoreError
+from gptailor.eval.prefix import describe_prefix
 from gptailor.search.trials import TrialRecord, incumbent, ranked, scored
 from gptailor.analysis.importance import ImportanceError, position_importance
 from gptailor.common.paths import child
@@ -32,7 +33,7 @@ TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", 
                  "kept", "params M", "plan", "error", "study name"]
 TASK_COLUMNS = ["task", "score", "family %", "base %"]
 SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "kept", "family % search", "base % search",
-                   "family % test", "base % test", "objective", "plan"]
+                   "family % test", "base % test", "objective", "prefix cache", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
 CLICK_JS = """
@@ -150,7 +151,8 @@ def best_summary(view: View) -> list[list]:
         rep = s.get("report") or {}
         test = rep.get("retentions") or {} if rep.get("trial") == best.number else {}
         rows.append([s["id"], view.names[s["id"]], s["method"], best.number, best.fidelity or "full",
-                     best.result.kept_layers, *pair(means(best)), *pair(test), d, best.plan.to_text()])
+                     best.result.kept_layers, *pair(means(best)), *pair(test), d,
+                     describe_prefix(s.get("prefix_cache")), best.plan.to_text()])
     return rows
 
 

@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import hashlib
 
 import torch
-
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass
@@ -32,6 +28,7 @@ class _Batch:
     stop_flat: torch.Tensor | None = None  # ... and their flat rows
     segments: torch.Tensor | None = None  # packed batches only: per position 0 context, j choice j, -1 pad
     position_ids: torch.Tensor | None = None  # packed batches only
+    key: str = ""  # digest of the ids, padding and packing: the batch's identity in the prefix cache
 
     def model_inputs(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """What the decoder gets: a 2D padding mask, or for packed sequences a 4D additive mask (a position
@@ -55,6 +52,15 @@ def packed_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     seen |= torch.eye(n, dtype=torch.bool, device=segments.device)
     mask = torch.zeros(seen.shape, dtype=dtype, device=segments.device)
     return mask.masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
+
+
+def batch_digest(*tensors: torch.Tensor | None) -> str:
+    """A digest of a batch's token ids, padding mask and packing (segments, positions): the same digest
+    means the same forward input, so a cached hidden state of it can be reused."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(b"-" if t is None else repr(tuple(t.shape)).encode() + t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass

@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from gptailor.eval.speed import SpeedSettings
 from gptailor.eval.suite import Suite
 from gptailor.eval.tasks import Task, TaskError
-from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq
+from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq, batch_digest
 from gptailor.eval.metrics import METRICS, apply_filter
 from gptailor.eval.results import EvalResult, References, applicable_definition
+from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys
 
 
 def aggregate(values: dict[str, list], objective: str) -> dict[str, float]:
@@ -63,12 +64,15 @@ class Evaluator:
     default, ``family`` where a finetune holds a skill the base lacks). ``pack_choices``: score a
     multiple-choice doc's context once, its choices packed after it in one sequence (a 4D attention mask
     keeps them apart); off, or with an attention implementation that takes no 4D mask, one row per choice.
-    ``batch_size`` counts forward rows: a packed doc is one row.
+    ``batch_size`` counts forward rows: a packed doc is one row. ``prefix_cache``: True (the family's shared
+    cache of prefix hidden states, ``gptailor.eval.prefix``), False (every forward from the embeddings), or
+    a ``PrefixCache`` of the caller's.
     """
 
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
                  near_zero: float = 0.05, max_length: int | None = None, head_chunk: int = 4096,
-                 split: str = "test", definition: str | None = None, pack_choices: bool = True) -> None:
+                 split: str = "test", definition: str | None = None, pack_choices: bool = True,
+                 prefix_cache: bool | PrefixCache = True) -> None:
         self.family = family
         self.suite = suite
         self.stitcher = stitcher or Stitcher(family)
@@ -85,6 +89,10 @@ class Evaluator:
         self._member_scores: dict[tuple, dict[str, dict[str, float]]] = {}
         self._refs: dict[str, References] = {}
         self._stop_masks: dict[tuple[str, ...], torch.Tensor] = {}
+        if isinstance(prefix_cache, PrefixCache):
+            self.prefix_cache: PrefixCache | None = prefix_cache
+        else:
+            self.prefix_cache = prefix_cache_for(family) if prefix_cache else None
 
     # -- tokenization ---------------------------------------------------------------
     def _start_id(self) -> int:
@@ -217,13 +225,14 @@ class Evaluator:
             mask[b, :off] = 1
         dev = self.stitcher.device
         packed = any(len(q.conts) > 1 for q in chunk)
+        key = batch_digest(ids, mask, seg if packed else None, pos if packed else None)
 
         def t(x: list[int]) -> torch.Tensor:
             return torch.tensor(x, dtype=torch.long, device=dev)
 
         return _Batch(ids.to(dev), mask.to(dev), t(r_idx), t(c_idx), t(tgt), t(flat), n_rows,
                       t(s_rows) if stop else None, t(s_cols) if stop else None, t(s_flat) if stop else None,
-                      seg.to(dev) if packed else None, pos.to(dev) if packed else None)
+                      seg.to(dev) if packed else None, pos.to(dev) if packed else None, key)
 
     def stop_mask(self, until: list[str]) -> torch.Tensor:
         """Per vocabulary id: does greedy generation stop right there (EOS, or text beginning with a stop)?"""
@@ -249,10 +258,10 @@ class Evaluator:
         return None if impl in PACKABLE_ATTENTION else False
 
     @torch.inference_mode()
-    def _row_stats(self, model, batches: list[_Batch], stop_mask: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _row_stats(self, model, batches: list[_Batch], stop_mask: torch.Tensor | None = None,
+                   prefix: PrefixRun | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per flat row: sum of log-probs of the scored tokens, all-argmax-correct (and then stop) flag,
-        token count."""
+        token count. With ``prefix``, each batch starts from its deepest cached prefix state."""
         n = batches[0].n_rows
         dev = self.stitcher.device
         logp = torch.zeros(n, dtype=torch.float64, device=dev)
@@ -260,7 +269,11 @@ class Evaluator:
         stops = torch.ones(n, dtype=torch.bool, device=dev)
         for b in batches:
             tick()  # a listener may stop the work between batches
-            hidden = model.model(**b.model_inputs(model.dtype), use_cache=False).last_hidden_state
+            inputs = b.model_inputs(model.dtype)
+            if prefix is not None:
+                hidden = prefix.hidden(model, inputs, b.key)
+            else:
+                hidden = model.model(**inputs, use_cache=False).last_hidden_state
             picked = hidden[b.rows, b.cols]
             tok_lp, hit = [], []
             for s in range(0, picked.shape[0], self.head_chunk):  # bounded memory for big vocabularies
@@ -307,9 +320,10 @@ class Evaluator:
                 out.append(text)
         return out
 
-    def task_metrics(self, model, task: Task, fidelity: int | None = None, split: str | None = None
-                     ) -> dict[str, float]:
-        """Every metric of a task (lm-eval's names), the example count and the objective's stderr."""
+    def task_metrics(self, model, task: Task, fidelity: int | None = None, split: str | None = None,
+                     prefix: PrefixRun | None = None) -> dict[str, float]:
+        """Every metric of a task (lm-eval's names), the example count and the objective's stderr.
+        ``prefix``: score through the prefix cache (``prefix_run``); generation-based tasks never do."""
         split = split or self.split
         if task.kind == "exact_match" and task.filter:
             examples = task.subset(fidelity, split)
@@ -320,7 +334,7 @@ class Evaluator:
             return aggregate({"exact_match": hits}, task.objective_metric)
         batches, meta = self._prepare(task, fidelity, split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
-        logp, correct, count = self._row_stats(model, batches, stop)
+        logp, correct, count = self._row_stats(model, batches, stop, prefix)
         if task.kind == "exact_match":
             return aggregate({"exact_match": correct.float().tolist()}, task.objective_metric)
         if task.kind == "multiple_choice":
@@ -351,13 +365,30 @@ class Evaluator:
                         "acc_norm": float(int(torch.argmax(norm)) == ans)})
         return out
 
-    def model_details(self, model, fidelity: int | None = None, split: str | None = None
-                      ) -> dict[str, dict[str, float]]:
+    def model_details(self, model, fidelity: int | None = None, split: str | None = None,
+                      plan: Plan | None = None, shared_from: str = "base") -> dict[str, dict[str, float]]:
+        """Every task's metrics. ``plan`` (what ``model`` was stitched from, with ``shared_from``'s embeddings)
+        lets the forwards reuse and keep prefix states; without it every forward runs from the embeddings."""
+        run = self.prefix_run(model, plan, shared_from, fidelity, split) if plan is not None else None
         out = {}
         for k, t in enumerate(self.suite):
             tick(f"scoring {t.name}", k, len(self.suite.tasks))
-            out[t.name] = self.task_metrics(model, t, fidelity, split)
+            out[t.name] = self.task_metrics(model, t, fidelity, split, run)
         return out
+
+    def prefix_run(self, model, plan: Plan, shared_from: str = "base", fidelity: int | None = None,
+                   split: str | None = None) -> PrefixRun | None:
+        """The prefix-cache pass for scoring ``model`` (stitched from ``plan``) on the suite, or None when
+        the cache is off. Its stride keeps one pass's new states within a share of the budget."""
+        cache = self.prefix_cache
+        if cache is None or not cache.enabled:
+            return None
+        keys = prefix_keys(self.family, plan, shared_from, self.stitcher.device, self.stitcher.dtype)
+        width = int(model.config.hidden_size) * torch.finfo(model.dtype).bits // 8
+        layer_bytes = sum(b.input_ids.numel() * width for t in self.suite
+                          if not (t.kind == "exact_match" and t.filter)
+                          for b in self._prepare(t, fidelity, split, self._packs(model))[0])
+        return PrefixRun(cache, keys, pass_stride(keys.n_kept, layer_bytes, cache.max_bytes))
 
     def objective_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
         """Each task's objective metric picked out of its full metrics."""
@@ -372,9 +403,9 @@ class Evaluator:
         """A family member's own metrics (its own model, embeddings and head included), once per (fidelity, split)."""
         key = (member, fidelity, split or self.split)
         if key not in self._member_scores:
-            model = self.stitcher.build(Plan.identity(self.family.n_layers, member, self.family.name),
-                                        shared_from=member)
-            self._member_scores[key] = self.model_details(model, fidelity, split)
+            plan = Plan.identity(self.family.n_layers, member, self.family.name)
+            model = self.stitcher.build(plan, shared_from=member)
+            self._member_scores[key] = self.model_details(model, fidelity, split, plan, shared_from=member)
         return self._member_scores[key]
 
     def member_scores(self, member: str, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
@@ -424,8 +455,10 @@ class Evaluator:
         t0 = time.perf_counter()
         model = self.stitcher.build(plan)
         t1 = time.perf_counter()
-        details = self.model_details(model, fidelity, split)
+        before = self.prefix_cache.snapshot() if self.prefix_cache is not None else None
+        details = self.model_details(model, fidelity, split, plan)
         t2 = time.perf_counter()
+        extra = {"prefix_cache": self.prefix_cache.snapshot().minus(before).to_dict()} if before is not None else {}
         tasks = {t.name: t for t in self.suite}
         scores = self.objective_scores(details)
         means, task_rets = refs.retentions(scores, {n: t.kind for n, t in tasks.items()})
@@ -433,7 +466,7 @@ class Evaluator:
             plan=plan.to_text(), fidelity=fidelity, scores=scores,
             metrics={n: t.objective_metric for n, t in tasks.items()},
             references=refs.table(definition), kept_layers=plan.n_kept,
-            n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, split=split,
+            n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, extra=extra, split=split,
             definition=definition, retentions=means, task_retentions=task_rets, details=details,
             speed=self.speed(model, speed) if speed else None)
 

@@ -1,0 +1,181 @@
+"""The prefix-state cache on against off, on recorded trial sequences (issue #20).
+
+A sequence is the ordered (plan, fidelity) pairs a real study scored, recorded once by ``record`` into
+``bench/sequences/<name>.json`` (committed, a few kB): a SMAC study (SMAC's proposals change a few positions of
+an incumbent: the case the cache is for) and a random search (independent plans: the worst case). ``run``
+replays each sequence twice, each in a fresh process (cache off, then on), and prints per sequence: trials per
+hour both ways and their ratio, the hit rate and the layers skipped, hits by depth, peak RSS both ways against
+the budget, and whether every score is identical. ``bytes`` prints the bytes of one cached position for a
+family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading its weights.
+
+    python -m bench.prefix_cache record --family demo --method smac --trials 200 --remove 2 --name demo-smac
+    python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac,smol-random]
+    python -m bench.prefix_cache bytes --family /work/synth-1b
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).parent / "sequences"
+
+
+def record(args) -> int:
+    from gptailor import Evaluator, Family, load_suite
+    from gptailor.search.optimizer import Search
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
+
+    fam = Family.from_spec(args.family)
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search")
+    trials = []
+
+    def on_trial(t) -> None:
+        if t.status == "complete" and not t.cached:
+            trials.append({"plan": t.plan.to_text(), "fidelity": t.fidelity})
+            print(f"  {len(trials)}: fidelity {t.fidelity} {t.plan.to_text()}", flush=True)
+
+    settings = SearchSettings(method=args.method, n_trials=args.trials, seed=args.seed,
+                              max_fidelity=args.max_fidelity)
+    t0 = time.perf_counter()
+    Search(ev, Budget(remove_layers=args.remove), settings, on_trial=on_trial).run()
+    out = HERE / f"{args.name}.json"
+    HERE.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"family": args.family, "method": args.method, "remove": args.remove,
+                               "seed": args.seed, "recorded_s": round(time.perf_counter() - t0, 1),
+                               "trials": trials}, indent=1) + "\n")
+    print(f"{len(trials)} scored trials -> {out}")
+    return 0
+
+
+def replay(args) -> int:
+    """One mode of one sequence, in this process: every trial's details, the time, the peak RSS."""
+    import torch
+
+    from gptailor import Evaluator, Family, Plan, load_suite
+    from gptailor.eval.prefix import prefix_cache_for
+
+    seq = json.loads(Path(args.sequence).read_text())
+    fam = Family.from_spec(seq["family"])
+    on = args.mode == "on"
+    cache = prefix_cache_for(fam) if on else None
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search", prefix_cache=cache or False)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    ev.references()
+    refs_s = time.perf_counter() - t0
+    details = []
+    t1 = time.perf_counter()
+    for t in seq["trials"]:
+        r = ev.evaluate(Plan.from_text(t["plan"], fam.name), t["fidelity"])
+        details.append(r.details)
+    trials_s = time.perf_counter() - t1
+    stats = cache.snapshot() if cache is not None else None
+    out = {"mode": args.mode, "trials": len(details), "references_s": refs_s, "trials_s": trials_s,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "budget_mb": cache.max_bytes / 2 ** 20 if cache else 0, "budget_source": cache.source if cache else "",
+           "stats": stats.to_dict() if stats else None,
+           "hits_by_depth": dict(sorted(stats.hits_by_depth.items())) if stats else None,
+           "n_kept_max": max(Plan.from_text(t["plan"]).n_kept for t in seq["trials"]),
+           "details": details}
+    Path(args.out).write_text(json.dumps(out))
+    return 0
+
+
+def run(args) -> int:
+    names = args.sequences.split(",") if args.sequences else sorted(p.stem for p in HERE.glob("*.json"))
+    print(f"prefix cache on vs off, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}; each mode in a fresh process, off first")
+    rows = []
+    for name in names:
+        path = HERE / f"{name}.json"
+        res = {}
+        for mode in ("off", "on"):
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                out = f.name
+            cmd = [sys.executable, "-m", "bench.prefix_cache", "replay", str(path), "--mode", mode, "--out", out]
+            subprocess.run(cmd, check=True)
+            res[mode] = json.loads(Path(out).read_text())
+            os.unlink(out)
+        off, on = res["off"], res["on"]
+        same = off["details"] == on["details"]
+        n = off["trials"]
+        tph = {m: 3600 * n / (res[m]["references_s"] + res[m]["trials_s"]) for m in res}
+        tph_trials = {m: 3600 * n / res[m]["trials_s"] for m in res}
+        s = on["stats"]
+        print(f"\n{name}: {n} trials, kept layers up to {on['n_kept_max']}")
+        print(f"  trials/hour  off {tph['off']:.0f}  on {tph['on']:.0f}  ratio {tph['on'] / tph['off']:.2f}x"
+              f"   (trials only, references excluded: ratio {tph_trials['on'] / tph_trials['off']:.2f}x)")
+        print(f"  references  off {off['references_s']:.1f} s  on {on['references_s']:.1f} s")
+        print(f"  hit rate {s['hit_rate']:.1%} of {s['lookups']} batch forwards; layers skipped "
+              f"{s['layers_skipped']} of {s['layers_skipped'] + s['layers_run']} "
+              f"({s['layers_skipped'] / max(1, s['layers_skipped'] + s['layers_run']):.1%})")
+        print(f"  hits by depth (kept layers skipped: forwards): {on['hits_by_depth']}")
+        print(f"  peak RSS  off {off['peak_rss_mb']:.0f} MB  on {on['peak_rss_mb']:.0f} MB  "
+              f"(+{on['peak_rss_mb'] - off['peak_rss_mb']:.0f} MB; budget {on['budget_mb']:.0f} MB, "
+              f"{on['budget_source']})")
+        print(f"  every score identical: {'yes' if same else 'NO'}")
+        rows.append((name, n, tph["off"], tph["on"], tph["on"] / tph["off"], s["hit_rate"],
+                     on["peak_rss_mb"] - off["peak_rss_mb"], on["budget_mb"], same))
+    print("\n| sequence | trials | trials/h off | trials/h on | ratio | hit rate | extra peak RSS | budget | identical |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, n, a, b, r, h, rss, bud, same in rows:
+        print(f"| {name} | {n} | {a:.0f} | {b:.0f} | {r:.2f}x | {h:.0%} | {rss:+.0f} MB | {bud:.0f} MB | "
+              f"{'yes' if same else 'NO'} |")
+    return 0 if all(r[-1] for r in rows) else 1
+
+
+def bytes_per_position(args) -> int:
+    """Bytes of one cached position: every search-split batch's tokens times hidden size times the dtype."""
+    import torch
+
+    from gptailor import Evaluator, Family, load_suite
+
+    fam = Family.from_spec(args.family)  # configs and safetensors headers only: no layer is read here
+    suite = load_suite(args.suite or fam.spec.suite_path())
+    ev = Evaluator(fam, suite, split="search", prefix_cache=False)
+    hidden = int(fam.config.hidden_size)
+    tokens = sum(b.input_ids.numel() for t in suite for b in ev._prepare(t, args.fidelity)[0])
+    total = tokens * hidden * torch.finfo(fam.dtype).bits // 8
+    print(f"family {fam.name} (hidden {hidden}, {fam.n_layers} layers, {fam.dtype}); suite {suite.name}, search "
+          f"split at fidelity {args.fidelity or 'full'}: {tokens} padded tokens per pass -> "
+          f"{total / 2 ** 20:.1f} MB per cached position, {total * fam.n_layers / 2 ** 20:.0f} MB for every layer")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record", help="run a real study and record its scored (plan, fidelity) sequence")
+    r.add_argument("--family", default="demo")
+    r.add_argument("--method", default="smac", choices=("smac", "random"))
+    r.add_argument("--trials", type=int, default=200)
+    r.add_argument("--remove", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-fidelity", type=int, default=None)
+    r.add_argument("--name", required=True)
+    p = sub.add_parser("replay", help="(internal) one mode of one sequence in this process")
+    p.add_argument("sequence")
+    p.add_argument("--mode", choices=("off", "on"), required=True)
+    p.add_argument("--out", required=True)
+    u = sub.add_parser("run", help="replay sequences with the cache off and on, and compare")
+    u.add_argument("--sequences", default=None, help="comma-separated names in bench/sequences (default: all)")
+    b = sub.add_parser("bytes", help="bytes of one cached position for a family's shape on a suite")
+    b.add_argument("--family", required=True)
+    b.add_argument("--suite", default=None, help="a suite file (default: the family's own)")
+    b.add_argument("--fidelity", type=int, default=None)
+    args = ap.parse_args(argv)
+    return {"record": record, "replay": replay, "run": run, "bytes": bytes_per_position}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
