@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
-from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_texts
+from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_ids
 from gptailor.eval.results import References, applicable_definition
 from gptailor.search.precompute import Precompute
 from gptailor.common.progress import OnPhase, Phase, quiet
@@ -313,7 +313,7 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
     """Evaluate the heuristic's plan(s) on the whole search split; best_single tries every heuristic on
     every member (and picks on the search split, like a search)."""
     n = budget.n_remove(ev.family)
-    texts = calibration_texts(ev.suite)
+    texts = calibration_ids(ev.suite, ev.family.tokenizer)
     todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
         if method == "best_single" else [(method, "base")]
     if run is not None:

@@ -1,4 +1,4 @@
-"""``python -m gptailor`` (installed: ``gptailor``): the engine from a terminal (info, eval, export, chat).
+"""``python -m gptailor`` (installed: ``gptailor``): the engine from a terminal (info, eval, report, export, chat).
 
 A program built on the engine adds its own commands by calling ``main(extra=...)`` (the app's study
 commands: ``python -m db``). The engine looks for none: it names no other package, and entry points would
@@ -145,6 +145,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """The members' table (``gptailor.eval.members``): progress on stderr as it goes, the table on stdout."""
+    from gptailor.eval.evaluator import Evaluator
+    from gptailor.eval.members import markdown, member_rows
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    fam = _load(args)
+    ev = Evaluator(fam, _suite(args, fam), batch_size=args.batch_size, split=args.split)
+    say(f"family {fam.name}: {len(fam.member_names)} members, suite {ev.suite.name!r} "
+        f"({len(ev.suite.tasks)} tasks, {args.split} split)")
+    rows = member_rows(ev, args.split, naive=not args.no_naive, say=say)
+    if args.json:
+        print(json.dumps(_finite([{"model": r.label, "scores": r.scores, "retention": r.retentions} for r in rows]),
+                         indent=2, allow_nan=False))
+    else:
+        print(markdown(ev, rows))
+    return 0
+
+
 def cmd_chat(args) -> int:
     from gptailor.chat import reply
     from gptailor.stitch import Stitcher
@@ -197,7 +218,7 @@ def lm_eval_args(sp, what: str = "print lm-eval's own metrics of the plan beside
 
 
 def build_parser(extra: Sequence[Commands] = (), prog: str = "python -m gptailor") -> argparse.ArgumentParser:
-    """The engine's commands (info, eval, export, chat), then those of each of ``extra``."""
+    """The engine's commands (info, eval, report, export, chat), then those of each of ``extra``."""
     from gptailor.common.limits import arg
     from gptailor.eval.results import AUTO, CHOICES
 
@@ -243,6 +264,17 @@ def build_parser(extra: Sequence[Commands] = (), prog: str = "python -m gptailor
     sp.add_argument("--batch-size", type=arg("batch size"), default=16, help=argparse.SUPPRESS)
     lm_eval_args(sp, "add lm-eval's metrics of the plan and every member to the model card")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("report", help="every member's scores and retention as a markdown table (progress on stderr)")
+    common(sp, plan=False)
+    sp.add_argument("--suite", help="suite.yaml, or a folder of JSONL task files (default: the family's)")
+    sp.add_argument("--split", choices=("test", "search", "all"), default="test",
+                    help="which examples: the held-out test split (default), the search split, or all")
+    sp.add_argument("--no-naive", action="store_true",
+                    help="leave out the row of the base with its last quarter of layers dropped")
+    sp.add_argument("--batch-size", type=arg("batch size"), default=64)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("chat", help="one prompt -> generated text from a plan's model")
     common(sp, plan_required=False)

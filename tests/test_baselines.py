@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_family
-from gptailor.search.baselines import base_states, calibration_texts, laco_candidates, laco_plan, laco_plan_at
+from gptailor.search.baselines import base_states, calibration_ids, laco_candidates, laco_plan, laco_plan_at
 from gptailor.family.family import Family
 from gptailor.plan import Plan
 from gptailor.search.precompute import Precompute
@@ -103,8 +103,74 @@ def test_seed_heuristics_share_one_base_forward(deep_family, tmp_path):
     identity = Plan.identity(L, "base", deep_family.name).key()
     assert st.built.count(identity) == 1  # ShortGPT, angular and LaCo's ranking read one forward
     assert set(removals) == {"last_n", "shortgpt", "angular", "laco"} and all(len(v) == 2 for v in removals.values())
-    texts = calibration_texts(suite)
+    texts = calibration_ids(suite, deep_family.tokenizer)
     assert removals["laco"] == [i for i, op in enumerate(laco_plan(deep_family, 2, texts).ops) if op.kind == "drop"]
     st2 = CountingStitcher(deep_family)  # a second study: everything from the cache, no forward at all
     assert Precompute(tmp_path / "cache").heuristic_removals(deep_family, 2, suite, st2) == removals
     assert st2.built == []
+
+
+class SeeingStitcher(Stitcher):
+    """A real Stitcher whose models record the token ids they are run on (padding removed)."""
+
+    def __init__(self, family: Family) -> None:
+        super().__init__(family)
+        self.seen: dict[str, list[list[int]]] = {}
+
+    def build(self, plan, *a, **kw):
+        model = super().build(plan, *a, **kw)
+        rows = self.seen.setdefault(plan.key(), [])
+
+        def record(_module, args, kwargs):
+            ids, mask = kwargs["input_ids"], kwargs["attention_mask"].bool()
+            rows.extend(r[m].tolist() for r, m in zip(ids, mask))
+        model.register_forward_pre_hook(record, with_kwargs=True)
+        return model
+
+
+CHAT_QA = [{"prompt": f"what is {a} + {b}?", "target": str(a + b)} for a, b in ((2, 3), (10, 7), (4, 4), (9, 1))]
+CHAT_MC = [{"context": f"is {w} a colour?", "choices": [" yes", " no"], "answer": int(w == "cat")}
+           for w in ("red", "cat", "blue", "green")]
+
+
+def test_calibration_goes_through_the_chat_template_as_scoring_does(deep_family, tmp_path):
+    """With ``chat_template: true`` the heuristics run on the template's text (one user turn, the generation
+    prompt, then the target), token for token what scoring feeds; plain tasks stay plain text."""
+    tok = deep_family.tokenizer
+    suite = Suite("s", [Task("qa", "exact_match", CHAT_QA, chat_template=True),
+                        Task("mc", "multiple_choice", CHAT_MC, chat_template=True),
+                        Task("plain", "exact_match", CHAT_QA)])
+    ids = calibration_ids(suite, tok, n=3 * len(CHAT_QA))
+
+    def chat(prompt: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+    want = {}
+    for task in suite:
+        for ex in task.subset(len(CHAT_QA), "search"):
+            if task.name == "qa":
+                text, special = chat(ex["prompt"]) + ex["target"], False
+            elif task.name == "mc":
+                text, special = chat(ex["context"]) + ex["choices"][ex["answer"]], False
+            else:
+                text, special = ex["prompt"] + ex["target"], True
+            want.setdefault(task.name, []).append(tok(text, add_special_tokens=special)["input_ids"])
+    expected = want["qa"] + want["mc"] + want["plain"]
+    assert ids == expected
+    assert tok.decode(ids[0]).startswith("<|user|>what is") and "<|assistant|>" in tok.decode(ids[0])
+    assert tok.decode(ids[-1]).startswith("what is")  # a plain task's text is not templated
+
+    from gptailor.eval.evaluator import Evaluator  # scoring's rows: the same ids, context then target
+
+    ev = Evaluator(deep_family, suite)
+    scored = []
+    for task in suite:
+        rows, meta = ev._rows(task, task.subset(len(CHAT_QA), "search"))
+        if task.kind == "multiple_choice":
+            rows = [rows[start + answer] for start, _, answer in meta]
+        scored += [c + t for c, t in rows]
+    assert scored == expected
+
+    st = SeeingStitcher(deep_family)  # what the heuristics' models are really run on, through the cache path
+    Precompute(tmp_path / "cache").heuristic_removals(deep_family, 2, suite, st)
+    assert st.seen[Plan.identity(L, "base", deep_family.name).key()] == expected

@@ -57,13 +57,13 @@ def test_mergekit_config_passthrough_and_merge(tiny_family):
                              {"sources": [{"model": src("base"), "layer_range": [3, 4]}]}]
     cfg = mergekit_config(tiny_family, Plan.from_text("0:base 1:math 2:merge[ties,density=.3](math=1,code=2) 3:base"))
     assert cfg["merge_method"] == "ties"
-    assert cfg["slices"][2]["sources"] == [
+    assert cfg["slices"][2]["sources"] == [  # mergekit reads the base tensor from the slice; listed first
+        {"model": src("base"), "layer_range": [2, 3]},
         {"model": src("math"), "layer_range": [2, 3], "parameters": {"weight": 1.0, "density": 0.3}},
-        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 2.0, "density": 0.3}},
-        {"model": src("base"), "layer_range": [2, 3]}]  # mergekit reads the base tensor from the slice
+        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 2.0, "density": 0.3}}]
     assert cfg["slices"][1]["sources"] == [
-        {"model": src("math"), "layer_range": [1, 2], "parameters": {"weight": 1.0, "density": 1.0}},
-        {"model": src("base"), "layer_range": [1, 2]}]
+        {"model": src("base"), "layer_range": [1, 2]},
+        {"model": src("math"), "layer_range": [1, 2], "parameters": {"weight": 1.0, "density": 1.0}}]
     assert cfg["slices"][0]["sources"] == [
         {"model": src("base"), "layer_range": [0, 1], "parameters": {"weight": 1.0, "density": 1.0}}]
 
@@ -77,15 +77,15 @@ def test_mergekit_config_dare(tiny_family, method):
     cfg = mergekit_config(tiny_family, plan)
     assert cfg["merge_method"] == method and cfg["parameters"] == {"normalize": False, "rescale": True}
     assert cfg["slices"][1]["sources"] == [
-        {"model": src("math"), "layer_range": [1, 2], "parameters": {"weight": 1.0, "density": 1.0}},
-        {"model": src("base"), "layer_range": [1, 2]}]
+        {"model": src("base"), "layer_range": [1, 2]},
+        {"model": src("math"), "layer_range": [1, 2], "parameters": {"weight": 1.0, "density": 1.0}}]
     assert cfg["slices"][2]["sources"] == [
+        {"model": src("base"), "layer_range": [2, 3]},
         {"model": src("math"), "layer_range": [2, 3], "parameters": {"weight": 1.0, "density": 0.5}},
-        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 0.5, "density": 0.5}},
-        {"model": src("base"), "layer_range": [2, 3]}]
+        {"model": src("code"), "layer_range": [2, 3], "parameters": {"weight": 0.5, "density": 0.5}}]
     other = mergekit_config(tiny_family, Plan.from_text(f"0:base 1:merge[{method},density=.2](math=1,code=1) 2:drop 3:base"))
     assert [s.get("parameters") for s in other["slices"][1]["sources"]] == [
-        {"weight": 1.0, "density": 0.2}, {"weight": 1.0, "density": 0.2}, None]
+        None, {"weight": 1.0, "density": 0.2}, {"weight": 1.0, "density": 0.2}]
     text = mergekit_yaml(tiny_family, plan)
     assert yaml.safe_load(text) == cfg and f"# {method} draws random numbers" in text
 
@@ -93,8 +93,8 @@ def test_mergekit_config_dare(tiny_family, method):
 @pytest.mark.parametrize("text,msg", [
     ("base merge(math=1,code=1) merge[ties](math=1,code=1) base", "mixes merge methods"),
     ("base merge[slerp](base=1,math=1) base base", "slerp"),
-    ("math base base base", "embeddings from the first slice's models; member 'math' there has embeddings unlike"),
-    ("base base base merge(math=1,code=1)", "final norm from the last slice's models; member 'math'"),
+    ("math base base base", "embeddings from 'math'; member 'math' there has embeddings unlike"),
+    ("base base base merge(math=1,code=1)", "final norm from 'math'; member 'math'"),
 ])
 def test_mergekit_refuses_what_it_cannot_express(tiny_family, text, msg):
     with pytest.raises(ExportError, match=msg):

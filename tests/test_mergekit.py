@@ -4,10 +4,12 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from gptailor import Family, Plan, Stitcher
-from gptailor.export.mergekit import mergekit_yaml
+from gptailor.export.mergekit import io_inputs, mergekit_config, mergekit_yaml
+from gptailor.merge import METHODS
 
 from conftest import make_tiny_family
 
@@ -60,21 +62,30 @@ def test_mergekit_builds_a_dare_plan_with_its_own_random_drop(tiny_family, tmp_p
     assert 0.5 < kept < 0.9  # kept by either member: 1 - .5 * .5 = .75 expected
 
 
-def _mergekit_model(family, plan, tmp_path):
-    """The model ``mergekit-yaml`` builds from the exported YAML."""
+def _mergekit_model(family, plan, tmp_path, cli: bool = False):
+    """The model mergekit builds from the exported YAML: by ``mergekit-yaml``, or (``cli=False``, seconds
+    faster, the default) by ``run_merge``, the function that command calls with the same options."""
     cfg = tmp_path / "mergekit.yaml"
     cfg.write_text(mergekit_yaml(family, plan))
-    r = subprocess.run([MERGEKIT, str(cfg), str(tmp_path / "out"), "--allow-crimes"], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    if cli:
+        r = subprocess.run([MERGEKIT, str(cfg), str(tmp_path / "out"), "--allow-crimes"], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    else:
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+
+        run_merge(MergeConfiguration.model_validate(yaml.safe_load(cfg.read_text())), str(tmp_path / "out"),
+                  MergeOptions(allow_crimes=True, quiet=True))
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert merged.config.num_hidden_layers == plan.n_kept
     return merged
 
 
-def _check_mergekit_rebuilds(family, plan, tmp_path) -> str:
+def _check_mergekit_rebuilds(family, plan, tmp_path, cli: bool = False) -> str:
     """Run mergekit on the exported YAML; its model's logits must equal the stitched model's."""
-    merged = _mergekit_model(family, plan, tmp_path)
+    merged = _mergekit_model(family, plan, tmp_path, cli)
     cfg = tmp_path / "mergekit.yaml"
     ids = torch.randint(7, 100, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -82,3 +93,87 @@ def _check_mergekit_rebuilds(family, plan, tmp_path) -> str:
         got = merged(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     return cfg.read_text()
+
+
+# ----------------------------------------------------------------------------- mergekit's rule for the non-layer tensors
+EXPORTED = [m for m in METHODS.values() if m.mergekit is not None]
+
+
+def _merge_at(method, position: int) -> Plan:
+    """A 4-layer plan: a merge by ``method`` at ``position``, picks of both finetunes and a drop elsewhere
+    (no base pick: with a method that needs the base, every slice lists it beside the member)."""
+    params = "" if not method.defaults else ",density=1"  # density 1: nothing drawn or trimmed, so exact
+    ops = iter(["math", "drop", "code"])
+    return Plan.from_text(" ".join(f"{i}:merge[{method.name}{params}](math=.6,code=.9)" if i == position
+                                   else f"{i}:{next(ops)}" for i in range(4)))
+
+
+@pytest.mark.skipif(MERGEKIT is None, reason="mergekit is not installed (requirements.txt installs it)")
+@pytest.mark.parametrize("position", [0, 1, 3], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("method", EXPORTED, ids=[m.name for m in EXPORTED])
+def test_mergekit_rebuilds_every_method_at_the_first_middle_and_last_position(layers_only_family, tmp_path,
+                                                                              method, position):
+    text_yaml = _check_mergekit_rebuilds(layers_only_family, _merge_at(method, position), tmp_path, cli=False)
+    assert "not expressible" not in text_yaml
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS.values() if m.mergekit is None], ids=lambda m: m.name)
+def test_a_method_mergekit_cannot_express_is_written_as_a_comment(layers_only_family, method):
+    text = mergekit_yaml(layers_only_family, Plan.from_text(f"0:math 1:merge[{method.name}](math=1,code=1) 2:base"
+                                                            f" 3:code"))
+    assert f"not expressible as one mergekit config: {method.mergekit_why_not}" in text
+
+
+NEEDS_BASE = [m for m in EXPORTED if m.needs_base]
+
+
+@pytest.mark.skipif(MERGEKIT is None, reason="mergekit is not installed (requirements.txt installs it)")
+@pytest.mark.parametrize("method", NEEDS_BASE, ids=[m.name for m in NEEDS_BASE])
+def test_merges_at_the_top_after_base_picks_build(tiny_family, tmp_path, method):
+    """The issue's plan shape (base picks first, task-vector merges at the top): mergekit merges the final
+    norm and head from the last slice's first source only (the first slice has one), so the base must be
+    listed first there. Then the norm and head are the base's alone, even for finetunes that changed theirs."""
+    params = "" if not method.defaults else ",density=1"
+    plan = Plan.from_text(f"0:base 1:drop 2:merge[{method.name}{params}](math=.5,code=.7) "
+                          f"3:merge[{method.name}{params}](math=1,code=.4)")
+    cfg = mergekit_config(tiny_family, plan)
+    assert all(sl["sources"][0]["model"] == cfg["base_model"] for sl in cfg["slices"])
+    assert not tiny_family.io_equals_base("math", "norm")  # the finetunes' norms differ: only the base is read
+    _check_mergekit_rebuilds(tiny_family, plan, tmp_path, cli=method.name == "task_arithmetic")
+
+
+def test_a_plan_whose_norm_mergekit_would_take_from_a_finetune_is_refused(tiny_family):
+    """linear has no base: after a one-source first slice mergekit takes the last slice's first member's
+    norm, which is not the base's here, so the YAML is not written."""
+    text = mergekit_yaml(tiny_family, Plan.from_text("0:base 1:drop 2:code 3:merge(math=1,code=2)"))
+    assert "not expressible" in text and "final norm from 'math'" in text and "member 'math'" in text
+
+
+@pytest.mark.skipif(MERGEKIT is None, reason="mergekit is not installed (requirements.txt installs it)")
+@pytest.mark.parametrize("text", [
+    "0:base 1:drop 2:merge[task_arithmetic](math=.5,code=.7) 3:merge[task_arithmetic](math=1,code=.4)",
+    "0:math 1:merge[ties,density=.5](math=1,code=2) 2:drop 3:merge[ties](code=1,math=1)",
+    "0:merge(math=1,code=2) 1:base 2:drop 3:code",
+    "0:merge(math=1,code=2) 1:base 2:drop 3:merge(code=1)",
+    "0:base 1:math 2:code 3:base",
+])
+def test_io_inputs_is_the_rule_mergekits_planner_follows(layers_only_family, tmp_path, text):
+    """Independent of our reading of mergekit's code: its own planner's tasks say which models the
+    embeddings, final norm and head are gathered from."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import _model_out_config
+    from mergekit.options import MergeOptions
+    from mergekit.plan import MergePlanner
+
+    cfg = mergekit_config(layers_only_family, Plan.from_text(text))
+    config, options = MergeConfiguration.model_validate(cfg), MergeOptions(allow_crimes=True)
+    arch = get_architecture_info(config, options)  # as run_merge plans a merge
+    planner = MergePlanner(config, arch, options, _model_out_config(config, arch))
+    tasks = planner.plan_to_disk(str(tmp_path / "out"))  # planned only: nothing runs, nothing is written
+    gathered = {t.tensor_name: [m.model.path for m in t.tensor_task.gather_tensors.weight_info.keys()]
+                for t in tasks if hasattr(t, "tensor_task")}
+    want = io_inputs(cfg["slices"])
+    assert gathered["model.embed_tokens.weight"] == want["embed"]
+    assert gathered["model.norm.weight"] == want["norm"]
+    assert gathered["lm_head.weight"] == want["head"]

@@ -5,7 +5,7 @@ import gradio as gr
 
 from gptailor import FamilyError, TaskError
 from gptailor.analysis.layers import cached_analysis
-from gptailor.search.baselines import calibration_texts
+from gptailor.search.baselines import calibration_ids
 from gptailor.common.paths import PathError
 
 from . import figures
@@ -38,7 +38,7 @@ def compute(family: str, n_texts: float, member: str, position: float, suite: st
     except (FamilyError, TaskError) as e:
         raise refuse(e) from None
     fam = session.family
-    texts = calibration_texts(ev.suite, int(n_texts))
+    texts = calibration_ids(ev.suite, fam.tokenizer, int(n_texts))
     try:
         with stoppable(request):  # Stop ends it between batches; nothing half-done is cached
             res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,

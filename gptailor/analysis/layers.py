@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from gptailor.analysis.states import angular_distance, block_influence, layer_states
+from gptailor.analysis.states import Calibration, angular_distance, block_influence, layer_states
 from gptailor.family.family import Family
 from gptailor.common.paths import inside, safe_name
 from gptailor.plan import Plan
@@ -64,7 +64,7 @@ def weight_drift(family: Family, member: str) -> list[float]:
     return out
 
 
-def analyze(family: Family, texts: list[str], stitcher: Stitcher | None = None,
+def analyze(family: Family, texts: Calibration, stitcher: Stitcher | None = None,
             progress: Callable[[float, str], None] | None = None, max_tokens: int = 4096) -> LayerAnalysis:
     """Compute every statistic for every member on ``texts`` (the same tokens for all members)."""
     stitcher = stitcher or Stitcher(family)
@@ -88,16 +88,17 @@ def analyze(family: Family, texts: list[str], stitcher: Stitcher | None = None,
     return LayerAnalysis(family.name, members, L, len(texts), bi, ang, cka_l, cka_m, drift)
 
 
-def cache_key(family: Family, texts: list[str]) -> str:
+def cache_key(family: Family, texts: Calibration) -> str:
+    """The family's spec and the calibration set (texts or the token ids scoring feeds), hashed."""
     h = hashlib.sha256()
     h.update(json.dumps(family.spec.to_dict(), sort_keys=True).encode())
     for t in texts:
-        h.update(t.encode())
+        h.update(t.encode() if isinstance(t, str) else json.dumps(list(t)).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
 
 
-def cached_analysis(family: Family, texts: list[str], cache_dir: str | Path, **kw) -> LayerAnalysis:
+def cached_analysis(family: Family, texts: Calibration, cache_dir: str | Path, **kw) -> LayerAnalysis:
     """``analyze`` once per family + calibration set; later calls read the JSON file."""
     name = safe_name("family", family.name)  # the family's name becomes part of a file name
     path = inside(cache_dir, Path(cache_dir) / f"analysis-{name}-{cache_key(family, texts)}.json", "analysis cache")

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 import torch
 
 from gptailor.common.progress import tick
+
+Calibration = Union[Sequence[str], Sequence[Sequence[int]]]
+"""What hidden states are taken on: token ids as scoring encodes them (``search.baselines.calibration_ids``,
+the chat template included), or plain texts, tokenized with the tokenizer's special tokens."""
 
 
 @dataclass
@@ -19,9 +23,30 @@ class LayerStates:
     outputs: list[torch.Tensor] | None = None  # per layer, the first ``keep_tokens`` outputs (for CKA)
 
 
+def _ids(tokenizer, texts: Calibration, max_length: int) -> list[list[int]]:
+    """Each calibration entry as token ids, cut to ``max_length`` (ids are kept as given)."""
+    return [list(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) if isinstance(t, str)
+            else list(t)[:max_length] for t in texts]
+
+
+def _pad(tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of one batch, padded on the tokenizer's padding side."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    width = max(len(r) for r in rows)
+    left = tokenizer.padding_side == "left"
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
-def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16, keep_tokens: int = 0,
+def layer_states(model, tokenizer, texts: Calibration, batch_size: int = 16, keep_tokens: int = 0,
                  max_length: int = 512) -> LayerStates:
+    """Hidden-state statistics of ``model`` on ``texts`` (token ids, or plain texts to tokenize)."""
     layers = model.model.layers
     L = len(layers)
     cos_sum = [0.0] * L
@@ -50,19 +75,19 @@ def layer_states(model, tokenizer, texts: list[str], batch_size: int = 16, keep_
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     dev = next(model.parameters()).device
     n_tokens = 0
+    rows = _ids(tokenizer, texts, max_length)
     try:
-        for s in range(0, len(texts), batch_size):
+        for s in range(0, len(rows), batch_size):
             tick()
-            enc = tokenizer(texts[s: s + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length)
-            mask = enc["attention_mask"].bool()
+            input_ids, attention = _pad(tokenizer, rows[s: s + batch_size])
+            mask = attention.bool()
             if tokenizer.padding_side == "left":
                 lastpos = torch.full((mask.shape[0],), mask.shape[1] - 1)
             else:
                 lastpos = mask.sum(1) - 1
             current.update(mask=mask.to(dev), last=lastpos.to(dev))
             n_tokens += int(mask.sum())
-            model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev), use_cache=False)
+            model(input_ids=input_ids.to(dev), attention_mask=attention.to(dev), use_cache=False)
     finally:
         for h in handles:
             h.remove()

@@ -278,23 +278,13 @@ def _save(model, tokenizer, gen, path: Path) -> None:
 
 
 def report(family: str = "demo") -> str:
-    """A markdown table of every member's scores, and of naive last-quarter dropping, on the test split."""
+    """A markdown table of every member's scores, and of naive last-quarter dropping, on the test split
+    (``python -m gptailor report`` prints the same table, with progress)."""
     from gptailor.eval.evaluator import Evaluator
-    from gptailor.family.family import Family
-    from gptailor.plan import Plan
+    from gptailor.eval.members import markdown, member_rows
     from gptailor.eval.suite import load_suite
+    from gptailor.family.family import Family
 
     fam = Family.from_spec(family)
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()))
-    L, q = fam.n_layers, fam.n_layers // 4
-    rows = [(m, Plan.identity(L, m, fam.name)) for m in fam.member_names]
-    rows.append((f"base, last {q} layers dropped", Plan.drop_positions(L, range(L - q, L), family=fam.name)))
-    names = ev.suite.names
-    out = ["| model | " + " | ".join(f"{t} ({'ppl' if t.endswith('ppl') else 'acc'})" for t in names)
-           + " | retention (family) | retention (base) |", "|---" * (len(names) + 3) + "|"]
-    for label, plan in rows:
-        res = ev.evaluate(plan)
-        cells = [f"{res.scores[t]:.2f}" if t.endswith("ppl") else f"{100 * res.scores[t]:.1f}%" for t in names]
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {100 * res.retentions['family']:.1f}% | "
-                   f"{100 * res.retentions['base']:.1f}% |")
-    return "\n".join(out)
+    return markdown(ev, member_rows(ev))

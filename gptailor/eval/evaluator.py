@@ -38,6 +38,7 @@ from gptailor.stitch import Stitcher, param_count
 if TYPE_CHECKING:
     from gptailor.eval.speed import SpeedSettings
 from gptailor.eval.suite import Suite
+from gptailor.eval.encoding import context_text, encode_pair, encode_text
 from gptailor.eval.tasks import Task, TaskError
 from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq, batch_digest
 from gptailor.eval.metrics import METRICS, apply_filter
@@ -94,33 +95,12 @@ class Evaluator:
         else:
             self.prefix_cache = prefix_cache_for(family) if prefix_cache else None
 
-    # -- tokenization ---------------------------------------------------------------
-    def _start_id(self) -> int:
-        """What precedes the first scored token when the text itself gives nothing: BOS, else EOS."""
-        tok = self.family.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
+    # -- tokenization (gptailor.eval.encoding: the one rule, shared with the calibration texts) ----------
     def _context(self, task: Task, text: str) -> tuple[str, bool]:
-        """The context as the model sees it, and whether the tokenizer should add its special tokens."""
-        if not task.chat_template:
-            return text, True
-        tok = self.family.tokenizer
-        if not getattr(tok, "chat_template", None):
-            raise TaskError(f"task {task.name!r} asks for chat_template, but the family's tokenizer has none; "
-                            f"set chat_template: false and write the prompt format into the prompts")
-        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                       add_generation_prompt=True), False
+        return context_text(self.family.tokenizer, task, text)
 
     def _encode_pair(self, task: Task, ctx: str, cont: str) -> tuple[list[int], list[int]]:
-        tok = self.family.tokenizer
-        ctx, special = self._context(task, ctx)
-        c = tok(ctx, add_special_tokens=special)["input_ids"]
-        if not c:  # no BOS and an empty context: something must precede the first scored token
-            c = [self._start_id()]
-            return c, tok(cont, add_special_tokens=False)["input_ids"]
-        whole = tok(ctx + cont, add_special_tokens=special)["input_ids"]
-        t = whole[len(c):] if whole[: len(c)] == c and len(whole) > len(c) else tok(cont, add_special_tokens=False)["input_ids"]
-        return c, t
+        return encode_pair(self.family.tokenizer, task, ctx, cont)
 
     def _rows(self, task: Task, examples: list[dict]) -> tuple[list[tuple[list[int], list[int]]], list[Any]]:
         """Flat (context ids, scored ids) rows and, per example, what aggregates them."""
@@ -136,9 +116,7 @@ class Evaluator:
                 rows += [self._encode_pair(task, c, ch) for c, ch in zip(ctxs, ex["choices"])]
                 meta.append((start, ex.get("lengths") or [len(ch) for ch in ex["choices"]], ex["answer"]))
             else:
-                ids = tok(ex["text"])["input_ids"]
-                if len(ids) < 2:
-                    ids = [self._start_id(), *ids]
+                ids = encode_text(tok, ex["text"])
                 rows.append((ids[:1], ids[1:]))
         return rows, meta
 

@@ -27,25 +27,50 @@ def _merge_method(plan: Plan) -> MergeMethod | None:
     return method
 
 
-def _check_io_sources(family: Family, slices: list[dict[str, Any]]) -> None:
-    """mergekit takes the embeddings from the first slice's models and the final norm and LM head from
-    the last slice's; the stitched model has the base's. They agree when each of those models has the
-    base's tensors bit for bit (decoder-only finetunes usually do), whichever member its layers are from."""
+_IO_WHAT = {"embed": "embeddings", "norm": "final norm", "head": "LM head"}
+
+
+def io_inputs(slices: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The models mergekit 0.1.5 merges each non-layer tensor from (``MergePlanner.plan_module``):
+    the embeddings from every source of the first slice; the final norm and LM head from the last
+    slice's sources, but only as many as the first slice has (it zips the last slice's models with the
+    first slice's weight list, so the rest are dropped). Each is merged with its slice's parameters."""
+    first, last = slices[0]["sources"], slices[-1]["sources"]
+    tail = [s["model"] for s in last[:len(first)]]
+    return {"embed": [s["model"] for s in first], "norm": tail, "head": tail}
+
+
+def _check_io_sources(family: Family, slices: list[dict[str, Any]], needs_base: bool) -> None:
+    """The stitched model has the base's embeddings, final norm and head; mergekit merges them from the
+    models ``io_inputs`` names. They agree when each of those models has the base's tensors bit for bit
+    (decoder-only finetunes usually do): any weighted mean or task-vector merge of equal tensors is that
+    tensor. A method that needs the base fails in mergekit unless the base is among them."""
     member_of = {family.spec.source(m): m for m in family.member_names}
-    for where, sl, parts in (("first", slices[0], ("embed",)), ("last", slices[-1], ("norm", "head"))):
-        for source in sl["sources"]:
-            m = member_of[source["model"]]
-            for part in parts:
-                if not family.io_equals_base(m, part):
-                    what = {"embed": "embeddings", "norm": "final norm", "head": "LM head"}[part]
-                    raise ExportError(f"mergekit takes the {what} from the {where} slice's models; member {m!r} "
-                                      f"there has {what} unlike the base's (the stitched model uses the base's)")
+    base = family.spec.source("base")
+    for part, models in io_inputs(slices).items():
+        what = _IO_WHAT[part]
+        if needs_base and base not in models:  # base_first puts it there whenever the slice holds it
+            names = ", ".join(repr(member_of[x]) for x in models)
+            raise ExportError(f"mergekit merges the {what} from {names} and needs the base among them")
+        for model in models:
+            m = member_of[model]
+            if not family.io_equals_base(m, part):
+                names = ", ".join(repr(member_of[x]) for x in models)
+                raise ExportError(f"mergekit merges the {what} from {names}; member {m!r} there has {what} "
+                                  f"unlike the base's (the stitched model uses the base's)")
+
+
+def _base_first(sources: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """The base's source first in a slice (the order of the others kept): mergekit merges the final norm
+    and head from the last slice's first sources only (``io_inputs``), and a method that needs the base
+    fails without it there ("Base input is not present in merge inputs")."""
+    return sorted(sources, key=lambda s: s["model"] != base)
 
 
 def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """The plan as a mergekit config: slices in position order. Written only when mergekit rebuilds
-    the stitched model: the models it takes the embeddings, final norm and LM head from (first and last
-    slice) must have the base's, as the stitched model does."""
+    """The plan as a mergekit config: slices in position order, the base first in each slice that holds
+    it. Written only when mergekit rebuilds the stitched model: the models it merges the embeddings,
+    final norm and LM head from (``io_inputs``) must have the base's, as the stitched model does."""
     merge = _merge_method(plan)
     method = "passthrough" if merge is None else merge.mergekit
     src = family.spec.source
@@ -68,7 +93,7 @@ def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None
             sources = [source]
             if needs_base and op.member != "base":
                 sources.append({"model": src("base"), "layer_range": [i, j]})
-            slices.append({"sources": sources})
+            slices.append({"sources": _base_first(sources, src("base"))})
             i = j
             continue
         sources = []
@@ -79,9 +104,9 @@ def mergekit_config(family: Family, plan: Plan, dtype: torch.dtype | None = None
             sources.append({"model": src(name), "layer_range": [j, j + 1], "parameters": params})
         if needs_base and "base" not in op.members:
             sources.append({"model": src("base"), "layer_range": [i, i + 1]})
-        slices.append({"sources": sources})
+        slices.append({"sources": sources if merge.ordered else _base_first(sources, src("base"))})  # type: ignore[union-attr]
         i += 1
-    _check_io_sources(family, slices)
+    _check_io_sources(family, slices, needs_base)
     cfg: dict[str, Any] = {"slices": slices, "merge_method": method, "base_model": src("base"),
                            "dtype": dtype_name(export_dtype(family, dtype))}
     if merge is not None and merge.mergekit_parameters:

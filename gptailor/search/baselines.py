@@ -25,26 +25,23 @@ from gptailor.family.family import Family
 from gptailor.plan import Op, Plan
 from gptailor.common.progress import tick
 from gptailor.stitch import Stitcher
+from gptailor.eval.encoding import example_ids
 from gptailor.eval.suite import Suite
-from gptailor.analysis.states import LayerStates, angular_distance, block_influence, layer_states
+from gptailor.analysis.states import Calibration, LayerStates, angular_distance, block_influence, layer_states
 
 HEURISTICS = ("last_n", "shortgpt", "angular", "laco")
 
 
-def calibration_texts(suite: Suite, n: int = 64) -> list[str]:
-    """Texts to look at hidden states on: the suite's search-split examples (never the test split)."""
-    texts: list[str] = []
+def calibration_ids(suite: Suite, tokenizer, n: int = 64) -> list[list[int]]:
+    """The token ids the heuristics and the layer analysis look at hidden states on: the suite's
+    search-split examples (never the test split), each encoded exactly as scoring feeds it
+    (``gptailor.eval.encoding.example_ids``: the chat template where the task asks for it, the same
+    special tokens, prompt and target as scored)."""
+    ids: list[list[int]] = []
     per_task = max(1, n // max(1, len(suite.tasks)))
     for task in suite:
-        for ex in task.subset(per_task, "search"):
-            if task.kind == "exact_match":
-                texts.append(ex["prompt"] + ex["target"])
-            elif task.kind == "multiple_choice":
-                ctx = ex["context"]  # a list for lm-eval's partial-evaluation tasks: one context per choice
-                texts.append((ctx[ex["answer"]] if isinstance(ctx, list) else ctx) + ex["choices"][ex["answer"]])
-            else:
-                texts.append(ex["text"])
-    return texts[:n]
+        ids += [example_ids(tokenizer, task, ex) for ex in task.subset(per_task, "search")]
+    return ids[:n]
 
 
 def last_n_plan(family: Family, n: int, member: str = "base") -> Plan:
@@ -81,7 +78,7 @@ def laco_plan_at(family: Family, n: int, start: int) -> Plan:
 LACO_CANDIDATES = 8  # collapsed models LaCo builds and runs: the rest are ranked out by one forward
 
 
-def base_states(family: Family, texts: list[str], member: str = "base",
+def base_states(family: Family, texts: Calibration, member: str = "base",
                 stitcher: Stitcher | None = None) -> LayerStates:
     """One forward of ``member`` with hooks: what ShortGPT, angular and LaCo's ranking all read."""
     model = (stitcher or Stitcher(family)).build(Plan.identity(family.n_layers, member, family.name))
@@ -92,7 +89,7 @@ class SharedStates:
     """Each member's ``base_states`` on one set of texts, computed on first use and then shared: every
     heuristic that reads a member's statistics costs one forward of that member in all."""
 
-    def __init__(self, family: Family, texts: list[str], stitcher: Stitcher | None = None) -> None:
+    def __init__(self, family: Family, texts: Calibration, stitcher: Stitcher | None = None) -> None:
         self.family, self.texts, self.stitcher = family, texts, stitcher
         self._memo: dict[str, LayerStates] = {}
 
@@ -119,7 +116,7 @@ def laco_candidates(states: LayerStates, n: int, limit: int = LACO_CANDIDATES) -
     return sorted(sorted(starts, key=lambda s: (d[s + 1], -s))[:limit])
 
 
-def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | None = None,
+def laco_plan(family: Family, n: int, texts: Calibration, stitcher: Stitcher | None = None,
               states: LayerStates | None = None, limit: int = LACO_CANDIDATES) -> Plan:
     """LaCo-style: collapse each candidate block and keep the one whose last hidden state is closest
     (cosine) to the full model's; at most ``limit`` candidates (``laco_candidates``)."""
@@ -140,7 +137,7 @@ def laco_plan(family: Family, n: int, texts: list[str], stitcher: Stitcher | Non
     return best if best is not None else last_n_plan(family, n, member)
 
 
-def heuristic_plan(name: str, family: Family, n: int, texts: list[str], member: str = "base",
+def heuristic_plan(name: str, family: Family, n: int, texts: Calibration, member: str = "base",
                    stitcher: Stitcher | None = None, states: LayerStates | None = None) -> Plan:
     """One heuristic's plan for ``member`` (its own model) removing ``n`` layers; ``states`` (the
     member's ``base_states`` on ``texts``) saves the forward when several heuristics share it."""

@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from gptailor.search.baselines import HEURISTICS, LACO_CANDIDATES, SharedStates, calibration_texts, heuristic_plan
-from gptailor.analysis.states import LayerStates
+from gptailor.search.baselines import HEURISTICS, LACO_CANDIDATES, SharedStates, calibration_ids, heuristic_plan
+from gptailor.analysis.states import Calibration, LayerStates
 from gptailor.eval.evaluator import Evaluator
 from gptailor.eval.results import References
 from gptailor.family.family import Family
@@ -115,13 +115,13 @@ class Precompute:
 
     # -- heuristics ---------------------------------------------------------------------
     def heuristic_plan(self, name: str, family: Family, n: int, suite: Suite, member: str = "base",
-                       stitcher: Stitcher | None = None, texts: list[str] | None = None,
+                       stitcher: Stitcher | None = None, texts: Calibration | None = None,
                        on_compute: Callable[[], None] | None = None,
                        states: Callable[[], LayerStates] | None = None) -> tuple[Plan, bool]:
         """One heuristic's plan (``baselines.heuristic_plan``) on the suite's calibration texts, and whether
         it came from the cache; ``on_compute`` is called only when it has to be computed; ``states``
         hands out the member's hidden-state statistics when several heuristics share one forward."""
-        texts = texts if texts is not None else calibration_texts(suite)
+        texts = texts if texts is not None else calibration_ids(suite, family.tokenizer)
         key = {"family": family_fingerprint(family), "texts": _digest(texts), "heuristic": name, "member": member,
                "n": n}
         if name == "laco":  # a different bound is a different algorithm: never serve the other's plan
@@ -141,7 +141,7 @@ class Precompute:
                            on_phase: OnPhase = quiet) -> dict[str, list[int]]:
         """The positions each heuristic removes (the search's seeded initial design). The base runs
         forward once for all of them (LaCo then runs at most ``LACO_CANDIDATES`` collapsed models)."""
-        texts = calibration_texts(suite)
+        texts = calibration_ids(suite, family.tokenizer)
         states = SharedStates(family, texts, stitcher).of("base")
         out: dict[str, list[int]] = {}
         K = len(HEURISTICS)
