@@ -64,6 +64,10 @@ class StudyRow(Base):
     worker_host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     worker_start: Mapped[str | None] = mapped_column(String(40), nullable=True)  # process start time (ticks)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # revision 0005: the app visitor who started it: a hash of their server-issued owner token (who may change
+    # it) and a keyed hash of their client address (what per-client caps count); None: the CLI or an older release
+    owner_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    client_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     family: Mapped[FamilyRow] = relationship()
     trials: Mapped[list["TrialRow"]] = relationship(back_populates="study", order_by="TrialRow.number",
