@@ -85,5 +85,11 @@ def main() -> None:
     app = build_app().queue(default_concurrency_limit=2)
     _start_queued_forever()
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", os.environ.get("HOST", "127.0.0.1")),
-               server_port=port, auth=auth_pairs(), max_file_size=max_upload_bytes(), css=CSS,
-               js=dashboard_tab.CLICK_JS, app_kwargs={"middleware": [Middleware(LoginEverywhere)]})
+               server_port=port, **launch_options())
+
+
+def launch_options() -> dict:
+    """What ``launch`` gets besides the address: login (asked on every endpoint, ``ui/login.py``), the
+    upload cap, the page's CSS and click script."""
+    return {"auth": auth_pairs(), "max_file_size": max_upload_bytes(), "css": CSS, "js": dashboard_tab.CLICK_JS,
+            "app_kwargs": {"middleware": [Middleware(LoginEverywhere)]}}

@@ -103,10 +103,10 @@ def launch_study(family: str, method: str, remove: float, trials: float, walltim
     """Check the form, store the study (owned by this browser's token, counted for its client), start it
     or queue it."""
     try:
-        who = visitor(owner, request)
         settings = search_settings(method, trials, walltime, seed, min_fid, max_fid)
         if kind != "parameter fraction":
             whole("layers to remove", remove)
+        who = visitor(owner, request)
         with allowance("studies", request):
             session = ENGINE.get(family, suite)
             sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
