@@ -64,6 +64,10 @@ class StudyRow(Base):
     worker_host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     worker_start: Mapped[str | None] = mapped_column(String(40), nullable=True)  # process start time (ticks)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # revision 0005: the app visitor who started it: a hash of their server-issued owner token (who may change
+    # it) and a keyed hash of their client address (what per-client caps count); None: the CLI or an older release
+    owner_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    client_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     family: Mapped[FamilyRow] = relationship()
     trials: Mapped[list["TrialRow"]] = relationship(back_populates="study", order_by="TrialRow.number",
@@ -96,7 +100,7 @@ class TrialRow(Base):
     retentions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {definition: {mean, tasks}}
     # revision 0004: retention stored once (``retentions``); which definition applies (None: nothing scored)
     definition: Mapped[str | None] = mapped_column(String(10), nullable=True)
-    # revision 0005: what the prefix-state cache did for this trial (gptailor.eval.prefix.PrefixStats.to_dict)
+    # revision 0006: what the prefix-state cache did for this trial (gptailor.eval.prefix.PrefixStats.to_dict)
     prefix_cache: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -56,8 +56,10 @@ def load_engine(family_source: str, suite: str | None = None, device: str | None
 
 def create_study(store: Store, family_source: str, method: str, budget: Budget,
                  settings: SearchSettings | None = None, suite: str | None = None, name: str | None = None,
-                 evaluator: Evaluator | None = None) -> int:
-    """Validate everything that can be validated up front, then store the study (status 'created')."""
+                 evaluator: Evaluator | None = None, owner_hash: str | None = None,
+                 client_key: str | None = None) -> int:
+    """Validate everything that can be validated up front, then store the study (status 'created');
+    ``owner_hash`` / ``client_key``: the app visitor who started it (``Store.create_study``)."""
     if method not in METHODS:
         raise StudyError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     settings = settings or SearchSettings()
@@ -77,7 +79,8 @@ def create_study(store: Store, family_source: str, method: str, budget: Budget,
     name = name or short_name(method, n_remove, settings.seed)
     return store.create_study(family_name=ev.family.name, family_source=str(family_source),
                               family_spec=spec.to_dict(), family_info=info, method=method,
-                              budget=budget.to_dict(), settings=s, n_trials=n_trials, name=name)
+                              budget=budget.to_dict(), settings=s, n_trials=n_trials, name=name,
+                              owner_hash=owner_hash, client_key=client_key)
 
 
 def short_name(method: str, n_remove: int, seed: int = 0) -> str:

@@ -57,10 +57,28 @@ def max_trials() -> int:
 
 
 def session_cap(what: str) -> int:
-    """How many studies / exports / uploads one browser session may make (0 = no cap):
-    ``GPTAILOR_SESSION_MAX_STUDIES`` (public default 5), ``_EXPORTS`` (3), ``_UPLOADS`` (5)."""
+    """How many studies / exports / uploads one client (``ui.guard.client_key``: its address, not its browser
+    session) may make in any 24 hours (0 = no cap): ``GPTAILOR_CLIENT_MAX_STUDIES`` (public default 5),
+    ``_EXPORTS`` (3), ``_UPLOADS`` (5); the older names ``GPTAILOR_SESSION_MAX_*`` are still read."""
     public = {"studies": 5, "exports": 3, "uploads": 5}[what]
-    return int(_cap(f"GPTAILOR_SESSION_MAX_{what.upper()}", public, 0))
+    name = f"GPTAILOR_CLIENT_MAX_{what.upper()}"
+    if not os.environ.get(name, "").strip():
+        name = f"GPTAILOR_SESSION_MAX_{what.upper()}"
+    return int(_cap(name, public, 0))
+
+
+def max_studies_per_hour() -> int:
+    """Studies all visitors together may start from the app in any hour (``GPTAILOR_MAX_STUDIES_PER_HOUR``;
+    30 public, 0 = no cap): a global cap, counted in the database, that no number of clients can exceed."""
+    return int(_cap("GPTAILOR_MAX_STUDIES_PER_HOUR", 30, 0))
+
+
+def proxy_hops() -> int:
+    """How many reverse proxies stand in front of the app (``GPTAILOR_PROXY_HOPS``; 1 on a Hugging Face Space,
+    where ``SPACE_ID`` is set, else 0). With n > 0 a visitor's address is the n-th entry from the right of
+    ``X-Forwarded-For`` (the one the outermost proxy of ours appended; entries left of it are the client's
+    own and free to forge); with 0, or a header with fewer entries, it is the connection's peer address."""
+    return int(env_number("GPTAILOR_PROXY_HOPS", 1 if os.environ.get("SPACE_ID", "").strip() else 0, integer=True))
 
 
 def max_export_zips() -> int:
@@ -132,7 +150,7 @@ def host_id_override() -> str | None:
 
 def check_all() -> None:
     """Read every setting once, so a malformed one stops the app or a worker at start (SettingsError)."""
-    for read in (max_workers, max_trials, max_export_zips, max_export_bytes, max_upload_bytes,
+    for read in (max_workers, max_trials, max_studies_per_hour, proxy_hops, max_export_zips, max_export_bytes, max_upload_bytes,
                  max_task_examples, max_full_examples, auth_pairs, heartbeat_s, grace_s, stop_grace_s):
         read()
     for what in ("studies", "exports", "uploads"):

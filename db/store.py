@@ -35,7 +35,7 @@ from .rows import mean_of, to_record, to_row
 from .settings import db_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SCHEMA_REVISION = "0005"  # this release's Alembic head (tests check it against db/migrations/versions)
+SCHEMA_REVISION = "0006"  # this release's Alembic head (tests check it against db/migrations/versions)
 SCHEMA_VERSION = SCHEMA_REVISION  # the name older code imported
 # what the pre-Alembic code's schema_version numbers correspond to
 LEGACY_REVISIONS = {1: "0001", 2: "0002"}
@@ -358,14 +358,16 @@ class Store:
 
     def create_study(self, *, family_name: str, family_source: str, family_spec: dict[str, Any],
                      family_info: dict[str, Any], method: str, budget: dict[str, Any], settings: dict[str, Any],
-                     n_trials: int, name: str | None = None) -> int:
-        """Store a new study; its name (default: the method) is made unique in its family with a suffix."""
+                     n_trials: int, name: str | None = None, owner_hash: str | None = None,
+                     client_key: str | None = None) -> int:
+        """Store a new study; its name (default: the method) is made unique in its family with a suffix.
+        ``owner_hash`` and ``client_key`` name the app visitor who started it (see ``ui/guard.py``)."""
         fid = self.ensure_family(family_name, family_spec, family_info)
         with self.session() as s:
             taken = set(s.scalars(select(StudyRow.name).where(StudyRow.family_id == fid)))
             row = StudyRow(name=unique_name(clean_name(name or method), taken), family_id=fid,
                            family_source=family_source, method=method, budget=budget, settings=settings,
-                           n_trials=n_trials, status="created")
+                           n_trials=n_trials, status="created", owner_hash=owner_hash, client_key=client_key)
             s.add(row)
             s.flush()
             return row.id
@@ -535,12 +537,17 @@ class Store:
                 raise StoreError(f"no study {study_id} is stored")
             return _study_dict(s, row)
 
-    def count_owned(self, owner: str, exclude_methods: tuple[str, ...] = ("manual",)) -> int:
-        """Studies whose settings name ``owner`` (the app session that started them), so a per-session
-        cap counts what is stored and survives an app restart."""
+    def count_started(self, since: datetime | None = None, client_key: str | None = None,
+                      exclude_methods: tuple[str, ...] = ("manual",)) -> int:
+        """Studies created after ``since`` (all if None), by ``client_key`` (everyone's if None), in one query:
+        the app's caps count what is stored, so they hold across sessions, app processes and restarts."""
+        q = select(func.count()).select_from(StudyRow).where(StudyRow.method.not_in(exclude_methods))
+        if since is not None:
+            q = q.where(StudyRow.created_at > since)
+        if client_key is not None:
+            q = q.where(StudyRow.client_key == client_key)
         with self.session() as s:
-            rows = s.execute(select(StudyRow.settings).where(StudyRow.method.not_in(exclude_methods))).scalars()
-            return sum(1 for settings in rows if (settings or {}).get("owner") == owner)
+            return int(s.scalar(q) or 0)
 
     def fingerprint(self, families: list[str] | None = None) -> tuple:
         """What a page compares before re-reading anything, in one query: per study of ``families`` its name,
@@ -616,4 +623,5 @@ def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
             "worker_host": r.worker_host, "worker_start": r.worker_start, "error": r.error,
             "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
             "heartbeat_at": r.heartbeat_at, "cancel_requested_at": r.cancel_requested_at, "progress": r.progress,
-            "refs": r.refs, "report": r.report, "prefix_cache": cache}
+            "refs": r.refs, "report": r.report, "owner_hash": r.owner_hash, "client_key": r.client_key,
+            "prefix_cache": cache}

@@ -337,20 +337,23 @@ def test_engine_refuses_unlisted_families_and_suites_in_public_mode(monkeypatch,
         Engine().get("demo", "/etc/passwd")
 
 
-def test_public_mode_queues_studies_and_only_their_own_session_cancels_them(public_server, public_client):
+def test_public_mode_queues_studies_and_only_their_owner_cancels_them(public_server, public_client):
     from gradio_client import Client
 
     from db.store import Store
 
     url, data = public_server
     mine, stranger = public_client, Client(url, verbose=False)
+    token = mine.predict(None, api_name="/owner_token")  # what a browser gets at page load
     args = ("demo", "random", 2, 2, None, 0, 4, 8)
-    _msg, _rows, first = mine.predict(*args, "first", "layers to remove", 0.8, api_name="/launch_study")
-    msg, rows, second = mine.predict(*args, "second", "layers to remove", 0.8, api_name="/launch_study")
+    with pytest.raises(Exception, match="holds no owner token from this app"):
+        mine.predict(*args, "first", "layers to remove", 0.8, api_name="/launch_study")
+    _msg, _rows, first = mine.predict(*args, "first", "layers to remove", 0.8, None, token, api_name="/launch_study")
+    msg, rows, second = mine.predict(*args, "second", "layers to remove", 0.8, None, token, api_name="/launch_study")
     assert f"Study {int(second)} is queued (#1 in line): at most 1 studies run at once" in msg
     assert [r[4] for r in rows_of(rows) if r[0] == int(second)] == ["queued #1"]
-    with pytest.raises(Exception, match="this session already made 2 studies"):
-        mine.predict(*args, "third", "layers to remove", 0.8, api_name="/launch_study")
+    with pytest.raises(Exception, match="this address already made 2 studies"):
+        mine.predict(*args, "third", "layers to remove", 0.8, None, token, api_name="/launch_study")
     for bad, words in [((2.5,), "trials must be a whole number from 1 to 100,000, got 2.5"),
                        ((2, None, -1), "seed must be a whole number from 0 to 4,294,967,295, got -1")]:
         form = list(args)
@@ -366,9 +369,9 @@ def test_public_mode_queues_studies_and_only_their_own_session_cancels_them(publ
         time.sleep(1)
     assert st.study(int(first))["status"] == "finished"
     with pytest.raises(Exception, match="started by another visitor"):
-        stranger.predict(int(second), api_name="/cancel_study")
+        stranger.predict(int(second), stranger.predict(None, api_name="/owner_token"), api_name="/cancel_study")
     try:
-        note, _ = mine.predict(int(second), api_name="/cancel_study")
+        note, _ = mine.predict(int(second), token, api_name="/cancel_study")
         assert f"Study {int(second)}: cancel requested" in note or f"Study {int(second)}: cancelled" in note
     except Exception as e:  # it ran its 2 trials already: a finished study is not "cancel requested"
         assert f"study {int(second)} is already finished; there is nothing to cancel" in str(e)

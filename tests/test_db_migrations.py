@@ -154,7 +154,7 @@ def test_retention_stored_once_keeps_every_trial(tmp_path):
     db = at_0003(tmp_path)
     before = table_rows(db, "trials")
     store = Store(f"sqlite:///{db}")
-    assert store.revision() == SCHEMA_REVISION == "0004"
+    assert store.revision() == SCHEMA_REVISION
     after = {(s, t.number): t for s in range(1, 5) for t in store.trials(s)}
     assert len(after) == len(before) == 8  # every trial survives
     base_means = {1: 0.9, 2: 0.75, 5: 1.1, 7: 0.9, 8: 0.45}  # where base applies or was stored
@@ -191,6 +191,41 @@ def test_retention_stored_once_keeps_every_trial(tmp_path):
     again = table_rows(db, "trials")
     assert [(r["id"], r["retention"], json.loads(r["task_retention"] or "{}")) for r in again] == \
         [(r["id"], r["retention"], json.loads(r["task_retention"])) for r in before]
+
+
+def test_visitor_columns_keep_every_row_of_todays_schema(tmp_path):
+    """A database at revision 0004 (with a study an older app stamped with a session hash) upgrades to 0005
+    with every row and value unchanged; the visitor columns start empty (no visitor owns an older study),
+    and the downgrade gives the same rows back."""
+    from alembic import command
+
+    db = at_0003(tmp_path)
+    Store(f"sqlite:///{db}")  # to head; then back to today's schema, as a database of today would be
+    eng = create_engine(f"sqlite:///{db}")
+    with eng.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    eng.dispose()
+    with sqlite3.connect(db) as con:
+        con.execute("""UPDATE studies SET settings = '{"owner": "copied-session"}' WHERE id = 2""")
+    before = {t: table_rows(db, t) for t in ("families", "studies", "trials")}
+    store = Store(f"sqlite:///{db}")
+    assert store.revision() == SCHEMA_REVISION == "0005"
+    for table, rows in before.items():
+        now = table_rows(db, table)
+        assert [{k: r[k] for k in old} for r, old in zip(now, rows)] == rows and len(now) == len(rows)
+    assert [(s["owner_hash"], s["client_key"]) for s in store.studies()] == [(None, None)] * 4
+    assert store.count_started() == 4 and store.count_started(client_key="anyone") == 0
+    eng = create_engine(f"sqlite:///{db}")
+    with eng.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    eng.dispose()
+    assert {t: table_rows(db, t) for t in before} == before
 
 
 def test_old_release_newer_version_and_foreign_tables_are_refused_untouched(tmp_path):

@@ -117,6 +117,8 @@ def test_dashboard_csv_is_one_file_per_session():
     ({"GPTAILOR_AUTH": "a:b,:c"}, "GPTAILOR_AUTH must be user:password"),
     ({"GPTAILOR_MAX_WORKERS": "two"}, "GPTAILOR_MAX_WORKERS must be a whole number >= 0, got 'two'"),
     ({"GPTAILOR_MAX_UPLOAD_MB": "-1"}, "GPTAILOR_MAX_UPLOAD_MB must be a number >= 0"),
+    ({"GPTAILOR_PROXY_HOPS": "one"}, "GPTAILOR_PROXY_HOPS must be a whole number >= 0, got 'one'"),
+    ({"GPTAILOR_MAX_STUDIES_PER_HOUR": "-3"}, "GPTAILOR_MAX_STUDIES_PER_HOUR must be a whole number >= 0"),
 ])
 def test_malformed_settings_refuse_to_start_with_one_line(env, words, monkeypatch):
     from db.settings import check_all
@@ -137,51 +139,80 @@ def test_the_app_exits_2_on_a_malformed_login(tmp_path):
     assert "userpass" not in r.stderr
 
 
-def test_in_public_mode_only_the_owner_or_an_operator_manages_a_study(monkeypatch):
-    from ui.guard import check_owner
+def test_in_public_mode_only_the_token_that_started_a_study_or_an_operator_manages_it(monkeypatch, tmp_path):
+    from ui.guard import check_owner, new_token, owner_hash, valid_token
 
-    study = {"id": 7, "settings": {"owner": "visitor-a"}}
+    monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("GPTAILOR_PUBLIC", "1")
-    check_owner(study, gr.Request(session_hash="visitor-a"), "cancel")
-    check_owner(study, gr.Request(session_hash="visitor-b", username="operator"), "cancel")
-    for other in (gr.Request(session_hash="visitor-b"), None):
+    mine, theirs = new_token(), new_token()
+    study = {"id": 7, "owner_hash": owner_hash(mine)}
+    nonce, sig = mine.split(".")
+    forged = [f"{nonce}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}", f"{nonce}x.{sig}", owner_hash(mine), nonce, "", None]
+    assert valid_token(mine) and valid_token(theirs) and not any(valid_token(t) for t in forged)
+    assert len(nonce) >= 32 and mine != theirs  # 192 random bits each
+    check_owner(study, mine, gr.Request(session_hash="any"), "cancel")  # the token, whatever the session
+    check_owner(study, None, gr.Request(session_hash="b", username="operator"), "rename")
+    for token in (theirs, *forged):
         with pytest.raises(gr.Error, match="study 7 was started by another visitor"):
-            check_owner(study, other, "cancel")
-    with pytest.raises(gr.Error):
-        check_owner({"id": 8, "settings": {}}, gr.Request(session_hash="visitor-a"), "resume")  # CLI-started
+            check_owner(study, token, gr.Request(session_hash="a"), "cancel")
+    with pytest.raises(gr.Error):  # a study from the CLI or an older release has no visitor
+        check_owner({"id": 8, "owner_hash": None}, mine, gr.Request(), "resume")
+    monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path / "other"))  # another app's key signed nothing here
+    assert not valid_token(mine)
     monkeypatch.setenv("GPTAILOR_PUBLIC", "0")
-    check_owner(study, gr.Request(session_hash="visitor-b"), "cancel")  # a private app trusts its user
+    check_owner(study, None, gr.Request(session_hash="b"), "cancel")  # a private app trusts its user
+
+
+@pytest.mark.parametrize("hops,peer,forwarded,expected", [
+    (0, "203.0.113.5", "198.51.100.1", "203.0.113.5"),  # no proxy declared: the peer, the header is ignored
+    (1, "10.0.0.2", "1.1.1.1, 198.51.100.7", "198.51.100.7"),  # the entry our proxy appended, not the forged one
+    (2, "10.0.0.2", "1.1.1.1, 198.51.100.7, 10.0.0.9", "198.51.100.7"),
+    (2, "10.0.0.2", "198.51.100.7", "10.0.0.2"),  # a header shorter than the hops: the documented fallback
+    (1, "10.0.0.2", None, "10.0.0.2"),
+    (1, "10.0.0.2", "2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),  # one subscriber's free addresses: one client
+    (0, "::ffff:203.0.113.5", None, "203.0.113.5"),
+])
+def test_the_client_address_is_what_the_nearest_proxy_saw(hops, peer, forwarded, expected, monkeypatch):
+    from ui.guard import client_address
+
+    monkeypatch.setenv("GPTAILOR_PROXY_HOPS", str(hops))
+    headers = {"x-forwarded-for": forwarded} if forwarded else {}
+    assert client_address(gr.Request(client={"host": peer}, headers=headers)) == expected
 
 
 CAPS_SCRIPT = """
 import sys
 import gradio as gr
-from ui.guard import allowance
+from ui.guard import allowance, client_key
 from ui.engine import store
 
-def attempt(what, session, user=None):
+def attempt(what, address, user=None):
+    request = gr.Request(client={"host": address}, username=user, session_hash="fresh-each-time")
     try:
-        with allowance(what, gr.Request(session_hash=session, username=user)):
+        with allowance(what, request):
             if what == "studies":
                 store().create_study(family_name="demo", family_source="demo", family_spec={}, family_info={},
-                                     method="random", budget={}, settings={"owner": session}, n_trials=1)
+                                     method="random", budget={}, settings={}, n_trials=1,
+                                     client_key=client_key(request))
         return "ok"
     except gr.Error:
         return "refused"
 
 for step in sys.argv[1:]:
-    print(attempt(*step.split(":")))
+    print(attempt(*step.split("|")))
 """
 
 
-def test_session_caps_are_stored_so_a_restart_resets_nothing(tmp_path):
+def test_client_caps_are_stored_so_a_restart_resets_nothing(tmp_path):
     """Two app processes in turn on one data dir (a restart): the second still refuses what the first
-    allowed up to the cap; studies are counted in the database, exports and uploads in a counts file."""
+    allowed up to the cap; studies are counted in the database, exports and uploads in a counts file, both
+    by a keyed hash of the client's address (never the address itself); the hourly cap is global."""
     import json
     import sqlite3
 
     env = {**os.environ, "GPTAILOR_DATA_DIR": str(tmp_path), "GPTAILOR_PUBLIC": "1", "HF_HUB_OFFLINE": "1",
-           "GPTAILOR_SESSION_MAX_STUDIES": "2", "GPTAILOR_SESSION_MAX_EXPORTS": "2"}
+           "GPTAILOR_CLIENT_MAX_STUDIES": "2", "GPTAILOR_SESSION_MAX_EXPORTS": "2",
+           "GPTAILOR_MAX_STUDIES_PER_HOUR": "4", "GPTAILOR_PROXY_HOPS": "0"}
     env.pop("GPTAILOR_DB_URL", None)
 
     def app(*steps):
@@ -190,50 +221,56 @@ def test_session_caps_are_stored_so_a_restart_resets_nothing(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout.split()
 
-    assert app("studies:a", "studies:a", "studies:a", "exports:a", "exports:a", "exports:a") == \
+    a, b = "studies|203.0.113.5", "studies|198.51.100.7"
+    assert app(a, a, a, "exports|203.0.113.5", "exports|203.0.113.5", "exports|203.0.113.5") == \
         ["ok", "ok", "refused", "ok", "ok", "refused"]
-    with sqlite3.connect(tmp_path / "gptailor.db") as c:  # the two studies, stored with their owner
-        assert c.execute("SELECT count(*) FROM studies WHERE settings LIKE '%\"owner\": \"a\"%'").fetchone() == (2,)
-    assert json.loads((tmp_path / "session_counts.json").read_text()) == {"exports": {"a": 2}}
-    # after the restart: session a is still at its caps; others (and an operator in session a) are not
-    assert app("studies:a", "exports:a", "uploads:a", "studies:b", "exports:b", "exports:a:op", "studies:a:op") == \
-        ["refused", "refused", "ok", "ok", "ok", "ok", "ok"]
-    assert json.loads((tmp_path / "session_counts.json").read_text()) == {"exports": {"a": 2, "b": 1},
-                                                                         "uploads": {"a": 1}}
+    with sqlite3.connect(tmp_path / "gptailor.db") as c:  # the two studies, stored with one client key
+        keys = c.execute("SELECT client_key FROM studies").fetchall()
+    assert len(keys) == 2 and len(set(keys)) == 1 and "203.0.113" not in str(keys)
+    counts = json.loads((tmp_path / "client_counts.json").read_text())
+    assert [len(v) for v in counts["exports"].values()] == [2] and "203.0.113" not in json.dumps(counts)
+    # after the restart: the client is still at its caps; another is not, until the hourly cap (4) is reached
+    assert app(a, "exports|203.0.113.5", "uploads|203.0.113.5", b, b, "studies|192.0.2.1", "studies|192.0.2.1|op",
+               "exports|203.0.113.5|op") == ["refused", "refused", "ok", "ok", "ok", "refused", "ok", "ok"]
 
 
 RACE_SCRIPT = """
 import sys, time
 import gradio as gr
-from ui.guard import allowance
+from ui.guard import allowance, client_key
 from ui.engine import store
 
-what, session, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
+what, address, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
 store()  # the database exists before the race starts
 time.sleep(max(0.0, go - time.time()))
+request = gr.Request(client={"host": address})
 try:
-    with allowance(what, gr.Request(session_hash=session)):
+    with allowance(what, request):
         time.sleep(1.0)  # the work inside the allowance (a study stored, an export written) takes a while
         if what == "studies":
             store().create_study(family_name="demo", family_source="demo", family_spec={}, family_info={},
-                                 method="random", budget={}, settings={"owner": session}, n_trials=1)
+                                 method="random", budget={}, settings={}, n_trials=1, client_key=client_key(request))
     print("ok")
 except gr.Error:
     print("refused")
 """
 
 
-@pytest.mark.parametrize("what", ["studies", "exports"])
-def test_two_app_processes_cannot_both_take_a_sessions_last_slot(tmp_path, what):
-    """Two app processes serving one data dir, one session with one slot left: the check and the count
-    are atomic across processes, so exactly one of two simultaneous attempts gets it."""
+@pytest.mark.parametrize("what,addresses,env", [
+    ("studies", ("203.0.113.5", "203.0.113.5"), {"GPTAILOR_CLIENT_MAX_STUDIES": "1"}),  # one client's last slot
+    ("exports", ("203.0.113.5", "203.0.113.5"), {"GPTAILOR_CLIENT_MAX_EXPORTS": "1"}),
+    ("studies", ("203.0.113.5", "198.51.100.7"), {"GPTAILOR_MAX_STUDIES_PER_HOUR": "1"}),  # the app's last slot
+])
+def test_two_app_processes_cannot_both_take_the_last_slot(tmp_path, what, addresses, env):
+    """Two app processes serving one data dir, one slot left (a client's, or the whole app's this hour): the
+    check and the count are atomic across processes, so exactly one of two simultaneous attempts gets it."""
 
     env = {**os.environ, "GPTAILOR_DATA_DIR": str(tmp_path), "GPTAILOR_PUBLIC": "1", "HF_HUB_OFFLINE": "1",
-           "GPTAILOR_SESSION_MAX_STUDIES": "1", "GPTAILOR_SESSION_MAX_EXPORTS": "1"}
+           "GPTAILOR_PROXY_HOPS": "0", **env}
     env.pop("GPTAILOR_DB_URL", None)
     go = time.time() + 12  # both processes are imported and waiting by then, and start together
-    procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, what, "s", str(go)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, what, address, str(go)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for address in addresses]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
     assert sorted(o.strip() for o, _ in outs) == ["ok", "refused"]

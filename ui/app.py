@@ -7,9 +7,11 @@ import threading
 import time
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, picker,
+from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, guard, picker,
                search_tab)
+from .login import LoginEverywhere
 from db.settings import auth_pairs, check_all, max_upload_bytes, public_mode
 from gptailor.common.limits import SettingsError
 
@@ -19,23 +21,26 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="GPTailor Studio", delete_cache=(3600, 3600) if public_mode() else None) as demo:
         gr.Markdown("# GPTailor Studio\nCut and stitch layers across a model family into a smaller model, "
                     "without retraining.")
+        # the server-issued owner token, kept in this browser's localStorage (ui/guard.py)
+        owner = gr.BrowserState(None, storage_key="gptailor-owner")
         shared = picker.build()
         family, suite = shared["family"], shared["suite"]
         with gr.Tabs() as tabs:
             with gr.Tab("Evaluate", id="evaluate"):
                 shared.update(evaluate_tab.build(family, suite))
             with gr.Tab("Search", id="search"):
-                search = search_tab.build(family, suite)
+                search = search_tab.build(family, suite, owner)
             with gr.Tab("Dashboard", id="dashboard"):
-                dashboard_tab.build(shared["plan"], tabs)
+                dashboard_tab.build(shared["plan"], tabs, owner)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(family, suite)
             with gr.Tab("Editor", id="editor"):
-                editor_tab.build(family, suite, shared["plan"])
+                editor_tab.build(family, suite, shared["plan"], owner)
             with gr.Tab("Analysis", id="analysis"):
                 analysis_tab.build(family, suite)
             with gr.Tab("Chat", id="chat"):
                 chat_tab.build(shared["family"], shared["plan"])
+        demo.load(guard.issue_token, [owner], [owner], api_name="owner_token", show_progress="hidden")
         demo.load(picker.refresh_choices, None, [family, suite, shared["builtin"]])
         demo.load(picker.suite_info, [family, suite], [shared["info"]])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
@@ -80,5 +85,11 @@ def main() -> None:
     app = build_app().queue(default_concurrency_limit=2)
     _start_queued_forever()
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", os.environ.get("HOST", "127.0.0.1")),
-               server_port=port, auth=auth_pairs(), max_file_size=max_upload_bytes(), css=CSS,
-               js=dashboard_tab.CLICK_JS)
+               server_port=port, **launch_options())
+
+
+def launch_options() -> dict:
+    """What ``launch`` gets besides the address: login (asked on every endpoint, ``ui/login.py``), the
+    upload cap, the page's CSS and click script."""
+    return {"auth": auth_pairs(), "max_file_size": max_upload_bytes(), "css": CSS, "js": dashboard_tab.CLICK_JS,
+            "app_kwargs": {"middleware": [Middleware(LoginEverywhere)]}}

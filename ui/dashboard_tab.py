@@ -26,7 +26,7 @@ from gptailor.common.paths import child
 
 from . import figures
 from .engine import store
-from .guard import session_of
+from .guard import check_owner, session_of
 from .retention import line, marked, means, pair, shared_definition
 
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
@@ -317,13 +317,15 @@ def open_in_editor(key: str | None):
     return found[1].plan.to_text(), gr.Tabs(selected="editor")
 
 
-def rename(study_id, name: str):
-    """The dashboard's rename box: a short unique name for a study (the CLI: studies --rename ID NAME)."""
+def rename(study_id, name: str, owner: str | None = None, request: gr.Request = None):
+    """The dashboard's rename box: a short unique name for a study (the CLI: studies --rename ID NAME); in
+    public mode only for the browser that started it (or an operator), like cancel and resume."""
     if study_id in (None, ""):
         raise gr.Error("pick the study to rename")
     try:
+        check_owner(store().study(int(study_id)), owner, request, "rename")
         new = store().rename_study(int(study_id), name)
-    except StoreError as e:
+    except (StoreError, ValueError) as e:
         raise gr.Error(str(e)) from None
     choices = study_choices()
     return f"✓ study {int(study_id)} is now named **{new}**", gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
@@ -384,7 +386,7 @@ def to_csv(rows, request: gr.Request = None) -> str:
     return str(path)
 
 
-def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
+def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
     with gr.Row(elem_classes=["gt-grid"]):
         pick = gr.Dropdown(choices=study_choices(), multiselect=True, label="Studies (empty: the newest and the others on its family and suite)",
                            allow_custom_value=True, scale=4)
@@ -448,5 +450,5 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
     open_btn.click(open_in_editor, [selector], [plan_box, tabs])
     table.change(to_csv, [table], [dl])
     rename_box.expand(lambda: gr.Dropdown(choices=study_choices()), None, [rename_pick])
-    rename_btn.click(rename, [rename_pick, new_name], [rename_note, pick, rename_pick], api_name="rename_study")
+    rename_btn.click(rename, [rename_pick, new_name, owner], [rename_note, pick, rename_pick], api_name="rename_study")
     return {"pick": pick}

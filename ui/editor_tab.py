@@ -3,6 +3,7 @@ study (so it shows in tables and charts); export an HF folder as a zip."""
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +25,7 @@ from gptailor.search.space import Budget
 from . import figures, lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, store, warm_references
 from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_examples, public_mode
-from .guard import allowance, refuse, session_of
+from .guard import allowance, client_key, global_lock, owner_hash, refuse, valid_token
 from .retention import line, marked, pct
 from .stop import cleared, stop_button, stoppable, wire_stop
 
@@ -100,7 +101,7 @@ def grid_to_text(family: str, rows):
 
 @gpu
 def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str | None = None,
-                    progress=gr.Progress(), request: gr.Request = None):
+                    owner: str | None = None, progress=gr.Progress(), request: gr.Request = None):
     """Evaluate the plan, store it as a one-trial 'manual' study, and compare with base and best."""
     try:
         session = ENGINE.get(family, suite)
@@ -117,8 +118,9 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
             base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
-                           SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8),
-                                          owner=session_of(request)), evaluator=ev)
+                           SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8)), evaluator=ev,
+                           owner_hash=owner_hash(owner) if valid_token(owner) else None,
+                           client_key=client_key(request))
         # the references it was scored against, and its definition, so every table marks the right objective
         st.set_study_fields(sid, refs={**ev.references(res.split).to_dict(), "definition": res.definition})
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
@@ -170,11 +172,14 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
                 res = ev.evaluate(plan, max_full_examples() if big else None) if ev else None
                 progress(0.7, desc="writing the checkpoint")
                 tick()  # a Stop pressed while scoring ends here, before anything is written
-            export(fam, plan, folder, result=res)
-            archive = Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
-            if public_mode():  # visitors download the zip; the folder would only fill the disk
-                shutil.rmtree(folder, ignore_errors=True)
-            prune_exports(folder.parent, keep=archive)
+            # one export at a time per data dir under a byte cap: the cap then bounds the disk, not the cap
+            # times the exports running at once
+            with global_lock("exports") if max_export_bytes() else nullcontext():
+                export(fam, plan, folder, result=res)
+                archive = Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+                if public_mode():  # visitors download the zip; the folder would only fill the disk
+                    shutil.rmtree(folder, ignore_errors=True)
+                prune_exports(folder.parent, keep=archive)
     except (PlanError, FamilyError, TaskError, ExportError, PathError) as e:
         raise refuse(e) from None
     if public_mode():
@@ -200,7 +205,7 @@ def prune_exports(folder: Path, keep: Path) -> None:
                               f"for exports (GPTAILOR_MAX_EXPORT_MB); the operator can raise the cap")
 
 
-def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None:
+def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox, owner: gr.BrowserState) -> None:
     gr.Markdown("Edit the grid, or the text and press **Apply** (leaving the text box applies it too); the other "
                 "follows. The plan is shared with the Evaluate and Chat tabs, and a click on a trial in the "
                 "Dashboard loads it here.")
@@ -226,7 +231,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox) -> None
     grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
     going = eval_btn.click(cleared(2), None, [result, table], queue=False, show_progress="hidden",
                            api_visibility="private") \
-        .then(evaluate_manual, [family, plan_box, fidelity, suite], [result, table], api_name="evaluate_manual")
+        .then(evaluate_manual, [family, plan_box, fidelity, suite, owner], [result, table], api_name="evaluate_manual")
     exporting = export_btn.click(lambda: (None, ""), None, [download, export_note], queue=False,
                                  show_progress="hidden", api_visibility="private") \
         .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")

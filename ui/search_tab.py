@@ -15,7 +15,7 @@ from gptailor.search.space import Budget, BudgetError
 
 from .engine import ENGINE, redact, store
 from db.settings import data_dir, max_trials, max_workers
-from .guard import allowance, check_owner, refuse, session_of
+from .guard import allowance, check_owner, refuse, visitor
 from .retention import pair
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best family retention %",
@@ -98,16 +98,19 @@ def _started(sid: int, how: str) -> str:
 
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
-                 fraction: float = 0.75, suite: str | None = None, request: gr.Request = None):
-    """Check the form, store the study (owned by this session), start it or queue it."""
+                 fraction: float = 0.75, suite: str | None = None, owner: str | None = None,
+                 request: gr.Request = None):
+    """Check the form, store the study (owned by this browser's token, counted for its client), start it
+    or queue it."""
     try:
-        settings = search_settings(method, trials, walltime, seed, min_fid, max_fid, session_of(request))
+        settings = search_settings(method, trials, walltime, seed, min_fid, max_fid)
         if kind != "parameter fraction":
             whole("layers to remove", remove)
+        who = visitor(owner, request)
         with allowance("studies", request):
             session = ENGINE.get(family, suite)
             sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
-                               name=name or None, evaluator=session.scorer())
+                               name=name or None, evaluator=session.scorer(), **who)
             how = launch_or_queue(store(), sid, max_workers(), log_dir=data_dir() / "logs")
     except (BudgetError, StudyError, StoreError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
@@ -121,9 +124,9 @@ def _study(study_id: float | None) -> dict:
         raise gr.Error(f"no study {study_id!r}; click a row of the studies list to pick one") from None
 
 
-def cancel_study(study_id: float, request: gr.Request = None):
+def cancel_study(study_id: float, owner: str | None = None, request: gr.Request = None):
     study = _study(study_id)
-    check_owner(study, request, "cancel")
+    check_owner(study, owner, request, "cancel")
     if study["status"] not in (*ACTIVE, QUEUED):
         raise gr.Error(f"study {study['id']} is already {study['status']}; there is nothing to cancel")
     try:
@@ -136,9 +139,9 @@ def cancel_study(study_id: float, request: gr.Request = None):
     return f"Study {study['id']}: {after}.", studies_rows()
 
 
-def resume_study(study_id: float, request: gr.Request = None):
+def resume_study(study_id: float, owner: str | None = None, request: gr.Request = None):
     study = _study(study_id)
-    check_owner(study, request, "resume")
+    check_owner(study, owner, request, "resume")
     try:
         if study["status"] == QUEUED:
             raise StudyError(f"study {study['id']} is already queued; it starts when a worker is free")
@@ -155,7 +158,7 @@ def pick_study(rows, evt: gr.SelectData) -> int:
     return int(data[evt.index[0]][0])
 
 
-def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
+def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> dict:
     with gr.Row():
         method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
         kind = gr.Radio(["layers to remove", "parameter fraction"], value="layers to remove", label="Budget by")
@@ -185,12 +188,12 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     for comp in (family, kind):
         comp.change(budget_controls, [family, kind], [remove, fraction], api_visibility="private", show_progress="hidden")
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
-                                fraction, suite],
+                                fraction, suite, owner],
                  [message, studies, study_id], api_name="launch_study", show_progress="hidden")
     studies.select(pick_study, [studies], [study_id])
     # quick actions: progress hidden, so a refusal shows as a toast and the studies list stays in view
-    cancel_btn.click(cancel_study, [study_id], [message, studies], api_name="cancel_study", show_progress="hidden")
-    resume_btn.click(resume_study, [study_id], [message, studies], api_name="resume_study", show_progress="hidden")
+    cancel_btn.click(cancel_study, [study_id, owner], [message, studies], api_name="cancel_study", show_progress="hidden")
+    resume_btn.click(resume_study, [study_id, owner], [message, studies], api_name="resume_study", show_progress="hidden")
     gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden", api_name="studies")
     return {"budget_info": budget_info, "remove": remove, "kind": kind, "fraction": fraction,
             "study_id": study_id, "studies": studies}

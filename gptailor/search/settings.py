@@ -29,7 +29,7 @@ class SearchSettings:
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
     objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
     retention: str = "auto"  # auto | family | base: gptailor.eval.results.applicable_definition decides
-    owner: str | None = None  # the app session that started the study: only it (or an operator) may cancel it
+    owner: str | None = None  # unused since revision 0005 (an older app stored a session hash here; owners are studies.owner_hash)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,14 +2,14 @@
 trial's batch forwards, hits, layers skipped and run, and the time saved, so the dashboard and ``studies``
 can show a study's hit rate and the time the cache saved. Rows written before it keep NULL (unknown).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
