@@ -194,9 +194,10 @@ def test_retention_stored_once_keeps_every_trial(tmp_path):
 
 
 def test_visitor_columns_keep_every_row_of_todays_schema(tmp_path):
-    """A database at revision 0004 (with a study an older app stamped with a session hash) upgrades to 0005
-    with every row and value unchanged; the visitor columns start empty (no visitor owns an older study),
-    and the downgrade gives the same rows back."""
+    """A database at revision 0004 (with a study an older app stamped with a session hash) upgrades to head
+    (0005 visitor columns, 0006 prefix-cache figures) with every row and value unchanged; the new columns
+    start empty (no visitor owns an older study; its trials' cache figures are unknown), and the downgrade
+    gives the same rows back."""
     from alembic import command
 
     db = at_0003(tmp_path)
@@ -212,7 +213,8 @@ def test_visitor_columns_keep_every_row_of_todays_schema(tmp_path):
         con.execute("""UPDATE studies SET settings = '{"owner": "copied-session"}' WHERE id = 2""")
     before = {t: table_rows(db, t) for t in ("families", "studies", "trials")}
     store = Store(f"sqlite:///{db}")
-    assert store.revision() == SCHEMA_REVISION == "0005"
+    assert store.revision() == SCHEMA_REVISION == "0006"
+    assert [r["prefix_cache"] for r in table_rows(db, "trials")] == [None] * len(before["trials"])
     for table, rows in before.items():
         now = table_rows(db, table)
         assert [{k: r[k] for k in old} for r, old in zip(now, rows)] == rows and len(now) == len(rows)
