@@ -49,6 +49,16 @@ def _progress(total: int | None, desc: str):
     return bar, on_trial
 
 
+def _writer(args):
+    """The store a command will write to, checked first (``Store.check_intact``): a damaged database is
+    refused in a second, before the family loads and before anything is stored."""
+    from .store import Store
+
+    store = Store(args.db)
+    store.check_intact()
+    return store
+
+
 def _log_dir(store) -> str:
     return os.path.join(os.path.dirname(store.url.split("///")[-1]) or ".", "logs")
 
@@ -127,7 +137,6 @@ def cmd_search(args) -> int:
     from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
-    from .store import Store
 
     settings = SearchSettings(method=args.method, facade=args.facade, space=args.space, constraint=args.constraint,
                               n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
@@ -137,7 +146,7 @@ def cmd_search(args) -> int:
     settings.check()  # before re-running ourselves with the seed, and before anything is stored
     if not args.background:
         _fixed_hash_seed(args.argv, args.seed)
-    store = Store(args.db)
+    store = _writer(args)
     _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
@@ -147,9 +156,8 @@ def cmd_baseline(args) -> int:
     from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
-    from .store import Store
 
-    store = Store(args.db)
+    store = _writer(args)
     _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), SearchSettings(seed=args.seed),
                        args.suite, args.name)
@@ -160,9 +168,8 @@ def cmd_resume(args) -> int:
     from gptailor.common.limits import whole
 
     from .runs import StudyError, check_resumable
-    from .store import Store
 
-    store = Store(args.db)
+    store = _writer(args)
     s = check_resumable(store, args.study)
     if s["status"] == "queued":
         raise StudyError(f"study {args.study} is queued in the app; it starts when a worker slot frees")
@@ -264,7 +271,6 @@ def cmd_sweep(args) -> int:
 
     from .runs import create_study, family_rows, front_table, launch_or_queue
     from .settings import max_workers
-    from .store import Store
 
     search = args.method in ("smac", "random")
     settings = (SearchSettings(method=args.method, n_trials=args.trials, min_fidelity=args.min_fidelity,
@@ -273,7 +279,7 @@ def cmd_sweep(args) -> int:
     settings.check()
     if not args.background:
         _fixed_hash_seed(args.argv, args.seed)
-    store = Store(args.db)
+    store = _writer(args)
     ids = [create_study(store, args.family, args.method, Budget(remove_layers=r), settings, args.suite)
            for r in args.remove]  # every budget checked and stored before any runs
     for sid, r in zip(ids, args.remove):

@@ -113,6 +113,7 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
     While it runs, a heartbeat thread keeps ``studies.heartbeat_at`` fresh and ``studies.progress``
     names the trial being evaluated. If a reader declares this worker dead (or another takes the
     study over) it stops without writing anything more, calls ``on_lost`` and returns 'interrupted'."""
+    store.check_intact()  # nothing written into a damaged database (a foreground resume comes here directly)
     study = store.study(study_id)
     if study["status"] == "finished":
         return "finished"
@@ -350,6 +351,7 @@ def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
     """Start a worker process for the study; returns at once.
 
     ``worker`` is the Python command line that runs it (tests pass a slowed-down one)."""
+    store.check_intact()  # a damaged database gets no worker writing into it
     study = store.study(study_id)
     if study["status"] in ACTIVE and worker_alive(study):
         raise StudyError(f"study {study_id} already has a live worker (pid {study['worker_pid']}, "

@@ -153,8 +153,7 @@ class Store:
             return (f"{where} is not a SQLite database (or is encrypted): {reason}. If the file is corrupt, move it "
                     f"aside (nothing was overwritten) or set GPTAILOR_DATA_DIR / GPTAILOR_DB_URL to another place")
         if "malformed" in low or "corrupt" in low:
-            return (f"the database {where} is damaged ({reason}); stop its workers, then recover what it holds with "
-                    f"`sqlite3 {where} .recover | sqlite3 recovered.db` or restore a backup")
+            return self._damaged(reason)
         if "readonly" in low or "read-only" in low or "read only" in low or \
                 ("unable to open" in low and self._read_only()):
             return (f"the database {where} is read-only ({reason}); make the file and its folder writable, or set "
@@ -169,6 +168,28 @@ class Store:
             return (f"the database {where} stayed locked by another process for 30 s ({reason}); retry, or stop "
                     f"the process that holds it")
         return f"cannot use the database {where}: {reason}"
+
+    def _damaged(self, reason: str) -> str:
+        where = str(self.path) if self.path else self.shown_url
+        return (f"the database {where} is damaged ({reason}); stop its workers, then recover what it holds with "
+                f"`sqlite3 {where} .recover | sqlite3 recovered.db` or restore a backup")
+
+    def check_intact(self) -> None:
+        """StoreError (the "damaged" line) unless a SQLite file passes ``PRAGMA quick_check``.
+
+        Every writer of a new study (search, baseline, sweep, the app) and every worker launch calls it
+        first: a damaged file is only read by the commands that list it, never written to. Reading the
+        whole file once is cheap next to a study; other databases check themselves."""
+        if self.path is None:
+            return
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        except SQLAlchemyError as e:
+            raise StoreError(self.explain(e)) from None
+        if rows != ["ok"]:
+            first = " ".join(str(rows[0] if rows else "no answer").split())[:120]
+            raise StoreError(self._damaged(f"integrity check: {first}"))
 
     def _read_only(self) -> bool:
         """The database file exists but it, its folder or its file system cannot be written."""
@@ -358,7 +379,9 @@ class Store:
     def create_study(self, *, family_name: str, family_source: str, family_spec: dict[str, Any],
                      family_info: dict[str, Any], method: str, budget: dict[str, Any], settings: dict[str, Any],
                      n_trials: int, name: str | None = None) -> int:
-        """Store a new study; its name (default: the method) is made unique in its family with a suffix."""
+        """Store a new study; its name (default: the method) is made unique in its family with a suffix.
+        Refused, nothing written, on a damaged database."""
+        self.check_intact()
         fid = self.ensure_family(family_name, family_spec, family_info)
         with self.session() as s:
             taken = set(s.scalars(select(StudyRow.name).where(StudyRow.family_id == fid)))

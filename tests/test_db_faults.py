@@ -165,3 +165,57 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     assert "'sqlite//x' is not a database URL" in res.stderr
+
+
+def cli(*argv: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The real ``python -m db`` command line, in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "db", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def one_line(res: subprocess.CompletedProcess) -> str:
+    """The refusal's one line (exit 2, no traceback)."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, \
+        res.stderr
+    return res.stderr.strip()
+
+
+def file_state(db: Path) -> tuple:
+    """What a write would change: the file's bytes and the frames in its write-ahead log."""
+    wal = Path(f"{db}-wal")
+    return db.read_bytes(), wal.stat().st_size if wal.exists() else 0
+
+
+def test_a_damaged_database_takes_no_new_study(tmp_path):
+    """A file failing SQLite's integrity check is refused by every writer (search/baseline/sweep --background,
+    resume, the store's own create_study and launch) with the "damaged" line, and not one byte is written:
+    the study rows it holds are readable where the damage is not, and a new one would land in it."""
+    from db.runs import launch
+
+    url = corrupt_page(tmp_path)
+    db = tmp_path / "g.db"
+    con = sqlite3.connect(db)
+    try:  # the damage is real: SQLite's own check fails (or cannot even read the page)
+        assert con.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+    except sqlite3.DatabaseError as e:
+        assert "malformed" in str(e)
+    finally:
+        con.close()
+    before = file_state(db)
+    damaged = r"the database .*g\.db is damaged \(.*\); stop its workers, then recover .*\.recover"
+    for argv in (["search", "--background", "-f", "demo", "-r", "1", "--trials", "3"],
+                 ["baseline", "--background", "-f", "demo", "-m", "last_n", "-r", "1"],
+                 ["sweep", "--background", "-f", "demo", "--method", "last_n", "--remove", "1"],
+                 ["resume", "--background", "1"]):
+        line = one_line(cli(*argv, "--db", url))
+        assert __import__("re").search(damaged, line), line
+        assert file_state(db) == before, argv
+    store = Store(url)
+    with pytest.raises(StoreError, match=damaged):
+        write_a_study(url)
+    with pytest.raises(StoreError, match=damaged):
+        launch(store, 1)
+    store.engine.dispose()
+    assert file_state(db) == before
