@@ -50,17 +50,26 @@ def _progress(total: int | None, desc: str):
 
 
 def _writer(args):
-    """The store a command will write to, checked first (``Store.check_intact``): a damaged database is
-    refused in a second, before the family loads and before anything is stored."""
+    """The store a command will write to, checked first: a damaged database (``Store.check_intact``), or an
+    in-memory one for a background worker, is refused in a second, before the family loads and before
+    anything is stored."""
+    from .runs import StudyError
     from .store import Store
 
     store = Store(args.db)
+    if args.background and store.in_memory:
+        raise StudyError(f"{store.url} is an in-memory database: a background worker cannot see it; use a file, "
+                         f"e.g. sqlite:////absolute/path/gptailor.db in --db or GPTAILOR_DB_URL")
     store.check_intact()
     return store
 
 
 def _log_dir(store) -> str:
-    return os.path.join(os.path.dirname(store.url.split("///")[-1]) or ".", "logs")
+    """Worker logs: ``logs/`` beside a SQLite file, else under the data dir (as the app keeps them);
+    never a folder named after the URL."""
+    from .settings import data_dir
+
+    return str((store.path.parent if store.path is not None else data_dir(create=False)) / "logs")
 
 
 def _check_slot(args, store) -> None:

@@ -351,6 +351,10 @@ def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
     """Start a worker process for the study; returns at once.
 
     ``worker`` is the Python command line that runs it (tests pass a slowed-down one)."""
+    if store.in_memory:
+        raise StudyError(f"{store.url} is an in-memory database: a worker process cannot see it (and it is gone "
+                         f"when this process ends); use a file, e.g. sqlite:////absolute/path/gptailor.db in "
+                         f"--db or GPTAILOR_DB_URL")
     store.check_intact()  # a damaged database gets no worker writing into it
     study = store.study(study_id)
     if study["status"] in ACTIVE and worker_alive(study):

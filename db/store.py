@@ -103,9 +103,12 @@ class Store:
         """The database file for a SQLite URL (its folder created), None for other databases."""
         try:
             parsed = make_url(self.url)
-        except ArgumentError:
-            raise StoreError(f"{self.shown_url!r} is not a database URL (from --db or GPTAILOR_DB_URL); use e.g. "
-                             f"sqlite:////absolute/path/gptailor.db or postgresql://user@host/dbname") from None
+        except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+            why = "" if not isinstance(e, ValueError) else " (its port is not a number)" if "int()" in str(e) \
+                else f" ({' '.join(str(e).split())[:100]})"
+            raise StoreError(f"{self.shown_url!r} is not a database URL{why} (from --db or GPTAILOR_DB_URL); use "
+                             f"e.g. sqlite:////absolute/path/gptailor.db or postgresql://user@host:5432/dbname") \
+                from None
         if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
             return None
         p = Path(parsed.database)
@@ -115,6 +118,11 @@ class Store:
             raise StoreError(f"cannot create the database folder {p.parent}: {e.strerror}; "
                              f"set GPTAILOR_DATA_DIR or GPTAILOR_DB_URL to a writable place") from None
         return p
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database (``sqlite://``): it lives and dies with this process."""
+        return self.path is None and self.url.startswith("sqlite")
 
     def _engine(self) -> Engine:
         kwargs: dict[str, Any] = {}
@@ -313,6 +321,7 @@ class Store:
             return
         from filelock import FileLock, Timeout
 
+        self._probe_lock_file()
         lock = FileLock(f"{self.path}.lock", timeout=120)
         try:
             lock.acquire()
@@ -326,6 +335,18 @@ class Store:
             yield
         finally:
             lock.release()
+
+    def _probe_lock_file(self) -> None:
+        """Create the lock file once by hand: filelock takes any failure to open it for another process's
+        lock and waits its whole timeout, so a folder that takes no new file (/proc, a read-only mount)
+        would hang 120 s and then blame someone else."""
+        lock = f"{self.path}.lock"
+        try:
+            os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as e:
+            raise StoreError(f"cannot create files beside the database {self.path} ({e.strerror}: {lock}); its "
+                             f"folder {self.path.parent} is not writable: set GPTAILOR_DATA_DIR or GPTAILOR_DB_URL "
+                             f"to a writable place") from None
 
     def _migration_engine(self) -> Engine:
         """For a SQLite file: an engine whose transactions really start (BEGIN IMMEDIATE), so the whole

@@ -106,6 +106,8 @@ CASES = [
      r"psycopg|cannot connect)"),
     ("mysql without driver", lambda tmp: "mysql://ann:secret@127.0.0.1:1/studies", Store,
      r"mysql://ann:\*\*\*@127\.0\.0\.1:1/studies: its driver 'MySQLdb' is not installed"),
+    ("port not a number", lambda tmp: "postgresql://ann:secret@127.0.0.1:notaport/db", Store,
+     r"'postgresql://ann:\*\*\*@127\.0\.0\.1:notaport/db' is not a database URL \(its port is not a number\)"),
 ]
 
 
@@ -219,3 +221,36 @@ def test_a_damaged_database_takes_no_new_study(tmp_path):
         launch(store, 1)
     store.engine.dispose()
     assert file_state(db) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc here")
+@pytest.mark.parametrize("url,words", [
+    ("postgresql://u@127.0.0.1:notaport/db", "'postgresql://u@127.0.0.1:notaport/db' is not a database URL (its port "
+                                              "is not a number)"),
+    # a folder that takes no new file: said at once (it waited 120 s for the lock and blamed "another process")
+    ("sqlite:////proc/gptailor.db", "cannot create files beside the database /proc/gptailor.db (No such file or "
+                                    "directory: /proc/gptailor.db.lock); its folder /proc is not writable"),
+    # a worker cannot see an in-memory database: refused before anything runs
+    ("sqlite://", "sqlite:// is an in-memory database: a background worker cannot see it"),
+])
+def test_a_bad_db_url_is_one_line_and_creates_nothing(tmp_path, url, words):
+    """GPTAILOR_DB_URL problems from the real command line: one line, exit 2, nothing created in the working
+    directory (the in-memory URL used to leave a folder `sqlite:/logs` there)."""
+    line = one_line(cli("search", "--background", "-f", "demo", "-r", "1", "--trials", "2",
+                        env={"GPTAILOR_DB_URL": url, "GPTAILOR_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path))
+    assert words in line and "another process" not in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_logs_sit_beside_the_database_or_in_the_data_dir(tmp_path, monkeypatch):
+    """Where `--background` writes worker logs: logs/ beside a SQLite file, else <data dir>/logs (never a folder
+    named after the URL), and a worker is never launched on an in-memory database."""
+    from db.cli import _log_dir
+    from db.runs import StudyError, launch
+
+    monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path / "data"))
+    assert _log_dir(Store(f"sqlite:///{tmp_path / 'x' / 'g.db'}")) == str(tmp_path / "x" / "logs")
+    memory = Store("sqlite://")
+    assert memory.in_memory and _log_dir(memory) == str(tmp_path / "data" / "logs")
+    with pytest.raises(StudyError, match="in-memory database: a worker process cannot see it"):
+        launch(memory, 1)
