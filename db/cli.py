@@ -381,7 +381,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("cancel", help="stop a running study after its current trial")
     common(sp, budget=False)
     sp.add_argument("study", type=int)
-    sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+    sp.add_argument("--wait", type=arg_seconds("wait"), default=None, metavar="SECONDS",
                     help="wait this long for the worker to stop, then stop it by force (SIGTERM, then SIGKILL; "
                          "only a worker on this host). Without it the cancel is asked for and the command returns; "
                          "a reader (the UI, `studies`) forces it after GPTAILOR_STOP_GRACE_S")
