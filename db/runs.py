@@ -28,7 +28,7 @@ from gptailor.search.precompute import Precompute
 from gptailor.common.progress import OnPhase, Phase, quiet
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
-from gptailor.search.trials import TrialRecord, incumbent, size_front, smallest_keeping
+from gptailor.search.trials import TrialRecord, counted, incumbent, size_front, smallest_keeping
 from gptailor.search.space import Budget
 
 from .liveness import Heartbeat, Owner, host_id, local_worker_dead, process_start
@@ -166,6 +166,7 @@ class _StudyRun:
     total: int = 0  # trials the study asks for (a baseline: its plans)
     previous: list[TrialRecord] = field(default_factory=list)  # trials stored before this run
     space: Any = None  # the search's plan space, to store the in-flight trial's configuration
+    seed_names: dict[str, str] = field(default_factory=dict)  # plan key -> the seed's label, as the search records it
     ev: Evaluator | None = None
     top_fidelity: int | None = None  # the study's top rung
 
@@ -182,12 +183,15 @@ class _StudyRun:
         now = time.perf_counter()
         if self.first_trial is None:
             self.first_trial = now
-        done = len(self.previous) + self.recorded
+        number = len(self.previous) + self.recorded  # the number the search gives this trial
+        done = counted(self.previous) + self.recorded  # what counts toward the total (no cut trials)
         eta = None
         if self.recorded and self.total > done:
             eta = (now - self.first_trial) / self.recorded * (self.total - done)
+        if source == "search":  # the label the search will record (a seed plan's name), so a cut trial keeps it
+            source = self.seed_names.get(plan.key(), source)
         _store_progress(self.store, self.study_id, self.me, {
-            "phase": "trial", "trial": done, "done": done, "total": self.total or None,
+            "phase": "trial", "trial": number, "done": done, "total": self.total or None,
             "plan": plan.to_text(), "plan_json": plan.to_dict(), "config": _config_of(self.space, plan),
             "fidelity": self.ev.suite.split_fidelity("search") if fidelity is None else fidelity,
             "max_fidelity": self.top_fidelity, "source": source, "eta_s": eta, "wall_s": now - self.start})
@@ -214,7 +218,7 @@ class _StudyRun:
                                                             ev.stitcher, self.on_phase) if settings.initial_plans else {}
             search = Search(watched, budget, settings, on_trial=self.record, should_stop=self.cancelled,
                             previous=self.previous, heuristic_removals=heur, references=refs, on_phase=self.on_phase)
-            self.space = search.space
+            self.space, self.seed_names = search.space, search.seed_names  # seed names filled as SMAC is built
             status = "cancelled" if search.run().stopped == "cancelled" else "finished"
         elif method in BASELINES:
             status = _run_baseline(watched, budget, method, self.previous, self.record, self.cancelled, refs,
@@ -414,10 +418,11 @@ def phase_text(p: dict[str, Any] | None) -> str:
         return detail or "building the initial design"
     if phase == "trial":
         total = f" of {p['total']}" if p.get("total") else ""
+        n = p.get("done", p.get("trial"))  # trials counted so far (a cut one is run again, not counted)
         top = p.get("max_fidelity")
         fid = f" at fidelity {p.get('fidelity')}" + (f"/{top}" if top else "") + " examples per task"
         eta = f" · ETA {_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
-        return f"trial {int(p.get('trial', 0)) + 1}{total}{fid}{eta}"
+        return f"trial {int(n or 0) + 1}{total}{fid}{eta}"
     if phase == "between trials":
         return f"between trials (trial {int(p.get('last_trial') or 0) + 1} stored)"
     if phase == "report":

@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from gptailor.search.trials import TrialRecord, rank_key
+from gptailor.search.trials import CUT, TrialRecord, rank_key
 
 from .liveness import Owner
 from .models import FamilyRow, SchemaVersion, StudyRow, TrialRow, utcnow
@@ -525,7 +525,8 @@ class Store:
 
     @staticmethod
     def _fail_inflight(s: Session, study_id: int, error: str) -> None:
-        """The trial the progress says was being evaluated, stored as failed (once)."""
+        """The trial the progress says was being evaluated, stored as ``cut`` (once): kept for the record, not
+        counted toward the study's trials, and run again by a resume under the same source label."""
         row = s.get(StudyRow, study_id)
         p = row.progress or {}
         if p.get("phase") != "trial" or p.get("trial") is None:
@@ -534,7 +535,7 @@ class Store:
         if s.scalar(select(TrialRow.id).where(TrialRow.study_id == study_id, TrialRow.number == number)):
             return
         s.add(TrialRow(study_id=study_id, number=number, plan=p.get("plan_json") or {}, plan_text=p.get("plan") or "",
-                       config=p.get("config"), fidelity=p.get("fidelity"), scores={}, status="failed", error=error,
+                       config=p.get("config"), fidelity=p.get("fidelity"), scores={}, status=CUT, error=error,
                        source=p.get("source") or "search", wall_s=p.get("wall_s")))
         row.progress = {**p, "phase": "stopped", "updated": _iso()}
 
@@ -647,7 +648,8 @@ def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[
 
 
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
-    done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id))
+    done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id,
+                                                                      TrialRow.status != CUT))  # as counted()
     best, best_number, best_means = _best_of(s, r.id)
     return {"id": r.id, "name": r.name, "family": r.family.name, "family_source": r.family_source,
             "method": r.method, "budget": r.budget, "settings": r.settings, "status": r.status,
