@@ -10,10 +10,12 @@ worker does not honour in time ends in SIGTERM, then SIGKILL.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -261,9 +263,45 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
     except Exception as e:  # noqa: BLE001 - whatever broke, the study says so and stays readable
         hb.quiet()
         if not lost.is_set():
-            store.stop(study_id, "failed", f"{type(e).__name__}: {e}", owner=me,
-                       inflight_error=f"{type(e).__name__}: {e}")
+            why = died_of(store, e)
+            store.stop(study_id, "failed", why, owner=me, inflight_error=why)
         raise
+
+
+def died_of(store: Store, e: BaseException) -> str:
+    """Why a worker stops on an exception, as the study's error: a full disk (ENOSPC, a file over its size
+    limit, or the database saying so) named with the disk and what to do, else the exception itself."""
+    if isinstance(e, StoreError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = e.filename or (store.path.parent if store.path else "the data folder")
+        return (f"the disk holding {where} is full ({e.strerror}); free some space, then resume the study: "
+                f"the trials stored so far are intact")
+    return f"{type(e).__name__}: {e}"
+
+
+FULL_BYTES = 1 << 20  # a disk with less free than this counts as full (SQLite, logs and caches need more)
+
+
+def full_disk(store: Store) -> str | None:
+    """A reader's diagnosis of a dead worker: the disk of the database, the data dir or the temp dir (what
+    a worker writes) when it is full, in words, else None. Said when the worker could not say it itself
+    (its database and log on that very disk)."""
+    seen: set[int] = set()
+    for folder in (store.path.parent if store.path else None, data_dir(create=False), Path(tempfile.gettempdir())):
+        try:
+            st = os.statvfs(folder) if folder is not None else None
+            dev = os.stat(folder).st_dev if folder is not None else None
+        except OSError:
+            continue
+        if st is None or dev in seen:
+            continue
+        seen.add(dev)
+        free = st.f_bavail * st.f_frsize
+        if free < FULL_BYTES:
+            return (f"the disk holding {folder} is full ({free:,} bytes free), the likely cause: free some space, "
+                    f"then resume it")
+    return None
 
 
 def study_references(store: Store, study_id: int, ev: Evaluator, settings: SearchSettings,
@@ -504,7 +542,8 @@ def reconcile(store: Store) -> list[int]:
                                           f"{stop_grace_s():g} s after the cancel (GPTAILOR_STOP_GRACE_S)"
                                           if forced else f"cancelled; {reason}")
         else:
-            status, error = "interrupted", f"{reason}; resume it"
+            disk = full_disk(store)
+            status, error = "interrupted", f"{reason}; " + (disk or "resume it")
         if store.stop(s["id"], status, error, owner=_owner(s), heartbeat_seen=s["heartbeat_at"],
                       inflight_error="worker stopped responding during this trial"):
             out.append(s["id"])

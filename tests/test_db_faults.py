@@ -2,6 +2,7 @@
 import os
 import sqlite3
 import subprocess
+import time
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -254,3 +255,58 @@ def test_worker_logs_sit_beside_the_database_or_in_the_data_dir(tmp_path, monkey
     assert memory.in_memory and _log_dir(memory) == str(tmp_path / "data" / "logs")
     with pytest.raises(StudyError, match="in-memory database: a worker process cannot see it"):
         launch(memory, 1)
+
+
+def test_a_worker_killed_by_a_full_disk_is_explained(tmp_path):
+    """The database and the worker's log on one small disk, filled while the worker runs: the worker dies,
+    and why reaches a reader: the study's error says the disk is full (written by the worker, or by the reader
+    that found it dead), or the reader itself says so (one line, exit 2) when the disk takes no write at all.
+    Nothing stored is lost, and once there is room the study resumes to the trials asked for."""
+    from conftest import make_tiny_family_with_suite
+    from db.runs import create_study, launch, wait
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
+
+    spec = make_tiny_family_with_suite(tmp_path / "fam", n_layers=6, n_test=12)
+    with tmpfs(tmp_path / "small", "2m") as small:
+        url = f"sqlite:///{small / 'g.db'}"
+        store = Store(url)
+        sid = create_study(store, str(spec), "random", Budget(remove_layers=2),
+                           SearchSettings(method="random", n_trials=20, min_fidelity=2, max_fidelity=8, seed=0))
+        proc = launch(store, sid, log_dir=small / "logs")
+        while not store.trials(sid):  # until its first trial is stored
+            assert proc.poll() is None, (small / "logs" / f"study-{sid}.log").read_text()
+            time.sleep(0.05)
+        filler = small / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # take every free byte
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        try:
+            assert proc.wait(timeout=600) != 0  # the worker died of it (an event: its exit)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        kept = [t for t in store.trials(sid)]
+        res = cli("studies", "--db", url)
+        error = store.study(sid)["error"] or ""
+        said = res.stderr if res.returncode else error
+        assert "is full" in said, (res.returncode, res.stderr, store.study(sid))
+        if res.returncode:  # the reader could not write either: one line naming the disk
+            assert one_line(res).startswith(f"error: the disk holding {small / 'g.db'} is full")
+        else:
+            assert store.study(sid)["status"] in ("failed", "interrupted")
+        filler.unlink()
+        assert cli("studies", "--db", url).returncode == 0
+        assert store.study(sid)["status"] in ("failed", "interrupted")
+        assert [t for t in store.trials(sid) if t.status != "cut"] == [t for t in kept if t.status != "cut"]
+        with sqlite3.connect(small / "g.db") as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        launch(store, sid, log_dir=small / "logs")
+        done = wait(store, sid, timeout=600)
+        assert done["status"] == "finished" and done["trials_done"] == 20
+        store.engine.dispose()
