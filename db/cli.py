@@ -49,8 +49,27 @@ def _progress(total: int | None, desc: str):
     return bar, on_trial
 
 
+def _writer(args):
+    """The store a command will write to, checked first: a damaged database (``Store.check_intact``), or an
+    in-memory one for a background worker, is refused in a second, before the family loads and before
+    anything is stored."""
+    from .runs import StudyError
+    from .store import Store
+
+    store = Store(args.db)
+    if args.background and store.in_memory:
+        raise StudyError(f"{store.url} is an in-memory database: a background worker cannot see it; use a file, "
+                         f"e.g. sqlite:////absolute/path/gptailor.db in --db or GPTAILOR_DB_URL")
+    store.check_intact()
+    return store
+
+
 def _log_dir(store) -> str:
-    return os.path.join(os.path.dirname(store.url.split("///")[-1]) or ".", "logs")
+    """Worker logs: ``logs/`` beside a SQLite file, else under the data dir (as the app keeps them);
+    never a folder named after the URL."""
+    from .settings import data_dir
+
+    return str((store.path.parent if store.path is not None else data_dir(create=False)) / "logs")
 
 
 def _check_slot(args, store) -> None:
@@ -127,7 +146,6 @@ def cmd_search(args) -> int:
     from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
-    from .store import Store
 
     settings = SearchSettings(method=args.method, facade=args.facade, space=args.space, constraint=args.constraint,
                               n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
@@ -137,7 +155,7 @@ def cmd_search(args) -> int:
     settings.check()  # before re-running ourselves with the seed, and before anything is stored
     if not args.background:
         _fixed_hash_seed(args.argv, args.seed)
-    store = Store(args.db)
+    store = _writer(args)
     _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), settings, args.suite, args.name)
     return _run(args, store, sid, args.trials)
@@ -147,9 +165,8 @@ def cmd_baseline(args) -> int:
     from gptailor.search.settings import SearchSettings
 
     from .runs import create_study
-    from .store import Store
 
-    store = Store(args.db)
+    store = _writer(args)
     _check_slot(args, store)
     sid = create_study(store, args.family, args.method, _budget(args), SearchSettings(seed=args.seed),
                        args.suite, args.name)
@@ -160,9 +177,8 @@ def cmd_resume(args) -> int:
     from gptailor.common.limits import whole
 
     from .runs import StudyError, check_resumable
-    from .store import Store
 
-    store = Store(args.db)
+    store = _writer(args)
     s = check_resumable(store, args.study)
     if s["status"] == "queued":
         raise StudyError(f"study {args.study} is queued in the app; it starts when a worker slot frees")
@@ -268,7 +284,6 @@ def cmd_sweep(args) -> int:
 
     from .runs import create_study, family_rows, front_table, launch_or_queue
     from .settings import max_workers
-    from .store import Store
 
     search = args.method in ("smac", "random")
     settings = (SearchSettings(method=args.method, n_trials=args.trials, min_fidelity=args.min_fidelity,
@@ -277,7 +292,7 @@ def cmd_sweep(args) -> int:
     settings.check()
     if not args.background:
         _fixed_hash_seed(args.argv, args.seed)
-    store = Store(args.db)
+    store = _writer(args)
     ids = [create_study(store, args.family, args.method, Budget(remove_layers=r), settings, args.suite)
            for r in args.remove]  # every budget checked and stored before any runs
     for sid, r in zip(ids, args.remove):
@@ -370,7 +385,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("cancel", help="stop a running study after its current trial")
     common(sp, budget=False)
     sp.add_argument("study", type=int)
-    sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+    sp.add_argument("--wait", type=arg_seconds("wait"), default=None, metavar="SECONDS",
                     help="wait this long for the worker to stop, then stop it by force (SIGTERM, then SIGKILL; "
                          "only a worker on this host). Without it the cancel is asked for and the command returns; "
                          "a reader (the UI, `studies`) forces it after GPTAILOR_STOP_GRACE_S")

@@ -168,7 +168,10 @@ class Heartbeat:
         try:
             ours = self.store.beat(self.study_id, self.owner)
         except Exception as e:  # noqa: BLE001 - skip this beat; the next may get through
-            print(f"heartbeat of study {self.study_id} skipped: {e}", file=sys.stderr, flush=True)
+            try:
+                print(f"heartbeat of study {self.study_id} skipped: {e}", file=sys.stderr, flush=True)
+            except OSError:  # the log's disk is full too: beating matters more than saying so
+                pass
             return True
         if not ours and not self.lost.is_set() and not self._stop.is_set():
             self.lost.set()

@@ -90,7 +90,7 @@ class TrialRow(Base):
     stitch_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     score_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # since the study started
-    status: Mapped[str] = mapped_column(String(20), default="complete")  # complete failed rejected
+    status: Mapped[str] = mapped_column(String(20), default="complete")  # complete failed rejected cut
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str] = mapped_column(String(80), default="search")  # search, a seed's name, heuristic:member
     # schema v2

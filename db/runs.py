@@ -10,10 +10,12 @@ worker does not honour in time ends in SIGTERM, then SIGKILL.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from gptailor.search.precompute import Precompute
 from gptailor.common.progress import OnPhase, Phase, quiet
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
-from gptailor.search.trials import TrialRecord, incumbent, size_front, smallest_keeping
+from gptailor.search.trials import TrialRecord, counted, incumbent, size_front, smallest_keeping
 from gptailor.search.space import Budget
 
 from .liveness import Heartbeat, Owner, host_id, local_worker_dead, process_start
@@ -116,6 +118,7 @@ def run_study(store: Store, study_id: int, evaluator: Evaluator | None = None,
     While it runs, a heartbeat thread keeps ``studies.heartbeat_at`` fresh and ``studies.progress``
     names the trial being evaluated. If a reader declares this worker dead (or another takes the
     study over) it stops without writing anything more, calls ``on_lost`` and returns 'interrupted'."""
+    store.check_intact()  # nothing written into a damaged database (a foreground resume comes here directly)
     study = store.study(study_id)
     if study["status"] == "finished":
         return "finished"
@@ -168,6 +171,7 @@ class _StudyRun:
     total: int = 0  # trials the study asks for (a baseline: its plans)
     previous: list[TrialRecord] = field(default_factory=list)  # trials stored before this run
     space: Any = None  # the search's plan space, to store the in-flight trial's configuration
+    seed_names: dict[str, str] = field(default_factory=dict)  # plan key -> the seed's label, as the search records it
     ev: Evaluator | None = None
     top_fidelity: int | None = None  # the study's top rung
 
@@ -184,12 +188,15 @@ class _StudyRun:
         now = time.perf_counter()
         if self.first_trial is None:
             self.first_trial = now
-        done = len(self.previous) + self.recorded
+        number = len(self.previous) + self.recorded  # the number the search gives this trial
+        done = counted(self.previous) + self.recorded  # what counts toward the total (no cut trials)
         eta = None
         if self.recorded and self.total > done:
             eta = (now - self.first_trial) / self.recorded * (self.total - done)
+        if source == "search":  # the label the search will record (a seed plan's name), so a cut trial keeps it
+            source = self.seed_names.get(plan.key(), source)
         _store_progress(self.store, self.study_id, self.me, {
-            "phase": "trial", "trial": done, "done": done, "total": self.total or None,
+            "phase": "trial", "trial": number, "done": done, "total": self.total or None,
             "plan": plan.to_text(), "plan_json": plan.to_dict(), "config": _config_of(self.space, plan),
             "fidelity": self.ev.suite.split_fidelity("search") if fidelity is None else fidelity,
             "max_fidelity": self.top_fidelity, "source": source, "eta_s": eta, "wall_s": now - self.start})
@@ -216,7 +223,7 @@ class _StudyRun:
                                                             ev.stitcher, self.on_phase) if settings.initial_plans else {}
             search = Search(watched, budget, settings, on_trial=self.record, should_stop=self.cancelled,
                             previous=self.previous, heuristic_removals=heur, references=refs, on_phase=self.on_phase)
-            self.space = search.space
+            self.space, self.seed_names = search.space, search.seed_names  # seed names filled as SMAC is built
             status = "cancelled" if search.run().stopped == "cancelled" else "finished"
         elif method in BASELINES:
             status = _run_baseline(watched, budget, method, self.previous, self.record, self.cancelled, refs,
@@ -259,9 +266,45 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
     except Exception as e:  # noqa: BLE001 - whatever broke, the study says so and stays readable
         hb.quiet()
         if not lost.is_set():
-            store.stop(study_id, "failed", f"{type(e).__name__}: {e}", owner=me,
-                       inflight_error=f"{type(e).__name__}: {e}")
+            why = died_of(store, e)
+            store.stop(study_id, "failed", why, owner=me, inflight_error=why)
         raise
+
+
+def died_of(store: Store, e: BaseException) -> str:
+    """Why a worker stops on an exception, as the study's error: a full disk (ENOSPC, a file over its size
+    limit, or the database saying so) named with the disk and what to do, else the exception itself."""
+    if isinstance(e, StoreError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = e.filename or (store.path.parent if store.path else "the data folder")
+        return (f"the disk holding {where} is full ({e.strerror}); free some space, then resume the study: "
+                f"the trials stored so far are intact")
+    return f"{type(e).__name__}: {e}"
+
+
+FULL_BYTES = 1 << 20  # a disk with less free than this counts as full (SQLite, logs and caches need more)
+
+
+def full_disk(store: Store) -> str | None:
+    """A reader's diagnosis of a dead worker: the disk of the database, the data dir or the temp dir (what
+    a worker writes) when it is full, in words, else None. Said when the worker could not say it itself
+    (its database and log on that very disk)."""
+    seen: set[int] = set()
+    for folder in (store.path.parent if store.path else None, data_dir(create=False), Path(tempfile.gettempdir())):
+        try:
+            st = os.statvfs(folder) if folder is not None else None
+            dev = os.stat(folder).st_dev if folder is not None else None
+        except OSError:
+            continue
+        if st is None or dev in seen:
+            continue
+        seen.add(dev)
+        free = st.f_bavail * st.f_frsize
+        if free < FULL_BYTES:
+            return (f"the disk holding {folder} is full ({free:,} bytes free), the likely cause: free some space, "
+                    f"then resume it")
+    return None
 
 
 def study_references(store: Store, study_id: int, ev: Evaluator, settings: SearchSettings,
@@ -353,6 +396,11 @@ def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
     """Start a worker process for the study; returns at once.
 
     ``worker`` is the Python command line that runs it (tests pass a slowed-down one)."""
+    if store.in_memory:
+        raise StudyError(f"{store.url} is an in-memory database: a worker process cannot see it (and it is gone "
+                         f"when this process ends); use a file, e.g. sqlite:////absolute/path/gptailor.db in "
+                         f"--db or GPTAILOR_DB_URL")
+    store.check_intact()  # a damaged database gets no worker writing into it
     study = store.study(study_id)
     if study["status"] in ACTIVE and worker_alive(study):
         raise StudyError(f"study {study_id} already has a live worker (pid {study['worker_pid']}, "
@@ -411,10 +459,11 @@ def phase_text(p: dict[str, Any] | None) -> str:
         return detail or "building the initial design"
     if phase == "trial":
         total = f" of {p['total']}" if p.get("total") else ""
+        n = p.get("done", p.get("trial"))  # trials counted so far (a cut one is run again, not counted)
         top = p.get("max_fidelity")
         fid = f" at fidelity {p.get('fidelity')}" + (f"/{top}" if top else "") + " examples per task"
         eta = f" · ETA {_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
-        return f"trial {int(p.get('trial', 0)) + 1}{total}{fid}{eta}"
+        return f"trial {int(n or 0) + 1}{total}{fid}{eta}"
     if phase == "between trials":
         return f"between trials (trial {int(p.get('last_trial') or 0) + 1} stored)"
     if phase == "report":
@@ -496,7 +545,8 @@ def reconcile(store: Store) -> list[int]:
                                           f"{stop_grace_s():g} s after the cancel (GPTAILOR_STOP_GRACE_S)"
                                           if forced else f"cancelled; {reason}")
         else:
-            status, error = "interrupted", f"{reason}; resume it"
+            disk = full_disk(store)
+            status, error = "interrupted", f"{reason}; " + (disk or "resume it")
         if store.stop(s["id"], status, error, owner=_owner(s), heartbeat_seen=s["heartbeat_at"],
                       inflight_error="worker stopped responding during this trial"):
             out.append(s["id"])

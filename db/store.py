@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from gptailor.eval.prefix import summarize_prefix
-from gptailor.search.trials import TrialRecord, rank_key
+from gptailor.search.trials import CUT, TrialRecord, rank_key
 
 from .liveness import Owner
 from .models import FamilyRow, SchemaVersion, StudyRow, TrialRow, utcnow
@@ -104,9 +104,12 @@ class Store:
         """The database file for a SQLite URL (its folder created), None for other databases."""
         try:
             parsed = make_url(self.url)
-        except ArgumentError:
-            raise StoreError(f"{self.shown_url!r} is not a database URL (from --db or GPTAILOR_DB_URL); use e.g. "
-                             f"sqlite:////absolute/path/gptailor.db or postgresql://user@host/dbname") from None
+        except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+            why = "" if not isinstance(e, ValueError) else " (its port is not a number)" if "int()" in str(e) \
+                else f" ({' '.join(str(e).split())[:100]})"
+            raise StoreError(f"{self.shown_url!r} is not a database URL{why} (from --db or GPTAILOR_DB_URL); use "
+                             f"e.g. sqlite:////absolute/path/gptailor.db or postgresql://user@host:5432/dbname") \
+                from None
         if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
             return None
         p = Path(parsed.database)
@@ -116,6 +119,11 @@ class Store:
             raise StoreError(f"cannot create the database folder {p.parent}: {e.strerror}; "
                              f"set GPTAILOR_DATA_DIR or GPTAILOR_DB_URL to a writable place") from None
         return p
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database (``sqlite://``): it lives and dies with this process."""
+        return self.path is None and self.url.startswith("sqlite")
 
     def _engine(self) -> Engine:
         kwargs: dict[str, Any] = {}
@@ -154,8 +162,7 @@ class Store:
             return (f"{where} is not a SQLite database (or is encrypted): {reason}. If the file is corrupt, move it "
                     f"aside (nothing was overwritten) or set GPTAILOR_DATA_DIR / GPTAILOR_DB_URL to another place")
         if "malformed" in low or "corrupt" in low:
-            return (f"the database {where} is damaged ({reason}); stop its workers, then recover what it holds with "
-                    f"`sqlite3 {where} .recover | sqlite3 recovered.db` or restore a backup")
+            return self._damaged(reason)
         if "readonly" in low or "read-only" in low or "read only" in low or \
                 ("unable to open" in low and self._read_only()):
             return (f"the database {where} is read-only ({reason}); make the file and its folder writable, or set "
@@ -170,6 +177,28 @@ class Store:
             return (f"the database {where} stayed locked by another process for 30 s ({reason}); retry, or stop "
                     f"the process that holds it")
         return f"cannot use the database {where}: {reason}"
+
+    def _damaged(self, reason: str) -> str:
+        where = str(self.path) if self.path else self.shown_url
+        return (f"the database {where} is damaged ({reason}); stop its workers, then recover what it holds with "
+                f"`sqlite3 {where} .recover | sqlite3 recovered.db` or restore a backup")
+
+    def check_intact(self) -> None:
+        """StoreError (the "damaged" line) unless a SQLite file passes ``PRAGMA quick_check``.
+
+        Every writer of a new study (search, baseline, sweep, the app) and every worker launch calls it
+        first: a damaged file is only read by the commands that list it, never written to. Reading the
+        whole file once is cheap next to a study; other databases check themselves."""
+        if self.path is None:
+            return
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        except SQLAlchemyError as e:
+            raise StoreError(self.explain(e)) from None
+        if rows != ["ok"]:
+            first = " ".join(str(rows[0] if rows else "no answer").split())[:120]
+            raise StoreError(self._damaged(f"integrity check: {first}"))
 
     def _read_only(self) -> bool:
         """The database file exists but it, its folder or its file system cannot be written."""
@@ -293,6 +322,7 @@ class Store:
             return
         from filelock import FileLock, Timeout
 
+        self._probe_lock_file()
         lock = FileLock(f"{self.path}.lock", timeout=120)
         try:
             lock.acquire()
@@ -306,6 +336,18 @@ class Store:
             yield
         finally:
             lock.release()
+
+    def _probe_lock_file(self) -> None:
+        """Create the lock file once by hand: filelock takes any failure to open it for another process's
+        lock and waits its whole timeout, so a folder that takes no new file (/proc, a read-only mount)
+        would hang 120 s and then blame someone else."""
+        lock = f"{self.path}.lock"
+        try:
+            os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as e:
+            raise StoreError(f"cannot create files beside the database {self.path} ({e.strerror}: {lock}); its "
+                             f"folder {self.path.parent} is not writable: set GPTAILOR_DATA_DIR or GPTAILOR_DB_URL "
+                             f"to a writable place") from None
 
     def _migration_engine(self) -> Engine:
         """For a SQLite file: an engine whose transactions really start (BEGIN IMMEDIATE), so the whole
@@ -361,7 +403,9 @@ class Store:
                      n_trials: int, name: str | None = None, owner_hash: str | None = None,
                      client_key: str | None = None) -> int:
         """Store a new study; its name (default: the method) is made unique in its family with a suffix.
-        ``owner_hash`` and ``client_key`` name the app visitor who started it (see ``ui/guard.py``)."""
+        ``owner_hash`` and ``client_key`` name the app visitor who started it (see ``ui/guard.py``).
+        Refused, nothing written, on a damaged database."""
+        self.check_intact()
         fid = self.ensure_family(family_name, family_spec, family_info)
         with self.session() as s:
             taken = set(s.scalars(select(StudyRow.name).where(StudyRow.family_id == fid)))
@@ -484,7 +528,8 @@ class Store:
 
     @staticmethod
     def _fail_inflight(s: Session, study_id: int, error: str) -> None:
-        """The trial the progress says was being evaluated, stored as failed (once)."""
+        """The trial the progress says was being evaluated, stored as ``cut`` (once): kept for the record, not
+        counted toward the study's trials, and run again by a resume under the same source label."""
         row = s.get(StudyRow, study_id)
         p = row.progress or {}
         if p.get("phase") != "trial" or p.get("trial") is None:
@@ -493,7 +538,7 @@ class Store:
         if s.scalar(select(TrialRow.id).where(TrialRow.study_id == study_id, TrialRow.number == number)):
             return
         s.add(TrialRow(study_id=study_id, number=number, plan=p.get("plan_json") or {}, plan_text=p.get("plan") or "",
-                       config=p.get("config"), fidelity=p.get("fidelity"), scores={}, status="failed", error=error,
+                       config=p.get("config"), fidelity=p.get("fidelity"), scores={}, status=CUT, error=error,
                        source=p.get("source") or "search", wall_s=p.get("wall_s")))
         row.progress = {**p, "phase": "stopped", "updated": _iso()}
 
@@ -611,7 +656,8 @@ def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[
 
 
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
-    done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id))
+    done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id,
+                                                                      TrialRow.status != CUT))  # as counted()
     best, best_number, best_means = _best_of(s, r.id)
     cache = summarize_prefix(s.scalars(select(TrialRow.prefix_cache).where(
         TrialRow.study_id == r.id, TrialRow.prefix_cache.is_not(None))).all())

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             except StudyError as e:
                 print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
                 return 2
-    except (StoreError, SettingsError) as e:
-        print(f"study {args.study}: {e}", file=sys.stderr, flush=True)
+    except (StoreError, SettingsError, OSError) as e:
+        _last_word(locals().get("store"), args.study, locals().get("me"), e)
         return 2
     except KeyboardInterrupt:  # a signal while still starting: say so rather than wait for the grace
         try:
@@ -73,6 +73,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"study {args.study}: {status} ({len(recorded)} trials recorded by this worker)", flush=True)
     return 0 if status in ("finished", "cancelled") else 1
+
+
+def _last_word(store, study_id: int, me, e: BaseException) -> None:
+    """Say why this worker stops where a reader sees it: the study's error first (tried again here, after
+    the run's own clean-up freed its temporary files: a full disk may take one small write now), then the
+    log, which may sit on that same full disk."""
+    from .runs import died_of
+    from .store import StoreError
+
+    why = died_of(store, e) if store is not None else str(e)
+    if store is not None and me is not None:
+        try:
+            store.stop(study_id, "failed", why, owner=me, inflight_error=why)  # a no-op if already recorded
+        except StoreError:
+            pass  # the database's disk is full: a reader diagnoses it (runs.full_disk)
+    try:
+        print(f"study {study_id}: {why}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 class _Nothing:

@@ -132,10 +132,11 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from gptailor.eval.evaluator import Evaluator
-    from gptailor.export.hf import export
+    from gptailor.export.hf import export, prepare_folder
 
     fam = _load(args)
     plan = _read_plan(args.plan, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
+    prepare_folder(args.out, args.overwrite)  # a folder it cannot write is said before the evaluation
     result = None
     if not args.no_eval and (args.suite or fam.spec.suite_path()):
         result = Evaluator(fam, _suite(args, fam)).evaluate(plan, args.fidelity, speed=True)

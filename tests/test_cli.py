@@ -142,6 +142,14 @@ CASES = [  # (argv, words the one line must contain); {spec}, {bad} and {db} are
     (["chat", "-f", "{spec}", "hi", "--temperature", "inf"], "temperature must be a number from 0 to 100"),
     (["chat", "-f", "{spec}", "hi", "--max-new-tokens", "0"], "max new tokens must be a whole number"),
     (["resume", "999"], "no study 999"),
+    (["cancel", "1", "--wait", "nan"], "wait must be a number of seconds above 0"),
+    (["cancel", "1", "--wait", "inf"], "wait must be a number of seconds above 0"),
+    (["cancel", "1", "--wait", "-3"], "wait must be a number of seconds above 0"),
+    (["export", "-f", "{spec}", "-p", "base base base base", "-o", "/proc/x"],
+     "cannot write the export folder /proc/x (No such file or directory; /proc takes no new folder or file there); "
+     "choose a folder you can write (-o)"),
+    (["export", "-f", "{spec}", "-p", "base base base base", "-o", "{bad}/ok.jsonl/x"],
+     "cannot write the export folder {bad}/ok.jsonl/x (Not a directory; {bad}/ok.jsonl takes no new folder"),
 ]
 
 
@@ -161,7 +169,9 @@ def test_every_bad_input_is_one_line_and_exit_2(spec, bad_files, tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err, err
-    assert words in err, err
+    assert words.replace("{bad}", str(bad_files)) in err, err
+    if argv[0] == "export":  # refused before the plan was scored: nothing written anywhere
+        assert not (bad_files / "ok.jsonl").is_dir() and not Path("/proc/x").exists()
     if argv[0] in ("search", "baseline"):  # nothing was stored for a refused study
         from db.store import Store
 

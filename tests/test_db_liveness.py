@@ -153,7 +153,7 @@ def test_sigstop_past_grace_from_another_host_then_resume(tmp_path, fam_dir, fas
         s2 = b.study(sid)
         assert s2["status"] == "interrupted" and "on host-a" in s2["error"] and "no heartbeat for" in s2["error"]
         trials = b.trials(sid)
-        assert [(t.number, t.status, t.error) for t in trials] == [(s["progress"]["trial"], "failed", CUT)]
+        assert [(t.number, t.status, t.error) for t in trials] == [(s["progress"]["trial"], "cut", CUT)]
         assert trials[0].plan.to_text() == s["progress"]["plan"] and trials[0].fidelity == s["progress"]["fidelity"]
         # woken up, the worker finds its study is no longer its own and stops without writing anything
         assert proc.wait(timeout=HANG_GUARD_S) != 0
@@ -177,7 +177,7 @@ def test_cancel_hard_stops_a_worker_stuck_in_a_trial(tmp_path, fam_dir, fast_bea
         done = store.study(sid)
         assert done["status"] == "cancelled" and done["error"] == "stopped by a signal"
         (cut,) = store.trials(sid)
-        assert (cut.number, cut.status, cut.error) == (s["progress"]["trial"], "failed",
+        assert (cut.number, cut.status, cut.error) == (s["progress"]["trial"], "cut",
                                                                 "stopped by a signal during this trial")
     finally:
         kill_group(proc)
@@ -220,7 +220,7 @@ def test_a_live_pid_is_not_proof_of_life(tmp_path, sleeper, case, start, beat_ag
     s = store.study(sid)
     assert s["status"] == ("interrupted" if dead else "running")
     if dead:
-        assert [(t.number, t.status, t.error) for t in store.trials(sid)] == [(0, "failed", CUT)]
+        assert [(t.number, t.status, t.error) for t in store.trials(sid)] == [(0, "cut", CUT)]
     assert sleeper.poll() is None  # never signalled
 
 
@@ -284,3 +284,33 @@ def test_reader_escalates_a_cancel_to_sigterm_then_sigkill(tmp_path, monkeypatch
         for p in (stubborn,):
             p.kill()
             p.wait()
+
+
+def test_a_trial_cut_by_a_kill_is_run_again_and_not_counted(tmp_path, fam_dir, fast_beats):
+    """SIGKILL inside the first trial (a seeded plan); resumed, the study ends with exactly the trials asked
+    for that ran to their end, the cut one among them again: same plan, same fidelity, same source label."""
+    store, sid = new_study(Store(f"sqlite:///{tmp_path / 'g.db'}"), fam_dir, n_trials=4)
+    logs = tmp_path / "logs"
+    proc = launch(store, sid, log_dir=logs, worker=SLOW)
+    try:
+        s = in_trial(store, sid, proc, logs / f"study-{sid}.log")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        kill_group(proc)
+    assert reconcile(store) == [sid]
+    (cut,) = store.trials(sid)
+    assert (cut.number, cut.status, cut.error, cut.source) == (0, "cut", CUT, s["progress"]["source"])
+    assert cut.source != "search"  # the first trial is a seed plan, stored under the seed's name
+    assert store.study(sid)["trials_done"] == 0  # nothing counted yet
+    resumed = launch(store, sid, log_dir=logs)
+    assert resumed.wait(timeout=HANG_GUARD_S) == 0, (logs / f"study-{sid}.log").read_text()
+    done = store.study(sid)
+    trials = store.trials(sid)
+    assert done["status"] == "finished" and done["trials_done"] == 4
+    assert [t.status for t in trials].count("cut") == 1 and len(trials) == 5
+    again = [t for t in trials[1:] if (t.plan.key(), t.fidelity) == (cut.plan.key(), cut.fidelity)]
+    # scored once (a repeat SMAC asks for in another bracket is served from the cache), all under its label
+    assert [(t.status, t.source, t.cached) for t in again][:1] == [("complete", cut.source, False)] and \
+        all((t.status, t.source, t.cached) == ("complete", cut.source, True) for t in again[1:]), \
+        [(t.number, t.plan.to_text(), t.fidelity, t.source, t.cached) for t in trials]

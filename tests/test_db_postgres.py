@@ -108,5 +108,5 @@ def test_owner_guarded_writes_and_inflight_trial(url):
     assert not store.stop(sid, "interrupted", "x", owner=me, heartbeat_seen=seen)  # it beat since: alive
     seen = store.study(sid)["heartbeat_at"]
     assert store.stop(sid, "interrupted", "gone", owner=me, heartbeat_seen=seen, inflight_error="cut")
-    assert [(t.number, t.status, t.error) for t in store.trials(sid)] == [(0, "failed", "cut")]
+    assert [(t.number, t.status, t.error) for t in store.trials(sid)] == [(0, "cut", "cut")]
     assert not store.beat(sid, me)

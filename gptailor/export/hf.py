@@ -22,17 +22,30 @@ from gptailor.export.mergekit import ExportError, export_dtype, mergekit_yaml
 _MODEL_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
 
 
-def _prepare_folder(folder: Path, overwrite: bool) -> Path:
+def prepare_folder(folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The export folder, resolved, created and proven writable (ExportError naming it and why otherwise).
+
+    The command line calls it before scoring the plan, so a folder it cannot write is said in seconds,
+    not after the evaluation; ``export`` calls it again (stale shards go only with ``overwrite``)."""
     folder = Path(folder).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} exists and is a file; give a folder path")
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise ExportError(f"{folder} is not empty; choose a new folder or pass overwrite=True (--overwrite)")
-        for pattern in _MODEL_FILES:  # stale shards from an earlier export would be loaded too
-            for f in folder.glob(pattern):
-                f.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if folder.exists() and any(folder.iterdir()):
+            if not overwrite:
+                raise ExportError(f"{folder} is not empty; choose a new folder or pass overwrite=True (--overwrite)")
+            for pattern in _MODEL_FILES:  # stale shards from an earlier export would be loaded too
+                for f in folder.glob(pattern):
+                    f.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".gptailor-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        near = next((p for p in folder.parents if p.exists()), None)
+        where = f"; {near} takes no new folder or file there" if near is not None and not folder.exists() else ""
+        raise ExportError(f"cannot write the export folder {folder} ({e.strerror}{where}); choose a folder you can "
+                          f"write (-o)") from None
     return folder
 
 
@@ -45,7 +58,7 @@ def export(family: Family, plan: Plan, folder: str | os.PathLike, result: EvalRe
     plan.validate(family.member_names, family.n_layers)
     plan = Plan(plan.ops, plan.family or family.name)
     dt = export_dtype(family, dtype)
-    folder = _prepare_folder(Path(folder), overwrite)
+    folder = prepare_folder(folder, overwrite)
     if stitcher is None or stitcher.device.type != "cpu" or stitcher.dtype != dt:
         stitcher = Stitcher(family, device="cpu", dtype=dt, cache_mb=0)  # nothing kept after the export
     model = stitcher.build(plan)

@@ -17,6 +17,8 @@ test split.
 
 Resume: pass the earlier trials as ``previous``; they are re-told to a fresh SMAC with their exact
 budgets (so its Hyperband recognises them), which then goes on until ``n_trials`` trials exist in all.
+A trial cut short by its worker stopping (status ``cut``) is neither told nor counted: SMAC proposes
+it again, and the study still ends with ``n_trials`` trials that ran to their end.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from gptailor.common.progress import OnPhase, Phase, quiet
 from gptailor.search.space import Budget, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
 from gptailor.search.settings import SearchSettings
-from gptailor.search.trials import CRASH_COST, SearchResult, TrialRecord, incumbent, pareto_front
+from gptailor.search.trials import CRASH_COST, CUT, SearchResult, TrialRecord, counted, incumbent, pareto_front
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -279,7 +281,7 @@ class Search:
         self._replaying = True
         try:
             for t in self.previous:
-                if not t.config:
+                if not t.config or t.status == CUT:  # a cut trial is not SMAC's: it proposes it again
                     continue
                 try:
                     cfg = Configuration(self.space.cs, values=t.config)
@@ -325,7 +327,7 @@ class Search:
                                 + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")))
             facade = self._facade(scenario, objective.train, client)
             self._replay(facade)
-            remaining = self.settings.n_trials - len(self.previous)
+            remaining = self.settings.n_trials - counted(self.previous)
             if remaining > 0 and not self._should_stop():
                 with warnings.catch_warnings():  # SMAC averages empty cost lists for fresh configs
                     warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
@@ -333,7 +335,7 @@ class Search:
                     facade.optimize()
             runhistory = _runhistory(facade)
             if self._stopped == "finished" and self.settings.walltime_s and \
-                    len(self.trials) < self.settings.n_trials:
+                    counted(self.trials) < self.settings.n_trials:
                 self._stopped = "walltime"
         finally:
             if client is not None:

@@ -22,7 +22,7 @@ class TrialRecord:
     plan: Plan
     fidelity: int | None
     result: EvalResult | None
-    status: str = "complete"  # complete | failed | rejected
+    status: str = "complete"  # complete | failed | rejected | cut (its worker stopped inside it: see CUT)
     error: str | None = None
     config: dict[str, Any] | None = None
     wall_s: float = 0.0
@@ -77,6 +77,15 @@ def rank_key(fidelity: int | None, retention: float, number: int = 0) -> tuple[f
     """Sort key, best first: the highest fidelity (low-fidelity scores are noisy), then retention, then the
     earliest trial. The only ranking rule: the engine, the database, the dashboard and compare use it."""
     return -fidelity_rank(fidelity), -retention, number
+
+
+CUT = "cut"  # a trial its worker never finished (killed, hung, stopped): stored, not counted, run again on resume
+
+
+def counted(trials: Iterable[TrialRecord]) -> int:
+    """How many trials count toward a study's ``n_trials``: all but the cut ones (the plan's own failures and
+    rejections count, as SMAC counts them), so a resumed study reaches the number asked for."""
+    return sum(1 for t in trials if t.status != CUT)
 
 
 def scored(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
