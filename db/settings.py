@@ -109,6 +109,19 @@ def max_full_examples() -> int:
     return int(_cap("GPTAILOR_MAX_FULL_EXAMPLES", 1000, 1000))
 
 
+def queue_max() -> int:
+    """Requests that may wait in the app's queue at once (``GPTAILOR_QUEUE_MAX``; 16 public, 64 otherwise,
+    0 = no bound): Gradio's ``queue(max_size=...)``. One more is refused at once with "busy, try again"
+    (and one server log line) instead of waiting past its client's patience; a queued one is told its place."""
+    return int(_cap("GPTAILOR_QUEUE_MAX", 16, 64))
+
+
+def model_concurrency() -> int:
+    """Requests that run a model (evaluate, lm-eval, compare, analysis, chat, export) at once, all of them
+    together (``GPTAILOR_MODEL_CONCURRENCY``, default 2, at least 1); the rest wait in the queue."""
+    return int(env_number("GPTAILOR_MODEL_CONCURRENCY", 2, integer=True, above_zero=True))
+
+
 def auth_pairs() -> list[tuple[str, str]] | None:
     """``GPTAILOR_AUTH`` as Gradio's auth list: ``user:password``, several separated by commas; None if unset."""
     raw = os.environ.get("GPTAILOR_AUTH", "").strip()
@@ -151,7 +164,8 @@ def host_id_override() -> str | None:
 def check_all() -> None:
     """Read every setting once, so a malformed one stops the app or a worker at start (SettingsError)."""
     for read in (max_workers, max_trials, max_studies_per_hour, proxy_hops, max_export_zips, max_export_bytes, max_upload_bytes,
-                 max_task_examples, max_full_examples, auth_pairs, heartbeat_s, grace_s, stop_grace_s):
+                 max_task_examples, max_full_examples, queue_max, model_concurrency, auth_pairs, heartbeat_s,
+                 grace_s, stop_grace_s):
         read()
     for what in ("studies", "exports", "uploads"):
         session_cap(what)

@@ -12,6 +12,7 @@ from . import figures
 from .engine import ENGINE, gpu
 from db.settings import data_dir
 from .guard import refuse
+from .overload import model_slots
 from .stop import stop_button, stoppable, wire_stop
 
 TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_layers": "CKA between positions",
@@ -63,7 +64,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
         plots.append(gr.Plot(label=TITLES[key]))
         gr.Markdown(CAPTIONS[key])
     inputs = [family, n_texts, member, position, suite]
-    going = go_btn.click(compute, inputs, [member, *plots], api_name="analysis")
+    going = go_btn.click(compute, inputs, [member, *plots], api_name="analysis", **model_slots())
     wire_stop(halt, going)
     # a new member or position only re-draws from the cache (computed once per family and calibration set)
     for comp in (member, position):

@@ -12,7 +12,8 @@ from starlette.middleware import Middleware
 from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, guard, picker,
                search_tab)
 from .login import LoginEverywhere
-from db.settings import auth_pairs, check_all, max_upload_bytes, public_mode
+from .overload import BusyNote
+from db.settings import auth_pairs, check_all, max_upload_bytes, public_mode, queue_max
 from gptailor.common.limits import SettingsError
 
 
@@ -82,7 +83,9 @@ def main() -> None:
     except (SettingsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)  # one line and exit 2, like the CLI's refusals
         sys.exit(2)
-    app = build_app().queue(default_concurrency_limit=2)
+    # a bounded queue: one request more is refused at once ("busy", logged by ui/overload.py), a queued one
+    # is told its place; the model-running events share their own slots (ui.overload.model_slots)
+    app = build_app().queue(default_concurrency_limit=2, max_size=queue_max() or None)
     _start_queued_forever()
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", os.environ.get("HOST", "127.0.0.1")),
                server_port=port, **launch_options())
@@ -90,6 +93,7 @@ def main() -> None:
 
 def launch_options() -> dict:
     """What ``launch`` gets besides the address: login (asked on every endpoint, ``ui/login.py``), the
-    upload cap, the page's CSS and click script."""
+    upload cap, the page's CSS and click script, and the log line and message of a refusal when the queue is
+    full (``ui/overload.py``)."""
     return {"auth": auth_pairs(), "max_file_size": max_upload_bytes(), "css": CSS, "js": dashboard_tab.CLICK_JS,
-            "app_kwargs": {"middleware": [Middleware(LoginEverywhere)]}}
+            "app_kwargs": {"middleware": [Middleware(LoginEverywhere), Middleware(BusyNote)]}}

@@ -8,6 +8,7 @@ from gptailor import FamilyError, Plan, PlanError
 from gptailor.chat import stream_reply
 
 from .engine import ENGINE, gpu
+from .overload import model_slots
 
 
 def text_of(content) -> str:
@@ -70,8 +71,8 @@ def build(family: gr.Dropdown, plan: gr.Textbox) -> None:
         send = gr.Button("Send", variant="primary")
         clear = gr.Button("Clear")
     inputs = [family, plan, prompt, max_new, temp, bot, base_bot]
-    send.click(chat, inputs, [bot, base_bot, prompt], api_name="chat")
-    prompt.submit(chat, inputs, [bot, base_bot, prompt])
+    send.click(chat, inputs, [bot, base_bot, prompt], api_name="chat", **model_slots())
+    prompt.submit(chat, inputs, [bot, base_bot, prompt], **model_slots())
     clear.click(lambda: ([], []), None, [bot, base_bot])
     plan.change(lambda p: f"Plan's model: `{p.strip()}`" if p and p.strip() else "", [plan], [which],
                 show_progress="hidden")

@@ -9,6 +9,7 @@ from gptailor import FamilyError, Plan, TaskError
 from . import figures
 from .engine import ENGINE, gpu, store
 from .guard import refuse
+from .overload import model_slots
 from .retention import marked, pair, pct
 from .stop import stop_button, stoppable, wire_stop
 
@@ -76,5 +77,5 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
     table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter", elem_id="compare-table")
     maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
     bars = gr.Plot(show_label=False)
-    going = go_btn.click(run_compare, [family, suite], [table, bars, maps], api_name="compare")
+    going = go_btn.click(run_compare, [family, suite], [table, bars, maps], api_name="compare", **model_slots())
     wire_stop(halt, going)

@@ -26,6 +26,7 @@ from . import figures, lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, store, warm_references
 from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_examples, public_mode
 from .guard import allowance, client_key, global_lock, owner_hash, refuse, valid_token
+from .overload import model_slots
 from .retention import line, marked, pct
 from .stop import cleared, stop_button, stoppable, wire_stop
 
@@ -231,9 +232,10 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox, owner: 
     grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
     going = eval_btn.click(cleared(2), None, [result, table], queue=False, show_progress="hidden",
                            api_visibility="private") \
-        .then(evaluate_manual, [family, plan_box, fidelity, suite, owner], [result, table], api_name="evaluate_manual")
+        .then(evaluate_manual, [family, plan_box, fidelity, suite, owner], [result, table], api_name="evaluate_manual",
+              **model_slots())
     exporting = export_btn.click(lambda: (None, ""), None, [download, export_note], queue=False,
                                  show_progress="hidden", api_visibility="private") \
-        .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export")
+        .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export", **model_slots())
     wire_stop(halt, going, exporting)
     lm_eval_panel.build(family, plan_box, api_name="editor_lm_eval", elem_id="editor-lm-eval")

@@ -10,6 +10,7 @@ from gptailor.eval.speed import INTERACTIVE, short
 from . import lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
+from .overload import model_slots
 from .retention import marked, pct
 from .stop import cleared, stop_button, stoppable, wire_stop
 
@@ -79,7 +80,8 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
     table = gr.Dataframe(headers=COLUMNS, label="Per-task scores", interactive=False)
     going = run.click(cleared(2), None, [summary, table], queue=False, show_progress="hidden",
                       api_visibility="private") \
-        .then(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate")
+        .then(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate",
+              **model_slots())
     wire_stop(halt, going)
     reset.click(identity_plan, [family], [plan], api_name="identity_plan")
     lm_eval_panel.build(family, plan, api_name="lm_eval", elem_id="evaluate-lm-eval")

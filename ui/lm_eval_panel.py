@@ -11,6 +11,7 @@ from gptailor.common.limits import whole
 from .engine import ENGINE, gpu
 from db.settings import public_mode
 from .guard import refuse
+from .overload import model_slots
 from .stop import cleared, stop_button, stoppable, wire_stop
 
 TITLE = "Standard benchmarks (lm-evaluation-harness)"
@@ -68,6 +69,6 @@ def build(family: gr.Dropdown, plan: gr.Textbox, api_name: str, elem_id: str, op
         table = gr.Dataframe(label="lm-eval's metrics", interactive=False, wrap=True)
         going = go.click(cleared(2), None, [note, table], queue=False, show_progress="hidden",
                          api_visibility="private") \
-            .then(run, [family, plan, tasks, limit, include], [note, table], api_name=api_name)
+            .then(run, [family, plan, tasks, limit, include], [note, table], api_name=api_name, **model_slots())
         wire_stop(halt, going)
     return {"tasks": tasks, "limit": limit, "include": include, "note": note, "table": table}
