@@ -7,6 +7,11 @@
    N gradio_client clients (threads, each its own session) evaluate plans on the demo family, all
    at once: p50/p95 latency per request (queue wait included; the app serves 2 at a time), errors, and
    the server's RSS (psutil) idle, after one warm-up request, after the load and at its peak.
+1b. **overload**: the app with a small queue (``--queue-max``, its ``GPTAILOR_QUEUE_MAX``) and more clients
+   than it holds (``--overload-clients``), each sending one evaluation at the same moment and polling
+   ``Job.status()`` for its place: completed (latency), refused with a message (how soon), silent
+   timeouts (no answer within ``--patience`` s: target 0), queued requests told their place, and the
+   refusals the server logged. ``--queue-max 0`` is the unbounded queue of before #23.
 2. **sqlite**: S concurrent SMAC studies, each in the project's own background worker (``db.runs.launch``),
    plus R reader threads polling the study and trial tables every 50 ms (the first also calls
    ``reconcile`` as the app's refresh does), on one SQLite file: lock errors (readers and worker logs),
@@ -38,13 +43,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
-LIMITS = {"clients": 32, "requests": 50, "studies": 6, "trials": 200, "readers": 8}
+LIMITS = {"clients": 32, "requests": 50, "studies": 6, "trials": 200, "readers": 8, "overload_clients": 64,
+          "queue_max": 64}
 TERMINAL = ("finished", "failed", "cancelled", "interrupted")
 
 
-def _bounded(name: str, value: int) -> int:
-    if not 1 <= value <= LIMITS[name]:
-        raise ValueError(f"--{name} must be from 1 to {LIMITS[name]}, got {value}")
+def _bounded(name: str, value: int, low: int = 1) -> int:
+    if not low <= value <= LIMITS[name]:
+        raise ValueError(f"--{name.replace('_', '-')} must be from {low} to {LIMITS[name]}, got {value}")
     return value
 
 
@@ -62,11 +68,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, public: bool, timeout_s: float = 180) -> tuple[subprocess.Popen, str, Path]:
+def start_server(data_dir: Path, public: bool, timeout_s: float = 180,
+                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, Path]:
     """``python app.py`` on 127.0.0.1 with a free port and its own data dir; returns (process, url, log)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GPTAILOR_DATA_DIR": str(data_dir),
-           "GPTAILOR_PUBLIC": "1" if public else "0", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+           "GPTAILOR_PUBLIC": "1" if public else "0", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           **(extra_env or {})}
     for k in ("GPTAILOR_DB_URL", "GPTAILOR_AUTH"):
         env.pop(k, None)
     log = data_dir / "app.log"
@@ -206,6 +214,98 @@ def http_load(clients: int = 8, requests: int = 5, public: bool = False, fidelit
     finally:
         stop.set()
         stop_server(proc)
+        shutil.rmtree(data, ignore_errors=True)
+    return fig
+
+
+# ----------------------------------------------------------------------------- 1b. the app over its queue
+@dataclass
+class OverloadFigures:
+    clients: int
+    queue_max: int  # GPTAILOR_QUEUE_MAX the server ran with (0: no bound, the app before #23)
+    fidelity: int
+    patience_s: float  # how long each client waits for its answer before it gives up
+    latencies: list[float] = field(default_factory=list)  # completed requests, queue wait included
+    refused_s: list[float] = field(default_factory=list)  # how soon a refused request knew it
+    messages: set[str] = field(default_factory=set)  # what the refused ones were told
+    silent: int = 0  # no answer within the client's patience, no message: what must not happen
+    errors: list[str] = field(default_factory=list)  # anything else
+    told_place: int = 0  # requests that were told a queue position (Job.status().rank) while they waited
+    logged: int = 0  # "busy: refused" lines in the server's log
+    wall_s: float = 0.0
+
+    def line(self) -> str:
+        ok, ref = self.latencies, self.refused_s
+        lat = f"p50 {percentile(ok, 50):.2f} s, p95 {percentile(ok, 95):.2f} s" if ok else "none"
+        soon = f"answered in p50 {percentile(ref, 50):.2f} s, max {max(ref):.2f} s" if ref else "none"
+        bound = f"queue holds {self.queue_max}" if self.queue_max else "queue unbounded"
+        return (f"overload: {self.clients} clients at once, {bound}, fidelity {self.fidelity}, patience "
+                f"{self.patience_s:.0f} s, {self.wall_s:.1f} s: {len(ok)} completed ({lat}), {len(ref)} refused "
+                f"with a message ({soon}; {sorted(self.messages)}), {self.silent} silent timeouts, "
+                f"{len(self.errors)} other errors; {self.told_place} told their queue place; server logged "
+                f"{self.logged} refusals")
+
+
+def overload_load(clients: int = 16, queue_max: int = 4, fidelity: int = 8, patience_s: float = 120,
+                  workdir: Path | None = None) -> OverloadFigures:
+    """More clients than the queue holds, each sending one evaluation at the same moment: each completes,
+    is refused with a message, or (the failure this phase exists to count) hears nothing within
+    ``patience_s`` and gives up. A waiting client polls ``Job.status()`` for its place in the queue."""
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    _bounded("overload_clients", clients)
+    fig = OverloadFigures(clients, queue_max, fidelity, patience_s)
+    data = Path(tempfile.mkdtemp(prefix="gptailor-overload-", dir=workdir))
+    proc, url, log = start_server(data, public=False, extra_env={"GPTAILOR_QUEUE_MAX": str(queue_max)})
+    try:
+        warm = Client(url, verbose=False)
+        warm.predict("demo", warm.predict("demo", api_name="/identity_plan"), fidelity, api_name="/evaluate")
+        plans = demo_plans(clients)
+        conns = [Client(url, verbose=False) for _ in range(clients)]
+        lock, go = threading.Lock(), threading.Barrier(clients + 1)
+
+        def client(k: int) -> None:
+            go.wait()
+            t0, placed = time.perf_counter(), False
+            job = conns[k].submit("demo", plans[k], fidelity, api_name="/evaluate")
+            while not job.done() and time.perf_counter() - t0 < patience_s:
+                st = job.status()
+                placed |= st.code == Status.IN_QUEUE and st.rank is not None
+                time.sleep(0.1)
+            with lock:
+                fig.told_place += placed
+                fig.silent += not job.done()
+            if not job.done():
+                job.cancel()
+                return
+            try:
+                summary, _table = job.result()
+                ok = "Retention" in summary
+            except Exception as e:  # noqa: BLE001 - a refusal or a failure is a figure, not a crash
+                message, ok = str(e), False
+                with lock:
+                    if "busy" in message.lower() or "queue is full" in message.lower():
+                        fig.refused_s.append(time.perf_counter() - t0)
+                        fig.messages.add(message[:80])
+                    else:
+                        fig.errors.append(f"{type(e).__name__}: {message[:160]}")
+                return
+            with lock:
+                (fig.latencies.append(time.perf_counter() - t0) if ok
+                 else fig.errors.append(f"unexpected answer {summary[:80]!r}"))
+
+        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+        for t in threads:
+            t.start()
+        go.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()  # each client ends by itself: answered, refused, or out of patience
+        fig.wall_s = time.perf_counter() - t0
+    finally:
+        stop_server(proc)
+        fig.logged = sum(line.startswith("busy: refused") for line in log.read_text(errors="replace").splitlines())
         shutil.rmtree(data, ignore_errors=True)
     return fig
 
@@ -373,21 +473,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20, help="trials per study")
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=300, help="deadline of each phase, seconds")
-    ap.add_argument("--only", default="http,sqlite,postgres", help="phases to run, comma-separated")
+    ap.add_argument("--overload-clients", type=int, default=16, help="overload: clients sending one request at once")
+    ap.add_argument("--queue-max", type=int, default=4,
+                    help="overload: GPTAILOR_QUEUE_MAX of its server (0: no bound, as before #23)")
+    ap.add_argument("--patience", type=float, default=120, help="overload: seconds a client waits for its answer")
+    ap.add_argument("--only", default="http,overload,sqlite,postgres", help="phases to run, comma-separated")
     args = ap.parse_args(argv)
     try:
-        for name in ("clients", "requests", "studies", "trials", "readers"):
+        for name in ("clients", "requests", "studies", "trials", "readers", "overload_clients"):
             _bounded(name, getattr(args, name))
+        _bounded("queue_max", args.queue_max, low=0)
+        if not 0 < args.patience < float("inf"):
+            raise ValueError(f"--patience must be a number of seconds above 0, got {args.patience}")
     except ValueError as e:
         ap.error(str(e))
     phases = {p.strip() for p in args.only.split(",") if p.strip()}
-    if phases - {"http", "sqlite", "postgres"}:
-        ap.error(f"--only takes http, sqlite, postgres; got {args.only!r}")
+    if phases - {"http", "overload", "sqlite", "postgres"}:
+        ap.error(f"--only takes http, overload, sqlite, postgres; got {args.only!r}")
     t0, figures = time.perf_counter(), []
     if "http" in phases:
         for public in (False, True):
             print(f"http: public mode {'on' if public else 'off'} ...", flush=True)
             figures.append(http_load(args.clients, args.requests, public, args.fidelity, args.timeout))
+    if "overload" in phases:
+        print(f"overload: {args.overload_clients} clients, queue of {args.queue_max} ...", flush=True)
+        figures.append(overload_load(args.overload_clients, args.queue_max, args.fidelity, args.patience))
     kw = dict(studies=args.studies, n_trials=args.trials, readers=args.readers, timeout_s=args.timeout)
     for name, fn in (("sqlite", sqlite_load), ("postgres", postgres_load)):
         if name in phases:
@@ -400,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in figures:
         print(f.line())
     bad = any((getattr(f, "errors", None) or getattr(f, "reader_errors", None) or getattr(f, "lost", 0)
-               or getattr(f, "duplicated", 0) or getattr(f, "lock_errors", 0)) for f in figures)
+               or getattr(f, "duplicated", 0) or getattr(f, "lock_errors", 0) or getattr(f, "silent", 0))
+              for f in figures)
     return 1 if bad else 0
 
 

@@ -3,7 +3,7 @@ SMAC workers with a reader on SQLite and (when a server can be started here) on 
 import numpy as np
 import pytest
 
-from bench.load import StudyFigures, http_load, percentile, postgres_load, sqlite_load
+from bench.load import StudyFigures, http_load, overload_load, percentile, postgres_load, sqlite_load
 
 
 def test_percentile_is_numpys_nearest_rank():
@@ -56,3 +56,14 @@ def test_two_studies_and_a_reader_on_postgresql(patient):
     if fig.skipped:
         pytest.skip(f"no PostgreSQL here: {fig.skipped}")
     _check_studies(fig)
+
+
+def test_overload_phase_counts_every_client_as_answered_or_refused():
+    """6 clients at once against a queue of 1: each completes or is refused with Gradio's message, each
+    refusal is in the server's log, none is silent (the patience is no deadline: an hour). How many are
+    refused depends on the machine's timing; tests/test_overload.py pins the exact split with a gate."""
+    fig = overload_load(clients=6, queue_max=1, fidelity=4, patience_s=3600)
+    assert fig.silent == 0 and fig.errors == [], fig.errors
+    assert len(fig.latencies) + len(fig.refused_s) == 6 and fig.latencies, fig.line()
+    assert fig.messages <= {"Queue is full! Please try again."} and fig.logged == len(fig.refused_s)
+    assert "0 silent timeouts" in fig.line() and "queue holds 1" in fig.line()
