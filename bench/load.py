@@ -228,7 +228,8 @@ class OverloadFigures:
     latencies: list[float] = field(default_factory=list)  # completed requests, queue wait included
     refused_s: list[float] = field(default_factory=list)  # how soon a refused request knew it
     messages: set[str] = field(default_factory=set)  # what the refused ones were told
-    silent: int = 0  # no answer within the client's patience, no message: what must not happen
+    silent: int = 0  # no answer within the client's patience and never told a place: what must not happen
+    gave_up: int = 0  # out of patience while told its place in the queue (a client's choice, not silence)
     errors: list[str] = field(default_factory=list)  # anything else
     told_place: int = 0  # requests that were told a queue position (Job.status().rank) while they waited
     logged: int = 0  # "busy: refused" lines in the server's log
@@ -241,7 +242,8 @@ class OverloadFigures:
         bound = f"queue holds {self.queue_max}" if self.queue_max else "queue unbounded"
         return (f"overload: {self.clients} clients at once, {bound}, fidelity {self.fidelity}, patience "
                 f"{self.patience_s:.0f} s, {self.wall_s:.1f} s: {len(ok)} completed ({lat}), {len(ref)} refused "
-                f"with a message ({soon}; {sorted(self.messages)}), {self.silent} silent timeouts, "
+                f"with a message ({soon}; {sorted(self.messages)}), {self.silent} silent timeouts, {self.gave_up} gave "
+                f"up while told their place, "
                 f"{len(self.errors)} other errors; {self.told_place} told their queue place; server logged "
                 f"{self.logged} refusals")
 
@@ -249,8 +251,8 @@ class OverloadFigures:
 def overload_load(clients: int = 16, queue_max: int = 4, fidelity: int = 8, patience_s: float = 120,
                   workdir: Path | None = None) -> OverloadFigures:
     """More clients than the queue holds, each sending one evaluation at the same moment: each completes,
-    is refused with a message, or (the failure this phase exists to count) hears nothing within
-    ``patience_s`` and gives up. A waiting client polls ``Job.status()`` for its place in the queue."""
+    is refused with a message, or runs out of ``patience_s``: after being told its place in the queue (it
+    polls ``Job.status()``), or, the failure this phase exists to count, without hearing anything."""
     from gradio_client import Client
     from gradio_client.utils import Status
 
@@ -275,7 +277,9 @@ def overload_load(clients: int = 16, queue_max: int = 4, fidelity: int = 8, pati
                 time.sleep(0.1)
             with lock:
                 fig.told_place += placed
-                fig.silent += not job.done()
+                if not job.done():
+                    fig.gave_up += placed
+                    fig.silent += not placed
             if not job.done():
                 job.cancel()
                 return

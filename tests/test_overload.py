@@ -105,6 +105,7 @@ def test_queue_settings_have_defaults_and_refuse_nonsense(monkeypatch):
 
 def test_busy_message_says_how_many_wait_and_what_to_do():
     assert busy_message(5, 4) == "The app is busy (5 requests waiting, the queue holds 4): try again in a moment."
+    assert busy_message(1, 1) == "The app is busy (1 request waiting, the queue holds 1): try again in a moment."
     assert "busy" in busy_message(None, None) and "try again" in busy_message(None, None)
 
 

@@ -33,7 +33,7 @@ def model_slots() -> dict[str, Any]:
 
 def busy_message(waiting: int | None, size: int | None) -> str:
     """The one sentence a refused request gets (and the log repeats)."""
-    held = f"{waiting} requests waiting" if waiting is not None else "the queue is full"
+    held = f"{waiting} request{'' if waiting == 1 else 's'} waiting" if waiting is not None else "the queue is full"
     if waiting is not None and size is not None:
         held += f", the queue holds {size}"
     return f"The app is busy ({held}): try again in a moment."
