@@ -3,7 +3,8 @@
 A sequence is the ordered (plan, fidelity) pairs a real study scored, recorded once by ``record`` into
 ``bench/sequences/<name>.json`` (committed, a few kB): a SMAC study (SMAC's proposals change a few positions of
 an incumbent: the case the cache is for) and a random search (independent plans: the worst case). ``run``
-replays each sequence twice, each in a fresh process (cache off, then on), and prints per sequence: trials per
+replays each sequence twice, each in a fresh process with one thread, side by side so that both see the same
+machine load (cache off and on), and prints per sequence: trials per
 hour both ways and their ratio, the hit rate and the layers skipped, hits by depth, peak RSS both ways against
 the budget, and whether every score is identical. ``bytes`` prints the bytes of one cached position for a
 family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading its weights.
@@ -69,7 +70,7 @@ def replay(args) -> int:
     on = args.mode == "on"
     cache = prefix_cache_for(fam) if on else None
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search", prefix_cache=cache or False)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(1)  # the two modes run side by side, one core each
     t0 = time.perf_counter()
     ev.references()
     refs_s = time.perf_counter() - t0
@@ -94,18 +95,22 @@ def replay(args) -> int:
 def run(args) -> int:
     names = args.sequences.split(",") if args.sequences else sorted(p.stem for p in HERE.glob("*.json"))
     print(f"prefix cache on vs off, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}; each mode in a fresh process, off first")
+          f"load {os.getloadavg()[0]:.1f}; each mode in a fresh process, the two side by side, one thread each")
     rows = []
     for name in names:
         path = HERE / f"{name}.json"
-        res = {}
-        for mode in ("off", "on"):
+        res, procs, outs = {}, {}, {}
+        for mode in ("off", "on"):  # side by side, one thread each: the same machine load for both
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-                out = f.name
-            cmd = [sys.executable, "-m", "bench.prefix_cache", "replay", str(path), "--mode", mode, "--out", out]
-            subprocess.run(cmd, check=True)
-            res[mode] = json.loads(Path(out).read_text())
-            os.unlink(out)
+                outs[mode] = f.name
+            cmd = [sys.executable, "-m", "bench.prefix_cache", "replay", str(path), "--mode", mode,
+                   "--out", outs[mode]]
+            procs[mode] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        for mode, p in procs.items():
+            if p.wait() != 0:
+                raise SystemExit(f"replay {name} ({mode}) failed with exit status {p.returncode}")
+            res[mode] = json.loads(Path(outs[mode]).read_text())
+            os.unlink(outs[mode])
         off, on = res["off"], res["on"]
         same = off["details"] == on["details"]
         n = off["trials"]
@@ -135,7 +140,9 @@ def run(args) -> int:
 
 
 def bytes_per_position(args) -> int:
-    """Bytes of one cached position: every search-split batch's tokens times hidden size times the dtype."""
+    """Bytes of one cached position: every search-split batch's padded tokens times the hidden size times the
+    dtype's bytes. ``--shape`` takes the hidden size, layers and dtype of a synthetic real shape
+    (``gptailor.builtin.synth.SHAPES``) instead of the family's, so a 1B shape needs no weights on disk."""
     import torch
 
     from gptailor import Evaluator, Family, load_suite
@@ -143,12 +150,17 @@ def bytes_per_position(args) -> int:
     fam = Family.from_spec(args.family)  # configs and safetensors headers only: no layer is read here
     suite = load_suite(args.suite or fam.spec.suite_path())
     ev = Evaluator(fam, suite, split="search", prefix_cache=False)
-    hidden = int(fam.config.hidden_size)
+    hidden, layers, bits, name = int(fam.config.hidden_size), fam.n_layers, torch.finfo(fam.dtype).bits, fam.name
+    if args.shape:
+        from gptailor.builtin.synth import shape_of
+
+        sh = shape_of(args.shape)
+        hidden, layers, bits, name = sh.hidden_size, sh.num_hidden_layers, 16, f"shape {args.shape} (bfloat16)"
     tokens = sum(b.input_ids.numel() for t in suite for b in ev._prepare(t, args.fidelity)[0])
-    total = tokens * hidden * torch.finfo(fam.dtype).bits // 8
-    print(f"family {fam.name} (hidden {hidden}, {fam.n_layers} layers, {fam.dtype}); suite {suite.name}, search "
-          f"split at fidelity {args.fidelity or 'full'}: {tokens} padded tokens per pass -> "
-          f"{total / 2 ** 20:.1f} MB per cached position, {total * fam.n_layers / 2 ** 20:.0f} MB for every layer")
+    total = tokens * hidden * bits // 8
+    print(f"{name} (hidden {hidden}, {layers} layers); suite {suite.name} ({fam.name}'s tokenizer), search split "
+          f"at fidelity {args.fidelity or 'full'}: {tokens} padded tokens per pass -> {total / 2 ** 20:.1f} MB per "
+          f"cached position, {total * layers / 2 ** 20:.0f} MB to keep every layer of one pass")
     return 0
 
 
@@ -173,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--family", required=True)
     b.add_argument("--suite", default=None, help="a suite file (default: the family's own)")
     b.add_argument("--fidelity", type=int, default=None)
+    b.add_argument("--shape", default=None, help="a synthetic real shape, e.g. llama-3.2-1b (no weights needed)")
     args = ap.parse_args(argv)
     return {"record": record, "replay": replay, "run": run, "bytes": bytes_per_position}[args.cmd](args)
 
