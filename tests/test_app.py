@@ -78,7 +78,9 @@ def test_evaluate_a_plan_through_the_app(client, server):
     plan = " ".join(["base"] * (n - 3) + ["drop", "drop", "base"])
     summary, table = client.predict("demo", plan, 8, api_name="/evaluate")
     assert "Retention" in summary and f"keeps {n - 2} of {n} layers" in summary
-    assert re.search(r"Speed: prefill [\d,]+ tok/s \([\d.]+x the base\), decode [\d,.]+ tok/s", summary)
+    # each ratio with its range over the runs: a ratio when every run says so, else "within noise"
+    ratio = r"(?:same as the base within noise|[\d.]+x the base, (?:faster|slower)) \([\d.]+-[\d.]+x over 6 runs each\)"
+    assert re.search(rf"Speed: prefill [\d,]+ tok/s \({ratio}\), decode [\d,.]+ tok/s \({ratio}\)", summary), summary
     rows = rows_of(table)
     assert [r[0] for r in rows] == ["math", "strings", "facts", "chat_ppl"]
     assert all(isinstance(r[2], (int, float)) for r in rows)

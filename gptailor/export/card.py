@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 from gptailor.eval.results import EvalResult
+from gptailor.eval.speed import ratio_text
 from gptailor.family.family import Family
 from gptailor.plan import Plan
 
@@ -37,7 +38,8 @@ def model_card(family: Family, plan: Plan, params: int, result: EvalResult | Non
                       "| | prefill tok/s | decode tok/s |", "|---|---|---|",
                       f"| this model | {m['prefill_tok_s']:,.0f} | {m['decode_tok_s']:,.1f} |",
                       f"| base | {b['prefill_tok_s']:,.0f} | {b['decode_tok_s']:,.1f} |",
-                      f"| ratio | {result.speed['prefill_ratio']:.2f}x | {result.speed['decode_ratio']:.2f}x |", ""]
+                      f"| this model / base | {ratio_text(result.speed, 'prefill')} | "
+                      f"{ratio_text(result.speed, 'decode')} |", ""]
     if lm_eval is not None:
         lines += [f"lm-evaluation-harness (zero-shot, {'all' if lm_eval.limit is None else lm_eval.limit} docs per "
                   f"task; value ± stderr), this model (`plan`) beside the family members:", "", lm_eval.markdown(), ""]
