@@ -195,9 +195,13 @@ OUTPUTS = ["state", "status", "focus", "curve", "curve_t", "pareto", "topk", "ov
 N_OUTPUTS = len(OUTPUTS)
 
 
-def refresh(ids, focus=None, selected=None, last=None):
+def refresh(ids, focus=None, selected=None, last=None, user_pick=None):
     """Everything the dashboard shows (the study picker's change, the focus dropdown, the 'dashboard' API):
-    a full read. Returns the outputs of ``build``'s ``outputs`` list, the fingerprint state first."""
+    a full read. Returns the outputs of ``build``'s ``outputs`` list, the fingerprint state first.
+
+    The selected trial: one the user picked (``user_pick``: a click, a row, the selector) stays; otherwise
+    the selection is automatic and follows the best trial of the shown studies, so that when a study ends
+    with a new best, "Open in editor" opens that one and not the best of an earlier refresh."""
     st = store()
     reconcile(st)  # a worker that stopped beating is shown as interrupted, not as running
     families = None
@@ -209,18 +213,18 @@ def refresh(ids, focus=None, selected=None, last=None):
              "active": any(s["status"] in ACTIVE for s in view.family)}
     out = draw(view)
     out.update(state=state, status=status_of(view.chosen))
-    best = None if selected else incumbent([t for s in view.chosen for t in view.trials[s["id"]]])
-    if best is None:  # a trial is selected already (it stays), or there is none yet
+    best = None if user_pick else incumbent([t for s in view.chosen for t in view.trials[s["id"]]])
+    if best is None or figures.trial_key(best) == selected:  # the user's pick stays; the best is shown already
         out.update(selector=gr.Dropdown(choices=out["choices"]), confirm=gr.skip(), selected_map=gr.skip(),
                    task_table=gr.skip())
-    else:  # the first refresh selects the best trial of the shown studies
+    else:  # automatic: the best trial of the shown studies, now
         key, note, fig, tasks = select_trial(figures.trial_key(best))
         out.update(selector=gr.Dropdown(choices=out["choices"], value=key), confirm=note, selected_map=fig,
                    task_table=tasks)
     return tuple(out[k] for k in OUTPUTS)
 
 
-def tick(ids, focus, selected, last):
+def tick(ids, focus, selected, last, user_pick=None):
     """The 3-second timer: one fingerprint query; nothing is re-read or re-drawn when it has not changed.
 
     A running study changes its fingerprint with every heartbeat; a stalled one does not, so while any
@@ -231,7 +235,7 @@ def tick(ids, focus, selected, last):
             if not last["active"]:
                 return (gr.skip(),) * N_OUTPUTS
             return tuple(status_line(ids) if k == "status" else gr.skip() for k in OUTPUTS)
-    return refresh(ids, focus, selected, last)
+    return refresh(ids, focus, selected, last, user_pick)
 
 
 def _key(ids, focus) -> tuple:
@@ -298,6 +302,13 @@ def select_trial(key: str | None):
                             key=figures.trial_key(t)) if members else None
     return figures.trial_key(t), note, fig, gr.Dataframe(value=figures.task_scores(t),
                                                         headers=marked(TASK_COLUMNS, d))
+
+
+def pick_trial(key: str | None):
+    """A trial the user picked (selector, click, table row): shown everywhere, and remembered as the user's
+    own pick (the refresh then keeps it instead of following the best)."""
+    shown = select_trial(key)
+    return (*shown, shown[0] if find_trial(key) else None)
 
 
 def table_select(evt: gr.SelectData) -> str:
@@ -426,12 +437,13 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
             rename_btn = gr.Button("Rename", scale=1, min_width=100)
         rename_note = gr.Markdown()
     state = gr.State(None)  # the last read's fingerprint: the timer re-reads only when it changed
+    user_pick = gr.State(None)  # the trial the user picked, if any: it stays; else the selection follows the best
     parts = {"state": state, "status": status, "focus": focus, "curve": curve, "curve_t": curve_t, "pareto": par,
              "topk": topk, "over": over, "imp": imp, "marg": marg, "summary": summary, "selector": selector,
              "confirm": confirm, "selected_map": selected_map, "task_table": task_table, "table": table}
     outputs = [parts[k] for k in OUTPUTS]
     shown = [selector, confirm, selected_map, task_table]
-    inputs = [pick, focus, selector, state]
+    inputs = [pick, focus, selector, state, user_pick]
     pick.change(refresh, inputs, outputs, api_name="dashboard")
     focus.input(refresh, inputs, outputs, api_name="dashboard_focus", show_progress="hidden")
     reload_btn.click(lambda: (gr.Dropdown(choices=study_choices()),) * 2, None, [pick, rename_pick])
@@ -439,9 +451,9 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs) -> dict:
     timer.tick(tick, inputs, outputs, show_progress="hidden")
     pick.change(status_line, [pick], [status], api_name="dashboard_status", show_progress="hidden")
     live.change(lambda on: gr.Timer(active=on), [live], [timer])
-    selector.input(select_trial, [selector], shown, api_name="select_trial")
+    selector.input(pick_trial, [selector], [*shown, user_pick], api_name="select_trial")
     # Plotly clicks (CLICK_JS) and table rows both write 'study:number#nonce' into the hidden box
-    click_box.change(select_trial, [click_box], shown, show_progress="hidden")
+    click_box.change(pick_trial, [click_box], [*shown, user_pick], show_progress="hidden")
     table.select(table_select, None, [click_box], show_progress="hidden")
     open_btn.click(open_in_editor, [selector], [plan_box, tabs])
     table.change(to_csv, [table], [dl])
