@@ -184,6 +184,16 @@ def test_manual_evaluation_and_export(client):
     assert "stored as study" in note and len(rows_of(table)) == 4
     archive, saved = client.predict("demo", base_plan.replace("2:base", "2:drop"), api_name="/export")
     assert str(archive).endswith(".zip") and Path(archive).stat().st_size > 10_000 and "Saved" in saved
+    # its model card: the measured speed in words, the test split's scores, and no folder of this server
+    import zipfile
+
+    from gptailor.family.spec import DEMO_DIR
+
+    card = zipfile.ZipFile(archive).read("README.md").decode()
+    assert re.search(r"^Speed: prefill (same as the base within noise|[\d.]+x the base, (faster|slower)) \(", card, re.M)
+    assert "| this model / base |" in card and re.search(r"^Scores on the (test|all) split at fidelity", card, re.M)
+    assert str(DEMO_DIR) not in card and "- `base`: a local folder named `base`" in card
+    assert not re.search(r"(^|[\s(`'\"])/[A-Za-z]", card), "an absolute path in the model card"
 
 
 

@@ -1,11 +1,12 @@
 """The Dashboard's selected trial in a real server and a real Chromium: selected automatically, it follows the
 best trial as a study goes on and ends (so "Open in editor" opens the final best, not the best of the first
-refresh); picked by the user, it stays. Screenshots kept in tests/output/ (dashboard-best-1400.png,
-dashboard-best-760.png).
+refresh); picked by the user, it stays. The trial table's CSV downloads under the shown
+studies' names. Screenshots kept in tests/output/ (dashboard-best-1400.png, dashboard-best-760.png).
 
 The study's trials are written by this test into the app's database (a real SQLite file through the store)
 while the page is open, as a worker would record them."""
 import re
+from pathlib import Path
 
 import pytest
 
@@ -93,8 +94,39 @@ def test_the_automatic_selection_follows_the_best_and_a_users_pick_stays(running
         best_in_summary(page, 35)
         expect(confirm).to_contain_text("Trial 5 of smac-r2-s0 selected")
         expect(page.locator("#trial-selector input")).to_have_value(re.compile(r"#5 ·"))
+
+        # the trial table's CSV downloads under the study's name, with every trial of it
+        with page.expect_download() as got:
+            page.get_by_role("button", name="Download CSV").click()
+        download = got.value
+        assert download.suggested_filename == "gptailor-trials-smac-r2-s0.csv"
+        lines = open(download.path()).read().splitlines()
+        assert len(lines) == 1 + 36 and lines[0].startswith("study,number,status")
         narrow(page)
         page.screenshot(path=str(OUT / "dashboard-best-760.png"), full_page=True)
         browser.close()
     for width in (1400, 760):
         assert (OUT / f"dashboard-best-{width}.png").stat().st_size > 50_000
+
+
+def test_the_csv_is_named_after_the_shown_studies(tmp_path):
+    import gradio as gr
+
+    from ui.dashboard_tab import TRIAL_COLUMNS, to_csv
+
+    name = TRIAL_COLUMNS.index("study name")
+
+    def row(study: str) -> list:
+        r = [1, 0, "complete"] + [None] * (len(TRIAL_COLUMNS) - 3)
+        r[name] = study
+        return r
+
+    req = gr.Request(session_hash="csv-names")
+    one = Path(to_csv([row("smac-r2-s0"), row("smac-r2-s0")], req))
+    assert one.name == "gptailor-trials-smac-r2-s0.csv" and one.read_text().count("\n") == 3
+    two = Path(to_csv([row("smac main"), row("random-r2-s0"), row("../x")], req))
+    assert two.name == "gptailor-trials-smac-main_random-r2-s0_x.csv"
+    assert sorted(p.name for p in two.parent.iterdir()) == [two.name]  # one file per session, the newest name
+    many = Path(to_csv([row(f"study-{k}") for k in range(5)], req))
+    assert many.name == "gptailor-trials-study-0_study-1_study-2-and-2-more.csv"
+    assert Path(to_csv([], req)).name == "gptailor-trials.csv"

@@ -233,3 +233,4 @@ def test_model_card_carries_the_speed_table(demo_family, tmp_path):
     m = res.speed["model"]
     assert f"| this model | {m['prefill_tok_s']:,.0f} | {m['decode_tok_s']:,.1f} |" in card
     assert f"| this model / base | {ratio_text(res.speed, 'prefill')} | {ratio_text(res.speed, 'decode')} |" in card
+    assert f"Speed: prefill {ratio_text(res.speed, 'prefill')}, decode {ratio_text(res.speed, 'decode')}; " in card

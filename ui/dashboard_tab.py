@@ -9,6 +9,7 @@ into a hidden textbox, whose ``input`` event does the selecting; the table uses 
 from __future__ import annotations
 
 import csv
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -372,18 +373,35 @@ def _members(studies: list[dict]) -> list[str]:
     return []
 
 
-def csv_path(session: str) -> Path:
-    """One CSV file per browser session, rewritten on each refresh (never a new file every 3 seconds)."""
-    folder = Path(tempfile.gettempdir()) / "gptailor-csv"
-    folder.mkdir(exist_ok=True)
-    return child(folder, "session", session or "anonymous", ".csv")
+def csv_name(rows: list[list], head: list[str]) -> str:
+    """The download's file name (the browser saves it under this name): the shown studies' names, so a
+    saved file says what it holds ('gptailor-trials-smac-r2-s0_random-r2-s0'); a safe name
+    (gptailor.common.paths), at most 64 characters."""
+    col = head.index("study name") if "study name" in head else None
+    names = list(dict.fromkeys(str(r[col]) for r in rows if col is not None and col < len(r) and r[col]))
+    slugs = [s for s in (re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", n)).strip("-.") for n in names) if s]
+    label = "_".join(slugs[:3]) + (f"-and-{len(slugs) - 3}-more" if len(slugs) > 3 else "")
+    return ("gptailor-trials" + (f"-{label}" if label else ""))[:64].rstrip("-._")
+
+
+def csv_path(session: str, name: str = "gptailor-trials") -> Path:
+    """This browser session's one CSV file, named ``name``: rewritten on each refresh (never a new file every
+    3 seconds); a new name replaces the session's earlier file."""
+    folder = child(Path(tempfile.gettempdir()) / "gptailor-csv", "session", session or "anonymous")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = child(folder, "file", name, ".csv")
+    for old in folder.glob("*.csv"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
 
 
 def to_csv(rows, request: gr.Request = None) -> str:
-    """The trial table as CSV for the download button, in this session's one file."""
-    path = csv_path(session_of(request))
+    """The trial table as CSV for the download button, in this session's one file, named after the
+    shown studies."""
     data = rows.values.tolist() if hasattr(rows, "values") else (rows or [])
     head = [str(c) for c in rows.columns] if hasattr(rows, "columns") else TRIAL_COLUMNS
+    path = csv_path(session_of(request), csv_name(data, head))
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
