@@ -27,6 +27,9 @@ WHERE = """(root) => {
 }"""
 
 
+DARK, BRIGHT = 90, 160  # luminance (0-255) below which a cell reads as dark, above which as bright
+
+
 def luminance(rgb) -> float:
     """Relative luminance (ITU-R BT.709 weights) of an 8-bit RGB pixel: what "dark" means on screen."""
     r, g, b = rgb[:3]
@@ -76,8 +79,8 @@ def test_angular_heatmap_reads_as_its_caption_says_at_both_widths(app):
             shade = drawn_shades(page)
             # the caption's removal candidate (the smallest distance) is drawn dark, the largest bright,
             # and the colour bar says the same: dark at its low end
-            assert shade["lo"] < 90 < 160 < shade["hi"], shade
-            assert shade["bar_low"] < 90 < 160 < shade["bar_high"], shade
+            assert shade["lo"] < DARK and shade["hi"] > BRIGHT, shade
+            assert shade["bar_low"] < DARK and shade["bar_high"] > BRIGHT, shade
             expect(page.locator("#analysis-angular .cbtitle")).to_contain_text("dark = small distance")
             page.locator("#analysis-angular").scroll_into_view_if_needed()
             page.screenshot(path=str(OUT / f"analysis-{width}.png"), full_page=True)

@@ -100,7 +100,7 @@ def test_the_automatic_selection_follows_the_best_and_a_users_pick_stays(running
             page.get_by_role("button", name="Download CSV").click()
         download = got.value
         assert download.suggested_filename == "gptailor-trials-smac-r2-s0.csv"
-        lines = open(download.path()).read().splitlines()
+        lines = Path(download.path()).read_text().splitlines()
         assert len(lines) == 1 + 36 and lines[0].startswith("study,number,status")
         narrow(page)
         page.screenshot(path=str(OUT / "dashboard-best-760.png"), full_page=True)
