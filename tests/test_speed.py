@@ -14,7 +14,8 @@ from gptailor import Evaluator, Family, Plan, load_suite
 from gptailor.eval.results import EvalResult
 from gptailor.export.hf import export
 from gptailor.cli import main as cli_main
-from gptailor.eval.speed import SpeedSettings, _prompt, _run, compare, measure
+from gptailor.eval.speed import (INTERACTIVE, SpeedSettings, _prompt, _run, compare, measure, ratio_range,
+                                 ratio_text, short, verdict)
 from gptailor.stitch import Stitcher
 
 
@@ -57,20 +58,35 @@ def run_bounds(calls: list[Call], before: float, after: float) -> tuple[tuple[fl
     return (pre.end - pre.start, first.start - before), (last.end - first.start, after - pre.end)
 
 
-def check_measure(speed, calls: list[Call], before: float, after: float, s: SpeedSettings) -> None:
-    """``speed`` (from ``measure``) is batch * tokens / the median time of its runs, within the bounds the
-    recorded calls give: a warm-up (prefill + one step), then ``repeats`` runs of prefill + new_tokens - 1."""
-    run_len = s.new_tokens
-    assert [c.tokens for c in calls] == [s.prompt_len, 1] + ([s.prompt_len] + [1] * (run_len - 1)) * s.repeats
-    runs = [calls[2 + k * run_len: 2 + (k + 1) * run_len] for k in range(s.repeats)]
-    edges = [calls[1].end] + [r[-1].end for r in runs]  # before each run: the previous call's end
-    nexts = [r[0].start for r in runs[1:]] + [after]  # after each run: the next call's start
-    bounds = [run_bounds(r, b, a) for r, b, a in zip(runs, edges, nexts)]
+def runs_of(calls: list[Call], warmups: int, run_len: int, n_runs: int, after: float):
+    """The calls of each timed run after ``warmups`` warm-ups (a prefill and one step each), with the clock
+    readings around each run: the previous call's end and the next call's start (``after`` for the last)."""
+    assert len(calls) == 2 * warmups + run_len * n_runs
+    runs = [calls[2 * warmups + k * run_len: 2 * warmups + (k + 1) * run_len] for k in range(n_runs)]
+    edges = [calls[2 * warmups - 1].end] + [r[-1].end for r in runs[:-1]]
+    nexts = [r[0].start for r in runs[1:]] + [after]
+    return [run_bounds(r, b, a) for r, b, a in zip(runs, edges, nexts)]
+
+
+def check_speed(speed, bounds, s: SpeedSettings) -> None:
+    """``speed`` is batch * tokens / the median time of its runs, within the bounds the recorded calls give,
+    and each run's tokens/s within that run's bounds."""
     pre_lo, pre_hi = (statistics.median(b[0][j] for b in bounds) for j in (0, 1))
     dec_lo, dec_hi = (statistics.median(b[1][j] for b in bounds) for j in (0, 1))
     eps = 1 + 1e-9
-    assert s.batch * s.prompt_len / pre_hi / eps <= speed.prefill_tok_s <= s.batch * s.prompt_len / pre_lo * eps
-    assert s.batch * (s.new_tokens - 1) / dec_hi / eps <= speed.decode_tok_s <= s.batch * (s.new_tokens - 1) / dec_lo * eps
+    n_pre, n_dec = s.batch * s.prompt_len, s.batch * (s.new_tokens - 1)
+    assert n_pre / pre_hi / eps <= speed.prefill_tok_s <= n_pre / pre_lo * eps
+    assert n_dec / dec_hi / eps <= speed.decode_tok_s <= n_dec / dec_lo * eps
+    assert len(speed.prefill_runs) == len(speed.decode_runs) == len(bounds)
+    for (pb, db), pr, dr in zip(bounds, speed.prefill_runs, speed.decode_runs):
+        assert n_pre / pb[1] / eps <= pr <= n_pre / pb[0] * eps and n_dec / db[1] / eps <= dr <= n_dec / db[0] * eps
+
+
+def check_measure(speed, calls: list[Call], before: float, after: float, s: SpeedSettings) -> None:
+    """``speed`` (from ``measure``) within the bounds of its recorded calls: a warm-up (prefill + one step),
+    then ``repeats`` runs of prefill + new_tokens - 1."""
+    assert [c.tokens for c in calls] == [s.prompt_len, 1] + ([s.prompt_len] + [1] * (s.new_tokens - 1)) * s.repeats
+    check_speed(speed, runs_of(calls, 1, s.new_tokens, s.repeats, after), s)
 
 
 def clocked_measure(model, s: SpeedSettings):
@@ -133,18 +149,66 @@ def test_speed_reports_tokens_per_second_against_the_base(demo_family):
     assert out["decode_ratio"] == out["model"]["decode_tok_s"] / out["base"]["decode_tok_s"]
     assert out["model"]["prompt_len"] == 16 and out["model"]["dtype"] == "float32"
     assert measure(base, s).prefill_tok_s > 0
-    # the base against itself: two measurements back to back (base slot first), each the tokens over its
-    # own calls' time, and the ratio is theirs
+    # the base against itself: a warm-up each, then runs in turns (base, model, model, base, ...), each
+    # model's speed the tokens over its own runs' time, and the ratio is theirs
+    s = SpeedSettings(prompt_len=16, new_tokens=4, repeats=4)
     clock = CallClock(base)
-    before = time.perf_counter()
     out = compare(base, base, s)
     after = time.perf_counter()
     clock.close()
-    half = len(clock.calls) // 2
-    mid = clock.calls[half - 1].end, clock.calls[half].start
-    for key, calls, b, a in (("base", clock.calls[:half], before, mid[1]), ("model", clock.calls[half:], mid[0], after)):
-        check_measure(SimpleNamespace(**out[key]), calls, b, a, s)
+    assert [c.tokens for c in clock.calls] == [16, 1] * 2 + [16, 1, 1, 1] * 8
+    bounds = runs_of(clock.calls, 2, s.new_tokens, 8, after)
+    order = ["base", "model", "model", "base"] * 2
+    for key in ("base", "model"):
+        check_speed(SimpleNamespace(**out[key]), [b for b, k in zip(bounds, order) if k == key], s)
     assert out["prefill_ratio"] == out["model"]["prefill_tok_s"] / out["base"]["prefill_tok_s"]
+    for kind in ("prefill", "decode"):  # the range: every ratio of a model run to a base run, and no more
+        every = [m / b for m in out["model"][f"{kind}_runs"] for b in out["base"][f"{kind}_runs"]]
+        assert out[f"{kind}_range"] == pytest.approx([min(every), max(every)], rel=1e-12)
+
+
+def test_the_base_against_itself_reads_the_same_within_noise(demo_family):
+    # the app's own settings on the real demo model: two equal models must never read as a speed-up
+    st = Stitcher(demo_family)
+    base, again = (st.build(Plan.identity(8, family="demo")) for _ in range(2))
+    out = compare(again, base, INTERACTIVE)
+    for kind in ("prefill", "decode"):
+        lo, hi = out[f"{kind}_range"]
+        assert lo <= 1 <= hi and lo <= out[f"{kind}_ratio"] <= hi, (kind, out[f"{kind}_range"])
+        assert verdict(out, kind) == "same"
+        assert ratio_text(out, kind).startswith("same as the base within noise (")
+    assert out["repeats"] == INTERACTIVE.repeats == len(out["model"]["prefill_runs"]) >= 6
+    assert "same as the base within noise" in short(out) and "x the base" not in short(out)
+
+
+def speed_of(model_runs: list[float], base_runs: list[float]) -> dict:
+    """A ``compare`` result from runs' tokens/s (both kinds the same), to read the verdict on known runs."""
+    m = {"prefill_runs": model_runs, "decode_runs": model_runs}
+    b = {"prefill_runs": base_runs, "decode_runs": base_runs}
+    rng = ratio_range(model_runs, base_runs)
+    r = statistics.median(model_runs) / statistics.median(base_runs)
+    return {"model": m, "base": b, "repeats": len(model_runs), "prefill_ratio": r, "decode_ratio": r,
+            "prefill_range": rng, "decode_range": rng}
+
+
+@pytest.mark.parametrize("model_runs, base_runs, want", [
+    ([130, 140, 150], [100, 110, 120], "1.27x the base, faster (1.08-1.50x over 3 runs each)"),
+    ([60, 70, 80], [100, 110, 120], "0.64x the base, slower (0.50-0.80x over 3 runs each)"),
+    ([115, 140, 150], [100, 120, 110], "same as the base within noise (0.96-1.50x over 3 runs each)"),
+    ([100, 100, 100], [100, 100, 100], "same as the base within noise (1.00-1.00x over 3 runs each)"),
+])
+def test_a_ratio_is_shown_only_when_every_run_says_so(model_runs, base_runs, want):
+    out = speed_of(model_runs, base_runs)
+    assert ratio_text(out, "prefill") == want
+    # one overlapping run (the slowest model run no faster than the fastest base run) makes it noise
+    assert verdict(out, "decode") == ("faster" if min(model_runs) > max(base_runs) else
+                                      "slower" if max(model_runs) < min(base_runs) else "same")
+
+
+def test_a_stored_ratio_without_runs_says_its_noise_is_unknown():
+    old = {"model": {"prefill_tok_s": 2.0}, "base": {}, "prefill_ratio": 0.13, "decode_ratio": 1.0}
+    assert verdict(old, "prefill") == "unknown"
+    assert ratio_text(old, "prefill") == "0.13x the base (one run: noise not measured)"
 
 
 def test_cli_eval_reports_speed_and_no_speed_skips_it(run_cli):
@@ -168,4 +232,5 @@ def test_model_card_carries_the_speed_table(demo_family, tmp_path):
     card = (tmp_path / "m" / "README.md").read_text()
     m = res.speed["model"]
     assert f"| this model | {m['prefill_tok_s']:,.0f} | {m['decode_tok_s']:,.1f} |" in card
-    assert f"| ratio | {res.speed['prefill_ratio']:.2f}x |" in card
+    assert f"| this model / base | {ratio_text(res.speed, 'prefill')} | {ratio_text(res.speed, 'decode')} |" in card
+    assert f"Speed: prefill {ratio_text(res.speed, 'prefill')}, decode {ratio_text(res.speed, 'decode')}; " in card

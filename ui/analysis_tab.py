@@ -20,13 +20,15 @@ TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_la
 CAPTIONS = {
     "influence": "How much each layer changes its input. Low values (pale) are layers ShortGPT would drop first; "
                  "a finetune's row shows where its training changed the computation.",
-    "angular": "Distance between the hidden state entering layer l and the one n layers later. A dark cell "
-               "means the block of n layers starting at l barely moves the representation: a removal candidate.",
+    "angular": "Distance between the hidden state entering layer l and the one n layers later. A dark cell is a "
+               "small distance: the block of n layers starting at l barely moves the representation, so it is a "
+               "removal candidate. Yellow cells change it most.",
     "cka_layers": "Similarity of the representations after each pair of layers. Bright blocks along the diagonal "
                   "are runs of redundant layers.",
     "cka_members": "How alike the members' representations are after the chosen layer. Values near 1 mean the "
-                   "members are interchangeable there; lower values mark where finetunes diverged.",
-    "drift": "How far each finetune's weights moved from the base, per layer: where the new skill lives.",
+                   "members are interchangeable there (bright); lower values (dark) mark where finetunes diverged.",
+    "drift": "How far each finetune's weights moved from the base, per layer (dark = moved most): where the new "
+             "skill lives.",
 }
 
 
@@ -61,8 +63,8 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
         halt = stop_button()
     plots = []
     for key in ("influence", "angular", "cka_layers", "cka_members", "drift"):
-        plots.append(gr.Plot(label=TITLES[key]))
-        gr.Markdown(CAPTIONS[key])
+        plots.append(gr.Plot(label=TITLES[key], elem_id=f"analysis-{key}"))
+        gr.Markdown(CAPTIONS[key], elem_id=f"analysis-{key}-caption")
     inputs = [family, n_texts, member, position, suite]
     going = go_btn.click(compute, inputs, [member, *plots], api_name="analysis", **model_slots())
     wire_stop(halt, going)

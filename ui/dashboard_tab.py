@@ -9,6 +9,7 @@ into a hidden textbox, whose ``input`` event does the selecting; the table uses 
 from __future__ import annotations
 
 import csv
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -197,9 +198,13 @@ OUTPUTS = ["state", "status", "focus", "curve", "curve_t", "pareto", "topk", "ov
 N_OUTPUTS = len(OUTPUTS)
 
 
-def refresh(ids, focus=None, selected=None, last=None):
+def refresh(ids, focus=None, selected=None, last=None, user_pick=None):
     """Everything the dashboard shows (the study picker's change, the focus dropdown, the 'dashboard' API):
-    a full read. Returns the outputs of ``build``'s ``outputs`` list, the fingerprint state first."""
+    a full read. Returns the outputs of ``build``'s ``outputs`` list, the fingerprint state first.
+
+    The selected trial: one the user picked (``user_pick``: a click, a row, the selector) stays; otherwise
+    the selection is automatic and follows the best trial of the shown studies, so that when a study ends
+    with a new best, "Open in editor" opens that one and not the best of an earlier refresh."""
     st = store()
     reconcile(st)  # a worker that stopped beating is shown as interrupted, not as running
     families = None
@@ -211,18 +216,18 @@ def refresh(ids, focus=None, selected=None, last=None):
              "active": any(s["status"] in ACTIVE for s in view.family)}
     out = draw(view)
     out.update(state=state, status=status_of(view.chosen))
-    best = None if selected else incumbent([t for s in view.chosen for t in view.trials[s["id"]]])
-    if best is None:  # a trial is selected already (it stays), or there is none yet
+    best = None if user_pick else incumbent([t for s in view.chosen for t in view.trials[s["id"]]])
+    if best is None or figures.trial_key(best) == selected:  # the user's pick stays; the best is shown already
         out.update(selector=gr.Dropdown(choices=out["choices"]), confirm=gr.skip(), selected_map=gr.skip(),
                    task_table=gr.skip())
-    else:  # the first refresh selects the best trial of the shown studies
+    else:  # automatic: the best trial of the shown studies, now
         key, note, fig, tasks = select_trial(figures.trial_key(best))
         out.update(selector=gr.Dropdown(choices=out["choices"], value=key), confirm=note, selected_map=fig,
                    task_table=tasks)
     return tuple(out[k] for k in OUTPUTS)
 
 
-def tick(ids, focus, selected, last):
+def tick(ids, focus, selected, last, user_pick=None):
     """The 3-second timer: one fingerprint query; nothing is re-read or re-drawn when it has not changed.
 
     A running study changes its fingerprint with every heartbeat; a stalled one does not, so while any
@@ -233,7 +238,7 @@ def tick(ids, focus, selected, last):
             if not last["active"]:
                 return (gr.skip(),) * N_OUTPUTS
             return tuple(status_line(ids) if k == "status" else gr.skip() for k in OUTPUTS)
-    return refresh(ids, focus, selected, last)
+    return refresh(ids, focus, selected, last, user_pick)
 
 
 def _key(ids, focus) -> tuple:
@@ -302,6 +307,13 @@ def select_trial(key: str | None):
                                                         headers=marked(TASK_COLUMNS, d))
 
 
+def pick_trial(key: str | None):
+    """A trial the user picked (selector, click, table row): shown everywhere, and remembered as the user's
+    own pick (the refresh then keeps it instead of following the best)."""
+    shown = select_trial(key)
+    return (*shown, shown[0] if find_trial(key) else None)
+
+
 def table_select(evt: gr.SelectData) -> str:
     """A click on a trial-table row: the key of that row's trial (the row as shown, filtered or not), with a
     nonce so that selecting the same trial again is still a change."""
@@ -365,18 +377,35 @@ def _members(studies: list[dict]) -> list[str]:
     return []
 
 
-def csv_path(session: str) -> Path:
-    """One CSV file per browser session, rewritten on each refresh (never a new file every 3 seconds)."""
-    folder = Path(tempfile.gettempdir()) / "gptailor-csv"
-    folder.mkdir(exist_ok=True)
-    return child(folder, "session", session or "anonymous", ".csv")
+def csv_name(rows: list[list], head: list[str]) -> str:
+    """The download's file name (the browser saves it under this name): the shown studies' names, so a
+    saved file says what it holds ('gptailor-trials-smac-r2-s0_random-r2-s0'); a safe name
+    (gptailor.common.paths), at most 64 characters."""
+    col = head.index("study name") if "study name" in head else None
+    names = list(dict.fromkeys(str(r[col]) for r in rows if col is not None and col < len(r) and r[col]))
+    slugs = [s for s in (re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", n)).strip("-.") for n in names) if s]
+    label = "_".join(slugs[:3]) + (f"-and-{len(slugs) - 3}-more" if len(slugs) > 3 else "")
+    return ("gptailor-trials" + (f"-{label}" if label else ""))[:64].rstrip("-._")
+
+
+def csv_path(session: str, name: str = "gptailor-trials") -> Path:
+    """This browser session's one CSV file, named ``name``: rewritten on each refresh (never a new file every
+    3 seconds); a new name replaces the session's earlier file."""
+    folder = child(Path(tempfile.gettempdir()) / "gptailor-csv", "session", session or "anonymous")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = child(folder, "file", name, ".csv")
+    for old in folder.glob("*.csv"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
 
 
 def to_csv(rows, request: gr.Request = None) -> str:
-    """The trial table as CSV for the download button, in this session's one file."""
-    path = csv_path(session_of(request))
+    """The trial table as CSV for the download button, in this session's one file, named after the
+    shown studies."""
     data = rows.values.tolist() if hasattr(rows, "values") else (rows or [])
     head = [str(c) for c in rows.columns] if hasattr(rows, "columns") else TRIAL_COLUMNS
+    path = csv_path(session_of(request), csv_name(data, head))
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
@@ -430,12 +459,13 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
             rename_btn = gr.Button("Rename", scale=1, min_width=100)
         rename_note = gr.Markdown()
     state = gr.State(None)  # the last read's fingerprint: the timer re-reads only when it changed
+    user_pick = gr.State(None)  # the trial the user picked, if any: it stays; else the selection follows the best
     parts = {"state": state, "status": status, "focus": focus, "curve": curve, "curve_t": curve_t, "pareto": par,
              "topk": topk, "over": over, "imp": imp, "marg": marg, "summary": summary, "selector": selector,
              "confirm": confirm, "selected_map": selected_map, "task_table": task_table, "table": table}
     outputs = [parts[k] for k in OUTPUTS]
     shown = [selector, confirm, selected_map, task_table]
-    inputs = [pick, focus, selector, state]
+    inputs = [pick, focus, selector, state, user_pick]
     pick.change(refresh, inputs, outputs, api_name="dashboard")
     focus.input(refresh, inputs, outputs, api_name="dashboard_focus", show_progress="hidden")
     reload_btn.click(lambda: (gr.Dropdown(choices=study_choices()),) * 2, None, [pick, rename_pick])
@@ -443,9 +473,9 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
     timer.tick(tick, inputs, outputs, show_progress="hidden")
     pick.change(status_line, [pick], [status], api_name="dashboard_status", show_progress="hidden")
     live.change(lambda on: gr.Timer(active=on), [live], [timer])
-    selector.input(select_trial, [selector], shown, api_name="select_trial")
+    selector.input(pick_trial, [selector], [*shown, user_pick], api_name="select_trial")
     # Plotly clicks (CLICK_JS) and table rows both write 'study:number#nonce' into the hidden box
-    click_box.change(select_trial, [click_box], shown, show_progress="hidden")
+    click_box.change(pick_trial, [click_box], [*shown, user_pick], show_progress="hidden")
     table.select(table_select, None, [click_box], show_progress="hidden")
     open_btn.click(open_in_editor, [selector], [plan_box, tabs])
     table.change(to_csv, [table], [dl])

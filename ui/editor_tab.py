@@ -170,7 +170,7 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
             big = ev is not None and max(t.split_size("test") for t in ev.suite) > max_full_examples() > 0
             with stoppable(request, progress):  # the model card's scores: the test split, capped when large
                 progress(0.1, desc="scoring for the model card")
-                res = ev.evaluate(plan, max_full_examples() if big else None) if ev else None
+                res = ev.evaluate(plan, max_full_examples() if big else None, speed=INTERACTIVE) if ev else None
                 progress(0.7, desc="writing the checkpoint")
                 tick()  # a Stop pressed while scoring ends here, before anything is written
             # one export at a time per data dir under a byte cap: the cap then bounds the disk, not the cap

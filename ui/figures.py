@@ -305,8 +305,11 @@ def marginal_map(marginals: list[dict[str, tuple[float, int]]], members: list[st
 
 # ----------------------------------------------------------------------------- analysis
 def heatmap(z, x, y, title: str, xaxis: str, yaxis: str, colorscale: str = "Viridis", zmin=None, zmax=None,
-            reverse_y: bool = False) -> go.Figure:
+            reverse_y: bool = False, scale: str = "") -> go.Figure:
+    """One analysis heatmap; ``scale`` titles the colour bar with what a colour means, so the bar and the
+    caption under the chart read the same way (every scale here runs pale/dark at the low end as named)."""
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmin=zmin, zmax=zmax, xgap=1, ygap=1,
+                               colorbar={"title": {"text": scale, "side": "right"}, "thickness": 12},
                                hovertemplate=f"{xaxis} %{{x}}, {yaxis} %{{y}}: %{{z:.4f}}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=max(260, 80 + 28 * len(y)),
                       margin={"l": 70, "r": 20, "t": 50, "b": 40})
@@ -322,14 +325,17 @@ def analysis_figures(a: dict[str, Any], member: str, position: int) -> dict[str,
     position = max(0, min(L - 1, position))
     return {
         "influence": heatmap([a["block_influence"][m] for m in members], pos, members,
-                             "Block influence (1 - cos(in, out))", "position", "member", "Reds"),
+                             "Block influence (1 - cos(in, out))", "position", "member", "Reds",
+                             scale="pale = low"),
         "angular": heatmap(a["angular"][member], pos, list(range(1, L)),
-                           f"Angular distance d(l, l+n) of {member}", "start l", "block size n", "Viridis_r"),
+                           f"Angular distance d(l, l+n) of {member}", "start l", "block size n", "Viridis",
+                           scale="dark = small distance"),  # dark = small: the caption's removal candidate
         "cka_layers": heatmap(a["cka_layers"][member], pos, pos, f"Linear CKA between positions of {member}",
-                              "position", "position", "Viridis", 0, 1, reverse_y=True),
+                              "position", "position", "Viridis", 0, 1, reverse_y=True, scale="bright = similar"),
         "cka_members": heatmap(a["cka_members"][position], members, members,
                                f"Linear CKA between members at position {position}", "member", "member",
-                               "Viridis", 0, 1, reverse_y=True),
+                               "Viridis", 0, 1, reverse_y=True, scale="bright = alike"),
         "drift": heatmap([a["drift"][m] for m in members], pos, members,
-                         "Weight drift ||W_m - W_base|| / ||W_base||", "position", "member", "Oranges"),
+                         "Weight drift ||W_m - W_base|| / ||W_base||", "position", "member", "Oranges",
+                         scale="dark = moved most"),
     }

@@ -123,6 +123,39 @@ def upload_tasks(files: list[str] | None, name: str, request: gr.Request = None)
     return gr.Dropdown(choices=suite_choices(), value=suite.path), f"Stored suite **{suite.name}**: {kinds}"
 
 
+def refused(error: gr.Error) -> str:
+    """A refusal as the note beside the upload shows it: it stays on the page (a toast fades) and names
+    the file and the fix. The message is HTML-escaped already (``refuse``)."""
+    return f"⚠ {error.message}"
+
+
+def store_spec(path: str | None, request: gr.Request = None):
+    """The page's family-spec upload: ``upload_spec``, with a refusal kept in the note beside the upload."""
+    try:
+        return upload_spec(path, request)
+    except gr.Error as e:
+        return gr.skip(), refused(e)
+
+
+def store_tasks(files: list[str] | None, name: str, request: gr.Request = None):
+    """The page's Store button: ``upload_tasks``, with a refusal kept in the note beside the upload."""
+    try:
+        return upload_tasks(files, name, request)
+    except gr.Error as e:
+        return gr.skip(), refused(e)
+
+
+def replace_uploads(files: list[str] | None, before: list[str] | None):
+    """Each upload replaces the task files chosen before it (Gradio's multi-file box appends them), so a
+    file fixed and uploaded again is checked alone, not beside the broken one it replaces. Files chosen
+    together in one upload stay together. Returns the files, and the same list to remember. (The note
+    beside the upload keeps the last Store's outcome until the next Store.)"""
+    files, before = list(files or []), list(before or [])
+    appended = before and len(files) > len(before) and files[:len(before)] == before
+    new = files[len(before):] if appended else files  # the box appends a new upload after what it held
+    return new, new
+
+
 def suite_info(family: str, suite: str) -> str:
     """One line saying which tasks the chosen suite scores."""
     try:
@@ -179,25 +212,37 @@ def build() -> dict:
             with gr.Column():
                 gr.Markdown("**Family spec** (YAML/JSON: name, base, candidates, dtype, device, suite)"
                             + (" · turned off in this public app" if public_mode() else ""))
-                spec_file = gr.File(label="Family spec", file_types=[".yaml", ".yml", ".json"], type="filepath")
-                spec_note = gr.Markdown()
+                spec_file = gr.File(label="Family spec", file_types=[".yaml", ".yml", ".json"], type="filepath",
+                                    elem_id="spec-file")
+                spec_note = gr.Markdown(elem_id="spec-note")
             with gr.Column():
                 gr.Markdown("**Task files**: one JSONL file per task; the kind is read from the keys "
                             "(`prompt`+`target`: exact match, `context`+`choices`+`answer`: multiple choice, "
                             "`text`: perplexity), or add a `suite.yaml` naming each file's kind. "
                             f"At most {max_upload_bytes() / 1e6:.0f} MB and {max_task_examples()} examples per task.")
                 suite_name = gr.Textbox(label="Suite name", placeholder="my-tasks")
-                task_files = gr.File(label="Task files (.jsonl, optional suite.yaml)", file_count="multiple",
-                                     file_types=[".jsonl", ".json", ".yaml", ".yml"], type="filepath")
+                task_files = gr.File(label="Task files (.jsonl, optional suite.yaml; a new upload replaces them)",
+                                     file_count="multiple", file_types=[".jsonl", ".json", ".yaml", ".yml"],
+                                     type="filepath", elem_id="task-files")
                 add_tasks = gr.Button("Store these tasks as a suite")
-                tasks_note = gr.Markdown()
+                tasks_note = gr.Markdown(elem_id="tasks-note")
+                chosen = gr.State(None)  # the task files of the last upload: the next one replaces them
         with gr.Row():
             drop_family = gr.Button("Remove the selected family spec", size="sm", variant="stop")
             drop_suite = gr.Button("Remove the selected suite", size="sm", variant="stop")
-    # progress hidden: on a refused upload the error toast says why, and the pickers stay in view
-    spec_file.upload(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec", show_progress="hidden")
-    add_tasks.click(upload_tasks, [task_files, suite_name], [suite, tasks_note], api_name="upload_tasks",
+    # progress hidden: a refused upload says why in the note beside it, and the pickers stay in view
+    spec_file.upload(store_spec, [spec_file], [family, spec_note], api_name=False, show_progress="hidden")
+    add_tasks.click(store_tasks, [task_files, suite_name], [suite, tasks_note], api_name=False,
                     show_progress="hidden")
+    task_files.upload(replace_uploads, [task_files, chosen], [task_files, chosen], api_name=False,
+                      show_progress="hidden")
+    task_files.delete(lambda files: files, [task_files], [chosen], api_name=False, show_progress="hidden")
+    task_files.clear(lambda: None, None, [chosen], api_name=False, show_progress="hidden")
+    # the API's endpoints raise their refusal as an error (a client gets it as an exception), not as a note
+    api_spec = gr.Button(visible=False)
+    api_spec.click(upload_spec, [spec_file], [family, spec_note], api_name="upload_spec")
+    api_tasks = gr.Button(visible=False)
+    api_tasks.click(upload_tasks, [task_files, suite_name], [suite, tasks_note], api_name="upload_tasks")
     drop_family.click(remove_family, [family], [family, spec_note], api_name="remove_family", show_progress="hidden")
     drop_suite.click(remove_suite, [suite], [suite, tasks_note], api_name="remove_suite", show_progress="hidden")
     make_smol.click(build_smol, None, [family, builtin, make_smol], api_name="build_smol")
