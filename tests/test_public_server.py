@@ -4,7 +4,6 @@ and a forged X-Forwarded-For entry), one that copies another's session hash, and
 Clients connect over loopback; ``GPTAILOR_PROXY_HOPS=1`` makes the app read each one's address from the
 X-Forwarded-For entry a proxy would append, which each client here sets as that proxy would."""
 import re
-import time
 
 import pytest
 
