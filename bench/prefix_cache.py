@@ -10,7 +10,7 @@ the budget, and whether every score is identical. ``bytes`` prints the bytes of 
 family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading its weights.
 
     python -m bench.prefix_cache record --family demo --method smac --trials 200 --remove 2 --name demo-smac
-    python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac,smol-random]
+    python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac] [--limit N]
     python -m bench.prefix_cache bytes --family /work/synth-1b
 """
 from __future__ import annotations
@@ -39,21 +39,25 @@ def record(args) -> int:
     fam = Family.from_spec(args.family)
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search")
     trials = []
+    out = HERE / f"{args.name}.json"
+    HERE.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+
+    def save(done: bool) -> None:  # after every trial: a study cut short still leaves its sequence
+        out.write_text(json.dumps({"family": args.family, "method": args.method, "remove": args.remove,
+                                   "seed": args.seed, "recorded_s": round(time.perf_counter() - t0, 1),
+                                   "complete": done, "trials": trials}, indent=1) + "\n")
 
     def on_trial(t) -> None:
         if t.status == "complete" and not t.cached:
             trials.append({"plan": t.plan.to_text(), "fidelity": t.fidelity})
             print(f"  {len(trials)}: fidelity {t.fidelity} {t.plan.to_text()}", flush=True)
+            save(False)
 
     settings = SearchSettings(method=args.method, n_trials=args.trials, seed=args.seed,
                               max_fidelity=args.max_fidelity)
-    t0 = time.perf_counter()
     Search(ev, Budget(remove_layers=args.remove), settings, on_trial=on_trial).run()
-    out = HERE / f"{args.name}.json"
-    HERE.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"family": args.family, "method": args.method, "remove": args.remove,
-                               "seed": args.seed, "recorded_s": round(time.perf_counter() - t0, 1),
-                               "trials": trials}, indent=1) + "\n")
+    save(True)
     print(f"{len(trials)} scored trials -> {out}")
     return 0
 
@@ -66,6 +70,8 @@ def replay(args) -> int:
     from gptailor.eval.prefix import prefix_cache_for
 
     seq = json.loads(Path(args.sequence).read_text())
+    if args.limit:
+        seq["trials"] = seq["trials"][: args.limit]
     fam = Family.from_spec(seq["family"])
     on = args.mode == "on"
     cache = prefix_cache_for(fam) if on else None
@@ -104,7 +110,7 @@ def run(args) -> int:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
                 outs[mode] = f.name
             cmd = [sys.executable, "-m", "bench.prefix_cache", "replay", str(path), "--mode", mode,
-                   "--out", outs[mode]]
+                   "--out", outs[mode], "--limit", str(args.limit or 0)]
             procs[mode] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
         for mode, p in procs.items():
             if p.wait() != 0:
@@ -179,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sequence")
     p.add_argument("--mode", choices=("off", "on"), required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=0, help="only the first N trials (0: all)")
     u = sub.add_parser("run", help="replay sequences with the cache off and on, and compare")
     u.add_argument("--sequences", default=None, help="comma-separated names in bench/sequences (default: all)")
+    u.add_argument("--limit", type=int, default=0, help="replay only the first N trials of each (0: all)")
     b = sub.add_parser("bytes", help="bytes of one cached position for a family's shape on a suite")
     b.add_argument("--family", required=True)
     b.add_argument("--suite", default=None, help="a suite file (default: the family's own)")
