@@ -22,6 +22,18 @@ def app(tmp_path_factory):
     stop_app(proc)
 
 
+GUARD_MS = 180_000  # only against a hang (each wait ends on what the page shows); the smol build takes minutes
+
+
+def page_on(browser, url: str, guard_ms: int = GUARD_MS):
+    from playwright.sync_api import expect
+
+    page = open_app(browser, url)
+    expect.set_options(timeout=guard_ms)
+    page.set_default_timeout(guard_ms)
+    return page
+
+
 def no_error_badges(page) -> None:
     assert page.get_by_text(ERROR_BADGE, exact=True).count() == 0
 
@@ -41,7 +53,7 @@ def shots(page, name: str, at=None) -> None:
 
 
 def set_number(page, label: str, value: int) -> None:
-    box = page.locator(f"input[type='number'][aria-label='{label}']")
+    box = page.locator(f"input[type='number'][aria-label='number input for {label}']")
     box.fill(str(value))
     box.press("Enter")
 
@@ -54,7 +66,7 @@ def test_stop_in_analysis_keeps_the_charts_and_says_stopped(app):
     _proc, url, _data = app
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = open_app(browser, url)
+        page = page_on(browser, url)
         page.get_by_role("tab", name="Analysis").click()
         label = "Calibration texts (from the chosen task suite)"
         set_number(page, label, 8)
@@ -86,23 +98,26 @@ def test_editor_names_what_it_scores_and_an_invalid_plan_clears_the_result(app):
     _proc, url, _data = app
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = open_app(browser, url)
+        page = page_on(browser, url)
         page.get_by_role("tab", name="Editor").click()
         text = page.get_by_label("Plan (compact text form)")
         expect(text).to_have_value(re.compile("^0:base"))
-        text.fill("0:base 1:math 2:base 3:facts 4:base 5:drop 6:base 7:base")
+        text.fill("0:base 1:strings 2:math 3:facts 4:base 5:drop 6:facts 7:base")  # not scored before
         page.get_by_role("button", name="Apply").click()
         expect(page.locator("#editor-plan-status")).to_contain_text("keeps 7 of 8 layers")
         # every progress text the page shows while it evaluates, recorded as it appears
         page.evaluate("""() => { window.seen = new Set();
-            new MutationObserver(() => document.querySelectorAll('.progress-text, .progress-level-inner, .meta-text')
-                .forEach(e => window.seen.add(e.textContent))).observe(document.body,
+            new MutationObserver(() => (document.body.innerText.match(/scoring[^\\n]*/g) || [])
+                .forEach(t => window.seen.add(t))).observe(document.body,
                 {subtree: true, childList: true, characterData: true}); }""")
         page.get_by_role("button", name="Evaluate (stored as a manual study)").click()
         result = page.locator("#editor-result")
         expect(result).to_contain_text("This plan:")
-        seen = " | ".join(page.evaluate("() => [...window.seen]"))
-        assert "scoring your plan" in seen and "scoring the base" in seen, seen
+        # the bar names the model it scores (the page shows the latest of Gradio's progress updates, so a
+        # quick stage may pass unseen: at least one of the plan's or the base's, never a bare task name)
+        seen = page.evaluate("() => [...window.seen]")
+        assert any(re.match(r"scoring (your plan|the base)", t) for t in seen), seen
+        assert not any(re.match(r"scoring (math|strings|facts|chat_ppl)", t) for t in seen), seen
         page.get_by_role("button", name="Export HF checkpoint (zip)").click()
         link = page.locator("#editor-download a").first
         expect(link).to_be_visible()
@@ -140,7 +155,7 @@ def test_smol_build_error_stays_beside_the_button_and_a_retry_builds_it_into_the
     try:
         with sync_playwright() as p:
             browser = launch_chromium(p)
-            page = open_app(browser, url)
+            page = page_on(browser, url, 600_000)
             page.get_by_role("button", name="Build the smol family").click()
             note = page.locator("#builtin-note")
             expect(note).to_contain_text("Cannot build the smol family")

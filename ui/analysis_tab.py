@@ -52,7 +52,7 @@ def compute(family: str, n_texts: float, member: str, position: float, suite: st
     except (FamilyError, TaskError, PathError) as e:  # PathError: a family name unfit for a cache file name
         return kept(f"⚠ {redact(str(e))}")
     if run.stopped:
-        return kept(f"⏹ {STOPPED}; the charts below are the previous results")
+        return kept(f"**{STOPPED}**; the charts below are the previous results")
     member = member if member in fam.member_names else "base"
     figs = figures.analysis_figures(res.to_dict(), member, int(position or 0))
     return (gr.Dropdown(choices=fam.member_names, value=member), *figs.values(), "")

@@ -126,7 +126,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
             run.stage = "scoring the base"
             base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
         if run.stopped:
-            return f"⏹ {STOPPED}", None
+            return f"**{STOPPED}**", None
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
                            SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8)), evaluator=ev,
@@ -156,7 +156,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
                  f"{line(best_res.retentions, best_res.definition)} with {best_res.kept_layers} layers on the same "
                  f"examples")
     elif run.stopped:
-        note += " · ⏹ stopped before the current best was re-scored"
+        note += " · stopped before the current best was re-scored"
     return note, gr.Dataframe(value=rows, headers=marked(RESULT_COLUMNS, res.definition))
 
 
@@ -190,7 +190,7 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
                 progress(0.7, desc="writing the checkpoint")
                 tick()  # a Stop pressed while scoring ends here, before anything is written
             if run.stopped:
-                return None, f"⏹ {STOPPED}"
+                return None, f"**{STOPPED}**"
             # one export at a time per data dir under a byte cap: the cap then bounds the disk, not the cap
             # times the exports running at once
             with global_lock("exports") if max_export_bytes() else nullcontext():
