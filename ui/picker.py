@@ -9,6 +9,11 @@ import shutil
 from pathlib import Path
 
 import gradio as gr
+# Resolved at start-up, in the main thread, for the smol build's GGUF conversion: a first lookup of
+# transformers' lazy names from a handler thread while another thread loads a family can fail with
+# "cannot import name 'AutoModelForCausalLM' from 'transformers'" (seen: the page's first load and a
+# Build click together).
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
 from gptailor import FamilyError, TaskError, make_suite
 from gptailor.common.paths import PathError, child, inside
@@ -18,6 +23,7 @@ from db.settings import allow_remote_code, data_dir, max_task_examples, max_uplo
 from .guard import allowance, is_operator, refuse
 
 MAX_PUBLIC_SUITES = 20
+
 
 
 def upload_spec(path: str | None, request: gr.Request = None):
@@ -176,7 +182,7 @@ def build_smol(progress=gr.Progress()):
     progress(0.1, desc="converting the GGUF base and merging the shipped adapters")
     try:
         build_family(data_dir() / "builtin" / "smol", log=lambda *_: None)
-    except (SmolError, OSError) as e:
+    except (SmolError, OSError, ImportError) as e:  # ImportError: a package of the smol family broken here
         return gr.skip(), f"⚠ **Cannot build the smol family**: {redact(str(e))}", gr.skip()
     return (gr.Dropdown(choices=family_choices(), value=str(smol_spec())), builtin_note(),
             gr.Button(visible=False))
