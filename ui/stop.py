@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import gradio as gr
@@ -25,22 +26,42 @@ def _flag(request: gr.Request | None) -> threading.Event:
         return _FLAGS.setdefault(session_of(request), threading.Event())
 
 
+STOPPED = "stopped: the work was cut short and nothing was stored"
+
+
+@dataclass
+class Run:
+    """What a ``stoppable`` block reports: whether Stop ended it, and which model it is scoring now
+    (``stage``, put before the engine's own words on the progress bar, e.g. 'scoring the base')."""
+    stopped: bool = False
+    stage: str = ""
+
+
 @contextmanager
-def stoppable(request: gr.Request | None, progress: Any = None) -> Iterator[None]:
-    """Run the block so that this session's Stop ends it (gr.Error 'stopped'), with engine progress."""
+def stoppable(request: gr.Request | None, progress: Any = None, quiet: bool = False) -> Iterator[Run]:
+    """Run the block so that this session's Stop ends it, with engine progress.
+
+    By default a Stop raises gr.Error 'stopped'. With ``quiet`` the block just ends and ``Run.stopped`` is
+    set, so the handler can return the page's previous results and a 'stopped' note instead of Gradio's
+    red Error badges on every output (wire its Stop button with ``wire_stop(btn)``, no ``cancels``, so
+    that return reaches the page)."""
     flag = _flag(request)
     flag.clear()
+    run = Run()
 
     def on_tick(what: str, done: int | None, total: int | None) -> None:
         if flag.is_set():
             raise Stopped("stopped")
-        if progress is not None and what:
-            progress(None if not total else (done or 0) / total, desc=what)
+        if progress is not None and (what or run.stage):
+            desc = f"{run.stage}: {what}" if run.stage and what else run.stage or what
+            progress(None if not total else (done or 0) / total, desc=desc)
     try:
         with listening(on_tick):
-            yield
+            yield run
     except Stopped:
-        raise gr.Error("stopped: the work was cut short and nothing was stored") from None
+        if not quiet:
+            raise gr.Error(STOPPED) from None
+        run.stopped = True
 
 
 def stop(request: gr.Request = None) -> None:
@@ -53,7 +74,8 @@ def stop_button(label: str = "Stop") -> gr.Button:
 
 
 def wire_stop(btn: gr.Button, *events: Any) -> None:
-    """``btn`` cancels ``events`` on the page and stops their work on the server."""
+    """``btn`` cancels ``events`` on the page and stops their work on the server. Without events it only
+    stops the work: a ``quiet`` handler then returns its own 'stopped' state to the page."""
     btn.click(stop, None, None, cancels=list(events), api_visibility="private", queue=False)
 
 
