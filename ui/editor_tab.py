@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from db.runs import create_study
+from db.runs import create_study, report_from, write_report
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export.hf import ExportError, export
 from gptailor.merge import METHODS
@@ -99,6 +99,15 @@ def grid_to_text(family: str, rows):
     return plan.to_text(), "✓ valid plan", figures.layer_map(plan, session.family.member_names)
 
 
+def manual_report(st, sid: int, ev, res) -> None:
+    """A manual study's report, as every search's: its plan on the whole test split with both definitions'
+    intervals. A full-fidelity test-split result is that already; a reduced one is re-scored."""
+    if res.split == "test" and res.fidelity is None:
+        st.set_study_fields(sid, report=report_from(res, 0, ev.references("test")))
+    else:
+        write_report(st, sid, ev, res.definition)
+
+
 @gpu
 def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str | None = None,
                     owner: str | None = None, progress=gr.Progress(), request: gr.Request = None):
@@ -127,6 +136,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
                                          wall_s=time.perf_counter() - t0, source="manual"))
         st.transition(sid, ("created",), "finished")
         with stoppable(request, progress):
+            manual_report(st, sid, ev, res)
             best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
