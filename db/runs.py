@@ -736,7 +736,7 @@ class CompareRow:
 
 def against_best(rows: list[CompareRow]) -> dict[int, str]:
     """Each row against the best row (by its objective retention), pair by pair, by the engine's noise rule
-    (``gptailor.eval.noise``): 'best', or '-3.6 pts (noise 1.2): worse by more than the noise' /
+    (``gptailor.eval.noise``): 'best', or '-3.6 (noise 1.2): worse by more than the noise' /
     '... within the noise'. One run per study: no seed spread, both rows' sampling errors."""
     if not rows:
         return {}
@@ -748,7 +748,7 @@ def against_best(rows: list[CompareRow]) -> dict[int, str]:
             continue
         diff = r.retention - top.retention
         noise = combined_noise(r.interval.se, top.interval.se)
-        out[r.study_id] = f"{100 * diff:+.1f} pts (noise {100 * noise:.1f}): {verdict(diff, noise)}"
+        out[r.study_id] = f"{100 * diff:+.1f} (noise {100 * noise:.1f}): {verdict(diff, noise)}"
     return out
 
 
@@ -803,8 +803,8 @@ def compare_table(rows: list[CompareRow]) -> str:
     vs = against_best(rows)
     head = f"{'id':>3} {'method':<12}" + "".join(f"{t[:10]:>11}" for t in tasks) + \
         f"{'family [95%]':>21}{'base [95%]':>21}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}  vs the best"
-    lines = [f"best plan of each study (chosen on the search split), re-scored on the whole {rows[0].split} split; "
-             f"per-task columns: {'/'.join(defs)} retention; [95% interval]; vs the best: larger than the noise "
+    lines = [f"best plan of each study (chosen on the search split), re-scored on the {rows[0].split} split "
+             f"(all of it); per-task columns: {'/'.join(defs)} retention; [95% interval]; vs the best: larger than the noise "
              f"when |difference| > 1.96 x the combined noise", head]
     for r in rows:
         cells = "".join(f"{'-' if r.task_retention.get(t) is None else f'{100 * r.task_retention[t]:.1f}%':>11}"

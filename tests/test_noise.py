@@ -67,8 +67,8 @@ def test_compare_says_pair_by_pair_against_the_best_whether_it_is_noise():
     rows = [row(1, 0.253, 0.02), row(2, 0.250, 0.02), row(3, 0.10, 0.02)]
     vs = against_best(rows)
     assert vs[1] == "best"
-    assert vs[2].startswith("-0.3 pts (noise 2.8)") and vs[2].endswith("within the noise")
-    assert vs[3].startswith("-15.3 pts") and vs[3].endswith("worse by more than the noise")
+    assert vs[2].startswith("-0.3 (noise 2.8)") and vs[2].endswith("within the noise")
+    assert vs[3].startswith("-15.3 (noise") and vs[3].endswith("worse by more than the noise")
 
 
 def test_a_best_number_is_filed_under_the_split_it_was_scored_on():

@@ -13,8 +13,8 @@ from .guard import refuse
 from .retention import marked, pct
 from .stop import stop_button, stoppable, wire_stop
 
-COLUMNS = ["id", "study", "method", "family retention % [95%]", "base retention % [95%]", "vs the best (objective)",
-           "trials", "wall s", "objective", "kept", "params M", "plan"]
+COLUMNS = ["id", "study", "method", "family retention % [95%]", "base retention % [95%]", "trials", "wall s",
+           "vs the best (objective)", "objective", "kept", "params M", "plan"]
 
 
 @gpu
@@ -49,8 +49,8 @@ def compare_grid(rows) -> tuple[list[list], list[str]]:
     tasks = list(rows[0].task_retention) if rows else []
     objective = rows[0].definition if rows and len({r.definition for r in rows}) == 1 else None
     vs = against_best(rows)
-    table = [[r.study_id, r.name, r.method, *(retention_text(r, d) for d in DEFINITIONS), vs[r.study_id],
-              r.trials, round(r.wall_s, 1), r.definition, r.kept_layers, round(r.params / 1e6, 3), r.plan] +
+    table = [[r.study_id, r.name, r.method, *(retention_text(r, d) for d in DEFINITIONS), r.trials,
+              round(r.wall_s, 1), vs[r.study_id], r.definition, r.kept_layers, round(r.params / 1e6, 3), r.plan] +
              [pct(r.task_retention[t]) for t in tasks] for r in rows]
     per_task = [f"{t} % ({objective or 'objective'})" for t in tasks]
     return table, [*marked(COLUMNS, objective), *per_task]
