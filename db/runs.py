@@ -861,5 +861,6 @@ def terminate(pid: int) -> None:
 
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
-           "wait", "compare", "compare_table", "against_best", "retention_text", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
+           "wait", "compare", "compare_table", "against_best", "retention_text",
+           "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
            "withdraw", "QUEUED", "family_rows", "front_table", "running"]

@@ -14,7 +14,6 @@ split-dashboard-760.png in tests/output/."""
 import math
 
 import pytest
-
 from conftest import CHROMIUM, launch_chromium, narrow, open_app
 from test_app import OUT
 from test_compare_browser import headers, table_rows
@@ -56,14 +55,14 @@ def objective_by_hand(report: dict, refs: dict) -> tuple[float, float, float, fl
     return m, max(0.0, m - math.sqrt(downs) / k), m + math.sqrt(ups) / k, math.sqrt(var) / k
 
 
-def fidelity_rise(st) -> int:
-    """A finished study on the demo family whose second rung scores below the first one's best: the best
+def fidelity_rise(st, like: dict) -> int:
+    """A finished study on the demo family and suite of ``like`` (so the Dashboard shows it with the others) whose second rung scores below the first one's best: the best
     as ranked goes 30, 50, then 40 (fidelity 30 outranks fidelity 10), 45."""
     from conftest import scored_trial
 
     sid = st.create_study(family_name="demo", family_source="demo", family_spec={"name": "demo"},
                           family_info={"n_layers": 8, "members": {m: m for m in ("base", "math", "strings", "facts")}},
-                          method="random", budget={"remove_layers": 2}, settings={"suite": None}, n_trials=4,
+                          method="random", budget={"remove_layers": 2}, settings=dict(like["settings"]), n_trials=4,
                           name="fidelity-rise")
     for k, (retention, fidelity) in enumerate([(0.3, 10), (0.5, 10), (0.4, 30), (0.45, 30)]):
         t = scored_trial(k, "0:base 1:base 2:drop 3:base 4:base 5:base 6:drop 7:base",
@@ -95,10 +94,12 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = open_app(browser, client.src, 1000)
+        page.set_default_timeout(120_000)  # a guard against a hang only: every wait ends on what the page shows
+        expect.set_options(timeout=120_000)
 
         # item 5, the Search list: each best number names its split and fidelity
         page.get_by_role("tab", name="Search").click()
-        expect(page.locator(f"#studies-table [data-testid='cell-0-0']")).to_have_text(str(manual))
+        expect(page.locator("#studies-table [data-testid='cell-0-0']")).to_have_text(str(manual))
         head = headers(page, "studies-table")
         assert "best from" in head, head
         listed = {int(r[0]): r for r in table_rows(page, "studies-table", len(head))}
@@ -142,7 +143,7 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
 
         # items 5 and 8, the Dashboard: the manual study under the test columns; the best ranked fidelity first,
         # shown on a study whose fidelity rose mid-run (its best went 50% -> 40%), written straight to the store
-        rise = fidelity_rise(st)
+        rise = fidelity_rise(st, studies[search])
         page.get_by_role("tab", name="Dashboard").click()
         expect(page.locator("#best-summary [data-testid='cell-2-0']")).to_be_visible()
         shead = headers(page, "best-summary")
@@ -160,15 +161,15 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
             return gd && gd.layout && gd.layout.title.subtitle.text; }""").json_value()
         assert "fidelity first" in caption and "can go down" in caption.replace("<br>", " "), caption
         assert "fidelity first" in page.locator("#curve").text_content()  # drawn, not only set
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(OUT / "split-dashboard-1400.png"), full_page=True)
         expect(page.locator("#focus-study input")).to_have_value(f"{rise}: fidelity-rise [finished]")
         drawn = page.wait_for_function("""() => {
             const gd = document.querySelector('#curve .js-plotly-plot');
-            const dashed = gd && gd.data.find((t) => t.name.endsWith('best as ranked (fidelity first)'));
+            const dashed = gd && gd.data.find((t) => (t.name || '').endsWith('best as ranked (fidelity first)'));
             return dashed && {y: dashed.y, marks: (gd.layout.annotations || []).map((a) => a.text)}; }""").json_value()
         assert [round(y, 6) for y in drawn["y"]] == [30.0, 50.0, 40.0, 45.0] and drawn["marks"] == ["fidelity 10 → 30"]
         assert "fidelity 10 → 30" in page.locator("#curve").text_content()
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(OUT / "split-dashboard-1400.png"), full_page=True)
 
         # 760 px: both tables scroll inside their boxes, the chart's caption stays inside the page
         narrow(page, "Dashboard")

@@ -4,14 +4,20 @@ a study's best number, and the best-as-ranked line that may go down when the fid
 import math
 
 import pytest
+from test_figures import trial
 
 from db.rows import best_from, split_columns
 from db.runs import CompareRow, against_best
-from gptailor.eval.noise import (Interval, beyond_noise, combined_noise, proportion_se, retention_interval, verdict,
-                                 wilson)
+from gptailor.eval.noise import (
+    Interval,
+    beyond_noise,
+    combined_noise,
+    proportion_se,
+    retention_interval,
+    verdict,
+    wilson,
+)
 from gptailor.eval.results import References
-
-from test_figures import trial
 
 
 def test_wilson_matches_its_closed_form_and_a_published_value():

@@ -10,8 +10,9 @@ spread where several seeds ran, and both rows' sampling errors): ``bench/search_
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from gptailor.eval.metrics import get_metric
 from gptailor.eval.results import DEFINITIONS, References
@@ -53,7 +54,7 @@ class Interval:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, float]) -> "Interval":
+    def from_dict(cls, d: Mapping[str, float]) -> Interval:
         return cls(d["value"], d["lo"], d["hi"], d["se"])
 
 
