@@ -222,9 +222,8 @@ def best_so_far(studies: dict[str, list[TrialRecord]], x: str = "number") -> go.
     fig.update_layout(xaxis_title="trial" if x == "number" else "wall time (s)", yaxis_title="retention %",
                       height=400)
     return legend_outside(fig, "Best retention so far" + (" (wall time)" if x != "number" else ""),
-                          "solid: each study at its top fidelity; faint: lower fidelities; dashed: the best as ranked"
-                          "<br>(fidelity first: a higher-fidelity trial outranks any lower one, so the best can go "
-                          "down; dotted lines mark where the fidelity rose)")
+                          "solid: top fidelity; faint: lower fidelities; dashed: the best as ranked<br>"
+                          "(fidelity first, so it can go down; dotted: the fidelity rose)")
 
 
 def incumbents(trials: list[TrialRecord], x: str = "number") -> list[tuple[TrialRecord, TrialRecord]]:
