@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
+from gptailor.eval.noise import beyond_noise, combined_noise, retention_interval  # noqa: E402
 from gptailor.eval.results import applicable_definition  # noqa: E402
 from gptailor.search.settings import SearchSettings  # noqa: E402
 from gptailor.search.space import Budget  # noqa: E402
@@ -70,17 +71,10 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
 
 
 def sampling_se(rows: list, tasks: list[str], suite, test_refs, definition: str) -> float:
-    """Standard error of a row's mean retention from the finite test split (binomial per accuracy task)."""
-    kinds = {t.name: t.kind for t in suite}
-    var = 0.0
-    for t in tasks:
-        ref = test_refs.reference(definition, t).value
-        if kinds[t] == "perplexity" or ref <= 0:
-            continue
-        p = statistics.fmean([r.scores[t] for r in rows])
-        n_t = next(x for x in suite if x.name == t).split_size("test")
-        var += (p * (1 - p) / max(1, n_t - 1)) / ref ** 2
-    return math.sqrt(var) / len(tasks)
+    """Standard error of a row's mean retention from the finite test split: the engine's rule
+    (``gptailor.eval.noise``, Wilson per accuracy task), on the rows' mean scores."""
+    scores = {t: statistics.fmean([r.scores[t] for r in rows]) for t in tasks}
+    return retention_interval(scores, {x.name: x.split_size("test") for x in suite}, test_refs, definition).se
 
 
 def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], workdir: Path, definition: str,
@@ -134,9 +128,8 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
         a = summary[method]
         for other in [x for x in [*methods, *args.baselines] if x != method]:
             b = summary[other]
-            noise = math.sqrt(a["sd"] ** 2 / len(a["vals"]) + b["sd"] ** 2 / len(b["vals"]) + a["se"] ** 2
-                              + b["se"] ** 2)
-            verdict = "larger than the noise" if abs(a["mean"] - b["mean"]) > 1.96 * noise else "within the noise"
+            noise = combined_noise(a["se"], b["se"], a["sd"], len(a["vals"]), b["sd"], len(b["vals"]))
+            verdict = "larger than the noise" if beyond_noise(a["mean"] - b["mean"], noise) else "within the noise"
             print(f"  {method} - {other}: {100 * (a['mean'] - b['mean']):+.1f} pts (noise sd {100 * noise:.1f})  "
                   f"{verdict}")
     print("optimizer overhead per trial (wall time minus evaluation; references and heuristics excluded)")
@@ -175,9 +168,8 @@ def print_fronts(fronts: dict[int, dict[str, dict]], methods: list[str], n_layer
             worse = []
             for other in [x for x in [*methods, *baselines] if x != method]:
                 b = fronts[n][other]
-                noise = math.sqrt(a["sd"] ** 2 / len(a["vals"]) + b["sd"] ** 2 / len(b["vals"]) + a["se"] ** 2
-                                  + b["se"] ** 2)
-                if a["mean"] - b["mean"] <= 1.96 * noise:
+                noise = combined_noise(a["se"], b["se"], a["sd"], len(a["vals"]), b["sd"], len(b["vals"]))
+                if a["mean"] - b["mean"] <= 0 or not beyond_noise(a["mean"] - b["mean"], noise):
                     worse.append(other)
             verdicts.append(f"-{n}: " + ("yes" if not worse else "no (not above " + ", ".join(worse) + ")"))
         print(f"  {method:<8} " + "; ".join(verdicts))

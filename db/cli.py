@@ -252,12 +252,15 @@ def cmd_studies(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .runs import compare, compare_table
+    from dataclasses import asdict
+
+    from .runs import against_best, compare, compare_table
     from .store import Store
 
     rows = compare(Store(args.db), args.studies or None)
     if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        vs = against_best(rows)
+        print(json.dumps([{**asdict(r), "vs_best": vs[r.study_id]} for r in rows], indent=2))
     else:
         print(compare_table(rows))
     return 0

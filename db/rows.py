@@ -76,3 +76,15 @@ def study_definition(study: dict[str, Any]) -> str:
     fixed = (study.get("refs") or {}).get("definition") or (study.get("report") or {}).get("definition")
     setting = (study.get("settings") or {}).get("retention")
     return applicable_definition(fixed=fixed, setting=setting if setting in CHOICES else None)
+
+
+def best_from(split: str | None, fidelity: int | None) -> str:
+    """Where a study's best number comes from, the one rule every table labels it by: the best trial's own
+    stored split and fidelity ('search split, fidelity 40'; a manual study's 'test split, fidelity 200').
+    Searches and baselines pick on the search split; the Editor's manual studies score on the test split."""
+    return f"{split or 'unknown'} split, fidelity {fidelity or 'full'}"
+
+
+def split_columns(split: str | None, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A best trial's means filed under the split it was scored on: (search, test); the other is empty."""
+    return ({}, dict(values)) if split == "test" else (dict(values), {})

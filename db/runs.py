@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
 from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_ids
-from gptailor.eval.results import References, applicable_definition
+from gptailor.eval.noise import Interval, combined_noise, intervals, sizes_of, verdict
+from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.search.precompute import Precompute
 from gptailor.common.progress import OnPhase, Phase, quiet
 from gptailor.search.optimizer import Search
@@ -329,11 +330,19 @@ def study_references(store: Store, study_id: int, ev: Evaluator, settings: Searc
 def report_of(ev: Evaluator, trial: TrialRecord, definition: str) -> dict[str, Any]:
     """A study's final table: its best trial's plan re-scored on the whole held-out test split."""
     res = ev.evaluate(trial.plan, None, split="test", definition=definition)
-    return {"trial": trial.number, "plan": res.plan, "split": "test", "fidelity": None,
-            "definition": definition, "retention": res.retention, "retentions": res.retentions,
+    return report_from(res, trial.number, ev.references("test"))
+
+
+def report_from(res: EvalResult, number: int, refs: References) -> dict[str, Any]:
+    """The stored report of a result scored on the whole test split (``refs``: that split's references),
+    with both definitions' 95% intervals (``gptailor.eval.noise``)."""
+    spans = intervals(res.scores, sizes_of(res.details), refs)
+    return {"trial": number, "plan": res.plan, "split": res.split, "fidelity": None,
+            "definition": res.definition, "retention": res.retention, "retentions": res.retentions,
             "task_retentions": res.task_retentions, "scores": res.scores, "metrics": res.metrics,
             "details": res.details, "references": {t: vars(r) for t, r in res.references.items()},
-            "kept_layers": res.kept_layers, "n_layers": res.n_layers, "params": res.params}
+            "kept_layers": res.kept_layers, "n_layers": res.n_layers, "params": res.params,
+            "intervals": {d: i.to_dict() for d, i in spans.items()}}
 
 
 def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) -> dict[str, Any] | None:
@@ -726,6 +735,30 @@ class CompareRow:
     split: str = "test"
     definition: str = "family"
     retentions: dict[str, float] | None = None
+    intervals: dict[str, Interval] = field(default_factory=dict)  # definition -> the 95% interval
+
+    @property
+    def interval(self) -> Interval:
+        """The objective's interval (a point with no noise where none is known)."""
+        return self.intervals.get(self.definition) or Interval(self.retention, self.retention, self.retention, 0.0)
+
+
+def against_best(rows: list[CompareRow]) -> dict[int, str]:
+    """Each row against the best row (by its objective retention), pair by pair, by the engine's noise rule
+    (``gptailor.eval.noise``): 'best', or '-3.6 (noise 1.2): worse by more than the noise' /
+    '... within the noise'. One run per study: no seed spread, both rows' sampling errors."""
+    if not rows:
+        return {}
+    top = max(rows, key=lambda r: r.retention)
+    out = {}
+    for r in rows:
+        if r is top:
+            out[r.study_id] = "best"
+            continue
+        diff = r.retention - top.retention
+        noise = combined_noise(r.interval.se, top.interval.se)
+        out[r.study_id] = f"{100 * diff:+.1f} (noise {100 * noise:.1f}): {verdict(diff, noise)}"
+    return out
 
 
 def engine_key(study: dict[str, Any]) -> str:
@@ -755,11 +788,20 @@ def compare(store: Store, study_ids: list[int] | None = None,
             definition = applicable_definition(fixed=fixed, setting=s["settings"].get("retention"),
                                                refs=lambda: ev.references("search"))
             rep = report_of(ev, best, definition)
+        spans = rep.get("intervals") or _intervals_of(rep, evaluators[key])
         rows.append(CompareRow(s["id"], s["name"], s["method"], rep["plan"], rep["scores"],
                                rep["task_retentions"][rep["definition"]], rep["retention"], rep["kept_layers"],
                                rep["params"], len(trials), max(t.wall_s for t in trials),
-                               rep["split"], rep["definition"], rep["retentions"]))
+                               rep["split"], rep["definition"], rep["retentions"],
+                               {d: Interval.from_dict(i) for d, i in spans.items()}))
     return rows
+
+
+def _intervals_of(rep: dict[str, Any], ev: Evaluator) -> dict[str, dict[str, float]]:
+    """A report written before reports carried intervals: its intervals from its stored scores and example
+    counts against the test split's references."""
+    spans = intervals(rep["scores"], sizes_of(rep.get("details") or {}), ev.references("test"))
+    return {d: i.to_dict() for d, i in spans.items()}
 
 
 def compare_table(rows: list[CompareRow]) -> str:
@@ -767,18 +809,27 @@ def compare_table(rows: list[CompareRow]) -> str:
         return "no studies with complete trials"
     tasks = list(rows[0].scores)
     defs = sorted({r.definition for r in rows})
+    vs = against_best(rows)
     head = f"{'id':>3} {'method':<12}" + "".join(f"{t[:10]:>11}" for t in tasks) + \
-        f"{'family':>9}{'base':>9}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}"
-    lines = [f"best plan of each study (chosen on the search split), re-scored on the {rows[0].split} split; "
-             f"per-task columns: {'/'.join(defs)} retention", head]
+        f"{'family [95%]':>21}{'base [95%]':>21}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}  vs the best"
+    lines = [f"best plan of each study (chosen on the search split), re-scored on the {rows[0].split} split "
+             f"(all of it); per-task columns: {'/'.join(defs)} retention; [95% interval]; vs the best: larger than the noise "
+             f"when |difference| > 1.96 x the combined noise", head]
     for r in rows:
         cells = "".join(f"{'-' if r.task_retention.get(t) is None else f'{100 * r.task_retention[t]:.1f}%':>11}"
                         for t in tasks)
-        both = r.retentions or {r.definition: r.retention}
-        means = "".join(f"{'-' if both.get(d) is None else f'{100 * both[d]:.1f}%':>9}" for d in ("family", "base"))
+        means = "".join(f"{retention_text(r, d):>21}" for d in ("family", "base"))
         lines.append(f"{r.study_id:>3} {r.method:<12}{cells}{means}{r.kept_layers:>6}"
-                     f"{r.params / 1e6:>8.2f}M{r.trials:>7}{r.wall_s:>8.1f}")
+                     f"{r.params / 1e6:>8.2f}M{r.trials:>7}{r.wall_s:>8.1f}  {vs[r.study_id]}")
     return "\n".join(lines)
+
+
+def retention_text(r: CompareRow, definition: str) -> str:
+    """'25.3 [21.0, 29.9]' (the 95% interval), or the bare percentage where no interval is known."""
+    if definition in r.intervals:
+        return r.intervals[definition].text()
+    value = (r.retentions or {r.definition: r.retention}).get(definition)
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def family_rows(store: Store, family: str, evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
@@ -819,5 +870,6 @@ def terminate(pid: int) -> None:
 
 
 __all__ = ["StoreError", "StudyError", "create_study", "run_study", "launch", "reconcile", "cancel", "resume",
-           "wait", "compare", "compare_table", "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
+           "wait", "compare", "compare_table", "against_best", "retention_text",
+           "METHODS", "BASELINES", "launch_or_queue", "start_queued", "queue",
            "withdraw", "QUEUED", "family_rows", "front_table", "running"]

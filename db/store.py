@@ -641,30 +641,33 @@ def _iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[str, float] | None]:
+def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[str, float] | None, dict[str, Any]]:
     """The study's best complete trial by the one ranking rule (``gptailor.search.trials.rank_key``, applied here
-    in Python rather than re-stated in SQL): its retention, number and every definition's mean."""
-    rows = s.execute(select(TrialRow.number, TrialRow.fidelity, TrialRow.retentions, TrialRow.definition).where(
+    in Python rather than re-stated in SQL): its retention, number, every definition's mean, and where the
+    number comes from (its split and fidelity: ``db.rows.best_from``)."""
+    rows = s.execute(select(TrialRow.number, TrialRow.fidelity, TrialRow.retentions, TrialRow.definition,
+                            TrialRow.split).where(
         TrialRow.study_id == study_id, TrialRow.status == "complete", TrialRow.definition.is_not(None))).all()
     scored = [(r, mean_of(r.retentions, r.definition)) for r in rows]
     scored = [(r, m) for r, m in scored if m is not None]
     if not scored:
-        return None, None, None
+        return None, None, None, {}
     row, retention = min(scored, key=lambda rm: rank_key(rm[0].fidelity, rm[1], rm[0].number))
     means = {d: v.get("mean") for d, v in row.retentions.items() if isinstance(v, dict)}
-    return retention, row.number, means
+    return retention, row.number, means, {"split": row.split, "fidelity": row.fidelity}
 
 
 def _study_dict(s: Session, r: StudyRow) -> dict[str, Any]:
     done = s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == r.id,
                                                                       TrialRow.status != CUT))  # as counted()
-    best, best_number, best_means = _best_of(s, r.id)
+    best, best_number, best_means, best_at = _best_of(s, r.id)
     cache = summarize_prefix(s.scalars(select(TrialRow.prefix_cache).where(
         TrialRow.study_id == r.id, TrialRow.prefix_cache.is_not(None))).all())
     return {"id": r.id, "name": r.name, "family": r.family.name, "family_source": r.family_source,
             "method": r.method, "budget": r.budget, "settings": r.settings, "status": r.status,
             "n_trials": r.n_trials, "trials_done": done, "best_retention": best,
-            "best_trial": best_number, "best_retentions": best_means,
+            "best_trial": best_number, "best_retentions": best_means, "best_split": best_at.get("split"),
+            "best_fidelity": best_at.get("fidelity"),
             "test_retention": (r.report or {}).get("retention"), "worker_pid": r.worker_pid,
             "worker_host": r.worker_host, "worker_start": r.worker_start, "error": r.error,
             "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,

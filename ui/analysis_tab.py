@@ -12,7 +12,6 @@ from . import figures
 from .engine import ENGINE, gpu
 from db.settings import data_dir
 from .engine import redact
-from .guard import refuse
 from .overload import model_slots
 from .stop import STOPPED, stop_button, stoppable, wire_stop
 

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import gradio as gr
 
-from db.runs import compare, engine_key
+from db.runs import against_best, compare, engine_key, retention_text
 from gptailor import FamilyError, Plan, TaskError
+from gptailor.eval.results import DEFINITIONS
 
 from . import figures
 from .engine import ENGINE, gpu, store
 from .guard import refuse
 from .overload import model_slots
-from .retention import marked, pair, pct
+from .retention import marked, pct
 from .stop import stop_button, stoppable, wire_stop
 
-COLUMNS = ["id", "study", "method", "family retention %", "base retention %", "objective", "kept", "params M",
-           "trials", "wall s", "plan"]
+COLUMNS = ["id", "study", "method", "family retention % [95%]", "base retention % [95%]", "trials", "wall s",
+           "vs the best (objective)", "objective", "kept", "params M", "plan"]
 
 
 @gpu
@@ -43,12 +44,14 @@ def run_compare(family: str, suite: str | None = None, progress=gr.Progress(), r
 
 
 def compare_grid(rows) -> tuple[list[list], list[str]]:
-    """Compare's table: both retention definitions' means side by side (the objective's header marked when
-    every study shares it), then each task's retention under the study's own definition."""
+    """Compare's table: both retention definitions with their 95% intervals side by side (the objective's
+    header marked when every study shares it), each study against the best by the noise rule, its trials and
+    wall time beside it, then each task's retention under the study's own definition."""
     tasks = list(rows[0].task_retention) if rows else []
     objective = rows[0].definition if rows and len({r.definition for r in rows}) == 1 else None
-    table = [[r.study_id, r.name, r.method, *pair(r.retentions or {r.definition: r.retention}), r.definition,
-              r.kept_layers, round(r.params / 1e6, 3), r.trials, round(r.wall_s, 1), r.plan] +
+    vs = against_best(rows)
+    table = [[r.study_id, r.name, r.method, *(retention_text(r, d) for d in DEFINITIONS), r.trials,
+              round(r.wall_s, 1), vs[r.study_id], r.definition, r.kept_layers, round(r.params / 1e6, 3), r.plan] +
              [pct(r.task_retention[t]) for t in tasks] for r in rows]
     per_task = [f"{t} % ({objective or 'objective'})" for t in tasks]
     return table, [*marked(COLUMNS, objective), *per_task]
@@ -70,7 +73,10 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
                 "test split so that searches and baselines are compared on equal terms. Only studies of the "
                 "chosen family and task suite are compared. Both retention definitions are shown: `family` "
                 "(score / the best member's, capped at 100%) and `base` (score / the base's); the study's "
-                "objective is marked.")
+                "objective is marked. Each retention carries its 95% interval (the test split's sampling error, "
+                "Wilson per task), and each study is compared with the best: *larger than the noise* only when "
+                "the difference exceeds 1.96 x the two rows' combined noise (the benchmark's rule). Each "
+                "study's trial count and wall time stand beside it: what its number cost.")
     with gr.Row():
         go_btn = gr.Button("Compare all studies", variant="primary")
         halt = stop_button()

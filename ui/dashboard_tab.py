@@ -17,10 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 import gradio as gr
 
-from db.rows import study_definition
+from db.rows import best_from, split_columns, study_definition
 from db.runs import phase_line, reconcile
 from db.store import ACTIVE, StoreError
+from gptailor.eval.noise import Interval
 from gptailor.eval.prefix import describe_prefix
+from gptailor.eval.results import DEFINITIONS
 from gptailor.search.trials import TrialRecord, incumbent, ranked, scored
 from gptailor.analysis.importance import ImportanceError, position_importance
 from gptailor.common.paths import child
@@ -33,8 +35,8 @@ from .retention import line, marked, means, pair, shared_definition
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
 TASK_COLUMNS = ["task", "score", "family %", "base %"]
-SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "fidelity", "kept", "family % search", "base % search",
-                   "family % test", "base % test", "objective", "prefix cache", "plan"]
+SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "best from", "kept", "family % search", "base % search",
+                   "family % test [95%]", "base % test [95%]", "objective", "prefix cache", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
 CLICK_JS = """
@@ -141,8 +143,9 @@ def trial_rows(view: View) -> list[list]:
 
 
 def best_summary(view: View) -> list[list]:
-    """Each shown study's best trial (the one ranking rule) with both definitions on the search split, and
-    its report's on the held-out test split: the numbers Compare shows for the same study."""
+    """Each shown study's best trial (the one ranking rule), filed under the split it was scored on
+    (``db.rows.split_columns``: a search's under search, a manual study's under test), and its report's
+    numbers on the whole held-out test split with their 95% intervals: what Compare shows for the study."""
     rows = []
     for s in view.chosen:
         best = incumbent(view.trials[s["id"]])
@@ -150,11 +153,25 @@ def best_summary(view: View) -> list[list]:
             continue
         d = study_definition(s)
         rep = s.get("report") or {}
-        test = rep.get("retentions") or {} if rep.get("trial") == best.number else {}
-        rows.append([s["id"], view.names[s["id"]], s["method"], best.number, best.fidelity or "full",
-                     best.result.kept_layers, *pair(means(best)), *pair(test), d,
+        search, test = split_columns(best.result.split, means(best))
+        current = rep.get("trial") == best.number  # a report of an earlier best is not this trial's
+        if current:
+            test = rep.get("retentions") or {}
+        spans = (rep.get("intervals") or {}) if current else {}
+        rows.append([s["id"], view.names[s["id"]], s["method"], best.number,
+                     best_from(best.result.split, best.fidelity), best.result.kept_layers, *pair(search),
+                     *(with_interval(test, spans, k) for k in DEFINITIONS), d,
                      describe_prefix(s.get("prefix_cache")), best.plan.to_text()])
     return rows
+
+
+def with_interval(values: dict[str, float], spans: dict[str, dict], definition: str) -> str | None:
+    """'22.8 [19.1, 26.9]' (the test split's 95% interval, as Compare shows it); the bare number where the
+    report has no interval; empty where there is no number."""
+    if definition in spans:
+        return Interval.from_dict(spans[definition]).text()
+    v = values.get(definition)
+    return None if v is None else f"{100 * v:.1f}"
 
 
 def summary_table(view: View, objective: str | None) -> gr.Dataframe:

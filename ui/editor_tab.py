@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from db.runs import create_study
+from db.runs import create_study, report_from, write_report
 from gptailor import FamilyError, Op, Plan, PlanError, TaskError
 from gptailor.export.hf import ExportError, export
 from gptailor.merge import METHODS
@@ -25,7 +25,7 @@ from gptailor.search.space import Budget
 from . import figures, lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, redact, store, warm_references
 from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_examples, public_mode
-from .guard import allowance, client_key, global_lock, owner_hash, refuse, valid_token
+from .guard import allowance, client_key, global_lock, owner_hash, valid_token
 from .overload import model_slots
 from .retention import line, marked, pct
 from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
@@ -106,6 +106,15 @@ def grid_to_text(family: str, rows):
     return plan.to_text(), "✓ valid plan", figures.layer_map(plan, session.family.member_names)
 
 
+def manual_report(st, sid: int, ev, res) -> None:
+    """A manual study's report, as every search's: its plan on the whole test split with both definitions'
+    intervals. A full-fidelity test-split result is that already; a reduced one is re-scored."""
+    if res.split == "test" and res.fidelity is None:
+        st.set_study_fields(sid, report=report_from(res, 0, ev.references("test")))
+    else:
+        write_report(st, sid, ev, res.definition)
+
+
 @gpu
 def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str | None = None,
                     owner: str | None = None, progress=gr.Progress(), request: gr.Request = None):
@@ -140,6 +149,7 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
         st.transition(sid, ("created",), "finished")
         with stoppable(request, progress, quiet=True) as run:
             run.stage = "re-scoring the current best plan"
+            manual_report(st, sid, ev, res)
             best_study, best_res = current_best(st, fam.name, ev, n, exclude=sid)
         if run.stopped:
             best_study = best_res = None

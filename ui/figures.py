@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from gptailor import Plan
 from gptailor.plan import split_source
-from gptailor.search.trials import TrialRecord, fidelity_rank, ranked, scored, size_front
+from gptailor.search.trials import TrialRecord, fidelity_rank, rank_key, ranked, scored, size_front
 
 MERGE, DROP = "merge", "drop"
 
@@ -218,10 +218,47 @@ def best_so_far(studies: dict[str, list[TrialRecord]], x: str = "number") -> go.
                 customdata=[[trial_key(t), f"{name} #{t.number}: {100 * t.retention:.1f}% at fidelity "
                                            f"{t.fidelity} (lower rung, not comparable)"] for t in low],
                 hovertemplate="%{customdata[1]}<extra></extra>"))
+        ranked_best(fig, name, trials, x, colour)
     fig.update_layout(xaxis_title="trial" if x == "number" else "wall time (s)", yaxis_title="retention %",
-                      height=380)
+                      height=400)
     return legend_outside(fig, "Best retention so far" + (" (wall time)" if x != "number" else ""),
-                          "each study at its top fidelity; faint: lower fidelities")
+                          "solid: top fidelity; faint: lower fidelities; dashed: the best as ranked<br>"
+                          "(fidelity first, so it can go down; dotted: the fidelity rose)")
+
+
+def incumbents(trials: list[TrialRecord], x: str = "number") -> list[tuple[TrialRecord, TrialRecord]]:
+    """After each scored trial (in ``x`` order), the study's best by the one ranking rule (``rank_key``:
+    fidelity first): what the tables called "best" at that moment. It goes down when a trial at a higher
+    fidelity arrives scoring below the lower fidelity's best."""
+    out, best = [], None
+    for t in sorted(scored(trials), key=lambda t: (getattr(t, x) or 0, t.number)):
+        if best is None or rank_key(t.fidelity, t.retention, t.number) < rank_key(best.fidelity, best.retention,
+                                                                                    best.number):
+            best = t
+        out.append((t, best))
+    return out
+
+
+def ranked_best(fig: go.Figure, name: str, trials: list[TrialRecord], x: str, colour: str) -> None:
+    """The best as the tables rank it (fidelity first), dashed, with a dotted vertical line and a label
+    where the best's fidelity rose: the moments the shown best may drop. Drawn only when the study ran
+    more than one fidelity (otherwise it is the solid line)."""
+    steps = incumbents(trials, x)
+    if len({fidelity_rank(t.fidelity) for t, _ in steps}) < 2:
+        return
+    xs = [getattr(t, x) or 0 for t, _ in steps]
+    fig.add_trace(go.Scatter(
+        x=xs, y=[100 * b.retention for _, b in steps], mode="lines", name=f"{name}: best as ranked (fidelity first)",
+        line={"shape": "hv", "dash": "dash", "color": colour, "width": 1.5}, legendgroup=name,
+        customdata=[[trial_key(b), f"after #{t.number}: best #{b.number}, {100 * b.retention:.1f}% at fidelity "
+                                   f"{b.fidelity or 'full'} (fidelity ranks first)"] for t, b in steps],
+        hovertemplate="%{customdata[1]}<extra></extra>"))
+    for (t, b), (_, before) in zip(steps[1:], steps[:-1]):
+        if fidelity_rank(b.fidelity) > fidelity_rank(before.fidelity):
+            fig.add_vline(x=getattr(t, x) or 0, line={"dash": "dot", "color": "#888", "width": 1},
+                          annotation={"text": f"fidelity {before.fidelity or 'full'} → {b.fidelity or 'full'}",
+                                      "font": {"size": 10, "color": "#555"}, "textangle": -90},
+                          annotation_position="top left")
 
 
 def pareto(studies: dict[str, list[TrialRecord]]) -> go.Figure:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from db.rows import study_definition
+from db.rows import best_from, study_definition
 
 from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study, launch_or_queue, phase_line,
                      queue, start_queued, withdraw)
@@ -19,7 +19,7 @@ from .guard import allowance, check_owner, refuse, visitor
 from .retention import pair
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best family retention %",
-                 "best base retention %", "objective", "error"]
+                 "best base retention %", "best from", "objective", "error"]
 LAUNCHABLE = [m for m in METHODS if m != "manual"]
 
 
@@ -60,7 +60,9 @@ def start_waiting() -> list[int]:
 
 
 def studies_rows() -> list[list]:
-    """The studies list, newest first; a queued study shows its place in line ('queued #2')."""
+    """The studies list, newest first; a queued study shows its place in line ('queued #2'). The best numbers
+    say which split and fidelity they come from (``db.rows.best_from``): searches' from the search split,
+    manual studies' from the test split."""
     st = store()
     start_waiting()
     line = {sid: k for k, sid in enumerate(queue(st), 1)}
@@ -71,7 +73,9 @@ def studies_rows() -> list[list]:
         best = pair(s["best_retentions"] or {})
         status = f"{QUEUED} #{line[s['id']]}" if s["id"] in line else s["status"]
         now = phase_line(s) if s["status"] in (*ACTIVE, QUEUED) else ""
-        rows.append([s["id"], s["name"], s["method"], s["family"], status, now, trials, *best, d, s["error"] or ""])
+        where = best_from(s.get("best_split"), s.get("best_fidelity")) if s["best_retentions"] else ""
+        rows.append([s["id"], s["name"], s["method"], s["family"], status, now, trials, *best, where, d,
+                     s["error"] or ""])
     return rows
 
 
