@@ -134,3 +134,14 @@ def test_a_stored_loglik_study_keeps_its_proxies(tmp_path, fam_dir, ev):
     assert trials and all(0 < t.result.objective_retention("loglik") for t in trials)
     assert set(store.study(sid)["best_retentions"]) == {"family", "base"}
     assert store.study(sid)["settings"]["objective"] == "loglik"
+
+
+def test_the_cli_offers_the_objective(capsys):
+    from db.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["search", "-f", "demo", "--remove-layers", "2", "--objective", "kl"])
+    assert e.value.code == 2 and "invalid choice: 'kl'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "--objective {accuracy,loglik}" in capsys.readouterr().out
