@@ -331,7 +331,8 @@ def report_of(ev: Evaluator, trial: TrialRecord, definition: str) -> dict[str, A
             "definition": definition, "retention": res.retention, "retentions": res.retentions,
             "task_retentions": res.task_retentions, "scores": res.scores, "metrics": res.metrics,
             "details": res.details, "references": {t: vars(r) for t, r in res.references.items()},
-            "kept_layers": res.kept_layers, "n_layers": res.n_layers, "params": res.params}
+            "kept_layers": res.kept_layers, "n_layers": res.n_layers, "params": res.params,
+            "proxies": res.proxies}
 
 
 def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) -> dict[str, Any] | None:
