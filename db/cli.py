@@ -151,7 +151,8 @@ def cmd_search(args) -> int:
                               n_trials=args.trials, walltime_s=args.walltime, min_fidelity=args.min_fidelity,
                               max_fidelity=args.max_fidelity, seed=args.seed,
                               initial_plans=not args.no_initial_plans, n_workers=args.workers,
-                              scheduler=args.scheduler, objectives=args.objectives, retention=args.retention)
+                              scheduler=args.scheduler, objectives=args.objectives, objective=args.objective,
+                              retention=args.retention)
     settings.check()  # before re-running ourselves with the seed, and before anything is stored
     if not args.background:
         _fixed_hash_seed(args.argv, args.seed)
@@ -334,7 +335,7 @@ def _fraction(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from gptailor.eval.results import AUTO, CHOICES
+    from gptailor.eval.results import AUTO, CHOICES, OBJECTIVES
     from gptailor.search.baselines import HEURISTICS
     from gptailor.common.limits import arg, arg_seconds
 
@@ -371,6 +372,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
     sp.add_argument("--objectives", choices=["retention", "per_task"], default="retention",
                     help="per_task: one objective per task (ParEGO), Pareto set reported")
+    sp.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
+                    help="retention of what the optimizer is told: accuracy (each task's metric) or loglik (its "
+                         "continuous proxy from the same forward: less noise on few examples); every trial "
+                         "records both")
     sp.add_argument("--retention", choices=CHOICES, default=AUTO,
                     help="retention definition (auto: family where a finetune holds a skill the base lacks)")
     sp.set_defaults(func=cmd_search)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptailor.eval.results import CHOICES, EvalResult, applicable_definition
+from gptailor.eval.results import CHOICES, DEFINITIONS, EvalResult, applicable_definition
 from gptailor.plan import Plan, PlanError
 from gptailor.search.trials import TrialRecord
 
@@ -28,9 +28,17 @@ def to_row(study_id: int, number: int, trial: TrialRecord) -> TrialRow:
                     prefix_cache=r.extra.get("prefix_cache") if r else None)
 
 
+PROXIES = "proxies"  # the key under ``trials.retentions`` holding the continuous objectives' values
+
+
 def stored_retentions(r: EvalResult) -> dict[str, dict[str, Any]]:
-    """``{definition: {mean, tasks}}``: how a result's retentions are stored."""
-    return {d: {"mean": m, "tasks": r.task_retentions.get(d, {})} for d, m in r.retentions.items()}
+    """``{definition: {mean, tasks}}``: how a result's retentions are stored; the continuous objectives'
+    (``EvalResult.proxies``) under ``proxies``, so a resumed ``--objective loglik`` study re-tells their costs."""
+    out: dict[str, dict[str, Any]] = {d: {"mean": m, "tasks": r.task_retentions.get(d, {})}
+                                      for d, m in r.retentions.items()}
+    if r.proxies:
+        out[PROXIES] = r.proxies
+    return out
 
 
 def to_record(row: TrialRow) -> TrialRecord:
@@ -44,14 +52,15 @@ def to_record(row: TrialRow) -> TrialRecord:
 def _result(row: TrialRow) -> EvalResult | None:
     if row.definition is None:  # failed, rejected, or cut short: nothing was scored
         return None
-    stored = row.retentions or {}
+    proxies = dict((row.retentions or {}).get(PROXIES) or {})
+    stored = {d: v for d, v in (row.retentions or {}).items() if d in DEFINITIONS}
     plan_text = row.plan_text or ""
     return EvalResult(plan=plan_text, fidelity=row.fidelity, scores=row.scores or {}, metrics={}, references={},
                       kept_layers=row.kept_layers or 0, n_layers=0, params=row.params or 0,
                       stitch_s=row.stitch_s or 0.0, score_s=row.score_s or 0.0, split=row.split or "all",
                       definition=row.definition, retentions={d: v["mean"] for d, v in stored.items()},
                       task_retentions={d: dict(v.get("tasks") or {}) for d, v in stored.items()},
-                      extra={"prefix_cache": row.prefix_cache} if row.prefix_cache else {})
+                      extra={"prefix_cache": row.prefix_cache} if row.prefix_cache else {}, proxies=proxies)
 
 
 def _plan(stored: Any, text: str | None) -> Plan:

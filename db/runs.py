@@ -342,7 +342,7 @@ def report_from(res: EvalResult, number: int, refs: References) -> dict[str, Any
             "task_retentions": res.task_retentions, "scores": res.scores, "metrics": res.metrics,
             "details": res.details, "references": {t: vars(r) for t, r in res.references.items()},
             "kept_layers": res.kept_layers, "n_layers": res.n_layers, "params": res.params,
-            "intervals": {d: i.to_dict() for d, i in spans.items()}}
+            "intervals": {d: i.to_dict() for d, i in spans.items()}, "proxies": res.proxies}
 
 
 def write_report(store: Store, study_id: int, ev: Evaluator, definition: str) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from gptailor.eval.prefix import summarize_prefix
+from gptailor.eval.results import DEFINITIONS
 from gptailor.search.trials import CUT, TrialRecord, rank_key
 
 from .liveness import Owner
@@ -653,7 +654,7 @@ def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[
     if not scored:
         return None, None, None, {}
     row, retention = min(scored, key=lambda rm: rank_key(rm[0].fidelity, rm[1], rm[0].number))
-    means = {d: v.get("mean") for d, v in row.retentions.items() if isinstance(v, dict)}
+    means = {d: v.get("mean") for d, v in row.retentions.items() if d in DEFINITIONS and isinstance(v, dict)}
     return retention, row.number, means, {"split": row.split, "fidelity": row.fidelity}
 
 

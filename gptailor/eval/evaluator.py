@@ -41,7 +41,7 @@ from gptailor.eval.suite import Suite
 from gptailor.eval.encoding import context_text, encode_pair, encode_text
 from gptailor.eval.tasks import Task, TaskError
 from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq, batch_digest
-from gptailor.eval.metrics import METRICS, apply_filter
+from gptailor.eval.metrics import METRICS, apply_filter, continuous_metric
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys
 
@@ -55,6 +55,18 @@ def aggregate(values: dict[str, list], objective: str) -> dict[str, float]:
     if err is not None:
         out["stderr"] = err(values[objective])
     return out
+
+
+def per_token(logp: torch.Tensor, count: torch.Tensor) -> list[float]:
+    """Each row's mean log-probability per scored token (``loglik``): the target's, in the same forward as
+    exact match; a longer target is not penalised for its length."""
+    return (logp / count.clamp(min=1).double()).tolist()
+
+
+def gold_probs(logp: torch.Tensor, meta: list[Any]) -> list[float]:
+    """Each doc's gold-choice probability among its choices (``gold_prob``): the softmax of the choices'
+    summed log-likelihoods, the smooth version of ``acc`` (its argmax)."""
+    return [float(torch.softmax(logp[s: s + len(lens)], 0)[ans]) for s, lens, ans in meta]
 
 
 class Evaluator:
@@ -314,33 +326,35 @@ class Evaluator:
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, count = self._row_stats(model, batches, stop, prefix)
         if task.kind == "exact_match":
-            return aggregate({"exact_match": correct.float().tolist()}, task.objective_metric)
+            return aggregate({"exact_match": correct.float().tolist(), "loglik": per_token(logp, count)},
+                             task.objective_metric)
         if task.kind == "multiple_choice":
             acc = [float(int(torch.argmax(logp[s: s + len(lens)])) == ans) for s, lens, ans in meta]
             norm = [float(int(torch.argmax(logp[s: s + len(lens)] / torch.tensor(lens, dtype=torch.float64))) == ans)
                     for s, lens, ans in meta]
-            return aggregate({"acc": acc, "acc_norm": norm}, task.objective_metric)
+            return aggregate({"acc": acc, "acc_norm": norm, "gold_prob": gold_probs(logp, meta)},
+                             task.objective_metric)
         out = aggregate({"perplexity": list(zip(logp.tolist(), count.tolist()))}, task.objective_metric)
         out["tokens"] = float(count.sum())
         return out
 
     def example_scores(self, model, task: Task, fidelity: int | None = None, split: str | None = None
                        ) -> list[dict[str, Any]]:
-        """Per example, in the split's order: multiple choice ``lls`` (one per choice), ``acc``, ``acc_norm``;
-        exact match (teacher-forced) ``exact_match``. What lm-eval's ``log_samples`` holds, to compare."""
+        """Per example, in the split's order: multiple choice ``lls`` (one per choice), ``acc``, ``acc_norm``,
+        ``gold_prob``; exact match (teacher-forced) ``exact_match``, ``loglik``. What lm-eval's ``log_samples`` holds, to compare."""
         if task.kind == "perplexity" or (task.kind == "exact_match" and task.filter):
             raise TaskError(f"task {task.name!r}: per-example scores are for multiple choice and exact match")
         batches, meta = self._prepare(task, fidelity, split or self.split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
-        logp, correct, _ = self._row_stats(model, batches, stop)
+        logp, correct, count = self._row_stats(model, batches, stop)
         if task.kind == "exact_match":
-            return [{"exact_match": float(c)} for c in correct.tolist()]
+            return [{"exact_match": float(c), "loglik": ll} for c, ll in zip(correct.tolist(), per_token(logp, count))]
         out = []
-        for start, lens, ans in meta:
+        for (start, lens, ans), gold in zip(meta, gold_probs(logp, meta)):
             lls = logp[start: start + len(lens)]
             norm = lls / torch.tensor(lens, dtype=torch.float64)
             out.append({"lls": lls.tolist(), "acc": float(int(torch.argmax(lls)) == ans),
-                        "acc_norm": float(int(torch.argmax(norm)) == ans)})
+                        "acc_norm": float(int(torch.argmax(norm)) == ans), "gold_prob": gold})
         return out
 
     def model_details(self, model, fidelity: int | None = None, split: str | None = None,
@@ -403,6 +417,7 @@ class Evaluator:
                     on_member(k, len(self.family.member_names), m)
                 scores[m] = self.member_scores(m, None, split)
             refs = References(split, {t.name: t.kind for t in self.suite}, scores, self.near_zero)
+            self.add_proxy(refs)
             if all(refs.reference("family", t).member == "none" for t in refs.kinds):
                 raise TaskError(
                     f"suite {self.suite.name!r}: no member of family {self.family.name!r} scores above zero on any "
@@ -411,6 +426,23 @@ class Evaluator:
                     f"(filter: {{regex: ...}} or {{contains: true}}) for answers given inside a sentence")
             self._refs[split] = refs
         return self._refs[split]
+
+    def proxy_metric(self, task: Task) -> str:
+        """The continuous proxy of ``task`` (``--objective loglik``); a generated, filtered exact-match task
+        has none from its forward and keeps its accuracy metric."""
+        return task.objective_metric if task.kind == "exact_match" and task.filter else continuous_metric(task.kind)
+
+    def proxy_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Each task's continuous proxy picked out of its full metrics."""
+        return {t.name: details[t.name][self.proxy_metric(t)] for t in self.suite}
+
+    def add_proxy(self, refs: References) -> References:
+        """Fill in the members' proxy values of ``refs`` where missing (references stored before there were
+        proxies): the members' details on the references' split, cached, so free once the scores exist."""
+        if refs.proxy is None:
+            refs.proxy = {m: self.proxy_scores(self.member_details(m, None, refs.split)) for m in refs.scores}
+            refs.proxy_metrics = {t.name: self.proxy_metric(t) for t in self.suite}
+        return refs
 
     def has_references(self, split: str | None = None) -> bool:
         """Whether this evaluator already holds the references of ``split`` (computed or adopted)."""
@@ -440,13 +472,20 @@ class Evaluator:
         tasks = {t.name: t for t in self.suite}
         scores = self.objective_scores(details)
         means, task_rets = refs.retentions(scores, {n: t.kind for n, t in tasks.items()})
+        proxies = {}
+        proxy_refs = refs.for_proxy()
+        if proxy_refs is not None:
+            pscores = self.proxy_scores(details)
+            pmeans, ptasks = proxy_refs.retentions(pscores, proxy_refs.kinds)
+            proxies["loglik"] = {"metrics": dict(proxy_refs.kinds), "scores": pscores, "retentions": pmeans,
+                                 "task_retentions": ptasks}
         return EvalResult(
             plan=plan.to_text(), fidelity=fidelity, scores=scores,
             metrics={n: t.objective_metric for n, t in tasks.items()},
             references=refs.table(definition), kept_layers=plan.n_kept,
             n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, extra=extra, split=split,
             definition=definition, retentions=means, task_retentions=task_rets, details=details,
-            speed=self.speed(model, speed) if speed else None)
+            speed=self.speed(model, speed) if speed else None, proxies=proxies)
 
     def speed(self, model, settings: bool | SpeedSettings = True) -> dict[str, Any]:
         """``model``'s measured tokens/s against the base's, built by the same stitcher on the same device."""

@@ -46,6 +46,8 @@ class Metric:
     aggregation: Callable[[Sequence[Any]], float]
     stderr: Callable[[Sequence[float]], float] | None = None  # None: no stderr is defined (perplexity)
     default: bool = False  # the kind's objective metric when a task names none
+    continuous: bool = False  # the kind's low-noise proxy: a smooth score from the same forward (``--objective loglik``)
+    to_goodness: Callable[[float], float] | None = None  # "higher is better, zero is worst" when not the value itself
 
 
 METRICS: dict[str, Metric] = {}
@@ -64,12 +66,18 @@ def register_metric(metric: Metric) -> Metric:
 register_metric(Metric("acc", "multiple_choice", True, mean, mean_stderr, default=True))
 register_metric(Metric("acc_norm", "multiple_choice", True, mean, mean_stderr))
 register_metric(Metric("exact_match", "exact_match", True, mean, mean_stderr, default=True))
-register_metric(Metric("perplexity", "perplexity", False, weighted_perplexity, None, default=True))
+register_metric(Metric("perplexity", "perplexity", False, weighted_perplexity, None, default=True,
+                       continuous=True))
+# The continuous proxies of the accuracy metrics, from the same forward pass (issue #21). Their goodness is a
+# probability in (0, 1], as 1 / perplexity is, so a retention against them stays a ratio to a reference member.
+register_metric(Metric("loglik", "exact_match", True, mean, mean_stderr, continuous=True, to_goodness=math.exp))
+register_metric(Metric("gold_prob", "multiple_choice", True, mean, mean_stderr, continuous=True))
 
 
 def metrics_for(kind: str) -> tuple[str, ...]:
-    """The metric names a task of ``kind`` reports, registration order."""
-    return tuple(m.name for m in METRICS.values() if m.kind == kind)
+    """The metric names a task of ``kind`` may name as its accuracy metric, registration order (the
+    continuous proxies are chosen by the search's ``objective``, not by the task)."""
+    return tuple(m.name for m in METRICS.values() if m.kind == kind and (m.default or not m.continuous))
 
 
 def default_metric(kind: str) -> str:
@@ -86,18 +94,30 @@ def get_metric(name_or_kind: str) -> Metric:
     raise KeyError(f"unknown metric {name_or_kind!r}; known: {', '.join(METRICS)}")
 
 
+def continuous_metric(kind: str) -> str:
+    """The low-noise proxy a task of ``kind`` is searched on with ``--objective loglik``: ``loglik`` (the
+    target's mean per-token log-probability, exact match), ``gold_prob`` (the gold choice's probability among
+    the choices, multiple choice), ``perplexity``."""
+    return next(m.name for m in METRICS.values() if m.kind == kind and m.continuous)
+
+
 def accuracy_metrics() -> tuple[str, ...]:
     """Metrics where larger is better and 1 is perfect: the columns of an lm-eval report."""
-    return tuple(m.name for m in METRICS.values() if m.higher_is_better)
+    return tuple(m.name for m in METRICS.values() if m.higher_is_better and not m.continuous)
 
 
 def goodness(metric: str, value: float) -> float:
     """Higher is better, zero is worst: a higher-is-better metric as is, a lower-is-better one inverted.
 
     ``metric`` is a metric name or a task kind (its default metric)."""
-    if get_metric(metric).higher_is_better:
-        return value if math.isfinite(value) else 0.0
-    return 0.0 if not math.isfinite(value) or value <= 0 else 1.0 / value
+    m = get_metric(metric)
+    if not math.isfinite(value):
+        return 0.0
+    if m.to_goodness is not None:
+        return m.to_goodness(value)
+    if m.higher_is_better:
+        return value
+    return 0.0 if value <= 0 else 1.0 / value
 
 
 def apply_filter(response: str, target: str, filt: dict[str, Any] | None) -> bool:

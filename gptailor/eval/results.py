@@ -7,6 +7,7 @@ from typing import Any, Callable
 from gptailor.eval.metrics import goodness
 
 DEFINITIONS = ("family", "base")
+OBJECTIVES = ("accuracy", "loglik")  # what a search minimises 1 - retention of: each task's accuracy metric, or its continuous proxy
 AUTO = "auto"  # a setting that defers to the references' default
 CHOICES = (AUTO, *DEFINITIONS)  # what a user may ask for
 LEGACY = "family"  # what a stored ``retention`` meant before the definition was stored with it
@@ -26,6 +27,18 @@ class References:
     kinds: dict[str, str]
     scores: dict[str, dict[str, float]]  # member -> task -> score
     near_zero: float = 0.05
+    # ``--objective loglik``: each member's continuous proxy per task (member -> task -> value) and its name
+    # per task (``loglik``, ``gold_prob``, ``perplexity``; a filtered exact-match task keeps ``exact_match``)
+    proxy: dict[str, dict[str, float]] | None = None
+    proxy_metrics: dict[str, str] | None = None
+
+    def for_proxy(self) -> "References | None":
+        """The references of the continuous objective: the same members' proxy values, each task's "kind"
+        being its proxy metric (``goodness`` reads either). Every positive proxy is usable, as perplexity is:
+        a continuous score has no "cannot do it at all" floor. None when no proxy values were kept."""
+        if self.proxy is None or self.proxy_metrics is None:
+            return None
+        return References(self.split, dict(self.proxy_metrics), self.proxy, 0.0)
 
     def reference(self, definition: str, task: str) -> Reference:
         kind = self.kinds[task]
@@ -73,7 +86,7 @@ class References:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "References":
-        return cls(**{k: d[k] for k in ("split", "kinds", "scores", "near_zero") if k in d})
+        return cls(**{k: d[k] for k in ("split", "kinds", "scores", "near_zero", "proxy", "proxy_metrics") if k in d})
 
 
 def applicable_definition(*, fixed: str | None = None, setting: str | None = None,
@@ -120,6 +133,9 @@ class EvalResult:
     task_retentions: dict[str, dict[str, float | None]] = field(default_factory=dict)  # definition -> task -> r
     details: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> every metric, n, stderr
     speed: dict[str, Any] | None = None  # measured prefill/decode tokens/s vs the base's (gptailor.eval.speed.compare)
+    # continuous objectives (``loglik``): {objective: {metrics, scores, retentions, task_retentions}}, the same
+    # shape as the accuracy fields above, retention against the references' proxy values
+    proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def retention(self) -> float:
@@ -130,6 +146,14 @@ class EvalResult:
     def task_retention(self) -> dict[str, float | None]:
         """Each task's retention under the applicable definition."""
         return self.task_retentions.get(self.definition, {})
+
+    def objective_retention(self, objective: str = "accuracy", definition: str | None = None) -> float | None:
+        """The mean retention a search with ``objective`` minimises 1 - of (the applicable definition by
+        default); None when this result holds no values of that objective."""
+        definition = definition or self.definition
+        if objective == "accuracy":
+            return self.retentions.get(definition)
+        return (self.proxies.get(objective) or {}).get("retentions", {}).get(definition)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, plus the applicable definition's ``retention`` and ``task_retention`` for readers of
@@ -169,6 +193,10 @@ class EvalResult:
                      f"fidelity {self.fidelity or 'full'}  kept {self.kept_layers}/{self.n_layers} layers  "
                      f"params {self.params / 1e6:.2f}M  stitch {self.stitch_s * 1e3:.0f} ms  "
                      f"score {self.score_s * 1e3:.0f} ms")
+        for name, p in self.proxies.items():
+            cells = ", ".join(f"{t} {p['metrics'][t]} {v:.4f}" for t, v in p["scores"].items())
+            rets = ", ".join(f"{d} {100 * p['retentions'][d]:.1f}%" for d in DEFINITIONS if d in p["retentions"])
+            lines.append(f"{name} retention {rets}  ({cells})")
         if self.speed:
             from gptailor.eval.speed import describe
 

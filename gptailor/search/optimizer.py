@@ -13,7 +13,10 @@ scored twice in a study -- a repeat is served from the cache and marked ``cached
 
 The objective is fixed for the whole study: retention against references computed once on the full
 search split (never re-chosen per fidelity), on the suite's search split only; reports use the
-test split.
+test split. ``objective`` says retention of what: ``accuracy`` (each task's metric: exact match, acc,
+perplexity) or ``loglik`` (its continuous proxy from the same forward: the target's per-token
+log-likelihood, the gold choice's probability among the choices, perplexity), which is far less noisy on
+a few examples. Every trial still records accuracy and both retention definitions.
 
 Resume: pass the earlier trials as ``previous``; they are re-told to a fresh SMAC with their exact
 budgets (so its Hyperband recognises them), which then goes on until ``n_trials`` trials exist in all.
@@ -53,7 +56,8 @@ class Objective:
 
     def __init__(self, evaluator: Evaluator, space: PlanSpace, max_fidelity: int, constraint: str,
                  tasks: list[str] | None = None, references: References | None = None,
-                 definition: str | None = None, cache: dict[tuple[str, int], dict] | None = None) -> None:
+                 definition: str | None = None, cache: dict[tuple[str, int], dict] | None = None,
+                 objective: str = "accuracy") -> None:
         self.evaluator = evaluator
         self.space = space
         self.max_fidelity = max_fidelity
@@ -61,6 +65,7 @@ class Objective:
         self.tasks = tasks  # per-task objectives (ParEGO) when given
         self.references = references
         self.definition = definition
+        self.objective = objective
         self.cache = cache if cache is not None else {}  # (plan key, fidelity) -> result dict
         self._recipe = (evaluator.family.spec, str(evaluator.family.device), evaluator.suite.path,
                         space.name, space.n_remove, space.seed)
@@ -68,7 +73,7 @@ class Objective:
     def __getstate__(self) -> dict[str, Any]:
         return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "tasks": self.tasks,
                 "_recipe": self._recipe, "references": self.references, "definition": self.definition,
-                "cache": dict(self.cache)}
+                "cache": dict(self.cache), "objective": self.objective}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -92,11 +97,11 @@ class Objective:
         key = (plan.key(), fidelity)
         if key in self.cache:  # the same model at the same fidelity: never scored twice
             result = EvalResult.from_dict(self.cache[key])
-            return costs_of(result, self.tasks), {**info, "result": self.cache[key], "cached": True}
+            return costs_of(result, self.tasks, self.objective), {**info, "result": self.cache[key], "cached": True}
         result = self.evaluator.evaluate(plan, fidelity, split="search", references=self.references,
                                          definition=self.definition)
         self.cache[key] = result.to_dict()
-        return costs_of(result, self.tasks), {**info, "result": self.cache[key]}
+        return costs_of(result, self.tasks, self.objective), {**info, "result": self.cache[key]}
 
     def _crash(self) -> float | list[float]:
         return CRASH_COST if not self.tasks else [CRASH_COST] * len(self.tasks)
@@ -107,13 +112,23 @@ def fidelity_of(budget: float | None, max_fidelity: int) -> int:
     return max_fidelity if budget is None else max(1, int(round(budget)))
 
 
-def costs_of(result: EvalResult | None, tasks: list[str] | None) -> float | list[float]:
-    """What SMAC minimises: 1 - retention, or 1 - retention of each task (ParEGO)."""
+def costs_of(result: EvalResult | None, tasks: list[str] | None, objective: str = "accuracy"
+             ) -> float | list[float]:
+    """What SMAC minimises: 1 - retention, or 1 - retention of each task (ParEGO), of the ``objective``
+    (``accuracy``: the tasks' metrics; ``loglik``: their continuous proxies). A result without the
+    objective's values (a trial stored before there were proxies) costs what a crash does."""
     if result is None:
         return CRASH_COST if not tasks else [CRASH_COST] * len(tasks)
+    if objective == "accuracy":
+        mean, per_task = result.retention, result.task_retention
+    else:
+        proxy = result.proxies.get(objective)
+        if proxy is None:
+            return CRASH_COST if not tasks else [CRASH_COST] * len(tasks)
+        mean, per_task = proxy["retentions"][result.definition], proxy["task_retentions"][result.definition]
     if not tasks:
-        return 1.0 - result.retention
-    return [1.0 - (result.task_retention.get(t) or 0.0) for t in tasks]
+        return 1.0 - mean
+    return [1.0 - (per_task.get(t) or 0.0) for t in tasks]
 
 
 # ----------------------------------------------------------------------------- the search
@@ -290,7 +305,7 @@ class Search:
                 budget = None
                 if "min_budget" in _scenario_kw(smac_obj.scenario):  # exactly what SMAC asked before
                     budget = t.budget if t.budget is not None else float(t.fidelity)
-                cost = costs_of(t.result if t.status == "complete" else None, self.tasks)
+                cost = costs_of(t.result if t.status == "complete" else None, self.tasks, self.settings.objective)
                 status = StatusType.SUCCESS if t.status != "failed" else StatusType.CRASHED
                 smac_obj.tell(TrialInfo(cfg, seed=self.settings.seed, budget=budget),
                               TrialValue(cost=cost, status=status), save=False)
@@ -308,6 +323,8 @@ class Search:
         else:
             self.evaluator.use_references(self.references)
         refs = self.references
+        if self.settings.objective != "accuracy":  # stored references from before proxies: the members' values
+            self.evaluator.add_proxy(refs)
         self.definition = applicable_definition(setting=self.settings.retention, refs=refs)
         if self.settings.objectives == "per_task":
             self.tasks = [t for t in self.evaluator.suite.names if refs.reference(self.definition, t).member != "none"]
@@ -316,7 +333,7 @@ class Search:
         self.recorder = _Recorder(self)
         objective = Objective(self.evaluator, self.space, self.max_fidelity, self.settings.constraint
                               if self.settings.space == "layerwise" else "repair", self.tasks, refs,
-                              self.definition, self.cache)
+                              self.definition, self.cache, self.settings.objective)
         client = cluster = None
         self._start = time.perf_counter()
         try:

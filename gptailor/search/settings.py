@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-from gptailor.eval.results import CHOICES
+from gptailor.eval.results import CHOICES, OBJECTIVES
 from gptailor.common.limits import SettingsError, seconds, whole
 
 METHODS = ("smac", "random")
@@ -28,6 +28,7 @@ class SearchSettings:
     n_workers: int = 1
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
     objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
+    objective: str = "accuracy"  # accuracy (each task's metric) | loglik (its continuous proxy from the same forward)
     retention: str = "auto"  # auto | family | base: gptailor.eval.results.applicable_definition decides
     owner: str | None = None  # unused since revision 0005 (an older app stored a session hash here; owners are studies.owner_hash)
 
@@ -48,6 +49,8 @@ class SearchSettings:
             raise SettingsError("facade is 'multi_fidelity' or 'hpo'")
         if self.objectives not in ("retention", "per_task"):
             raise SettingsError("objectives is 'retention' or 'per_task'")
+        if self.objective not in OBJECTIVES:
+            raise SettingsError(f"objective is one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.retention not in CHOICES:
             raise SettingsError(f"retention is one of {', '.join(CHOICES)}; got {self.retention!r}")
         self.n_trials = whole("trials", self.n_trials)
