@@ -41,7 +41,7 @@ def test_compare_in_the_browser_matches_the_dashboard(demo_studies_app):
         expect(page.locator("#compare-table [data-testid='cell-1-0']")).to_be_visible(timeout=30_000)
         head = headers(page, "compare-table")
         definition = studies[ids[0]]["refs"]["definition"]
-        assert f"{definition} retention % (objective)" in head, head
+        assert f"{definition} retention % [95%] (objective)" in head, head
         fam, base = (next(i for i, h in enumerate(head) if h.startswith(f"{d} retention")) for d in ("family", "base"))
         shown = {int(r[0]): r for r in table_rows(page, "compare-table", len(head))}
         assert set(ids) <= set(shown)
