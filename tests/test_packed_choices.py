@@ -70,7 +70,11 @@ def compare(fam: Family, model, task, batch_size: int = 3, max_length: int | Non
     for g, r in zip(got, ref):
         assert g["lls"] == pytest.approx(r["lls"], abs=1e-4)
         assert (g["acc"], g["acc_norm"]) == (r["acc"], r["acc_norm"])
-    assert packed.task_metrics(model, task) == rows.task_metrics(model, task)
+    pm, rm = packed.task_metrics(model, task), rows.task_metrics(model, task)
+    assert pm.keys() == rm.keys()
+    for k in ("acc", "acc_norm", "n", "stderr"):  # accuracy: identical; continuous scores: to float precision
+        assert pm[k] == rm[k], k
+    assert pm == pytest.approx(rm, rel=1e-5)
     if max_length is None:
         tok = fam.tokenizer
         for g, ex in zip(got, examples):
