@@ -7,9 +7,10 @@ correlation (``scipy.stats.spearmanr``) of each objective's retention at each fi
 accuracy-retention, per retention definition: what DeepCAVE calls budget correlation. An objective that
 ranks plans as the test accuracy does at few examples is what a search should be told.
 
-Objectives: ``accuracy`` (each task's metric: exact match, acc, perplexity) and ``loglik`` (its continuous
+Objectives: ``accuracy`` (each task's metric: exact match, acc, perplexity), ``loglik`` (its continuous
 proxy from the same forward: the target's mean per-token log-probability, the gold choice's probability
-among the choices, perplexity). References are fixed once per split, on the whole split, as in a study.
+among the choices, perplexity) and ``kl`` (exp(-mean KL per token) to each task's reference member, top-32;
+against the references of the definition the study applies, shown under both). References are fixed once per split, on the whole split, as in a study.
 
     PYTHONHASHSEED=0 python -m bench.objective_correlation [--family demo] [--plans 200] [--remove 2]
         [--fidelities 8,24,full] [--json out.json]
@@ -27,6 +28,7 @@ from datetime import datetime, timezone
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gptailor import Evaluator, Family, load_suite  # noqa: E402
+from gptailor.eval.divergence import DEFAULT_TOPK  # noqa: E402
 from gptailor.eval.results import DEFINITIONS, OBJECTIVES  # noqa: E402
 from gptailor.search.space import LayerwiseSpace  # noqa: E402
 
@@ -57,6 +59,15 @@ def fidelities(text: str, full: int) -> list[int]:
     return out
 
 
+def values(r) -> dict[str, dict[str, float | None]]:
+    """Each objective's retention under each definition; ``kl`` as exp(-mean KL), one value (against the
+    references of the definition the study applies) shown under both."""
+    out = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in OBJECTIVES if o != "kl"}
+    kl = r.objective_retention("kl")
+    out["kl"] = {d: kl for d in DEFINITIONS}
+    return out
+
+
 def score(ev: Evaluator, plans: list, fids: list[int], full_search: int) -> list[dict]:
     """Per plan: each objective's retention (both definitions) at each search fidelity, and the test split's."""
     t_ref = time.perf_counter()
@@ -69,9 +80,9 @@ def score(ev: Evaluator, plans: list, fids: list[int], full_search: int) -> list
         row = {"plan": plan.to_text(), "search": {}}
         for f in fids:
             r = ev.evaluate(plan, None if f == full_search else f, split="search", references=refs_s)
-            row["search"][f] = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in OBJECTIVES}
+            row["search"][f] = values(r)
         r = ev.evaluate(plan, None, split="test", references=refs_t)
-        row["test"] = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in OBJECTIVES}
+        row["test"] = values(r)
         rows.append(row)
         if (i + 1) % 20 == 0 or i + 1 == len(plans):
             el = time.perf_counter() - t0
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write every plan's retentions here")
     a = p.parse_args(argv)
     fam = Family.from_spec(a.family)
-    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search")
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search", kl_topk=DEFAULT_TOPK)
     full = ev.suite.split_fidelity("search")
     fids = fidelities(a.fidelities, full)
     plans = sample_plans(fam, a.remove, a.plans, a.seed)

@@ -116,8 +116,8 @@ def test_a_loglik_search_tells_smac_the_loglik_cost(ev):
         assert told[(tuple(sorted(t.config.items())), t.budget)] == pytest.approx(want, abs=1e-9)
         differs |= abs(want - (1.0 - t.result.retention)) > 1e-6
     assert differs  # the loglik cost, not accuracy's
-    with pytest.raises(SettingsError, match="objective is one of accuracy, loglik; got 'kl'"):
-        SearchSettings(objective="kl").check()
+    with pytest.raises(SettingsError, match="objective is one of accuracy, loglik, kl; got 'kld'"):
+        SearchSettings(objective="kld").check()
 
 
 def test_a_stored_loglik_study_keeps_its_proxies(tmp_path, fam_dir, ev):
@@ -140,8 +140,8 @@ def test_the_cli_offers_the_objective(capsys):
     from db.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["search", "-f", "demo", "--remove-layers", "2", "--objective", "kl"])
-    assert e.value.code == 2 and "invalid choice: 'kl'" in capsys.readouterr().err
+        main(["search", "-f", "demo", "--remove-layers", "2", "--objective", "kld"])
+    assert e.value.code == 2 and "invalid choice: 'kld'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["search", "--help"])
-    assert "--objective {accuracy,loglik}" in capsys.readouterr().out
+    assert "--objective {accuracy,loglik,kl}" in capsys.readouterr().out

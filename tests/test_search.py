@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import pytest
 from ConfigSpace import Configuration
 
 from gptailor import Evaluator, Plan
-from gptailor.search.optimizer import Search
+from gptailor.search.optimizer import Search, fidelity_range
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import TrialRecord, incumbent
 from gptailor.search.seeds import seed_plans
@@ -115,9 +116,32 @@ def test_smac_multi_fidelity_search_records_every_trial(tiny_ev):
     assert rec.plan == res.trials[0].plan and rec.retention == res.trials[0].retention
 
 
+@pytest.mark.parametrize("low, top, eta, want, says", [
+    (8, 100, 3, 8, ""),  # 8 * 3 <= 100: Hyperband has rungs between 8 and 100
+    (8, 16, 3, 5, "single rung"),  # 16 / 3 < 8: lowered to 16 // 3 = 5, two rungs
+    (12, 20, 2, 10, "single rung"),  # 12 * 2 > 20: 20 // 2
+    (4, 5, 3, 5, "too few"),  # 5 // 3 = 1 example per task is no rung: all at 5, said
+    (8, 8, 3, 8, ""),  # min = max asked for: one fidelity on purpose, nothing to say
+])
+def test_a_minimum_fidelity_above_a_third_of_the_top_is_lowered_and_said(low, top, eta, want, says):
+    got, note = fidelity_range(low, top, eta)
+    assert got == want and (says in note if says else note == "")
+
+
+def test_random_search_runs_on_smac_s_fidelity_rungs(tiny_ev):
+    """A baseline gets the same help: random search's trials use Hyperband's rungs as SMAC's do."""
+    fids = {}
+    for method in ("smac", "random"):
+        res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method=method, n_trials=16, min_fidelity=2,
+                                                                      max_fidelity=18, seed=0)).run()
+        fids[method] = {t.fidelity for t in res.trials}
+    assert fids["random"] == fids["smac"] == {2, 6, 18}  # 18 / 3^k for k = 2, 1, 0
+
+
 def test_random_search_and_reject_constraint(tiny_ev):
     res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="random", n_trials=6, seed=1,
-                                                                   constraint="reject", max_fidelity=8)).run()
+                                                                   constraint="reject", min_fidelity=8,
+                                                                   max_fidelity=8)).run()
     assert len(res.trials) == 6 and all(t.fidelity == 8 for t in res.trials)
     for t in res.trials:
         if t.status == "rejected":
@@ -186,7 +210,7 @@ def test_same_seed_repeats_exactly_with_fixed_hash_seed(tiny_ev):
 def test_per_task_objectives_with_parego_report_a_pareto_set(tiny_ev):
     from gptailor.search.trials import pareto_front
 
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=4, max_fidelity=8,
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=8, max_fidelity=8,
                                                                    objectives="per_task")).run()
     assert len(res.trials) == 8 and res.pareto
     tasks = res.trials and [t for t in tiny_ev.suite.names
@@ -225,3 +249,45 @@ def test_size_front_and_smallest_keeping_by_brute_force():
         ok = [i for i in items if i[1] >= keep]
         want = min(ok, key=lambda i: (i[0], -i[1])) if ok else None
         assert smallest_keeping(items, keep, size=lambda i: i[0], score=lambda i: i[1]) == want
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their mean rank (what Spearman's rho correlates)."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+
+def test_budget_correlation_is_spearman_of_each_rung_against_the_top(tiny_ev):
+    from gptailor.search.trials import budget_correlation
+
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=40, min_fidelity=2, max_fidelity=18,
+                                                                  seed=0, objective="loglik")).run()
+    got = {b.fidelity: b for b in budget_correlation(res.trials, "loglik")}
+    assert set(got) == {2, 6} and all(b.top == 18 for b in got.values())
+    by = {}
+    for t in res.trials:
+        if t.status == "complete" and not t.cached:
+            by.setdefault(t.fidelity, {})[t.plan.key()] = t.result.proxies["loglik"]["retentions"][t.result.definition]
+    checked = 0
+    for f, b in got.items():
+        both = [k for k in by[f] if k in by[18]]
+        assert b.n == len(both) >= 1
+        if b.rho is None:
+            assert len(both) < 3 or len({by[f][k] for k in both}) == 1 or len({by[18][k] for k in both}) == 1
+            continue
+        checked += 1
+        rx, ry = _ranks([by[f][k] for k in both]), _ranks([by[18][k] for k in both])
+        mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+        cov = sum((a - mx) * (c - my) for a, c in zip(rx, ry))
+        want = cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((c - my) ** 2 for c in ry))
+        assert b.rho == pytest.approx(want, abs=1e-9)
+    assert checked >= 1 and "→ 18 examples: ρ = " in got[6].text()

@@ -23,7 +23,7 @@ from db.store import ACTIVE, StoreError
 from gptailor.eval.noise import Interval
 from gptailor.eval.prefix import describe_prefix
 from gptailor.eval.results import DEFINITIONS
-from gptailor.search.trials import TrialRecord, incumbent, ranked, scored
+from gptailor.search.trials import TrialRecord, budget_correlation, incumbent, ranked, scored
 from gptailor.analysis.importance import ImportanceError, position_importance
 from gptailor.common.paths import child
 
@@ -206,12 +206,27 @@ def draw(view: View):
         "summary": summary_table(view, objective),
         "choices": trial_choices(all_trials, names),
         "table": gr.Dataframe(value=trial_rows(view), headers=marked(TRIAL_COLUMNS, objective)),
+        "budget": budget_note(focus, focus_trials, focus_name),
     }
+
+
+def budget_note(study: dict | None, trials: list[TrialRecord], name: str) -> str:
+    """The focus study's budget correlation (``gptailor.search.trials.budget_correlation``) in one line:
+    do its low fidelities rank plans as its top one does? Empty for a study with one fidelity."""
+    if not study:
+        return ""
+    objective = (study.get("settings") or {}).get("objective") or "accuracy"
+    rows = budget_correlation(trials, objective)
+    if not rows:
+        return ""
+    return (f"**Budget correlation** of {_md(name)} ({objective}; Spearman's ρ of each lower fidelity's scores "
+            f"against the same plans' at the top, as DeepCAVE computes it; near 0 means the low rungs rank "
+            f"noise): " + "; ".join(r.text() for r in rows))
 
 
 # the order of build()'s outputs list: the fingerprint state, the status line, then what draw() returns
 OUTPUTS = ["state", "status", "focus", "curve", "curve_t", "pareto", "topk", "over", "imp", "marg", "summary",
-           "selector", "confirm", "selected_map", "task_table", "table"]
+           "selector", "confirm", "selected_map", "task_table", "table", "budget"]
 N_OUTPUTS = len(OUTPUTS)
 
 
@@ -460,6 +475,7 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
     with gr.Row(elem_classes=["gt-grid"]):
         curve = gr.Plot(label="Best so far (trials)", show_label=False, elem_id="curve")
         curve_t = gr.Plot(label="Best so far (wall time)", show_label=False, elem_id="curve-time")
+    budget = gr.Markdown(elem_id="budget-correlation")
     topk = gr.Plot(label="Top trials", show_label=False, elem_id="top-trials")
     over = gr.Plot(label="Layer choice per trial", show_label=False, elem_id="per-trial")
     with gr.Row(elem_classes=["gt-grid"]):
@@ -479,7 +495,8 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
     user_pick = gr.State(None)  # the trial the user picked, if any: it stays; else the selection follows the best
     parts = {"state": state, "status": status, "focus": focus, "curve": curve, "curve_t": curve_t, "pareto": par,
              "topk": topk, "over": over, "imp": imp, "marg": marg, "summary": summary, "selector": selector,
-             "confirm": confirm, "selected_map": selected_map, "task_table": task_table, "table": table}
+             "confirm": confirm, "selected_map": selected_map, "task_table": task_table, "table": table,
+             "budget": budget}
     outputs = [parts[k] for k in OUTPUTS]
     shown = [selector, confirm, selected_map, task_table]
     inputs = [pick, focus, selector, state, user_pick]

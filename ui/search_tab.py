@@ -10,6 +10,7 @@ from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study,
 from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.common.limits import SettingsError, whole
+from gptailor.search.optimizer import search_fidelities
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget, BudgetError
 
@@ -80,12 +81,12 @@ def studies_rows() -> list[list]:
 
 
 def search_settings(method: str, trials: float, walltime: float | None, seed: float, min_fid: float,
-                    max_fid: float | None, owner: str | None = None) -> SearchSettings:
+                    max_fid: float | None, owner: str | None = None, objective: str = "accuracy") -> SearchSettings:
     """The form's numbers as checked settings: whole numbers in range (2.5 trials is refused, not cut),
     0 or empty wall time / max fidelity meaning none; SettingsError says which field is wrong."""
     settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
                               n_trials=trials, walltime_s=walltime or None, seed=seed, min_fidelity=min_fid,
-                              max_fidelity=max_fid or None, owner=owner)
+                              max_fidelity=max_fid or None, owner=owner, objective=objective or "accuracy")
     settings.check()
     if settings.n_trials > max_trials():
         raise SettingsError(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
@@ -103,11 +104,11 @@ def _started(sid: int, how: str) -> str:
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
                  fraction: float = 0.75, suite: str | None = None, owner: str | None = None,
-                 request: gr.Request = None):
+                 objective: str = "accuracy", request: gr.Request = None):
     """Check the form, store the study (owned by this browser's token, counted for its client), start it
     or queue it."""
     try:
-        settings = search_settings(method, trials, walltime, seed, min_fid, max_fid)
+        settings = search_settings(method, trials, walltime, seed, min_fid, max_fid, objective=objective)
         if kind != "parameter fraction":
             whole("layers to remove", remove)
         who = visitor(owner, request)
@@ -116,9 +117,10 @@ def launch_study(family: str, method: str, remove: float, trials: float, walltim
             sid = create_study(store(), family, method, _budget(kind, remove, fraction), settings,
                                name=name or None, evaluator=session.scorer(), **who)
             how = launch_or_queue(store(), sid, max_workers(), log_dir=data_dir() / "logs")
+            note = search_fidelities(settings, session.scorer().suite.split_fidelity("search"))[2]
     except (BudgetError, StudyError, StoreError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
-    return _started(sid, how), studies_rows(), sid
+    return _started(sid, how) + (f" Note: {note}." if note else ""), studies_rows(), sid
 
 
 def _study(study_id: float | None) -> dict:
@@ -178,6 +180,10 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
             seed = gr.Number(value=0, step=1, label="Seed")
             min_fid = gr.Number(value=8, step=1, label="Min fidelity (examples per task)")
             max_fid = gr.Number(value=None, step=1, label="Max fidelity (0 or empty = all)")
+            objective = gr.Dropdown([("accuracy (each task's metric)", "accuracy"),
+                                     ("loglik (its continuous proxy)", "loglik"),
+                                     ("kl (divergence to each task's reference)", "kl")], value="accuracy",
+                                    label="Objective the search optimises", elem_id="objective")
             name = gr.Textbox(label="Study name (optional)")
     go_btn = gr.Button("Launch in the background", variant="primary")
     message = gr.Markdown()
@@ -192,7 +198,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
     for comp in (family, kind):
         comp.change(budget_controls, [family, kind], [remove, fraction], api_visibility="private", show_progress="hidden")
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
-                                fraction, suite, owner],
+                                fraction, suite, owner, objective],
                  [message, studies, study_id], api_name="launch_study", show_progress="hidden")
     studies.select(pick_study, [studies], [study_id])
     # quick actions: progress hidden, so a refusal shows as a toast and the studies list stays in view

@@ -44,6 +44,7 @@ from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq, batch_diges
 from gptailor.eval.metrics import METRICS, apply_filter, continuous_metric
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys
+from gptailor.eval.divergence import KLProbe, mean_kl
 
 
 def aggregate(values: dict[str, list], objective: str) -> dict[str, float]:
@@ -85,7 +86,7 @@ class Evaluator:
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
                  near_zero: float = 0.05, max_length: int | None = None, head_chunk: int = 4096,
                  split: str = "test", definition: str | None = None, pack_choices: bool = True,
-                 prefix_cache: bool | PrefixCache = True) -> None:
+                 prefix_cache: bool | PrefixCache = True, kl_topk: int = 0) -> None:
         self.family = family
         self.suite = suite
         self.stitcher = stitcher or Stitcher(family)
@@ -102,6 +103,8 @@ class Evaluator:
         self._member_scores: dict[tuple, dict[str, dict[str, float]]] = {}
         self._refs: dict[str, References] = {}
         self._stop_masks: dict[tuple[str, ...], torch.Tensor] = {}
+        self.kl_topk = kl_topk  # > 0: every evaluate() also scores the KL to each task's reference (--objective kl)
+        self._kl_refs: dict[tuple, dict[str, list]] = {}  # (member, fidelity, split) -> task -> top-k per chunk
         if isinstance(prefix_cache, PrefixCache):
             self.prefix_cache: PrefixCache | None = prefix_cache
         else:
@@ -249,11 +252,15 @@ class Evaluator:
 
     @torch.inference_mode()
     def _row_stats(self, model, batches: list[_Batch], stop_mask: torch.Tensor | None = None,
-                   prefix: PrefixRun | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   prefix: PrefixRun | None = None, kl: KLProbe | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per flat row: sum of log-probs of the scored tokens, all-argmax-correct (and then stop) flag,
-        token count. With ``prefix``, each batch starts from its deepest cached prefix state."""
+        token count. With ``prefix``, each batch starts from its deepest cached prefix state; ``kl`` sees
+        the logits of every scored position (``gptailor.eval.divergence``)."""
         n = batches[0].n_rows
         dev = self.stitcher.device
+        if kl is not None:
+            kl.start(n, dev)
         logp = torch.zeros(n, dtype=torch.float64, device=dev)
         misses, count = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
         stops = torch.ones(n, dtype=torch.bool, device=dev)
@@ -271,6 +278,8 @@ class Evaluator:
                 tgt = b.targets[s: s + self.head_chunk]
                 tok_lp.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
                 hit.append(logits.argmax(-1) == tgt)
+                if kl is not None:
+                    kl.feed(logits, b.flat[s: s + self.head_chunk])
             tok_lp, hit = torch.cat(tok_lp), torch.cat(hit)
             logp.index_add_(0, b.flat, tok_lp.double())
             misses.index_add_(0, b.flat, (~hit).float())
@@ -311,9 +320,10 @@ class Evaluator:
         return out
 
     def task_metrics(self, model, task: Task, fidelity: int | None = None, split: str | None = None,
-                     prefix: PrefixRun | None = None) -> dict[str, float]:
+                     prefix: PrefixRun | None = None, kl: KLProbe | None = None) -> dict[str, float]:
         """Every metric of a task (lm-eval's names), the example count and the objective's stderr.
-        ``prefix``: score through the prefix cache (``prefix_run``); generation-based tasks never do."""
+        ``prefix``: score through the prefix cache (``prefix_run``); generation-based tasks never do.
+        ``kl``: also capture the top-k, or score the divergence to a reference, in the same forward."""
         split = split or self.split
         if task.kind == "exact_match" and task.filter:
             examples = task.subset(fidelity, split)
@@ -324,7 +334,9 @@ class Evaluator:
             return aggregate({"exact_match": hits}, task.objective_metric)
         batches, meta = self._prepare(task, fidelity, split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
-        logp, correct, count = self._row_stats(model, batches, stop, prefix)
+        logp, correct, count = self._row_stats(model, batches, stop, prefix, kl)
+        if kl is not None and kl.reference is not None:
+            kl.values = kl.per_example(task.kind, count, meta)
         if task.kind == "exact_match":
             return aggregate({"exact_match": correct.float().tolist(), "loglik": per_token(logp, count)},
                              task.objective_metric)
@@ -358,14 +370,16 @@ class Evaluator:
         return out
 
     def model_details(self, model, fidelity: int | None = None, split: str | None = None,
-                      plan: Plan | None = None, shared_from: str = "base") -> dict[str, dict[str, float]]:
+                      plan: Plan | None = None, shared_from: str = "base",
+                      kl: dict[str, KLProbe] | None = None) -> dict[str, dict[str, float]]:
         """Every task's metrics. ``plan`` (what ``model`` was stitched from, with ``shared_from``'s embeddings)
-        lets the forwards reuse and keep prefix states; without it every forward runs from the embeddings."""
+        lets the forwards reuse and keep prefix states; without it every forward runs from the embeddings.
+        ``kl``: a probe per task that has one (capture or compare, in the same forwards)."""
         run = self.prefix_run(model, plan, shared_from, fidelity, split) if plan is not None else None
         out = {}
         for k, t in enumerate(self.suite):
             tick(f"scoring {t.name}", k, len(self.suite.tasks))
-            out[t.name] = self.task_metrics(model, t, fidelity, split, run)
+            out[t.name] = self.task_metrics(model, t, fidelity, split, run, (kl or {}).get(t.name))
         return out
 
     def prefix_run(self, model, plan: Plan, shared_from: str = "base", fidelity: int | None = None,
@@ -444,6 +458,36 @@ class Evaluator:
             refs.proxy_metrics = {t.name: self.proxy_metric(t) for t in self.suite}
         return refs
 
+    def kl_tasks(self) -> list[Task]:
+        """The tasks a divergence is scored on: every task scored from one forward (a generated, filtered
+        exact-match task has no teacher-forced logits to compare)."""
+        return [t for t in self.suite if not (t.kind == "exact_match" and t.filter)]
+
+    def kl_reference(self, member: str, fidelity: int | None, split: str) -> dict[str, list]:
+        """``member``'s top-k next-token log-probabilities at every scored position of every KL task, at
+        this fidelity and split: computed once (one forward of the member per fidelity), then shared by
+        every plan of the study."""
+        key = (member, fidelity, split, self.kl_topk)
+        if key not in self._kl_refs:
+            plan = Plan.identity(self.family.n_layers, member, self.family.name)
+            model = self.stitcher.build(plan, shared_from=member)
+            probes = {t.name: KLProbe(self.kl_topk) for t in self.kl_tasks()}
+            self.model_details(model, fidelity, split, plan, shared_from=member, kl=probes)
+            self._kl_refs[key] = {name: p.captured for name, p in probes.items()}
+        return self._kl_refs[key]
+
+    def kl_probes(self, refs: References, definition: str, fidelity: int | None, split: str
+                  ) -> dict[str, KLProbe]:
+        """A comparing probe per KL task, against that task's retention reference member under
+        ``definition`` (the base where no member scores)."""
+        probes = {}
+        for t in self.kl_tasks():
+            member = refs.reference(definition, t.name).member
+            member = member if member in self.family.member_names else "base"
+            probes[t.name] = KLProbe(self.kl_topk, reference=self.kl_reference(member, fidelity, split)[t.name],
+                                     member=member)
+        return probes
+
     def has_references(self, split: str | None = None) -> bool:
         """Whether this evaluator already holds the references of ``split`` (computed or adopted)."""
         return (split or self.split) in self._refs
@@ -465,8 +509,9 @@ class Evaluator:
         t0 = time.perf_counter()
         model = self.stitcher.build(plan)
         t1 = time.perf_counter()
+        probes = self.kl_probes(refs, definition, fidelity, split) if self.kl_topk else None
         before = self.prefix_cache.snapshot() if self.prefix_cache is not None else None
-        details = self.model_details(model, fidelity, split, plan)
+        details = self.model_details(model, fidelity, split, plan, kl=probes)
         t2 = time.perf_counter()
         extra = {"prefix_cache": self.prefix_cache.snapshot().minus(before).to_dict()} if before is not None else {}
         tasks = {t.name: t for t in self.suite}
@@ -479,6 +524,10 @@ class Evaluator:
             pmeans, ptasks = proxy_refs.retentions(pscores, proxy_refs.kinds)
             proxies["loglik"] = {"metrics": dict(proxy_refs.kinds), "scores": pscores, "retentions": pmeans,
                                  "task_retentions": ptasks}
+        if probes:
+            kls = {name: sum(p.values) / max(1, len(p.values)) for name, p in probes.items()}
+            proxies["kl"] = {"scores": kls, "mean": mean_kl(kls), "topk": self.kl_topk,
+                             "reference": {name: p.member for name, p in probes.items()}}
         return EvalResult(
             plan=plan.to_text(), fidelity=fidelity, scores=scores,
             metrics={n: t.objective_metric for n, t in tasks.items()},

@@ -1,13 +1,16 @@
 """References (each member's scores, fixed once per study) and an ``EvalResult``: scores, both retention definitions, noise."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from gptailor.eval.metrics import goodness
 
 DEFINITIONS = ("family", "base")
-OBJECTIVES = ("accuracy", "loglik")  # what a search minimises 1 - retention of: each task's accuracy metric, or its continuous proxy
+# what a search minimises: 1 - retention of each task's accuracy metric, or of its continuous proxy; or the
+# mean KL divergence to each task's reference member (gptailor.eval.divergence)
+OBJECTIVES = ("accuracy", "loglik", "kl")
 AUTO = "auto"  # a setting that defers to the references' default
 CHOICES = (AUTO, *DEFINITIONS)  # what a user may ask for
 LEGACY = "family"  # what a stored ``retention`` meant before the definition was stored with it
@@ -133,6 +136,7 @@ class EvalResult:
     task_retentions: dict[str, dict[str, float | None]] = field(default_factory=dict)  # definition -> task -> r
     details: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> every metric, n, stderr
     speed: dict[str, Any] | None = None  # measured prefill/decode tokens/s vs the base's (gptailor.eval.speed.compare)
+    # ``kl``: {scores (task -> mean KL per token), mean, topk, reference (task -> member)} (gptailor.eval.divergence)
     # continuous objectives (``loglik``): {objective: {metrics, scores, retentions, task_retentions}}, the same
     # shape as the accuracy fields above, retention against the references' proxy values
     proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -153,6 +157,9 @@ class EvalResult:
         definition = definition or self.definition
         if objective == "accuracy":
             return self.retentions.get(definition)
+        if objective == "kl":  # exp(-KL): 1 at the references, against this result's own definition only
+            kl = self.proxies.get("kl") or {}
+            return math.exp(-kl["mean"]) if kl.get("mean") is not None and definition == self.definition else None
         return (self.proxies.get(objective) or {}).get("retentions", {}).get(definition)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +201,10 @@ class EvalResult:
                      f"params {self.params / 1e6:.2f}M  stitch {self.stitch_s * 1e3:.0f} ms  "
                      f"score {self.score_s * 1e3:.0f} ms")
         for name, p in self.proxies.items():
+            if name == "kl":
+                cells = ", ".join(f"{t} {v:.4f} (to {p['reference'][t]})" for t, v in p["scores"].items())
+                lines.append(f"KL to the references (top-{p['topk']}) {p['mean']:.4f} nats/token  ({cells})")
+                continue
             cells = ", ".join(f"{t} {p['metrics'][t]} {v:.4f}" for t, v in p["scores"].items())
             rets = ", ".join(f"{d} {100 * p['retentions'][d]:.1f}%" for d in DEFINITIONS if d in p["retentions"])
             lines.append(f"{name} retention {rets}  ({cells})")

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 from ConfigSpace import Configuration
 
+from gptailor.eval.divergence import DEFAULT_TOPK
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
@@ -84,6 +85,8 @@ class Objective:
 
             _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path), split="search")
         self.evaluator = _CACHE[key]
+        if self.objective == "kl":
+            self.evaluator.kl_topk = self.evaluator.kl_topk or DEFAULT_TOPK
         kw = {"constraint": self.constraint} if space_name == "layerwise" else {}
         self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **kw)
 
@@ -107,6 +110,36 @@ class Objective:
         return CRASH_COST if not self.tasks else [CRASH_COST] * len(self.tasks)
 
 
+def fidelity_range(min_fidelity: int, max_fidelity: int, eta: int) -> tuple[int, str]:
+    """The lowest rung Hyperband will really use, and a note when it differs from the one asked for.
+
+    Hyperband's rungs are ``max, max/eta, max/eta^2, ...`` down to ``min``: with ``min`` above
+    ``max/eta`` there is a single rung and every trial runs at the top (measured on a real family: the
+    search split was only twice the minimum fidelity and Hyperband never varied it). So a minimum above
+    ``max/eta`` (but below ``max``: equal means one fidelity on purpose) is lowered to ``max // eta``,
+    which gives two rungs; a split too small for a low rung of at least 2 examples per task runs every
+    trial at the top fidelity, and says so."""
+    if min_fidelity * eta <= max_fidelity or min_fidelity >= max_fidelity:  # rungs, or one fidelity by choice
+        return min(min_fidelity, max_fidelity), ""
+    lower = max_fidelity // eta
+    if lower >= 2:
+        return lower, (f"min fidelity {min_fidelity} is more than 1/{eta} of the {max_fidelity} examples per "
+                       f"task at the top, so Hyperband would have a single rung: using {lower}..{max_fidelity}")
+    return max_fidelity, (f"{max_fidelity} examples per task at the top is too few for Hyperband's lower rungs "
+                          f"(at least {2 * eta} needed with eta {eta}): every trial runs at {max_fidelity}")
+
+
+def search_fidelities(settings: SearchSettings, split_size: int) -> tuple[int, int, str]:
+    """(lowest, top, note): the examples per task a search's trials run at on a search split of
+    ``split_size`` examples per task; the Search tab shows the note before a study starts."""
+    top = min(settings.max_fidelity or split_size, split_size)
+    low = min(settings.min_fidelity, top)
+    if settings.facade != "multi_fidelity":
+        return low, top, ""
+    low, note = fidelity_range(low, top, settings.eta)
+    return low, top, note
+
+
 def fidelity_of(budget: float | None, max_fidelity: int) -> int:
     """Examples per task for SMAC's (float) budget: the one mapping, used by the objective and on resume."""
     return max_fidelity if budget is None else max(1, int(round(budget)))
@@ -115,10 +148,18 @@ def fidelity_of(budget: float | None, max_fidelity: int) -> int:
 def costs_of(result: EvalResult | None, tasks: list[str] | None, objective: str = "accuracy"
              ) -> float | list[float]:
     """What SMAC minimises: 1 - retention, or 1 - retention of each task (ParEGO), of the ``objective``
-    (``accuracy``: the tasks' metrics; ``loglik``: their continuous proxies). A result without the
+    (``accuracy``: the tasks' metrics; ``loglik``: their continuous proxies); for ``kl``, 1 - exp(-KL) of
+    the mean (or each task's) divergence to the tasks' reference members, bounded like the others. A result without the
     objective's values (a trial stored before there were proxies) costs what a crash does."""
     if result is None:
         return CRASH_COST if not tasks else [CRASH_COST] * len(tasks)
+    if objective == "kl":  # 1 - exp(-KL): the same order as the divergence, 0 at the reference, below a crash's 1
+        kl = result.proxies.get("kl")
+        if kl is None or kl.get("mean") is None:
+            return CRASH_COST if not tasks else [CRASH_COST] * len(tasks)
+        if not tasks:
+            return 1.0 - math.exp(-kl["mean"])
+        return [1.0 - math.exp(-kl["scores"][t]) if kl["scores"].get(t) is not None else CRASH_COST for t in tasks]
     if objective == "accuracy":
         mean, per_task = result.retention, result.task_retention
     else:
@@ -197,9 +238,8 @@ class Search:
         self.settings.check()
         self.budget = budget
         self.n_remove = budget.n_remove(self.family)  # raises BudgetError before any work
-        full = evaluator.suite.split_fidelity("search")
-        self.max_fidelity = min(self.settings.max_fidelity or full, full)
-        self.min_fidelity = min(self.settings.min_fidelity, self.max_fidelity)
+        self.min_fidelity, self.max_fidelity, self.fidelity_note = search_fidelities(
+            self.settings, evaluator.suite.split_fidelity("search"))
         kw = {"constraint": self.settings.constraint} if self.settings.space == "layerwise" else {}
         self.space = make_space(self.settings.space, self.family, self.n_remove, self.settings.seed, **kw)
         self.tasks: list[str] | None = None
@@ -237,7 +277,7 @@ class Search:
         s = self.settings
         used = self.previous[-1].wall_s if self.previous else 0.0
         kw: dict[str, Any] = {}
-        if s.method == "smac" and s.facade == "multi_fidelity" and self.min_fidelity < self.max_fidelity:
+        if s.facade == "multi_fidelity" and self.min_fidelity < self.max_fidelity:  # random too: same rungs
             kw = {"min_budget": self.min_fidelity, "max_budget": self.max_fidelity}
         if self.tasks:
             kw.update(objectives=list(self.tasks), crash_cost=[CRASH_COST] * len(self.tasks))
@@ -325,6 +365,8 @@ class Search:
         refs = self.references
         if self.settings.objective != "accuracy":  # stored references from before proxies: the members' values
             self.evaluator.add_proxy(refs)
+        if self.settings.objective == "kl":  # every trial also scores its divergence, in the same forward
+            self.evaluator.kl_topk = self.evaluator.kl_topk or DEFAULT_TOPK
         self.definition = applicable_definition(setting=self.settings.retention, refs=refs)
         if self.settings.objectives == "per_task":
             self.tasks = [t for t in self.evaluator.suite.names if refs.reference(self.definition, t).member != "none"]
@@ -340,8 +382,11 @@ class Search:
             if self.settings.n_workers > 1 or self.settings.scheduler:
                 client, cluster = _dask_client(self.settings)
             scenario = self._scenario(outdir)
+            if self.fidelity_note:
+                warnings.warn(self.fidelity_note, stacklevel=2)
             self.on_phase(Phase("seeds", None, None, "building SMAC's initial design"
-                                + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")))
+                                + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")
+                                + (f" ({self.fidelity_note})" if self.fidelity_note else "")))
             facade = self._facade(scenario, objective.train, client)
             self._replay(facade)
             remaining = self.settings.n_trials - counted(self.previous)

@@ -141,3 +141,44 @@ def smallest_keeping(items: Iterable[T], threshold: float, size: Callable[[T], f
     """"How small can I go and keep ``threshold``?": the smallest item whose score reaches it (on the front)."""
     ok = [i for i in size_front(items, size, score) if score(i) >= threshold]
     return ok[0] if ok else None
+
+
+@dataclass
+class BudgetCorrelation:
+    """How well a lower fidelity ranks plans as the top one does (DeepCAVE's "budget correlation")."""
+
+    fidelity: int
+    top: int
+    rho: float | None  # Spearman's rank correlation; None with fewer than 3 plans or a constant column
+    n: int  # plans scored at both fidelities
+
+    def text(self) -> str:
+        rho = "n/a" if self.rho is None else f"{self.rho:+.2f}"
+        return f"{self.fidelity} → {self.top} examples: ρ = {rho} (n = {self.n})"
+
+
+def budget_correlation(trials: Iterable[TrialRecord], objective: str = "accuracy") -> list[BudgetCorrelation]:
+    """For each lower fidelity of a study, Spearman's rho of the ``objective``'s value (the retention, or
+    exp(-KL)) there against the same plans' at the study's top fidelity, over plans scored at both. A low
+    rho says the low rungs mostly rank noise: Hyperband's promotions are then close to random."""
+    from scipy.stats import spearmanr
+
+    at: dict[int, dict[str, float]] = {}
+    for t in scored(trials):
+        if t.fidelity is None or t.cached:
+            continue
+        v = t.result.objective_retention(objective)
+        if v is not None:
+            at.setdefault(t.fidelity, {})[t.plan.key()] = v
+    if len(at) < 2:
+        return []
+    top = max(at)
+    out = []
+    for f in sorted(k for k in at if k != top):
+        both = [k for k in at[f] if k in at[top]]
+        xs, ys = [at[f][k] for k in both], [at[top][k] for k in both]
+        rho = None
+        if len(both) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
+            rho = float(spearmanr(xs, ys).statistic)
+        out.append(BudgetCorrelation(f, top, rho, len(both)))
+    return out
