@@ -164,10 +164,13 @@ def test_chat_streams_both_models_and_keeps_the_conversation(client):
     assert len(hist2) == 4 and text_of(hist2[2]["content"]) == "rev abc" and text_of(hist2[3]["content"])
 
 
-def test_launch_a_study_and_see_trials_appear(client):
+def test_launch_a_study_and_see_trials_appear(client, server):
     msg, studies, sid = client.predict("demo", "random", 2, 4, None, 0, 4, 8, "from the client",
-                                       "parameter fraction", 0.8, api_name="/launch_study")
+                                       "parameter fraction", 0.8, None, None, "loglik", api_name="/launch_study")
     assert "started" in msg and int(sid) >= 1
+    from db.store import Store  # the form's objective is the study's
+
+    assert Store(f"sqlite:///{server[1] / 'gptailor.db'}").study(int(sid))["settings"]["objective"] == "loglik"
     deadline = time.time() + 240
     while True:
         out = client.predict([int(sid)], None, None, api_name="/dashboard")
@@ -210,13 +213,13 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = open_app(browser, url, 1600)
-        expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"), timeout=60_000)
+        expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"))
         page.get_by_role("tab", name="Search").click()
         page.get_by_label("Trials (SMAC / random)").fill("6")
         page.get_by_role("button", name="Launch in the background").click()
-        page.get_by_text("started in the background").wait_for(timeout=120_000)
+        page.get_by_text("started in the background").wait_for()
         page.get_by_role("tab", name="Dashboard").click()
-        page.locator("#best-layer-map .js-plotly-plot").wait_for(timeout=180_000)
+        page.locator("#best-layer-map .js-plotly-plot").wait_for()
         page.wait_for_timeout(1500)
         page.screenshot(path=str(OUT / "dashboard.png"), full_page=True)
         assert page.locator("#best-layer-map .barlayer .point").count() >= 1
@@ -563,15 +566,15 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = open_app(browser, url, 1400)
-        expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"), timeout=60_000)
+        expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"))
         # an error replaces the last result instead of leaving it on the page
         page.get_by_label("Examples per task (0 or empty = all)").first.fill("4")
         page.get_by_label("Plan (text form or JSON)").fill(" ".join(["base"] * 7 + ["drop"]))
         page.get_by_role("button", name="Evaluate", exact=True).click()
-        expect(page.get_by_text(re.compile(r"Retention \d"))).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(re.compile(r"Retention \d"))).to_be_visible()
         page.get_by_label("Plan (text form or JSON)").fill("garbage")
         page.get_by_role("button", name="Evaluate", exact=True).click()
-        expect(page.get_by_text("position 0: unknown member 'garbage'").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("position 0: unknown member 'garbage'").first).to_be_visible()
         expect(page.get_by_text(re.compile(r"Retention \d"))).to_have_count(0)
         # the search form: the remove slider runs 0..7 on the 8-layer demo, one budget slider at a time
         page.get_by_role("tab", name="Search").click()
@@ -583,19 +586,28 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
         expect(trials).to_have_value("20")
         page.wait_for_timeout(500)
         page.get_by_role("button", name="Launch in the background").click()
-        page.get_by_text("started in the background").wait_for(timeout=120_000)
+        page.get_by_text("started in the background").wait_for()
         # the dashboard's status line says what the new study is doing from its first second
         page.get_by_role("tab", name="Dashboard").click()
         status = page.locator("#study-status")
         expect(status).to_contain_text(re.compile(r"(launching|starting|loading family|references|heuristics|"
-                                                  r"trial \d+ of 20)"), timeout=30_000)
+                                                  r"trial \d+ of 20|between trials)"))
         # A demo trial can be shorter than the page's 3 s poll, so hold the worker inside one: take
         # SQLite's write lock while its stored phase is "trial" (WAL lets the page read meanwhile) and
-        # release it once the page has shown that phase.
-        with _worker_held_in_a_trial(server[1] / "gptailor.db"):
-            expect(status).to_contain_text(re.compile(r"trial \d+ of 20 at fidelity \d+/\d+ examples per task"),
-                                           timeout=120_000)
-            page.screenshot(path=str(OUT / "dashboard-status.png"), full_page=False)
+        # release it once the page has shown that phase. A hold never outlasts the worker's 30 s busy
+        # timeout: a page slower than that (a loaded machine) gets the next trial instead.
+        shown = re.compile(r"trial \d+ of 20 at fidelity \d+/\d+ examples per task")
+        seen = False
+        for _ in range(10):
+            with _worker_held_in_a_trial(server[1] / "gptailor.db"):
+                try:
+                    expect(status).to_contain_text(shown, timeout=15_000)
+                except AssertionError:
+                    continue
+                page.screenshot(path=str(OUT / "dashboard-status.png"), full_page=False)
+                seen = True
+                break
+        assert seen, "the page never showed the trial phase while the worker was held inside a trial"
         page.get_by_role("tab", name="Editor").click()
         expect(page.get_by_text("Enter applies it")).to_have_count(0)
         browser.close()

@@ -40,6 +40,10 @@ def fill(data) -> dict[str, int]:
             plan = Plan.from_text(" ".join(ops), "demo")
             retention = (0.8 if ops[5] == "math" else 0.5) + 0.05 * rng.random()
             fidelity = 8 if method in ("smac", "random") and k % 3 == 0 else 40
+            if method == "smac" and k % 3 == 1:  # promoted: the previous trial's plan again at the top fidelity
+                plan = prev
+                retention = prev_retention + 0.1 * (rng.random() - 0.5)
+            prev, prev_retention = plan, retention
             st.record_trial(sid, scored_trial(k, plan, {"family": retention, "base": 1.4 * retention}, fidelity,
                                               1e6 * plan.n_kept, wall_s=2.0 * k,
                                               scores={"math": retention, "facts": 0.4},
@@ -78,6 +82,8 @@ def test_dashboard_linked_views_and_both_widths(dash):
         focus.click()
         page.get_by_role("option", name=f"{ids['smac']}: smac-r2-s0 [finished]").click()
         expect(page.locator("#curve .legendtext").first).to_contain_text("smac-r2-s0")
+        # its budget correlation: the 8 plans scored at 8 and again at 40 examples per task
+        expect(page.locator("#budget-correlation")).to_contain_text(re.compile(r"8 → 40 examples: ρ = [+-]\d\.\d\d \(n = 8\)"))
         page.locator("#importance .js-plotly-plot").wait_for()
         page.locator("#per-trial .js-plotly-plot").wait_for()
 

@@ -216,17 +216,17 @@ def budget_note(study: dict | None, trials: list[TrialRecord], name: str) -> str
     if not study:
         return ""
     objective = (study.get("settings") or {}).get("objective") or "accuracy"
-    rows = budget_correlation(trials, objective)
+    rows = [r for r in budget_correlation(trials, objective) if r.n]
     if not rows:
         return ""
     return (f"**Budget correlation** of {_md(name)} ({objective}; Spearman's ρ of each lower fidelity's scores "
-            f"against the same plans' at the top, as DeepCAVE computes it; near 0 means the low rungs rank "
-            f"noise): " + "; ".join(r.text() for r in rows))
+            f"against the same plans' at the top, over the plans scored at both, as DeepCAVE computes it; "
+            f"near 0 means the low fidelities rank noise): " + "; ".join(r.text() for r in rows))
 
 
 # the order of build()'s outputs list: the fingerprint state, the status line, then what draw() returns
 OUTPUTS = ["state", "status", "focus", "curve", "curve_t", "pareto", "topk", "over", "imp", "marg", "summary",
-           "selector", "confirm", "selected_map", "task_table", "table", "budget"]
+           "selector", "confirm", "selected_map", "task_table", "budget", "table"]  # the trial table last
 N_OUTPUTS = len(OUTPUTS)
 
 
