@@ -10,7 +10,7 @@ from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study,
 from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.common.limits import SettingsError, whole
-from gptailor.search.settings import SearchSettings
+from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
 from gptailor.search.space import Budget, BudgetError
 
 from .engine import ENGINE, redact, store
@@ -83,7 +83,7 @@ def search_settings(method: str, trials: float, walltime: float | None, seed: fl
                     max_fid: float | None, owner: str | None = None) -> SearchSettings:
     """The form's numbers as checked settings: whole numbers in range (2.5 trials is refused, not cut),
     0 or empty wall time / max fidelity meaning none; SettingsError says which field is wrong."""
-    settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
+    settings = SearchSettings(method=method if method in SEARCHES else "smac",
                               n_trials=trials, walltime_s=walltime or None, seed=seed, min_fidelity=min_fid,
                               max_fidelity=max_fid or None, owner=owner)
     settings.check()
@@ -169,7 +169,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
         remove = gr.Slider(0, 7, value=2, step=1, label="Layers to remove", elem_id="remove-layers")
         fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters",
                              interactive=False, elem_id="param-fraction")
-        trials = gr.Number(value=60, step=1, label="Trials (SMAC / random)")
+        trials = gr.Number(value=60, step=1, label="Trials (SMAC / random / evolution)")
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
         with gr.Row():

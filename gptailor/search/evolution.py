@@ -42,6 +42,7 @@ from gptailor.search.trials import CUT, counted
 if TYPE_CHECKING:
     from gptailor.search.optimizer import Objective, Search
 
+GRID = tuple(k / 20 for k in range(round(MIN_WEIGHT * 20), 21))  # merge weights: MIN_WEIGHT .. 1 in 0.05 steps
 MAX_TRIES = 50  # mutations tried for one new offspring before the generation settles for fewer
 
 
@@ -83,23 +84,22 @@ def merge(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
         return None
     i = rng.choice(where)
     op = plan.ops[i]
-    grid = lambda: rng.randint(round(MIN_WEIGHT * 20), 20) / 20  # noqa: E731 - MIN_WEIGHT .. 1, steps of 0.05
     if op.kind != "merge" or op.method not in MERGE_METHODS_SEARCHED:
         chosen = rng.sample(space.members, rng.randint(2, len(space.members)))
-        new = Op.merge({m: grid() for m in sorted(chosen)}, rng.choice(MERGE_METHODS_SEARCHED))
+        new = Op.merge({m: rng.choice(GRID) for m in sorted(chosen)}, rng.choice(MERGE_METHODS_SEARCHED))
     else:
-        w = dict(op.weights)
-        move = rng.choice(["weight", "member", "method"])
-        if move == "weight":
-            w[rng.choice(sorted(w))] = grid()
-        elif move == "member":
+        w, method = dict(op.weights), op.method
+        move = rng.choice(["weight", "member", "method"] if len(MERGE_METHODS_SEARCHED) > 1 else ["weight", "member"])
+        if move == "weight":  # another value on the grid, so the move always changes the plan
+            m = rng.choice(sorted(w))
+            w[m] = rng.choice([g for g in GRID if abs(g - w[m]) > 1e-9])
+        elif move == "member":  # one member out, another in (or just out, when every member is in)
             out = [m for m in space.members if m not in w]
+            w.pop(rng.choice(sorted(w)))
             if out:
-                w.pop(rng.choice(sorted(w)))
-                w[rng.choice(out)] = grid()
-            else:
-                w.pop(rng.choice(sorted(w)))
-        method = rng.choice(MERGE_METHODS_SEARCHED) if move == "method" else op.method
+                w[rng.choice(out)] = rng.choice(GRID)
+        else:
+            method = rng.choice([x for x in MERGE_METHODS_SEARCHED if x != op.method])
         new = Op.merge(dict(sorted(w.items())), method) if len(w) > 1 else Op.pick(next(iter(w)))
     ops = list(plan.ops)
     ops[i] = new
