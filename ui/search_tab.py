@@ -169,7 +169,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
         remove = gr.Slider(0, 7, value=2, step=1, label="Layers to remove", elem_id="remove-layers")
         fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters",
                              interactive=False, elem_id="param-fraction")
-        trials = gr.Number(value=60, step=1, label="Trials (SMAC / random / evolution)")
+        trials = gr.Number(value=60, step=1, label="Trials (SMAC / random)")
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
         with gr.Row():

@@ -33,14 +33,12 @@ import math
 import random
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from gptailor.plan import Op, Plan
 from gptailor.search.space import MERGE_METHODS_SEARCHED, MIN_WEIGHT, PlanSpace
+from gptailor.eval.results import EvalResult
 from gptailor.search.trials import CUT, counted
-
-if TYPE_CHECKING:
-    from gptailor.search.optimizer import Objective, Search
 
 GRID = tuple(k / 20 for k in range(round(MIN_WEIGHT * 20), 21))  # merge weights: MIN_WEIGHT .. 1 in 0.05 steps
 MAX_TRIES = 50  # mutations tried for one new offspring before the generation settles for fewer
@@ -158,10 +156,13 @@ class _Scored:
 
 
 class Evolution:
-    """One evolutionary run inside a ``Search`` (its space, settings, trials, recorder and stop rules)."""
+    """One evolutionary run inside a ``Search`` (its space, settings, trials, recorder and stop rules),
+    scoring through its ``Objective``; ``costs`` is the optimizer's ``costs_of`` for this study (passed in,
+    so this module does not import the optimizer that dispatches to it)."""
 
-    def __init__(self, search: "Search", objective: "Objective", client: Any = None) -> None:
-        self.s, self.objective, self.client = search, objective, client
+    def __init__(self, search: Any, objective: Any, costs: Callable[[EvalResult | None], float | list[float]],
+                 client: Any = None) -> None:
+        self.s, self.objective, self.costs, self.client = search, objective, costs, client
         st = search.settings
         self.eta = max(2, st.eta)
         multi = st.facade == "multi_fidelity"
@@ -186,10 +187,9 @@ class Evolution:
             s._stopped, self.done = "walltime", True
         return self.done
 
-    def _cost(self, result, status: str) -> float:
-        from gptailor.search.optimizer import costs_of
-
-        c = costs_of(result if status == "complete" else None, self.s.tasks, self.s.settings.objective)
+    def _cost(self, result: EvalResult | None, status: str) -> float:
+        """The scalar cost a trial ranks by (per-task costs, ParEGO's case under SMAC, are averaged)."""
+        c = self.costs(result if status == "complete" else None)
         return float(sum(c) / len(c)) if isinstance(c, list) else float(c)
 
     def _record(self, cfg, budget: float, extra: dict[str, Any]) -> float:

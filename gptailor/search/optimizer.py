@@ -364,7 +364,7 @@ class Search:
 
         self.on_phase(Phase("seeds", None, None, "building the seeded start"
                             + (f" and replaying {len(self.previous)} stored trials" if self.previous else "")))
-        return Evolution(self, objective, client).run()
+        return Evolution(self, objective, lambda r: costs_of(r, self.tasks, self.settings.objective), client).run()
 
     def _smac(self, outdir: str, objective: Objective, client) -> list[tuple[dict, float | None, Any]]:
         """SMAC's own ``optimize()`` loop (smac or random), after re-telling stored trials."""
