@@ -191,3 +191,27 @@ def test_parallel_offspring_on_dask_workers(tiny_ev):
     assert len(res.trials) == 6 == len(seen) and res.evaluations == 6
     assert all(t.status == "complete" and t.plan.n_kept == 4 for t in res.trials)
     assert [t.fidelity for t in res.trials] == [2, 2, 6, 2, 2, 2]
+
+
+class FailingEvaluator(Evaluator):
+    """Raises for plans that drop position 4, as an out-of-memory trial would."""
+
+    def evaluate(self, plan, fidelity=None, **kw):
+        if plan.ops[4].kind == "drop":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return super().evaluate(plan, fidelity, **kw)
+
+
+def test_a_failing_plan_is_stored_as_failed_ranks_last_and_the_evolution_goes_on(tiny_ev):
+    ev = FailingEvaluator(tiny_ev.family, tiny_ev.suite)
+    res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=8, **SETTINGS),
+                 references=tiny_ev.references("search")).run()
+    assert len(res.trials) == 8
+    # 8 trials screen 3 seeds (3 at fidelity 2, 1 at 6): deepest-first drops 3 and 4, middle-outward 2 and 3,
+    # alternating 2 and 4, so two fail, and the one that did not is the one sent up
+    first = [(t.source, t.status, t.fidelity) for t in res.trials[:4]]
+    assert first == [("deepest_first+base", "failed", 2), ("middle_outward+base", "complete", 2),
+                     ("alternating+base", "failed", 2), ("middle_outward+base", "complete", 6)]
+    failed = [t for t in res.trials if t.status == "failed"]
+    assert all("out of memory" in t.error and t.plan.ops[4].kind == "drop" for t in failed)
+    assert all(t.source == "search" for t in res.trials[4:])  # and the evolution went on
