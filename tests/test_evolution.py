@@ -215,3 +215,23 @@ def test_a_failing_plan_is_stored_as_failed_ranks_last_and_the_evolution_goes_on
     failed = [t for t in res.trials if t.status == "failed"]
     assert all("out of memory" in t.error and t.plan.ops[4].kind == "drop" for t in failed)
     assert all(t.source == "search" for t in res.trials[4:])  # and the evolution went on
+
+
+def test_an_evolution_study_runs_through_the_database(tiny_ev, tmp_path):
+    """The study path the CLI, the app's worker and the benchmark share: every trial stored with its plan,
+    configuration and fidelity, the heuristics' plans among the seeds."""
+    from db.runs import create_study, run_study
+    from db.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'evo.db'}")
+    sid = create_study(store, tiny_ev.family.spec.root + "/family.yaml", "evolution", Budget(remove_layers=2),
+                       SearchSettings(n_trials=5, min_fidelity=2, max_fidelity=6), tiny_ev.suite.path,
+                       evaluator=tiny_ev)
+    assert run_study(store, sid, evaluator=tiny_ev) == "finished"
+    study, trials = store.study(sid), store.trials(sid)
+    assert study["method"] == "evolution" and study["name"] == "evolution-r2-s0"
+    assert len(trials) == 5 and all(t.status == "complete" and t.plan.n_kept == 4 for t in trials)
+    space = LayerwiseSpace(tiny_ev.family, 2)
+    assert all(space.decode(Configuration(space.cs, values=t.config)).key() == t.plan.key() for t in trials)
+    assert [t.fidelity for t in trials] == [2, 2, 6, 2, 2]
+    assert trials[0].source not in ("search", "initial")  # a heuristic's or a pattern's name
