@@ -181,7 +181,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default="smac,random",
-                    help="searches to run with every seed: smac, random, and smac-noseed / random-noseed (without "
+                    help="searches to run with every seed: smac, random, evolution, and smac-noseed / random-noseed (without "
                          "the heuristic plans in the initial design: seeds then vary the whole run)")
     ap.add_argument("--remove-fraction", type=float, default=0.25)
     ap.add_argument("--remove", default=None,

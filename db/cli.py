@@ -289,7 +289,9 @@ def cmd_sweep(args) -> int:
     from .runs import create_study, family_rows, front_table, launch_or_queue
     from .settings import max_workers
 
-    search = args.method in ("smac", "random")
+    from gptailor.search.settings import METHODS as SEARCHES
+
+    search = args.method in SEARCHES
     settings = (SearchSettings(method=args.method, n_trials=args.trials, min_fidelity=args.min_fidelity,
                                max_fidelity=args.max_fidelity, seed=args.seed, retention=args.retention)
                 if search else SearchSettings(seed=args.seed, retention=args.retention))
@@ -337,6 +339,7 @@ def _fraction(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     from gptailor.eval.results import AUTO, CHOICES, OBJECTIVES
     from gptailor.search.baselines import HEURISTICS
+    from gptailor.search.settings import METHODS as SEARCHES
     from gptailor.common.limits import arg, arg_seconds
 
     def common(sp, budget: bool = True):
@@ -359,7 +362,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("search", help="SMAC (or random) search for a plan under a budget, stored as a study")
     common(sp)
-    sp.add_argument("--method", choices=["smac", "random"], default="smac")
+    sp.add_argument("--method", choices=list(SEARCHES), default="smac",
+                    help="smac (Bayesian optimisation), random, or evolution (EvoPress-style: budget-keeping "
+                         "mutations of the best plan, offspring screened by successive halving)")
     sp.add_argument("--facade", choices=["multi_fidelity", "hpo"], default="multi_fidelity")
     sp.add_argument("--space", choices=["layerwise", "paper"], default="layerwise")
     sp.add_argument("--constraint", choices=["repair", "reject"], default="repair")
@@ -411,7 +416,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--family", "-f", default="demo")
     sp.add_argument("--suite", default=None, help="suite.yaml (default: the family's)")
     sp.add_argument("--remove", type=_removals, required=True, help="layer counts to remove, e.g. 1,2,4,8")
-    sp.add_argument("--method", choices=["smac", "random", *HEURISTICS, "best_single"], default="smac")
+    sp.add_argument("--method", choices=[*SEARCHES, *HEURISTICS, "best_single"], default="smac")
     sp.add_argument("--trials", "-n", type=arg("trials"), default=100, help="trials per budget (searches)")
     sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8)
     sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None)

@@ -30,7 +30,7 @@ from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.search.precompute import Precompute
 from gptailor.common.progress import OnPhase, Phase, quiet
 from gptailor.search.optimizer import Search
-from gptailor.search.settings import SearchSettings
+from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
 from gptailor.search.trials import TrialRecord, counted, incumbent, size_front, smallest_keeping
 from gptailor.search.space import Budget
 
@@ -41,7 +41,7 @@ from .store import ACTIVE, ClaimLost, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = (*HEURISTICS, "best_single")
-METHODS = ("smac", "random", *BASELINES, "manual")
+METHODS = (*SEARCHES, *BASELINES, "manual")
 
 
 class StudyError(ValueError):
@@ -66,7 +66,7 @@ def create_study(store: Store, family_source: str, method: str, budget: Budget,
     if method not in METHODS:
         raise StudyError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     settings = settings or SearchSettings()
-    if method in ("smac", "random"):
+    if method in SEARCHES:
         settings.method = method
     settings.check()
     ev = evaluator or load_engine(family_source, suite)
@@ -78,7 +78,7 @@ def create_study(store: Store, family_source: str, method: str, budget: Budget,
     s = settings.to_dict()
     s["suite"] = ev.suite.path
     s["n_remove"] = n_remove
-    n_trials = settings.n_trials if method in ("smac", "random") else 0
+    n_trials = settings.n_trials if method in SEARCHES else 0
     name = name or short_name(method, n_remove, settings.seed)
     return store.create_study(family_name=ev.family.name, family_source=str(family_source),
                               family_spec=spec.to_dict(), family_info=info, method=method,
@@ -90,7 +90,7 @@ def short_name(method: str, n_remove: int, seed: int = 0) -> str:
     """The default study name: method, layers removed and (for searches) the seed, e.g. ``smac-r2-s0``.
 
     Short enough for a legend; the store adds ``-2``, ``-3``... when the family already has it."""
-    return f"{method}-r{n_remove}-s{seed}" if method in ("smac", "random") else f"{method}-r{n_remove}"
+    return f"{method}-r{n_remove}-s{seed}" if method in SEARCHES else f"{method}-r{n_remove}"
 
 
 # ----------------------------------------------------------------------------- running
@@ -219,7 +219,7 @@ class _StudyRun:
         settings = SearchSettings.from_dict(study["settings"])
         watched = _Watched(ev, self.report)
         refs, definition = study_references(self.store, self.study_id, ev, settings, self.on_phase)
-        if method in ("smac", "random"):
+        if method in SEARCHES:
             heur = precompute(self.store).heuristic_removals(ev.family, budget.n_remove(ev.family), ev.suite,
                                                             ev.stitcher, self.on_phase) if settings.initial_plans else {}
             search = Search(watched, budget, settings, on_trial=self.record, should_stop=self.cancelled,

@@ -11,7 +11,7 @@ from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.common.limits import SettingsError, whole
 from gptailor.search.optimizer import search_fidelities
-from gptailor.search.settings import SearchSettings
+from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
 from gptailor.search.space import Budget, BudgetError
 
 from .engine import ENGINE, redact, store
@@ -84,7 +84,7 @@ def search_settings(method: str, trials: float, walltime: float | None, seed: fl
                     max_fid: float | None, owner: str | None = None, objective: str = "accuracy") -> SearchSettings:
     """The form's numbers as checked settings: whole numbers in range (2.5 trials is refused, not cut),
     0 or empty wall time / max fidelity meaning none; SettingsError says which field is wrong."""
-    settings = SearchSettings(method=method if method in ("smac", "random") else "smac",
+    settings = SearchSettings(method=method if method in SEARCHES else "smac",
                               n_trials=trials, walltime_s=walltime or None, seed=seed, min_fidelity=min_fid,
                               max_fidelity=max_fid or None, owner=owner, objective=objective or "accuracy")
     settings.check()

@@ -1,4 +1,5 @@
-"""SMAC search over layer plans (multi-fidelity by default), and random search on the same space.
+"""SMAC search over layer plans (multi-fidelity by default), and random search on the same space
+(``method="evolution"``: the same objective, trials and resume, driven by ``gptailor.search.evolution``).
 
 Tailoring is a zero-order problem (the paper): SMAC proposes a configuration, we decode it into a
 plan, stitch and score it on ``budget`` examples per task, and tell SMAC ``1 - retention``. The
@@ -381,36 +382,49 @@ class Search:
         try:
             if self.settings.n_workers > 1 or self.settings.scheduler:
                 client, cluster = _dask_client(self.settings)
-            scenario = self._scenario(outdir)
-            if self.fidelity_note:
-                warnings.warn(self.fidelity_note, stacklevel=2)
-            self.on_phase(Phase("seeds", None, None, "building SMAC's initial design"
-                                + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")
-                                + (f" ({self.fidelity_note})" if self.fidelity_note else "")))
-            facade = self._facade(scenario, objective.train, client)
-            self._replay(facade)
-            remaining = self.settings.n_trials - counted(self.previous)
-            if remaining > 0 and not self._should_stop():
-                with warnings.catch_warnings():  # SMAC averages empty cost lists for fresh configs
-                    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-                    warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-                    facade.optimize()
-            runhistory = _runhistory(facade)
-            if self._stopped == "finished" and self.settings.walltime_s and \
-                    counted(self.trials) < self.settings.n_trials:
-                self._stopped = "walltime"
+            if self.settings.method == "evolution":  # EvoPress-style: same objective, recorder and trials
+                runhistory = self._evolve(objective, client)
+            else:
+                runhistory = self._smac(outdir, objective, client)
         finally:
             if client is not None:
                 client.close()
             if cluster is not None:
                 cluster.close()
             shutil.rmtree(outdir, ignore_errors=True)
+        if self._stopped == "finished" and self.settings.walltime_s and counted(self.trials) < self.settings.n_trials:
+            self._stopped = "walltime"
         total = time.perf_counter() - self._start
         return SearchResult(self.trials, incumbent(self.trials), self.settings, self.space.describe(),
                             self._stopped, smac_overhead_s=max(0.0, total - self.eval_s),
                             pareto=pareto_front(self.trials, self.tasks) if self.tasks else [],
                             references=refs, setup_s=self.setup_s, runhistory=runhistory,
                             evaluations=self.evaluations)
+
+    def _evolve(self, objective: Objective, client) -> list[tuple[dict, float | None, Any]]:
+        from gptailor.search.evolution import Evolution
+
+        self.on_phase(Phase("seeds", None, None, "building the seeded start"
+                            + (f" and replaying {len(self.previous)} stored trials" if self.previous else "")))
+        return Evolution(self, objective, lambda r: costs_of(r, self.tasks, self.settings.objective), client).run()
+
+    def _smac(self, outdir: str, objective: Objective, client) -> list[tuple[dict, float | None, Any]]:
+        """SMAC's own ``optimize()`` loop (smac or random), after re-telling stored trials."""
+        scenario = self._scenario(outdir)
+        if self.fidelity_note:
+            warnings.warn(self.fidelity_note, stacklevel=3)
+        self.on_phase(Phase("seeds", None, None, "building SMAC's initial design"
+                            + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")
+                            + (f" ({self.fidelity_note})" if self.fidelity_note else "")))
+        facade = self._facade(scenario, objective.train, client)
+        self._replay(facade)
+        remaining = self.settings.n_trials - counted(self.previous)
+        if remaining > 0 and not self._should_stop():
+            with warnings.catch_warnings():  # SMAC averages empty cost lists for fresh configs
+                warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+                facade.optimize()
+        return _runhistory(facade)
 
 
 def _runhistory(facade) -> list[tuple[dict, float | None, Any]]:

@@ -8,12 +8,12 @@ from typing import Any
 from gptailor.eval.results import CHOICES, OBJECTIVES
 from gptailor.common.limits import SettingsError, seconds, whole
 
-METHODS = ("smac", "random")
+METHODS = ("smac", "random", "evolution")
 
 
 @dataclass
 class SearchSettings:
-    method: str = "smac"  # smac | random
+    method: str = "smac"  # smac | random | evolution (EvoPress-style, gptailor.search.evolution)
     facade: str = "multi_fidelity"  # multi_fidelity (Hyperband over examples per task) | hpo (full fidelity)
     space: str = "layerwise"  # layerwise | paper
     constraint: str = "repair"  # layerwise only: repair | reject
