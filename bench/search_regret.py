@@ -40,6 +40,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
+from gptailor.eval.noise import retention_interval  # noqa: E402
 from gptailor.eval.results import EvalResult, References, applicable_definition  # noqa: E402
 from gptailor.search.optimizer import Search  # noqa: E402
 from gptailor.search.precompute import Precompute  # noqa: E402
@@ -150,14 +151,14 @@ class LookupEvaluator(Evaluator):
     def space(self, seed: int = 0) -> PickSpace:
         """The table's space (its sources and drop count), seeded for one search."""
         return PickSpace(self.family, self.table["n_remove"], seed, sources=self.table["sources"],
-                         free=self.table["free"])
+                         free=self.table.get("free"))
 
     def values(self, plan: Plan, fidelity: int | None, split: str) -> tuple[dict[str, dict[str, list]], int]:
         row = self.rows.get(plan.key())
         if row is None:
             raise NotInTable(f"plan {plan.to_text()} is not in the table ({len(self.rows)} plans: "
                              f"{self.table['n_remove']} drops, sources {', '.join(self.table['sources'])}, free positions "
-                             f"{self.table['free']}); "
+                             f"{self.table.get('free', 'all')}); "
                              f"restrict the search to the table's space (LookupEvaluator.space) or enumerate it")
         per = row["values"][split]
         cut = {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in per.items()}
@@ -275,6 +276,11 @@ def cmd_run(args) -> int:
     print(f"optimum on the search split: {100 * opt['search']:.1f}% ({ev.rows[order['search'][0]]['plan']}), "
           f"its test {100 * gt[order['search'][0]]['test']:.1f}%; optimum on the test split {100 * opt['test']:.1f}% "
           f"({ev.rows[order['test'][0]]['plan']})")
+    for s in ("search", "test"):  # how large a regret is against the sampling noise of one plan's retention
+        plan = Plan.from_text(ev.rows[order[s][0]]["plan"], fam.name)
+        noise = retention_interval(ev.evaluate(plan, None, s, definition=definition).scores,
+                                   table["split_sizes"][s], ev.references(s), definition)
+        print(f"  the {s} optimum's sampling noise ({s} split): se {100 * noise.se:.1f} points")
     seeds = seeded(ev, space)
     print(f"seeded plans in this space: {len(seeds)}")
     ranked_seeds = sorted(seeds.items(), key=lambda kv: -gt[kv[1].key()]["search"])
@@ -285,7 +291,8 @@ def cmd_run(args) -> int:
               f"(rank {order['test'].index(k) + 1}, regret {100 * (opt['test'] - gt[k]['test']):.1f})")
     seeds_list = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     curves: dict[str, dict[str, list[list[float]]]] = {}
-    for method in METHODS:
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    for method in methods:
         curves[method] = {"search": [], "test": []}
         t0 = time.perf_counter()
         found = 0
@@ -294,6 +301,9 @@ def cmd_run(args) -> int:
             for s in ("search", "test"):
                 curves[method][s].append(regret_curve(trials, gt, s))
             found += curves[method]["search"][-1][-1] == 0
+            print(f"  {method} seed {seed}: {len(trials)} trials, final regret search "
+                  f"{100 * curves[method]['search'][-1][-1]:.1f} / test {100 * curves[method]['test'][-1][-1]:.1f} "
+                  f"({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr, flush=True)
         print(f"{method}: {len(seeds_list)} seeds x {args.trials} trials in {time.perf_counter() - t0:.0f} s; "
               f"found the search optimum in {found}/{len(seeds_list)}", flush=True)
     marks = [c for c in CHECKPOINTS if c <= args.trials]
@@ -301,7 +311,7 @@ def cmd_run(args) -> int:
         print(f"\nregret on the {s} split (retention points: optimum minus best-so-far), median [IQR] over "
               f"{len(seeds_list)} seeds")
         print(f"{'method':<12}" + "".join(f"{f'{c} trials':>22}" for c in marks))
-        for method in METHODS:
+        for method in methods:
             cells = [fmt(quartiles([cv[c - 1] if len(cv) >= c else cv[-1] for cv in curves[method][s]])) for c in marks]
             print(f"{method:<12}" + "".join(f"{x:>22}" for x in cells))
     if args.real:
@@ -350,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", type=int, default=20)
     r.add_argument("--seed-list", default=None, help="explicit seeds, comma-separated (overrides --seeds)")
     r.add_argument("--trials", type=int, default=200)
+    r.add_argument("--methods", default=None, help="comma-separated (default: every method of "
+                   "gptailor.search.settings.METHODS)")
     r.add_argument("--min-fidelity", type=int, default=8)
     r.add_argument("--eta", type=int, default=3)
     r.add_argument("--objective", default="accuracy", choices=("accuracy", "loglik"))
