@@ -58,6 +58,14 @@ def aggregate(values: dict[str, list], objective: str) -> dict[str, float]:
     return out
 
 
+def metrics_of(values: dict[str, list], objective: str) -> dict[str, float]:
+    """A task's metrics from its per-example values (``Evaluator.task_values``); perplexity adds its token count."""
+    out = aggregate(values, objective)
+    if "perplexity" in values:
+        out["tokens"] = float(sum(c for _, c in values["perplexity"]))
+    return out
+
+
 def per_token(logp: torch.Tensor, count: torch.Tensor) -> list[float]:
     """Each row's mean log-probability per scored token (``loglik``): the target's, in the same forward as
     exact match; a longer target is not penalised for its length."""
@@ -319,10 +327,12 @@ class Evaluator:
                 out.append(text)
         return out
 
-    def task_metrics(self, model, task: Task, fidelity: int | None = None, split: str | None = None,
-                     prefix: PrefixRun | None = None, kl: KLProbe | None = None) -> dict[str, float]:
-        """Every metric of a task (lm-eval's names), the example count and the objective's stderr.
-        ``prefix``: score through the prefix cache (``prefix_run``); generation-based tasks never do.
+    def task_values(self, model, task: Task, fidelity: int | None = None, split: str | None = None,
+                    prefix: PrefixRun | None = None, kl: KLProbe | None = None) -> dict[str, list]:
+        """Per example, in the split's order, every metric's value (perplexity: (log-likelihood, tokens) pairs):
+        what ``task_metrics`` aggregates. The first k values of the whole split are the values at fidelity k
+        (fidelity k is the split's first k examples), so a table of them answers any fidelity
+        (``bench/search_regret.py``). ``prefix``: score through the prefix cache; generation never does.
         ``kl``: also capture the top-k, or score the divergence to a reference, in the same forward."""
         split = split or self.split
         if task.kind == "exact_match" and task.filter:
@@ -330,25 +340,26 @@ class Evaluator:
             n_new = task.max_gen_toks or 16 + max(len(self.family.tokenizer(e["target"], add_special_tokens=False)
                                                       ["input_ids"]) for e in examples)
             answers = self.generate(model, task, [e["prompt"] for e in examples], n_new)
-            hits = [float(apply_filter(a, e["target"], task.filter)) for a, e in zip(answers, examples)]
-            return aggregate({"exact_match": hits}, task.objective_metric)
+            return {"exact_match": [float(apply_filter(a, e["target"], task.filter)) for a, e in zip(answers, examples)]}
         batches, meta = self._prepare(task, fidelity, split, self._packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, count = self._row_stats(model, batches, stop, prefix, kl)
         if kl is not None and kl.reference is not None:
             kl.values = kl.per_example(task.kind, count, meta)
         if task.kind == "exact_match":
-            return aggregate({"exact_match": correct.float().tolist(), "loglik": per_token(logp, count)},
-                             task.objective_metric)
+            return {"exact_match": correct.float().tolist(), "loglik": per_token(logp, count)}
         if task.kind == "multiple_choice":
             acc = [float(int(torch.argmax(logp[s: s + len(lens)])) == ans) for s, lens, ans in meta]
             norm = [float(int(torch.argmax(logp[s: s + len(lens)] / torch.tensor(lens, dtype=torch.float64))) == ans)
                     for s, lens, ans in meta]
-            return aggregate({"acc": acc, "acc_norm": norm, "gold_prob": gold_probs(logp, meta)},
-                             task.objective_metric)
-        out = aggregate({"perplexity": list(zip(logp.tolist(), count.tolist()))}, task.objective_metric)
-        out["tokens"] = float(count.sum())
-        return out
+            return {"acc": acc, "acc_norm": norm, "gold_prob": gold_probs(logp, meta)}
+        return {"perplexity": list(zip(logp.tolist(), count.tolist()))}
+
+    def task_metrics(self, model, task: Task, fidelity: int | None = None, split: str | None = None,
+                     prefix: PrefixRun | None = None) -> dict[str, float]:
+        """Every metric of a task (lm-eval's names), the example count and the objective's stderr.
+        ``prefix``: score through the prefix cache (``prefix_run``); generation-based tasks never do."""
+        return metrics_of(self.task_values(model, task, fidelity, split, prefix), task.objective_metric)
 
     def example_scores(self, model, task: Task, fidelity: int | None = None, split: str | None = None
                        ) -> list[dict[str, Any]]:
@@ -369,18 +380,28 @@ class Evaluator:
                         "acc_norm": float(int(torch.argmax(norm)) == ans), "gold_prob": gold})
         return out
 
-    def model_details(self, model, fidelity: int | None = None, split: str | None = None,
-                      plan: Plan | None = None, shared_from: str = "base",
-                      kl: dict[str, KLProbe] | None = None) -> dict[str, dict[str, float]]:
-        """Every task's metrics. ``plan`` (what ``model`` was stitched from, with ``shared_from``'s embeddings)
-        lets the forwards reuse and keep prefix states; without it every forward runs from the embeddings.
-        ``kl``: a probe per task that has one (capture or compare, in the same forwards)."""
+    def model_values(self, model, fidelity: int | None = None, split: str | None = None,
+                     plan: Plan | None = None, shared_from: str = "base",
+                     kl: dict[str, KLProbe] | None = None) -> dict[str, dict[str, list]]:
+        """Every task's per-example values (``task_values``). ``plan`` (what ``model`` was stitched from, with
+        ``shared_from``'s embeddings) lets the forwards reuse and keep prefix states; without it every forward
+        runs from the embeddings. ``kl``: a probe per task that has one (capture or compare, same forwards)."""
         run = self.prefix_run(model, plan, shared_from, fidelity, split) if plan is not None else None
         out = {}
         for k, t in enumerate(self.suite):
             tick(f"scoring {t.name}", k, len(self.suite.tasks))
-            out[t.name] = self.task_metrics(model, t, fidelity, split, run, (kl or {}).get(t.name))
+            out[t.name] = self.task_values(model, t, fidelity, split, run, (kl or {}).get(t.name))
         return out
+
+    def model_details(self, model, fidelity: int | None = None, split: str | None = None,
+                      plan: Plan | None = None, shared_from: str = "base",
+                      kl: dict[str, KLProbe] | None = None) -> dict[str, dict[str, float]]:
+        """Every task's metrics, aggregated from ``model_values``."""
+        return self.details_of(self.model_values(model, fidelity, split, plan, shared_from, kl))
+
+    def details_of(self, values: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
+        """Every task's metrics from its per-example values."""
+        return {t.name: metrics_of(values[t.name], t.objective_metric) for t in self.suite}
 
     def prefix_run(self, model, plan: Plan, shared_from: str = "base", fidelity: int | None = None,
                    split: str | None = None) -> PrefixRun | None:
@@ -514,6 +535,21 @@ class Evaluator:
         details = self.model_details(model, fidelity, split, plan, kl=probes)
         t2 = time.perf_counter()
         extra = {"prefix_cache": self.prefix_cache.snapshot().minus(before).to_dict()} if before is not None else {}
+        kl = None
+        if probes:
+            kls = {name: sum(p.values) / max(1, len(p.values)) for name, p in probes.items()}
+            kl = {"scores": kls, "mean": mean_kl(kls), "topk": self.kl_topk,
+                  "reference": {name: p.member for name, p in probes.items()}}
+        return self.result_of(plan, fidelity, split, refs, definition, details, param_count(model), t1 - t0,
+                              t2 - t1, extra, self.speed(model, speed) if speed else None, kl)
+
+    def result_of(self, plan: Plan, fidelity: int | None, split: str, refs: References, definition: str,
+                  details: dict[str, dict[str, float]], params: int, stitch_s: float = 0.0, score_s: float = 0.0,
+                  extra: dict[str, Any] | None = None, speed: dict[str, Any] | None = None,
+                  kl: dict[str, Any] | None = None) -> EvalResult:
+        """The ``EvalResult`` of a plan's metrics: scores, retentions against ``refs``, the proxies (``kl``: the
+        divergence to the references, when scored). One rule, for a scored plan and for one answered from a
+        table of per-example values."""
         tasks = {t.name: t for t in self.suite}
         scores = self.objective_scores(details)
         means, task_rets = refs.retentions(scores, {n: t.kind for n, t in tasks.items()})
@@ -524,17 +560,15 @@ class Evaluator:
             pmeans, ptasks = proxy_refs.retentions(pscores, proxy_refs.kinds)
             proxies["loglik"] = {"metrics": dict(proxy_refs.kinds), "scores": pscores, "retentions": pmeans,
                                  "task_retentions": ptasks}
-        if probes:
-            kls = {name: sum(p.values) / max(1, len(p.values)) for name, p in probes.items()}
-            proxies["kl"] = {"scores": kls, "mean": mean_kl(kls), "topk": self.kl_topk,
-                             "reference": {name: p.member for name, p in probes.items()}}
+        if kl is not None:
+            proxies["kl"] = kl
         return EvalResult(
             plan=plan.to_text(), fidelity=fidelity, scores=scores,
             metrics={n: t.objective_metric for n, t in tasks.items()},
             references=refs.table(definition), kept_layers=plan.n_kept,
-            n_layers=len(plan), params=param_count(model), stitch_s=t1 - t0, score_s=t2 - t1, extra=extra, split=split,
+            n_layers=len(plan), params=params, stitch_s=stitch_s, score_s=score_s, extra=extra or {}, split=split,
             definition=definition, retentions=means, task_retentions=task_rets, details=details,
-            speed=self.speed(model, speed) if speed else None, proxies=proxies)
+            speed=speed, proxies=proxies)
 
     def speed(self, model, settings: bool | SpeedSettings = True) -> dict[str, Any]:
         """``model``'s measured tokens/s against the base's, built by the same stitcher on the same device."""

@@ -43,7 +43,7 @@ from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
 from gptailor.plan import Plan
 from gptailor.common.progress import OnPhase, Phase, quiet
-from gptailor.search.space import Budget, PlanSpace, make_space
+from gptailor.search.space import Budget, BudgetError, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import CRASH_COST, CUT, SearchResult, TrialRecord, counted, incumbent, pareto_front
@@ -70,7 +70,7 @@ class Objective:
         self.objective = objective
         self.cache = cache if cache is not None else {}  # (plan key, fidelity) -> result dict
         self._recipe = (evaluator.family.spec, str(evaluator.family.device), evaluator.suite.path,
-                        space.name, space.n_remove, space.seed)
+                        space.name, space.n_remove, space.seed, space.options())
 
     def __getstate__(self) -> dict[str, Any]:
         return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "tasks": self.tasks,
@@ -79,7 +79,7 @@ class Objective:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        spec, device, suite_path, space_name, n_remove, seed = self._recipe
+        spec, device, suite_path, space_name, n_remove, seed, options = self._recipe
         key = (repr(spec), device, suite_path)
         if key not in _CACHE:
             from gptailor.eval.suite import load_suite
@@ -88,8 +88,7 @@ class Objective:
         self.evaluator = _CACHE[key]
         if self.objective == "kl":
             self.evaluator.kl_topk = self.evaluator.kl_topk or DEFAULT_TOPK
-        kw = {"constraint": self.constraint} if space_name == "layerwise" else {}
-        self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **kw)
+        self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **options)
 
     def train(self, config: Configuration, seed: int = 0, budget: float | None = None) -> tuple[float, dict]:
         """SMAC's ``train(config, seed, budget)`` convention; a bound method so SMAC can inspect it."""
@@ -231,7 +230,8 @@ class Search:
                  on_trial: Callable[[TrialRecord], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, previous: Iterable[TrialRecord] = (),
                  heuristic_removals: dict[str, list[int]] | None = None,
-                 references: References | None = None, on_phase: OnPhase = quiet) -> None:
+                 references: References | None = None, on_phase: OnPhase = quiet,
+                 space: PlanSpace | None = None) -> None:
         self.evaluator = evaluator
         self.on_phase = on_phase  # 'references' when computed here, 'seeds' while SMAC is assembled
         self.family = evaluator.family
@@ -242,7 +242,12 @@ class Search:
         self.min_fidelity, self.max_fidelity, self.fidelity_note = search_fidelities(
             self.settings, evaluator.suite.split_fidelity("search"))
         kw = {"constraint": self.settings.constraint} if self.settings.space == "layerwise" else {}
-        self.space = make_space(self.settings.space, self.family, self.n_remove, self.settings.seed, **kw)
+        # ``space``: a space of the caller's, e.g. a ``pick`` space with chosen sources (bench/search_regret.py
+        # restricts a search to the plans of an enumerated table); it must remove ``n_remove`` layers
+        self.space = space or make_space(self.settings.space, self.family, self.n_remove, self.settings.seed, **kw)
+        if self.space.n_remove != self.n_remove:
+            raise BudgetError(f"the space given removes {self.space.n_remove} layers but the budget removes "
+                              f"{self.n_remove}; build the space with the budget's count")
         self.tasks: list[str] | None = None
         self.references = references
         self.definition: str | None = None

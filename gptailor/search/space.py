@@ -1,6 +1,6 @@
 """Search spaces: ConfigSpace encodings of layer plans under a size budget.
 
-Two encodings, both decoding every configuration to a valid plan that respects the budget:
+Three encodings, all decoding every configuration to a valid plan that respects the budget:
 
 - ``layerwise`` (ours): per position an op in {drop, base, <candidates>, merge}; a merge has one
   weight per member (members under 0.05 are left out) and a method, active only under the merge op
@@ -8,6 +8,8 @@ Two encodings, both decoding every configuration to a valid plan that respects t
   deterministically (extra drops restored from the shallowest up, missing drops taken from the
   deepest non-final layer down -- the usual "deep layers are redundant" prior) or *rejected* (the
   objective returns SMAC's crash cost), whichever ``constraint`` says.
+- ``pick``: per position drop or one of a few sources' layers, no merges: small enough to enumerate, the
+  space of the ground-truth benchmark (``bench/search_regret.py``) and of a pick-only ablation.
 - ``paper`` (GPTailor's own): R removed positions; for every kept position a K-bit mask over the
   finetunes (none = base layer, one = pick it, several = task arithmetic base + s * sum(theta_j -
   base) of the selected ones, all read at the *same* source position) and one scale s.
@@ -17,9 +19,10 @@ offers only keep or drop: any pick or merge there is the base's layer, so it is 
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ConfigSpace import Categorical, ConfigurationSpace, EqualsCondition, Float, Integer
 from ConfigSpace import Configuration
@@ -117,6 +120,10 @@ class PlanSpace:
         """Whether a configuration meets the budget without repair."""
         return True
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this space with ``make_space`` (a Dask worker does)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return {"space": self.name, "positions": self.L, "members": self.members, "n_remove": self.n_remove,
                 "hyperparameters": len(list(self.cs.values())), "shared_positions": sorted(self.shared)}
@@ -132,6 +139,9 @@ class LayerwiseSpace(PlanSpace):
         self.constraint = constraint
         self.merge = merge
         super().__init__(family, n_remove, seed)
+
+    def options(self) -> dict[str, Any]:
+        return {"constraint": self.constraint, "merge": self.merge}
 
     def _build(self) -> ConfigurationSpace:
         cs = ConfigurationSpace(seed=self.seed)
@@ -293,7 +303,101 @@ class PaperSpace(PlanSpace):
             return None
 
 
-SPACES = {"layerwise": LayerwiseSpace, "paper": PaperSpace}
+class PickSpace(PlanSpace):
+    """Pick-only plans: per position drop or one of ``sources``' layers, no merges, ``n_remove`` drops.
+
+    Small enough to enumerate when the sources are few (``plans``), so a search restricted to it can be
+    scored against ground truth (``bench/search_regret.py``): one source is "which layers to drop from that
+    member", every member is the pick-only space of the paper's ablation. A shared position offers drop or
+    the base's layer (any member's is the same). A configuration with the wrong number of drops is repaired
+    as in ``layerwise``, so every configuration decodes to one of ``plans()``."""
+
+    name = "pick"
+
+    def __init__(self, family: Family, n_remove: int, seed: int = 0, sources: tuple[str, ...] | list[str] | None = None,
+                 free: tuple[int, ...] | list[int] | None = None) -> None:
+        sources = tuple(sources or family.member_names)
+        unknown = [m for m in sources if m not in family.member_names]
+        if unknown or not sources:
+            raise PlanError(f"pick space: unknown source(s) {', '.join(unknown) or '(none given)'}; "
+                            f"use members of {family.name!r}: {', '.join(family.member_names)}")
+        self.sources = sources
+        # ``free``: the positions that may take any source; elsewhere a kept layer is the first source's (a
+        # smaller space to enumerate). None: every position.
+        self.free = frozenset(range(family.n_layers) if free is None else free)
+        if not self.free <= set(range(family.n_layers)):
+            raise PlanError(f"pick space: free positions must lie in 0..{family.n_layers - 1}, got {sorted(self.free)}")
+        super().__init__(family, n_remove, seed)
+
+    def options(self) -> dict[str, Any]:
+        return {"sources": list(self.sources), "free": sorted(self.free)}
+
+    def keeps(self, i: int) -> list[str]:
+        """The members position ``i`` may keep: ``sources`` where free, else the first source's; only the
+        base's where every member's layer is the base's."""
+        if i in self.shared:
+            return ["base"]
+        return list(self.sources) if i in self.free else [self.sources[0]]
+
+    def _build(self) -> ConfigurationSpace:
+        cs = ConfigurationSpace(seed=self.seed)
+        for i in range(self.L):
+            keep = self.keeps(i)
+            cs.add(Categorical(f"op_{i:03d}", ["drop", *keep], default=keep[0]))
+        return cs
+
+    def decode(self, config) -> Plan:
+        c = dict(config)
+        ops = [Op.drop() if c[f"op_{i:03d}"] == "drop" else Op.pick(c[f"op_{i:03d}"]) for i in range(self.L)]
+        pref = removal_preference(self.L)
+        dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
+        if len(dropped) > self.n_remove:  # restore the least removable extra drops as the first source's layer
+            for i in sorted(dropped, key=pref.index, reverse=True)[: len(dropped) - self.n_remove]:
+                ops[i] = Op.pick(self.keeps(i)[0])
+        elif len(dropped) < self.n_remove:
+            for i in [p for p in pref if ops[p].kind != "drop"][: self.n_remove - len(dropped)]:
+                ops[i] = Op.drop()
+        return Plan(tuple(ops), self.family.name)
+
+    def valid(self, config) -> bool:
+        return sum(v == "drop" for k, v in dict(config).items() if k.startswith("op_")) == self.n_remove
+
+    def encode(self, plan: Plan) -> Configuration | None:
+        values: dict[str, Any] = {}
+        for i, op in enumerate(plan.ops):
+            if op.kind == "drop":
+                values[f"op_{i:03d}"] = "drop"
+            elif self._same_as_base(i, op):
+                values[f"op_{i:03d}"] = "base"
+            elif op.kind == "pick" and op.member in self.sources:
+                values[f"op_{i:03d}"] = op.member
+            else:
+                return None  # a merge, or a member this space does not offer
+        try:
+            return Configuration(self.cs, values=values)
+        except Exception:  # noqa: BLE001 - ConfigSpace raises several kinds for an illegal value
+            return None
+
+    def size(self) -> int:
+        """How many plans ``plans`` yields."""
+        return sum(math.prod(len(self.keeps(i)) for i in range(self.L) if i not in gone)
+                   for gone in itertools.combinations(range(self.L), self.n_remove))
+
+    def plans(self) -> Iterator[Plan]:
+        """Every plan of the space, each once, as ``decode`` writes it; consecutive plans share long
+        prefixes (drop sets in order, then sources), which the prefix-state cache turns into saved forwards."""
+        for gone in itertools.combinations(range(self.L), self.n_remove):
+            kept = [i for i in range(self.L) if i not in gone]
+            for picks in itertools.product(*(self.keeps(i) for i in kept)):
+                chosen = dict(zip(kept, picks))
+                yield Plan(tuple(Op.pick(chosen[i]) if i in chosen else Op.drop() for i in range(self.L)),
+                           self.family.name)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.options()}
+
+
+SPACES = {"layerwise": LayerwiseSpace, "paper": PaperSpace, "pick": PickSpace}
 
 
 def make_space(name: str, family: Family, n_remove: int, seed: int = 0, **kw) -> PlanSpace:

@@ -1,0 +1,381 @@
+"""Ground truth by enumeration (issue #21, item 4): are the seeds already optimal, or is the optimizer weak?
+
+``enumerate``: on a ``pick`` space small enough to list (``gptailor.search.space.PickSpace``: per position drop
+or one of a few sources' layers, no merges, a fixed number of drops), every plan is scored once on the whole
+search split and the whole test split, through one ``Evaluator`` (its prefix-state cache reuses the shared
+prefixes of consecutive plans). The table keeps each task's **per-example values** (``Evaluator.task_values``:
+exact match and loglik, acc / acc_norm / gold_prob, perplexity's (log-likelihood, tokens) pairs) with the
+references of both splits and the heuristics' removals: fidelity k is the split's first k examples, so the
+first k values answer any fidelity a multi-fidelity method asks for, through the engine's own aggregation and
+retention rule (``Evaluator.details_of`` and ``result_of``).
+
+``run``: every method of ``gptailor.search.settings.METHODS`` runs through the real ``Search`` class on a
+``LookupEvaluator`` that answers from the table (a plan outside it is an error), restricted to the table's
+space and seeded the same way for every method; for each seed, the best-so-far (the project's one ranking
+rule, ``trials.incumbent``, on what the method saw) is looked up at the full splits and its regret printed:
+the optimum's retention minus the best-so-far's, on the search split (what the method optimises) and on the
+held-out test split (the test optimum: selecting on the search split may cost there too). Median and
+interquartile range per method at several trial counts, where the best seeded plan ranks in the table, and a
+few real end-to-end runs (the real evaluator, few trials) whose scores must agree with the table.
+
+    PYTHONHASHSEED=0 python -m bench.search_regret enumerate --family demo --sources base,math --remove 2
+    PYTHONHASHSEED=0 python -m bench.search_regret enumerate --family /work/main/data/builtin/smol --sources best
+    PYTHONHASHSEED=0 python -m bench.search_regret run bench/regret/demo-r2-base+math.json.gz --seeds 20 --trials 200
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
+from gptailor.eval.noise import retention_interval  # noqa: E402
+from gptailor.eval.results import EvalResult, References, applicable_definition  # noqa: E402
+from gptailor.search.optimizer import Search  # noqa: E402
+from gptailor.search.precompute import Precompute  # noqa: E402
+from gptailor.search.seeds import seed_plans  # noqa: E402
+from gptailor.search.settings import METHODS, SearchSettings  # noqa: E402
+from gptailor.search.space import Budget, PickSpace  # noqa: E402
+from gptailor.search.trials import TrialRecord, incumbent  # noqa: E402
+from gptailor.stitch import param_count  # noqa: E402
+
+VERSION = 1
+CHECKPOINTS = (10, 25, 50, 100, 200)
+
+
+class NotInTable(KeyError):
+    """A plan the table does not hold: the search left the enumerated space."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# ----------------------------------------------------------------------------- the table
+def best_member(refs: References, definition: str | None = None) -> str:
+    """The member whose own model keeps most (mean retention on the references' split)."""
+    d = applicable_definition(setting=definition, refs=refs)
+    return max(refs.scores, key=lambda m: refs.retentions(refs.scores[m], refs.kinds)[0][d])
+
+
+def resolve_sources(text: str, refs: References, members: list[str]) -> tuple[str, ...]:
+    """``all``, ``best`` (the best single member alone: drop sets only) or a comma-separated list."""
+    if text == "all":
+        return tuple(members)
+    if text == "best":
+        return (best_member(refs),)
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def parse_positions(text: str | None, n_layers: int) -> list[int] | None:
+    """``4-7`` or ``0,2,5`` -> positions; None for every position."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def enumerate_table(ev: Evaluator, space: PickSpace, limit: int | None = None, log=print) -> dict[str, Any]:
+    """Every plan of ``space`` scored once on both whole splits: per task, per metric, per-example values."""
+    fam = ev.family
+    t_ref = time.perf_counter()
+    refs = {s: ev.references(s) for s in ("search", "test")}
+    ref_s = time.perf_counter() - t_ref
+    removals = Precompute(None).heuristic_removals(fam, space.n_remove, ev.suite, ev.stitcher)
+    total = space.size() if limit is None else min(limit, space.size())
+    log(f"{total} plans ({space.size()} in the space), references {ref_s:.0f} s")
+    rows, t0 = [], time.perf_counter()
+    for k, plan in enumerate(space.plans()):
+        if k == total:
+            break
+        model = ev.stitcher.build(plan)
+        values = {s: ev.model_values(model, None, s, plan) for s in ("search", "test")}
+        rows.append({"plan": plan.to_text(), "params": param_count(model), "values": values})
+        if (k + 1) % 50 == 0 or k + 1 == total:
+            el = time.perf_counter() - t0
+            log(f"  {k + 1}/{total} plans, {el:.0f} s ({1e3 * el / (k + 1):.0f} ms per plan, both splits; "
+                f"~{el / (k + 1) * (total - k - 1):.0f} s left)")
+    elapsed = time.perf_counter() - t0
+    return {"version": VERSION, "family": fam.name, "suite": ev.suite.name, "space": space.describe(),
+            "sources": list(space.sources), "free": sorted(space.free), "n_remove": space.n_remove, "complete": total == space.size(),
+            "references": {s: r.to_dict() for s, r in refs.items()}, "heuristic_removals": removals,
+            "split_sizes": {s: {t.name: t.split_size(s) for t in ev.suite} for s in ("search", "test")},
+            "plans": rows, "meta": {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+                                    "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+                                    "enumerate_s": elapsed, "references_s": ref_s,
+                                    "ms_per_plan": 1e3 * elapsed / max(1, total)}}
+
+
+def save_table(table: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt") as fh:
+        json.dump(table, fh, separators=(",", ":"))  # floats as repr: they read back bit for bit
+    tmp.replace(path)
+
+
+def load_table(path: str | os.PathLike) -> dict[str, Any]:
+    with gzip.open(path, "rt") as fh:
+        table = json.load(fh)
+    if table.get("version") != VERSION:
+        raise ValueError(f"{path}: table version {table.get('version')}, this bench reads {VERSION}; enumerate again")
+    return table
+
+
+class LookupEvaluator(Evaluator):
+    """An ``Evaluator`` that answers ``evaluate`` from an enumerated table: the same ``EvalResult`` the real
+    evaluator returns for the same plan and fidelity (the same aggregation and retention code on the same
+    per-example values), in microseconds. A plan outside the table raises ``NotInTable``."""
+
+    def __init__(self, family: Family, suite, table: dict[str, Any]) -> None:
+        super().__init__(family, suite, split="search", prefix_cache=False)
+        self.table = table
+        self.rows = {Plan.from_text(r["plan"], family.name).key(): r for r in table["plans"]}
+        for d in table["references"].values():
+            self.use_references(References.from_dict(d))
+        self.lookups = 0
+
+    def space(self, seed: int = 0) -> PickSpace:
+        """The table's space (its sources and drop count), seeded for one search."""
+        return PickSpace(self.family, self.table["n_remove"], seed, sources=self.table["sources"],
+                         free=self.table.get("free"))
+
+    def values(self, plan: Plan, fidelity: int | None, split: str) -> tuple[dict[str, dict[str, list]], int]:
+        row = self.rows.get(plan.key())
+        if row is None:
+            raise NotInTable(f"plan {plan.to_text()} is not in the table ({len(self.rows)} plans: "
+                             f"{self.table['n_remove']} drops, sources {', '.join(self.table['sources'])}, free positions "
+                             f"{self.table.get('free', 'all')}); "
+                             f"restrict the search to the table's space (LookupEvaluator.space) or enumerate it")
+        per = row["values"][split]
+        cut = {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in per.items()}
+        return cut, row["params"]
+
+    def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
+                 references: References | None = None, definition: str | None = None, speed=False) -> EvalResult:
+        split = split or self.split
+        refs = references or self.references(split)
+        definition = applicable_definition(setting=definition or self.definition, refs=refs)
+        values, params = self.values(plan, fidelity, split)
+        self.lookups += 1
+        return self.result_of(plan, fidelity, split, refs, definition, self.details_of(values), params)
+
+
+# ----------------------------------------------------------------------------- ground truth and regret
+def truth(ev: LookupEvaluator, definition: str, objective: str = "accuracy") -> dict[str, dict[str, float]]:
+    """Every plan's retention (``objective``) on each whole split: plan key -> split -> retention."""
+    out: dict[str, dict[str, float]] = {}
+    for key, row in ev.rows.items():
+        plan = Plan.from_text(row["plan"], ev.family.name)
+        out[key] = {s: ev.evaluate(plan, None, s, definition=definition).objective_retention(objective, definition)
+                    for s in ("search", "test")}
+    return out
+
+
+def regret_curve(trials: list[TrialRecord], table: dict[str, dict[str, float]], split: str) -> list[float]:
+    """After each trial, the optimum's retention on ``split`` minus the best-so-far's (``incumbent``: what the
+    method saw, highest fidelity first), looked up at the whole split; NaN before a trial has a score."""
+    best = max(v[split] for v in table.values())
+    out = []
+    for t in range(1, len(trials) + 1):
+        inc = incumbent(trials[:t])
+        out.append(math.nan if inc is None else best - table[inc.plan.key()][split])
+    return out
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    xs = sorted(x for x in xs if not math.isnan(x))
+    if not xs:
+        return math.nan, math.nan, math.nan
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[1], q[0], q[2]
+
+
+def seeded(ev: LookupEvaluator, space: PickSpace) -> dict[str, Plan]:
+    """The seeded plans a search of this space starts from (those the space can express), as it decodes them."""
+    out = {}
+    for name, plan in seed_plans(ev.family, space.n_remove, ev.table["heuristic_removals"]).items():
+        cfg = space.encode(plan)
+        if cfg is not None:
+            out.setdefault(space.decode(cfg).key(), name)
+    return {name: Plan.from_text(ev.rows[k]["plan"], ev.family.name) for k, name in out.items()}
+
+
+def run_search(ev: Evaluator, space: PickSpace, method: str, seed: int, trials: int, args) -> list[TrialRecord]:
+    settings = SearchSettings(method=method, n_trials=trials, min_fidelity=args.min_fidelity, seed=seed,
+                              eta=args.eta, initial_plans=True, objective=args.objective, retention=args.retention)
+    budget = Budget(remove_layers=space.n_remove)
+    refs = References.from_dict(ev.table["references"]["search"]) if isinstance(ev, LookupEvaluator) else args.refs
+    search = Search(ev, budget, settings, references=refs, space=space,
+                    heuristic_removals=args.table["heuristic_removals"])
+    return search.run().trials
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_enumerate(args) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # a shared, loaded machine: oversubscribed threads spin
+    fam = Family.from_spec(args.family)
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search")
+    refs = ev.references("search")
+    sources = resolve_sources(args.sources, refs, fam.member_names)
+    free = parse_positions(args.free, fam.n_layers)
+    space = PickSpace(fam, args.remove, sources=sources, free=free)
+    tag = "" if free is None else f"-free{min(free)}-{max(free)}"
+    out = Path(args.out) / f"{fam.name}-r{args.remove}-{'+'.join(sources)}{tag}.json.gz"
+    print(f"family {fam.name}: {fam.n_layers} layers, members {', '.join(fam.member_names)}; space pick, "
+          f"{args.remove} drops, sources {', '.join(sources)}: {space.size()} plans -> {out}", flush=True)
+    table = enumerate_table(ev, space, args.limit, log=lambda m: print(m, file=sys.stderr, flush=True))
+    save_table(table, out)
+    m = table["meta"]
+    print(f"{len(table['plans'])} plans in {m['enumerate_s']:.0f} s ({m['ms_per_plan']:.0f} ms per plan, both "
+          f"splits), references {m['references_s']:.0f} s; {out.stat().st_size / 1e6:.2f} MB", flush=True)
+    return 0
+
+
+def fmt(q: tuple[float, float, float]) -> str:
+    med, lo, hi = q
+    return "   n/a" if math.isnan(med) else f"{100 * med:5.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def cmd_run(args) -> int:
+    table = args.table = load_table(args.table_path)
+    if not table["complete"]:
+        print(f"{args.table_path}: a partial table ({len(table['plans'])} plans): a search would leave it; "
+              f"enumerate it whole (without --limit)", file=sys.stderr)
+        return 2
+    fam = Family.from_spec(args.family)
+    suite = load_suite(fam.spec.suite_path())
+    ev = LookupEvaluator(fam, suite, table)
+    refs = ev.references("search")
+    definition = applicable_definition(setting=args.retention, refs=refs)
+    space = ev.space()
+    gt = truth(ev, definition, args.objective)
+    order = {s: sorted(gt, key=lambda k: -gt[k][s]) for s in ("search", "test")}
+    opt = {s: gt[order[s][0]][s] for s in ("search", "test")}
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()} ({os.cpu_count()} cores); table "
+          f"{args.table_path}: {len(gt)} plans ({table['meta']['date']}, {table['meta']['enumerate_s']:.0f} s); "
+          f"{definition} retention of {args.objective}")
+    print(f"optimum on the search split: {100 * opt['search']:.1f}% ({ev.rows[order['search'][0]]['plan']}), "
+          f"its test {100 * gt[order['search'][0]]['test']:.1f}%; optimum on the test split {100 * opt['test']:.1f}% "
+          f"({ev.rows[order['test'][0]]['plan']})")
+    for s in ("search", "test"):  # how large a regret is against the sampling noise of one plan's retention
+        plan = Plan.from_text(ev.rows[order[s][0]]["plan"], fam.name)
+        noise = retention_interval(ev.evaluate(plan, None, s, definition=definition).scores,
+                                   table["split_sizes"][s], ev.references(s), definition)
+        print(f"  the {s} optimum's sampling noise ({s} split): se {100 * noise.se:.1f} points")
+    seeds = seeded(ev, space)
+    print(f"seeded plans in this space: {len(seeds)}")
+    ranked_seeds = sorted(seeds.items(), key=lambda kv: -gt[kv[1].key()]["search"])
+    for name, plan in ranked_seeds[: args.show_seeds]:
+        k = plan.key()
+        print(f"  {name:<32} search {100 * gt[k]['search']:5.1f}% (rank {order['search'].index(k) + 1}/{len(gt)}, "
+              f"regret {100 * (opt['search'] - gt[k]['search']):.1f})  test {100 * gt[k]['test']:5.1f}% "
+              f"(rank {order['test'].index(k) + 1}, regret {100 * (opt['test'] - gt[k]['test']):.1f})")
+    seeds_list = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    curves: dict[str, dict[str, list[list[float]]]] = {}
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    for method in methods:
+        curves[method] = {"search": [], "test": []}
+        t0 = time.perf_counter()
+        found = 0
+        for seed in seeds_list:
+            trials = run_search(ev, ev.space(seed), method, seed, args.trials, args)
+            for s in ("search", "test"):
+                curves[method][s].append(regret_curve(trials, gt, s))
+            found += curves[method]["search"][-1][-1] == 0
+            print(f"  {method} seed {seed}: {len(trials)} trials, final regret search "
+                  f"{100 * curves[method]['search'][-1][-1]:.1f} / test {100 * curves[method]['test'][-1][-1]:.1f} "
+                  f"({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr, flush=True)
+        print(f"{method}: {len(seeds_list)} seeds x {args.trials} trials in {time.perf_counter() - t0:.0f} s; "
+              f"found the search optimum in {found}/{len(seeds_list)}", flush=True)
+    marks = [c for c in CHECKPOINTS if c <= args.trials]
+    for s in ("search", "test"):
+        print(f"\nregret on the {s} split (retention points: optimum minus best-so-far), median [IQR] over "
+              f"{len(seeds_list)} seeds")
+        print(f"{'method':<12}" + "".join(f"{f'{c} trials':>22}" for c in marks))
+        for method in methods:
+            cells = [fmt(quartiles([cv[c - 1] if len(cv) >= c else cv[-1] for cv in curves[method][s]])) for c in marks]
+            print(f"{method:<12}" + "".join(f"{x:>22}" for x in cells))
+    if args.real:
+        check_real(args, fam, suite, ev)
+    return 0
+
+
+def check_real(args, fam: Family, suite, lookup: LookupEvaluator) -> None:
+    """A few real searches (real evaluator, prefix cache on): every trial's scores against the table's."""
+    real = Evaluator(fam, suite, split="search")
+    args.refs = real_refs = References.from_dict(lookup.table["references"]["search"])
+    real.use_references(real_refs)
+    print(f"\nreal end-to-end runs ({args.real_trials} trials each), scores against the table:")
+    for spec in args.real.split(","):
+        method, seed = spec.split(":")
+        t0 = time.perf_counter()
+        trials = run_search(real, lookup.space(int(seed)), method, int(seed), args.real_trials, args)
+        worst_score = worst_ret = 0.0
+        same_acc = 0
+        done = [t for t in trials if t.result is not None]
+        for t in done:
+            want = lookup.evaluate(t.plan, t.fidelity, "search", references=real_refs, definition=t.result.definition)
+            worst_score = max(worst_score, max(abs(want.scores[k] - v) for k, v in t.result.scores.items()))
+            worst_ret = max(worst_ret, abs(want.retention - t.result.retention))
+            same_acc += want.scores == t.result.scores
+        print(f"  {method} seed {seed}: {len(done)} trials in {time.perf_counter() - t0:.0f} s; scores identical in "
+              f"{same_acc}/{len(done)}; largest |difference|: score {worst_score:.2e}, retention {worst_ret:.2e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("enumerate", help="score every plan of a pick space on both splits and store the table")
+    e.add_argument("--family", default="demo")
+    e.add_argument("--remove", type=int, default=2)
+    e.add_argument("--sources", default="all", help="all, best (the best single member: drop sets only), or "
+                   "members, comma-separated (base,math)")
+    e.add_argument("--free", default=None, help="positions that may take any source (4-7 or 0,2,5); elsewhere "
+                   "the first source's layer (default: every position)")
+    e.add_argument("--out", default="bench/regret")
+    e.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N plans (to time one; not runnable)")
+    r = sub.add_parser("run", help="every method against the table: regret against trials")
+    r.add_argument("table_path")
+    r.add_argument("--family", default="demo")
+    r.add_argument("--seeds", type=int, default=20)
+    r.add_argument("--seed-list", default=None, help="explicit seeds, comma-separated (overrides --seeds)")
+    r.add_argument("--trials", type=int, default=200)
+    r.add_argument("--methods", default=None, help="comma-separated (default: every method of "
+                   "gptailor.search.settings.METHODS)")
+    r.add_argument("--min-fidelity", type=int, default=8)
+    r.add_argument("--eta", type=int, default=3)
+    r.add_argument("--objective", default="accuracy", choices=("accuracy", "loglik"))
+    r.add_argument("--retention", default="auto", choices=("auto", "family", "base"))
+    r.add_argument("--show-seeds", type=int, default=5, help="the best N seeded plans to list")
+    r.add_argument("--real", default="smac:0,random:0", help="method:seed real runs to check against the table "
+                   "('' for none)")
+    r.add_argument("--real-trials", type=int, default=12)
+    a = p.parse_args(argv)
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, "-m", "bench.search_regret", *sys.argv[1:]],
+                  {**os.environ, "PYTHONHASHSEED": "0"})
+    return cmd_enumerate(a) if a.cmd == "enumerate" else cmd_run(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
