@@ -173,6 +173,7 @@ class Variant:
     deltas: Path
     train: TrainConfig
     depth: str  # for people: which layers the finetunes change
+    threads: int = 2  # CPU threads the shipped adapters were trained on (the count changes the float sums)
 
     @property
     def build_hint(self) -> str:
@@ -189,7 +190,8 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "smol": Variant("smol", SMOL_DIR / "deltas", TrainConfig(), "the last 8 of 30 layers"),
     "smol-all": Variant("smol-all", SMOL_DIR / "deltas-all",
-                        TrainConfig(top_layers=None, steps=100, batch_size=8, lr=3e-3), "all 30 layers"),
+                        TrainConfig(top_layers=None, steps=100, batch_size=8, lr=3e-3), "all 30 layers",
+                        threads=1),
 }
 
 
@@ -531,14 +533,15 @@ def build(out: Path | None = None, deltas: Path | None = None, gguf: Path | None
 
 
 def train(base_dir: Path, skills: tuple[str, ...] = SKILLS, deltas: Path | None = None,
-          cfg: TrainConfig | None = None, log=print, threads: int = 2, family: str = FAMILY_NAME) -> list[dict]:
+          cfg: TrainConfig | None = None, log=print, threads: int | None = None,
+          family: str = FAMILY_NAME) -> list[dict]:
     """Train (or retrain) the shipped adapters of ``family`` (its own config unless ``cfg``) from a
-    converted base folder, on ``threads`` CPU threads: the shipped adapters were trained on 2, and the
-    thread count changes the float sums."""
+    converted base folder, on ``threads`` CPU threads (default: as the shipped adapters were trained;
+    the thread count changes the float sums)."""
     import torch
 
     v = variant(family)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or v.threads)
     deltas = Path(deltas or v.deltas)
     return [train_adapter(base_dir, s, deltas / s, cfg or v.train, log) for s in skills]
 
@@ -555,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--base", type=Path, required=True, help="a converted base folder (see 'convert')")
     t.add_argument("--skills", nargs="+", default=list(SKILLS), choices=SKILLS)
     t.add_argument("--steps", type=int, default=None, help="default: the family's shipped config")
-    t.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the shipped adapters)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: as the family's shipped adapters: smol 2, smol-all 1)")
     d = sub.add_parser("deltas", help="per-layer relative weight change of each member of a built family")
     d.add_argument("--family-dir", type=Path, required=True, help="a built family's folder (with family.yaml)")
     c = sub.add_parser("convert", help="only convert the GGUF base into an HF folder")
