@@ -10,10 +10,16 @@ As a reviewer expects it, in one run:
 - every heuristic and best-single is a row (deterministic: one run, its own spread is zero; the
   noise of its test score is the task stderr, printed too);
 - the optimizer's own overhead per trial is measured apart from evaluation, references and heuristics;
-- each study lives in its own SQLite file.
+- each study lives in its own SQLite file;
+- anytime curves from the same run: per method, the best so far by the search score the method saw (the
+  ``--objective``), ranked as the study ranks its trials (``gptailor.search.trials.rank_key``: the highest
+  fidelity first), against trials and against wall time, median [min, max] over seeds (``--json`` keeps
+  every run's curves for plotting).
 
     PYTHONHASHSEED=0 python -m bench.search_quality [--trials 200] [--seeds 0,1,2] [--methods smac,random]
     PYTHONHASHSEED=0 python -m bench.search_quality --methods smac,random,smac-noseed,random-noseed
+    PYTHONHASHSEED=0 python -m bench.search_quality --methods smac,random,evolution --objective loglik \
+        --suite my/suite.yaml --max-fidelity 50 --json curves.json
     PYTHONHASHSEED=0 python -m bench.search_quality --family data/builtin/smol --remove 1,2,4,8 --trials 24
       (one budget per count, then retention vs size as a front per method, and "how small keeps 95%?";
       --baselines none runs the searches only, --workdir keeps references and heuristics for reruns)
