@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
+from gptailor.common.limits import SettingsError, whole  # noqa: E402
 from gptailor.common.progress import OnPhase, Phase  # noqa: E402
 from gptailor.eval.noise import beyond_noise, combined_noise, retention_interval  # noqa: E402
 from gptailor.eval.results import OBJECTIVES, applicable_definition  # noqa: E402
@@ -381,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_fidelity is not None and args.max_fidelity < args.min_fidelity:
         ap.error(f"--max-fidelity ({args.max_fidelity}) is below --min-fidelity ({args.min_fidelity}); raise it "
                  f"or leave it out for the whole search split")
+    try:  # the ranges every study checks, refused here before minutes of references
+        SearchSettings(n_trials=args.trials, min_fidelity=args.min_fidelity, max_fidelity=args.max_fidelity,
+                       objective=args.objective).check()
+        seeds = [whole("seed", x) for x in args.seeds.split(",")]
+    except SettingsError as e:
+        ap.error(str(e))
     if args.suite is not None and not Path(args.suite).is_file():
         ap.error(f"--suite: no file {args.suite}; pass a task suite (suite.yaml)")
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -394,7 +401,6 @@ def main(argv: list[str] | None = None) -> int:
     ev = Evaluator(fam, load_suite(suite_path))
     budgets = [Budget(remove_layers=int(x)) for x in args.remove.split(",")] if args.remove \
         else [Budget(remove_fraction=args.remove_fraction)]
-    seeds = [int(s) for s in args.seeds.split(",")]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gptailor-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cache = precompute(Store(f"sqlite:///{workdir / 'references.db'}"))  # a rerun in --workdir reuses them

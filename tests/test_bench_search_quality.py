@@ -155,6 +155,8 @@ def test_reference_progress_on_stderr(bench_run):
     (["--objective", "mse"], "invalid choice: 'mse'"),
     (["--min-fidelity", "10", "--max-fidelity", "4"], "--max-fidelity (4) is below --min-fidelity (10)"),
     (["--suite", "/nonexistent/suite.yaml"], "--suite: no file /nonexistent/suite.yaml"),
+    (["--seeds", "0,x"], "seed must be a whole number"),
+    (["--trials", "0"], "trials must be a whole number from 1"),
 ])
 def test_bad_flags_exit_2_with_the_cause(argv, says, capsys):
     from bench.search_quality import main
