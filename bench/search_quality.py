@@ -388,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [whole("seed", x) for x in args.seeds.split(",")]
     except SettingsError as e:
         ap.error(str(e))
+    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
+        ap.error(f"--json: no folder {Path(args.json).resolve().parent}; create it or write the curves elsewhere")
     if args.suite is not None and not Path(args.suite).is_file():
         ap.error(f"--suite: no file {args.suite}; pass a task suite (suite.yaml)")
     if os.environ.get("PYTHONHASHSEED") != "0":

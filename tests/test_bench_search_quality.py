@@ -155,6 +155,7 @@ def test_reference_progress_on_stderr(bench_run):
     (["--objective", "mse"], "invalid choice: 'mse'"),
     (["--min-fidelity", "10", "--max-fidelity", "4"], "--max-fidelity (4) is below --min-fidelity (10)"),
     (["--suite", "/nonexistent/suite.yaml"], "--suite: no file /nonexistent/suite.yaml"),
+    (["--json", "/nonexistent/dir/curves.json"], "--json: no folder /nonexistent/dir"),
     (["--seeds", "0,x"], "seed must be a whole number"),
     (["--trials", "0"], "trials must be a whole number from 1"),
 ])
