@@ -144,14 +144,16 @@ def spread(values: list[float]) -> tuple[float, float, float]:
 
 def cell(points: list[Point | None]) -> str:
     """'25.3 [24.1, 27.8] @100': median [min, max] over seeds of the best-so-far score (in %), and the median
-    fidelity it was scored at (examples per task); '-' before anything was scored."""
+    fidelity it was scored at (examples per task); '(1/3)' when only some seeds had a score by then; '-' before
+    anything was scored."""
     got = [p for p in points if p is not None and p.score is not None]
     if not got:
         return "-"
     m, lo, hi = spread([100 * p.score for p in got])
     fid = statistics.median([fidelity_rank(p.fidelity) for p in got])
     at = "all" if math.isinf(fid) else f"{fid:g}"
-    return (f"{m:.1f}" if len(got) == 1 else f"{m:.1f} [{lo:.1f}, {hi:.1f}]") + f" @{at}"
+    some = "" if len(got) == len(points) else f" ({len(got)}/{len(points)})"  # seeds with a score by then
+    return (f"{m:.1f}" if len(got) == 1 else f"{m:.1f} [{lo:.1f}, {hi:.1f}]") + f" @{at}{some}"
 
 
 def print_anytime(runs: list[dict], methods: list[str], n_trials: int, objective: str) -> None:
