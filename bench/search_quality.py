@@ -143,15 +143,15 @@ def spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def cell(points: list[Point | None]) -> str:
-    """'25.3 [24.1, 27.8] @100': median [min, max] over seeds of the best-so-far score (in %), and the median
-    fidelity it was scored at (examples per task); '(1/3)' when only some seeds had a score by then; '-' before
+    """'25.3 [24.1, 27.8] @33-100': median [min, max] over seeds of the best-so-far score (in %), and the
+    fidelities those plans were scored at (examples per task; lowest-highest where the seeds differ); '(1/3)' when only some seeds had a score by then; '-' before
     anything was scored."""
     got = [p for p in points if p is not None and p.score is not None]
     if not got:
         return "-"
     m, lo, hi = spread([100 * p.score for p in got])
-    fid = statistics.median([fidelity_rank(p.fidelity) for p in got])
-    at = "all" if math.isinf(fid) else f"{fid:g}"
+    fids = sorted({fidelity_rank(p.fidelity) for p in got})
+    at = "-".join("all" if math.isinf(f) else f"{f:g}" for f in (fids[0], fids[-1])[:len(fids)])
     some = "" if len(got) == len(points) else f" ({len(got)}/{len(points)})"  # seeds with a score by then
     return (f"{m:.1f}" if len(got) == 1 else f"{m:.1f} [{lo:.1f}, {hi:.1f}]") + f" @{at}{some}"
 
@@ -161,9 +161,9 @@ def print_anytime(runs: list[dict], methods: list[str], n_trials: int, objective
     over seeds), when each run reached its final best, and that plan's test-split retention."""
     what = "exp(-KL) to the references" if objective == "kl" else f"{objective} retention"
     print(f"anytime (search split): best so far by the search score ({what}, %), ranked as the study ranks "
-          f"trials (highest fidelity first, then score); median [min, max] over seeds @ median fidelity")
+          f"trials (highest fidelity first, then score); median [min, max] over seeds @ fidelity")
     ks = trial_points(n_trials)
-    w = 24
+    w = 26
     print(f"{'method':<18}" + "".join(f"{f'{k} trials':>{w}}" for k in ks))
     for method in methods:
         rs = [r for r in runs if r["method"] == method]
