@@ -41,9 +41,8 @@ def fill(data) -> dict[str, int]:
             retention = (0.8 if ops[5] == "math" else 0.5) + 0.05 * rng.random()
             fidelity = 8 if method in ("smac", "random") and k % 3 == 0 else 40
             if method == "smac" and k % 3 == 1:  # promoted: the previous trial's plan again at the top fidelity
-                plan = prev
-                retention = prev_retention + 0.01 * (k % 5 - 2)  # not from rng: the other studies' data stay as they were
-            prev, prev_retention = plan, retention
+                plan = prev  # (its scores, and every other study's data, stay what the rng made them)
+            prev = plan
             st.record_trial(sid, scored_trial(k, plan, {"family": retention, "base": 1.4 * retention}, fidelity,
                                               1e6 * plan.n_kept, wall_s=2.0 * k,
                                               scores={"math": retention, "facts": 0.4},
