@@ -46,7 +46,7 @@ from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.common.limits import SettingsError, whole  # noqa: E402
 from gptailor.common.progress import OnPhase, Phase  # noqa: E402
 from gptailor.eval.noise import beyond_noise, combined_noise, retention_interval  # noqa: E402
-from gptailor.eval.results import OBJECTIVES, applicable_definition  # noqa: E402
+from gptailor.eval.results import DEFAULT_OBJECTIVE, OBJECTIVES, applicable_definition  # noqa: E402
 from gptailor.search.settings import METHODS as SEARCHES, SearchSettings  # noqa: E402
 from gptailor.search.space import Budget  # noqa: E402
 from gptailor.search.trials import CUT, TrialRecord, fidelity_rank, rank_key  # noqa: E402
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="searches to run with every seed: smac, random, evolution, and smac-noseed / random-noseed / "
                          "evolution-noseed (without the heuristic plans in the initial design: seeds then vary the "
                          "whole run)")
-    ap.add_argument("--objective", default="accuracy", choices=OBJECTIVES,
+    ap.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES,
                     help="what every search optimises (SearchSettings.objective); the reports stay accuracy retention")
     ap.add_argument("--remove-fraction", type=float, default=0.25)
     ap.add_argument("--remove", default=None,

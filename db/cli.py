@@ -337,7 +337,7 @@ def _fraction(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from gptailor.eval.results import AUTO, CHOICES, OBJECTIVES
+    from gptailor.eval.results import AUTO, CHOICES, DEFAULT_OBJECTIVE, OBJECTIVES
     from gptailor.search.baselines import HEURISTICS
     from gptailor.search.settings import METHODS as SEARCHES
     from gptailor.common.limits import arg, arg_seconds
@@ -377,7 +377,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--scheduler", default=None, help="tcp://host:port of an existing Dask scheduler")
     sp.add_argument("--objectives", choices=["retention", "per_task"], default="retention",
                     help="per_task: one objective per task (ParEGO), Pareto set reported")
-    sp.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
+    sp.add_argument("--objective", choices=OBJECTIVES, default=DEFAULT_OBJECTIVE,
                     help="retention of what the optimizer is told: accuracy (each task's metric) or loglik (its "
                          "continuous proxy from the same forward: less noise on few examples); every trial "
                          "records both")

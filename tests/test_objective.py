@@ -145,3 +145,13 @@ def test_the_cli_offers_the_objective(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     assert "--objective {accuracy,loglik,kl}" in capsys.readouterr().out
+
+
+def test_a_study_stored_before_the_choice_resumes_on_accuracy():
+    """Settings stored before they named an objective were searched on accuracy: a resume re-tells those
+    costs, whatever a new study's default is."""
+    from gptailor.eval.results import DEFAULT_OBJECTIVE
+
+    assert SearchSettings.from_dict({"method": "smac", "n_trials": 5}).objective == "accuracy"
+    assert SearchSettings.from_dict({"objective": "kl"}).objective == "kl"
+    assert SearchSettings().objective == DEFAULT_OBJECTIVE

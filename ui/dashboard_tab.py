@@ -23,6 +23,7 @@ from db.store import ACTIVE, StoreError
 from gptailor.eval.noise import Interval
 from gptailor.eval.prefix import describe_prefix
 from gptailor.eval.results import DEFINITIONS
+from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import TrialRecord, budget_correlation, incumbent, ranked, scored
 from gptailor.analysis.importance import ImportanceError, position_importance
 from gptailor.common.paths import child
@@ -215,7 +216,7 @@ def budget_note(study: dict | None, trials: list[TrialRecord], name: str) -> str
     do its low fidelities rank plans as its top one does? Empty for a study with one fidelity."""
     if not study:
         return ""
-    objective = (study.get("settings") or {}).get("objective") or "accuracy"
+    objective = SearchSettings.from_dict(study.get("settings") or {}).objective
     rows = [r for r in budget_correlation(trials, objective) if r.n]
     if not rows:
         return ""

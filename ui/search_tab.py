@@ -10,6 +10,7 @@ from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study,
 from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.common.limits import SettingsError, whole
+from gptailor.eval.results import DEFAULT_OBJECTIVE
 from gptailor.search.optimizer import search_fidelities
 from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
 from gptailor.search.space import Budget, BudgetError
@@ -81,12 +82,12 @@ def studies_rows() -> list[list]:
 
 
 def search_settings(method: str, trials: float, walltime: float | None, seed: float, min_fid: float,
-                    max_fid: float | None, owner: str | None = None, objective: str = "accuracy") -> SearchSettings:
+                    max_fid: float | None, owner: str | None = None, objective: str = DEFAULT_OBJECTIVE) -> SearchSettings:
     """The form's numbers as checked settings: whole numbers in range (2.5 trials is refused, not cut),
     0 or empty wall time / max fidelity meaning none; SettingsError says which field is wrong."""
     settings = SearchSettings(method=method if method in SEARCHES else "smac",
                               n_trials=trials, walltime_s=walltime or None, seed=seed, min_fidelity=min_fid,
-                              max_fidelity=max_fid or None, owner=owner, objective=objective or "accuracy")
+                              max_fidelity=max_fid or None, owner=owner, objective=objective or DEFAULT_OBJECTIVE)
     settings.check()
     if settings.n_trials > max_trials():
         raise SettingsError(f"at most {max_trials()} trials per study on this app (GPTAILOR_MAX_TRIALS)")
@@ -104,7 +105,7 @@ def _started(sid: int, how: str) -> str:
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
                  fraction: float = 0.75, suite: str | None = None, owner: str | None = None,
-                 objective: str = "accuracy", request: gr.Request = None):
+                 objective: str = DEFAULT_OBJECTIVE, request: gr.Request = None):
     """Check the form, store the study (owned by this browser's token, counted for its client), start it
     or queue it."""
     try:
@@ -182,7 +183,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
             max_fid = gr.Number(value=None, step=1, label="Max fidelity (0 or empty = all)")
             objective = gr.Dropdown([("accuracy (each task's metric)", "accuracy"),
                                      ("loglik (its continuous proxy)", "loglik"),
-                                     ("kl (divergence to each task's reference)", "kl")], value="accuracy",
+                                     ("kl (divergence to each task's reference)", "kl")], value=DEFAULT_OBJECTIVE,
                                     label="Objective the search optimises", elem_id="objective")
             name = gr.Textbox(label="Study name (optional)")
     go_btn = gr.Button("Launch in the background", variant="primary")

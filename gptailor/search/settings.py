@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-from gptailor.eval.results import CHOICES, OBJECTIVES
+from gptailor.eval.results import CHOICES, DEFAULT_OBJECTIVE, OBJECTIVES, STORED_OBJECTIVE
 from gptailor.common.limits import SettingsError, seconds, whole
 
 METHODS = ("smac", "random", "evolution")
@@ -28,7 +28,7 @@ class SearchSettings:
     n_workers: int = 1
     scheduler: str | None = None  # tcp://host:port of an existing Dask scheduler
     objectives: str = "retention"  # retention (1 - mean retention) | per_task (one objective per task, ParEGO)
-    objective: str = "accuracy"  # accuracy (each task's metric) | loglik (its continuous proxy from the same forward)
+    objective: str = DEFAULT_OBJECTIVE  # accuracy (each task's metric) | loglik (its continuous proxy) | kl (divergence to the references)
     retention: str = "auto"  # auto | family | base: gptailor.eval.results.applicable_definition decides
     owner: str | None = None  # unused since revision 0005 (an older app stored a session hash here; owners are studies.owner_hash)
 
@@ -38,6 +38,7 @@ class SearchSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
         known = set(cls.__dataclass_fields__)
+        d = {"objective": STORED_OBJECTIVE, **d}  # a study stored before there was a choice ran on accuracy
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def check(self) -> None:
