@@ -366,7 +366,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="smac (Bayesian optimisation), random, or evolution (EvoPress-style: budget-keeping "
                          "mutations of the best plan, offspring screened by successive halving)")
     sp.add_argument("--facade", choices=["multi_fidelity", "hpo"], default="multi_fidelity")
-    sp.add_argument("--space", choices=["layerwise", "paper"], default="layerwise")
+    sp.add_argument("--space", choices=["layerwise", "paper", "ranked"], default="layerwise")
     sp.add_argument("--constraint", choices=["repair", "reject"], default="repair")
     sp.add_argument("--trials", "-n", type=arg("trials"), default=100)
     sp.add_argument("--walltime", type=arg_seconds("wall time"), default=None, help="seconds")
