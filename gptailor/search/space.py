@@ -390,6 +390,8 @@ class RankedSpace(PlanSpace):
         others = [m for m in w if m != base]
         if set(w) == set(self.members) and len(set(w.values())) == 1 and ALL in self.sources:
             return ALL, 0.0  # every member, equal weights
+        if ALL in self.sources and base not in w and set(w) == set(self.candidates) and len(set(w.values())) == 1:
+            return ALL, MIX_PICK + 0.5 * MIN_WEIGHT * (1.0 - MIX_PICK)  # the finetunes alone: base share below MIN_WEIGHT
         if not others or len({w[m] for m in others}) != 1 or base not in w:
             return None
         src = others[0] if len(others) == 1 else ALL
