@@ -111,6 +111,16 @@ class Objective:
         return CRASH_COST if not self.tasks else [CRASH_COST] * len(self.tasks)
 
 
+SEED_SHARE = 4  # at most 1/SEED_SHARE of a study's trials are seeded plans (Hyperband promotes the good ones)
+
+
+def seed_cap(n_trials: int) -> int:
+    """How many seeded plans SMAC's initial design takes, best first (``seed_plans``' order: the base's
+    heuristic removals, then patterns, then each finetune's). Half the trials, as before session 9, left a
+    60-trial demo study with few proposals of SMAC's own once Hyperband had re-run the seeds up its rungs."""
+    return max(1, n_trials // SEED_SHARE)
+
+
 def fidelity_range(min_fidelity: int, max_fidelity: int, eta: int) -> tuple[int, str]:
     """The lowest rung Hyperband will really use, and a note when it differs from the one asked for.
 
@@ -312,7 +322,7 @@ class Search:
                   "dask_client": dask_client}
         multi = "min_budget" in _scenario_kw(scenario)
         n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
-        extra = self._initial_configs()[: max(0, s.n_trials // 2 - n_init)]  # keep room for SMAC's own picks
+        extra = self._initial_configs()[: seed_cap(s.n_trials)]  # keep room for SMAC's own picks
         if s.method == "random":
             # Random search gets the same seeded plans and the same fidelities (Hyperband) as SMAC, so a
             # difference between the two is the optimizer's, not the help either got.
