@@ -323,6 +323,9 @@ class Search:
         multi = "min_budget" in _scenario_kw(scenario)
         n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
         extra = self._initial_configs()[: seed_cap(s.n_trials)]  # keep room for SMAC's own picks
+        design = {self.space.decode(c).key() for c in extra}  # a proposal equal to a seed left out is SMAC's
+        for key in [k for k in self.seed_names if k not in design]:  # in place: db.runs holds this dict
+            del self.seed_names[key]
         if s.method == "random":
             # Random search gets the same seeded plans and the same fidelities (Hyperband) as SMAC, so a
             # difference between the two is the optimizer's, not the help either got.
