@@ -1,7 +1,7 @@
 """SMAC on one family with each search space: best search-split retention at the top fidelity, and where
 the trials went (seeded plans, cached repeats, SMAC's own proposals).
 
-A quick check that a space works, not the verdict (``bench/search_regret.py`` compares spaces against
+A quick check that a space works, not the verdict (the regret benchmark of #21 item 4 compares spaces against
 ground truth): ``PYTHONHASHSEED=0 python -m bench.space_compare --spaces layerwise,ranked --seeds 0,1``.
 """
 from __future__ import annotations
