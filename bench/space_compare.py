@@ -2,7 +2,8 @@
 the trials went (seeded plans, cached repeats, SMAC's own proposals).
 
 A quick check that a space works, not the verdict (the regret benchmark of #21 item 4 compares spaces against
-ground truth): ``PYTHONHASHSEED=0 python -m bench.space_compare --spaces layerwise,ranked --seeds 0,1``.
+ground truth): ``PYTHONHASHSEED=0 python -m bench.space_compare --spaces layerwise,ranked --seeds 0,1
+--max-fidelity 30``.
 """
 from __future__ import annotations
 
