@@ -1,6 +1,6 @@
 """Search spaces: ConfigSpace encodings of layer plans under a size budget.
 
-Two encodings, both decoding every configuration to a valid plan that respects the budget:
+Three encodings, each decoding every configuration to a valid plan that respects the budget:
 
 - ``layerwise`` (ours): per position an op in {drop, base, <candidates>, merge}; a merge has one
   weight per member (members under 0.05 are left out) and a method, active only under the merge op
