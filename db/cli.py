@@ -340,6 +340,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from gptailor.eval.results import AUTO, CHOICES, DEFAULT_OBJECTIVE, OBJECTIVES
     from gptailor.search.baselines import HEURISTICS
     from gptailor.search.settings import METHODS as SEARCHES
+    from gptailor.search.space import SPACES
     from gptailor.common.limits import arg, arg_seconds
 
     def common(sp, budget: bool = True):
@@ -366,7 +367,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="smac (Bayesian optimisation), random, or evolution (EvoPress-style: budget-keeping "
                          "mutations of the best plan, offspring screened by successive halving)")
     sp.add_argument("--facade", choices=["multi_fidelity", "hpo"], default="multi_fidelity")
-    sp.add_argument("--space", choices=["layerwise", "paper"], default="layerwise")
+    sp.add_argument("--space", choices=list(SPACES), default="layerwise",
+                    help="layerwise (per position an op, conditional merge weights), paper (the paper's masks), or "
+                         "ranked (unconditional: a keep value per position ranks the drops, a source and a mix)")
     sp.add_argument("--constraint", choices=["repair", "reject"], default="repair")
     sp.add_argument("--trials", "-n", type=arg("trials"), default=100)
     sp.add_argument("--walltime", type=arg_seconds("wall time"), default=None, help="seconds")

@@ -116,6 +116,16 @@ def test_smac_multi_fidelity_search_records_every_trial(tiny_ev):
     assert rec.plan == res.trials[0].plan and rec.retention == res.trials[0].retention
 
 
+def test_seeds_take_at_most_half_the_trials_best_first(tiny_ev):
+    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=12, min_fidelity=2, max_fidelity=8, seed=0,
+                                                                n_initial=2))
+    res = s.run()
+    seeded = {t.plan.key() for t in res.trials if t.source != "search"}
+    assert 1 <= len(seeded) <= len(s.seed_names) == 12 // 2 - 2  # only the design's seeds are labelled as seeds
+    order = list(seed_plans(tiny_ev.family, 2, {}))  # the cap keeps the first (the base's) seeds
+    assert set(s.seed_names.values()) == set(order[:4])
+
+
 @pytest.mark.parametrize("low, top, eta, want, says", [
     (8, 100, 3, 8, ""),  # 8 * 3 <= 100: Hyperband has rungs between 8 and 100
     (8, 16, 3, 5, "single rung"),  # 16 / 3 < 8: lowered to 16 // 3 = 5, two rungs

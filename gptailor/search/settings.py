@@ -15,7 +15,7 @@ METHODS = ("smac", "random", "evolution")
 class SearchSettings:
     method: str = "smac"  # smac | random | evolution (EvoPress-style, gptailor.search.evolution)
     facade: str = "multi_fidelity"  # multi_fidelity (Hyperband over examples per task) | hpo (full fidelity)
-    space: str = "layerwise"  # layerwise | paper
+    space: str = "layerwise"  # layerwise | paper | ranked
     constraint: str = "repair"  # layerwise only: repair | reject
     n_trials: int = 100
     walltime_s: float | None = None

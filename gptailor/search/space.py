@@ -1,6 +1,6 @@
 """Search spaces: ConfigSpace encodings of layer plans under a size budget.
 
-Three encodings, all decoding every configuration to a valid plan that respects the budget:
+Four encodings, each decoding every configuration to a valid plan that respects the budget:
 
 - ``layerwise`` (ours): per position an op in {drop, base, <candidates>, merge}; a merge has one
   weight per member (members under 0.05 are left out) and a method, active only under the merge op
@@ -13,8 +13,14 @@ Three encodings, all decoding every configuration to a valid plan that respects 
 - ``paper`` (GPTailor's own): R removed positions; for every kept position a K-bit mask over the
   finetunes (none = base layer, one = pick it, several = task arithmetic base + s * sum(theta_j -
   base) of the selected ones, all read at the *same* source position) and one scale s.
+- ``ranked``: for a random forest with a few hundred observations (issue 21): few, *unconditional*
+  hyperparameters. Per position a float ``keep_i``: the plan drops the ``n_remove`` positions with the
+  lowest values (ties by position), so every configuration is in budget and moving one value moves at
+  most one drop. Per searched position a categorical ``src_i`` (a member, or ``all``) and a float
+  ``mix_i``: up to ``MIX_PICK`` the position is ``src_i``'s layer (``all``: the linear merge of every
+  member, equal weights); above it, a linear merge in which the base's share grows from 0 to 1.
 
-In both, a position where every finetune's layer is bit-for-bit the base's (``Family.shared_positions``)
+In every space, a position where every finetune's layer is bit-for-bit the base's (``Family.shared_positions``)
 offers only keep or drop: any pick or merge there is the base's layer, so it is not searched.
 """
 from __future__ import annotations
@@ -397,7 +403,146 @@ class PickSpace(PlanSpace):
         return {**super().describe(), **self.options()}
 
 
-SPACES = {"layerwise": LayerwiseSpace, "paper": PaperSpace, "pick": PickSpace}
+MIX_PICK = 0.5  # mix_i at or below this: a plain pick of src_i (half of the random draws)
+ALL = "all"  # src_i: every member (a linear merge)
+
+
+class RankedSpace(PlanSpace):
+    """Drops as ranks of per-position floats, sources as one categorical and one float per position:
+    every hyperparameter is always active and every configuration meets the budget."""
+
+    name = "ranked"
+
+    def __init__(self, family: Family, n_remove: int, seed: int = 0, merge: bool = True) -> None:
+        self.merge = merge
+        super().__init__(family, n_remove, seed)
+
+    @property
+    def searched(self) -> list[int]:
+        """Positions with a source to choose: not shared, and the family has finetunes."""
+        return [i for i in range(self.L) if i not in self.shared] if self.candidates else []
+
+    @property
+    def sources(self) -> list[str]:
+        return [*self.members, ALL] if self.merge and len(self.members) > 2 else list(self.members)
+
+    def _build(self) -> ConfigurationSpace:
+        cs = ConfigurationSpace(seed=self.seed)
+        defaults = self._keeps(removal_preference(self.L)[: self.n_remove])  # deepest-first drops
+        cs.add(*[Float(f"keep_{i:03d}", (0.0, 1.0), default=defaults[i]) for i in range(self.L)])
+        for i in self.searched:
+            cs.add(Categorical(f"src_{i:03d}", self.sources, default=self.members[0]))
+            if self.merge:
+                cs.add(Float(f"mix_{i:03d}", (0.0, 1.0), default=0.0))
+        return cs
+
+    def _keeps(self, dropped: list[int]) -> list[float]:
+        """keep values that drop exactly ``dropped``: drops below 0.5, kept above, each group ordered
+        by removal preference (so a one-value move from a seed swaps its likeliest pair)."""
+        pref = removal_preference(self.L)
+        gone = sorted(dropped, key=pref.index)
+        kept = [p for p in pref if p not in set(dropped)]
+        out = [0.0] * self.L
+        for k, p in enumerate(gone):
+            out[p] = 0.5 * (k + 0.5) / len(gone)
+        for k, p in enumerate(kept):
+            out[p] = 0.5 + 0.5 * (k + 0.5) / len(kept)
+        return out
+
+    def dropped(self, config: Configuration | dict) -> list[int]:
+        """The ``n_remove`` positions with the lowest keep value, ties broken by position."""
+        c = dict(config)
+        order = sorted(range(self.L), key=lambda i: (float(c[f"keep_{i:03d}"]), i))
+        return sorted(order[: self.n_remove])
+
+    def _op(self, src: str, mix: float) -> Op:
+        """Position's op from its source and mix: a pick up to MIX_PICK, then a linear merge whose base
+        share b runs 0 -> 1 (weights scaled so the largest is 1; a share under MIN_WEIGHT is left out)."""
+        if mix <= MIX_PICK:
+            return Op.merge({m: 1.0 for m in self.members}, "linear") if src == ALL else Op.pick(src)
+        b = (mix - MIX_PICK) / (1.0 - MIX_PICK)
+        others = self.candidates if src == ALL else [] if src == self.members[0] else [src]
+        if not others or b > 1.0 - MIN_WEIGHT:
+            return Op.pick(self.members[0])
+        each = (1.0 - b) / len(others)
+        if b < MIN_WEIGHT:
+            return Op.pick(others[0]) if len(others) == 1 else Op.merge({m: 1.0 for m in others}, "linear")
+        top = max(b, each)
+        return Op.merge({self.members[0]: round(b / top, 4), **{m: round(each / top, 4) for m in others}}, "linear")
+
+    def decode(self, config) -> Plan:
+        c = dict(config)
+        gone = set(self.dropped(c))
+        ops = []
+        for i in range(self.L):
+            if i in gone:
+                ops.append(Op.drop())
+            elif i not in self.searched:
+                ops.append(Op.pick(self.members[0]))
+            else:
+                ops.append(self._op(c[f"src_{i:03d}"], float(c[f"mix_{i:03d}"]) if self.merge else 0.0))
+        return Plan(tuple(ops), self.family.name)
+
+    def _source_of(self, op: Op) -> tuple[str, float] | None:
+        """(src, mix) for a kept op, or None when this space cannot express it."""
+        if op.kind == "pick":
+            return op.member, 0.0
+        if not self.merge or op.method != "linear" or op.density is not None or any("@" in m for m in op.members):
+            return None
+        w, base = op.weight_map, self.members[0]
+        others = [m for m in w if m != base]
+        if set(w) == set(self.members) and len(set(w.values())) == 1 and ALL in self.sources:
+            return ALL, 0.0  # every member, equal weights
+        if ALL in self.sources and base not in w and set(w) == set(self.candidates) and len(set(w.values())) == 1:
+            return ALL, MIX_PICK + 0.5 * MIN_WEIGHT * (1.0 - MIX_PICK)  # the finetunes alone: base share below MIN_WEIGHT
+        if not others or len({w[m] for m in others}) != 1 or base not in w:
+            return None
+        src = others[0] if len(others) == 1 else ALL
+        if src == ALL and (ALL not in self.sources or set(others) != set(self.candidates)):
+            return None
+        total = w[base] + sum(w[m] for m in others)
+        b = w[base] / total
+        if not MIN_WEIGHT <= b <= 1.0 - MIN_WEIGHT:
+            return None
+        return src, MIX_PICK + b * (1.0 - MIX_PICK)
+
+    def encode(self, plan: Plan) -> Configuration | None:
+        gone = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
+        if len(gone) != self.n_remove or len(plan.ops) != self.L:
+            return None
+        values: dict[str, Any] = {f"keep_{i:03d}": v for i, v in enumerate(self._keeps(gone))}
+        for i, op in enumerate(plan.ops):
+            if op.kind == "drop":
+                continue
+            if i not in self.searched:
+                if not (op.kind == "pick" and op.member == self.members[0]) and not self._same_as_base(i, op):
+                    return None
+                continue
+            got = self._source_of(op)
+            if got is None:
+                return None
+            values[f"src_{i:03d}"] = got[0]
+            if self.merge:
+                values[f"mix_{i:03d}"] = got[1]
+        for i in self.searched:  # a dropped position's source is irrelevant: the defaults
+            values.setdefault(f"src_{i:03d}", self.members[0])
+            if self.merge:
+                values.setdefault(f"mix_{i:03d}", 0.0)
+        try:
+            cfg = Configuration(self.cs, values=values)
+        except Exception:  # noqa: BLE001
+            return None
+        same = Plan(tuple(op if op.kind == "drop" or i in self.searched else Op.pick(self.members[0])
+                          for i, op in enumerate(plan.ops)), plan.family)  # shared positions: the base's layer
+        return cfg if self.decode(cfg).key() == same.key() else None  # not a weight that rounds differently
+
+    def describe(self) -> dict[str, Any]:
+        n = len(self.searched)
+        return {**super().describe(), "keep": self.L, "src": n, "mix": n if self.merge else 0,
+                "conditional": 0, "sources": self.sources}
+
+
+SPACES = {"layerwise": LayerwiseSpace, "paper": PaperSpace, "pick": PickSpace, "ranked": RankedSpace}
 
 
 def make_space(name: str, family: Family, n_remove: int, seed: int = 0, **kw) -> PlanSpace:
