@@ -41,10 +41,15 @@ def test_topk_kl_is_the_full_kl_when_k_covers_the_vocabulary_and_a_lower_bound_o
 
 
 @pytest.fixture(scope="module")
-def ev(tmp_path_factory):
+def fam_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("klfam")
     make_tiny_family_with_suite(d, n_layers=6, n_test=10)
-    return Evaluator(Family.from_spec(d / "family.yaml"), load_suite(d / "tasks/suite.yaml"), kl_topk=8)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ev(fam_dir):
+    return Evaluator(Family.from_spec(fam_dir / "family.yaml"), load_suite(fam_dir / "tasks/suite.yaml"), kl_topk=8)
 
 
 def _positions(model, task, ex, tok) -> list[torch.Tensor]:
@@ -123,3 +128,19 @@ def test_a_kl_search_tells_smac_one_minus_exp_of_minus_the_mean_kl(ev):
     for t in complete:
         want = 1.0 - math.exp(-t.result.proxies["kl"]["mean"])
         assert told[(tuple(sorted(t.config.items())), t.budget)] == pytest.approx(want, abs=1e-9)
+
+
+def test_a_kl_study_through_the_database_scores_the_divergence_in_every_trial(tmp_path, fam_dir, ev):
+    """The worker wraps the evaluator (db.runs._Watched): the KL must still be scored, stored and read back,
+    or every trial would cost SMAC a crash and a resume would re-tell nothing but crashes."""
+    from db.runs import create_study, run_study
+    from db.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'kl.db'}")
+    plain = Evaluator(ev.family, ev.suite)  # kl_topk 0: the study's objective alone asks for the divergence
+    settings = SearchSettings(n_trials=4, min_fidelity=2, max_fidelity=8, seed=0, objective="kl")
+    sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2), settings, evaluator=plain)
+    assert run_study(store, sid, evaluator=plain) == "finished"
+    trials = [t for t in store.trials(sid) if t.status == "complete"]
+    assert len(trials) == 4 and all(t.result.proxies["kl"]["mean"] > 0 for t in trials)
+    assert plain.kl_topk == 0  # asked per evaluation, not left switched on in a shared evaluator

@@ -484,20 +484,20 @@ class Evaluator:
         exact-match task has no teacher-forced logits to compare)."""
         return [t for t in self.suite if not (t.kind == "exact_match" and t.filter)]
 
-    def kl_reference(self, member: str, fidelity: int | None, split: str) -> dict[str, list]:
+    def kl_reference(self, member: str, fidelity: int | None, split: str, k: int) -> dict[str, list]:
         """``member``'s top-k next-token log-probabilities at every scored position of every KL task, at
         this fidelity and split: computed once (one forward of the member per fidelity), then shared by
         every plan of the study."""
-        key = (member, fidelity, split, self.kl_topk)
+        key = (member, fidelity, split, k)
         if key not in self._kl_refs:
             plan = Plan.identity(self.family.n_layers, member, self.family.name)
             model = self.stitcher.build(plan, shared_from=member)
-            probes = {t.name: KLProbe(self.kl_topk) for t in self.kl_tasks()}
+            probes = {t.name: KLProbe(k) for t in self.kl_tasks()}
             self.model_details(model, fidelity, split, plan, shared_from=member, kl=probes)
             self._kl_refs[key] = {name: p.captured for name, p in probes.items()}
         return self._kl_refs[key]
 
-    def kl_probes(self, refs: References, definition: str, fidelity: int | None, split: str
+    def kl_probes(self, refs: References, definition: str, fidelity: int | None, split: str, k: int
                   ) -> dict[str, KLProbe]:
         """A comparing probe per KL task, against that task's retention reference member under
         ``definition`` (the base where no member scores)."""
@@ -505,7 +505,7 @@ class Evaluator:
         for t in self.kl_tasks():
             member = refs.reference(definition, t.name).member
             member = member if member in self.family.member_names else "base"
-            probes[t.name] = KLProbe(self.kl_topk, reference=self.kl_reference(member, fidelity, split)[t.name],
+            probes[t.name] = KLProbe(k, reference=self.kl_reference(member, fidelity, split, k)[t.name],
                                      member=member)
         return probes
 
@@ -520,7 +520,7 @@ class Evaluator:
     # -- the main entry -------------------------------------------------------------
     def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
                  references: References | None = None, definition: str | None = None,
-                 speed: bool | SpeedSettings = False) -> EvalResult:
+                 speed: bool | SpeedSettings = False, kl_topk: int | None = None) -> EvalResult:
         """Stitch ``plan``, score it at ``fidelity`` examples per task of ``split``, and compute retention
         against fixed references (by default: every member on the whole split). With ``speed``, also time
         the stitched model's prefill and decode against the base's (search trials leave it off)."""
@@ -530,7 +530,8 @@ class Evaluator:
         t0 = time.perf_counter()
         model = self.stitcher.build(plan)
         t1 = time.perf_counter()
-        probes = self.kl_probes(refs, definition, fidelity, split) if self.kl_topk else None
+        k = self.kl_topk if kl_topk is None else kl_topk  # > 0: also the KL to the references (--objective kl)
+        probes = self.kl_probes(refs, definition, fidelity, split, k) if k else None
         before = self.prefix_cache.snapshot() if self.prefix_cache is not None else None
         details = self.model_details(model, fidelity, split, plan, kl=probes)
         t2 = time.perf_counter()
@@ -538,7 +539,7 @@ class Evaluator:
         kl = None
         if probes:
             kls = {name: sum(p.values) / max(1, len(p.values)) for name, p in probes.items()}
-            kl = {"scores": kls, "mean": mean_kl(kls), "topk": self.kl_topk,
+            kl = {"scores": kls, "mean": mean_kl(kls), "topk": k,
                   "reference": {name: p.member for name, p in probes.items()}}
         return self.result_of(plan, fidelity, split, refs, definition, details, param_count(model), t1 - t0,
                               t2 - t1, extra, self.speed(model, speed) if speed else None, kl)

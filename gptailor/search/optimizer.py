@@ -86,8 +86,6 @@ class Objective:
 
             _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path), split="search")
         self.evaluator = _CACHE[key]
-        if self.objective == "kl":
-            self.evaluator.kl_topk = self.evaluator.kl_topk or DEFAULT_TOPK
         self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **options)
 
     def train(self, config: Configuration, seed: int = 0, budget: float | None = None) -> tuple[float, dict]:
@@ -101,8 +99,9 @@ class Objective:
         if key in self.cache:  # the same model at the same fidelity: never scored twice
             result = EvalResult.from_dict(self.cache[key])
             return costs_of(result, self.tasks, self.objective), {**info, "result": self.cache[key], "cached": True}
+        kw = {"kl_topk": DEFAULT_TOPK} if self.objective == "kl" else {}  # the divergence, in the same forward
         result = self.evaluator.evaluate(plan, fidelity, split="search", references=self.references,
-                                         definition=self.definition)
+                                         definition=self.definition, **kw)
         self.cache[key] = result.to_dict()
         return costs_of(result, self.tasks, self.objective), {**info, "result": self.cache[key]}
 
@@ -382,8 +381,7 @@ class Search:
         refs = self.references
         if self.settings.objective != "accuracy":  # stored references from before proxies: the members' values
             self.evaluator.add_proxy(refs)
-        if self.settings.objective == "kl":  # every trial also scores its divergence, in the same forward
-            self.evaluator.kl_topk = self.evaluator.kl_topk or DEFAULT_TOPK
+
         self.definition = applicable_definition(setting=self.settings.retention, refs=refs)
         if self.settings.objectives == "per_task":
             self.tasks = [t for t in self.evaluator.suite.names if refs.reference(self.definition, t).member != "none"]
