@@ -43,7 +43,7 @@ def test_the_stop_button_ends_a_running_evaluation_within_a_batch(demo_ev, monke
     plan = Plan.identity(demo_ev.family.n_layers, family="demo")
     ticks: list[str] = []
     started: list[int] = []  # how many progress lines the page had shown when each task began
-    slow = demo_ev.task_metrics
+    slow = demo_ev.task_values  # what every evaluation runs once per task
 
     def stop_during_the_first_task(*a, **kw):
         """Stop is pressed (from another thread, as the button's own request comes) while the first task
@@ -54,7 +54,7 @@ def test_the_stop_button_ends_a_running_evaluation_within_a_batch(demo_ev, monke
             press.start()
             press.join()
         return slow(*a, **kw)
-    monkeypatch.setattr(demo_ev, "task_metrics", stop_during_the_first_task)
+    monkeypatch.setattr(demo_ev, "task_values", stop_during_the_first_task)
     with pytest.raises(gr.Error, match="stopped: the work was cut short"):
         with stop_mod.stoppable(request, lambda f, desc: ticks.append(desc)):
             demo_ev.evaluate(plan, 4)
