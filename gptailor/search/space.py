@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ConfigSpace import Categorical, ConfigurationSpace, EqualsCondition, Float, Integer
 from ConfigSpace import Configuration
@@ -83,6 +83,20 @@ class Budget:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Budget":
         return cls(d.get("remove_layers"), d.get("max_param_fraction"), d.get("remove_fraction"))
+
+
+def repair_drops(ops: list[Op], n_remove: int, restore: Callable[[int], Op]) -> list[Op]:
+    """``ops`` with exactly ``n_remove`` drops, by the one repair rule: extra drops are restored (``restore``
+    says as what) from the least removable up, missing ones taken in ``removal_preference`` order."""
+    pref = removal_preference(len(ops))
+    dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
+    if len(dropped) > n_remove:
+        for i in sorted(dropped, key=pref.index, reverse=True)[: len(dropped) - n_remove]:
+            ops[i] = restore(i)
+    elif len(dropped) < n_remove:
+        for i in [p for p in pref if ops[p].kind != "drop"][: n_remove - len(dropped)]:
+            ops[i] = Op.drop()
+    return ops
 
 
 def removal_preference(n_layers: int) -> list[int]:
@@ -189,15 +203,7 @@ class LayerwiseSpace(PlanSpace):
         return sum(op.kind == "drop" for op in self._raw_ops(config)) == self.n_remove
 
     def decode(self, config) -> Plan:
-        ops = self._raw_ops(config)
-        pref = removal_preference(self.L)
-        dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
-        if len(dropped) > self.n_remove:  # restore the least removable extra drops as base layers
-            for i in sorted(dropped, key=pref.index, reverse=True)[: len(dropped) - self.n_remove]:
-                ops[i] = Op.pick("base")
-        elif len(dropped) < self.n_remove:
-            for i in [p for p in pref if ops[p].kind != "drop"][: self.n_remove - len(dropped)]:
-                ops[i] = Op.drop()
+        ops = repair_drops(self._raw_ops(config), self.n_remove, lambda i: Op.pick("base"))
         return Plan(tuple(ops), self.family.name)
 
     def encode(self, plan: Plan) -> Configuration | None:
@@ -355,14 +361,7 @@ class PickSpace(PlanSpace):
     def decode(self, config) -> Plan:
         c = dict(config)
         ops = [Op.drop() if c[f"op_{i:03d}"] == "drop" else Op.pick(c[f"op_{i:03d}"]) for i in range(self.L)]
-        pref = removal_preference(self.L)
-        dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
-        if len(dropped) > self.n_remove:  # restore the least removable extra drops as the first source's layer
-            for i in sorted(dropped, key=pref.index, reverse=True)[: len(dropped) - self.n_remove]:
-                ops[i] = Op.pick(self.keeps(i)[0])
-        elif len(dropped) < self.n_remove:
-            for i in [p for p in pref if ops[p].kind != "drop"][: self.n_remove - len(dropped)]:
-                ops[i] = Op.drop()
+        ops = repair_drops(ops, self.n_remove, lambda i: Op.pick(self.keeps(i)[0]))  # the first source's layer
         return Plan(tuple(ops), self.family.name)
 
     def valid(self, config) -> bool:
