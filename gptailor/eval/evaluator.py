@@ -492,8 +492,10 @@ class Evaluator:
         if key not in self._kl_refs:
             plan = Plan.identity(self.family.n_layers, member, self.family.name)
             model = self.stitcher.build(plan, shared_from=member)
+            run = self.prefix_run(model, plan, member, fidelity, split)
             probes = {t.name: KLProbe(k) for t in self.kl_tasks()}
-            self.model_details(model, fidelity, split, plan, shared_from=member, kl=probes)
+            for t in self.kl_tasks():  # only the tasks it is scored on: no generation for the filtered ones
+                self.task_values(model, t, fidelity, split, run, probes[t.name])
             self._kl_refs[key] = {name: p.captured for name, p in probes.items()}
         return self._kl_refs[key]
 
