@@ -104,7 +104,7 @@ def search_score(t: TrialRecord, objective: str) -> float | None:
 
 def best_so_far(trials: list[TrialRecord], objective: str, by: Callable[[TrialRecord], float]) -> list[Point]:
     """One point per trial, in the order ``by`` (trial number, or completion time): the best trial so far by
-    ``gptailor.search.trials.rank_key`` (the highest fidelity first, then the score, then the earliest), so a
+    ``gptailor.search.trials.rank_key`` (the highest fidelity first, then the score, then the proxy, then the earliest), so a
     plan scored on more examples replaces a better-looking one scored on fewer, as the study's incumbent does."""
     out: list[Point] = []
     best: tuple | None = None
@@ -112,7 +112,7 @@ def best_so_far(trials: list[TrialRecord], objective: str, by: Callable[[TrialRe
     for k, t in enumerate(done, 1):
         v = search_score(t, objective)
         if v is not None:
-            key = rank_key(t.fidelity, v, t.number)
+            key = rank_key(t.fidelity, v, t.number, tiebreak=t.result.tiebreak)
             if best is None or key < best[0]:
                 best = (key, t, v)
         b = best[1] if best else None

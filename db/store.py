@@ -27,12 +27,12 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from gptailor.eval.prefix import summarize_prefix
-from gptailor.eval.results import DEFINITIONS
+from gptailor.eval.results import DEFINITIONS, tiebreak_proxy
 from gptailor.search.trials import CUT, TrialRecord, rank_key
 
 from .liveness import Owner
 from .models import FamilyRow, SchemaVersion, StudyRow, TrialRow, utcnow
-from .rows import mean_of, to_record, to_row
+from .rows import PROXIES, mean_of, to_record, to_row
 from .settings import db_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -653,7 +653,9 @@ def _best_of(s: Session, study_id: int) -> tuple[float | None, int | None, dict[
     scored = [(r, m) for r, m in scored if m is not None]
     if not scored:
         return None, None, None, {}
-    row, retention = min(scored, key=lambda rm: rank_key(rm[0].fidelity, rm[1], rm[0].number))
+    row, retention = min(scored, key=lambda rm: rank_key(
+        rm[0].fidelity, rm[1], rm[0].number,
+        tiebreak=tiebreak_proxy((rm[0].retentions or {}).get(PROXIES) or {}, rm[0].definition)))
     means = {d: v.get("mean") for d, v in row.retentions.items() if d in DEFINITIONS and isinstance(v, dict)}
     return retention, row.number, means, {"split": row.split, "fidelity": row.fidelity}
 

@@ -165,7 +165,7 @@ def narrow(page, tab: str | None = None) -> None:
 def scored_trial(number: int, plan, retentions: dict | None = None, fidelity: int | None = 10,
                  params: int | float = 1e6, status: str = "complete", study_id: int | None = None,
                  wall_s: float | None = None, scores: dict | None = None, task_retentions: dict | None = None,
-                 definition: str = "family", **fields):
+                 definition: str = "family", proxies: dict | None = None, **fields):
     """A ``TrialRecord`` as the store holds one: ``retentions`` (definition -> mean) None leaves it unscored
     (``result`` None, e.g. a failed trial); ``plan`` is a Plan or its text."""
     from gptailor import Plan
@@ -178,6 +178,7 @@ def scored_trial(number: int, plan, retentions: dict | None = None, fidelity: in
         result = EvalResult(plan=plan.to_text(), fidelity=fidelity, scores=scores or {}, metrics={}, references={},
                             kept_layers=plan.n_kept, n_layers=len(plan), params=int(params), stitch_s=0.0,
                             score_s=0.0, definition=definition, retentions=dict(retentions),
-                            task_retentions=task_retentions or {d: {} for d in retentions})
+                            task_retentions=task_retentions or {d: {} for d in retentions},
+                            proxies=proxies or {})
     return TrialRecord(number, plan, fidelity, result, status=status, study_id=study_id,
                        wall_s=float(number) if wall_s is None else wall_s, **fields)

@@ -279,3 +279,36 @@ def test_best_retention_follows_the_one_ranking_rule(tmp_path, trials, best):
     if best is not None:
         assert s["best_retention"] == trials[best][2]
         assert s["best_retentions"] == {"family": trials[best][2], "base": 2 * trials[best][2]}
+
+
+def _loglik(value: float) -> dict:
+    return {"loglik": {"metrics": {}, "scores": {}, "retentions": {"family": value, "base": value / 2},
+                       "task_retentions": {}}}
+
+
+@pytest.mark.parametrize("trials,best", [
+    # every plan scores 0 (a budget that breaks every skill): the continuous proxy picks, not the trial order
+    ([(0, 40, 0.0, _loglik(0.2)), (1, 40, 0.0, _loglik(0.6)), (2, 40, 0.0, _loglik(0.4))], 1),
+    # a tie in accuracy at the top fidelity: the higher proxy; one without a proxy (stored before) ranks after
+    ([(0, 40, 0.5, None), (1, 40, 0.5, _loglik(0.1)), (2, 40, 0.5, _loglik(0.3)), (3, 8, 0.9, _loglik(0.9))], 2),
+    # a KL study's result with no loglik values: exp(-KL) breaks the tie (KL 0.5 < 1.5)
+    ([(0, 40, 0.5, {"kl": {"mean": 1.5}}), (1, 40, 0.5, {"kl": {"mean": 0.5}})], 1),
+    # the proxy never outranks accuracy or fidelity
+    ([(0, 40, 0.5, _loglik(0.1)), (1, 40, 0.4, _loglik(0.9)), (2, 8, 0.9, _loglik(0.9))], 0),
+])
+def test_ties_are_broken_by_the_proxy_never_by_trial_order(tmp_path, trials, best):
+    """#21 item 6: a tie in retention at the top fidelity goes to the higher continuous proxy, the same in the
+    engine (``incumbent``), the studies list (``Store._best_of`` on stored rows) and the dashboard's chart."""
+    from gptailor.search.trials import incumbent
+    from ui.figures import incumbents
+
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = store.create_study(family_name="f", family_source="f", family_spec={}, family_info={}, method="random",
+                             budget={}, settings={}, n_trials=len(trials), name="s")
+    for number, fidelity, retention, proxies in trials:
+        store.record_trial(sid, scored_trial(number, "base base", {"family": retention, "base": 2 * retention},
+                                             fidelity, 10, proxies=proxies))
+    stored = store.trials(sid)
+    assert incumbent(stored).number == best
+    assert store.study(sid)["best_trial"] == best
+    assert incumbents(stored)[-1][1].number == best

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from gptailor import Plan
 from gptailor.plan import split_source
-from gptailor.search.trials import TrialRecord, fidelity_rank, rank_key, ranked, scored, size_front
+from gptailor.search.trials import TrialRecord, fidelity_rank, ranked, scored, size_front, trial_rank
 
 MERGE, DROP = "merge", "drop"
 
@@ -232,8 +232,7 @@ def incumbents(trials: list[TrialRecord], x: str = "number") -> list[tuple[Trial
     fidelity arrives scoring below the lower fidelity's best."""
     out, best = [], None
     for t in sorted(scored(trials), key=lambda t: (getattr(t, x) or 0, t.number)):
-        if best is None or rank_key(t.fidelity, t.retention, t.number) < rank_key(best.fidelity, best.retention,
-                                                                                    best.number):
+        if best is None or trial_rank(t) < trial_rank(best):
             best = t
         out.append((t, best))
     return out

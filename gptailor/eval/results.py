@@ -114,6 +114,18 @@ def applicable_definition(*, fixed: str | None = None, setting: str | None = Non
     return LEGACY
 
 
+def tiebreak_proxy(proxies: dict[str, dict[str, Any]], definition: str) -> float | None:
+    """The continuous score that breaks a tie in accuracy retention (0/1 accuracy on tens of examples ties
+    often, and every plan ties at 0 when a budget breaks every skill): the ``loglik`` proxy's retention under
+    ``definition``, else exp(-KL) to the references, else None (a result stored before either was scored).
+    One rule, for a result and for a stored row (``db.store``)."""
+    value = ((proxies.get("loglik") or {}).get("retentions") or {}).get(definition)
+    if value is not None:
+        return value
+    kl = proxies.get("kl") or {}
+    return math.exp(-kl["mean"]) if kl.get("mean") is not None else None
+
+
 @dataclass
 class EvalResult:
     """Everything a trial records: per-task scores, retention under each definition, size and timings.
@@ -152,6 +164,11 @@ class EvalResult:
     def task_retention(self) -> dict[str, float | None]:
         """Each task's retention under the applicable definition."""
         return self.task_retentions.get(self.definition, {})
+
+    @property
+    def tiebreak(self) -> float | None:
+        """What breaks a tie in ``retention`` (``tiebreak_proxy``)."""
+        return tiebreak_proxy(self.proxies, self.definition)
 
     def objective_retention(self, objective: str = "accuracy", definition: str | None = None) -> float | None:
         """The mean retention a search with ``objective`` minimises 1 - of (the applicable definition by

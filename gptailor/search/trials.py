@@ -73,10 +73,18 @@ def fidelity_rank(fidelity: int | None) -> float:
     return math.inf if fidelity is None else float(fidelity)
 
 
-def rank_key(fidelity: int | None, retention: float, number: int = 0) -> tuple[float, float, int]:
+def rank_key(fidelity: int | None, retention: float, number: int = 0, *,
+             tiebreak: float | None = None) -> tuple[float, float, float, int]:
     """Sort key, best first: the highest fidelity (low-fidelity scores are noisy), then retention, then the
-    earliest trial. The only ranking rule: the engine, the database, the dashboard and compare use it."""
-    return -fidelity_rank(fidelity), -retention, number
+    continuous proxy (``EvalResult.tiebreak``: equal accuracies are not equal plans; a trial without one
+    ranks after those with one), and only then the earliest trial. The only ranking rule: the engine, the
+    database, the dashboard and compare use it (``trial_rank`` for a record)."""
+    return -fidelity_rank(fidelity), -retention, -(-math.inf if tiebreak is None else tiebreak), number
+
+
+def trial_rank(t: "TrialRecord") -> tuple[float, float, float, int]:
+    """``rank_key`` of a scored trial."""
+    return rank_key(t.fidelity, t.result.retention, t.number, tiebreak=t.result.tiebreak)
 
 
 CUT = "cut"  # a trial its worker never finished (killed, hung, stopped): stored, not counted, run again on resume
@@ -95,7 +103,7 @@ def scored(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
 
 def ranked(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
     """The scored trials, best first by ``rank_key``."""
-    return sorted(scored(trials), key=lambda t: rank_key(t.fidelity, t.result.retention, t.number))
+    return sorted(scored(trials), key=trial_rank)
 
 
 def incumbent(trials: Iterable[TrialRecord]) -> TrialRecord | None:
