@@ -9,7 +9,8 @@ import pytest
 
 from db.runs import StudyError, cancel, compare, compare_table, create_study, launch, reconcile, resume, \
     run_study, wait
-from db.store import SCHEMA_VERSION, Store, StoreError
+from db.database import SCHEMA_REVISION
+from db.store import Store, StoreError
 from gptailor import Evaluator, load_suite
 from gptailor.family.family import Family
 from gptailor.search.settings import SearchSettings
@@ -55,7 +56,7 @@ def test_store_round_trip_and_wal(tmp_path, fam_dir, ev):
     assert cache["hit_rate"] == pytest.approx(sum(p["hits"] for p in per_trial) / cache["lookups"])
     with sqlite3.connect(tmp_path / "g.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_VERSION
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_REVISION
 
 
 def _rh(rows):

@@ -12,7 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from db.models import Base
-from db.store import MIGRATIONS_DIR, SCHEMA_REVISION, Store, StoreError
+from db.database import MIGRATIONS_DIR, SCHEMA_REVISION
+from db.store import Store, StoreError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ from alembic.config import Config  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from db.liveness import Owner  # noqa: E402
-from db.store import MIGRATIONS_DIR, SCHEMA_REVISION, Store, StoreError  # noqa: E402
+from db.database import MIGRATIONS_DIR, SCHEMA_REVISION
+from db.store import Store, StoreError  # noqa: E402
 from bench.pgserver import PgUnavailable, new_database, pg_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
