@@ -9,7 +9,8 @@ from ConfigSpace import Configuration
 from gptailor import Evaluator, Plan
 from gptailor.eval.suite import load_suite
 from gptailor.family.family import Family
-from gptailor.search.evolution import halving_cost, merge, mutate, rungs, source, swap
+from gptailor.search.evolution import Evolution, halving_cost, merge, mutate, source, swap
+from gptailor.search.fidelity import fidelity_range, hyperband_budgets, rungs
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import METHODS, SearchSettings
 from gptailor.search.space import MERGE_METHODS_SEARCHED, Budget, LayerwiseSpace, PaperSpace, PickSpace, RankedSpace
@@ -163,7 +164,40 @@ def test_rungs_and_halving_cost_by_hand():
     assert rungs(8, 100, 3) == [11, 33, 100]  # 100/9, 100/3, 100
     assert rungs(2, 8, 3) == [3, 8]  # 8/9 < 2: one step only
     assert rungs(4, 4, 3) == [4]
+    assert rungs(1, 1000, 10) == [10, 100, 1000]  # SMAC's log(1000)/log(10) is just under 3: no rung at 1
     assert halving_cost(5, 2, 3) == 5 + 2 and halving_cost(9, 3, 3) == 9 + 3 + 1
+
+
+RUNG_CASES = [(8, 100, 3), (2, 6, 3), (2, 8, 3), (2, 18, 3), (3, 81, 3), (5, 125, 5), (1, 1000, 10), (4, 100, 2),
+              (7, 50, 4)]
+
+
+@pytest.mark.parametrize("low, top, eta", RUNG_CASES)
+def test_the_rungs_are_smac_s_hyperband_budgets(tmp_path, low, top, eta):
+    """One rung rule: the budgets of SMAC's own Hyperband intensifier (its widest bracket), built as the
+    search builds it, are ``hyperband_budgets`` exactly, and the evolution screens on their fidelities."""
+    import smac
+    from ConfigSpace import ConfigurationSpace, Float
+
+    cs = ConfigurationSpace(seed=0)
+    cs.add(Float("x", (0.0, 1.0)))
+    scenario = smac.Scenario(cs, output_directory=tmp_path, deterministic=True, n_trials=10,
+                             min_budget=low, max_budget=top)
+    intensifier = smac.HyperbandFacade.get_intensifier(scenario, eta=eta)
+    smac.HyperbandFacade(scenario, lambda config, seed=0, budget=None: 0.0, intensifier=intensifier,
+                         overwrite=True, logging_level=40)
+    intensifier.__post_init__()  # SMAC computes its brackets here (it does so when its loop starts)
+    brackets = intensifier._budgets_in_stage
+    assert hyperband_budgets(low, top, eta) == brackets[0]  # the widest bracket holds every rung
+    assert all(set(b) <= set(brackets[0]) for b in brackets.values())
+    assert rungs(low, top, eta) == [max(1, int(round(b))) for b in brackets[0]]
+    assert (len(brackets[0]) > 1) == (fidelity_range(low, top, eta)[1] == "")  # no note while there are rungs
+
+
+def test_the_evolution_screens_on_the_searchs_rungs(tiny_ev):
+    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=4, **{**SETTINGS, "max_fidelity": 16,
+                                                                                  "min_fidelity": 1, "eta": 2}))
+    assert Evolution(s, None, lambda r: 0.0).rungs == rungs(s.min_fidelity, s.max_fidelity, 2) == [1, 2, 4, 8, 16]
 
 
 # ----------------------------------------------------------------------------- the search

@@ -7,7 +7,8 @@ import pytest
 from ConfigSpace import Configuration
 
 from gptailor import Evaluator, Plan
-from gptailor.search.optimizer import Search, fidelity_range
+from gptailor.search.fidelity import fidelity_range
+from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import TrialRecord, incumbent
 from gptailor.search.seeds import seed_plans

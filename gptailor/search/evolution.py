@@ -38,6 +38,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from gptailor.plan import Op, Plan
+from gptailor.search.fidelity import rungs
 from gptailor.search.space import PlanSpace
 from gptailor.eval.results import EvalResult
 from gptailor.search.trials import CUT, counted
@@ -128,14 +129,6 @@ def random_plan(space: PlanSpace, rng: random.Random) -> Plan:
     if plan is None:
         raise RuntimeError(f"a random plan of the {space.name} space is outside it: {Plan(ops, space.family.name).to_text()}")
     return plan
-
-
-def rungs(min_fidelity: int, max_fidelity: int, eta: int) -> list[int]:
-    """Successive-halving fidelities, lowest first: ``max / eta**k`` down to no less than ``min``."""
-    if min_fidelity >= max_fidelity or eta < 2:
-        return [max_fidelity]
-    s_max = int(math.floor(math.log(max_fidelity / min_fidelity, eta) + 1e-9))
-    return [max(1, int(round(max_fidelity / eta ** k))) for k in range(s_max, -1, -1)]
 
 
 def halving_cost(n: int, n_rungs: int, eta: int) -> int:

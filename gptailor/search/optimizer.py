@@ -43,6 +43,7 @@ from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
 from gptailor.plan import Plan
 from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.search.fidelity import fidelity_of, search_fidelities
 from gptailor.search.space import Budget, BudgetError, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
 from gptailor.search.settings import SearchSettings
@@ -115,41 +116,6 @@ def seed_cap(n_trials: int, n_init: int = 0) -> int:
     the demo's best seed (the 18th) out and ended lower (0.271 against 0.280 on the search split), so the
     seeds keep their half until they are ordered by how good they are."""
     return max(0, n_trials // 2 - n_init)
-
-
-def fidelity_range(min_fidelity: int, max_fidelity: int, eta: int) -> tuple[int, str]:
-    """The lowest rung Hyperband will really use, and a note when it differs from the one asked for.
-
-    Hyperband's rungs are ``max, max/eta, max/eta^2, ...`` down to ``min``: with ``min`` above
-    ``max/eta`` there is a single rung and every trial runs at the top (measured on a real family: the
-    search split was only twice the minimum fidelity and Hyperband never varied it). So a minimum above
-    ``max/eta`` (but below ``max``: equal means one fidelity on purpose) is lowered to ``max // eta``,
-    which gives two rungs; a split too small for a low rung of at least 2 examples per task runs every
-    trial at the top fidelity, and says so."""
-    if min_fidelity * eta <= max_fidelity or min_fidelity >= max_fidelity:  # rungs, or one fidelity by choice
-        return min(min_fidelity, max_fidelity), ""
-    lower = max_fidelity // eta
-    if lower >= 2:
-        return lower, (f"min fidelity {min_fidelity} is more than 1/{eta} of the {max_fidelity} examples per "
-                       f"task at the top, so Hyperband would have a single rung: using {lower}..{max_fidelity}")
-    return max_fidelity, (f"{max_fidelity} examples per task at the top is too few for Hyperband's lower rungs "
-                          f"(at least {2 * eta} needed with eta {eta}): every trial runs at {max_fidelity}")
-
-
-def search_fidelities(settings: SearchSettings, split_size: int) -> tuple[int, int, str]:
-    """(lowest, top, note): the examples per task a search's trials run at on a search split of
-    ``split_size`` examples per task; the Search tab shows the note before a study starts."""
-    top = min(settings.max_fidelity or split_size, split_size)
-    low = min(settings.min_fidelity, top)
-    if settings.facade != "multi_fidelity":
-        return low, top, ""
-    low, note = fidelity_range(low, top, settings.eta)
-    return low, top, note
-
-
-def fidelity_of(budget: float | None, max_fidelity: int) -> int:
-    """Examples per task for SMAC's (float) budget: the one mapping, used by the objective and on resume."""
-    return max_fidelity if budget is None else max(1, int(round(budget)))
 
 
 def costs_of(result: EvalResult | None, tasks: list[str] | None, objective: str = "accuracy"
