@@ -15,7 +15,7 @@ may be: ``PlanSpace.keeps``, ``merges_at``, ``merge_move``):
 Offspring are scored on few examples per task first; the best ``1/eta`` go on to ``eta`` times more examples,
 until one reaches the top fidelity, where it replaces the parent if it is at least as good (equal moves let
 the search cross plateaus, such as every plan scoring 0). Generation 0 is SMAC's seeded start
-(``Search._initial_configs``: heuristic removals crossed with merge settings), screened the same way, so its
+(``Search._seeded_start``: heuristic removals crossed with merge settings), screened the same way, so its
 best seed is the first parent. Every plan goes through the space (``encode`` then ``decode``), so it is what
 SMAC would score for that configuration, and through the same ``Objective.train`` (cache by (plan key,
 fidelity), costs, objective), and every trial is reported by SMAC's own recorder: trials, resume and the
@@ -247,7 +247,7 @@ class Evolution:
     def _seeds(self) -> list[Plan]:
         """Generation 0: SMAC's seeded start (as many as half the trials can screen), else random plans."""
         s = self.s
-        plans = [s.space.decode(c) for c in s._initial_configs()]
+        plans = [seed.plan for seed in s._seeded_start()]
         n = len(plans)
         while n > 1 and halving_cost(n, len(self.rungs), self.eta) > max(s.settings.n_trials // 2, self.lam):
             n -= 1

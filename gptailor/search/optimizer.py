@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from ConfigSpace import Configuration
 
@@ -48,6 +48,13 @@ from gptailor.search.space import Budget, BudgetError, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import CRASH_COST, CUT, SearchResult, TrialRecord, counted, incumbent, pareto_front
+
+
+class Seed(NamedTuple):
+    """A seeded plan of the initial design: its configuration, and the plan the space decodes it to."""
+
+    config: Configuration
+    plan: Plan
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -266,21 +273,24 @@ class Search:
                         n_trials=s.n_trials, walltime_limit=(s.walltime_s - used) if s.walltime_s else math.inf,
                         seed=s.seed, n_workers=max(1, s.n_workers), **kw)
 
-    def _initial_configs(self) -> list[Configuration]:
+    def _seeded_start(self) -> list[Seed]:
+        """The seeded plans the space expresses, best first, each once (by the plan it decodes to), named in
+        ``seed_names``; decoded here once, for SMAC's initial design and the evolution's generation 0."""
         if not self.settings.initial_plans:
             return []
-        configs, seen = [], set()
+        seeds: list[Seed] = []
+        seen: set[str] = set()
         for name, plan in seed_plans(self.family, self.n_remove, self.heuristic_removals).items():
             cfg = self.space.encode(plan)
             if cfg is None:
                 continue
-            key = self.space.decode(cfg).key()  # plans that decode to the same model count once
-            if key in seen:
+            plan = self.space.decode(cfg)  # plans that decode to the same model count once
+            if plan.key() in seen:
                 continue
-            seen.add(key)
-            self.seed_names[key] = name
-            configs.append(cfg)
-        return configs
+            seen.add(plan.key())
+            self.seed_names[plan.key()] = name
+            seeds.append(Seed(cfg, plan))
+        return seeds
 
     def _facade(self, scenario, objective, dask_client):
         import smac
@@ -290,8 +300,9 @@ class Search:
                   "dask_client": dask_client}
         multi = "min_budget" in _scenario_kw(scenario)
         n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
-        extra = self._initial_configs()[: seed_cap(s.n_trials, n_init)]  # keep room for SMAC's own picks
-        design = {self.space.decode(c).key() for c in extra}  # a proposal equal to a seed left out is SMAC's
+        seeds = self._seeded_start()[: seed_cap(s.n_trials, n_init)]  # keep room for SMAC's own picks
+        extra = [seed.config for seed in seeds]
+        design = {seed.plan.key() for seed in seeds}  # a proposal equal to a seed left out is SMAC's
         for key in [k for k in self.seed_names if k not in design]:  # in place: db.runs holds this dict
             del self.seed_names[key]
         if s.method == "random":
