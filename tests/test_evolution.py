@@ -9,10 +9,11 @@ from ConfigSpace import Configuration
 from gptailor import Evaluator, Plan
 from gptailor.eval.suite import load_suite
 from gptailor.family.family import Family
-from gptailor.search.evolution import halving_cost, merge, mutate, rungs, source, swap
+from gptailor.search.evolution import Evolution, halving_cost, merge, mutate, source, swap
+from gptailor.search.fidelity import fidelity_range, hyperband_budgets, rungs
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import METHODS, SearchSettings
-from gptailor.search.space import MERGE_METHODS_SEARCHED, Budget, LayerwiseSpace, PaperSpace
+from gptailor.search.space import MERGE_METHODS_SEARCHED, Budget, LayerwiseSpace, PaperSpace, PickSpace, RankedSpace
 from gptailor.search.trials import TrialRecord
 
 from conftest import make_tiny_family
@@ -74,33 +75,88 @@ def test_each_mutation_keeps_the_budget_and_makes_exactly_its_move(tiny_ev):
             assert sum(o.kind == "drop" for o in child.ops) == 2
 
 
-@pytest.mark.parametrize("space_cls", [LayerwiseSpace, PaperSpace])
-def test_mutate_stays_in_the_space_and_in_budget(tiny_ev, space_cls):
+SPACES_TRIED = {  # name -> (space, whether it has merges)
+    "layerwise": (lambda fam: LayerwiseSpace(fam, 2), True),
+    "paper": (lambda fam: PaperSpace(fam, 2), False),
+    "pick": (lambda fam: PickSpace(fam, 2), False),
+    "pick_fixed": (lambda fam: PickSpace(fam, 2, sources=("math", "base"), free=(1, 2, 3)), False),
+    "ranked": (lambda fam: RankedSpace(fam, 2), True),
+}
+
+
+def _start(space) -> Plan:
+    """A plan of the space with 2 drops: its first seed-like plan, written as the space writes it."""
+    ops = ["drop" if i in (2, 4) else space.keeps(i)[-1] for i in range(space.L)]
+    return space.decode(space.encode(Plan.from_text(" ".join(ops))))
+
+
+def _inside(space, plan: Plan) -> bool:
+    """The space's configuration for ``plan`` decodes to ``plan`` itself: it is exactly a plan of the space."""
+    cfg = space.encode(plan)
+    return cfg is not None and space.decode(cfg).key() == plan.key()
+
+
+@pytest.mark.parametrize("name", sorted(SPACES_TRIED))
+def test_each_move_stays_in_the_space_and_in_budget(tiny_ev, name):
+    """Every single move, before the space writes it back, is a plan the space expresses: nothing falls back
+    to the parent (a wasted trial) or is scored as something else."""
     fam = tiny_ev.family
-    space = space_cls(fam, 2)
+    make, has_merges = SPACES_TRIED[name]
+    space = make(fam)
     rng = random.Random(0)
-    plan = space.decode(space.encode(Plan.from_text("base math drop code drop base")))
-    kinds = set()
+    plan, kinds, moved = _start(space), set(), {k: 0 for k in ("swap", "source", "merge")}
     for _ in range(300):
+        for kind, move in (("swap", swap), ("source", source), ("merge", merge)):
+            child = move(plan, rng, space)
+            if child is None:
+                continue
+            moved[kind] += 1
+            assert space.contains(child), f"{kind} left the {name} space: {child.to_text()}"
+            assert sum(o.kind == "drop" for o in child.ops) == 2
+            if name == "pick_fixed":  # a fixed position keeps the first source's layer, whatever moved there
+                assert all(o.kind == "drop" or o.member == "math" for i, o in enumerate(child.ops) if i not in (1, 2, 3))
         child = mutate(plan, rng, space)
         if child is None:
             continue
         child.validate(fam.member_names, fam.n_layers)
         assert sum(o.kind == "drop" for o in child.ops) == 2 and child.key() != plan.key()
-        assert space.decode(space.encode(child)).key() == child.key()  # exactly what the space scores
+        assert _inside(space, child)  # exactly what the space scores
         kinds |= {o.kind for o in child.ops}
         plan = child
-    assert ("merge" in kinds) == (space_cls is LayerwiseSpace)  # merges only where the space has them
+    assert moved["swap"] and moved["source"] and bool(moved["merge"]) == has_merges
+    assert ("merge" in kinds) == has_merges  # merges only where the space has them, and there they happen
 
 
-def test_shared_positions_are_never_given_another_source(tmp_path):
+def test_the_ranked_space_merges_are_its_own(tiny_ev):
+    """The ranked space's merge menu: every source with several base shares, each written back exactly."""
+    space = RankedSpace(tiny_ev.family, 2)
+    assert all(space.merges_at(i) for i in range(space.L))
+    shares = {}
+    for op in space.merge_ops:
+        assert op.kind == "merge" and op.method == "linear"
+        plan = Plan.from_text("base drop base drop base base")
+        plan = Plan(tuple(op if i == 2 else o for i, o in enumerate(plan.ops)), space.family.name)
+        assert _inside(space, plan)
+        w = op.weight_map
+        src = "all" if len([m for m in w if m != "base"]) > 1 else next(m for m in w if m != "base")
+        shares.setdefault(src, set()).add(round(w.get("base", 0.0) / sum(w.values()), 2))
+    assert set(shares) == {"math", "code", "all"}
+    assert all(len(v) >= 15 for v in shares.values())  # base shares 0.05 .. 0.95 on the 0.05 grid
+    rng = random.Random(0)
+    for op in space.merge_ops:
+        assert space.merge_move(op, 1, rng) != op
+
+
+@pytest.mark.parametrize("space_cls", [LayerwiseSpace, PickSpace, RankedSpace])
+def test_shared_positions_are_never_given_another_source(tmp_path, space_cls):
     spec = make_tiny_family(tmp_path, n_layers=4, base_layers={"math": [1], "code": [1]})
-    space = LayerwiseSpace(Family.from_spec(spec), 1)
-    assert space.shared == {1}
+    space = space_cls(Family.from_spec(spec), 1)
+    assert space.shared == {1} and space.keeps(1) == ["base"] and not space.merges_at(1)
     plan = Plan.from_text("base base drop base")
     for k in range(100):
         for move in (source, merge):
-            assert move(plan, random.Random(k), space).ops[1] == plan.ops[1]
+            child = move(plan, random.Random(k), space)
+            assert child is None or child.ops[1] == plan.ops[1]
 
 
 def test_rungs_and_halving_cost_by_hand():
@@ -108,7 +164,40 @@ def test_rungs_and_halving_cost_by_hand():
     assert rungs(8, 100, 3) == [11, 33, 100]  # 100/9, 100/3, 100
     assert rungs(2, 8, 3) == [3, 8]  # 8/9 < 2: one step only
     assert rungs(4, 4, 3) == [4]
+    assert rungs(1, 1000, 10) == [10, 100, 1000]  # SMAC's log(1000)/log(10) is just under 3: no rung at 1
     assert halving_cost(5, 2, 3) == 5 + 2 and halving_cost(9, 3, 3) == 9 + 3 + 1
+
+
+RUNG_CASES = [(8, 100, 3), (2, 6, 3), (2, 8, 3), (2, 18, 3), (3, 81, 3), (5, 125, 5), (1, 1000, 10), (4, 100, 2),
+              (7, 50, 4)]
+
+
+@pytest.mark.parametrize("low, top, eta", RUNG_CASES)
+def test_the_rungs_are_smac_s_hyperband_budgets(tmp_path, low, top, eta):
+    """One rung rule: the budgets of SMAC's own Hyperband intensifier (its widest bracket), built as the
+    search builds it, are ``hyperband_budgets`` exactly, and the evolution screens on their fidelities."""
+    import smac
+    from ConfigSpace import ConfigurationSpace, Float
+
+    cs = ConfigurationSpace(seed=0)
+    cs.add(Float("x", (0.0, 1.0)))
+    scenario = smac.Scenario(cs, output_directory=tmp_path, deterministic=True, n_trials=10,
+                             min_budget=low, max_budget=top)
+    intensifier = smac.HyperbandFacade.get_intensifier(scenario, eta=eta)
+    smac.HyperbandFacade(scenario, lambda config, seed=0, budget=None: 0.0, intensifier=intensifier,
+                         overwrite=True, logging_level=40)
+    intensifier.__post_init__()  # SMAC computes its brackets here (it does so when its loop starts)
+    brackets = intensifier._budgets_in_stage
+    assert hyperband_budgets(low, top, eta) == brackets[0]  # the widest bracket holds every rung
+    assert all(set(b) <= set(brackets[0]) for b in brackets.values())
+    assert rungs(low, top, eta) == [max(1, int(round(b))) for b in brackets[0]]
+    assert (len(brackets[0]) > 1) == (fidelity_range(low, top, eta)[1] == "")  # no note while there are rungs
+
+
+def test_the_evolution_screens_on_the_searchs_rungs(tiny_ev):
+    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=4, **{**SETTINGS, "max_fidelity": 16,
+                                                                                  "min_fidelity": 1, "eta": 2}))
+    assert Evolution(s, None, lambda r: 0.0).rungs == rungs(s.min_fidelity, s.max_fidelity, 2) == [1, 2, 4, 8, 16]
 
 
 # ----------------------------------------------------------------------------- the search
@@ -174,6 +263,23 @@ def test_same_seed_repeats_and_resume_continues_without_rescoring(tiny_ev, evo):
     assert again.trials[:cut] == stored and again.evaluations == N - cut  # the stored ones are not scored again
     assert [(t.number, t.plan.key(), t.fidelity) for t in again.trials] == \
         [(t.number, t.plan.key(), t.fidelity) for t in res.trials]  # and it goes on as the whole run did
+
+
+@pytest.mark.parametrize("name", ["layerwise", "pick", "pick_fixed", "ranked"])
+def test_an_evolution_on_each_space_proposes_only_its_plans(tiny_ev, name):
+    """A real search on each space: every trial's plan is one the space expresses exactly, in budget, and
+    what its stored configuration decodes to; no plan is proposed twice. A move outside the space would raise
+    (``mutate``), so a space whose menu (``keeps``, ``merges_at``, ``merge_move``) is wrong fails here."""
+    space = SPACES_TRIED[name][0](tiny_ev.family)
+    settings = SearchSettings(n_trials=10, **{**SETTINGS, "space": space.name})
+    res = Search(tiny_ev, Budget(remove_layers=2), settings, space=space).run()
+    assert len(res.trials) == 10 and all(t.status == "complete" for t in res.trials)
+    for t in res.trials:
+        assert _inside(space, t.plan) and sum(o.kind == "drop" for o in t.plan.ops) == 2
+        assert space.decode(Configuration(space.cs, values=t.config)).key() == t.plan.key()
+    low = [t.plan.key() for t in res.trials if t.fidelity == 2]
+    assert len(low) == len(set(low))
+    assert any(t.source == "search" for t in res.trials)  # the evolution got past its seeds
 
 
 def test_should_stop_stops_between_evaluations(tiny_ev):

@@ -7,7 +7,8 @@ import pytest
 from ConfigSpace import Configuration
 
 from gptailor import Evaluator, Plan
-from gptailor.search.optimizer import Search, fidelity_range
+from gptailor.search.fidelity import fidelity_range
+from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import TrialRecord, incumbent
 from gptailor.search.seeds import seed_plans
@@ -124,6 +125,37 @@ def test_seeds_take_at_most_half_the_trials_best_first(tiny_ev):
     assert 1 <= len(seeded) <= len(s.seed_names) == 12 // 2 - 2  # only the design's seeds are labelled as seeds
     order = list(seed_plans(tiny_ev.family, 2, {}))  # the cap keeps the first (the base's) seeds
     assert set(s.seed_names.values()) == set(order[:4])
+
+
+class CountingSpace(LayerwiseSpace):
+    """The layerwise space, counting its decodes (a real space: only the count is added)."""
+
+    decoded = 0
+
+    def decode(self, config):
+        self.decoded += 1
+        return super().decode(config)
+
+
+@pytest.mark.parametrize("method", ["smac", "random", "evolution"])
+def test_each_seed_is_decoded_once_for_the_initial_design(tiny_ev, tmp_path, method):
+    """The seeded start decodes each seed once: SMAC's design, its seed labels and the evolution's
+    generation 0 all use that plan (no second decode of the design to label it)."""
+    from gptailor.search.evolution import Evolution
+    from gptailor.search.optimizer import _Recorder
+
+    space = CountingSpace(tiny_ev.family, 2)
+    settings = SearchSettings(method=method, n_trials=12, min_fidelity=2, max_fidelity=8, seed=0, n_initial=2)
+    s = Search(tiny_ev, Budget(remove_layers=2), settings, space=space)
+    encodable = [p for p in seed_plans(tiny_ev.family, 2, {}).values() if space.encode(p) is not None]
+    s.recorder = _Recorder(s)
+    if method == "evolution":
+        plans = Evolution(s, None, lambda r: 0.0)._seeds()
+        assert [p.key() for p in plans] == [k for k in s.seed_names][: len(plans)]
+    else:
+        s._facade(s._scenario(str(tmp_path)), lambda config, seed=0, budget=None: 0.0, None)
+        assert len(s.seed_names) == 12 // 2 - 2  # the design's seeds, labelled
+    assert space.decoded == len(encodable)  # one decode per seed the space expresses
 
 
 @pytest.mark.parametrize("low, top, eta, want, says", [

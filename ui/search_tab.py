@@ -11,7 +11,7 @@ from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.common.limits import SettingsError, whole
 from gptailor.eval.results import DEFAULT_OBJECTIVE
-from gptailor.search.optimizer import search_fidelities
+from gptailor.search.fidelity import search_fidelities
 from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
 from gptailor.search.space import Budget, BudgetError
 

@@ -3,17 +3,19 @@ keep the budget, with offspring screened by successive halving on growing fideli
 
 Each generation makes ``lambda`` offspring of the parent (the best plan so far at the top fidelity) by 1-3
 mutations (``min`` of two uniform draws, as EvoPress does, so one mutation is the most likely), each of which
-keeps the number of dropped layers:
+keeps the number of dropped layers and stays inside the search's space (each space says what a kept position
+may be: ``PlanSpace.keeps``, ``merges_at``, ``merge_move``):
 
 - ``swap``: a dropped and a kept position trade places (the kept op moves to the freed position);
-- ``source``: a kept position takes its layer from another member;
-- ``merge`` (spaces with merges, i.e. ``layerwise``): a kept position becomes a merge, or its merge changes
-  members, weights or method.
+- ``source``: a kept position takes its layer from another member the space offers there;
+- ``merge`` (spaces with merges: ``layerwise``, ``ranked``): a kept position becomes one of the space's
+  merges, or its merge changes (members, weights or method in ``layerwise``; source or base share in
+  ``ranked``).
 
 Offspring are scored on few examples per task first; the best ``1/eta`` go on to ``eta`` times more examples,
 until one reaches the top fidelity, where it replaces the parent if it is at least as good (equal moves let
 the search cross plateaus, such as every plan scoring 0). Generation 0 is SMAC's seeded start
-(``Search._initial_configs``: heuristic removals crossed with merge settings), screened the same way, so its
+(``Search._seeded_start``: heuristic removals crossed with merge settings), screened the same way, so its
 best seed is the first parent. Every plan goes through the space (``encode`` then ``decode``), so it is what
 SMAC would score for that configuration, and through the same ``Objective.train`` (cache by (plan key,
 fidelity), costs, objective), and every trial is reported by SMAC's own recorder: trials, resume and the
@@ -36,17 +38,20 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from gptailor.plan import Op, Plan
-from gptailor.search.space import MERGE_METHODS_SEARCHED, MIN_WEIGHT, PlanSpace
+from gptailor.search.fidelity import rungs
+from gptailor.search.space import PlanSpace
 from gptailor.eval.results import EvalResult
 from gptailor.search.trials import CUT, counted
 
-GRID = tuple(k / 20 for k in range(round(MIN_WEIGHT * 20), 21))  # merge weights: MIN_WEIGHT .. 1 in 0.05 steps
 MAX_TRIES = 50  # mutations tried for one new offspring before the generation settles for fewer
 
 
 # ----------------------------------------------------------------------------- mutations
+# Every move draws from what the space offers (``PlanSpace.keeps``, ``merges_at``, ``merge_move``), so each
+# stays inside it: a move the space could not express would be scored as something else, or not at all.
 def swap(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
-    """A dropped and a kept position trade places: the kept op moves to the freed position."""
+    """A dropped and a kept position trade places: the kept op moves to the freed position (or, where the
+    space does not offer that op there, such as a pick space's fixed positions, the space's first choice)."""
     ops = list(plan.ops)
     dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
     kept = [i for i, op in enumerate(ops) if op.kind != "drop"]
@@ -54,53 +59,38 @@ def swap(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
         return None
     i, j = rng.choice(dropped), rng.choice(kept)
     ops[i], ops[j] = ops[j], Op.drop()
+    child = Plan(tuple(ops), plan.family)
+    if space.contains(child):
+        return child
+    ops[i] = Op.pick(space.keeps(i)[0])
     return Plan(tuple(ops), plan.family)
 
 
-def _open(plan: Plan, space: PlanSpace) -> list[int]:
-    """Kept positions whose layer can come from a member other than the base (not shared ones)."""
-    return [i for i, op in enumerate(plan.ops) if op.kind != "drop" and i not in space.shared]
+def _member(op: Op) -> str | None:
+    return op.member if op.kind == "pick" else None
 
 
 def source(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
-    """A kept position takes its layer from another member (a merge becomes a pick)."""
-    where = _open(plan, space)
-    if not where or len(space.members) < 2:
+    """A kept position takes its layer from another member the space offers there (a merge becomes a pick)."""
+    where = [i for i, op in enumerate(plan.ops)
+             if op.kind != "drop" and any(m != _member(op) for m in space.keeps(i))]
+    if not where:
         return None
     i = rng.choice(where)
-    now = plan.ops[i].member if plan.ops[i].kind == "pick" else None
     ops = list(plan.ops)
-    ops[i] = Op.pick(rng.choice([m for m in space.members if m != now]))
+    ops[i] = Op.pick(rng.choice([m for m in space.keeps(i) if m != _member(plan.ops[i])]))
     return Plan(tuple(ops), plan.family)
 
 
 def merge(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
-    """A kept position becomes a merge of two or more members, or its merge changes one member's weight,
-    one member, or its method; weights are in [MIN_WEIGHT, 1] on a 0.05 grid, so the space encodes them."""
-    where = _open(plan, space)
-    if not where or len(space.members) < 2 or not getattr(space, "merge", False):
+    """A kept position becomes one of the space's merges, or its merge changes (``PlanSpace.merge_move``:
+    members, weights or method in ``layerwise``, source or base share in ``ranked``)."""
+    where = [i for i, op in enumerate(plan.ops) if op.kind != "drop" and space.merges_at(i)]
+    if not where:
         return None
     i = rng.choice(where)
-    op = plan.ops[i]
-    if op.kind != "merge" or op.method not in MERGE_METHODS_SEARCHED:
-        chosen = rng.sample(space.members, rng.randint(2, len(space.members)))
-        new = Op.merge({m: rng.choice(GRID) for m in sorted(chosen)}, rng.choice(MERGE_METHODS_SEARCHED))
-    else:
-        w, method = dict(op.weights), op.method
-        move = rng.choice(["weight", "member", "method"] if len(MERGE_METHODS_SEARCHED) > 1 else ["weight", "member"])
-        if move == "weight":  # another value on the grid, so the move always changes the plan
-            m = rng.choice(sorted(w))
-            w[m] = rng.choice([g for g in GRID if abs(g - w[m]) > 1e-9])
-        elif move == "member":  # one member out, another in (or just out, when every member is in)
-            out = [m for m in space.members if m not in w]
-            w.pop(rng.choice(sorted(w)))
-            if out:
-                w[rng.choice(out)] = rng.choice(GRID)
-        else:
-            method = rng.choice([x for x in MERGE_METHODS_SEARCHED if x != op.method])
-        new = Op.merge(dict(sorted(w.items())), method) if len(w) > 1 else Op.pick(next(iter(w)))
     ops = list(plan.ops)
-    ops[i] = new
+    ops[i] = space.merge_move(plan.ops[i], i, rng)
     return Plan(tuple(ops), plan.family)
 
 
@@ -116,27 +106,29 @@ def canonical(plan: Plan | None, space: PlanSpace) -> Plan | None:
 
 
 def mutate(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
-    """1-3 budget-keeping mutations (``min`` of two draws, so one is the most likely), in the space."""
-    out: Plan | None = plan
+    """1-3 budget-keeping mutations (``min`` of two draws, so one is the most likely), in the space; None
+    when they lead back to ``plan``. A move that leaves the space is a bug in it, and raises."""
+    out = plan
     for _ in range(min(rng.randint(1, 3), rng.randint(1, 3))):
         kind = rng.choice(sorted(MUTATIONS))
-        out = canonical(MUTATIONS[kind](out, rng, space), space) or out
-    return None if out is None or out.key() == plan.key() else out
+        moved = MUTATIONS[kind](out, rng, space)
+        if moved is None:  # no such move here (no drop, no other source, no merges)
+            continue
+        got = canonical(moved, space)
+        if got is None:
+            raise RuntimeError(f"the {kind} move left the {space.name} space: {moved.to_text()}")
+        out = got
+    return None if out.key() == plan.key() else out
 
 
 def random_plan(space: PlanSpace, rng: random.Random) -> Plan:
-    """A plan in budget: ``n_remove`` positions dropped at random, every other picked from a random member."""
+    """A plan in budget: ``n_remove`` positions dropped at random, every other a random choice of the space's."""
     gone = set(rng.sample(range(space.L), space.n_remove))
-    ops = tuple(Op.drop() if i in gone else Op.pick(rng.choice(space.members)) for i in range(space.L))
-    return canonical(Plan(ops, space.family.name), space) or Plan(ops, space.family.name)
-
-
-def rungs(min_fidelity: int, max_fidelity: int, eta: int) -> list[int]:
-    """Successive-halving fidelities, lowest first: ``max / eta**k`` down to no less than ``min``."""
-    if min_fidelity >= max_fidelity or eta < 2:
-        return [max_fidelity]
-    s_max = int(math.floor(math.log(max_fidelity / min_fidelity, eta) + 1e-9))
-    return [max(1, int(round(max_fidelity / eta ** k))) for k in range(s_max, -1, -1)]
+    ops = tuple(Op.drop() if i in gone else Op.pick(rng.choice(space.keeps(i))) for i in range(space.L))
+    plan = canonical(Plan(ops, space.family.name), space)
+    if plan is None:
+        raise RuntimeError(f"a random plan of the {space.name} space is outside it: {Plan(ops, space.family.name).to_text()}")
+    return plan
 
 
 def halving_cost(n: int, n_rungs: int, eta: int) -> int:
@@ -255,7 +247,7 @@ class Evolution:
     def _seeds(self) -> list[Plan]:
         """Generation 0: SMAC's seeded start (as many as half the trials can screen), else random plans."""
         s = self.s
-        plans = [s.space.decode(c) for c in s._initial_configs()]
+        plans = [seed.plan for seed in s._seeded_start()]
         n = len(plans)
         while n > 1 and halving_cost(n, len(self.rungs), self.eta) > max(s.settings.n_trials // 2, self.lam):
             n -= 1

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from ConfigSpace import Configuration
 
@@ -43,10 +43,18 @@ from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
 from gptailor.plan import Plan
 from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.search.fidelity import fidelity_of, search_fidelities
 from gptailor.search.space import Budget, BudgetError, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import CRASH_COST, CUT, SearchResult, TrialRecord, counted, incumbent, pareto_front
+
+
+class Seed(NamedTuple):
+    """A seeded plan of the initial design: its configuration, and the plan the space decodes it to."""
+
+    config: Configuration
+    plan: Plan
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -115,41 +123,6 @@ def seed_cap(n_trials: int, n_init: int = 0) -> int:
     the demo's best seed (the 18th) out and ended lower (0.271 against 0.280 on the search split), so the
     seeds keep their half until they are ordered by how good they are."""
     return max(0, n_trials // 2 - n_init)
-
-
-def fidelity_range(min_fidelity: int, max_fidelity: int, eta: int) -> tuple[int, str]:
-    """The lowest rung Hyperband will really use, and a note when it differs from the one asked for.
-
-    Hyperband's rungs are ``max, max/eta, max/eta^2, ...`` down to ``min``: with ``min`` above
-    ``max/eta`` there is a single rung and every trial runs at the top (measured on a real family: the
-    search split was only twice the minimum fidelity and Hyperband never varied it). So a minimum above
-    ``max/eta`` (but below ``max``: equal means one fidelity on purpose) is lowered to ``max // eta``,
-    which gives two rungs; a split too small for a low rung of at least 2 examples per task runs every
-    trial at the top fidelity, and says so."""
-    if min_fidelity * eta <= max_fidelity or min_fidelity >= max_fidelity:  # rungs, or one fidelity by choice
-        return min(min_fidelity, max_fidelity), ""
-    lower = max_fidelity // eta
-    if lower >= 2:
-        return lower, (f"min fidelity {min_fidelity} is more than 1/{eta} of the {max_fidelity} examples per "
-                       f"task at the top, so Hyperband would have a single rung: using {lower}..{max_fidelity}")
-    return max_fidelity, (f"{max_fidelity} examples per task at the top is too few for Hyperband's lower rungs "
-                          f"(at least {2 * eta} needed with eta {eta}): every trial runs at {max_fidelity}")
-
-
-def search_fidelities(settings: SearchSettings, split_size: int) -> tuple[int, int, str]:
-    """(lowest, top, note): the examples per task a search's trials run at on a search split of
-    ``split_size`` examples per task; the Search tab shows the note before a study starts."""
-    top = min(settings.max_fidelity or split_size, split_size)
-    low = min(settings.min_fidelity, top)
-    if settings.facade != "multi_fidelity":
-        return low, top, ""
-    low, note = fidelity_range(low, top, settings.eta)
-    return low, top, note
-
-
-def fidelity_of(budget: float | None, max_fidelity: int) -> int:
-    """Examples per task for SMAC's (float) budget: the one mapping, used by the objective and on resume."""
-    return max_fidelity if budget is None else max(1, int(round(budget)))
 
 
 def costs_of(result: EvalResult | None, tasks: list[str] | None, objective: str = "accuracy"
@@ -300,21 +273,24 @@ class Search:
                         n_trials=s.n_trials, walltime_limit=(s.walltime_s - used) if s.walltime_s else math.inf,
                         seed=s.seed, n_workers=max(1, s.n_workers), **kw)
 
-    def _initial_configs(self) -> list[Configuration]:
+    def _seeded_start(self) -> list[Seed]:
+        """The seeded plans the space expresses, best first, each once (by the plan it decodes to), named in
+        ``seed_names``; decoded here once, for SMAC's initial design and the evolution's generation 0."""
         if not self.settings.initial_plans:
             return []
-        configs, seen = [], set()
+        seeds: list[Seed] = []
+        seen: set[str] = set()
         for name, plan in seed_plans(self.family, self.n_remove, self.heuristic_removals).items():
             cfg = self.space.encode(plan)
             if cfg is None:
                 continue
-            key = self.space.decode(cfg).key()  # plans that decode to the same model count once
-            if key in seen:
+            plan = self.space.decode(cfg)  # plans that decode to the same model count once
+            if plan.key() in seen:
                 continue
-            seen.add(key)
-            self.seed_names[key] = name
-            configs.append(cfg)
-        return configs
+            seen.add(plan.key())
+            self.seed_names[plan.key()] = name
+            seeds.append(Seed(cfg, plan))
+        return seeds
 
     def _facade(self, scenario, objective, dask_client):
         import smac
@@ -324,8 +300,9 @@ class Search:
                   "dask_client": dask_client}
         multi = "min_budget" in _scenario_kw(scenario)
         n_init = s.n_initial if s.n_initial is not None else max(1, min(10, s.n_trials // 10))
-        extra = self._initial_configs()[: seed_cap(s.n_trials, n_init)]  # keep room for SMAC's own picks
-        design = {self.space.decode(c).key() for c in extra}  # a proposal equal to a seed left out is SMAC's
+        seeds = self._seeded_start()[: seed_cap(s.n_trials, n_init)]  # keep room for SMAC's own picks
+        extra = [seed.config for seed in seeds]
+        design = {seed.plan.key() for seed in seeds}  # a proposal equal to a seed left out is SMAC's
         for key in [k for k in self.seed_names if k not in design]:  # in place: db.runs holds this dict
             del self.seed_names[key]
         if s.method == "random":

@@ -25,8 +25,10 @@ offers only keep or drop: any pick or merge there is the base's layer, so it is 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import random
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
@@ -38,6 +40,7 @@ from gptailor.merge import METHODS
 from gptailor.plan import Op, Plan, PlanError
 
 MIN_WEIGHT = 0.05
+GRID = tuple(k / 20 for k in range(round(MIN_WEIGHT * 20), 21))  # merge weights a mutation draws: MIN_WEIGHT .. 1
 MERGE_METHODS_SEARCHED = tuple(name for name, m in METHODS.items() if m.searchable)
 
 
@@ -140,6 +143,26 @@ class PlanSpace:
         """Whether a configuration meets the budget without repair."""
         return True
 
+    # -- what a mutation may do (gptailor.search.evolution draws its moves from these) -------------
+    def keeps(self, i: int) -> list[str]:
+        """The members whose layer a kept position ``i`` may be in this space (a pick), the first its
+        default; the base's alone where every member's layer is the base's."""
+        return [self.members[0]] if i in self.shared else list(self.members)
+
+    def merges_at(self, i: int) -> bool:
+        """Whether a kept position ``i`` may be a merge in this space (``merge_move`` draws one)."""
+        return False
+
+    def merge_move(self, op: Op, i: int, rng: random.Random) -> Op:
+        """A merge for position ``i`` that this space expresses and that is not ``op``: a change of ``op``
+        when it is one of the space's merges, else a new one. Only where ``merges_at(i)``."""
+        raise PlanError(f"the {self.name} space has no merges to draw at position {i}")
+
+    def contains(self, plan: Plan) -> bool:
+        """Whether this space expresses ``plan``: it has a configuration for it (which decodes to ``plan``
+        or, where the space writes the same model another way, to its canonical form)."""
+        return self.encode(plan) is not None
+
     def options(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this space with ``make_space`` (a Dask worker does)."""
         return {}
@@ -201,6 +224,30 @@ class LayerwiseSpace(PlanSpace):
 
     def valid(self, config) -> bool:
         return sum(op.kind == "drop" for op in self._raw_ops(config)) == self.n_remove
+
+    def merges_at(self, i: int) -> bool:
+        return self.merge and len(self.members) > 1 and i not in self.shared
+
+    def merge_move(self, op: Op, i: int, rng: random.Random) -> Op:
+        """A new merge of two or more members, or one change of ``op``'s merge: one member's weight, one
+        member, or its method; weights on the GRID, in [MIN_WEIGHT, 1], so the space encodes them (a
+        two-member merge that loses a member is the other member's layer)."""
+        if op.kind != "merge" or op.method not in MERGE_METHODS_SEARCHED:
+            chosen = rng.sample(self.members, rng.randint(2, len(self.members)))
+            return Op.merge({m: rng.choice(GRID) for m in sorted(chosen)}, rng.choice(MERGE_METHODS_SEARCHED))
+        w, method = dict(op.weights), op.method
+        move = rng.choice(["weight", "member", "method"] if len(MERGE_METHODS_SEARCHED) > 1 else ["weight", "member"])
+        if move == "weight":  # another value on the grid, so the move always changes the plan
+            m = rng.choice(sorted(w))
+            w[m] = rng.choice([g for g in GRID if abs(g - w[m]) > 1e-9])
+        elif move == "member":  # one member out, another in (or just out, when every member is in)
+            out = [m for m in self.members if m not in w]
+            w.pop(rng.choice(sorted(w)))
+            if out:
+                w[rng.choice(out)] = rng.choice(GRID)
+        else:
+            method = rng.choice([x for x in MERGE_METHODS_SEARCHED if x != op.method])
+        return Op.merge(dict(sorted(w.items())), method) if len(w) > 1 else Op.pick(next(iter(w)))
 
     def decode(self, config) -> Plan:
         ops = repair_drops(self._raw_ops(config), self.n_remove, lambda i: Op.pick("base"))
@@ -424,6 +471,27 @@ class RankedSpace(PlanSpace):
     @property
     def sources(self) -> list[str]:
         return [*self.members, ALL] if self.merge and len(self.members) > 2 else list(self.members)
+
+    def merges_at(self, i: int) -> bool:
+        return i in self.searched and bool(self.merge_ops)
+
+    def merge_move(self, op: Op, i: int, rng: random.Random) -> Op:
+        """Another of the space's merges (``merge_ops``): its sources and base shares are few."""
+        return rng.choice([m for m in self.merge_ops if m != op])
+
+    @functools.cached_property
+    def merge_ops(self) -> list[Op]:
+        """Every merge a searched position can be, with the base's share on a 0.05 grid: ``src_i`` with
+        ``mix_i`` at 0 (``all``) and at ``MIX_PICK + (1 - MIX_PICK) * k / 20``; only those the space
+        writes back exactly (``encode`` refuses a weight that rounds differently)."""
+        out: list[Op] = []
+        for src in self.sources if self.merge else ():
+            for mix in (0.0, *(MIX_PICK + (1.0 - MIX_PICK) * k / 20 for k in range(21))):
+                op = self._op(src, mix)
+                got = self._source_of(op) if op.kind == "merge" else None
+                if got is not None and self._op(*got) == op and op not in out:
+                    out.append(op)
+        return out
 
     def _build(self) -> ConfigurationSpace:
         cs = ConfigurationSpace(seed=self.seed)
