@@ -10,6 +10,8 @@ the budget, and whether every score is identical. ``bytes`` prints the bytes of 
 family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading its weights.
 
     python -m bench.prefix_cache record --family demo --method smac --trials 200 --remove 2 --name demo-smac
+    python -m bench.prefix_cache record --family data/builtin/smol --method evolution --trials 40 --remove 4 \
+        --name smol-evolution
     python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac] [--limit N]
     python -m bench.prefix_cache bytes --family /work/synth-1b
 """
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("record", help="run a real study and record its scored (plan, fidelity) sequence")
     r.add_argument("--family", default="demo")
-    r.add_argument("--method", default="smac", choices=("smac", "random"))
+    r.add_argument("--method", default="smac", choices=("smac", "random", "evolution"))
     r.add_argument("--trials", type=int, default=200)
     r.add_argument("--remove", type=int, default=2)
     r.add_argument("--seed", type=int, default=0)
