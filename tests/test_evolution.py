@@ -10,6 +10,7 @@ from gptailor import Evaluator, Plan
 from gptailor.eval.suite import load_suite
 from gptailor.family.family import Family
 from gptailor.search.evolution import halving_cost, merge, mutate, rungs, source, swap
+from gptailor.common.progress import Progress
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import METHODS, SearchSettings
 from gptailor.search.space import MERGE_METHODS_SEARCHED, Budget, LayerwiseSpace, PaperSpace
@@ -179,7 +180,7 @@ def test_same_seed_repeats_and_resume_continues_without_rescoring(tiny_ev, evo):
 def test_should_stop_stops_between_evaluations(tiny_ev):
     seen = []
     res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=50, **SETTINGS),
-                 on_trial=seen.append, should_stop=lambda: len(seen) >= 3).run()
+                 on_trial=seen.append, progress=Progress(should_stop=lambda: len(seen) >= 3)).run()
     assert res.stopped == "cancelled" and len(res.trials) == 3
 
 
