@@ -389,7 +389,7 @@ class Search:
     def _run(self) -> SearchResult:
         if os.environ.get("PYTHONHASHSEED") in (None, "random"):
             warnings.warn("PYTHONHASHSEED is not set: the same seed may not repeat exactly "
-                          "(the CLI and the background worker set it for you)", stacklevel=2)
+                          "(the CLI and the background worker set it for you)", stacklevel=3)  # the caller of run()
         t_setup = time.perf_counter()
         if self.references is None:  # fixed once, on the whole search split (fails early on a bad suite)
             self.references = self.evaluator.references(
@@ -449,7 +449,7 @@ class Search:
         """SMAC's own ``optimize()`` loop (smac or random), after re-telling stored trials."""
         scenario = self._scenario(outdir)
         if self.fidelity_note:
-            warnings.warn(self.fidelity_note, stacklevel=3)
+            warnings.warn(self.fidelity_note, stacklevel=4)  # the caller of run()
         self.progress.phase(Phase("seeds", None, None, "building SMAC's initial design"
                                   + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")
                                   + (f" ({self.fidelity_note})" if self.fidelity_note else "")))
