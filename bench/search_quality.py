@@ -44,7 +44,7 @@ from db.runs import compare, create_study, engine_key, precompute, run_study  # 
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.common.limits import SettingsError, whole  # noqa: E402
-from gptailor.common.progress import OnPhase, Phase  # noqa: E402
+from gptailor.common.progress import Phase, Progress  # noqa: E402
 from gptailor.eval.noise import beyond_noise, combined_noise, retention_interval  # noqa: E402
 from gptailor.eval.results import DEFAULT_OBJECTIVE, OBJECTIVES, applicable_definition  # noqa: E402
 from gptailor.search.settings import METHODS as SEARCHES, SearchSettings  # noqa: E402
@@ -66,7 +66,7 @@ def interval(xs: list[float]) -> tuple[float, float, float]:
     return m, sd, T95.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
 
 
-def show_progress(what: str) -> OnPhase:
+def show_progress(what: str) -> Progress:
     """A phase listener that prints, on stderr, each member as its references are scored (minutes on a real
     family) and each heuristic as its plan is computed; ``what`` names the split or budget."""
     def on_phase(p: Phase) -> None:
@@ -78,7 +78,7 @@ def show_progress(what: str) -> OnPhase:
                 print(f"references ({what}): member {p.done + 1} of {p.total} ({name})", file=sys.stderr, flush=True)
         elif p.phase == "heuristics" and p.done is not None and p.total and p.done < p.total:
             print(f"heuristic seeds ({what}): {p.done + 1} of {p.total} ({p.detail})", file=sys.stderr, flush=True)
-    return on_phase
+    return Progress(on_phase=on_phase)
 
 
 # ----------------------------------------------------------------------------- anytime curves

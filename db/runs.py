@@ -28,7 +28,7 @@ from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_ids
 from gptailor.eval.noise import Interval, combined_noise, intervals, sizes_of, verdict
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.search.precompute import Precompute
-from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.common.progress import Phase, Progress
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
 from gptailor.search.trials import TrialRecord, counted, incumbent, size_front, smallest_keeping
@@ -156,10 +156,14 @@ def _store_progress(store: Store, study_id: int, me: Owner, progress: dict[str, 
 
 
 @dataclass
-class _StudyRun:
+class _StudyRun(Progress):
     """One claimed study being run by this worker, and what it tells the database as it goes: each phase,
     the trial in flight (with an ETA), each trial recorded. Plain fields instead of closures over list
-    cells, so the run's state can be read in one place."""
+    cells, so the run's state can be read in one place.
+
+    It is the engine's ``Progress`` listener for the study: ``phase`` stores the phase line, and a stop is
+    asked for when this worker lost its claim or the study is 'cancelling' (read from the database, so
+    only between trials and plans: a tick does nothing; a trial outliving the stop grace gets SIGTERM)."""
 
     store: Store
     study: dict[str, Any]
@@ -180,7 +184,7 @@ class _StudyRun:
     def study_id(self) -> int:
         return self.study["id"]
 
-    def on_phase(self, p: Phase) -> None:
+    def phase(self, p: Phase) -> None:
         """Every phase before and between trials, stored so each page and `studies` can say it."""
         _store_progress(self.store, self.study_id, self.me, {**p.to_dict(), "wall_s": time.perf_counter() - self.start})
 
@@ -208,7 +212,10 @@ class _StudyRun:
         if self.on_trial:
             self.on_trial(rec)
 
-    def cancelled(self) -> bool:
+    def tick(self, what: str = "", done: int | None = None, total: int | None = None) -> None:
+        """Nothing: the stop check reads the study's row, too costly for every batch."""
+
+    def stop_requested(self) -> bool:
         return self.lost.is_set() or self.store.study(self.study_id)["status"] == "cancelling"
 
     def run_method(self) -> str:
@@ -218,23 +225,23 @@ class _StudyRun:
         method = study["method"]
         settings = SearchSettings.from_dict(study["settings"])
         watched = _Watched(ev, self.report)
-        refs, definition = study_references(self.store, self.study_id, ev, settings, self.on_phase)
+        refs, definition = study_references(self.store, self.study_id, ev, settings, self)
         if method in SEARCHES:
             heur = precompute(self.store).heuristic_removals(ev.family, budget.n_remove(ev.family), ev.suite,
-                                                            ev.stitcher, self.on_phase) if settings.initial_plans else {}
-            search = Search(watched, budget, settings, on_trial=self.record, should_stop=self.cancelled,
-                            previous=self.previous, heuristic_removals=heur, references=refs, on_phase=self.on_phase)
+                                                            ev.stitcher, self) if settings.initial_plans else {}
+            search = Search(watched, budget, settings, on_trial=self.record, previous=self.previous,
+                            heuristic_removals=heur, references=refs, progress=self)
             self.space, self.seed_names = search.space, search.seed_names  # seed names filled as SMAC is built
             status = "cancelled" if search.run().stopped == "cancelled" else "finished"
         elif method in BASELINES:
-            status = _run_baseline(watched, budget, method, self.previous, self.record, self.cancelled, refs,
-                                   definition, self.on_phase, self, precompute(self.store))
+            status = _run_baseline(watched, budget, method, self.previous, self.record, refs, definition, self,
+                                   self, precompute(self.store))
         else:
             status = "finished"
         # A cancel means stop now: the test-split report (a full re-scoring of the best plan, which outlived the
         # stop grace and ended 'stopped by a signal') is left to a resume, which runs it at its end.
         if not self.lost.is_set() and status != "cancelled":
-            self.on_phase(Phase("report", detail="re-scoring the best plan on the test split"))
+            self.phase(Phase("report", detail="re-scoring the best plan on the test split"))
             write_report(self.store, self.study_id, ev, definition)
         return status
 
@@ -245,7 +252,7 @@ def _run_claimed(store: Store, study: dict[str, Any], me: Owner, evaluator: Eval
     run = _StudyRun(store, study, me, lost, on_trial)
     try:
         if evaluator is None:
-            run.on_phase(Phase("loading family", detail=str(study["family"])))
+            run.phase(Phase("loading family", detail=str(study["family"])))
         run.ev = evaluator or load_engine(study["family_source"], study["settings"].get("suite"))
         run.previous = store.trials(study_id)
         run.total = int(study["n_trials"] or 0)
@@ -311,17 +318,17 @@ def full_disk(store: Store) -> str | None:
 
 
 def study_references(store: Store, study_id: int, ev: Evaluator, settings: SearchSettings,
-                     on_phase: OnPhase = quiet) -> tuple[References, str]:
+                     progress: Progress | None = None) -> tuple[References, str]:
     """The study's fixed references (every member on the whole search split) and retention definition:
     taken from the precompute cache when this family and suite were scored before, stored with the
-    study, then reused as is (resume, reports)."""
+    study, then reused as is (resume, reports). ``progress`` is told where they came from."""
     stored = store.study(study_id).get("refs")
     if stored:
         refs = References.from_dict(stored)
         ev.use_references(refs)
-        on_phase(Phase("references", detail="stored with the study", cached=True))
+        (progress or Progress()).phase(Phase("references", detail="stored with the study", cached=True))
         return refs, stored["definition"]
-    refs = precompute(store).references(ev, "search", on_phase)
+    refs = precompute(store).references(ev, "search", progress)
     definition = applicable_definition(setting=settings.retention, refs=refs)
     store.set_study_fields(study_id, refs={**refs.to_dict(), "definition": definition})
     return refs, definition
@@ -364,11 +371,13 @@ def _config_of(space: Any, plan: Plan) -> dict[str, Any] | None:
 
 
 def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[TrialRecord],
-                  record: Callable[[TrialRecord], None], cancelled: Callable[[], bool], refs: References,
-                  definition: str, on_phase: OnPhase = quiet, run: "_StudyRun | None" = None,
+                  record: Callable[[TrialRecord], None], refs: References, definition: str,
+                  progress: Progress | None = None, run: "_StudyRun | None" = None,
                   cache: Precompute | None = None) -> str:
     """Evaluate the heuristic's plan(s) on the whole search split; best_single tries every heuristic on
-    every member (and picks on the search split, like a search)."""
+    every member (and picks on the search split, like a search). ``progress`` is told each heuristic
+    computed and ends the baseline between plans when it asks to stop."""
+    progress = progress or Progress()
     n = budget.n_remove(ev.family)
     texts = calibration_ids(ev.suite, ev.family.tokenizer)
     todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
@@ -384,11 +393,11 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
         name = f"{h}:{m}"
         if name in done:
             continue
-        if cancelled():
+        if progress.stop_requested():
             return "cancelled"
         step = Phase("heuristics", number, len(todo), f"{h} on {m}")
         plan, _ = cache.heuristic_plan(h, ev.family, n, ev.suite, member=m, stitcher=ev.stitcher, texts=texts,
-                                       on_compute=lambda: on_phase(step), states=shared.of(m))
+                                       on_compute=lambda: progress.phase(step), states=shared.of(m))
         if isinstance(ev, _Watched):
             ev.source = name
         res = ev.evaluate(plan, None, split="search", references=refs, definition=definition)

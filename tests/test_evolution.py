@@ -11,6 +11,7 @@ from gptailor.eval.suite import load_suite
 from gptailor.family.family import Family
 from gptailor.search.evolution import Evolution, halving_cost, merge, mutate, source, swap
 from gptailor.search.fidelity import fidelity_range, hyperband_budgets, rungs
+from gptailor.common.progress import Progress
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import METHODS, SearchSettings
 from gptailor.search.space import MERGE_METHODS_SEARCHED, Budget, LayerwiseSpace, PaperSpace, PickSpace, RankedSpace
@@ -285,7 +286,7 @@ def test_an_evolution_on_each_space_proposes_only_its_plans(tiny_ev, name):
 def test_should_stop_stops_between_evaluations(tiny_ev):
     seen = []
     res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=50, **SETTINGS),
-                 on_trial=seen.append, should_stop=lambda: len(seen) >= 3).run()
+                 on_trial=seen.append, progress=Progress(should_stop=lambda: len(seen) >= 3)).run()
     assert res.stopped == "cancelled" and len(res.trials) == 3
 
 

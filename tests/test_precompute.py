@@ -9,7 +9,7 @@ from db.store import Store
 from gptailor import Evaluator, load_suite
 from gptailor.family.family import Family
 from gptailor.search.precompute import Precompute, family_fingerprint, suite_fingerprint
-from gptailor.common.progress import Phase
+from gptailor.common.progress import Phase, Progress
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget
 
@@ -30,7 +30,7 @@ def engine(fam_dir):
 def test_references_are_computed_once_and_equal_a_fresh_computation(tmp_path, fam_dir):
     cache = Precompute(tmp_path / "cache")
     seen: list[Phase] = []
-    first = cache.references(engine(fam_dir), "search", seen.append)
+    first = cache.references(engine(fam_dir), "search", Progress(on_phase=seen.append))
     # cold: one phase per member scored, then done; nothing says "cached"
     assert [(p.done, p.total, p.cached) for p in seen] == [(0, 3, False), (1, 3, False), (2, 3, False),
                                                              (3, 3, False)]
@@ -38,7 +38,7 @@ def test_references_are_computed_once_and_equal_a_fresh_computation(tmp_path, fa
     assert len(files) == 1
     seen.clear()
     ev2 = engine(fam_dir)  # a new process would have a fresh evaluator: nothing in memory
-    second = cache.references(ev2, "search", seen.append)
+    second = cache.references(ev2, "search", Progress(on_phase=seen.append))
     assert [(p.phase, p.cached) for p in seen] == [("references", True)]
     assert second.scores == first.scores
     # the cached scores are what scoring every member gives (independent computation, no cache)
@@ -62,7 +62,7 @@ def test_a_changed_suite_or_family_file_is_a_new_key(tmp_path, fam_dir):
     ev2 = engine(copy)
     assert suite_fingerprint(ev2.suite) != key_suite and family_fingerprint(ev2.family) == key_family
     seen: list[Phase] = []
-    cache.references(ev2, "search", seen.append)
+    cache.references(ev2, "search", Progress(on_phase=seen.append))
     assert not any(p.cached for p in seen) and len(list((tmp_path / "cache").glob("refs-*.json"))) == 2
     # a rewritten weight file (same size, new mtime) is a new family key
     weights = next((copy / "math").glob("*.safetensors"))

@@ -7,6 +7,7 @@ import pytest
 from ConfigSpace import Configuration
 
 from gptailor import Evaluator, Plan
+from gptailor.common.progress import Progress
 from gptailor.search.fidelity import fidelity_range
 from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
@@ -221,7 +222,7 @@ def test_resume_retells_previous_trials_and_stops_at_n_trials(tiny_ev):
 def test_cancel_stops_after_the_current_trial(tiny_ev):
     seen = []
     res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=50, max_fidelity=8, min_fidelity=2),
-                 on_trial=seen.append, should_stop=lambda: len(seen) >= 3).run()
+                 on_trial=seen.append, progress=Progress(should_stop=lambda: len(seen) >= 3)).run()
     assert res.stopped == "cancelled" and len(res.trials) == 3
 
 

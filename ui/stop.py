@@ -1,9 +1,10 @@
 """Stop buttons for long work (evaluate, compare, analysis, export) that really stop it.
 
 Gradio's ``cancels=`` ends the page's wait for an event, but a synchronous handler keeps running in its
-thread. So each long handler runs inside ``stoppable``: the engine's ``tick`` (between batches, tasks
-and members) shows progress on the page and raises ``Stopped`` once this session pressed Stop, which
-frees the server within one batch instead of at the end of the work."""
+thread. So each long handler runs inside ``stoppable``, whose ``PageProgress`` is the engine's listener
+(``gptailor.common.progress.Progress``): each ``tick`` (between batches, tasks and members) raises
+``Stopped`` once this session pressed Stop, which frees the server within one batch instead of at the end
+of the work, and otherwise shows progress on the page."""
 from __future__ import annotations
 
 import threading
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from gptailor.common.progress import Stopped, listening
+from gptailor.common.progress import Progress, Stopped, listening
 
 from .guard import session_of
 
@@ -37,6 +38,25 @@ class Run:
     stage: str = ""
 
 
+class PageProgress(Progress):
+    """The engine's listener for one handler: this session's Stop flag, and Gradio's progress bar (the
+    engine's ticks name each task and model; phases, a study worker's lines, are not shown here)."""
+
+    def __init__(self, flag: threading.Event, progress: Any, run: Run) -> None:
+        super().__init__()
+        self.flag, self.bar, self.run = flag, progress, run
+
+    def stop_requested(self) -> bool:
+        return self.flag.is_set()
+
+    def tick(self, what: str = "", done: int | None = None, total: int | None = None) -> None:
+        self.check()  # before showing anything: no progress reaches the page after a Stop
+        stage = self.run.stage
+        if self.bar is not None and (what or stage):
+            desc = f"{stage}: {what}" if stage and what else stage or what
+            self.bar(None if not total else (done or 0) / total, desc=desc)
+
+
 @contextmanager
 def stoppable(request: gr.Request | None, progress: Any = None, quiet: bool = False) -> Iterator[Run]:
     """Run the block so that this session's Stop ends it, with engine progress.
@@ -48,15 +68,8 @@ def stoppable(request: gr.Request | None, progress: Any = None, quiet: bool = Fa
     flag = _flag(request)
     flag.clear()
     run = Run()
-
-    def on_tick(what: str, done: int | None, total: int | None) -> None:
-        if flag.is_set():
-            raise Stopped("stopped")
-        if progress is not None and (what or run.stage):
-            desc = f"{run.stage}: {what}" if run.stage and what else run.stage or what
-            progress(None if not total else (done or 0) / total, desc=desc)
     try:
-        with listening(on_tick):
+        with listening(PageProgress(flag, progress, run)):
             yield run
     except Stopped:
         if not quiet:

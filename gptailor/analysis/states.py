@@ -6,7 +6,7 @@ from typing import Callable, Sequence, Union
 
 import torch
 
-from gptailor.common.progress import tick
+from gptailor.common.progress import Progress, current as in_force
 
 Calibration = Union[Sequence[str], Sequence[Sequence[int]]]
 """What hidden states are taken on: token ids as scoring encodes them (``search.baselines.calibration_ids``,
@@ -45,8 +45,10 @@ def _pad(tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def layer_states(model, tokenizer, texts: Calibration, batch_size: int = 16, keep_tokens: int = 0,
-                 max_length: int = 512) -> LayerStates:
-    """Hidden-state statistics of ``model`` on ``texts`` (token ids, or plain texts to tokenize)."""
+                 max_length: int = 512, progress: Progress | None = None) -> LayerStates:
+    """Hidden-state statistics of ``model`` on ``texts`` (token ids, or plain texts to tokenize).
+    ``progress`` (default: the listener in force) gets a tick per batch, and may stop it there."""
+    progress = progress or in_force()
     layers = model.model.layers
     L = len(layers)
     cos_sum = [0.0] * L
@@ -78,7 +80,7 @@ def layer_states(model, tokenizer, texts: Calibration, batch_size: int = 16, kee
     rows = _ids(tokenizer, texts, max_length)
     try:
         for s in range(0, len(rows), batch_size):
-            tick()
+            progress.tick()
             input_ids, attention = _pad(tokenizer, rows[s: s + batch_size])
             mask = attention.bool()
             if tokenizer.padding_side == "left":

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from gptailor.common.progress import tick
+from gptailor.common.progress import Progress, listening, tick
 from gptailor.eval.metrics import accuracy_metrics, metrics_for
 from gptailor.eval.tasks import Task, TaskError, _apply_options
 
@@ -390,11 +390,13 @@ def hflm_class() -> type:
 
 
 def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | None = None, include_path=None,
-                batch_size: int = 16, log_samples: bool = False, bootstrap_iters: int = 1000) -> LmEvalRun:
+                batch_size: int = 16, log_samples: bool = False, bootstrap_iters: int = 1000,
+                progress: Progress | None = None) -> LmEvalRun:
     """Run lm-eval on a ready model in memory (no checkpoint written) and return its own metrics.
 
     ``tasks`` are lm-eval task or group names (datasets from the local cache or task YAMLs under
-    ``include_path``); ``limit`` is lm-eval's ``--limit`` (docs per task). Zero-shot, as the suites score."""
+    ``include_path``); ``limit`` is lm-eval's ``--limit`` (docs per task). Zero-shot, as the suites score.
+    ``progress`` (default: the listener in force) gets a tick per lm-eval batch, and may stop it there."""
     lm_eval = _lm_eval()
     if not tasks:
         raise LmEvalError("no lm-eval tasks given; name at least one (e.g. arc_easy)")
@@ -404,7 +406,7 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | None = None
         leaves[name] = [t.task_name for t in leaf_tasks(name, include_path)]
     lm = hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
-    with hub_offline():
+    with hub_offline(), listening(progress):
         # seeds None: zero-shot greedy needs none, and lm-eval would otherwise reseed the caller's global RNGs
         res = lm_eval.simple_evaluate(lm, tasks=objs, num_fewshot=0, limit=limit, log_samples=log_samples,
                                       bootstrap_iters=bootstrap_iters, random_seed=None, numpy_random_seed=None,
@@ -475,8 +477,10 @@ class LmEvalReport:
 
 
 def lm_eval_report(family, plan, tasks: Sequence[str], limit: int | None = None, include_path=None,
-                   members: bool = True, batch_size: int = 16, stitcher=None) -> LmEvalReport:
-    """lm-eval's metrics for ``plan`` (stitched in memory) and, with ``members``, for every family member."""
+                   members: bool = True, batch_size: int = 16, stitcher=None,
+                   progress: Progress | None = None) -> LmEvalReport:
+    """lm-eval's metrics for ``plan`` (stitched in memory) and, with ``members``, for every family member.
+    ``progress`` (default: the listener in force) gets a tick per model (with its label) and per batch."""
     from gptailor.plan import Plan
     from gptailor.stitch import Stitcher
 
@@ -488,9 +492,10 @@ def lm_eval_report(family, plan, tasks: Sequence[str], limit: int | None = None,
     if members:
         models += [(m, Plan.identity(family.n_layers, m, family.name), m) for m in family.member_names]
     rows, secs = {}, {}
-    for k, (label, p, shared) in enumerate(models):
-        tick(f"lm-eval on {label} ({k + 1} of {len(models)})", k, len(models))
-        model = stitcher.build(p, shared_from=shared) if shared else stitcher.build(p)
-        run = run_lm_eval(model, family.tokenizer, tasks, limit, include_path, batch_size)
-        rows[label], secs[label] = run.metrics, run.seconds
+    with listening(progress):
+        for k, (label, p, shared) in enumerate(models):
+            tick(f"lm-eval on {label} ({k + 1} of {len(models)})", k, len(models))
+            model = stitcher.build(p, shared_from=shared) if shared else stitcher.build(p)
+            run = run_lm_eval(model, family.tokenizer, tasks, limit, include_path, batch_size)
+            rows[label], secs[label] = run.metrics, run.seconds
     return LmEvalReport(plan.to_text(), tasks, limit, rows, secs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from gptailor.common.progress import listening
+from gptailor.common.progress import Progress, current, listening
 from gptailor.eval.evaluator import Evaluator
 from gptailor.plan import Plan
 
@@ -30,11 +30,15 @@ def naive_plan(ev: Evaluator) -> tuple[str, Plan]:
 
 
 def member_rows(ev: Evaluator, split: str = "test", fidelity: int | None = None, naive: bool = True,
-                say: Say | None = None) -> list[Row]:
+                say: Say | None = None, progress: Progress | None = None) -> list[Row]:
     """One row per member (scored once, on its own model) and, with ``naive``, the naive cut's row.
     ``fidelity`` (examples per task) applies to the naive row; references are on the whole split.
-    ``say`` gets a line per member and per task scored, as it starts."""
+    ``say`` gets a line per member and per task scored, as it starts; ``progress`` (default: the listener
+    in force) gets every tick, and may stop the work there."""
+    outer = progress or current()
+
     def on_tick(what: str, done: int | None, total: int | None) -> None:
+        outer.tick(what, done, total)
         if say is not None and what and done is not None and total:  # task ticks, not the per-batch ones
             say(f"  {what} (task {done + 1} of {total})")
 

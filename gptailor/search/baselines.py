@@ -23,7 +23,7 @@ import torch
 
 from gptailor.family.family import Family
 from gptailor.plan import Op, Plan
-from gptailor.common.progress import tick
+from gptailor.common.progress import Progress, listening, tick
 from gptailor.stitch import Stitcher
 from gptailor.eval.encoding import example_ids
 from gptailor.eval.suite import Suite
@@ -138,16 +138,19 @@ def laco_plan(family: Family, n: int, texts: Calibration, stitcher: Stitcher | N
 
 
 def heuristic_plan(name: str, family: Family, n: int, texts: Calibration, member: str = "base",
-                   stitcher: Stitcher | None = None, states: LayerStates | None = None) -> Plan:
+                   stitcher: Stitcher | None = None, states: LayerStates | None = None,
+                   progress: Progress | None = None) -> Plan:
     """One heuristic's plan for ``member`` (its own model) removing ``n`` layers; ``states`` (the
-    member's ``base_states`` on ``texts``) saves the forward when several heuristics share it."""
+    member's ``base_states`` on ``texts``) saves the forward when several heuristics share it.
+    ``progress`` (default: the listener in force) gets the forwards' ticks, and may stop them."""
     if name == "last_n":
         return last_n_plan(family, n, member)
     if name not in HEURISTICS:
         raise ValueError(f"unknown baseline {name!r}; use one of {', '.join(HEURISTICS)}")
     if name == "laco" and member != "base":
         raise ValueError("the LaCo collapse is defined for the base model only")
-    states = states or base_states(family, texts, member, stitcher)
-    if name == "laco":
-        return laco_plan(family, n, texts, stitcher, states)
-    return (shortgpt_plan if name == "shortgpt" else angular_plan)(family, n, states, member)
+    with listening(progress):
+        states = states or base_states(family, texts, member, stitcher)
+        if name == "laco":
+            return laco_plan(family, n, texts, stitcher, states)
+        return (shortgpt_plan if name == "shortgpt" else angular_plan)(family, n, states, member)

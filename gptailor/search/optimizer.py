@@ -42,7 +42,7 @@ from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
 from gptailor.plan import Plan
-from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.common.progress import Phase, Progress, QUIET, Stopped, listening
 from gptailor.search.fidelity import fidelity_of, search_fidelities
 from gptailor.search.space import Budget, BudgetError, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
@@ -108,8 +108,11 @@ class Objective:
             result = EvalResult.from_dict(self.cache[key])
             return costs_of(result, self.tasks, self.objective), {**info, "result": self.cache[key], "cached": True}
         kw = {"kl_topk": DEFAULT_TOPK} if self.objective == "kl" else {}  # the divergence, in the same forward
-        result = self.evaluator.evaluate(plan, fidelity, split="search", references=self.references,
-                                         definition=self.definition, **kw)
+        try:
+            result = self.evaluator.evaluate(plan, fidelity, split="search", references=self.references,
+                                             definition=self.definition, **kw)
+        except Stopped:  # the listener's tick stopped it: not a crash, the search ends here (the recorder)
+            return self._crash(), {**info, "stopped": True}
         self.cache[key] = result.to_dict()
         return costs_of(result, self.tasks, self.objective), {**info, "result": self.cache[key]}
 
@@ -154,7 +157,9 @@ def costs_of(result: EvalResult | None, tasks: list[str] | None, objective: str 
 
 # ----------------------------------------------------------------------------- the search
 class _Recorder:
-    """A SMAC callback: reports each trial before SMAC is told, and stops when asked to."""
+    """A SMAC callback: reports each trial before SMAC is told, and stops when asked to (between trials
+    through ``on_tell_end``; a trial the listener stopped inside its evaluation is not recorded, and its
+    ``Stopped`` ends SMAC's loop)."""
 
     def __init__(self, search: "Search") -> None:
         from smac.callback import Callback
@@ -176,6 +181,9 @@ class _Recorder:
         if s._replaying:
             return None
         extra = value.additional_info or {}
+        if extra.get("stopped"):  # cut short by the listener: nothing to record, nothing more to run
+            s._stopped = "cancelled"
+            raise Stopped("stopped")
         fidelity = extra.get("fidelity") or fidelity_of(info.budget, s.max_fidelity)
         plan = Plan.from_dict(extra["plan"]) if "plan" in extra else s.space.decode(info.config)
         status, error, result = "complete", None, None
@@ -204,16 +212,21 @@ class _Recorder:
 
 
 class Search:
-    """One search run. ``run()`` returns a SearchResult; ``on_trial`` sees each trial as it lands."""
+    """One search run. ``run()`` returns a SearchResult; ``on_trial`` sees each trial as it lands.
+
+    ``progress`` (``gptailor.common.progress.Progress``; default: the one in force) is told each phase
+    ('references' when computed here, 'seeds' while SMAC is assembled) and every engine tick, and stops the
+    search when asked: between trials (``stop_requested()``), or inside a trial's evaluation when its tick
+    raises ``Stopped`` (that trial is dropped). Either way ``run()`` returns what was done, ``cancelled``."""
 
     def __init__(self, evaluator: Evaluator, budget: Budget, settings: SearchSettings | None = None,
-                 on_trial: Callable[[TrialRecord], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, previous: Iterable[TrialRecord] = (),
+                 on_trial: Callable[[TrialRecord], None] | None = None, previous: Iterable[TrialRecord] = (),
                  heuristic_removals: dict[str, list[int]] | None = None,
-                 references: References | None = None, on_phase: OnPhase = quiet,
+                 references: References | None = None, progress: Progress | None = None,
                  space: PlanSpace | None = None) -> None:
         self.evaluator = evaluator
-        self.on_phase = on_phase  # 'references' when computed here, 'seeds' while SMAC is assembled
+        self._progress = progress  # None: whatever listener is in force when run() starts
+        self.progress: Progress = progress or QUIET
         self.family = evaluator.family
         self.settings = settings or SearchSettings()
         self.settings.check()
@@ -233,7 +246,6 @@ class Search:
         self.definition: str | None = None
         self.setup_s = 0.0
         self.on_trial = on_trial
-        self.should_stop = should_stop
         self.previous = list(previous)
         self.trials: list[TrialRecord] = list(self.previous)
         self.heuristic_removals = heuristic_removals or {}
@@ -251,7 +263,8 @@ class Search:
         return (self.previous[-1].wall_s if self.previous else 0.0) + time.perf_counter() - self._start
 
     def _should_stop(self) -> bool:
-        if self.should_stop is not None and self.should_stop():
+        """Whether to end between trials: the listener asked for it (or already stopped a trial)."""
+        if self._stopped == "cancelled" or self.progress.stop_requested():
             self._stopped = "cancelled"
             return True
         return False
@@ -346,13 +359,18 @@ class Search:
             self._replaying = False
 
     def run(self) -> SearchResult:
+        with listening(self._progress) as progress:  # the engine's ticks inside every trial reach it
+            self.progress = progress
+            return self._run()
+
+    def _run(self) -> SearchResult:
         if os.environ.get("PYTHONHASHSEED") in (None, "random"):
             warnings.warn("PYTHONHASHSEED is not set: the same seed may not repeat exactly "
-                          "(the CLI and the background worker set it for you)", stacklevel=2)
+                          "(the CLI and the background worker set it for you)", stacklevel=3)  # the caller of run()
         t_setup = time.perf_counter()
         if self.references is None:  # fixed once, on the whole search split (fails early on a bad suite)
             self.references = self.evaluator.references(
-                "search", on_member=lambda k, n, m: self.on_phase(Phase("references", k, n, f"scoring {m}")))
+                "search", on_member=lambda k, n, m: self.progress.phase(Phase("references", k, n, f"scoring {m}")))
         else:
             self.evaluator.use_references(self.references)
         refs = self.references
@@ -395,18 +413,23 @@ class Search:
     def _evolve(self, objective: Objective, client) -> list[tuple[dict, float | None, Any]]:
         from gptailor.search.evolution import Evolution
 
-        self.on_phase(Phase("seeds", None, None, "building the seeded start"
-                            + (f" and replaying {len(self.previous)} stored trials" if self.previous else "")))
-        return Evolution(self, objective, lambda r: costs_of(r, self.tasks, self.settings.objective), client).run()
+        self.progress.phase(Phase("seeds", None, None, "building the seeded start"
+                                  + (f" and replaying {len(self.previous)} stored trials" if self.previous else "")))
+        evolution = Evolution(self, objective, lambda r: costs_of(r, self.tasks, self.settings.objective), client)
+        try:
+            return evolution.run()
+        except Stopped:  # a trial's evaluation was stopped by the listener (the recorder dropped it)
+            self._stopped = "cancelled"
+            return evolution.runhistory
 
     def _smac(self, outdir: str, objective: Objective, client) -> list[tuple[dict, float | None, Any]]:
         """SMAC's own ``optimize()`` loop (smac or random), after re-telling stored trials."""
         scenario = self._scenario(outdir)
         if self.fidelity_note:
-            warnings.warn(self.fidelity_note, stacklevel=3)
-        self.on_phase(Phase("seeds", None, None, "building SMAC's initial design"
-                            + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")
-                            + (f" ({self.fidelity_note})" if self.fidelity_note else "")))
+            warnings.warn(self.fidelity_note, stacklevel=4)  # the caller of run()
+        self.progress.phase(Phase("seeds", None, None, "building SMAC's initial design"
+                                  + (f" and re-telling {len(self.previous)} stored trials" if self.previous else "")
+                                  + (f" ({self.fidelity_note})" if self.fidelity_note else "")))
         facade = self._facade(scenario, objective.train, client)
         self._replay(facade)
         remaining = self.settings.n_trials - counted(self.previous)
@@ -414,7 +437,10 @@ class Search:
             with warnings.catch_warnings():  # SMAC averages empty cost lists for fresh configs
                 warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
                 warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-                facade.optimize()
+                try:
+                    facade.optimize()
+                except Stopped:  # a trial's evaluation was stopped by the listener (the recorder dropped it)
+                    self._stopped = "cancelled"
         return _runhistory(facade)
 
 

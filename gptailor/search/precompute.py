@@ -12,7 +12,7 @@ they are stored as JSON under a content key:
   alone is not enough, an uploaded suite can be replaced under the same name);
 - the split, the fidelity (None: the whole split) and what else the result depends on.
 
-A cache hit is told to the phase listener (``cached=True``), so a page shows "references (cached)".
+A cache hit is told to the ``progress`` listener (``cached=True``), so a page shows "references (cached)".
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from gptailor.eval.results import References
 from gptailor.family.family import Family
 from gptailor.common.paths import inside, safe_name
 from gptailor.plan import Plan
-from gptailor.common.progress import OnPhase, Phase, quiet
+from gptailor.common.progress import Phase, Progress, listening
 from gptailor.stitch import Stitcher
 from gptailor.eval.suite import Suite
 
@@ -89,13 +89,18 @@ class Precompute:
         tmp.replace(path)  # atomic: two studies starting together both read a whole file
 
     # -- references --------------------------------------------------------------------
-    def references(self, ev: Evaluator, split: str = "search", on_phase: OnPhase = quiet) -> References:
+    def references(self, ev: Evaluator, split: str = "search", progress: Progress | None = None) -> References:
         """Every member scored on the whole ``split`` (the evaluator's ``references``), from the cache when
-        this family, suite content and split were scored before; the evaluator adopts them."""
+        this family, suite content and split were scored before; the evaluator adopts them. ``progress``
+        (default: the listener in force) is told each member scored and gets the engine's ticks."""
+        with listening(progress) as p:
+            return self._references(ev, split, p)
+
+    def _references(self, ev: Evaluator, split: str, progress: Progress) -> References:
         fam = ev.family
         K = len(fam.member_names)
         if ev.has_references(split):  # already in memory: nothing to read or hash
-            on_phase(Phase("references", K, K, "already loaded", cached=True))
+            progress.phase(Phase("references", K, K, "already loaded", cached=True))
             return ev.references(split)
         key = {"family": family_fingerprint(fam), "suite": suite_fingerprint(ev.suite), "split": split,
                "fidelity": None, "near_zero": ev.near_zero}
@@ -103,13 +108,13 @@ class Precompute:
         if hit is not None:
             refs = References.from_dict(hit)
             ev.use_references(refs)
-            on_phase(Phase("references", K, K, "every member on the search split", cached=True))
+            progress.phase(Phase("references", K, K, "every member on the search split", cached=True))
             return refs
 
         def member(k: int, total: int, m: str) -> None:
-            on_phase(Phase("references", k, total, f"scoring {m}"))
+            progress.phase(Phase("references", k, total, f"scoring {m}"))
         refs = ev.references(split, on_member=member)
-        on_phase(Phase("references", K, K, "every member on the search split"))
+        progress.phase(Phase("references", K, K, "every member on the search split"))
         self.put("refs", fam, key, refs.to_dict())
         return refs
 
@@ -138,9 +143,15 @@ class Precompute:
         return plan, name == "last_n"
 
     def heuristic_removals(self, family: Family, n: int, suite: Suite, stitcher: Stitcher | None = None,
-                           on_phase: OnPhase = quiet) -> dict[str, list[int]]:
+                           progress: Progress | None = None) -> dict[str, list[int]]:
         """The positions each heuristic removes (the search's seeded initial design). The base runs
-        forward once for all of them (LaCo then runs at most ``LACO_CANDIDATES`` collapsed models)."""
+        forward once for all of them (LaCo then runs at most ``LACO_CANDIDATES`` collapsed models).
+        ``progress`` (default: the listener in force) is told each heuristic computed."""
+        with listening(progress) as p:
+            return self._heuristic_removals(family, n, suite, stitcher, p)
+
+    def _heuristic_removals(self, family: Family, n: int, suite: Suite, stitcher: Stitcher | None,
+                            progress: Progress) -> dict[str, list[int]]:
         texts = calibration_ids(suite, family.tokenizer)
         states = SharedStates(family, texts, stitcher).of("base")
         out: dict[str, list[int]] = {}
@@ -148,11 +159,11 @@ class Precompute:
         all_cached = True
         for k, h in enumerate(HEURISTICS):
             plan, cached = self.heuristic_plan(h, family, n, suite, stitcher=stitcher, texts=texts,
-                                               on_compute=lambda: on_phase(Phase("heuristics", k, K, h)),
+                                               on_compute=lambda: progress.phase(Phase("heuristics", k, K, h)),
                                                states=states)
             all_cached = all_cached and cached
             out[h] = [i for i, op in enumerate(plan.ops) if op.kind == "drop"]
-        on_phase(Phase("heuristics", K, K, ", ".join(HEURISTICS), cached=all_cached))
+        progress.phase(Phase("heuristics", K, K, ", ".join(HEURISTICS), cached=all_cached))
         return out
 
 
