@@ -82,6 +82,13 @@ def test_caps_and_ownership_hold_whatever_session_a_client_uses(spaces):
                                                                                 studies[int(s3)]["client_key"]})
     note, _rows = a.predict(int(s2), token_a, api_name="/cancel_study")  # its owner may
     assert f"Study {int(s2)}: cancelled" in note
+    # a cancelled study is resumable, but only by its owner: the copier's and forged tokens change nothing
+    before = {k: v for k, v in st.study(int(s2)).items() if k != "trials"}
+    assert before["status"] == "cancelled"
+    for client, token in ((copier, None), (copier, token_c), (copier, f"{nonce}.forged"), (again, token_new)):
+        with pytest.raises(Exception, match=f"study {int(s2)} was started by another visitor; you can resume"):
+            client.predict(int(s2), token, api_name="/resume_study")
+    assert {k: v for k, v in st.study(int(s2)).items() if k != "trials"} == before
     for client, token, sid in ((a, token_a, s1), (copier, token_c, s3)):  # leave no worker running
         try:
             client.predict(int(sid), token, api_name="/cancel_study")
