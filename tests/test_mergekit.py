@@ -117,6 +117,27 @@ def test_mergekit_rebuilds_every_method_at_the_first_middle_and_last_position(la
     assert "not expressible" not in text_yaml
 
 
+@pytest.fixture(scope="module")
+def six_layer_family(tmp_path_factory):
+    """A layers-only family deep enough for merges at the first, a middle and the last position, a pick of
+    each finetune and a drop in one plan."""
+    return Family.from_spec(make_tiny_family(tmp_path_factory.mktemp("six"), n_layers=6, layers_only=True, seed=5))
+
+
+@pytest.mark.skipif(MERGEKIT is None, reason="mergekit is not installed (requirements.txt installs it)")
+@pytest.mark.parametrize("method", EXPORTED, ids=[m.name for m in EXPORTED])
+def test_mergekit_yaml_command_rebuilds_every_method(six_layer_family, tmp_path, method):
+    """The ``mergekit-yaml`` command itself (not only ``run_merge``) on each exported method, merged at the first,
+    a middle and the last position of one plan with picks and a drop: one command per method, since each
+    costs about 15 s of imports before it merges anything."""
+    params = "" if not method.defaults else ",density=1"  # density 1: nothing drawn or trimmed, so exact
+    merge = f"merge[{method.name}{params}]"
+    plan = Plan.from_text(f"0:{merge}(math=.6,code=.9) 1:math 2:{merge}(math=1,code=.4) 3:drop 4:code "
+                          f"5:{merge}(code=.5,math=.8)")
+    text_yaml = _check_mergekit_rebuilds(six_layer_family, plan, tmp_path, cli=True)
+    assert "not expressible" not in text_yaml and f"merge_method: {method.mergekit}" in text_yaml
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS.values() if m.mergekit is None], ids=lambda m: m.name)
 def test_a_method_mergekit_cannot_express_is_written_as_a_comment(layers_only_family, method):
     text = mergekit_yaml(layers_only_family, Plan.from_text(f"0:math 1:merge[{method.name}](math=1,code=1) 2:base"
