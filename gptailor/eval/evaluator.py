@@ -32,7 +32,7 @@ import torch
 
 from gptailor.family.family import Family
 from gptailor.plan import Plan
-from gptailor.common.progress import tick
+from gptailor.common.progress import Phase, Progress, tick
 from gptailor.stitch import Stitcher, param_count
 
 if TYPE_CHECKING:
@@ -438,8 +438,10 @@ class Evaluator:
     def member_scores(self, member: str, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
         return self.objective_scores(self.member_details(member, fidelity, split))
 
-    def references(self, split: str | None = None, on_member=None) -> References:
-        """Every member scored on the whole ``split``: the fixed references of retention.
+    def references(self, split: str | None = None, progress: Progress | None = None) -> References:
+        """Every member scored on the whole ``split``: the fixed references of retention. ``progress`` gets a
+        "references" phase as each member starts (none by default: a report re-scoring references keeps its
+        own phase line).
 
         Refuses a suite on which no member scores anything (every task's reference would be zero), which
         is what a prompt format the models do not follow looks like (e.g. an instruction-tuned family
@@ -448,8 +450,8 @@ class Evaluator:
         if split not in self._refs:
             scores = {}
             for k, m in enumerate(self.family.member_names):
-                if on_member is not None:
-                    on_member(k, len(self.family.member_names), m)
+                if progress is not None:
+                    progress.phase(Phase("references", k, len(self.family.member_names), f"scoring {m}"))
                 scores[m] = self.member_scores(m, None, split)
             refs = References(split, {t.name: t.kind for t in self.suite}, scores, self.near_zero)
             self.add_proxy(refs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from gptailor.common.progress import Progress, current, listening
+from gptailor.common.progress import Phase, Progress, current, listening
 from gptailor.eval.evaluator import Evaluator
 from gptailor.plan import Plan
 
@@ -42,13 +42,13 @@ def member_rows(ev: Evaluator, split: str = "test", fidelity: int | None = None,
         if say is not None and what and done is not None and total:  # task ticks, not the per-batch ones
             say(f"  {what} (task {done + 1} of {total})")
 
-    def on_member(k: int, total: int, m: str) -> None:
+    def on_phase(p: Phase) -> None:
         if say is not None:
-            say(f"scoring member {m} ({k + 1} of {total})")
+            say(f"scoring member {p.detail.removeprefix('scoring ')} ({p.done + 1} of {p.total})")
 
     kinds = {t.name: t.kind for t in ev.suite}
     with listening(on_tick):
-        refs = ev.references(split, on_member=on_member)
+        refs = ev.references(split, progress=Progress(on_phase=on_phase))
         rows = [Row(m, refs.scores[m], refs.retentions(refs.scores[m], kinds)[0]) for m in ev.family.member_names]
         if naive:
             label, plan = naive_plan(ev)

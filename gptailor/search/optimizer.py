@@ -369,8 +369,7 @@ class Search:
                           "(the CLI and the background worker set it for you)", stacklevel=3)  # the caller of run()
         t_setup = time.perf_counter()
         if self.references is None:  # fixed once, on the whole search split (fails early on a bad suite)
-            self.references = self.evaluator.references(
-                "search", on_member=lambda k, n, m: self.progress.phase(Phase("references", k, n, f"scoring {m}")))
+            self.references = self.evaluator.references("search", progress=self.progress)
         else:
             self.evaluator.use_references(self.references)
         refs = self.references

@@ -111,9 +111,7 @@ class Precompute:
             progress.phase(Phase("references", K, K, "every member on the search split", cached=True))
             return refs
 
-        def member(k: int, total: int, m: str) -> None:
-            progress.phase(Phase("references", k, total, f"scoring {m}"))
-        refs = ev.references(split, on_member=member)
+        refs = ev.references(split, progress=progress)
         progress.phase(Phase("references", K, K, "every member on the search split"))
         self.put("refs", fam, key, refs.to_dict())
         return refs
