@@ -35,8 +35,9 @@ def next_step() -> str:
             "skill finetunes, about a minute, offline), then do the same steps on `smol`.")
 
 
-def build() -> list[tuple[str, gr.Button]]:
-    """The block, open by default (the user can fold it); returns (tab id, button) pairs for ``wire``."""
+def build() -> dict:
+    """The block, open by default (the user can fold it); returns its (tab id, button) pairs for ``wire``
+    ("jumps") and the next-step line ("next", re-read on each page load: smol may have been built since)."""
     jumps = []
     with gr.Accordion("Start here: three steps on the demo family", open=True, elem_id="start-here"):
         for number, (tab, label, text) in enumerate(STEPS, 1):
@@ -44,13 +45,13 @@ def build() -> list[tuple[str, gr.Button]]:
                 gr.Markdown(f"{number}. {text}", elem_id=f"start-step-{number}", container=False)
                 jumps.append((tab, gr.Button(label, size="sm", scale=0, min_width=140,
                                              elem_id=f"start-go-{number}")))
-        gr.Markdown(next_step(), elem_id="start-next")
-    return jumps
+        after = gr.Markdown(next_step(), elem_id="start-next")
+    return {"jumps": jumps, "next": after}
 
 
-def wire(jumps: list[tuple[str, gr.Button]], tabs: gr.Tabs) -> None:
+def wire(parts: dict, tabs: gr.Tabs) -> None:
     """Each step's button selects its tab (the tabs exist only after the block is laid out)."""
-    for tab, button in jumps:
+    for tab, button in parts["jumps"]:
         button.click(_select(tab), None, [tabs], queue=False, api_visibility="private", show_progress="hidden")
 
 
