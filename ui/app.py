@@ -9,7 +9,7 @@ import time
 import gradio as gr
 from starlette.middleware import Middleware
 
-from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, guard, picker,
+from . import (analysis_tab, chat_tab, compare_tab, dashboard_tab, editor_tab, evaluate_tab, guard, landing, picker,
                search_tab)
 from .login import LoginEverywhere
 from .overload import BusyNote
@@ -22,6 +22,7 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="GPTailor Studio", delete_cache=(3600, 3600) if public_mode() else None) as demo:
         gr.Markdown("# GPTailor Studio\nCut and stitch layers across a model family into a smaller model, "
                     "without retraining.")
+        start = landing.build()  # "Start here": three steps on the demo family, each opening its tab
         # the server-issued owner token, kept in this browser's localStorage (ui/guard.py)
         owner = gr.BrowserState(None, storage_key="gptailor-owner")
         shared = picker.build()
@@ -41,8 +42,10 @@ def build_app() -> gr.Blocks:
                 analysis_tab.build(family, suite)
             with gr.Tab("Chat", id="chat"):
                 chat_tab.build(shared["family"], shared["plan"])
+        landing.wire(start, tabs)
         demo.load(guard.issue_token, [owner], [owner], api_name="owner_token", show_progress="hidden")
         demo.load(picker.refresh_choices, None, [family, suite, shared["builtin"]])
+        demo.load(landing.next_step, None, [start["next"]], show_progress="hidden", api_visibility="private")
         demo.load(picker.suite_info, [family, suite], [shared["info"]])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])
         demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],

@@ -250,7 +250,7 @@ def build() -> dict:
                              allow_custom_value=not public_mode(), scale=2)
         suite = gr.Dropdown(suite_choices(), value=DEFAULT_SUITE, label="Task suite (scores and calibration)",
                             allow_custom_value=not public_mode(), scale=2)
-    with gr.Row():
+    with gr.Row(elem_classes=["gt-grid"]):  # narrow: the note full width, not squeezed beside the buttons
         builtin = gr.Markdown(builtin_note(), elem_id="builtin-note")
         make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200,
                               visible=not public_mode() and builtin_spec("smol") is None)
