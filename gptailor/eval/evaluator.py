@@ -38,9 +38,8 @@ from gptailor.stitch import Stitcher, param_count
 if TYPE_CHECKING:
     from gptailor.eval.speed import SpeedSettings
 from gptailor.eval.suite import Suite
-from gptailor.eval.encoding import context_text, encode_pair, encode_text
 from gptailor.eval.tasks import Task, TaskError
-from gptailor.eval.batching import PACKABLE_ATTENTION, _Batch, _Seq, batch_digest
+from gptailor.eval.batching import Batcher, _Batch, packs
 from gptailor.eval.metrics import METRICS, apply_filter, continuous_metric
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys
@@ -98,19 +97,16 @@ class Evaluator:
         self.family = family
         self.suite = suite
         self.stitcher = stitcher or Stitcher(family)
-        self.batch_size = batch_size
         self.near_zero = near_zero
         self.head_chunk = head_chunk  # scored positions per LM-head call
         self.split = split
-        self.pack_choices = pack_choices  # multiple choice: a doc's shared context run once for all its choices
         applicable_definition(setting=definition)  # refuses anything but auto, family, base
         self.definition = definition
         limit = getattr(family.config, "max_position_embeddings", 2048) or 2048
-        self.max_length = min(max_length or limit, limit)
-        self._batches: dict[tuple, tuple[list[_Batch], list[Any]]] = {}
+        self.batcher = Batcher(family.tokenizer, family.config, self.stitcher.device, batch_size,
+                               min(max_length or limit, limit), pack_choices)
         self._member_scores: dict[tuple, dict[str, dict[str, float]]] = {}
         self._refs: dict[str, References] = {}
-        self._stop_masks: dict[tuple[str, ...], torch.Tensor] = {}
         self.kl_topk = kl_topk  # > 0: every evaluate() also scores the KL to each task's reference (--objective kl)
         self._kl_refs: dict[tuple, dict[str, list]] = {}  # (member, fidelity, split) -> task -> top-k per chunk
         if isinstance(prefix_cache, PrefixCache):
@@ -118,146 +114,19 @@ class Evaluator:
         else:
             self.prefix_cache = prefix_cache_for(family) if prefix_cache else None
 
-    # -- tokenization (gptailor.eval.encoding: the one rule, shared with the calibration texts) ----------
-    def _context(self, task: Task, text: str) -> tuple[str, bool]:
-        return context_text(self.family.tokenizer, task, text)
-
-    def _encode_pair(self, task: Task, ctx: str, cont: str) -> tuple[list[int], list[int]]:
-        return encode_pair(self.family.tokenizer, task, ctx, cont)
-
+    # -- batches (gptailor.eval.batching.Batcher; thin here for the tests and benches that reach them) ---
     def _rows(self, task: Task, examples: list[dict]) -> tuple[list[tuple[list[int], list[int]]], list[Any]]:
-        """Flat (context ids, scored ids) rows and, per example, what aggregates them."""
-        rows, meta = [], []
-        tok = self.family.tokenizer
-        for ex in examples:
-            if task.kind == "exact_match":
-                rows.append(self._encode_pair(task, ex["prompt"], ex["target"]))
-            elif task.kind == "multiple_choice":
-                start = len(rows)
-                ctx = ex["context"]
-                ctxs = ctx if isinstance(ctx, list) else [ctx] * len(ex["choices"])
-                rows += [self._encode_pair(task, c, ch) for c, ch in zip(ctxs, ex["choices"])]
-                meta.append((start, ex.get("lengths") or [len(ch) for ch in ex["choices"]], ex["answer"]))
-            else:
-                ids = encode_text(tok, ex["text"])
-                rows.append((ids[:1], ids[1:]))
-        return rows, meta
-
-    def _plain(self, r: int, ctx: list[int], cont: list[int]) -> _Seq:
-        """Flat row ``r`` alone, cut to ``max_length`` as lm-eval does: the continuation kept, the context cut
-        from the left."""
-        cont = cont[: self.max_length - 1]
-        return _Seq(ctx[max(0, len(ctx) + len(cont) - self.max_length):], [(r, cont)])
-
-    def _sequences(self, task: Task, rows: list[tuple[list[int], list[int]]], meta: list[Any], packed: bool
-                   ) -> list[_Seq]:
-        """The forward rows: one per flat row, or (``packed``) one per multiple-choice doc and context, holding
-        all the choices that share that context (split in several when longer than ``max_length``). Choices
-        with contexts of their own (lm-eval's partial evaluation, e.g. winogrande) stay one row each."""
-        if not packed:
-            return [self._plain(r, c, t) for r, (c, t) in enumerate(rows)]
-        seqs: list[_Seq] = []
-        for start, lens, _ in meta:
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for r in range(start, start + len(lens)):
-                groups.setdefault(tuple(rows[r][0]), []).append(r)
-            for ctx, members in groups.items():
-                cur = _Seq(list(ctx), [])
-                for r in members:
-                    cont = rows[r][1]
-                    if len(ctx) + len(cont) > self.max_length:  # too long even alone: cut as a plain row
-                        seqs.append(self._plain(r, list(ctx), cont))
-                        continue
-                    if cur.conts and cur.length + len(cont) > self.max_length:
-                        seqs.append(cur)
-                        cur = _Seq(list(ctx), [])
-                    cur.conts.append((r, cont))
-                if cur.conts:
-                    seqs.append(cur)
-        return seqs
+        return self.batcher.rows(task, examples)
 
     def _prepare(self, task: Task, fidelity: int | None, split: str | None = None, packed: bool | None = None
                  ) -> tuple[list[_Batch], list[Any]]:
-        """Tokenized, padded batches of a task's examples, built once. ``packed`` (default: ``pack_choices``
-        for multiple choice) runs a doc's shared context once for all its choices."""
-        split = split or self.split
-        if packed is None:
-            packed = self.pack_choices and task.kind == "multiple_choice"
-        packed = packed and task.kind == "multiple_choice"
-        key = (task.name, fidelity, split, packed)
-        if key in self._batches:
-            return self._batches[key]
-        rows, meta = self._rows(task, task.subset(fidelity, split))
-        seqs = sorted(self._sequences(task, rows, meta, packed), key=lambda q: -q.length)
-        batches = [self._batch(chunk, len(rows), task.kind == "exact_match")
-                   for chunk in (seqs[s: s + self.batch_size] for s in range(0, len(seqs), self.batch_size))]
-        self._batches[key] = (batches, meta)
-        return batches, meta
-
-    def _batch(self, chunk: list[_Seq], n_rows: int, stop: bool) -> _Batch:
-        """Right-padded ids and the gather indices of every scored token; segments and positions when packed."""
-        pad = self.family.tokenizer.pad_token_id or 0
-        width = max(q.length for q in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        seg = torch.full((len(chunk), width), -1, dtype=torch.long)
-        pos = torch.zeros((len(chunk), width), dtype=torch.long)
-        r_idx, c_idx, tgt, flat, s_rows, s_cols, s_flat = [], [], [], [], [], [], []
-        for b, q in enumerate(chunk):
-            c = len(q.ctx)
-            ids[b, :c] = torch.tensor(q.ctx)
-            seg[b, :c] = 0
-            pos[b, :c] = torch.arange(c)
-            off = c
-            for j, (r, cont) in enumerate(q.conts):
-                if cont:
-                    ids[b, off: off + len(cont)] = torch.tensor(cont)
-                seg[b, off: off + len(cont)] = j + 1
-                pos[b, off: off + len(cont)] = torch.arange(c, c + len(cont))
-                for k, t in enumerate(cont):  # token k is predicted by the previous token of its own choice
-                    r_idx.append(b)
-                    c_idx.append(c - 1 if k == 0 else off + k - 1)
-                    tgt.append(t)
-                    flat.append(r)
-                s_rows.append(b)
-                s_cols.append(c - 1 if not cont else off + len(cont) - 1)
-                s_flat.append(r)
-                off += len(cont)
-            mask[b, :off] = 1
-        dev = self.stitcher.device
-        packed = any(len(q.conts) > 1 for q in chunk)
-        key = batch_digest(ids, mask, seg if packed else None, pos if packed else None)
-
-        def t(x: list[int]) -> torch.Tensor:
-            return torch.tensor(x, dtype=torch.long, device=dev)
-
-        return _Batch(ids.to(dev), mask.to(dev), t(r_idx), t(c_idx), t(tgt), t(flat), n_rows,
-                      t(s_rows) if stop else None, t(s_cols) if stop else None, t(s_flat) if stop else None,
-                      seg.to(dev) if packed else None, pos.to(dev) if packed else None, key)
+        return self.batcher.prepare(task, fidelity, split or self.split, packed)
 
     def stop_mask(self, until: list[str]) -> torch.Tensor:
         """Per vocabulary id: does greedy generation stop right there (EOS, or text beginning with a stop)?"""
-        key = tuple(until)
-        if key not in self._stop_masks:
-            tok = self.family.tokenizer
-            n = max(len(tok), int(getattr(self.family.config, "vocab_size", 0) or 0))
-            texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False)
-            mask = torch.zeros(n, dtype=torch.bool)
-            for i, t in enumerate(texts):
-                mask[i] = any(t.startswith(u) for u in until)
-            eos = self.family.config.eos_token_id
-            for e in ([eos] if isinstance(eos, int) else list(eos or [])) + [tok.eos_token_id]:
-                if e is not None and 0 <= e < n:
-                    mask[e] = True
-            self._stop_masks[key] = mask
-        return self._stop_masks[key]
+        return self.batcher.stop_mask(until)
 
     # -- scoring --------------------------------------------------------------------
-    def _packs(self, model) -> bool | None:
-        """None (the default: pack multiple choice) unless ``model``'s attention takes no custom 4D mask."""
-        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        return None if impl in PACKABLE_ATTENTION else False
-
     @torch.inference_mode()
     def _row_stats(self, model, batches: list[_Batch], stop_mask: torch.Tensor | None = None,
                    prefix: PrefixRun | None = None, kl: KLProbe | None = None
@@ -304,13 +173,14 @@ class Evaluator:
         tok = self.family.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         dev = self.stitcher.device
+        size, max_length = self.batcher.batch_size, self.batcher.max_length
         out: list[str] = []
-        for s in range(0, len(prompts), self.batch_size):
+        for s in range(0, len(prompts), size):
             tick()
             enc = []
-            for p in prompts[s: s + self.batch_size]:
-                text, special = self._context(task, p)
-                enc.append(tok(text, add_special_tokens=special)["input_ids"][-self.max_length:])
+            for p in prompts[s: s + size]:
+                text, special = self.batcher.context(task, p)
+                enc.append(tok(text, add_special_tokens=special)["input_ids"][-max_length:])
             width = max(len(e) for e in enc)
             ids = torch.full((len(enc), width), pad, dtype=torch.long)
             mask = torch.zeros((len(enc), width), dtype=torch.long)
@@ -341,7 +211,7 @@ class Evaluator:
                                                       ["input_ids"]) for e in examples)
             answers = self.generate(model, task, [e["prompt"] for e in examples], n_new)
             return {"exact_match": [float(apply_filter(a, e["target"], task.filter)) for a, e in zip(answers, examples)]}
-        batches, meta = self._prepare(task, fidelity, split, self._packs(model))
+        batches, meta = self._prepare(task, fidelity, split, packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, count = self._row_stats(model, batches, stop, prefix, kl)
         if kl is not None and kl.reference is not None:
@@ -367,7 +237,7 @@ class Evaluator:
         ``gold_prob``; exact match (teacher-forced) ``exact_match``, ``loglik``. What lm-eval's ``log_samples`` holds, to compare."""
         if task.kind == "perplexity" or (task.kind == "exact_match" and task.filter):
             raise TaskError(f"task {task.name!r}: per-example scores are for multiple choice and exact match")
-        batches, meta = self._prepare(task, fidelity, split or self.split, self._packs(model))
+        batches, meta = self._prepare(task, fidelity, split or self.split, packs(model))
         stop = self.stop_mask(task.until) if task.kind == "exact_match" else None
         logp, correct, count = self._row_stats(model, batches, stop)
         if task.kind == "exact_match":
@@ -414,7 +284,7 @@ class Evaluator:
         width = int(model.config.hidden_size) * torch.finfo(model.dtype).bits // 8
         layer_bytes = sum(b.input_ids.numel() * width for t in self.suite
                           if not (t.kind == "exact_match" and t.filter)
-                          for b in self._prepare(t, fidelity, split, self._packs(model))[0])
+                          for b in self._prepare(t, fidelity, split, packs(model))[0])
         return PrefixRun(cache, keys, pass_stride(keys.n_kept, layer_bytes, cache.max_bytes))
 
     def objective_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
