@@ -32,7 +32,7 @@ import torch
 
 from gptailor.family.family import Family
 from gptailor.plan import Plan
-from gptailor.common.progress import Phase, Progress, tick
+from gptailor.common.progress import tick
 from gptailor.stitch import Stitcher, param_count
 
 if TYPE_CHECKING:
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 from gptailor.eval.suite import Suite
 from gptailor.eval.tasks import Task, TaskError
 from gptailor.eval.batching import Batcher, _Batch, packs
-from gptailor.eval.metrics import METRICS, apply_filter, continuous_metric
+from gptailor.eval.metrics import METRICS, apply_filter
 from gptailor.eval.results import EvalResult, References, applicable_definition
+from gptailor.eval.reference_scoring import ReferenceScoring
 from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys
 from gptailor.eval.divergence import KLProbe, mean_kl
 
@@ -77,7 +78,7 @@ def gold_probs(logp: torch.Tensor, meta: list[Any]) -> list[float]:
     return [float(torch.softmax(logp[s: s + len(lens)], 0)[ans]) for s, lens, ans in meta]
 
 
-class Evaluator:
+class Evaluator(ReferenceScoring):
     """Scores plans of one family on one suite; caches tokenized batches and reference scores.
 
     ``split`` is the default split scored (``test``: held-out numbers unless asked otherwise); a search
@@ -88,6 +89,9 @@ class Evaluator:
     ``batch_size`` counts forward rows: a packed doc is one row. ``prefix_cache``: True (the family's shared
     cache of prefix hidden states, ``gptailor.eval.prefix``), False (every forward from the embeddings), or
     a ``PrefixCache`` of the caller's.
+
+    Its batches come from ``self.batcher`` (``gptailor.eval.batching.Batcher``); the members' references,
+    the proxies and the KL references from ``ReferenceScoring`` (``gptailor.eval.reference_scoring``).
     """
 
     def __init__(self, family: Family, suite: Suite, stitcher: Stitcher | None = None, batch_size: int = 64,
@@ -105,10 +109,11 @@ class Evaluator:
         limit = getattr(family.config, "max_position_embeddings", 2048) or 2048
         self.batcher = Batcher(family.tokenizer, family.config, self.stitcher.device, batch_size,
                                min(max_length or limit, limit), pack_choices)
+        self.kl_topk = kl_topk  # > 0: every evaluate() also scores the KL to each task's reference (--objective kl)
+        # ReferenceScoring's caches: the members' metrics, the references, the KL references
         self._member_scores: dict[tuple, dict[str, dict[str, float]]] = {}
         self._refs: dict[str, References] = {}
-        self.kl_topk = kl_topk  # > 0: every evaluate() also scores the KL to each task's reference (--objective kl)
-        self._kl_refs: dict[tuple, dict[str, list]] = {}  # (member, fidelity, split) -> task -> top-k per chunk
+        self._kl_refs: dict[tuple, dict[str, list]] = {}  # (member, fidelity, split, k) -> task -> top-k per chunk
         if isinstance(prefix_cache, PrefixCache):
             self.prefix_cache: PrefixCache | None = prefix_cache
         else:
@@ -293,103 +298,6 @@ class Evaluator:
 
     def score_model(self, model, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
         return self.objective_scores(self.model_details(model, fidelity, split))
-
-    # -- references -----------------------------------------------------------------
-    def member_details(self, member: str, fidelity: int | None = None, split: str | None = None
-                       ) -> dict[str, dict[str, float]]:
-        """A family member's own metrics (its own model, embeddings and head included), once per (fidelity, split)."""
-        key = (member, fidelity, split or self.split)
-        if key not in self._member_scores:
-            plan = Plan.identity(self.family.n_layers, member, self.family.name)
-            model = self.stitcher.build(plan, shared_from=member)
-            self._member_scores[key] = self.model_details(model, fidelity, split, plan, shared_from=member)
-        return self._member_scores[key]
-
-    def member_scores(self, member: str, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
-        return self.objective_scores(self.member_details(member, fidelity, split))
-
-    def references(self, split: str | None = None, progress: Progress | None = None) -> References:
-        """Every member scored on the whole ``split``: the fixed references of retention. ``progress`` gets a
-        "references" phase as each member starts (none by default: a report re-scoring references keeps its
-        own phase line).
-
-        Refuses a suite on which no member scores anything (every task's reference would be zero), which
-        is what a prompt format the models do not follow looks like (e.g. an instruction-tuned family
-        without ``chat_template: true``)."""
-        split = split or self.split
-        if split not in self._refs:
-            scores = {}
-            for k, m in enumerate(self.family.member_names):
-                if progress is not None:
-                    progress.phase(Phase("references", k, len(self.family.member_names), f"scoring {m}"))
-                scores[m] = self.member_scores(m, None, split)
-            refs = References(split, {t.name: t.kind for t in self.suite}, scores, self.near_zero)
-            self.add_proxy(refs)
-            if all(refs.reference("family", t).member == "none" for t in refs.kinds):
-                raise TaskError(
-                    f"suite {self.suite.name!r}: no member of family {self.family.name!r} scores above zero on any "
-                    f"task ({split} split), so retention would be meaningless. Check the prompt format: for an "
-                    f"instruction-tuned family set 'chat_template: true' in the suite, or add an extract filter "
-                    f"(filter: {{regex: ...}} or {{contains: true}}) for answers given inside a sentence")
-            self._refs[split] = refs
-        return self._refs[split]
-
-    def proxy_metric(self, task: Task) -> str:
-        """The continuous proxy of ``task`` (``--objective loglik``); a generated, filtered exact-match task
-        has none from its forward and keeps its accuracy metric."""
-        return task.objective_metric if task.kind == "exact_match" and task.filter else continuous_metric(task.kind)
-
-    def proxy_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
-        """Each task's continuous proxy picked out of its full metrics."""
-        return {t.name: details[t.name][self.proxy_metric(t)] for t in self.suite}
-
-    def add_proxy(self, refs: References) -> References:
-        """Fill in the members' proxy values of ``refs`` where missing (references stored before there were
-        proxies): the members' details on the references' split, cached, so free once the scores exist."""
-        if refs.proxy is None:
-            refs.proxy = {m: self.proxy_scores(self.member_details(m, None, refs.split)) for m in refs.scores}
-            refs.proxy_metrics = {t.name: self.proxy_metric(t) for t in self.suite}
-        return refs
-
-    def kl_tasks(self) -> list[Task]:
-        """The tasks a divergence is scored on: every task scored from one forward (a generated, filtered
-        exact-match task has no teacher-forced logits to compare)."""
-        return [t for t in self.suite if not (t.kind == "exact_match" and t.filter)]
-
-    def kl_reference(self, member: str, fidelity: int | None, split: str, k: int) -> dict[str, list]:
-        """``member``'s top-k next-token log-probabilities at every scored position of every KL task, at
-        this fidelity and split: computed once (one forward of the member per fidelity), then shared by
-        every plan of the study."""
-        key = (member, fidelity, split, k)
-        if key not in self._kl_refs:
-            plan = Plan.identity(self.family.n_layers, member, self.family.name)
-            model = self.stitcher.build(plan, shared_from=member)
-            run = self.prefix_run(model, plan, member, fidelity, split)
-            probes = {t.name: KLProbe(k) for t in self.kl_tasks()}
-            for t in self.kl_tasks():  # only the tasks it is scored on: no generation for the filtered ones
-                self.task_values(model, t, fidelity, split, run, probes[t.name])
-            self._kl_refs[key] = {name: p.captured for name, p in probes.items()}
-        return self._kl_refs[key]
-
-    def kl_probes(self, refs: References, definition: str, fidelity: int | None, split: str, k: int
-                  ) -> dict[str, KLProbe]:
-        """A comparing probe per KL task, against that task's retention reference member under
-        ``definition`` (the base where no member scores)."""
-        probes = {}
-        for t in self.kl_tasks():
-            member = refs.reference(definition, t.name).member
-            member = member if member in self.family.member_names else "base"
-            probes[t.name] = KLProbe(k, reference=self.kl_reference(member, fidelity, split, k)[t.name],
-                                     member=member)
-        return probes
-
-    def has_references(self, split: str | None = None) -> bool:
-        """Whether this evaluator already holds the references of ``split`` (computed or adopted)."""
-        return (split or self.split) in self._refs
-
-    def use_references(self, refs: References) -> None:
-        """Adopt references fixed earlier (a resumed study's stored ones)."""
-        self._refs[refs.split] = refs
 
     # -- the main entry -------------------------------------------------------------
     def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
