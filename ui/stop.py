@@ -48,13 +48,18 @@ def stoppable(request: gr.Request | None, progress: Any = None, quiet: bool = Fa
     flag = _flag(request)
     flag.clear()
     run = Run()
+    shown = {"stage": None}  # the stage the bar's label names now
 
     def on_tick(what: str, done: int | None, total: int | None) -> None:
         if flag.is_set():
             raise Stopped("stopped")
-        if progress is not None and (what or run.stage):
-            desc = f"{run.stage}: {what}" if run.stage and what else run.stage or what
-            progress(None if not total else (done or 0) / total, desc=desc)
+        if progress is None or not (what or run.stage):
+            return
+        if not what and not total and shown["stage"] == run.stage:
+            return  # a bare batch tick: Gradio's bar shows no label without a fraction, so keep the last one
+        shown["stage"] = run.stage
+        desc = f"{run.stage}: {what}" if run.stage and what else run.stage or what
+        progress(None if not total else (done or 0) / total, desc=desc)
     try:
         with listening(on_tick):
             yield run
