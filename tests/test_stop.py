@@ -64,6 +64,25 @@ def test_the_stop_button_ends_a_running_evaluation_within_a_batch(demo_ev, monke
         demo_ev.evaluate(plan, 2)
 
 
+def test_a_stage_keeps_its_label_through_the_batch_ticks(demo_ev):
+    """Issue 22, item 10: Gradio sends only the latest progress update (ten times a second) and its bar shows
+    no label for an update without a fraction, so the per-batch ticks between a stage's task ticks must not
+    replace "scoring your plan: scoring math" (0%) with an unlabelled one; a new stage still shows at once."""
+    from ui import stop as stop_mod
+
+    request = SimpleNamespace(session_hash="s-stages", username=None)
+    shown: list[tuple] = []
+    with stop_mod.stoppable(request, lambda f, desc: shown.append((f, desc))) as run:
+        run.stage = "scoring your plan"
+        demo_ev.evaluate(Plan.identity(demo_ev.family.n_layers, family="demo"), 2)
+        run.stage = "scoring the base"
+        tick()  # a batch tick of a new stage: its name shows
+        tick()
+    n = len(demo_ev.suite.tasks)
+    assert shown == [(k / n, f"scoring your plan: scoring {t.name}") for k, t in enumerate(demo_ev.suite)] + \
+        [(None, "scoring the base")]
+
+
 def test_all_examples_is_refused_above_the_cap_with_what_to_type(demo_ev, monkeypatch):
     from ui.engine import check_fidelity
 

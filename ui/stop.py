@@ -45,6 +45,7 @@ class PageProgress(Progress):
     def __init__(self, flag: threading.Event, progress: Any, run: Run) -> None:
         super().__init__()
         self.flag, self.bar, self.run = flag, progress, run
+        self.shown: str | None = None  # the stage the bar's label names now
 
     def stop_requested(self) -> bool:
         return self.flag.is_set()
@@ -52,9 +53,13 @@ class PageProgress(Progress):
     def tick(self, what: str = "", done: int | None = None, total: int | None = None) -> None:
         self.check()  # before showing anything: no progress reaches the page after a Stop
         stage = self.run.stage
-        if self.bar is not None and (what or stage):
-            desc = f"{stage}: {what}" if stage and what else stage or what
-            self.bar(None if not total else (done or 0) / total, desc=desc)
+        if self.bar is None or not (what or stage):
+            return
+        if not what and not total and self.shown == stage:
+            return  # a bare batch tick: Gradio's bar shows no label without a fraction, so keep the last one
+        self.shown = stage
+        desc = f"{stage}: {what}" if stage and what else stage or what
+        self.bar(None if not total else (done or 0) / total, desc=desc)
 
 
 @contextmanager
