@@ -18,7 +18,8 @@ import time
 
 def first_trial(store, sid: int, timeout: float = 600) -> tuple[float, list[tuple[float, str]]]:
     """Launch the study's worker; seconds until its first complete trial, and the phases seen."""
-    from db.runs import cancel, launch, phase_text
+    from db.status import phase_text
+    from db.workers import cancel, launch
 
     t0 = time.perf_counter()
     launch(store, sid)

@@ -12,7 +12,7 @@
    ``Job.status()`` for its place: completed (latency), refused with a message (how soon), silent
    timeouts (no answer within ``--patience`` s: target 0), queued requests told their place, and the
    refusals the server logged. ``--queue-max 0`` is the unbounded queue of before #23.
-2. **sqlite**: S concurrent SMAC studies, each in the project's own background worker (``db.runs.launch``),
+2. **sqlite**: S concurrent SMAC studies, each in the project's own background worker (``db.workers.launch``),
    plus R reader threads polling the study and trial tables every 50 ms (the first also calls
    ``reconcile`` as the app's refresh does), on one SQLite file: lock errors (readers and worker logs),
    stored trials vs asked and vs what each worker says it recorded, duplicated (study, number). Target 0.
@@ -363,7 +363,7 @@ def _is_lock(message: str) -> bool:
 def _reader(url: str, sids: list[int], stop: threading.Event, fig: StudyFigures, lock: threading.Lock,
             poll_s: float, reconciles: bool) -> None:
     """What a dashboard does: list studies, read every study's trials (and, for one, reconcile)."""
-    from db.runs import reconcile
+    from db.workers import reconcile
     from db.store import Store
 
     store = Store(url)
@@ -389,7 +389,8 @@ REPORT = re.compile(r"study (\d+): (\w+) \((\d+) trials recorded by this worker\
 def study_load(url: str, backend: str, studies: int = 3, n_trials: int = 20, readers: int = 2,
                poll_s: float = 0.05, timeout_s: float = 300, min_fidelity: int = 4) -> StudyFigures:
     """``studies`` SMAC studies on the demo family in their own workers, with readers, on database ``url``."""
-    from db.runs import create_study, launch, load_engine, terminate
+    from db.runs import create_study, load_engine
+    from db.workers import launch, terminate
     from db.store import Store
     from gptailor.search.settings import SearchSettings
     from gptailor.search.space import Budget

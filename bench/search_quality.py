@@ -40,7 +40,8 @@ from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from db.runs import compare, create_study, engine_key, precompute, run_study  # noqa: E402
+from db.compare import compare, engine_key  # noqa: E402
+from db.runs import create_study, precompute, run_study  # noqa: E402
 from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.common.limits import SettingsError, whole  # noqa: E402

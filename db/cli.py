@@ -75,7 +75,8 @@ def _log_dir(store) -> str:
 def _check_slot(args, store) -> None:
     """``--background`` obeys GPTAILOR_MAX_WORKERS, as the app does: with every worker slot taken (or
     studies already waiting), refuse before anything is stored, unless ``--queue`` asks to wait in line."""
-    from .runs import StudyError, queue, reconcile, running
+    from .runs import StudyError
+    from .workers import queue, reconcile, running
     from .settings import max_workers
 
     cap = max_workers()
@@ -91,7 +92,9 @@ def _check_slot(args, store) -> None:
 
 
 def _run(args, store, study_id: int, total: int | None) -> int:
-    from .runs import QUEUED, launch_or_queue, queue, run_study, running
+    from .runs import run_study
+    from .status import QUEUED
+    from .workers import launch_or_queue, queue, running
     from .settings import max_workers
 
     if args.background:
@@ -177,7 +180,8 @@ def cmd_baseline(args) -> int:
 def cmd_resume(args) -> int:
     from gptailor.common.limits import whole
 
-    from .runs import StudyError, check_resumable
+    from .runs import StudyError
+    from .workers import check_resumable
 
     store = _writer(args)
     s = check_resumable(store, args.study)
@@ -191,7 +195,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from .runs import cancel, withdraw
+    from .workers import cancel, withdraw
     from .store import Store
 
     store = Store(args.db)
@@ -216,7 +220,8 @@ def cmd_studies(args) -> int:
     from gptailor.eval.prefix import describe_prefix
 
     from .rows import study_definition
-    from .runs import QUEUED, phase_line, reconcile, start_queued
+    from .status import QUEUED, phase_line
+    from .workers import reconcile, start_queued
     from .settings import max_workers
     from .store import ACTIVE, Store, StoreError
 
@@ -255,7 +260,7 @@ def cmd_studies(args) -> int:
 def cmd_compare(args) -> int:
     from dataclasses import asdict
 
-    from .runs import against_best, compare, compare_table
+    from .compare import against_best, compare, compare_table
     from .store import Store
 
     rows = compare(Store(args.db), args.studies or None)
@@ -274,7 +279,7 @@ def _family_name(source: str) -> str:
 
 
 def cmd_front(args) -> int:
-    from .runs import family_rows, front_table
+    from .compare import family_rows, front_table
     from .store import Store
 
     print(front_table(family_rows(Store(args.db), _family_name(args.family)), args.keep))
@@ -286,7 +291,9 @@ def cmd_sweep(args) -> int:
     from gptailor.search.settings import SearchSettings
     from gptailor.search.space import Budget
 
-    from .runs import create_study, family_rows, front_table, launch_or_queue
+    from .compare import family_rows, front_table
+    from .runs import create_study
+    from .workers import launch_or_queue
     from .settings import max_workers
 
     from gptailor.search.settings import METHODS as SEARCHES

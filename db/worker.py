@@ -87,7 +87,7 @@ def _last_word(store, study_id: int, me, e: BaseException) -> None:
         try:
             store.stop(study_id, "failed", why, owner=me, inflight_error=why)  # a no-op if already recorded
         except StoreError:
-            pass  # the database's disk is full: a reader diagnoses it (runs.full_disk)
+            pass  # the database's disk is full: a reader diagnoses it (workers.full_disk)
     try:
         print(f"study {study_id}: {why}", file=sys.stderr, flush=True)
     except OSError:

@@ -296,7 +296,7 @@ def test_background_searches_obey_the_worker_cap(spec, tmp_path, monkeypatch, ca
     """GPTAILOR_MAX_WORKERS=1: a second --background search is refused (one line, exit 2, nothing stored),
     --queue puts it in line with its place shown, and `studies` starts it once the slot frees."""
     from db.cli import main
-    from db.runs import reconcile, terminate
+    from db.workers import reconcile, terminate
     from db.store import ACTIVE, Store
 
     def cli(*argv):

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from db.runs import StudyError, cancel, compare, compare_table, create_study, launch, reconcile, resume, \
-    run_study, wait
+from db.compare import compare, compare_table
+from db.runs import StudyError, create_study, run_study
+from db.workers import cancel, launch, reconcile, resume, wait
 from db.database import SCHEMA_REVISION
 from db.store import Store, StoreError
 from gptailor import Evaluator, load_suite

@@ -195,7 +195,7 @@ def test_a_damaged_database_takes_no_new_study(tmp_path):
     """A file failing SQLite's integrity check is refused by every writer (search/baseline/sweep --background,
     resume, the store's own create_study and launch) with the "damaged" line, and not one byte is written:
     the study rows it holds are readable where the damage is not, and a new one would land in it."""
-    from db.runs import launch
+    from db.workers import launch
 
     url = corrupt_page(tmp_path)
     db = tmp_path / "g.db"
@@ -247,7 +247,8 @@ def test_worker_logs_sit_beside_the_database_or_in_the_data_dir(tmp_path, monkey
     """Where `--background` writes worker logs: logs/ beside a SQLite file, else <data dir>/logs (never a folder
     named after the URL), and a worker is never launched on an in-memory database."""
     from db.cli import _log_dir
-    from db.runs import StudyError, launch
+    from db.runs import StudyError
+    from db.workers import launch
 
     monkeypatch.setenv("GPTAILOR_DATA_DIR", str(tmp_path / "data"))
     assert _log_dir(Store(f"sqlite:///{tmp_path / 'x' / 'g.db'}")) == str(tmp_path / "x" / "logs")
@@ -263,7 +264,8 @@ def test_a_worker_killed_by_a_full_disk_is_explained(tmp_path):
     that found it dead), or the reader itself says so (one line, exit 2) when the disk takes no write at all.
     Nothing stored is lost, and once there is room the study resumes to the trials asked for."""
     from conftest import make_tiny_family_with_suite
-    from db.runs import create_study, launch, wait
+    from db.runs import create_study
+    from db.workers import launch, wait
     from gptailor.search.settings import SearchSettings
     from gptailor.search.space import Budget
 

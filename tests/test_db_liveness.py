@@ -14,7 +14,8 @@ import pytest
 
 from db.liveness import host_id, process_start
 from db.models import StudyRow, utcnow
-from db.runs import StudyError, cancel, check_resumable, create_study, launch, reconcile
+from db.runs import StudyError, create_study
+from db.workers import cancel, check_resumable, launch, reconcile
 from db.store import Store
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget

@@ -7,7 +7,7 @@ import pytest
 from test_figures import trial
 
 from db.rows import best_from, split_columns
-from db.runs import CompareRow, against_best
+from db.compare import CompareRow, against_best
 from gptailor.eval.noise import (
     Interval,
     beyond_noise,

@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from db.runs import create_study, phase_line, phase_text, precompute, run_study
+from db.runs import create_study, precompute, run_study
+from db.status import phase_line, phase_text
 from db.store import Store
 from gptailor import Evaluator, load_suite
 from gptailor.family.family import Family

@@ -10,7 +10,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from db.runs import QUEUED, create_study, launch_or_queue, queue, start_queued, terminate, withdraw
+from db.runs import create_study
+from db.status import QUEUED
+from db.workers import launch_or_queue, queue, start_queued, terminate, withdraw
 from db.store import Store
 from gptailor.common.limits import SettingsError
 from gptailor.search.settings import SearchSettings

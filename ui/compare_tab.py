@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from db.runs import against_best, compare, engine_key, retention_text
+from db.compare import against_best, compare, engine_key, retention_text
 from gptailor import FamilyError, Plan, TaskError
 from gptailor.eval.results import DEFINITIONS
 

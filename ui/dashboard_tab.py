@@ -18,7 +18,8 @@ from pathlib import Path
 import gradio as gr
 
 from db.rows import best_from, split_columns, study_definition
-from db.runs import phase_line, reconcile
+from db.status import phase_line
+from db.workers import reconcile
 from db.store import ACTIVE, StoreError
 from gptailor.eval.noise import Interval
 from gptailor.eval.prefix import describe_prefix

@@ -5,8 +5,9 @@ import gradio as gr
 
 from db.rows import best_from, study_definition
 
-from db.runs import (METHODS, QUEUED, StudyError, check_resumable, create_study, launch_or_queue, phase_line,
-                     queue, start_queued, withdraw)
+from db.runs import METHODS, StudyError, create_study
+from db.status import QUEUED, phase_line
+from db.workers import check_resumable, launch_or_queue, queue, start_queued, withdraw
 from db.store import ACTIVE, StoreError
 from gptailor import FamilyError, TaskError
 from gptailor.common.limits import SettingsError, whole

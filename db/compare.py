@@ -1,0 +1,162 @@
+"""Comparing studies: each study's best plan re-scored on the whole held-out test split, the rows against
+the best by the engine's noise rule, and a family's size front ("how small can I go and keep X?").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptailor import Evaluator
+from gptailor.eval.noise import Interval, combined_noise, intervals, sizes_of, verdict
+from gptailor.eval.results import applicable_definition
+from gptailor.search.trials import incumbent, size_front, smallest_keeping
+
+from .runs import load_engine, report_of
+from .store import Store
+
+
+@dataclass
+class CompareRow:
+    study_id: int
+    name: str
+    method: str
+    plan: str
+    scores: dict[str, float]
+    task_retention: dict[str, float | None]
+    retention: float
+    kept_layers: int
+    params: int
+    trials: int
+    wall_s: float
+    split: str = "test"
+    definition: str = "family"
+    retentions: dict[str, float] | None = None
+    intervals: dict[str, Interval] = field(default_factory=dict)  # definition -> the 95% interval
+
+    @property
+    def interval(self) -> Interval:
+        """The objective's interval (a point with no noise where none is known)."""
+        return self.intervals.get(self.definition) or Interval(self.retention, self.retention, self.retention, 0.0)
+
+
+def against_best(rows: list[CompareRow]) -> dict[int, str]:
+    """Each row against the best row (by its objective retention), pair by pair, by the engine's noise rule
+    (``gptailor.eval.noise``): 'best', or '-3.6 (noise 1.2): worse by more than the noise' /
+    '... within the noise'. One run per study: no seed spread, both rows' sampling errors."""
+    if not rows:
+        return {}
+    top = max(rows, key=lambda r: r.retention)
+    out = {}
+    for r in rows:
+        if r is top:
+            out[r.study_id] = "best"
+            continue
+        diff = r.retention - top.retention
+        noise = combined_noise(r.interval.se, top.interval.se)
+        out[r.study_id] = f"{100 * diff:+.1f} (noise {100 * noise:.1f}): {verdict(diff, noise)}"
+    return out
+
+
+def engine_key(study: dict[str, Any]) -> str:
+    """Which evaluator scores a study: its family source and task suite (the keys of compare's evaluators)."""
+    return f"{study['family_source']}|{study['settings'].get('suite')}"
+
+
+def compare(store: Store, study_ids: list[int] | None = None,
+            evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
+    """Every study's best plan (picked on the search split) re-scored on the whole held-out test split."""
+    evaluators = evaluators if evaluators is not None else {}
+    rows = []
+    for s in store.studies():
+        if study_ids and s["id"] not in study_ids:
+            continue
+        trials = store.trials(s["id"])
+        best = incumbent(trials)
+        if best is None:
+            continue
+        key = engine_key(s)
+        if key not in evaluators:
+            evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
+        rep = s.get("report")
+        if not rep or rep.get("trial") != best.number:  # not written yet (running, or an older study)
+            ev = evaluators[key]
+            fixed = (s.get("refs") or {}).get("definition")
+            definition = applicable_definition(fixed=fixed, setting=s["settings"].get("retention"),
+                                               refs=lambda: ev.references("search"))
+            rep = report_of(ev, best, definition)
+        spans = rep.get("intervals") or _intervals_of(rep, evaluators[key])
+        rows.append(CompareRow(s["id"], s["name"], s["method"], rep["plan"], rep["scores"],
+                               rep["task_retentions"][rep["definition"]], rep["retention"], rep["kept_layers"],
+                               rep["params"], len(trials), max(t.wall_s for t in trials),
+                               rep["split"], rep["definition"], rep["retentions"],
+                               {d: Interval.from_dict(i) for d, i in spans.items()}))
+    return rows
+
+
+def _intervals_of(rep: dict[str, Any], ev: Evaluator) -> dict[str, dict[str, float]]:
+    """A report written before reports carried intervals: its intervals from its stored scores and example
+    counts against the test split's references."""
+    spans = intervals(rep["scores"], sizes_of(rep.get("details") or {}), ev.references("test"))
+    return {d: i.to_dict() for d, i in spans.items()}
+
+
+def compare_table(rows: list[CompareRow]) -> str:
+    if not rows:
+        return "no studies with complete trials"
+    tasks = list(rows[0].scores)
+    defs = sorted({r.definition for r in rows})
+    vs = against_best(rows)
+    head = f"{'id':>3} {'method':<12}" + "".join(f"{t[:10]:>11}" for t in tasks) + \
+        f"{'family [95%]':>21}{'base [95%]':>21}{'kept':>6}{'params':>9}{'trials':>7}{'wall s':>8}  vs the best"
+    lines = [f"best plan of each study (chosen on the search split), re-scored on the {rows[0].split} split "
+             f"(all of it); per-task columns: {'/'.join(defs)} retention; [95% interval]; vs the best: larger than the noise "
+             f"when |difference| > 1.96 x the combined noise", head]
+    for r in rows:
+        cells = "".join(f"{'-' if r.task_retention.get(t) is None else f'{100 * r.task_retention[t]:.1f}%':>11}"
+                        for t in tasks)
+        means = "".join(f"{retention_text(r, d):>21}" for d in ("family", "base"))
+        lines.append(f"{r.study_id:>3} {r.method:<12}{cells}{means}{r.kept_layers:>6}"
+                     f"{r.params / 1e6:>8.2f}M{r.trials:>7}{r.wall_s:>8.1f}  {vs[r.study_id]}")
+    return "\n".join(lines)
+
+
+def retention_text(r: CompareRow, definition: str) -> str:
+    """'25.3 [21.0, 29.9]' (the 95% interval), or the bare percentage where no interval is known."""
+    if definition in r.intervals:
+        return r.intervals[definition].text()
+    value = (r.retentions or {r.definition: r.retention}).get(definition)
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def family_rows(store: Store, family: str, evaluators: dict[str, Evaluator] | None = None) -> list[CompareRow]:
+    """Every study of ``family`` (by name) with its best plan re-scored on the test split."""
+    ids = [s["id"] for s in store.studies() if s["family"] == family]
+    return compare(store, ids, evaluators) if ids else []
+
+
+def front_table(rows: list[CompareRow], keep: float) -> str:
+    """Retention against size across every study and budget of a family (test split), the front marked,
+    and the answer to "how small can I go and keep ``keep``?"."""
+    if not rows:
+        return "no studies with complete trials on this family"
+    front = size_front(rows, size=lambda r: r.params, score=lambda r: r.retention)
+    on = {id(r) for r in front}
+    lines = [f"every study's best plan, re-scored on the {rows[0].split} split ({rows[0].definition} retention); "
+             f"* = on the front (nothing smaller keeps more)",
+             f"{'':2}{'id':>3} {'name':<18}{'method':<12}{'kept':>6}{'params':>10}{'retention':>11}"]
+    for r in sorted(rows, key=lambda r: (r.params, -r.retention)):
+        lines.append(f"{'*' if id(r) in on else ' ':2}{r.study_id:>3} {r.name[:17]:<18}{r.method:<12}{r.kept_layers:>6}"
+                     f"{r.params / 1e6:>9.2f}M{100 * r.retention:>10.1f}%")
+    best = smallest_keeping(rows, keep, size=lambda r: r.params, score=lambda r: r.retention)
+    if best is None:
+        top = max(rows, key=lambda r: r.retention)
+        lines.append(f"no study keeps {100 * keep:.0f}%: the best is {100 * top.retention:.1f}% (study {top.study_id}, "
+                     f"{top.kept_layers} layers); try a smaller budget (fewer layers removed)")
+    else:
+        lines.append(f"smallest keeping >= {100 * keep:.0f}%: study {best.study_id} ({best.name}), {best.kept_layers} "
+                     f"layers, {best.params / 1e6:.2f}M params, {100 * best.retention:.1f}%: {best.plan}")
+    return "\n".join(lines)
+
+
+__all__ = ["CompareRow", "against_best", "engine_key", "compare", "compare_table", "retention_text",
+           "family_rows", "front_table"]
