@@ -178,7 +178,7 @@ def test_search_tab_studies_show_both_definitions(app):
 
 def test_compare_shows_both_definitions_on_the_test_split(app):
     client, st, ids, data, test_refs = app
-    table, _bars, _maps = client.predict("demo", None, api_name="/compare")
+    table, _bars, _maps, _note = client.predict("demo", None, api_name="/compare")
     head, rows = grid(table)
     studies = {s["id"]: s for s in st.studies()}
     definition = studies[ids[0]]["refs"]["definition"]

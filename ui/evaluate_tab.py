@@ -12,7 +12,7 @@ from .engine import ENGINE, check_fidelity, gpu, warm_references
 from .guard import refuse
 from .overload import model_slots
 from .retention import marked, pct
-from .stop import cleared, stop_button, stoppable, wire_stop
+from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
 
 COLUMNS = ["task", "metric", "score", "best member", "family reference", "family retention %", "base reference",
            "base retention %"]
@@ -31,11 +31,13 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
         n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
         check_fidelity(ev, n)
         progress(0.1, desc="stitching and scoring")
-        with stoppable(request, progress):
+        with stoppable(request, progress, quiet=True) as run:  # a Stop returns a 'stopped' note, no Error badge
             warm_references(ev)
             res = ev.evaluate(plan, n, speed=INTERACTIVE)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
+    if run.stopped:
+        return f"**{STOPPED}**", None
     headers, rows = result_grid(res, ev.references(res.split))
     summary = (f"**Retention {100 * res.retention:.1f}%** ({retention_note(res)}) · keeps {res.kept_layers} of "
                f"{res.n_layers} layers · {res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
@@ -76,13 +78,13 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
         reset = gr.Button("Base plan (keep every layer)")
         run = gr.Button("Evaluate", variant="primary")
         halt = stop_button()
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="evaluate-summary")
     table = gr.Dataframe(headers=COLUMNS, label="Per-task scores", interactive=False)
-    going = run.click(cleared(2), None, [summary, table], queue=False, show_progress="hidden",
+    run.click(cleared(2), None, [summary, table], queue=False, show_progress="hidden",
                       api_visibility="private") \
         .then(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate",
               **model_slots())
-    wire_stop(halt, going)
+    wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note
     reset.click(identity_plan, [family], [plan], api_name="identity_plan")
     lm_eval_panel.build(family, plan, api_name="lm_eval", elem_id="evaluate-lm-eval")
     return {"plan": plan}
