@@ -3,6 +3,7 @@ the real app, whose work can be held inside its Stop block until the page presse
 at 1400 and 760 px: a refused plan's error stays in the note under Evaluate's buttons; Stop says 'stopped'
 on the page (Compare keeps the previous table) and no output turns into Gradio's red Error badge. Screenshots in tests/output/ (stop-*.png)."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -100,6 +101,7 @@ def test_stop_in_evaluate_and_compare_says_stopped_with_no_error_badge(held_app)
         summary = page.locator("#evaluate-summary")
         # a refused plan: its one-line error stays in the note under the buttons, not only in a fading toast
         plan = page.get_by_label("Plan (text form or JSON)")
+        expect(plan).to_have_value(re.compile(r"^0:base"))  # the page's own load has filled in the base plan
         plan.fill("0:base 1:ghost")
         plan.press("Tab")  # the box's change reaches Gradio before the click
         expect(plan).to_have_value("0:base 1:ghost")
