@@ -236,7 +236,7 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
 
 def test_compare_tab_reevaluates_each_studys_best(client):
     # the studies launched by the tests above have trials by now (the manual one at least)
-    table, _bars, _maps = client.predict(api_name="/compare")
+    table, _bars, _maps, _note = client.predict(api_name="/compare")
     rows = rows_of(table)
     assert rows and any(r[2] == "manual" for r in rows)
     for r in rows:  # family retention with its 95% interval: 'value [lo, hi]', the value inside it
@@ -294,7 +294,7 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
         time.sleep(1)
     assert set(trials[0].result.scores) == {"adds", "prose"}
     # Compare on this suite shows only studies scored on it
-    table, _bars, _maps = client.predict("demo", suite_path, api_name="/compare")
+    table, _bars, _maps, _note = client.predict("demo", suite_path, api_name="/compare")
     assert [r[0] for r in rows_of(table)] == [int(sid)]
     # bad uploads: a clear error naming the file and line, and nothing stored
     broken = write_lines(tmp_path / "broken.jsonl", ['{"prompt": "1+1=", "target": "2"}', '{"prompt": "x"}'])

@@ -74,6 +74,15 @@ def fidelity_rise(st, like: dict) -> int:
     return sid
 
 
+CLIPPED = """(sel) => Array.from(document.querySelectorAll(sel)).flatMap((cell) => [cell, ...cell.querySelectorAll('*')])
+    .filter((el) => el.clientWidth > 0 && el.scrollWidth > el.clientWidth).map((el) => el.textContent.trim())"""
+
+
+def clipped(page, column: int) -> list[str]:
+    """The texts of Compare's cells in ``column`` (or of an element inside one) wider than their box: cut off."""
+    return page.evaluate(CLIPPED, f"#compare-table [data-testid^='cell-'][data-testid$='-{column}']")
+
+
 def parse(cell: str) -> tuple[float, float, float]:
     value, _, rest = cell.partition(" [")
     lo, hi = rest.rstrip("]").split(", ")
@@ -138,6 +147,8 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
             noise = math.sqrt(hand[sid][3] ** 2 + hand[best][3] ** 2)
             want = "worse by more than the noise" if abs(diff) > Z * noise else "within the noise"
             assert shown[sid][vs] == f"{100 * diff:+.1f} (noise {100 * noise:.1f}): {want}"
+        assert page.locator(f"#compare-table [data-testid^='cell-'][data-testid$='-{vs}']").count() >= len(shown)
+        assert clipped(page, vs) == []  # "worse by more than the noise" wraps, never cut to "worse by more thar"
         page.wait_for_timeout(500)  # the plot's transition settles before the picture
         page.screenshot(path=str(OUT / "compare-noise-1400.png"), full_page=True)
 
@@ -151,7 +162,7 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
         col = {h.split(" (")[0]: i for i, h in enumerate(shead)}
         m = summary[manual]
         assert m[col["best from"]].startswith("test split")
-        assert m[col["family % search"]] == "" and m[col["base % search"]] == ""  # not filed as a search number
+        assert m[col["family % search [no interval]"]] == "" and m[col["base % search [no interval]"]] == ""  # not filed as a search number
         for sid in shown:
             for d in ("family", "base"):
                 cell = summary[sid][col[f"{d} % test [95%]"]]
@@ -175,6 +186,7 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
         narrow(page, "Compare")
         table = page.locator("#compare-table").bounding_box()
         assert table["x"] + table["width"] <= 760
+        assert clipped(page, vs) == []
         page.screenshot(path=str(OUT / "compare-noise-760.png"), full_page=True)
         page.set_viewport_size({"width": 1400, "height": 1000})  # a resize lays the hidden tab's charts out again
         narrow(page, "Dashboard")

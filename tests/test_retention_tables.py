@@ -8,6 +8,7 @@ the app's database before the server starts (conftest's ``demo_studies_app``); t
 page would."""
 import json
 import math
+import re
 
 import pytest
 
@@ -130,7 +131,7 @@ def test_dashboard_tables_show_both_definitions(app):
 
     # the best-trial summary: the search split's best by the one rule, and its test-split report
     head, rows = grid(out["summary"])
-    assert f"{definition} % search (objective)" in head
+    assert f"{definition} % search [no interval] (objective)" in head
     for r in rows:
         s = studies[r[0]]
         best = st.trials(s["id"])[r[head.index("best trial")]]
@@ -178,7 +179,7 @@ def test_search_tab_studies_show_both_definitions(app):
 
 def test_compare_shows_both_definitions_on_the_test_split(app):
     client, st, ids, data, test_refs = app
-    table, _bars, _maps = client.predict("demo", None, api_name="/compare")
+    table, _bars, _maps, _note = client.predict("demo", None, api_name="/compare")
     head, rows = grid(table)
     studies = {s["id"]: s for s in st.studies()}
     definition = studies[ids[0]]["refs"]["definition"]
@@ -210,6 +211,19 @@ def test_evaluate_and_editor_show_both_definitions(app):
             got = r[col(head, f"{d} retention")]
             assert (got is None) if want is None else got == pytest.approx(100 * want, abs=0.2)
 
+    # the headline names its split and fidelity and carries its 95% interval: Wilson per task, by hand
+    from test_compare_noise_browser import objective_by_hand
+
+    d = next(x for x in ("family", "base") if f"{x} retention % (objective)" in head)
+    shown = {r[0]: r[head.index("score")] for r in rows}
+    rep = {"definition": d, "task_retentions": hand["tasks"], "scores": shown, "details": {t: {"n": 8} for t in shown}}
+    m, lo, hi, _se = objective_by_hand(rep, refs)
+    got = re.search(r"\*\*Retention ([\d.]+)%\*\* \(95% interval ([\d.]+)-([\d.]+); test split, 8 examples per task;",
+                    summary)
+    assert got, summary
+    assert [float(x) for x in got.groups()] == pytest.approx([100 * m, 100 * lo, 100 * hi], abs=0.15)
+    assert hi - lo > 0.01  # 8 examples per task: a wide interval, not a point
+
     note, table = client.predict("demo", plan, 8, api_name="/evaluate_manual")
     head, rows = grid(table)
     sid = int(note.rsplit("stored as study ", 1)[1].split()[0].rstrip("·"))
@@ -218,6 +232,7 @@ def test_evaluate_and_editor_show_both_definitions(app):
     hand = by_hand(t.result.scores, s["refs"])
     assert f"{s['refs']['definition']} retention % (objective)" in head
     assert f"{100 * hand['means']['family']:.1f}% family" in note and f"{100 * hand['means']['base']:.1f}% base" in note
+    assert "95% interval" in note and "test split, 8 examples per task" in note
     for r in rows:
         assert r[head.index("this plan")] == round(t.result.scores[r[0]], 4)
         for d in ("family", "base"):

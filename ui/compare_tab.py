@@ -9,10 +9,10 @@ from gptailor.eval.results import DEFINITIONS
 
 from . import figures
 from .engine import ENGINE, gpu, store
-from .guard import refuse
+from .guard import last_refusal, refused
 from .overload import model_slots
 from .retention import marked, pct
-from .stop import stop_button, stoppable, wire_stop
+from .stop import STOPPED, stop_button, stoppable, wire_stop
 
 COLUMNS = ["id", "study", "method", "family retention % [95%]", "base retention % [95%]", "trials", "wall s",
            "vs the best (objective)", "objective", "kept", "params M", "plan"]
@@ -28,19 +28,21 @@ def run_compare(family: str, suite: str | None = None, progress=gr.Progress(), r
         session = ENGINE.get(family, suite)
         ev = session.scorer()
     except (FamilyError, TaskError) as e:
-        raise refuse(e) from None
+        raise refused(request, e) from None
     same = [s for s in store().studies()
             if s["family"] == session.family.name and s["settings"].get("suite") == ev.suite.path]
     progress(0.1, desc=f"re-evaluating the best plan of {len(same)} studies")
     try:  # the app's loaded evaluator serves every one of them
-        with stoppable(request, progress):
+        with stoppable(request, progress, quiet=True) as run:  # a Stop keeps the last table and says so
             rows = compare(store(), [s["id"] for s in same], evaluators={engine_key(s): ev for s in same}) \
                 if same else []
     except (FamilyError, TaskError) as e:
-        raise refuse(e) from None
+        raise refused(request, e) from None
+    if run.stopped:
+        return gr.skip(), gr.skip(), gr.skip(), f"**{STOPPED}**; the table and charts below are the previous results"
     table, headers = compare_grid(rows)
     return gr.Dataframe(value=table, headers=headers), figures.task_bars(rows), \
-        best_maps(rows, session.family.member_names)
+        best_maps(rows, session.family.member_names), ""
 
 
 def compare_grid(rows) -> tuple[list[list], list[str]]:
@@ -80,8 +82,11 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
     with gr.Row():
         go_btn = gr.Button("Compare all studies", variant="primary")
         halt = stop_button()
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter", elem_id="compare-table")
+    note = gr.Markdown(elem_id="compare-note")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter", elem_id="compare-table",
+                         wrap=True)  # a long verdict wraps in its cell instead of being clipped
     maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
     bars = gr.Plot(show_label=False)
-    going = go_btn.click(run_compare, [family, suite], [table, bars, maps], api_name="compare", **model_slots())
-    wire_stop(halt, going)
+    go_btn.click(run_compare, [family, suite], [table, bars, maps, note], api_name="compare", **model_slots()) \
+        .failure(last_refusal, None, [note], queue=False, show_progress="hidden", api_visibility="private")
+    wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note and keeps the last table

@@ -37,7 +37,10 @@ from .retention import line, marked, means, pair, shared_definition
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
 TASK_COLUMNS = ["task", "score", "family %", "base %"]
-SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "best from", "kept", "family % search", "base % search",
+# a search trial's per-task example counts are not stored, so its search-split number has no interval: the header
+# says so, beside the test split's [95%] (the whole held-out split, whose sizes the report keeps)
+SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "best from", "kept", "family % search [no interval]",
+                   "base % search [no interval]",
                    "family % test [95%]", "base % test [95%]", "objective", "prefix cache", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 

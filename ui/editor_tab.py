@@ -27,7 +27,7 @@ from .engine import ENGINE, check_fidelity, gpu, redact, store, warm_references
 from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_examples, public_mode
 from .guard import allowance, client_key, global_lock, owner_hash, valid_token
 from .overload import model_slots
-from .retention import line, marked, pct
+from .retention import headline_interval, line, marked, pct, where
 from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
@@ -158,7 +158,9 @@ def evaluate_manual(family: str, text: str, fidelity: float | None, suite: str |
     rows = [[t, round(v, 4), round(base.scores[t], 4), None if best_res is None else round(best_res.scores[t], 4),
              pct(res.task_retentions["family"].get(t)), pct(res.task_retentions["base"].get(t))]
             for t, v in res.scores.items()]
-    note = (f"**This plan: {line(res.retentions, res.definition)}** retention, {res.kept_layers}/{res.n_layers} "
+    span = headline_interval(res, ev.references(res.split))
+    note = (f"**This plan: {line(res.retentions, res.definition)}** retention (objective's 95% interval "
+            f"{100 * span.lo:.1f}-{100 * span.hi:.1f}; {where(res)}), {res.kept_layers}/{res.n_layers} "
             f"layers, {res.params / 1e6:.2f}M params · stored as study {sid}")
     if res.speed:
         note += f"  \nSpeed: {short(res.speed)}"

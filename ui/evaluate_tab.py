@@ -9,10 +9,10 @@ from gptailor.eval.speed import INTERACTIVE, short
 
 from . import lm_eval_panel
 from .engine import ENGINE, check_fidelity, gpu, warm_references
-from .guard import refuse
+from .guard import last_refusal, refuse, refused
 from .overload import model_slots
-from .retention import marked, pct
-from .stop import cleared, stop_button, stoppable, wire_stop
+from .retention import headline_interval, marked, pct, where
+from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
 
 COLUMNS = ["task", "metric", "score", "best member", "family reference", "family retention %", "base reference",
            "base retention %"]
@@ -31,18 +31,29 @@ def evaluate(family: str, plan_text: str, fidelity: float | None, suite: str | N
         n = whole("fidelity", fidelity) if fidelity else None  # 2.5 refused, not cut
         check_fidelity(ev, n)
         progress(0.1, desc="stitching and scoring")
-        with stoppable(request, progress):
+        with stoppable(request, progress, quiet=True) as run:  # a Stop returns a 'stopped' note, no Error badge
             warm_references(ev)
             res = ev.evaluate(plan, n, speed=INTERACTIVE)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
-        raise refuse(e) from None
-    headers, rows = result_grid(res, ev.references(res.split))
-    summary = (f"**Retention {100 * res.retention:.1f}%** ({retention_note(res)}) · keeps {res.kept_layers} of "
+        raise refused(request, e) from None  # a toast, and (``last_refusal``) the note under the buttons
+    if run.stopped:
+        return f"**{STOPPED}**", None
+    refs = ev.references(res.split)
+    headers, rows = result_grid(res, refs)
+    span = headline_interval(res, refs)
+    summary = (f"**Retention {100 * res.retention:.1f}%** (95% interval {100 * span.lo:.1f}-{100 * span.hi:.1f}; "
+               f"{where(res)}; {retention_note(res)}) · keeps {res.kept_layers} of "
                f"{res.n_layers} layers · {res.params / 1e6:.2f}M of {session.family.param_count() / 1e6:.2f}M params · "
                f"stitch {res.stitch_s * 1e3:.0f} ms, score {res.score_s * 1e3:.0f} ms")
     if res.speed:
         summary += f"  \nSpeed: {short(res.speed)}"
     return summary, gr.Dataframe(value=rows, headers=headers)
+
+
+def refusal(request: gr.Request = None) -> tuple[str, None]:
+    """After a refused run: its error in the note under the buttons (it outlasts the toast), and an empty
+    table in place of the failed event's red Error badge."""
+    return last_refusal(request), None
 
 
 def retention_note(res) -> str:
@@ -76,13 +87,14 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> dict:
         reset = gr.Button("Base plan (keep every layer)")
         run = gr.Button("Evaluate", variant="primary")
         halt = stop_button()
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="evaluate-summary")
     table = gr.Dataframe(headers=COLUMNS, label="Per-task scores", interactive=False)
-    going = run.click(cleared(2), None, [summary, table], queue=False, show_progress="hidden",
+    run.click(cleared(2), None, [summary, table], queue=False, show_progress="hidden",
                       api_visibility="private") \
         .then(evaluate, [family, plan, fidelity, suite], [summary, table], api_name="evaluate",
-              **model_slots())
-    wire_stop(halt, going)
+              **model_slots()) \
+        .failure(refusal, None, [summary, table], queue=False, show_progress="hidden", api_visibility="private")
+    wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note
     reset.click(identity_plan, [family], [plan], api_name="identity_plan")
     lm_eval_panel.build(family, plan, api_name="lm_eval", elem_id="evaluate-lm-eval")
     return {"plan": plan}

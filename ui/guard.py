@@ -59,6 +59,23 @@ def refuse(error: Exception | str) -> gr.Error:
     return gr.Error(html.escape(redact(str(error)), quote=False))
 
 
+_REFUSALS: dict[str, str] = {}  # session -> its last refusal, until the page has shown it beside the control
+
+
+def refused(request: gr.Request | None, error: Exception | str) -> gr.Error:
+    """``refuse``, remembered for this session: the toast fades, so the event's ``.failure`` step
+    (``last_refusal``) writes the same line into the note beside the control, where it stays."""
+    err = refuse(error)
+    _REFUSALS[session_of(request)] = str(err.message)
+    return err
+
+
+def last_refusal(request: gr.Request = None) -> str:
+    """This session's last refusal as a note ('⚠ position 1: unknown member ...'), then forgotten."""
+    msg = _REFUSALS.pop(session_of(request), "")
+    return f"⚠ {msg}" if msg else ""
+
+
 def session_of(request: gr.Request | None) -> str:
     """Gradio's session hash: fine for per-page scratch (a CSV, a Stop flag), never for rights or caps."""
     return str(getattr(request, "session_hash", None) or "")

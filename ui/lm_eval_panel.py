@@ -12,7 +12,7 @@ from .engine import ENGINE, gpu
 from db.settings import public_mode
 from .guard import refuse
 from .overload import model_slots
-from .stop import cleared, stop_button, stoppable, wire_stop
+from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
 
 TITLE = "Standard benchmarks (lm-evaluation-harness)"
 
@@ -42,10 +42,12 @@ def run(family: str, plan_text: str, tasks: str, limit: float | None, include: s
         plan = Plan.parse(plan_text, fam.name).validate(fam.member_names, fam.n_layers, fam.name)
         n = whole("limit", limit) if limit else None
         progress(0.02, desc="building lm-eval's tasks")
-        with stoppable(request, progress):
+        with stoppable(request, progress, quiet=True) as stop:  # a Stop returns a 'stopped' note, no Error badge
             rep = lm_eval_report(fam, plan, names, n, (include or "").strip() or None, stitcher=session.stitcher)
     except (PlanError, FamilyError, TaskError, ValueError) as e:
         raise refuse(e) from None
+    if stop.stopped:
+        return f"**{STOPPED}**", None
     headers, rows = rep.grid()
     secs = sum(rep.seconds.values())
     note = (f"lm-eval, zero-shot, {n or 'all'} docs per task; value ± stderr; `plan` is the stitched model "
@@ -67,8 +69,8 @@ def build(family: gr.Dropdown, plan: gr.Textbox, api_name: str, elem_id: str, op
             halt = stop_button()
         note = gr.Markdown()
         table = gr.Dataframe(label="lm-eval's metrics", interactive=False, wrap=True)
-        going = go.click(cleared(2), None, [note, table], queue=False, show_progress="hidden",
+        go.click(cleared(2), None, [note, table], queue=False, show_progress="hidden",
                          api_visibility="private") \
             .then(run, [family, plan, tasks, limit, include], [note, table], api_name=api_name, **model_slots())
-        wire_stop(halt, going)
+        wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note
     return {"tasks": tasks, "limit": limit, "include": include, "note": note, "table": table}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from db.rows import study_definition
+from gptailor.eval.noise import Interval, retention_interval, sizes_of
 from gptailor.eval.results import DEFINITIONS
 from gptailor.search.trials import TrialRecord
 
@@ -48,3 +49,19 @@ def line(values: dict[str, float | None], objective: str | None) -> str:
     parts = [f"{'-' if values.get(d) is None else f'{100 * values[d]:.1f}%'} {d}"
              + (" (objective)" if d == objective else "") for d in DEFINITIONS]
     return " · ".join(parts)
+
+
+def where(res) -> str:
+    """'test split, 8 examples per task': which examples a result's numbers come from (its split and
+    fidelity); a suite whose tasks differ in size says the range, e.g. '120-200 examples per task'."""
+    sizes = sorted(set(sizes_of(res.details).values()) - {0})
+    if not sizes:
+        return f"{res.split} split, {res.fidelity or 'all'} examples per task"
+    n = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    return f"{res.split} split, {n} examples per task"
+
+
+def headline_interval(res, refs) -> Interval:
+    """The 95% interval of a result's objective retention, by the rule Compare uses
+    (``gptailor.eval.noise.retention_interval``: Wilson per task, added in quadrature)."""
+    return retention_interval(res.scores, sizes_of(res.details), refs, res.definition)
