@@ -16,6 +16,7 @@ from .stop import STOPPED, stop_button, stoppable, wire_stop
 
 COLUMNS = ["id", "study", "method", "family retention % [95%]", "base retention % [95%]", "trials", "wall s",
            "vs the best (objective)", "objective", "kept", "params M", "plan"]
+WIDTHS = ["50px", "130px", "90px", "150px", "150px", "70px", "70px", "230px", "100px", "60px", "90px", "260px"]
 
 
 @gpu
@@ -84,7 +85,8 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
         halt = stop_button()
     note = gr.Markdown(elem_id="compare-note")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, show_search="filter", elem_id="compare-table",
-                         wrap=True)  # a long verdict wraps in its cell instead of being clipped
+                         wrap=True,  # a long verdict wraps in its cell instead of being clipped
+                         column_widths=WIDTHS)  # ... and no header breaks letter by letter
     maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
     bars = gr.Plot(show_label=False)
     go_btn.click(run_compare, [family, suite], [table, bars, maps, note], api_name="compare", **model_slots()) \
