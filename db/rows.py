@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gptailor.eval.noise import sizes_of
 from gptailor.eval.results import CHOICES, DEFINITIONS, EvalResult, applicable_definition
 from gptailor.plan import Plan, PlanError
 from gptailor.search.trials import TrialRecord
@@ -29,6 +30,7 @@ def to_row(study_id: int, number: int, trial: TrialRecord) -> TrialRow:
 
 
 PROXIES = "proxies"  # the key under ``trials.retentions`` holding the continuous objectives' values
+SIZES = "sizes"  # ... and each task's example count, from which a trial's retention interval is computed
 
 
 def stored_retentions(r: EvalResult) -> dict[str, dict[str, Any]]:
@@ -38,11 +40,15 @@ def stored_retentions(r: EvalResult) -> dict[str, dict[str, Any]]:
                                       for d, m in r.retentions.items()}
     if r.proxies:
         out[PROXIES] = r.proxies
+    sizes = sizes_of(r.details)
+    if any(sizes.values()):
+        out[SIZES] = sizes
     return out
 
 
 def to_record(row: TrialRow) -> TrialRecord:
-    """The engine's trial for a stored row (a row stores no metric names, references or details)."""
+    """The engine's trial for a stored row (a row stores no metric names, references or details but each
+    task's example count, ``details[task]["n"]``, as ``gptailor.eval.noise.sizes_of`` reads it)."""
     return TrialRecord(number=row.number, plan=_plan(row.plan, row.plan_text), fidelity=row.fidelity,
                        result=_result(row), status=row.status, error=row.error, config=row.config,
                        wall_s=row.wall_s or 0.0, source=row.source or "search", budget=row.budget,
@@ -53,6 +59,7 @@ def _result(row: TrialRow) -> EvalResult | None:
     if row.definition is None:  # failed, rejected, or cut short: nothing was scored
         return None
     proxies = dict((row.retentions or {}).get(PROXIES) or {})
+    sizes = (row.retentions or {}).get(SIZES) or {}  # a row keeps no details but the example counts
     stored = {d: v for d, v in (row.retentions or {}).items() if d in DEFINITIONS}
     plan_text = row.plan_text or ""
     return EvalResult(plan=plan_text, fidelity=row.fidelity, scores=row.scores or {}, metrics={}, references={},
@@ -60,7 +67,8 @@ def _result(row: TrialRow) -> EvalResult | None:
                       stitch_s=row.stitch_s or 0.0, score_s=row.score_s or 0.0, split=row.split or "all",
                       definition=row.definition, retentions={d: v["mean"] for d, v in stored.items()},
                       task_retentions={d: dict(v.get("tasks") or {}) for d, v in stored.items()},
-                      extra={"prefix_cache": row.prefix_cache} if row.prefix_cache else {}, proxies=proxies)
+                      extra={"prefix_cache": row.prefix_cache} if row.prefix_cache else {}, proxies=proxies,
+                      details={t: {"n": n} for t, n in sizes.items()})
 
 
 def _plan(stored: Any, text: str | None) -> Plan:

@@ -162,7 +162,7 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
         col = {h.split(" (")[0]: i for i, h in enumerate(shead)}
         m = summary[manual]
         assert m[col["best from"]].startswith("test split")
-        assert m[col["family % search [no interval]"]] == "" and m[col["base % search [no interval]"]] == ""  # not filed as a search number
+        assert m[col["family % search [95%]"]] == "" and m[col["base % search [95%]"]] == ""  # not filed as a search number
         for sid in shown:
             for d in ("family", "base"):
                 cell = summary[sid][col[f"{d} % test [95%]"]]

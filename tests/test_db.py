@@ -314,3 +314,22 @@ def test_ties_are_broken_by_the_proxy_never_by_trial_order(tmp_path, trials, bes
     assert incumbent(stored).number == best
     assert store.study(sid)["best_trial"] == best
     assert incumbents(stored)[-1][1].number == best
+
+
+def test_a_trial_keeps_its_example_counts_for_its_interval(tmp_path):
+    """#22: a stored trial keeps each task's example count (``retentions["sizes"]``), so a page can give its
+    search-split retention an interval; one stored without them (before session 10) reads back with none."""
+    from gptailor.eval.noise import sizes_of
+
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = store.create_study(family_name="f", family_source="f", family_spec={}, family_info={}, method="random",
+                             budget={}, settings={}, n_trials=2, name="s")
+    counted = scored_trial(0, "base base", {"family": 0.5, "base": 1.0}, 40, 10)
+    counted.result.details = {"math": {"exact_match": 0.5, "n": 40.0, "stderr": 0.08}, "ppl": {"perplexity": 9.0,
+                                                                                             "n": 25.0}}
+    store.record_trial(sid, counted)
+    store.record_trial(sid, scored_trial(1, "base base", {"family": 0.4, "base": 0.8}, 40, 10))
+    first, second = store.trials(sid)
+    assert sizes_of(first.result.details) == {"math": 40, "ppl": 25}
+    assert sizes_of(second.result.details) == {}
+    assert first.retention == 0.5 and store.study(sid)["best_retentions"] == {"family": 0.5, "base": 1.0}

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from test_app import rows_of
+from test_compare_noise_browser import objective_by_hand
 
 
 def goodness(kind: str, v: float) -> float:
@@ -131,14 +132,22 @@ def test_dashboard_tables_show_both_definitions(app):
 
     # the best-trial summary: the search split's best by the one rule, and its test-split report
     head, rows = grid(out["summary"])
-    assert f"{definition} % search [no interval] (objective)" in head
+    assert f"{definition} % search [95%] (objective)" in head
     for r in rows:
         s = studies[r[0]]
         best = st.trials(s["id"])[r[head.index("best trial")]]
         assert best.number == s["best_trial"]
         want = by_hand(best.result.scores, s["refs"])["means"]
-        assert r[col(head, "family % search")] == pytest.approx(100 * want["family"], abs=0.06)
-        assert r[col(head, "base % search")] == pytest.approx(100 * want["base"], abs=0.06)
+        tasks = by_hand(best.result.scores, s["refs"])["tasks"]
+        sizes = {"math": 100, "strings": 100, "facts": 100, "chat_ppl": 60}  # the demo suite's search split
+        n = {t: min(best.fidelity or sizes[t], sizes[t]) for t in best.result.scores}  # the first N examples
+        for d in ("family", "base"):  # the search split's number with its 95% interval, Wilson by hand
+            value, lo, hi = interval_of(r[col(head, f"{d} % search")])
+            assert value == pytest.approx(100 * want[d], abs=0.06)
+            m, wlo, whi, _se = objective_by_hand({"definition": d, "task_retentions": tasks, "scores":
+                                                  best.result.scores, "details": {t: {"n": k} for t, k in n.items()}},
+                                                 s["refs"])
+            assert [lo, hi] == pytest.approx([100 * wlo, 100 * whi], abs=0.06) and hi > lo
         rep = s["report"]
         for d in ("family", "base"):  # the test split's number with its 95% interval, as Compare shows it
             shown = r[col(head, f"{d} % test")]
@@ -212,8 +221,6 @@ def test_evaluate_and_editor_show_both_definitions(app):
             assert (got is None) if want is None else got == pytest.approx(100 * want, abs=0.2)
 
     # the headline names its split and fidelity and carries its 95% interval: Wilson per task, by hand
-    from test_compare_noise_browser import objective_by_hand
-
     d = next(x for x in ("family", "base") if f"{x} retention % (objective)" in head)
     shown = {r[0]: r[head.index("score")] for r in rows}
     rep = {"definition": d, "task_retentions": hand["tasks"], "scores": shown, "details": {t: {"n": 8} for t in shown}}

@@ -21,9 +21,9 @@ from db.rows import best_from, split_columns, study_definition
 from db.status import phase_line
 from db.workers import reconcile
 from db.store import ACTIVE, StoreError
-from gptailor.eval.noise import Interval
+from gptailor.eval.noise import Interval, retention_interval, sizes_of
 from gptailor.eval.prefix import describe_prefix
-from gptailor.eval.results import DEFINITIONS
+from gptailor.eval.results import DEFINITIONS, References
 from gptailor.search.settings import SearchSettings
 from gptailor.search.trials import TrialRecord, budget_correlation, incumbent, ranked, scored
 from gptailor.analysis.importance import ImportanceError, position_importance
@@ -37,10 +37,10 @@ from .retention import line, marked, means, pair, shared_definition
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
                  "kept", "params M", "plan", "error", "study name"]
 TASK_COLUMNS = ["task", "score", "family %", "base %"]
-# a search trial's per-task example counts are not stored, so its search-split number has no interval: the header
-# says so, beside the test split's [95%] (the whole held-out split, whose sizes the report keeps)
-SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "best from", "kept", "family % search [no interval]",
-                   "base % search [no interval]",
+# both splits' numbers carry their 95% interval: the search split's from the best trial's stored example counts
+# (a trial stored before they were kept shows the bare number), the test split's from the report
+SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "best from", "kept", "family % search [95%]",
+                   "base % search [95%]",
                    "family % test [95%]", "base % test [95%]", "objective", "prefix cache", "plan"]
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
@@ -163,16 +163,29 @@ def best_summary(view: View) -> list[list]:
         if current:
             test = rep.get("retentions") or {}
         spans = (rep.get("intervals") or {}) if current else {}
+        found = search_spans(s, best) if search else {}
         rows.append([s["id"], view.names[s["id"]], s["method"], best.number,
-                     best_from(best.result.split, best.fidelity), best.result.kept_layers, *pair(search),
+                     best_from(best.result.split, best.fidelity), best.result.kept_layers,
+                     *(with_interval(search, found, k) for k in DEFINITIONS),
                      *(with_interval(test, spans, k) for k in DEFINITIONS), d,
                      describe_prefix(s.get("prefix_cache")), best.plan.to_text()])
     return rows
 
 
+def search_spans(study: dict, best: TrialRecord) -> dict[str, dict]:
+    """The best trial's 95% intervals on the split it was scored on (both definitions: Wilson per task over
+    its stored example counts, against the study's references, as Compare's); {} for a trial stored before
+    its counts were kept, or a study without stored references."""
+    sizes = sizes_of(best.result.details)
+    if not any(sizes.values()) or not study.get("refs"):
+        return {}
+    refs = References.from_dict(study["refs"])
+    return {d: retention_interval(best.result.scores, sizes, refs, d).to_dict() for d in DEFINITIONS}
+
+
 def with_interval(values: dict[str, float], spans: dict[str, dict], definition: str) -> str | None:
-    """'22.8 [19.1, 26.9]' (the test split's 95% interval, as Compare shows it); the bare number where the
-    report has no interval; empty where there is no number."""
+    """'22.8 [19.1, 26.9]' (the 95% interval, as Compare shows it); the bare number where no interval is
+    known; empty where there is no number."""
     if definition in spans:
         return Interval.from_dict(spans[definition]).text()
     v = values.get(definition)
