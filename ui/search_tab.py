@@ -143,7 +143,8 @@ def cancel_study(study_id: float, owner: str | None = None, request: gr.Request 
     except (StudyError, StoreError) as e:
         raise refuse(f"cannot cancel: {e}") from None
     if after == "cancelling":
-        return f"Study {study['id']}: cancel requested; it stops after its current trial, and its status in the list below turns to cancelled.", studies_rows()
+        return (f"Study {study['id']}: cancel requested; it stops after its current trial, and its status in the "
+                f"list below turns to cancelled.", studies_rows())
     return f"Study {study['id']}: {after}.", studies_rows()
 
 
