@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptailor import Evaluator
-from gptailor.eval.noise import Interval, combined_noise, intervals, sizes_of, verdict
+from gptailor.eval.noise import Interval, combined_noise, intervals, sizes_of, task_span, verdict
 from gptailor.eval.results import applicable_definition
 from gptailor.search.trials import incumbent, size_front, smallest_keeping
 
@@ -32,6 +32,7 @@ class CompareRow:
     definition: str = "family"
     retentions: dict[str, float] | None = None
     intervals: dict[str, Interval] = field(default_factory=dict)  # definition -> the 95% interval
+    task_spans: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # task -> its 95% interval
 
     @property
     def interval(self) -> Interval:
@@ -85,12 +86,21 @@ def compare(store: Store, study_ids: list[int] | None = None,
                                                refs=lambda: ev.references("search"))
             rep = report_of(ev, best, definition)
         spans = rep.get("intervals") or _intervals_of(rep, evaluators[key])
+        per_task = _task_spans(rep, {t.name: t.kind for t in evaluators[key].suite})
         rows.append(CompareRow(s["id"], s["name"], s["method"], rep["plan"], rep["scores"],
                                rep["task_retentions"][rep["definition"]], rep["retention"], rep["kept_layers"],
                                rep["params"], len(trials), max(t.wall_s for t in trials),
                                rep["split"], rep["definition"], rep["retentions"],
-                               {d: Interval.from_dict(i) for d, i in spans.items()}))
+                               {d: Interval.from_dict(i) for d, i in spans.items()}, per_task))
     return rows
+
+
+def _task_spans(rep: dict[str, Any], kinds: dict[str, str]) -> dict[str, tuple[float, float] | None]:
+    """Each task's retention interval in a report (its scores, example counts and references: no scoring)."""
+    sizes, refs, d = sizes_of(rep.get("details") or {}), rep.get("references") or {}, rep["definition"]
+    return {t: None if r is None or t not in refs or t not in kinds else
+            task_span(r, rep["scores"][t], sizes.get(t, 0), refs[t]["value"], kinds[t], d)
+            for t, r in rep["task_retentions"][d].items()}
 
 
 def _intervals_of(rep: dict[str, Any], ev: Evaluator) -> dict[str, dict[str, float]]:

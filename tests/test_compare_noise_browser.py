@@ -147,6 +147,35 @@ def test_every_number_says_its_split_and_its_noise(demo_studies_app):
             noise = math.sqrt(hand[sid][3] ** 2 + hand[best][3] ** 2)
             want = "worse by more than the noise" if abs(diff) > Z * noise else "within the noise"
             assert shown[sid][vs] == f"{100 * diff:+.1f} (noise {100 * noise:.1f}): {want}"
+        # the per-task chart's whiskers and the map's retention bar: each task's 95% interval, Wilson by hand
+        bars = page.wait_for_function("""() => {
+            const gd = document.querySelector('#compare-bars .js-plotly-plot');
+            return gd && gd.data && gd.data.length ? gd.data.map(t => ({name: t.name, x: t.x, y: t.y,
+                plus: t.error_y.array, minus: t.error_y.arrayminus})) : null; }""").json_value()
+        for trace in bars:
+            rep = studies[int(trace["name"].split(":")[0])]["report"]
+            d = rep["definition"]
+            for task, y, plus, minus in zip(trace["x"], trace["y"], trace["plus"], trace["minus"]):
+                r = rep["task_retentions"][d][task]
+                if test_refs["kinds"][task] == "perplexity" or r is None:
+                    assert not plus and not minus
+                    continue
+                members = test_refs["scores"]
+                ref = members["base"][task] if d == "base" else max(members[m][task] for m in members)
+                cap = 1.0 if d == "family" else math.inf
+                lo, hi = wilson_by_hand(rep["scores"][task], int(rep["details"][task]["n"]))
+                assert y == pytest.approx(100 * r)
+                assert [y + plus, y - minus] == pytest.approx([100 * min(cap, hi / ref), 100 * min(cap, lo / ref)])
+        whiskers = page.wait_for_function("""() => {
+            const gd = document.querySelector('#compare-maps .js-plotly-plot');
+            const t = gd && gd.data && gd.data.find(t => t.name === 'retention');
+            return t ? {who: t.customdata.map(c => c[1]), x: t.x, plus: t.error_x.array,
+                        minus: t.error_x.arrayminus} : null; }""").json_value()
+        assert len(whiskers["x"]) == len(shown)
+        for x, plus, minus, who in zip(whiskers["x"], whiskers["plus"], whiskers["minus"], whiskers["who"]):
+            sid = int(who.split(":")[0])  # the row's label, "12: smac-r2-s0"
+            m, hlo, hhi, _se = hand[sid]
+            assert [x, x + plus, x - minus] == pytest.approx([100 * m, 100 * hhi, 100 * hlo], abs=1e-6)
         assert page.locator(f"#compare-table [data-testid^='cell-'][data-testid$='-{vs}']").count() >= len(shown)
         assert clipped(page, vs) == []  # "worse by more than the noise" wraps, never cut to "worse by more thar"
         page.wait_for_timeout(500)  # the plot's transition settles before the picture

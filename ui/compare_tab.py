@@ -67,7 +67,9 @@ def best_maps(rows, members: list[str]):
         return None
     ranked = sorted(rows, key=lambda r: -r.retention)
     return figures.plan_map([figures.MapRow(f"{r.study_id}: {r.name}", Plan.from_text(r.plan), r.retention,
-                                            f"({r.split} split, {r.definition} retention)") for r in ranked],
+                                            f"({r.split} split, {r.definition} retention, 95% interval "
+                                            f"{r.interval.text().split(' ', 1)[1]})",
+                                            span=(r.interval.lo, r.interval.hi)) for r in ranked],
                             members, "Best plan of each study")
 
 
@@ -88,7 +90,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
                          wrap=True,  # a long verdict wraps in its cell instead of being clipped
                          column_widths=WIDTHS)  # ... and no header breaks letter by letter
     maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
-    bars = gr.Plot(show_label=False)
+    bars = gr.Plot(show_label=False, elem_id="compare-bars")
     go_btn.click(run_compare, [family, suite], [table, bars, maps, note], api_name="compare", **model_slots()) \
         .failure(last_refusal, None, [note], queue=False, show_progress="hidden", api_visibility="private")
     wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note and keeps the last table

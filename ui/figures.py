@@ -34,6 +34,7 @@ class MapRow:
     note: str = ""  # hover extra, e.g. "fidelity 40"
     key: str = ""  # "study:number", what a click on the row selects
     faint: bool = False  # a score at a lower fidelity: drawn faint
+    span: tuple[float, float] | None = None  # the score's 95% interval, drawn as an error bar when known
 
 
 def member_colors(members: list[str]) -> dict[str, str]:
@@ -105,8 +106,10 @@ def plan_map(rows: list[MapRow], members: list[str], title: str = "Layer map") -
             insidetextfont={"color": ["#333333" if r.faint else "white" for r in rows]},  # dark on a faint bar
             outsidetextfont={"color": "#333333"},  # a short bar: its text beside it, upright
             customdata=[[r.key, f"{r.label}: {'-' if r.score is None else f'{100 * r.score:.1f}%'} {r.note}"]
-                        for r in rows], hovertemplate="%{customdata[1]}<extra></extra>"), row=1, col=2)
-        top = max([100 * r.score for r in rows if r.score is not None] + [100.0])
+                        for r in rows], hovertemplate="%{customdata[1]}<extra></extra>",
+            error_x=error_bars([r.score for r in rows], [r.span for r in rows])), row=1, col=2)
+        top = max([100 * r.score for r in rows if r.score is not None] + [100.0]
+                  + [100 * r.span[1] for r in rows if r.span is not None and r.score is not None])
         fig.update_xaxes(range=[0, top * 1.02], title_text="retention %", row=1, col=2, showgrid=False)
     fig.update_xaxes(range=[-0.5, n_pos - 0.5], title_text="layer position", row=1, col=1, showgrid=False,
                      dtick=1 if n_pos <= 32 else None, zeroline=False)
@@ -287,18 +290,32 @@ def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
     return size_front(trials, size=lambda t: t.result.params, score=lambda t: t.retention)
 
 
+def error_bars(values: list[float | None], spans: list[tuple[float, float] | None]) -> dict[str, Any]:
+    """Plotly's asymmetric error bars (in percent) for ``values`` and their 95% intervals; none where no
+    interval is known (a perplexity task, a report without example counts)."""
+    if not any(v is not None and s is not None for v, s in zip(values, spans)):
+        return {"visible": False}
+    plus = [None if v is None or s is None else 100 * max(0.0, s[1] - v) for v, s in zip(values, spans)]
+    minus = [None if v is None or s is None else 100 * max(0.0, v - s[0]) for v, s in zip(values, spans)]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "color": "#555555",
+            "thickness": 1.2, "width": 3}
+
+
 def task_bars(rows: list[Any]) -> go.Figure:
-    """Grouped bars: per task retention of each study's best plan (compare's rows: ``study_id``, ``name``,
-    ``task_retention``, ``definition``)."""
+    """Grouped bars: per task retention of each study's best plan with its 95% interval (compare's rows:
+    ``study_id``, ``name``, ``task_retention``, ``task_spans``, ``definition``)."""
     fig = go.Figure()
     tasks = list(rows[0].task_retention) if rows else []
     for r in rows:
+        values = [r.task_retention[t] for t in tasks]
+        spans = [(getattr(r, "task_spans", None) or {}).get(t) for t in tasks]
         fig.add_trace(go.Bar(name=f"{r.study_id}: {r.name}", x=tasks,
-                             y=[None if r.task_retention[t] is None else 100 * r.task_retention[t] for t in tasks]))
+                             y=[None if v is None else 100 * v for v in values], error_y=error_bars(values, spans)))
     defs = sorted({r.definition for r in rows})
     fig.update_layout(barmode="group", yaxis_title=f"{'/'.join(defs)} retention %", height=380)
     return legend_outside(fig, "Retention per task (best plan, test split)",
-                          f"each study's objective: {', '.join(defs)} retention" if rows else None)
+                          f"each study's objective: {', '.join(defs)} retention; whiskers: 95% interval "
+                          f"(none for perplexity)" if rows else None)
 
 
 def task_scores(trial: TrialRecord) -> list[list[Any]]:

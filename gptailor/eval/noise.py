@@ -58,6 +58,27 @@ class Interval:
         return cls(d["value"], d["lo"], d["hi"], d["se"])
 
 
+def task_span(retention: float, score: float, n: int, reference: float, kind: str,
+              definition: str) -> tuple[float, float]:
+    """One task's retention with its 95% interval, ``(lo, hi)``: the Wilson interval of its score over its
+    ``n`` examples divided by its reference (capped at 100% under ``family``); a point for a perplexity task
+    (no binomial error) or one without examples."""
+    if not get_metric(kind).higher_is_better or n <= 0 or reference <= 0:
+        return retention, retention
+    lo, hi = wilson(score, n)
+    cap = 1.0 if definition == "family" else math.inf  # family retention is capped at 100% per task
+    return min(cap, lo / reference), min(cap, hi / reference)
+
+
+def task_spans(scores: Mapping[str, float], sizes: Mapping[str, int], refs: References,
+               definition: str) -> dict[str, tuple[float, float] | None]:
+    """Every task's ``task_span`` under ``definition``; None for a task without a reference."""
+    _means, tasks = refs.retentions(dict(scores), refs.kinds)
+    return {t: None if r is None else task_span(r, scores[t], int(sizes.get(t) or 0),
+                                                refs.reference(definition, t).value, refs.kinds[t], definition)
+            for t, r in tasks[definition].items()}
+
+
 def retention_interval(scores: Mapping[str, float], sizes: Mapping[str, int], refs: References,
                        definition: str) -> Interval:
     """The mean retention of ``scores`` (each task's objective score on ``sizes[task]`` examples) under
@@ -65,20 +86,17 @@ def retention_interval(scores: Mapping[str, float], sizes: Mapping[str, int], re
     reference; tasks without a reference are left out as the mean leaves them out; a perplexity task has no
     binomial error and adds none."""
     means, tasks = refs.retentions(dict(scores), refs.kinds)
-    valid = [t for t, r in tasks[definition].items() if r is not None]
+    spans = task_spans(scores, sizes, refs, definition)
+    valid = [t for t, span in spans.items() if span is not None]
     if not valid:
         return Interval(0.0, 0.0, 0.0, 0.0)
     down = up = var = 0.0
     for t in valid:
-        kind, r, n = refs.kinds[t], tasks[definition][t], int(sizes.get(t) or 0)
-        if not get_metric(kind).higher_is_better or n <= 0:
-            continue
-        ref = refs.reference(definition, t).value
-        lo, hi = wilson(scores[t], n)
-        cap = 1.0 if definition == "family" else math.inf  # family retention is capped at 100% per task
-        down += (r - min(cap, lo / ref)) ** 2
-        up += (min(cap, hi / ref) - r) ** 2
-        var += (proportion_se(scores[t], n) / ref) ** 2
+        r, (lo, hi), n = tasks[definition][t], spans[t], int(sizes.get(t) or 0)
+        down += (r - lo) ** 2
+        up += (hi - r) ** 2
+        if get_metric(refs.kinds[t]).higher_is_better and n > 0:
+            var += (proportion_se(scores[t], n) / refs.reference(definition, t).value) ** 2
     k = len(valid)
     mean = means[definition]
     return Interval(mean, max(0.0, mean - math.sqrt(down) / k), mean + math.sqrt(up) / k, math.sqrt(var) / k)
