@@ -1,4 +1,4 @@
-"""The real app, whose Evaluate and Compare can be held inside their Stop block until the page presses Stop
+"""The real app, whose Evaluate, Compare and lm-eval panel can be held inside their Stop block until the page presses Stop
 (tests/test_stop_errors_browser.py). ``GATE_DIR``: while ``hold`` exists there, Evaluate's reference warm-up
 and Compare's re-scoring touch ``entered`` there (the test's event: the work runs inside ``stoppable``), wait for this session's Stop, then go on into the engine, whose next tick
 ends the work as any Stop does."""
@@ -13,6 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gptailor.common.progress import current, tick  # noqa: E402
+from gptailor.eval import lm_eval  # noqa: E402
 from ui import compare_tab, evaluate_tab  # noqa: E402
 
 GATE = Path(os.environ["GATE_DIR"])
@@ -34,6 +35,7 @@ def held(fn):
 
 evaluate_tab.warm_references = held(evaluate_tab.warm_references)
 compare_tab.compare = held(compare_tab.compare)
+lm_eval.lm_eval_report = held(lm_eval.lm_eval_report)  # the lm-eval panel imports it when it runs
 
 if __name__ == "__main__":
     from ui.app import main

@@ -135,5 +135,17 @@ def test_stop_in_evaluate_and_compare_says_stopped_with_no_error_badge(held_app)
         no_error_badges(page)
         shots(page, "compare", note)
         no_error_badges(page)
+
+        # the lm-eval panel (Evaluate's): held inside its Stop block, then stopped from the page
+        page.get_by_role("tab", name="Evaluate").click()
+        panel = page.locator("#evaluate-lm-eval")
+        panel.get_by_text("Standard benchmarks (lm-evaluation-harness)").click()  # open the accordion
+        panel.get_by_label("lm-eval tasks (comma-separated; their datasets must be cached)").fill("arc_easy")
+        panel.get_by_role("button", name="Run lm-eval on the plan and the members").click()
+        held(gate)
+        panel.get_by_role("button", name="Stop", exact=True).click()
+        expect(panel).to_contain_text(STOPPED)
+        no_error_badges(page)
+        shots(page, "lm-eval", panel)
         browser.close()
     (gate / "hold").unlink()
