@@ -8,6 +8,7 @@ from gptailor import FamilyError, Plan, PlanError
 from gptailor.chat import stream_reply
 
 from .engine import ENGINE, gpu
+from .guard import refusal_beside, refused
 from .overload import model_slots
 
 
@@ -30,10 +31,10 @@ def _messages(history: list[dict], prompt: str) -> list[dict]:
 
 @gpu
 def chat(family: str, plan_text: str, prompt: str, max_new_tokens: float, temperature: float,
-         history: list[dict] | None = None, base_history: list[dict] | None = None):
+         history: list[dict] | None = None, base_history: list[dict] | None = None, request: gr.Request = None):
     """Stream the plan's model's answer, then the base's, to the same conversation."""
     if not prompt or not prompt.strip():
-        raise gr.Error("type a prompt first")
+        raise refused(request, "type a prompt first")
     try:
         session = ENGINE.get(family)
         fam = session.family
@@ -42,7 +43,7 @@ def chat(family: str, plan_text: str, prompt: str, max_new_tokens: float, temper
         model = session.stitcher.build(plan)
         base = session.stitcher.build(Plan.identity(fam.n_layers, family=fam.name))
     except (PlanError, FamilyError) as e:
-        raise gr.Error(str(e)) from None
+        raise refused(request, e) from None
     n, t = int(max_new_tokens), float(temperature)
     history, base_history = list(history or []), list(base_history or [])
     msgs, base_msgs = _messages(history, prompt), _messages(base_history, prompt)
@@ -71,8 +72,12 @@ def build(family: gr.Dropdown, plan: gr.Textbox) -> None:
         send = gr.Button("Send", variant="primary")
         clear = gr.Button("Clear")
     inputs = [family, plan, prompt, max_new, temp, bot, base_bot]
-    send.click(chat, inputs, [bot, base_bot, prompt], api_name="chat", **model_slots())
-    prompt.submit(chat, inputs, [bot, base_bot, prompt], **model_slots())
+    note = gr.Markdown(elem_id="chat-note")  # a refusal stays here, not only in a fading toast
+    for event, named in ((send.click, {"api_name": "chat"}), (prompt.submit, {})):
+        sent = event(chat, inputs, [bot, base_bot, prompt], **named, **model_slots())
+        sent.failure(refusal_beside(3), None, [note, bot, base_bot, prompt], queue=False, show_progress="hidden",
+                     api_visibility="private")
+        sent.success(lambda: "", None, [note], queue=False, show_progress="hidden", api_visibility="private")
     clear.click(lambda: ([], []), None, [bot, base_bot])
     plan.change(lambda p: f"Plan's model: `{p.strip()}`" if p and p.strip() else "", [plan], [which],
                 show_progress="hidden")

@@ -31,7 +31,7 @@ from gptailor.common.paths import child
 
 from . import figures
 from .engine import store
-from .guard import check_owner, session_of
+from .guard import check_owner, noting, refusal_beside, session_of
 from .retention import line, marked, means, pair, shared_definition
 
 TRIAL_COLUMNS = ["study", "number", "status", "fidelity", "family retention %", "base retention %", "objective",
@@ -371,7 +371,8 @@ def table_select(evt: gr.SelectData) -> str:
     return f"{int(row[0])}:{int(row[1])}#{time.time()}"
 
 
-def open_in_editor(key: str | None):
+@noting
+def open_in_editor(key: str | None, request: gr.Request = None):
     """The selected trial's plan into the shared plan box, and the Editor tab in front."""
     found = find_trial(key)
     if found is None:
@@ -379,6 +380,7 @@ def open_in_editor(key: str | None):
     return found[1].plan.to_text(), gr.Tabs(selected="editor")
 
 
+@noting
 def rename(study_id, name: str, owner: str | None = None, request: gr.Request = None):
     """The dashboard's rename box: a short unique name for a study (the CLI: studies --rename ID NAME); in
     public mode only for the browser that started it (or an operator), like cancel and resume."""
@@ -508,7 +510,7 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
                                       allow_custom_value=True)
             new_name = gr.Textbox(label="New short name (unique in its family)", scale=2, min_width=200)
             rename_btn = gr.Button("Rename", scale=1, min_width=100)
-        rename_note = gr.Markdown()
+        rename_note = gr.Markdown(elem_id="rename-note")
     state = gr.State(None)  # the last read's fingerprint: the timer re-reads only when it changed
     user_pick = gr.State(None)  # the trial the user picked, if any: it stays; else the selection follows the best
     parts = {"state": state, "status": status, "focus": focus, "curve": curve, "curve_t": curve_t, "pareto": par,
@@ -529,8 +531,12 @@ def build(plan_box: gr.Textbox, tabs: gr.Tabs, owner: gr.BrowserState) -> dict:
     # Plotly clicks (CLICK_JS) and table rows both write 'study:number#nonce' into the hidden box
     click_box.change(pick_trial, [click_box], [*shown, user_pick], show_progress="hidden")
     table.select(table_select, None, [click_box], show_progress="hidden")
-    open_btn.click(open_in_editor, [selector], [plan_box, tabs])
+    open_btn.click(open_in_editor, [selector], [plan_box, tabs]) \
+        .failure(refusal_beside(2), None, [confirm, plan_box, tabs], queue=False, show_progress="hidden",
+                 api_visibility="private")
     table.change(to_csv, [table], [dl])
     rename_box.expand(lambda: gr.Dropdown(choices=study_choices()), None, [rename_pick])
-    rename_btn.click(rename, [rename_pick, new_name, owner], [rename_note, pick, rename_pick], api_name="rename_study")
+    rename_btn.click(rename, [rename_pick, new_name, owner], [rename_note, pick, rename_pick], api_name="rename_study") \
+        .failure(refusal_beside(2), None, [rename_note, pick, rename_pick], queue=False, show_progress="hidden",
+                 api_visibility="private")
     return {"pick": pick}

@@ -19,6 +19,7 @@ An operator (logged in through ``GPTAILOR_AUTH``) may manage any study and is no
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import html
@@ -68,6 +69,29 @@ def refused(request: gr.Request | None, error: Exception | str) -> gr.Error:
     err = refuse(error)
     _REFUSALS[session_of(request)] = str(err.message)
     return err
+
+
+def noting(fn):
+    """A (non-streaming) handler whose every refusal (``gr.Error``) is also remembered for this session, as
+    ``refused`` does, so that its event's ``.failure(last_refusal, ...)`` keeps it beside the control."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as e:
+            request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+            _REFUSALS[session_of(request)] = str(e.message)
+            raise
+    return wrapper
+
+
+def refusal_beside(n_outputs: int):
+    """A ``.failure`` step for an event with ``n_outputs`` outputs after its note: the note gets the refusal
+    (``last_refusal``) and every other output an empty update, which clears the red Error badge Gradio puts
+    on each output of an event that raised (the note says what went wrong instead)."""
+    def show(request: gr.Request = None):
+        return (last_refusal(request), *[gr.update() for _ in range(n_outputs)])
+    return show
 
 
 def last_refusal(request: gr.Request = None) -> str:

@@ -18,7 +18,7 @@ from gptailor.search.space import Budget, BudgetError
 
 from .engine import ENGINE, redact, store
 from db.settings import data_dir, max_trials, max_workers
-from .guard import allowance, check_owner, refuse, visitor
+from .guard import allowance, check_owner, noting, refusal_beside, refuse, visitor
 from .retention import pair
 
 STUDY_COLUMNS = ["id", "name", "method", "family", "status", "now", "trials", "best family retention %",
@@ -103,6 +103,7 @@ def _started(sid: int, how: str) -> str:
     return f"Study {sid} started in the background."
 
 
+@noting
 def launch_study(family: str, method: str, remove: float, trials: float, walltime: float | None, seed: float,
                  min_fid: float, max_fid: float | None, name: str, kind: str = "layers to remove",
                  fraction: float = 0.75, suite: str | None = None, owner: str | None = None,
@@ -132,6 +133,7 @@ def _study(study_id: float | None) -> dict:
         raise gr.Error(f"no study {study_id!r}; click a row of the studies list to pick one") from None
 
 
+@noting
 def cancel_study(study_id: float, owner: str | None = None, request: gr.Request = None):
     study = _study(study_id)
     check_owner(study, owner, request, "cancel")
@@ -148,6 +150,7 @@ def cancel_study(study_id: float, owner: str | None = None, request: gr.Request 
     return f"Study {study['id']}: {after}.", studies_rows()
 
 
+@noting
 def resume_study(study_id: float, owner: str | None = None, request: gr.Request = None):
     study = _study(study_id)
     check_owner(study, owner, request, "resume")
@@ -189,7 +192,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
                                     label="Objective the search optimises", elem_id="objective")
             name = gr.Textbox(label="Study name (optional)")
     go_btn = gr.Button("Launch in the background", variant="primary")
-    message = gr.Markdown()
+    message = gr.Markdown(elem_id="search-message")
     studies = gr.Dataframe(headers=STUDY_COLUMNS, value=studies_rows, interactive=False, elem_id="studies-table",
                            label="Studies (best trial by the one ranking rule; 'objective' is the retention it maximises)")
     with gr.Row():
@@ -200,13 +203,18 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> di
         comp.change(budget_text, [family, remove, kind, fraction], [budget_info])
     for comp in (family, kind):
         comp.change(budget_controls, [family, kind], [remove, fraction], api_visibility="private", show_progress="hidden")
+    # a refusal: a toast, and the same line kept in the message under the buttons (ui.guard.noting)
     go_btn.click(launch_study, [family, method, remove, trials, walltime, seed, min_fid, max_fid, name, kind,
                                 fraction, suite, owner, objective],
-                 [message, studies, study_id], api_name="launch_study", show_progress="hidden")
+                 [message, studies, study_id], api_name="launch_study", show_progress="hidden") \
+        .failure(refusal_beside(2), None, [message, studies, study_id], queue=False, show_progress="hidden",
+                 api_visibility="private")
     studies.select(pick_study, [studies], [study_id])
     # quick actions: progress hidden, so a refusal shows as a toast and the studies list stays in view
-    cancel_btn.click(cancel_study, [study_id, owner], [message, studies], api_name="cancel_study", show_progress="hidden")
-    resume_btn.click(resume_study, [study_id, owner], [message, studies], api_name="resume_study", show_progress="hidden")
+    for btn, fn, api in ((cancel_btn, cancel_study, "cancel_study"), (resume_btn, resume_study, "resume_study")):
+        btn.click(fn, [study_id, owner], [message, studies], api_name=api, show_progress="hidden") \
+            .failure(refusal_beside(1), None, [message, studies], queue=False, show_progress="hidden",
+                     api_visibility="private")
     gr.Timer(3).tick(studies_rows, None, [studies], show_progress="hidden", api_name="studies")
     return {"budget_info": budget_info, "remove": remove, "kind": kind, "fraction": fraction,
             "study_id": study_id, "studies": studies}
