@@ -308,7 +308,7 @@ def task_bars(rows: list[Any]) -> go.Figure:
     tasks = list(rows[0].task_retention) if rows else []
     for r in rows:
         values = [r.task_retention[t] for t in tasks]
-        spans = [(getattr(r, "task_spans", None) or {}).get(t) for t in tasks]
+        spans = [r.task_spans.get(t) for t in tasks]
         fig.add_trace(go.Bar(name=f"{r.study_id}: {r.name}", x=tasks,
                              y=[None if v is None else 100 * v for v in values], error_y=error_bars(values, spans)))
     defs = sorted({r.definition for r in rows})
