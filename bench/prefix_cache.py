@@ -78,6 +78,8 @@ def replay(args) -> int:
     on = args.mode == "on"
     cache = prefix_cache_for(fam) if on else None
     ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="search", prefix_cache=cache or False)
+    if not args.unaligned:  # as the study's Search did: batches cut at its rungs (the fidelities it ran)
+        ev.align_batches(sorted({t["fidelity"] for t in seq["trials"] if t["fidelity"]}))
     torch.set_num_threads(1)  # the two modes run side by side, one core each
     t0, c0 = time.perf_counter(), time.process_time()
     ev.references()
@@ -113,7 +115,7 @@ def run(args) -> int:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
                 outs[mode] = f.name
             cmd = [sys.executable, "-m", "bench.prefix_cache", "replay", str(path), "--mode", mode,
-                   "--out", outs[mode], "--limit", str(args.limit or 0)]
+                   "--out", outs[mode], "--limit", str(args.limit or 0), *(["--unaligned"] if args.unaligned else [])]
             procs[mode] = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
         for mode, p in procs.items():
             if p.wait() != 0:
@@ -193,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("off", "on"), required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=0, help="only the first N trials (0: all)")
+    p.add_argument("--unaligned", action="store_true", help="batches not cut at the rungs (before session 11)")
     u = sub.add_parser("run", help="replay sequences with the cache off and on, and compare")
     u.add_argument("--sequences", default=None, help="comma-separated names in bench/sequences (default: all)")
     u.add_argument("--limit", type=int, default=0, help="replay only the first N trials of each (0: all)")
+    u.add_argument("--unaligned", action="store_true",
+                   help="batches not cut at the sequence's rungs (how trials were batched before session 11)")
     b = sub.add_parser("bytes", help="bytes of one cached position for a family's shape on a suite")
     b.add_argument("--family", required=True)
     b.add_argument("--suite", default=None, help="a suite file (default: the family's own)")

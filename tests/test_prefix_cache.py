@@ -129,8 +129,10 @@ def test_a_hit_after_eviction(fam_suite):
     ev = Evaluator(fam, suite, prefix_cache=probe, batch_size=64)
     base = Plan.identity(fam.n_layers, family=fam.name)
     ev.model_details(ev.stitcher.build(base), plan=base)
-    layer_bytes = probe.store.nbytes // fam.n_layers  # one layer's states over every batch of the suite
-    # room for about two passes' last states (stride: the last layer only): the next plans evict the base's
+    # one layer's states over every batch of the suite: the pass kept layers 1-5 (the last layer's output
+    # is read by the head, whose few bytes of scores are kept instead)
+    layer_bytes = probe.store.nbytes // (fam.n_layers - 1)
+    # room for about two passes' deepest states (stride: one state per pass): the next plans evict the base's
     cache = PrefixCache(int(layer_bytes * 2.5))
     ev = Evaluator(fam, suite, prefix_cache=cache, batch_size=64)
     plans = [Plan.from_text(t, fam.name) for t in (
@@ -144,7 +146,7 @@ def test_a_hit_after_eviction(fam_suite):
         assert ev.model_details(model, plan=p) == off.model_details(model), p.to_text()
         stats.append(cache.snapshot().minus(before))
         assert cache.store.nbytes <= cache.max_bytes
-    assert stats[3].hits == 0  # the base's states were evicted by the code plans ...
+    assert stats[3].hits == 0  # the base's states and scores were evicted by the code plans ...
     assert stats[4].hits == stats[4].lookups and stats[4].layers_run == 0  # ... kept again, and hit
 
 
@@ -153,6 +155,8 @@ def test_store_points_and_stride():
     assert store_points(2, 6, 2) == [4, 6]
     assert store_points(0, 7, 3) == [3, 6, 7]  # the last is always kept
     assert store_points(6, 6, 1) == [] and store_points(0, 6, 0) == []
+    assert store_points(0, 6, 1, last=False) == [1, 2, 3, 4, 5]  # the head's reads are kept instead
+    assert store_points(0, 7, 3, last=False) == [3, 6] and store_points(0, 6, 6, last=False) == []
     assert pass_stride(30, 10, 0) == 0  # cache off
     assert pass_stride(30, 1, 4000) == 1  # room for every layer within a quarter of the budget
     assert pass_stride(30, 100, 4000) == 3  # a quarter holds 10 states: every third of 30
@@ -188,3 +192,50 @@ def test_forward_from_a_state_equals_the_whole_forward(fam_suite):
                     tail, _ = forward_hidden(model, inputs, start=j, state=kept[j])
                     torch.testing.assert_close(tail, whole, rtol=0, atol=1e-6)
             assert len(model.model.layers) == 5  # the tails were views only
+
+
+def test_batches_cut_at_the_rungs_carry_states_from_rung_to_rung(fam_suite):
+    """With a search's rungs as edges, fidelity 3's batches are fidelity 9's first batches: the same plan at
+    9 re-runs no layer on those examples (the head's reads are kept), and every score is the cache-off one."""
+    fam, suite = fam_suite
+    cache = PrefixCache(64 * MB)
+    on = Evaluator(fam, suite, prefix_cache=cache, batch_size=64)
+    off = Evaluator(fam, suite, prefix_cache=False, batch_size=64)
+    plain = Evaluator(fam, suite, prefix_cache=False, batch_size=64)
+    for ev in (on, off):
+        ev.align_batches([9, 3])
+    scored = [t for t in suite if not (t.kind == "exact_match" and t.filter)]
+    for t in scored:
+        low, high = on._prepare(t, 3)[0], on._prepare(t, 9)[0]
+        assert len(high) == len(low) + 1 and [b.key for b in low] == [b.key for b in high[:len(low)]], t.name
+        assert high[-1].n_rows == high[0].n_rows > low[0].n_rows  # flat rows count the whole fidelity
+    plan = Plan.from_text("0:base 1:base 2:base 3:math 4:code 5:base", fam.name)
+    model = on.stitcher.build(plan)
+    assert on.model_details(model, fidelity=3, plan=plan) == off.model_details(model, fidelity=3)
+    before = cache.snapshot()
+    got = on.model_details(model, fidelity=9, plan=plan)
+    d = cache.snapshot().minus(before)
+    assert d.lookups == 2 * len(scored) and d.hits == len(scored)  # each task: its rung-3 block hit, the rest ran
+    assert d.layers_skipped == d.layers_run == 6 * len(scored)
+    assert got == off.model_details(model, fidelity=9)  # to the bit, with the same batches
+    # against unaligned batches: the same examples' scores; a log-likelihood may differ in its last bits
+    want = plain.model_details(model, fidelity=9)
+    for task, metrics in want.items():
+        for name, value in metrics.items():
+            assert got[task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)
+
+
+def test_a_search_cuts_batches_at_its_rungs(fam_suite):
+    from gptailor.search.fidelity import rungs
+    from gptailor.search.optimizer import Search
+    from gptailor.search.settings import SearchSettings
+    from gptailor.search.space import Budget
+
+    fam, suite = fam_suite
+    ev = Evaluator(fam, suite, batch_size=64)
+    search = Search(ev, Budget(remove_layers=1), SearchSettings(min_fidelity=2, max_fidelity=18, eta=3, n_trials=1))
+    assert search.max_fidelity == suite.split_fidelity("search") == 8  # the tiny suite's search split
+    assert ev.batcher.edges == (3, 8) == tuple(rungs(search.min_fidelity, search.max_fidelity, 3))
+    flat = Evaluator(fam, suite, batch_size=64)
+    Search(flat, Budget(remove_layers=1), SearchSettings(facade="hpo", n_trials=1))
+    assert flat.batcher.edges == ()  # one fidelity: nothing to carry

@@ -33,6 +33,7 @@ class _Batch:
     segments: torch.Tensor | None = None  # packed batches only: per position 0 context, j choice j, -1 pad
     position_ids: torch.Tensor | None = None  # packed batches only
     key: str = ""  # digest of the ids, padding and packing: the batch's identity in the prefix cache
+    score_key: str = ""  # ... and of where it is read (scored tokens, stops): the identity of its scores
 
     def model_inputs(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """What the decoder gets: a 2D padding mask, or for packed sequences a 4D additive mask (a position
@@ -82,6 +83,16 @@ class _Seq:
 PACKABLE_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask as is
 
 
+def blocks(n: int, edges: tuple[int, ...] | list[int] = ()) -> list[tuple[int, int]]:
+    """The example ranges ``[lo, hi)`` a task's first ``n`` examples are batched in: cut at every edge below
+    ``n``. Why: with a search's Hyperband rungs as edges (``Evaluator.align_batches``), the batches of
+    fidelity k are exactly the first batches of every higher fidelity, so the prefix cache reuses their
+    states across fidelities: a promoted plan re-runs none of its lower rung's examples, and a plan first
+    scored at a high rung starts from the states lower-rung plans left."""
+    cuts = sorted({e for e in edges if 0 < e < n})
+    return list(zip([0, *cuts], [*cuts, n])) if n else []
+
+
 class Batcher:
     """A task's examples as ready forward batches: tokenized (``gptailor.eval.encoding``: the one rule, shared
     with the calibration texts), cut to ``max_length``, packed and padded once per (task, fidelity, split,
@@ -97,6 +108,7 @@ class Batcher:
         self.batch_size = batch_size
         self.max_length = max_length
         self.pack_choices = pack_choices
+        self.edges: tuple[int, ...] = ()  # example counts where batches are cut (``blocks``): a search's rungs
         self._batches: dict[tuple, tuple[list[_Batch], list[Any]]] = {}
         self._stop_masks: dict[tuple[str, ...], torch.Tensor] = {}
 
@@ -160,19 +172,35 @@ class Batcher:
     def prepare(self, task: Task, fidelity: int | None, split: str, packed: bool | None = None
                 ) -> tuple[list[_Batch], list[Any]]:
         """Tokenized, padded batches of a task's examples, built once. ``packed`` (default: ``pack_choices``
-        for multiple choice) runs a doc's shared context once for all its choices."""
+        for multiple choice) runs a doc's shared context once for all its choices. With ``edges`` the
+        examples are cut into blocks at those counts first (``blocks``)."""
         if packed is None:
             packed = self.pack_choices and task.kind == "multiple_choice"
         packed = packed and task.kind == "multiple_choice"
-        key = (task.name, fidelity, split, packed)
+        key = (task.name, fidelity, split, packed, self.edges)
         if key in self._batches:
             return self._batches[key]
-        rows, meta = self.rows(task, task.subset(fidelity, split))
-        seqs = sorted(self._sequences(task, rows, meta, packed), key=lambda q: -q.length)
-        batches = [self._batch(chunk, len(rows), task.kind == "exact_match")
-                   for chunk in (seqs[s: s + self.batch_size] for s in range(0, len(seqs), self.batch_size))]
+        examples = task.subset(fidelity, split)
+        rows, meta = self.rows(task, examples)
+        seqs = self._sequences(task, rows, meta, packed)
+        example_of = self._example_of_row(task, rows, meta)
+        batches = []
+        for lo, hi in blocks(len(examples), self.edges):
+            block = sorted((q for q in seqs if lo <= example_of[q.conts[0][0]] < hi), key=lambda q: -q.length)
+            batches += [self._batch(chunk, len(rows), task.kind == "exact_match")
+                        for chunk in (block[s: s + self.batch_size] for s in range(0, len(block), self.batch_size))]
         self._batches[key] = (batches, meta)
         return batches, meta
+
+    @staticmethod
+    def _example_of_row(task: Task, rows: list, meta: list[Any]) -> list[int]:
+        """For each flat row, the example it belongs to (multiple choice: one row per choice)."""
+        if task.kind != "multiple_choice":
+            return list(range(len(rows)))
+        out = [0] * len(rows)
+        for e, (start, lens, _) in enumerate(meta):
+            out[start: start + len(lens)] = [e] * len(lens)
+        return out
 
     def _batch(self, chunk: list[_Seq], n_rows: int, stop: bool) -> _Batch:
         """Right-padded ids and the gather indices of every scored token; segments and positions when packed."""
@@ -211,9 +239,11 @@ class Batcher:
         def t(x: list[int]) -> torch.Tensor:
             return torch.tensor(x, dtype=torch.long, device=dev)
 
+        read = [torch.tensor(x, dtype=torch.long) for x in (r_idx, c_idx, tgt, *((s_rows, s_cols) if stop else ()))]
         return _Batch(ids.to(dev), mask.to(dev), t(r_idx), t(c_idx), t(tgt), t(flat), n_rows,
                       t(s_rows) if stop else None, t(s_cols) if stop else None, t(s_flat) if stop else None,
-                      seg.to(dev) if packed else None, pos.to(dev) if packed else None, key)
+                      seg.to(dev) if packed else None, pos.to(dev) if packed else None, key,
+                      batch_digest(torch.tensor([len(read)]), *read) + key)
 
     def stop_mask(self, until: list[str]) -> torch.Tensor:
         """Per vocabulary id: does greedy generation stop right there (EOS, or text beginning with a stop)?"""

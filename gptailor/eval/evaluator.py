@@ -120,6 +120,13 @@ class Evaluator(ReferenceScoring):
             self.prefix_cache = prefix_cache_for(family) if prefix_cache else None
 
     # -- batches (gptailor.eval.batching.Batcher; thin here for the tests and benches that reach them) ---
+    def align_batches(self, fidelities: list[int] | tuple[int, ...]) -> None:
+        """Cut every task's batches at these examples-per-task counts (a search's Hyperband rungs), so that a
+        lower fidelity's batches are whole batches of every higher one and the prefix cache carries their
+        states from rung to rung (``gptailor.eval.batching.blocks``). Scores are the same examples' scores;
+        only how they are grouped into forwards changes (so the last bits of a log-likelihood may)."""
+        self.batcher.edges = tuple(sorted({int(f) for f in fidelities if f and f > 0}))
+
     def _rows(self, task: Task, examples: list[dict]) -> tuple[list[tuple[list[int], list[int]]], list[Any]]:
         return self.batcher.rows(task, examples)
 
@@ -146,31 +153,46 @@ class Evaluator(ReferenceScoring):
         logp = torch.zeros(n, dtype=torch.float64, device=dev)
         misses, count = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
         stops = torch.ones(n, dtype=torch.bool, device=dev)
+        reuse = prefix is not None and kl is None  # a KL probe needs the logits themselves
         for b in batches:
             tick()  # a listener may stop the work between batches
-            inputs = b.model_inputs(model.dtype)
-            if prefix is not None:
-                hidden = prefix.hidden(model, inputs, b.key)
-            else:
-                hidden = model.model(**inputs, use_cache=False).last_hidden_state
-            picked = hidden[b.rows, b.cols]
-            tok_lp, hit = [], []
-            for s in range(0, picked.shape[0], self.head_chunk):  # bounded memory for big vocabularies
-                logits = model.lm_head(picked[s: s + self.head_chunk]).float()
-                tgt = b.targets[s: s + self.head_chunk]
-                tok_lp.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
-                hit.append(logits.argmax(-1) == tgt)
-                if kl is not None:
-                    kl.feed(logits, b.flat[s: s + self.head_chunk])
-            tok_lp, hit = torch.cat(tok_lp), torch.cat(hit)
+            score_key = f"{self.head_chunk}|{b.score_key}"
+            got = prefix.scored(b.key, score_key) if reuse else None
+            if got is None:
+                got = self._head_reads(model, b, prefix, stop_mask is not None, kl)
+                if reuse:
+                    prefix.keep_scores(score_key, got)
+            tok_lp, hit = got["logp"], got["hit"]
             logp.index_add_(0, b.flat, tok_lp.double())
             misses.index_add_(0, b.flat, (~hit).float())
             count.index_add_(0, b.flat, torch.ones_like(misses[b.flat]))
-            if stop_mask is not None and b.stop_rows is not None:
-                nxt = model.lm_head(hidden[b.stop_rows, b.stop_cols]).float().argmax(-1).cpu()
-                stops[b.stop_flat] = stop_mask[nxt.clamp(max=stop_mask.numel() - 1)].to(dev)
+            if "next" in got:
+                stops[b.stop_flat] = stop_mask[got["next"].cpu().clamp(max=stop_mask.numel() - 1)].to(dev)
         correct = (misses == 0) & (count > 0) & stops
         return logp.cpu(), correct.cpu(), count.cpu()
+
+    def _head_reads(self, model, b: _Batch, prefix: PrefixRun | None, stops: bool, kl: KLProbe | None
+                    ) -> dict[str, torch.Tensor]:
+        """One batch's forward and what the LM head reads from it: each scored token's log-prob (``logp``),
+        whether it is the argmax (``hit``) and, for exact match, the argmax after the target (``next``)."""
+        inputs = b.model_inputs(model.dtype)
+        if prefix is not None:
+            hidden = prefix.hidden(model, inputs, b.key)
+        else:
+            hidden = model.model(**inputs, use_cache=False).last_hidden_state
+        picked = hidden[b.rows, b.cols]
+        tok_lp, hit = [], []
+        for s in range(0, picked.shape[0], self.head_chunk):  # bounded memory for big vocabularies
+            logits = model.lm_head(picked[s: s + self.head_chunk]).float()
+            tgt = b.targets[s: s + self.head_chunk]
+            tok_lp.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+            hit.append(logits.argmax(-1) == tgt)
+            if kl is not None:
+                kl.feed(logits, b.flat[s: s + self.head_chunk])
+        out = {"logp": torch.cat(tok_lp), "hit": torch.cat(hit)}
+        if stops and b.stop_rows is not None:
+            out["next"] = model.lm_head(hidden[b.stop_rows, b.stop_cols]).float().argmax(-1)
+        return out
 
     @torch.inference_mode()
     def generate(self, model, task: Task, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -261,7 +283,8 @@ class Evaluator(ReferenceScoring):
         """Every task's per-example values (``task_values``). ``plan`` (what ``model`` was stitched from, with
         ``shared_from``'s embeddings) lets the forwards reuse and keep prefix states; without it every forward
         runs from the embeddings. ``kl``: a probe per task that has one (capture or compare, same forwards)."""
-        run = self.prefix_run(model, plan, shared_from, fidelity, split) if plan is not None else None
+        # a KL probe reads the logits, so for it the last state (not the scores) is what a re-score reuses
+        run = self.prefix_run(model, plan, shared_from, fidelity, split, keep_last=bool(kl)) if plan is not None else None
         out = {}
         for k, t in enumerate(self.suite):
             tick(f"scoring {t.name}", k, len(self.suite.tasks))
@@ -279,9 +302,10 @@ class Evaluator(ReferenceScoring):
         return {t.name: metrics_of(values[t.name], t.objective_metric) for t in self.suite}
 
     def prefix_run(self, model, plan: Plan, shared_from: str = "base", fidelity: int | None = None,
-                   split: str | None = None) -> PrefixRun | None:
+                   split: str | None = None, keep_last: bool = False) -> PrefixRun | None:
         """The prefix-cache pass for scoring ``model`` (stitched from ``plan``) on the suite, or None when
-        the cache is off. Its stride keeps one pass's new states within a share of the budget."""
+        the cache is off. Its stride keeps one pass's new states within a share of the budget. The state
+        after the last kept layer is kept only with ``keep_last``: otherwise the head's reads are (``scored``)."""
         cache = self.prefix_cache
         if cache is None or not cache.enabled:
             return None
@@ -290,7 +314,8 @@ class Evaluator(ReferenceScoring):
         layer_bytes = sum(b.input_ids.numel() * width for t in self.suite
                           if not (t.kind == "exact_match" and t.filter)
                           for b in self._prepare(t, fidelity, split, packs(model))[0])
-        return PrefixRun(cache, keys, pass_stride(keys.n_kept, layer_bytes, cache.max_bytes))
+        points = keys.n_kept if keep_last else keys.n_kept - 1
+        return PrefixRun(cache, keys, pass_stride(points, layer_bytes, cache.max_bytes), keep_last)
 
     def objective_scores(self, details: dict[str, dict[str, float]]) -> dict[str, float]:
         """Each task's objective metric picked out of its full metrics."""

@@ -204,6 +204,7 @@ class PrefixKeys:
     """Per kept layer j (1-based), the key of the state after the first j kept layers; and the kept count."""
 
     keys: tuple[tuple, ...]
+    scores: tuple = ()  # the key of what the LM head reads from the last state (``PrefixRun.scored``)
 
     @property
     def n_kept(self) -> int:
@@ -234,7 +235,8 @@ def prefix_keys(family: Family, plan: Plan, shared_from: str, device: torch.devi
     for i in plan.kept_positions:
         h.update(b"|" + canonical_op(family, i, plan.ops[i]).encode())
         keys.append(("prefix", h.copy().hexdigest()))
-    return PrefixKeys(tuple(keys))
+    h.update(f"|head:{shared_from}".encode())  # the final norm and LM head: the base's, or shared_from's
+    return PrefixKeys(tuple(keys), ("scores", h.hexdigest()))
 
 
 def pass_stride(n_kept: int, layer_bytes: int, budget: int) -> int:
@@ -246,15 +248,15 @@ def pass_stride(n_kept: int, layer_bytes: int, budget: int) -> int:
     return max(1, math.ceil(n_kept / per_pass)) if per_pass >= 1 else n_kept
 
 
-def store_points(start: int, n_kept: int, stride: int) -> list[int]:
+def store_points(start: int, n_kept: int, stride: int, last: bool = True) -> list[int]:
     """Kept-layer counts after which a forward that starts after ``start`` keeps its state: every
-    ``stride``-th and the last (see the module's docstring for why)."""
+    ``stride``-th and (``last``) the last one (see the module's docstring for why)."""
     if stride <= 0 or n_kept <= start:
         return []
     points = [j for j in range(start + 1, n_kept + 1) if j % stride == 0]
-    if not points or points[-1] != n_kept:
+    if last and (not points or points[-1] != n_kept):
         points.append(n_kept)
-    return points
+    return points if last else [j for j in points if j < n_kept]
 
 
 @dataclass
@@ -264,13 +266,26 @@ class PrefixRun:
     cache: PrefixCache
     keys: PrefixKeys
     stride: int = 1
+    keep_last: bool = False  # keep the last state too (a KL probe reads logits, not the scores ``scored`` keeps)
+
+    def scored(self, batch_key: str, score_key: str) -> dict[str, torch.Tensor] | None:
+        """What the LM head read from this plan's last state on this batch (``keep_scores``), if kept: the
+        same plan re-scored on the same examples (a promoted trial's lower rung, the Editor re-scoring the
+        same plan, a reference) then runs no layer and no head. Counted as a forward that skipped every layer."""
+        got = self.cache.store.get((self.keys.scores, score_key))
+        if got is not None:
+            self.cache.record(batch_key, self.keys.n_kept, self.keys.n_kept, 0.0)
+        return got
+
+    def keep_scores(self, score_key: str, scores: dict[str, torch.Tensor]) -> None:
+        self.cache.store.put((self.keys.scores, score_key), scores)
 
     def hidden(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], batch_key: str) -> torch.Tensor:
         """The batch's last hidden state, from the deepest cached prefix when there is one; keeps new states."""
         n = self.keys.n_kept
         start, state = self.cache.deepest(list(self.keys.keys), batch_key)
         t0 = time.perf_counter()
-        hidden, kept = forward_hidden(model, inputs, start, state, store_points(start, n, self.stride))
+        hidden, kept = forward_hidden(model, inputs, start, state, store_points(start, n, self.stride, self.keep_last))
         self.cache.record(batch_key, start, n, time.perf_counter() - t0)
         for j, h in kept.items():
             self.cache.put(self.keys.keys[j - 1], batch_key, h)

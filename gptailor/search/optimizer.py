@@ -43,7 +43,7 @@ from gptailor.eval.evaluator import Evaluator
 from gptailor.family.family import Family
 from gptailor.plan import Plan
 from gptailor.common.progress import Phase, Progress, QUIET, Stopped, listening
-from gptailor.search.fidelity import fidelity_of, search_fidelities
+from gptailor.search.fidelity import fidelity_of, rungs, search_fidelities
 from gptailor.search.space import Budget, BudgetError, PlanSpace, make_space
 from gptailor.search.seeds import seed_plans
 from gptailor.search.settings import SearchSettings
@@ -234,6 +234,9 @@ class Search:
         self.n_remove = budget.n_remove(self.family)  # raises BudgetError before any work
         self.min_fidelity, self.max_fidelity, self.fidelity_note = search_fidelities(
             self.settings, evaluator.suite.split_fidelity("search"))
+        if self.settings.facade == "multi_fidelity" and self.min_fidelity < self.max_fidelity:
+            # batches cut at the rungs: a promoted plan re-runs none of its lower rung's examples (prefix cache)
+            evaluator.align_batches(rungs(self.min_fidelity, self.max_fidelity, self.settings.eta))
         kw = {"constraint": self.settings.constraint} if self.settings.space == "layerwise" else {}
         # ``space``: a space of the caller's, e.g. a ``pick`` space with chosen sources (bench/search_regret.py
         # restricts a search to the plans of an enumerated table); it must remove ``n_remove`` layers
