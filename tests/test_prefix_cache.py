@@ -239,3 +239,18 @@ def test_a_search_cuts_batches_at_its_rungs(fam_suite):
     flat = Evaluator(fam, suite, batch_size=64)
     Search(flat, Budget(remove_layers=1), SearchSettings(facade="hpo", n_trials=1))
     assert flat.batcher.edges == ()  # one fidelity: nothing to carry
+
+
+def test_cached_states_are_copies_in_their_own_memory():
+    """A cached state lives outside malloc's heap (``off_heap``): the same values, its own storage, any dtype."""
+    from gptailor.eval.prefix import off_heap
+
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 5, 7).to(dtype)
+        y = off_heap(x)
+        assert y.dtype == dtype and y.shape == x.shape and torch.equal(y, x)
+        assert y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        x.zero_()  # the copy does not follow the original
+        assert not torch.equal(y, x)
+    t = torch.randn(4, 6)[:, ::2]  # a strided view is copied by value
+    assert torch.equal(off_heap(t), t)

@@ -16,13 +16,20 @@ What makes two prefixes the same (``PrefixKeys``):
   another fidelity or another padding misses;
 - the device and dtype the model computes in.
 
-Where states are kept (``pass_stride``, ``store_points``): after every ``stride``-th kept layer and after the
-last one, with ``stride`` chosen so that one scoring pass adds at most a quarter of the cache's budget. Why: a pass that
+Where states are kept (``pass_stride``, ``store_points``): after every ``stride``-th kept layer before the
+last, with ``stride`` chosen so that one scoring pass adds at most a quarter of the cache's budget. Why: a pass that
 stored every layer of a big batch would evict, within one trial, the shallow states that every later trial
 reuses; with a quarter per pass, the least-recently-used order keeps the states the last few trials hit
-(a hit refreshes an entry) and drops the deep, one-off ones first. The last kept layer is always kept
-because re-scoring the same plan on the same examples (the Editor, Evaluate, Compare, references) then
-costs only the LM head.
+(a hit refreshes an entry) and drops the deep, one-off ones first. After the last kept layer the cache keeps
+what the LM head read from it instead (``PrefixRun.scored``: each scored token's log-prob and argmax hit, a
+few bytes a token, keyed by the plan, the final norm and head, and where the batch is read): re-scoring the
+same plan on the same examples (a promoted trial's lower rung, the Editor, Evaluate, Compare, references)
+then runs neither a layer nor the head, and the one state only that plan could reuse takes no room. A KL
+probe needs the logits themselves, so a pass with one keeps the last state as before.
+
+Across fidelities (``Evaluator.align_batches``): a search cuts each task's batches at its Hyperband rungs,
+so the batches of a lower rung are whole batches of every higher one and the states and scores above carry
+from rung to rung; otherwise a fidelity's batches (sorted by length, then padded) share nothing with another's.
 
 The budget: ``prefix_cache_mb`` (an ``Evaluator`` argument), else ``$GPTAILOR_PREFIX_CACHE_MB``, else a
 tenth of the memory free on the compute device; 0 turns the cache off. One cache per family object, shared
@@ -36,6 +43,7 @@ import contextlib
 import copy
 import hashlib
 import math
+import mmap
 import os
 import threading
 import time
@@ -138,7 +146,7 @@ class PrefixCache:
         return 0, None
 
     def put(self, key: tuple, batch_key: str, hidden: torch.Tensor) -> None:
-        self.store.put((key, batch_key), {"h": hidden})
+        self.store.put((key, batch_key), {"h": off_heap(hidden)})
 
     def record(self, batch_key: str, start: int, n_kept: int, seconds: float) -> None:
         """Account one batch forward that started after ``start`` of ``n_kept`` kept layers and took ``seconds``.
@@ -159,6 +167,20 @@ class PrefixCache:
 
     def clear(self) -> None:
         self.store.clear()
+
+
+def off_heap(t: torch.Tensor) -> torch.Tensor:
+    """A copy of a CPU tensor in its own anonymous memory map (a GPU tensor is returned as is).
+
+    Why: cached states live for many trials, the activations around them for one layer. Kept in malloc's
+    heap, each long-lived state pins the heap around it, so the freed activations cannot go back to the
+    system and the process grew ~15-30% past the budget (``bench/prefix_cache.py``). A state in its own map is
+    returned to the system the moment it is evicted, and the heap behaves as it does with the cache off."""
+    if t.device.type != "cpu" or t.numel() == 0:
+        return t
+    buf = mmap.mmap(-1, t.numel() * t.element_size())
+    out = torch.frombuffer(buf, dtype=t.dtype, count=t.numel()).view(t.shape)  # the tensor keeps buf alive
+    return out.copy_(t)
 
 
 def summarize_prefix(per_trial: list[dict[str, Any] | None]) -> dict[str, Any] | None:
