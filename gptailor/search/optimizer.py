@@ -78,7 +78,7 @@ class Objective:
         self.objective = objective
         self.cache = cache if cache is not None else {}  # (plan key, fidelity) -> result dict
         self._recipe = (evaluator.family.spec, str(evaluator.family.device), evaluator.suite.path,
-                        space.name, space.n_remove, space.seed, space.options())
+                        space.name, space.n_remove, space.seed, space.options(), evaluator.batcher.edges)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"max_fidelity": self.max_fidelity, "constraint": self.constraint, "tasks": self.tasks,
@@ -87,12 +87,13 @@ class Objective:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        spec, device, suite_path, space_name, n_remove, seed, options = self._recipe
-        key = (repr(spec), device, suite_path)
+        spec, device, suite_path, space_name, n_remove, seed, options, edges = self._recipe
+        key = (repr(spec), device, suite_path, edges)
         if key not in _CACHE:
             from gptailor.eval.suite import load_suite
 
             _CACHE[key] = Evaluator(Family.from_spec(spec, device=device), load_suite(suite_path), split="search")
+            _CACHE[key].align_batches(edges)  # batched as the main process batches (the same scores, to the bit)
         self.evaluator = _CACHE[key]
         self.space = make_space(space_name, self.evaluator.family, n_remove, seed, **options)
 
