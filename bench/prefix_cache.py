@@ -14,6 +14,7 @@ family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading 
         --name smol-evolution
     python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac] [--limit N]
     python -m bench.prefix_cache bytes --family /work/synth-1b
+    python -m bench.prefix_cache stack --family data/builtin/smol [--tokens 2048] [--plans 2,4,8]
 """
 from __future__ import annotations
 
@@ -179,6 +180,54 @@ def bytes_per_position(args) -> int:
     return 0
 
 
+def stacked(args) -> int:
+    """Issue #20 item 4, measured: would scoring several plans' suffixes in one forward pay here? After a
+    shared prefix, P plans run P different layers on the same kind of input. Stacked, their projections are
+    one batched matmul (``torch.bmm`` over P weight sets) instead of P matmuls of the same total size. This
+    times both on the family's real projection shapes, for a batch of ``--tokens`` rows (a fidelity-11 smol
+    pass is about 2,000 padded tokens), on this machine's device and threads; a ratio near 1 says it buys nothing."""
+    import torch
+
+    from gptailor import Family
+
+    fam = Family.from_spec(args.family)
+    c = fam.config
+    hidden, inter = int(c.hidden_size), int(c.intermediate_size)
+    kv = int(getattr(c, "num_key_value_heads", c.num_attention_heads)) * (hidden // int(c.num_attention_heads))
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter),
+              (inter, hidden)]  # q, k, v, o, gate, up, down: (in, out)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"{fam.name}: hidden {hidden}, intermediate {inter}, kv {kv}; {args.tokens} tokens per plan; "
+          f"{torch.get_num_threads()} threads on {dev}; {time.strftime('%Y-%m-%d')}")
+    for p in args.plans:
+        ws = [[torch.randn(o, i, device=dev) * 0.02 for i, o in shapes] for _ in range(p)]
+        stacked_w = [torch.stack([ws[k][j].t() for k in range(p)]) for j in range(len(shapes))]
+        xs = {i: torch.randn(p, args.tokens, i, device=dev) for i in {i for i, _ in shapes}}
+
+        def apart():
+            for k in range(p):
+                for j, (i, _) in enumerate(shapes):
+                    torch.nn.functional.linear(xs[i][k], ws[k][j])
+
+        def together():
+            for j, (i, _) in enumerate(shapes):
+                torch.bmm(xs[i], stacked_w[j])
+
+        times = {}
+        for name, fn in (("apart", apart), ("stacked", together)):
+            fn()  # warm
+            t0 = time.perf_counter()
+            for _ in range(args.repeats):
+                fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times[name] = (time.perf_counter() - t0) / args.repeats
+        print(f"  {p} plans: apart {times['apart'] * 1e3:.1f} ms, stacked {times['stacked'] * 1e3:.1f} ms "
+              f"per layer's projections -> stacked is {times['apart'] / times['stacked']:.2f}x")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -206,8 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--suite", default=None, help="a suite file (default: the family's own)")
     b.add_argument("--fidelity", type=int, default=None)
     b.add_argument("--shape", default=None, help="a synthetic real shape, e.g. llama-3.2-1b (no weights needed)")
+    k = sub.add_parser("stack", help="several plans' layers as one batched matmul against apart (item 4)")
+    k.add_argument("--family", default="data/builtin/smol")
+    k.add_argument("--tokens", type=int, default=2048)
+    k.add_argument("--plans", type=lambda v: [int(x) for x in v.split(",")], default=[2, 4, 8])
+    k.add_argument("--repeats", type=int, default=10)
+    k.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    return {"record": record, "replay": replay, "run": run, "bytes": bytes_per_position}[args.cmd](args)
+    return {"record": record, "replay": replay, "run": run, "bytes": bytes_per_position,
+            "stack": stacked}[args.cmd](args)
 
 
 if __name__ == "__main__":
