@@ -50,7 +50,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -307,10 +307,13 @@ class PrefixRun:
         n = self.keys.n_kept
         start, state = self.cache.deepest(list(self.keys.keys), batch_key)
         t0 = time.perf_counter()
-        hidden, kept = forward_hidden(model, inputs, start, state, store_points(start, n, self.stride, self.keep_last))
-        self.cache.record(batch_key, start, n, time.perf_counter() - t0)
-        for j, h in kept.items():
+
+        def keep(j: int, h: torch.Tensor) -> None:  # at once: the layer's output is freed as without the cache
             self.cache.put(self.keys.keys[j - 1], batch_key, h)
+
+        hidden, _ = forward_hidden(model, inputs, start, state, store_points(start, n, self.stride, self.keep_last),
+                                   sink=keep)
+        self.cache.record(batch_key, start, n, time.perf_counter() - t0)
         return hidden
 
 
@@ -336,16 +339,23 @@ def layers_from(model: torch.nn.Module, start: int) -> Iterator[None]:
 
 
 def forward_hidden(model: torch.nn.Module, inputs: dict[str, torch.Tensor], start: int = 0,
-                   state: torch.Tensor | None = None, keep: list[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                   state: torch.Tensor | None = None, keep: list[int] = (),
+                   sink: Callable[[int, torch.Tensor], None] | None = None
+                   ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """The decoder's last hidden state for ``inputs``, starting after kept layer ``start`` from ``state``
-    (the hidden state there) when given; and the states after each kept-layer count in ``keep``.
+    (the hidden state there) when given; and the states after each kept-layer count in ``keep`` (handed to
+    ``sink(j, state)`` as each layer ends instead, when given: then none is held until the forward ends).
     Runs transformers' own forward (masks, rotary embeddings, position ids), so it is the same computation."""
     inner = model.model
     kept: dict[int, torch.Tensor] = {}
     handles = []
     for j in keep:
         def grab(_module, _args, output, j=j):
-            kept[j] = output[0] if isinstance(output, tuple) else output
+            h = output[0] if isinstance(output, tuple) else output
+            if sink is None:
+                kept[j] = h
+            else:
+                sink(j, h)
         handles.append(inner.layers[j - 1].register_forward_hook(grab))
     try:
         with layers_from(model, start):
