@@ -260,3 +260,38 @@ def test_cached_states_are_copies_in_their_own_memory():
         assert not torch.equal(y, x)
     t = torch.randn(4, 6)[:, ::2]  # a strided view is copied by value
     assert torch.equal(off_heap(t), t)
+
+
+def test_trim_heap_hands_back_the_pages_long_lived_entries_pin(tmp_path):
+    """Freed blocks below a live one stay resident until ``trim_heap`` (glibc's malloc_trim) hands them
+    back: the situation of activations freed around cache entries. Run in a child process, whose malloc
+    settings the test may change (4 MB blocks from the heap, as a large activation is once glibc's
+    threshold has grown)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "pin.py"
+    script.write_text(
+        "import ctypes\n"
+        "from gptailor.eval.prefix import trim_heap\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "assert libc.mallopt(-3, 16 << 20)  # M_MMAP_THRESHOLD: 4 MB blocks come from the heap\n"
+        "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20\n"
+        "blocks, pins = [], []\n"
+        "for _ in range(100):  # a freed activation, then a long-lived entry above it (too big for old holes)\n"
+        "    p = libc.malloc(4 << 20); ctypes.memset(p, 1, 4 << 20); blocks.append(p)\n"
+        "    pins.append(libc.malloc(256 << 10))\n"
+        "a = rss()\n"
+        "for p in blocks: libc.free(p)\n"
+        "b = rss(); trim_heap(); c = rss()\n"
+        "print(a, b, c)\n")
+    import os
+
+    root = str(Path(__file__).parent.parent)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": root})
+    full, freed, trimmed = map(int, out.stdout.split())
+    assert freed > full - 100, (full, freed, trimmed)  # free() alone gave back next to nothing: pinned
+    assert trimmed < freed - 300, (full, freed, trimmed)  # trim_heap handed the ~400 MB back

@@ -43,7 +43,7 @@ from gptailor.eval.batching import Batcher, _Batch, packs
 from gptailor.eval.metrics import METRICS, apply_filter
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.eval.reference_scoring import ReferenceScoring
-from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys
+from gptailor.eval.prefix import PrefixCache, PrefixRun, pass_stride, prefix_cache_for, prefix_keys, trim_heap
 from gptailor.eval.divergence import KLProbe, mean_kl
 
 
@@ -289,6 +289,8 @@ class Evaluator(ReferenceScoring):
         for k, t in enumerate(self.suite):
             tick(f"scoring {t.name}", k, len(self.suite.tasks))
             out[t.name] = self.task_values(model, t, fidelity, split, run, (kl or {}).get(t.name))
+            if run is not None and self.stitcher.device.type == "cpu":
+                trim_heap()  # the cache's entries would otherwise pin the freed activations (prefix.trim_heap)
         return out
 
     def model_details(self, model, fidelity: int | None = None, split: str | None = None,

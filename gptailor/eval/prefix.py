@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import functools
 import hashlib
 import math
 import mmap
@@ -181,6 +183,26 @@ def off_heap(t: torch.Tensor) -> torch.Tensor:
     buf = mmap.mmap(-1, t.numel() * t.element_size())
     out = torch.frombuffer(buf, dtype=t.dtype, count=t.numel()).view(t.shape)  # the tensor keeps buf alive
     return out.copy_(t)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the pages malloc holds free back to the system (glibc's ``malloc_trim``; a no-op without it).
+
+    Why: a cached entry outlives the activations allocated around it, so malloc's heap cannot shrink past it
+    and the freed activations stay resident: measured on the smol family, the heap grew ~0.5 GB in 14 trials
+    with the cache on and the process's peak went 15-50% past the budget. Trimmed after each task's batches,
+    the heap stays where it is with the cache off (``bench/prefix_cache.py`` prints the peak)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def summarize_prefix(per_trial: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -371,5 +393,5 @@ def forward_hidden(model: torch.nn.Module, inputs: dict[str, torch.Tensor], star
 
 
 __all__ = ["PREFIX_ENV", "PrefixCache", "PrefixKeys", "PrefixRun", "PrefixStats", "canonical_op", "describe_prefix",
-           "forward_hidden", "layers_from", "pass_stride", "prefix_budget", "prefix_cache_for", "prefix_keys",
-           "store_points", "summarize_prefix"]
+           "forward_hidden", "layers_from", "off_heap", "pass_stride", "prefix_budget", "prefix_cache_for",
+           "prefix_keys", "store_points", "summarize_prefix", "trim_heap"]
