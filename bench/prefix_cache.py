@@ -15,6 +15,7 @@ family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading 
     python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac] [--limit N]
     python -m bench.prefix_cache bytes --family /work/synth-1b
     python -m bench.prefix_cache stack --family data/builtin/smol [--tokens 2048] [--plans 2,4,8]
+    python -m bench.prefix_cache stack --shape llama-3.2-1b --device cuda --dtype bfloat16
 """
 from __future__ import annotations
 
@@ -190,20 +191,29 @@ def stacked(args) -> int:
 
     from gptailor import Family
 
-    fam = Family.from_spec(args.family)
-    c = fam.config
-    hidden, inter = int(c.hidden_size), int(c.intermediate_size)
-    kv = int(getattr(c, "num_key_value_heads", c.num_attention_heads)) * (hidden // int(c.num_attention_heads))
+    if args.shape:  # a published shape (gptailor.builtin.synth.SHAPES): no weights on disk needed
+        from gptailor.builtin.synth import shape_of
+
+        sh = shape_of(args.shape)
+        name, hidden, inter = f"shape {args.shape}", sh.hidden_size, sh.intermediate_size
+        kv = sh.num_key_value_heads * (hidden // sh.num_attention_heads)
+    else:
+        fam = Family.from_spec(args.family)
+        c = fam.config
+        name, hidden, inter = fam.name, int(c.hidden_size), int(c.intermediate_size)
+        kv = int(getattr(c, "num_key_value_heads", c.num_attention_heads)) * (hidden // int(c.num_attention_heads))
+    dtype = getattr(torch, args.dtype)
     shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter),
               (inter, hidden)]  # q, k, v, o, gate, up, down: (in, out)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"{fam.name}: hidden {hidden}, intermediate {inter}, kv {kv}; {args.tokens} tokens per plan; "
-          f"{torch.get_num_threads()} threads on {dev}; {time.strftime('%Y-%m-%d')}")
+    print(f"{name}: hidden {hidden}, intermediate {inter}, kv {kv}; {args.tokens} tokens per plan; {args.dtype}; "
+          f"{torch.get_num_threads()} threads on {dev}"
+          f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}; {time.strftime('%Y-%m-%d')}")
     for p in args.plans:
-        ws = [[torch.randn(o, i, device=dev) * 0.02 for i, o in shapes] for _ in range(p)]
+        ws = [[(torch.randn(o, i, device=dev) * 0.02).to(dtype) for i, o in shapes] for _ in range(p)]
         stacked_w = [torch.stack([ws[k][j].t() for k in range(p)]) for j in range(len(shapes))]
-        xs = {i: torch.randn(p, args.tokens, i, device=dev) for i in {i for i, _ in shapes}}
+        xs = {i: torch.randn(p, args.tokens, i, device=dev, dtype=dtype) for i in {i for i, _ in shapes}}
 
         def apart():
             for k in range(p):
@@ -215,14 +225,16 @@ def stacked(args) -> int:
                 torch.bmm(xs[i], stacked_w[j])
 
         times = {}
-        for name, fn in (("apart", apart), ("stacked", together)):
+        for mode, fn in (("apart", apart), ("stacked", together)):
             fn()  # warm
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(args.repeats):
                 fn()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            times[name] = (time.perf_counter() - t0) / args.repeats
+            times[mode] = (time.perf_counter() - t0) / args.repeats
         print(f"  {p} plans: apart {times['apart'] * 1e3:.1f} ms, stacked {times['stacked'] * 1e3:.1f} ms "
               f"per layer's projections -> stacked is {times['apart'] / times['stacked']:.2f}x")
     return 0
@@ -261,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--plans", type=lambda v: [int(x) for x in v.split(",")], default=[2, 4, 8])
     k.add_argument("--repeats", type=int, default=10)
     k.add_argument("--device", default="cpu")
+    k.add_argument("--shape", default=None, help="a synthetic real shape, e.g. llama-3.2-1b (no weights needed)")
+    k.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)
     return {"record": record, "replay": replay, "run": run, "bytes": bytes_per_position,
             "stack": stacked}[args.cmd](args)
