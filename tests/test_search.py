@@ -171,6 +171,17 @@ def test_a_minimum_fidelity_above_a_third_of_the_top_is_lowered_and_said(low, to
     assert got == want and (says in note if says else note == "")
 
 
+def test_eta_below_two_is_refused_with_the_reason():
+    """eta 1 would keep every trial at every rung (no cut) and give the evaluator's batches no edges."""
+    from gptailor.common.limits import SettingsError
+
+    with pytest.raises(SettingsError, match="eta must be a whole number from 2 to 100, got 1"):
+        SearchSettings(eta=1).check()
+    two = SearchSettings(eta=2)
+    two.check()  # 2, the smallest factor that cuts, is accepted
+    assert two.eta == 2
+
+
 def test_random_search_runs_on_smac_s_fidelity_rungs(tiny_ev):
     """A baseline gets the same help: random search's trials use Hyperband's rungs as SMAC's do."""
     fids = {}

@@ -156,7 +156,7 @@ class Evolution:
                  client: Any = None) -> None:
         self.s, self.objective, self.costs, self.client = search, objective, costs, client
         st = search.settings
-        self.eta = max(2, st.eta)
+        self.eta = st.eta  # at least 2 (limits): the same rungs the evaluator's batches are cut at (Search)
         multi = st.facade == "multi_fidelity"
         self.rungs = rungs(search.min_fidelity, search.max_fidelity, self.eta) if multi else [search.max_fidelity]
         self.lam = self.eta ** max(1, len(self.rungs) - 1)
