@@ -20,6 +20,8 @@ As a reviewer expects it, in one run:
     PYTHONHASHSEED=0 python -m bench.search_quality --methods smac,random,smac-noseed,random-noseed
     PYTHONHASHSEED=0 python -m bench.search_quality --methods smac,random,evolution --objective loglik \
         --suite my/suite.yaml --max-fidelity 50 --json curves.json
+    PYTHONHASHSEED=0 python -m bench.search_quality --family data/builtin/smol-all --methods evolution,evolution-pick
+      (the paper's ablation: pick-only plans against picks with merges, the same seeds, budget and evaluator)
     PYTHONHASHSEED=0 python -m bench.search_quality --family data/builtin/smol --remove 1,2,4,8 --trials 24
       (one budget per count, then retention vs size as a front per method, and "how small keeps 95%?";
       --baselines none runs the searches only, --workdir keeps references and heuristics for reruns)
@@ -53,7 +55,8 @@ from gptailor.search.space import Budget  # noqa: E402
 from gptailor.search.trials import CUT, TrialRecord, fidelity_rank, rank_key  # noqa: E402
 
 HEURISTICS = ("last_n", "shortgpt", "angular", "laco", "best_single")
-VARIANTS = ("", "noseed")  # smac-noseed, random-noseed, evolution-noseed: no heuristic plans in the initial design
+VARIANTS = ("", "noseed", "pick")  # -noseed: no heuristic plans in the initial design; -pick: the pick-only space
+# (no merges: the paper's ablation, picks alone against picks with merges, the same seeds and budget)
 FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)  # the anytime curves' points, as fractions of --trials and of the wall time
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
@@ -196,7 +199,7 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     kind, _, variant = method.partition("-")  # smac-noseed: SMAC's own initial design, no heuristic plans
     settings = SearchSettings(n_trials=args.trials, min_fidelity=args.min_fidelity, max_fidelity=args.max_fidelity,
                               seed=seed, retention=args.retention, initial_plans=variant != "noseed",
-                              objective=args.objective)
+                              objective=args.objective, space="pick" if variant == "pick" else SearchSettings.space)
     sid = create_study(store, args.family, kind, budget, settings, suite=args.suite, name=f"{method} s{seed}",
                        evaluator=ev)
     t = time.perf_counter()
@@ -324,13 +327,14 @@ def print_fronts(fronts: dict[int, dict[str, dict]], methods: list[str], n_layer
 
 
 def check_methods(ap: argparse.ArgumentParser, text: str) -> list[str]:
-    """The --methods list, each a search (smac, random, evolution) or a search-noseed; else exit 2 naming it."""
+    """The --methods list, each a search (smac, random, evolution), a search-noseed or a search-pick; else exit 2
+    naming it."""
     methods = [m for m in text.split(",") if m]
     for m in methods:
         kind, _, variant = m.partition("-")
         if kind not in SEARCHES or variant not in VARIANTS:
             ap.error(f"--methods: unknown method {m!r}; use {', '.join(SEARCHES)}, each optionally with -noseed "
-                     f"(e.g. evolution-noseed)")
+                     f"or -pick (e.g. evolution-noseed, evolution-pick)")
     if not methods:
         ap.error("--methods: name at least one search (smac, random, evolution)")
     return methods
@@ -360,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="smac,random",
                     help="searches to run with every seed: smac, random, evolution, and smac-noseed / random-noseed / "
                          "evolution-noseed (without the heuristic plans in the initial design: seeds then vary the "
-                         "whole run)")
+                         "whole run), and smac-pick / random-pick / evolution-pick (pick-only plans, no merges: the "
+                         "paper's ablation)")
     ap.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES,
                     help="what every search optimises (SearchSettings.objective); the reports stay accuracy retention")
     ap.add_argument("--remove-fraction", type=float, default=0.25)

@@ -1,5 +1,5 @@
 """bench/search_quality.py end to end on a tiny real family (a suite passed with --suite, the loglik objective,
-evolution with and without seeds, two seeds): its anytime curves recomputed independently from the studies'
+evolution with and without seeds and in the pick-only space, two seeds): its anytime curves recomputed independently from the studies'
 SQLite files, its reference progress on stderr, and its refusals of bad flags."""
 import json
 import math
@@ -15,7 +15,7 @@ import pytest
 from conftest import make_tiny_family
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["evolution", "evolution-noseed", "random"]
+METHODS = ["evolution", "evolution-noseed", "evolution-pick", "random"]
 SEEDS = [0, 1]
 TRIALS = 6
 POINTS = [1, 2, 3, 5, 6]  # 10, 25, 50, 75 and 100% of 6 trials, rounded up
@@ -87,6 +87,12 @@ def test_settings_reach_every_study(bench_run):
             assert settings["suite"].endswith("tasks/suite.yaml")
             assert len(rows) == TRIALS
             assert all(r[1] is not None and r[1] <= 6 for r in rows)
+            assert settings["space"] == ("pick" if method == "evolution-pick" else "layerwise")
+            if method == "evolution-pick":  # the paper's ablation: no merge in any plan it scored
+                con = sqlite3.connect(bdir / f"{method}-seed{seed}.db")
+                plans = [p for (p,) in con.execute("SELECT plan FROM trials")]
+                con.close()
+                assert len(plans) == TRIALS and not any("merge" in p for p in plans)
             if method == "evolution-noseed":  # no heuristic plan in its start
                 assert not any(r[6] in ("shortgpt", "angular", "laco", "last_n") or "+" in r[6] for r in rows)
 
