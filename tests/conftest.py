@@ -64,8 +64,9 @@ def make_tiny_family(root: Path, n_layers: int = 4, members=("math", "code"), ti
                 if (not layers_only or ".layers." in name) and not any(tag in name for tag in same):
                     p.add_(0.05 * torch.randn_like(p))
         save_model(ft, root / m, max_shard_size=max_shard_size)
+    # GPTAILOR_TEST_DEVICE=cuda runs the tiny families on a GPU (bench/gpu_check.sh: the prefix cache's tests)
     spec = {"name": "tiny", "base": "base", "candidates": {m: m for m in members}, "dtype": "float32",
-            "device": "cpu"}
+            "device": os.environ.get("GPTAILOR_TEST_DEVICE", "cpu")}
     (root / "family.yaml").write_text(yaml.safe_dump(spec))
     return root / "family.yaml"
 
