@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=fa
 py=${PYTHON:-python3}
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"; } 2>&1 | tee "$out/env.txt"
-GPTAILOR_TEST_DEVICE=cuda timeout 300 $py -m pytest -q -p no:cacheprovider tests/test_prefix_cache.py 2>&1 \
+GPTAILOR_TEST_DEVICE=cuda timeout 300 $py -m pytest -q tests/test_prefix_cache.py 2>&1 \
   | tee "$out/prefix_cache_tests_cuda.txt"
 [ "${2:-}" = tests ] && exit 0
 for shape in smollm2-135m llama-3.2-1b llama-3-8b; do
