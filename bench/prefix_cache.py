@@ -13,6 +13,7 @@ family's shape (e.g. the 1B-shape synthetic family) on a suite, without loading 
     python -m bench.prefix_cache record --family data/builtin/smol --method evolution --trials 40 --remove 4 \
         --name smol-evolution
     python -m bench.prefix_cache run [--sequences demo-smac,demo-random,smol-smac] [--limit N]
+    python -m bench.prefix_cache ceiling [--sequences smol-smac]   (what any prefix cache could skip)
     python -m bench.prefix_cache bytes --family /work/synth-1b
     python -m bench.prefix_cache stack --family data/builtin/smol [--tokens 2048] [--plans 2,4,8]
     python -m bench.prefix_cache stack --shape llama-3.2-1b --device cuda --dtype bfloat16
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -156,6 +158,52 @@ def run(args) -> int:
     return 0 if all(r[-1] for r in rows) else 1
 
 
+def skippable(fam, trials: list[dict]) -> dict[str, Any]:
+    """What any prefix cache could skip on ``trials`` (recorded ``{"plan", "fidelity"}``), with unbounded memory:
+    for every trial and every block of examples it scores (the rungs cut a task's examples into blocks: 0-10,
+    11-32, 33-99), the deepest kept-layer prefix (canonical ops, as ``prefix_keys`` hashes them) that an earlier
+    trial ran on that block. Pure bookkeeping: no forward runs."""
+    from gptailor import Plan
+    from gptailor.eval.prefix import canonical_op
+
+    edges = sorted({t["fidelity"] for t in trials if t["fidelity"]})
+    blocks = list(zip([0, *edges[:-1]], edges))
+    seen: dict[tuple[int, int], set[tuple[str, ...]]] = {b: set() for b in blocks}  # every prefix run on it
+    skip = total = skip_w = total_w = whole = 0
+    for t in trials:
+        plan = Plan.from_text(t["plan"], fam.name)
+        ops = tuple(canonical_op(fam, i, plan.ops[i]) for i in plan.kept_positions)
+        for lo, hi in blocks:
+            if t["fidelity"] is not None and hi > t["fidelity"]:
+                break
+            depth = max((k for k in range(len(ops), 0, -1) if ops[:k] in seen[(lo, hi)]), default=0)
+            whole += depth == len(ops)
+            skip, total = skip + depth, total + len(ops)
+            skip_w, total_w = skip_w + depth * (hi - lo), total_w + len(ops) * (hi - lo)
+            seen[(lo, hi)].update(ops[:k] for k in range(1, len(ops) + 1))
+    share = skip_w / max(1, total_w)
+    return {"rungs": edges, "by_block": skip / max(1, total), "by_examples": share,
+            "bound": 1 / max(1e-9, 1 - share), "whole_repeats": whole}
+
+
+def ceiling(args) -> int:
+    """``skippable`` for each sequence. The share of kept layers skippable, weighted by the examples of each block,
+    bounds what skipping layers alone can buy: 1 / (1 - share) if layers were a trial's only cost (the head,
+    stitching and references are not skipped this way, except a whole-plan repeat's head and layers)."""
+    from gptailor import Family
+
+    names = args.sequences.split(",") if args.sequences else sorted(p.stem for p in HERE.glob("*.json"))
+    print("| sequence | trials | rungs | kept layers skippable (by block) | weighted by examples | bound if layers were "
+          "all the cost | whole-plan repeats |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        seq = json.loads((HERE / f"{name}.json").read_text())
+        r = skippable(Family.from_spec(seq["family"]), seq["trials"])
+        print(f"| {name} | {len(seq['trials'])} | {', '.join(map(str, r['rungs']))} | {r['by_block']:.1%} | "
+              f"{r['by_examples']:.1%} | {r['bound']:.2f}x | {r['whole_repeats']} |")
+    return 0
+
+
 def bytes_per_position(args) -> int:
     """Bytes of one cached position: every search-split batch's padded tokens times the hidden size times the
     dtype's bytes. ``--shape`` takes the hidden size, layers and dtype of a synthetic real shape
@@ -262,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--limit", type=int, default=0, help="replay only the first N trials of each (0: all)")
     u.add_argument("--unaligned", action="store_true",
                    help="batches not cut at the sequence's rungs (how trials were batched before session 11)")
+    c = sub.add_parser("ceiling", help="what any prefix cache could skip on the sequences (no forward runs)")
+    c.add_argument("--sequences", default=None, help="comma-separated names in bench/sequences (default: all)")
     b = sub.add_parser("bytes", help="bytes of one cached position for a family's shape on a suite")
     b.add_argument("--family", required=True)
     b.add_argument("--suite", default=None, help="a suite file (default: the family's own)")
@@ -277,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)
     return {"record": record, "replay": replay, "run": run, "bytes": bytes_per_position,
-            "stack": stacked}[args.cmd](args)
+            "stack": stacked, "ceiling": ceiling}[args.cmd](args)
 
 
 if __name__ == "__main__":

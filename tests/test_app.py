@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, launch_chromium, open_app
+from conftest import HANG_GUARD_MS, CHROMIUM, launch_chromium, open_app
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "output"
@@ -178,7 +178,7 @@ def test_launch_a_study_and_see_trials_appear(client, server):
     from db.store import Store  # the form's objective is the study's
 
     assert Store(f"sqlite:///{server[1] / 'gptailor.db'}").study(int(sid))["settings"]["objective"] == "loglik"
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     while True:
         out = client.predict([int(sid)], None, None, api_name="/dashboard")
         trials = rows_of(out[-1])
@@ -288,7 +288,7 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
 
     st = Store(f"sqlite:///{server[1] / 'gptailor.db'}")
     assert st.study(int(sid))["settings"]["suite"] == suite_path
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     while not (trials := st.trials(int(sid))):
         assert time.time() < deadline, "the baseline did not record its trial"
         time.sleep(1)
@@ -390,7 +390,7 @@ def test_public_mode_queues_studies_and_only_their_owner_cancels_them(public_ser
     with pytest.raises(Exception, match=f"study {int(first)} was started by another visitor"):
         stranger.predict(int(first), api_name="/cancel_study")
     st = Store(f"sqlite:///{data / 'gptailor.db'}")
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     while st.study(int(second))["status"] == "queued":  # the app starts it when the first one ends
         assert time.time() < deadline, "the queued study never started"
         time.sleep(1)
@@ -517,7 +517,7 @@ def test_the_dashboard_and_studies_list_say_what_a_study_is_doing(client):
                                         0.8, api_name="/launch_study")
     sid = int(sid)
     seen = set()
-    deadline = time.time() + 180
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     phase = re.compile(r"(launching the worker|starting the worker|loading family demo|scoring references: \d of 4 "
                        r"members|references reused from the cache|heuristics|building SMAC|trial \d+ of 30 at "
                        r"fidelity \d+/\d+ examples per task)")

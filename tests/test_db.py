@@ -17,7 +17,7 @@ from gptailor.family.family import Family
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget, BudgetError
 
-from conftest import make_tiny_family_with_suite, scored_trial
+from conftest import HANG_GUARD_MS, make_tiny_family_with_suite, scored_trial
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_sigkill_loses_nothing_and_resume_finishes(tmp_path, fam_dir):
     sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2),
                        settings(n_trials=10))
     proc = launch(store, sid, log_dir=tmp_path / "logs")
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     while len(store.trials(sid)) < 4:
         assert time.time() < deadline and proc.poll() is None, (tmp_path / "logs" / f"study-{sid}.log").read_text()
         time.sleep(0.1)
@@ -239,7 +239,7 @@ def test_cancel_a_running_worker(tmp_path, fam_dir):
     sid = create_study(store, str(fam_dir / "family.yaml"), "random", Budget(remove_layers=2),
                        settings(method="random", n_trials=200))
     launch(store, sid, log_dir=tmp_path / "logs")
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     while len(store.trials(sid)) < 2:
         assert time.time() < deadline
         time.sleep(0.1)

@@ -295,3 +295,23 @@ def test_trim_heap_hands_back_the_pages_long_lived_entries_pin(tmp_path):
     full, freed, trimmed = map(int, out.stdout.split())
     assert freed > full - 100, (full, freed, trimmed)  # free() alone gave back next to nothing: pinned
     assert trimmed < freed - 300, (full, freed, trimmed)  # trim_heap handed the ~400 MB back
+
+
+def test_ceiling_counts_the_prefixes_earlier_trials_ran_on_each_block():
+    """bench.prefix_cache's bound, on three trials counted by hand: rungs 2 and 6 cut the examples into
+    blocks 0-1 and 2-5; a trial skips, on each block it scores, the deepest prefix an earlier trial ran there."""
+    from bench.prefix_cache import skippable
+
+    fam = Family.from_spec("demo")
+    a = "0:base 1:base 2:base 3:base 4:base 5:base 6:drop 7:drop"
+    b = "0:base 1:base 2:math 3:base 4:base 5:base 6:drop 7:drop"
+    trials = [{"plan": a, "fidelity": 2},   # block 0-1: nothing before it (0 of 6 kept layers)
+              {"plan": b, "fidelity": 6},   # 0-1: shares a's first 2; 2-5: nothing ran there yet
+              {"plan": a, "fidelity": 6}]   # 0-1: a whole repeat (6); 2-5: shares b's first 2
+    r = skippable(fam, trials)
+    assert r["rungs"] == [2, 6]
+    assert r["by_block"] == pytest.approx((0 + 2 + 0 + 6 + 2) / 30)
+    # weighted by each block's examples (2 and 4): skipped 2*2 + 6*2 + 2*4 of 6*(2 + 2 + 4 + 2 + 4)
+    assert r["by_examples"] == pytest.approx(24 / 84)
+    assert r["bound"] == pytest.approx(84 / 60)
+    assert r["whole_repeats"] == 1

@@ -18,7 +18,7 @@ from gptailor.common.limits import SettingsError
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget
 
-from conftest import make_tiny_family_with_suite
+from conftest import HANG_GUARD_MS, make_tiny_family_with_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_at_most_n_workers_the_rest_queue_and_start_in_order(fam, tmp_path):
     withdraw(st, ids[2])  # a queued study leaves the line at once
     assert st.study(ids[2])["status"] == "cancelled" and queue(st) == [ids[1]]
     terminate(st.study(ids[0])["worker_pid"])  # the slot frees when its worker ends, however it ends
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_MS / 1000  # against a hang only: the loop ends on the event
     while not (started := start_queued(st, 1, tmp_path)):
         assert time.time() < deadline, "the queued study never started"
         time.sleep(0.5)

@@ -150,6 +150,14 @@ class PrefixCache:
     def put(self, key: tuple, batch_key: str, hidden: torch.Tensor) -> None:
         self.store.put((key, batch_key), {"h": off_heap(hidden)})
 
+    def scores(self, key: tuple, score_key: str) -> dict[str, torch.Tensor] | None:
+        """The head's reads kept for a whole plan on one batch (``put_scores``), or None."""
+        return self.store.get((key, score_key))
+
+    def put_scores(self, key: tuple, score_key: str, scores: dict[str, torch.Tensor]) -> None:
+        """Small (a few values per scored token): they stay on the heap, which ``trim_heap`` keeps compact."""
+        self.store.put((key, score_key), scores)
+
     def record(self, batch_key: str, start: int, n_kept: int, seconds: float) -> None:
         """Account one batch forward that started after ``start`` of ``n_kept`` kept layers and took ``seconds``.
         The time saved is the layers skipped times the batch's last measured time per layer run."""
@@ -317,13 +325,13 @@ class PrefixRun:
         """What the LM head read from this plan's last state on this batch (``keep_scores``), if kept: the
         same plan re-scored on the same examples (a promoted trial's lower rung, the Editor re-scoring the
         same plan, a reference) then runs no layer and no head. Counted as a forward that skipped every layer."""
-        got = self.cache.store.get((self.keys.scores, score_key))
+        got = self.cache.scores(self.keys.scores, score_key)
         if got is not None:
             self.cache.record(batch_key, self.keys.n_kept, self.keys.n_kept, 0.0)
         return got
 
     def keep_scores(self, score_key: str, scores: dict[str, torch.Tensor]) -> None:
-        self.cache.store.put((self.keys.scores, score_key), scores)
+        self.cache.put_scores(self.keys.scores, score_key, scores)
 
     def hidden(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], batch_key: str) -> torch.Tensor:
         """The batch's last hidden state, from the deepest cached prefix when there is one; keeps new states."""
