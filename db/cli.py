@@ -346,7 +346,7 @@ def _fraction(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     from gptailor.eval.results import AUTO, CHOICES, DEFAULT_OBJECTIVE, OBJECTIVES
     from gptailor.search.baselines import HEURISTICS
-    from gptailor.search.settings import METHODS as SEARCHES
+    from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
     from gptailor.search.space import SPACES
     from gptailor.common.limits import arg, arg_seconds
 
@@ -368,11 +368,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="with --background: when GPTAILOR_MAX_WORKERS studies run already, wait in the queue "
                              "(started by the app or by `studies`) instead of being refused")
 
-    sp = sub.add_parser("search", help="SMAC (or random) search for a plan under a budget, stored as a study")
+    sp = sub.add_parser("search", help="search for a plan under a budget (evolution, SMAC or random), stored as a study")
     common(sp)
-    sp.add_argument("--method", choices=list(SEARCHES), default="smac",
-                    help="smac (Bayesian optimisation), random, or evolution (EvoPress-style: budget-keeping "
-                         "mutations of the best plan, offspring screened by successive halving)")
+    sp.add_argument("--method", choices=list(SEARCHES), default=SearchSettings.method,
+                    help="evolution (the default; EvoPress-style: budget-keeping mutations of the best plans, "
+                         "offspring screened by successive halving), smac (Bayesian optimisation) or random")
     sp.add_argument("--facade", choices=["multi_fidelity", "hpo"], default="multi_fidelity")
     sp.add_argument("--space", choices=list(SPACES), default="layerwise",
                     help="layerwise (per position an op, conditional merge weights), paper (the paper's masks), or "
@@ -426,7 +426,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--family", "-f", default="demo")
     sp.add_argument("--suite", default=None, help="suite.yaml (default: the family's)")
     sp.add_argument("--remove", type=_removals, required=True, help="layer counts to remove, e.g. 1,2,4,8")
-    sp.add_argument("--method", choices=[*SEARCHES, *HEURISTICS, "best_single"], default="smac")
+    sp.add_argument("--method", choices=[*SEARCHES, *HEURISTICS, "best_single"], default=SearchSettings.method)
     sp.add_argument("--trials", "-n", type=arg("trials"), default=100, help="trials per budget (searches)")
     sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8)
     sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None)

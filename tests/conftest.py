@@ -120,7 +120,7 @@ def demo_studies_app(tmp_path_factory):
     st = Store(f"sqlite:///{data / 'gptailor.db'}")
     ev = load_engine("demo")
     search = create_study(st, "demo", "random", Budget(remove_layers=2),
-                          SearchSettings(n_trials=5, seed=1, initial_plans=False), evaluator=ev)
+                          SearchSettings(method="smac", n_trials=5, seed=1, initial_plans=False), evaluator=ev)
     assert run_study(st, search, ev) == "finished"
     baseline = create_study(st, "demo", "last_n", Budget(remove_layers=3), evaluator=ev)
     assert run_study(st, baseline, ev) == "finished"

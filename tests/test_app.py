@@ -222,7 +222,7 @@ def test_browser_launches_a_search_and_renders_the_heatmap(server):
         page = open_app(browser, url, 1600)
         expect(page.get_by_label("Plan (text form or JSON)")).to_have_value(re.compile(r"^0:base"))
         page.get_by_role("tab", name="Search").click()
-        page.get_by_label("Trials (SMAC / random)").fill("6")
+        page.get_by_label("Trials (searches)").fill("6")
         page.get_by_role("button", name="Launch in the background").click()
         page.get_by_text("started in the background").wait_for()
         page.get_by_role("tab", name="Dashboard").click()
@@ -587,7 +587,7 @@ def test_browser_shows_the_phase_line_and_clears_stale_results(server, client):
         page.get_by_role("tab", name="Search").click()
         expect(page.locator("#remove-layers input[type=range]")).to_have_attribute("max", "7")
         expect(page.locator("#param-fraction input[type=range]")).to_be_disabled()
-        trials = page.get_by_label("Trials (SMAC / random)")
+        trials = page.get_by_label("Trials (searches)")
         trials.fill("20")
         trials.press("Tab")  # Gradio takes a number's value on change; blur before launching
         expect(trials).to_have_value("20")

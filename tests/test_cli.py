@@ -193,7 +193,7 @@ def test_bad_seed_from_the_real_cli_leaves_stored_studies_alone(spec, tmp_path):
     from gptailor.search.settings import SearchSettings
     from gptailor.search.space import Budget
 
-    sid = create_study(Store(db), str(spec), "last_n", Budget(remove_layers=1), SearchSettings())
+    sid = create_study(Store(db), str(spec), "last_n", Budget(remove_layers=1), SearchSettings(method="smac"))
     r = run("search", "-f", str(spec), "--db", db, "--seed", "-1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "seed must be a whole number" in r.stderr
     assert [s["id"] for s in Store(db).studies()] == [sid]
@@ -233,7 +233,7 @@ def test_studies_shows_what_each_running_study_is_doing(spec, tmp_path, monkeypa
 
     db = f"sqlite:///{tmp_path / 'now.db'}"
     store = Store(db)
-    sid = create_study(store, str(spec), "smac", Budget(remove_layers=1), SearchSettings(n_trials=9))
+    sid = create_study(store, str(spec), "smac", Budget(remove_layers=1), SearchSettings(method="smac", n_trials=9))
     me = Owner.me()  # this test process stands in for a live worker
     # it beats only once (at the claim), as a worker beating every 20 minutes would: however long `studies`
     # takes to start on a loaded machine, it must neither judge it dead (grace) nor warn that its beat is

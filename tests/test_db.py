@@ -33,7 +33,7 @@ def ev(fam_dir):
 
 
 def settings(**kw):
-    base = dict(n_trials=6, min_fidelity=2, max_fidelity=8, seed=0)
+    base = dict(method="smac", n_trials=6, min_fidelity=2, max_fidelity=8, seed=0)
     base.update(kw)
     return SearchSettings(**base)
 

@@ -120,7 +120,7 @@ def test_a_probe_refuses_batches_it_was_not_built_on():
 
 
 def test_a_kl_search_tells_smac_one_minus_exp_of_minus_the_mean_kl(ev):
-    settings = SearchSettings(n_trials=5, min_fidelity=2, max_fidelity=8, seed=0, objective="kl")
+    settings = SearchSettings(method="smac", n_trials=5, min_fidelity=2, max_fidelity=8, seed=0, objective="kl")
     res = Search(Evaluator(ev.family, ev.suite, split="search"), Budget(remove_layers=2), settings).run()
     told = {(tuple(sorted(c.items())), b): cost for c, b, cost in res.runhistory}
     complete = [t for t in res.trials if t.status == "complete"]
@@ -138,7 +138,7 @@ def test_a_kl_study_through_the_database_scores_the_divergence_in_every_trial(tm
 
     store = Store(f"sqlite:///{tmp_path / 'kl.db'}")
     plain = Evaluator(ev.family, ev.suite)  # kl_topk 0: the study's objective alone asks for the divergence
-    settings = SearchSettings(n_trials=4, min_fidelity=2, max_fidelity=8, seed=0, objective="kl")
+    settings = SearchSettings(method="smac", n_trials=4, min_fidelity=2, max_fidelity=8, seed=0, objective="kl")
     sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2), settings, evaluator=plain)
     assert run_study(store, sid, evaluator=plain) == "finished"
     trials = [t for t in store.trials(sid) if t.status == "complete"]

@@ -22,7 +22,7 @@ from conftest import make_tiny_family
 pytestmark = pytest.mark.filterwarnings("ignore:PYTHONHASHSEED is not set")  # evolution iterates no hashed sets
 
 N = 14  # seeds (5 at fidelity 2, the best 2 at 6), one generation (3 at 2, the best at 6), 3 more at 2
-SETTINGS = dict(method="evolution", min_fidelity=2, max_fidelity=6, eta=3, seed=0)
+SETTINGS = dict(method="evolution", min_fidelity=2, max_fidelity=6, eta=3, seed=0, objective="accuracy")
 
 
 @pytest.fixture(scope="module")

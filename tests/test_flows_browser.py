@@ -212,7 +212,7 @@ def long_random_search(page) -> None:
     """The Search tab's form set for a long random search (200 trials at 4-8 examples per task)."""
     page.get_by_label("Method").click()
     page.get_by_role("option", name="random", exact=True).click()
-    page.get_by_label("Trials (SMAC / random)", exact=True).fill("200")
+    page.get_by_label("Trials (searches)", exact=True).fill("200")
     page.get_by_text("More settings").click()
     page.get_by_label("Min fidelity (examples per task)", exact=True).fill("4")
     page.get_by_label("Max fidelity (0 or empty = all)", exact=True).fill("8")

@@ -105,7 +105,7 @@ def test_proxy_retention_is_a_ratio_of_goodness_and_the_prefix_cache_changes_not
 
 
 def test_a_loglik_search_tells_smac_the_loglik_cost(ev):
-    settings = SearchSettings(n_trials=6, min_fidelity=2, max_fidelity=8, seed=0, objective="loglik")
+    settings = SearchSettings(method="smac", n_trials=6, min_fidelity=2, max_fidelity=8, seed=0, objective="loglik")
     res = Search(Evaluator(ev.family, ev.suite, split="search"), Budget(remove_layers=2), settings).run()
     told = {(tuple(sorted(c.items())), b): cost for c, b, cost in res.runhistory}
     complete = [t for t in res.trials if t.status == "complete"]
@@ -127,7 +127,7 @@ def test_a_stored_loglik_study_keeps_its_proxies(tmp_path, fam_dir, ev):
     from db.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
-    settings = SearchSettings(n_trials=4, min_fidelity=2, max_fidelity=8, seed=0, objective="loglik")
+    settings = SearchSettings(method="smac", n_trials=4, min_fidelity=2, max_fidelity=8, seed=0, objective="loglik")
     sid = create_study(store, str(fam_dir / "family.yaml"), "smac", Budget(remove_layers=2), settings, evaluator=ev)
     assert run_study(store, sid, evaluator=ev) == "finished"
     trials = [t for t in store.trials(sid) if t.status == "complete"]

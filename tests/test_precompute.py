@@ -86,13 +86,13 @@ def test_a_second_study_reuses_references_and_heuristics_and_says_so(tmp_path, f
         store.set_progress = spy
 
     ev = engine(fam_dir)
-    a = create_study(store, spec, "smac", Budget(remove_layers=2), SearchSettings(**settings), evaluator=ev)
+    a = create_study(store, spec, "smac", Budget(remove_layers=2), SearchSettings(method="smac", **settings), evaluator=ev)
     watch(a)
     assert run_study(store, a, evaluator=ev) == "finished"
     cache_files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert any(n.startswith("refs-") for n in cache_files) and any(n.startswith("heuristic-") for n in cache_files)
     ev2 = engine(fam_dir)  # the next worker: a fresh evaluator
-    b = create_study(store, spec, "smac", Budget(remove_layers=2), SearchSettings(**settings), evaluator=ev2)
+    b = create_study(store, spec, "smac", Budget(remove_layers=2), SearchSettings(method="smac", **settings), evaluator=ev2)
     assert run_study(store, b, evaluator=ev2) == "finished"
     first = [p["phase"] for p in phases[a]]
     second = [(p["phase"], p.get("cached")) for p in phases[b]]

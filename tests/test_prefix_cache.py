@@ -233,7 +233,7 @@ def test_a_search_cuts_batches_at_its_rungs(fam_suite):
 
     fam, suite = fam_suite
     ev = Evaluator(fam, suite, batch_size=64)
-    search = Search(ev, Budget(remove_layers=1), SearchSettings(min_fidelity=2, max_fidelity=18, eta=3, n_trials=1))
+    search = Search(ev, Budget(remove_layers=1), SearchSettings(method="smac", min_fidelity=2, max_fidelity=18, eta=3, n_trials=1))
     assert search.max_fidelity == suite.split_fidelity("search") == 8  # the tiny suite's search split
     assert ev.batcher.edges == (3, 8) == tuple(rungs(search.min_fidelity, search.max_fidelity, 3))
     # a Dask worker rebuilds the evaluator from the objective's recipe: batched the same way
@@ -243,7 +243,7 @@ def test_a_search_cuts_batches_at_its_rungs(fam_suite):
     worker = pickle.loads(pickle.dumps(Objective(ev, search.space, search.max_fidelity, "repair")))
     assert worker.evaluator is not ev and worker.evaluator.batcher.edges == (3, 8)
     flat = Evaluator(fam, suite, batch_size=64)
-    Search(flat, Budget(remove_layers=1), SearchSettings(facade="hpo", n_trials=1))
+    Search(flat, Budget(remove_layers=1), SearchSettings(method="smac", facade="hpo", n_trials=1))
     assert flat.batcher.edges == ()  # one fidelity: nothing to carry
 
 

@@ -56,7 +56,7 @@ def test_quiet_never_stops_and_a_bare_tick_is_free():
 
 def test_one_progress_gets_the_phases_and_stops_a_search_between_trials(demo_ev):
     p = Listener(after_trials=3)
-    res = Search(demo_ev, Budget(remove_layers=2), SearchSettings(**SETTINGS), on_trial=p.trials.append,
+    res = Search(demo_ev, Budget(remove_layers=2), SearchSettings(method="smac", **SETTINGS), on_trial=p.trials.append,
                  progress=p).run()
     assert res.stopped == "cancelled" and len(res.trials) == 3 and res.trials == p.trials
     assert p.ticks_after_stop == 0  # SMAC ended at the trial's end: no fourth evaluation began
@@ -75,7 +75,7 @@ def test_one_progress_stops_a_search_inside_an_evaluation(demo_ev):
     the ones before it are, and no tick reaches the listener after the stop."""
     tasks = len(demo_ev.suite.tasks)
     p = Listener(at_tick=lambda lst, what, done: len(lst.trials) >= 2 and what.startswith("scoring ") and done == 1)
-    res = Search(demo_ev, Budget(remove_layers=2), SearchSettings(**SETTINGS), on_trial=p.trials.append,
+    res = Search(demo_ev, Budget(remove_layers=2), SearchSettings(method="smac", **SETTINGS), on_trial=p.trials.append,
                  progress=p).run()
     assert p.asked and p.ticks_after_stop == 1  # the tick that raised Stopped, and nothing after it
     assert res.stopped == "cancelled" and res.trials == p.trials and len(res.trials) >= 2

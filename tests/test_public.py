@@ -52,7 +52,7 @@ def test_a_stored_seed_no_worker_can_use_is_refused_before_launch(fam, tmp_path)
     from db.runs import StudyError
 
     st = Store(f"sqlite:///{tmp_path / 'q.db'}")
-    s = SearchSettings()
+    s = SearchSettings(method="smac")
     s.seed = 2**32  # as an older release could have stored it (check() refuses it now)
     sid = st.create_study(family_name="tiny", family_source=fam, family_spec={}, family_info={}, method="last_n",
                           budget={"remove_layers": 1}, settings=s.to_dict(), n_trials=0)

@@ -40,7 +40,7 @@ def tiny_ev(tmp_path_factory):
 ])
 def test_impossible_budgets_fail_before_any_work(tiny_ev, budget, msg):
     with pytest.raises(BudgetError, match=msg):
-        Search(tiny_ev, budget, SearchSettings(n_trials=2))
+        Search(tiny_ev, budget, SearchSettings(method="smac", n_trials=2))
 
 
 def test_budget_forms(tiny_ev):
@@ -103,7 +103,7 @@ def test_seed_plans_are_distinct_and_in_budget(tiny_ev):
 
 def test_smac_multi_fidelity_search_records_every_trial(tiny_ev):
     seen = []
-    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=10, min_fidelity=3, max_fidelity=16, seed=0),
+    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=10, min_fidelity=3, max_fidelity=16, seed=0),
                on_trial=seen.append)
     res = s.run()
     assert len(res.trials) == 10 and seen == res.trials
@@ -119,7 +119,7 @@ def test_smac_multi_fidelity_search_records_every_trial(tiny_ev):
 
 
 def test_seeds_take_at_most_half_the_trials_best_first(tiny_ev):
-    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=12, min_fidelity=2, max_fidelity=8, seed=0,
+    s = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=12, min_fidelity=2, max_fidelity=8, seed=0,
                                                                 n_initial=2))
     res = s.run()
     seeded = {t.plan.key() for t in res.trials if t.source != "search"}
@@ -215,16 +215,16 @@ class FailingEvaluator(Evaluator):
 
 def test_a_failing_trial_is_stored_as_failed_and_the_search_goes_on(tiny_ev):
     ev = FailingEvaluator(tiny_ev.family, tiny_ev.suite)
-    res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=10, min_fidelity=4, max_fidelity=16)).run()
+    res = Search(ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=10, min_fidelity=4, max_fidelity=16)).run()
     failed = [t for t in res.trials if t.status == "failed"]
     assert failed and all("out of memory" in t.error for t in failed)
     assert len(res.trials) == 10 and any(t.status == "complete" for t in res.trials)
 
 
 def test_resume_retells_previous_trials_and_stops_at_n_trials(tiny_ev):
-    first = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=5, max_fidelity=8, min_fidelity=2)).run()
+    first = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=5, max_fidelity=8, min_fidelity=2)).run()
     stored = [TrialRecord.from_dict(t.to_dict()) for t in first.trials]
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=9, max_fidelity=8, min_fidelity=2),
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=9, max_fidelity=8, min_fidelity=2),
                  previous=stored).run()
     assert len(res.trials) == 9 and [t.number for t in res.trials] == list(range(9))
     assert res.trials[:5] == stored
@@ -232,7 +232,7 @@ def test_resume_retells_previous_trials_and_stops_at_n_trials(tiny_ev):
 
 def test_cancel_stops_after_the_current_trial(tiny_ev):
     seen = []
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=50, max_fidelity=8, min_fidelity=2),
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=50, max_fidelity=8, min_fidelity=2),
                  on_trial=seen.append, progress=Progress(should_stop=lambda: len(seen) >= 3)).run()
     assert res.stopped == "cancelled" and len(res.trials) == 3
 
@@ -246,7 +246,7 @@ from gptailor.search.optimizer import Search
 from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget
 ev = Evaluator(Family.from_spec({spec!r}), load_suite({suite!r}))
-res = Search(ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=2, max_fidelity=8, seed=7)).run()
+res = Search(ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=8, min_fidelity=2, max_fidelity=8, seed=7)).run()
 print("|".join(t.plan.to_text() + "@" + str(t.fidelity) for t in res.trials))
 """
 
@@ -264,7 +264,7 @@ def test_same_seed_repeats_exactly_with_fixed_hash_seed(tiny_ev):
 def test_per_task_objectives_with_parego_report_a_pareto_set(tiny_ev):
     from gptailor.search.trials import pareto_front
 
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=8, min_fidelity=8, max_fidelity=8,
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=8, min_fidelity=8, max_fidelity=8,
                                                                    objectives="per_task")).run()
     assert len(res.trials) == 8 and res.pareto
     tasks = res.trials and [t for t in tiny_ev.suite.names
@@ -280,7 +280,7 @@ def test_per_task_objectives_with_parego_report_a_pareto_set(tiny_ev):
 def test_parallel_trials_on_dask_workers(tiny_ev):
     """Two trials at a time through SMAC's Dask runner (a local cluster); the client is closed after."""
     seen = []
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=6, min_fidelity=4, max_fidelity=8,
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=6, min_fidelity=4, max_fidelity=8,
                                                                    n_workers=2), on_trial=seen.append).run()
     assert len(res.trials) == 6 == len(seen)
     assert all(t.status == "complete" and t.plan.n_kept == 4 for t in res.trials)
@@ -323,7 +323,7 @@ def _ranks(xs: list[float]) -> list[float]:
 def test_budget_correlation_is_spearman_of_each_rung_against_the_top(tiny_ev):
     from gptailor.search.trials import budget_correlation
 
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=40, min_fidelity=2, max_fidelity=18,
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=40, min_fidelity=2, max_fidelity=18,
                                                                   seed=0, objective="loglik")).run()
     got = {b.fidelity: b for b in budget_correlation(res.trials, "loglik")}
     assert set(got) == {2, 6} and all(b.top == 18 for b in got.values())

@@ -135,4 +135,4 @@ def test_a_search_on_the_table_has_zero_regret_at_the_optimum_and_never_gets_wor
 def test_a_given_space_must_match_the_budget(tiny):
     _, _, lookup, _ = tiny
     with pytest.raises(BudgetError, match="removes 2 layers but the budget removes 1"):
-        Search(lookup, Budget(remove_layers=1), SearchSettings(n_trials=2), space=lookup.space())
+        Search(lookup, Budget(remove_layers=1), SearchSettings(method="smac", n_trials=2), space=lookup.space())

@@ -149,7 +149,7 @@ def test_the_cli_and_make_space_offer_the_ranked_space(tiny_ev):
 
 def test_a_short_smac_search_on_the_ranked_space_records_trials(tiny_ev):
     seen = []
-    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(n_trials=10, space="ranked", min_fidelity=2,
+    res = Search(tiny_ev, Budget(remove_layers=2), SearchSettings(method="smac", n_trials=10, space="ranked", min_fidelity=2,
                                                                   max_fidelity=8, seed=0), on_trial=seen.append).run()
     assert len(res.trials) == 10 and seen == res.trials and res.space["space"] == "ranked"
     assert all(t.status == "complete" and t.plan.n_kept == 4 for t in res.trials)

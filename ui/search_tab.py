@@ -86,7 +86,7 @@ def search_settings(method: str, trials: float, walltime: float | None, seed: fl
                     max_fid: float | None, owner: str | None = None, objective: str = DEFAULT_OBJECTIVE) -> SearchSettings:
     """The form's numbers as checked settings: whole numbers in range (2.5 trials is refused, not cut),
     0 or empty wall time / max fidelity meaning none; SettingsError says which field is wrong."""
-    settings = SearchSettings(method=method if method in SEARCHES else "smac",
+    settings = SearchSettings(method=method if method in SEARCHES else SearchSettings.method,
                               n_trials=trials, walltime_s=walltime or None, seed=seed, min_fidelity=min_fid,
                               max_fidelity=max_fid or None, owner=owner, objective=objective or DEFAULT_OBJECTIVE)
     settings.check()
@@ -172,12 +172,12 @@ def pick_study(rows, evt: gr.SelectData) -> int:
 
 def build(family: gr.Dropdown, suite: gr.Dropdown, owner: gr.BrowserState) -> dict:
     with gr.Row():
-        method = gr.Dropdown(LAUNCHABLE, value="smac", label="Method")
+        method = gr.Dropdown(LAUNCHABLE, value=SearchSettings.method, label="Method")
         kind = gr.Radio(["layers to remove", "parameter fraction"], value="layers to remove", label="Budget by")
         remove = gr.Slider(0, 7, value=2, step=1, label="Layers to remove", elem_id="remove-layers")
         fraction = gr.Slider(0.05, 1.0, value=0.75, step=0.01, label="Keep at most this fraction of parameters",
                              interactive=False, elem_id="param-fraction")
-        trials = gr.Number(value=60, step=1, label="Trials (SMAC / random)")
+        trials = gr.Number(value=60, step=1, label="Trials (searches)")
     budget_info = gr.Markdown()
     with gr.Accordion("More settings", open=False):
         with gr.Row():

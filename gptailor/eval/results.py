@@ -11,7 +11,7 @@ DEFINITIONS = ("family", "base")
 # what a search minimises: 1 - retention of each task's accuracy metric, or of its continuous proxy; or the
 # mean KL divergence to each task's reference member (gptailor.eval.divergence)
 OBJECTIVES = ("accuracy", "loglik", "kl")
-DEFAULT_OBJECTIVE = "accuracy"  # what a new search optimises (bench/objective_correlation.py decides; docs/searching.md says why)
+DEFAULT_OBJECTIVE = "loglik"  # what a new search optimises (docs/searching.md, "Defaults, and why": measured)
 STORED_OBJECTIVE = "accuracy"  # what a study stored before its settings named an objective was searched on
 AUTO = "auto"  # a setting that defers to the references' default
 CHOICES = (AUTO, *DEFINITIONS)  # what a user may ask for
