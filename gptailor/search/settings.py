@@ -13,7 +13,7 @@ METHODS = ("smac", "random", "evolution")
 
 @dataclass
 class SearchSettings:
-    method: str = "evolution"  # evolution (EvoPress-style, gptailor.search.evolution; docs/searching.md: why the default) | smac | random
+    method: str = "evolution"  # evolution (EvoPress-style; docs/searching.md says why the default) | smac | random
     facade: str = "multi_fidelity"  # multi_fidelity (Hyperband over examples per task) | hpo (full fidelity)
     space: str = "layerwise"  # layerwise | paper | ranked
     constraint: str = "repair"  # layerwise only: repair | reject
