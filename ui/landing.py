@@ -18,7 +18,7 @@ STEPS = [
      "little, as the skills are the finetunes'."),
     ("search", "Open Search",
      "*Search for a smaller model.* In the **Search** tab set the budget (**Layers to remove**), keep Method "
-     "`smac` and press **Launch in the background**; watch the study come in on the **Dashboard** tab."),
+     "`evolution` and press **Launch in the background**; watch the study come in on the **Dashboard** tab."),
     ("dashboard", "Open Dashboard",
      "*Use the best plan.* On the **Dashboard** press **Open in editor**: the **Editor** tab scores it or "
      "exports it (**Export HF checkpoint (zip)**), and the **Chat** tab talks with it."),
