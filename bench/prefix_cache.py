@@ -107,8 +107,13 @@ def replay(args) -> int:
     return 0
 
 
+def sequence_names(text: str | None) -> list[str]:
+    """``--sequences``: the names given (comma-separated), or every recorded sequence in bench/sequences."""
+    return text.split(",") if text else sorted(p.stem for p in HERE.glob("*.json"))
+
+
 def run(args) -> int:
-    names = args.sequences.split(",") if args.sequences else sorted(p.stem for p in HERE.glob("*.json"))
+    names = sequence_names(args.sequences)
     print(f"prefix cache on vs off, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}; each mode in a fresh process, the two side by side, one thread each")
     rows = []
@@ -176,7 +181,7 @@ def skippable(fam, trials: list[dict]) -> dict[str, Any]:
         for lo, hi in blocks:
             if t["fidelity"] is not None and hi > t["fidelity"]:
                 break
-            depth = max((k for k in range(len(ops), 0, -1) if ops[:k] in seen[(lo, hi)]), default=0)
+            depth = next((k for k in range(len(ops), 0, -1) if ops[:k] in seen[(lo, hi)]), 0)  # the deepest
             whole += depth == len(ops)
             skip, total = skip + depth, total + len(ops)
             skip_w, total_w = skip_w + depth * (hi - lo), total_w + len(ops) * (hi - lo)
@@ -192,7 +197,7 @@ def ceiling(args) -> int:
     stitching and references are not skipped this way, except a whole-plan repeat's head and layers)."""
     from gptailor import Family
 
-    names = args.sequences.split(",") if args.sequences else sorted(p.stem for p in HERE.glob("*.json"))
+    names = sequence_names(args.sequences)
     print("| sequence | trials | rungs | kept layers skippable (by block) | weighted by examples | bound if layers were "
           "all the cost | whole-plan repeats |")
     print("|---|---|---|---|---|---|---|")
