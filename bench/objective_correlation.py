@@ -93,14 +93,14 @@ def score(ev: Evaluator, plans: list, fids: list[int], full_search: int) -> list
     return rows
 
 
-def correlations(rows: list[dict], fids: list[int]) -> list[tuple[str, str, str, float, int]]:
+def correlations(rows: list[dict], fids: list[int], objectives=OBJECTIVES) -> list[tuple[str, str, str, float, int]]:
     """(definition, objective, fidelity label, Spearman rho with test accuracy-retention, distinct values)."""
     from scipy.stats import spearmanr
 
     out = []
     for d in DEFINITIONS:
         truth = [r["test"]["accuracy"][d] for r in rows]
-        for o in OBJECTIVES:
+        for o in objectives:
             for f in fids:
                 xs = [r["search"][f][o][d] for r in rows]
                 out.append((d, o, f"search@{f}", float(spearmanr(xs, truth).statistic), len(set(xs))))
@@ -109,11 +109,11 @@ def correlations(rows: list[dict], fids: list[int]) -> list[tuple[str, str, str,
     return out
 
 
-def table(corr, n_plans: int, fids: list[int]) -> str:
+def table(corr, n_plans: int, fids: list[int], objectives=OBJECTIVES) -> str:
     lines = [f"{'definition':<11}{'objective':<10}" + "".join(f"{'search@' + str(f):>12}" for f in fids)
              + f"{'test(full)':>12}   distinct values per column"]
     for d in DEFINITIONS:
-        for o in OBJECTIVES:
+        for o in objectives:
             cells = [c for c in corr if c[0] == d and c[1] == o]
             lines.append(f"{d:<11}{o:<10}" + "".join(f"{c[3]:>12.3f}" for c in cells)
                          + "   " + "/".join(str(c[4]) for c in cells))

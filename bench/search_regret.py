@@ -88,17 +88,43 @@ def parse_positions(text: str | None, n_layers: int) -> list[int] | None:
     return out
 
 
-def enumerate_table(ev: Evaluator, space: PickSpace, limit: int | None = None, log=print) -> dict[str, Any]:
-    """Every plan of ``space`` scored once on both whole splits: per task, per metric, per-example values."""
+def shard_of(plan: Plan, n_shards: int) -> int:
+    """The shard a plan belongs to: its first dropped position modulo ``n_shards``. Plans with the same first
+    drop are consecutive in ``PickSpace.plans`` and share their prefix up to the second drop, so a shard keeps
+    the prefix cache's reuse; alternating first drops balance the shards (a late first drop is cheap)."""
+    first = next(i for i, op in enumerate(plan.ops) if op.kind == "drop")
+    return first % n_shards
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``2/4`` -> (2, 4): the third of four shards; None -> the one shard (0, 1)."""
+    if not text:
+        return 0, 1
+    k, _, n = text.partition("/")
+    try:
+        k_i, n_i = int(k), int(n)
+    except ValueError:
+        k_i, n_i = -1, 0
+    if not 0 <= k_i < n_i:
+        raise SystemExit(f"--shard {text!r}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
+    return k_i, n_i
+
+
+def enumerate_table(ev: Evaluator, space: PickSpace, limit: int | None = None, log=print,
+                    shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Every plan of ``space`` (of shard ``shard``: see ``shard_of``) scored once on both whole splits: per
+    task, per metric, per-example values."""
     fam = ev.family
     t_ref = time.perf_counter()
     refs = {s: ev.references(s) for s in ("search", "test")}
     ref_s = time.perf_counter() - t_ref
     removals = Precompute(None).heuristic_removals(fam, space.n_remove, ev.suite, ev.stitcher)
-    total = space.size() if limit is None else min(limit, space.size())
-    log(f"{total} plans ({space.size()} in the space), references {ref_s:.0f} s")
+    mine = [p for p in space.plans() if shard_of(p, shard[1]) == shard[0]]
+    total = len(mine) if limit is None else min(limit, len(mine))
+    log(f"{total} plans ({space.size()} in the space{'' if shard[1] == 1 else f', shard {shard[0]}/{shard[1]}'}), "
+        f"references {ref_s:.0f} s")
     rows, t0 = [], time.perf_counter()
-    for k, plan in enumerate(space.plans()):
+    for k, plan in enumerate(mine):
         if k == total:
             break
         model = ev.stitcher.build(plan)
@@ -111,6 +137,7 @@ def enumerate_table(ev: Evaluator, space: PickSpace, limit: int | None = None, l
     elapsed = time.perf_counter() - t0
     return {"version": VERSION, "family": fam.name, "suite": ev.suite.name, "space": space.describe(),
             "sources": list(space.sources), "free": sorted(space.free), "n_remove": space.n_remove, "complete": total == space.size(),
+            "space_size": space.size(), "shard": list(shard), "shard_complete": total == len(mine),
             "references": {s: r.to_dict() for s, r in refs.items()}, "heuristic_removals": removals,
             "split_sizes": {s: {t.name: t.split_size(s) for t in ev.suite} for s in ("search", "test")},
             "plans": rows, "meta": {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -125,6 +152,33 @@ def save_table(table: dict[str, Any], path: Path) -> None:
     with gzip.open(tmp, "wt") as fh:
         json.dump(table, fh, separators=(",", ":"))  # floats as repr: they read back bit for bit
     tmp.replace(path)
+
+
+def merge_tables(tables: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table from the shards of one enumeration: the same family, suite, space and references (to the
+    bit: the shards scored them on the same machine and code), each plan once; complete when every shard of
+    the space is there."""
+    first = tables[0]
+    same = ("version", "family", "suite", "space", "sources", "free", "n_remove", "references", "split_sizes")
+    for t in tables[1:]:
+        diff = [k for k in same if t.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"the shards differ in {', '.join(diff)}: merge only the shards of one enumeration")
+    n = first.get("shard", [0, 1])[1]
+    got = sorted(t.get("shard", [0, 1])[0] for t in tables)
+    if got != list(range(n)) or any(t.get("shard", [0, 1])[1] != n for t in tables):
+        raise ValueError(f"shards {got} of {n}: give every shard K/{n} of the enumeration, each once")
+    if not all(t.get("shard_complete", t["complete"]) for t in tables):
+        raise ValueError("a shard was enumerated with --limit: enumerate every shard whole")
+    rows = [r for t in tables for r in t["plans"]]
+    if len({r["plan"] for r in rows}) != len(rows):
+        raise ValueError("a plan is in two shards: merge only the shards of one enumeration")
+    meta = dict(first["meta"])
+    meta["enumerate_s"] = sum(t["meta"]["enumerate_s"] for t in tables)
+    meta["ms_per_plan"] = 1e3 * meta["enumerate_s"] / max(1, len(rows))
+    meta["shards"] = n
+    return {**first, "plans": rows, "shard": [0, 1], "shard_complete": True,
+            "complete": len(rows) == first.get("space_size", len(rows))}
 
 
 def load_table(path: str | os.PathLike) -> dict[str, Any]:
@@ -238,15 +292,66 @@ def cmd_enumerate(args) -> int:
     sources = resolve_sources(args.sources, refs, fam.member_names)
     free = parse_positions(args.free, fam.n_layers)
     space = PickSpace(fam, args.remove, sources=sources, free=free)
+    shard = parse_shard(args.shard)
     tag = "" if free is None else f"-free{min(free)}-{max(free)}"
+    tag += "" if shard[1] == 1 else f"-shard{shard[0]}of{shard[1]}"
     out = Path(args.out) / f"{fam.name}-r{args.remove}-{'+'.join(sources)}{tag}.json.gz"
     print(f"family {fam.name}: {fam.n_layers} layers, members {', '.join(fam.member_names)}; space pick, "
           f"{args.remove} drops, sources {', '.join(sources)}: {space.size()} plans -> {out}", flush=True)
-    table = enumerate_table(ev, space, args.limit, log=lambda m: print(m, file=sys.stderr, flush=True))
+    table = enumerate_table(ev, space, args.limit, log=lambda m: print(m, file=sys.stderr, flush=True), shard=shard)
     save_table(table, out)
     m = table["meta"]
     print(f"{len(table['plans'])} plans in {m['enumerate_s']:.0f} s ({m['ms_per_plan']:.0f} ms per plan, both "
           f"splits), references {m['references_s']:.0f} s; {out.stat().st_size / 1e6:.2f} MB", flush=True)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    try:
+        table = merge_tables([load_table(p) for p in args.shards])
+    except ValueError as err:
+        print(f"merge: {err}", file=sys.stderr)
+        return 2
+    save_table(table, Path(args.out))
+    print(f"{len(table['plans'])} plans from {len(args.shards)} shards -> {args.out} "
+          f"({'complete' if table['complete'] else 'NOT complete'})")
+    return 0
+
+
+def table_correlations(ev: LookupEvaluator, fids: list[int | None]) -> tuple[list, str]:
+    """Budget correlation over every plan of the table (``bench.objective_correlation``'s measure, from the
+    stored per-example values): each objective's retention at each search fidelity against held-out test
+    accuracy-retention. ``kl`` is not stored in a table, so ``accuracy`` and ``loglik`` only."""
+    from bench.objective_correlation import correlations, table
+    from gptailor.eval.results import DEFINITIONS
+
+    objectives = ("accuracy", "loglik")
+    refs = {s: ev.references(s) for s in ("search", "test")}
+    full = max(n for n in ev.table["split_sizes"]["search"].values())
+    labels = [full if f is None else f for f in fids]
+    rows = []
+    for row in ev.rows.values():
+        plan = Plan.from_text(row["plan"], ev.family.name)
+        out: dict[str, Any] = {"search": {}}
+        for f, label in zip(fids, labels):
+            r = ev.evaluate(plan, f, "search", references=refs["search"])
+            out["search"][label] = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in objectives}
+        r = ev.evaluate(plan, None, "test", references=refs["test"])
+        out["test"] = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in objectives}
+        rows.append(out)
+    corr = correlations(rows, labels, objectives)
+    return corr, table(corr, len(rows), labels, objectives)
+
+
+def cmd_correlate(args) -> int:
+    table = load_table(args.table_path)
+    fam = Family.from_spec(args.family)
+    ev = LookupEvaluator(fam, load_suite(fam.spec.suite_path()), table)
+    fids = [None if f.strip() == "full" else int(f) for f in args.fidelities.split(",")]
+    _, text = table_correlations(ev, fids)
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; table {args.table_path}: {len(ev.rows)} plans "
+          f"({table['meta']['date']}), {table['n_remove']} drops, sources {', '.join(table['sources'])}")
+    print(text)
     return 0
 
 
@@ -354,6 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", default="bench/regret")
     e.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     e.add_argument("--limit", type=int, default=None, help="only the first N plans (to time one; not runnable)")
+    e.add_argument("--shard", default=None, help="K/N: only the plans of shard K of N (one process per core; "
+                   "then 'merge' the N tables)")
+    c = sub.add_parser("correlate", help="budget correlation of each objective with held-out accuracy, "
+                       "over every plan of the table")
+    c.add_argument("table_path")
+    c.add_argument("--family", default="demo")
+    c.add_argument("--fidelities", default="8,24,full", help="examples per task on the search split")
+    m = sub.add_parser("merge", help="one table from the shards of an enumeration")
+    m.add_argument("shards", nargs="+")
+    m.add_argument("--out", required=True)
     r = sub.add_parser("run", help="every method against the table: regret against trials")
     r.add_argument("table_path")
     r.add_argument("--family", default="demo")
@@ -374,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.execve(sys.executable, [sys.executable, "-m", "bench.search_regret", *sys.argv[1:]],
                   {**os.environ, "PYTHONHASHSEED": "0"})
-    return cmd_enumerate(a) if a.cmd == "enumerate" else cmd_run(a)
+    return {"enumerate": cmd_enumerate, "merge": cmd_merge, "correlate": cmd_correlate, "run": cmd_run}[a.cmd](a)
 
 
 if __name__ == "__main__":

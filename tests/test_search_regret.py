@@ -136,3 +136,53 @@ def test_a_given_space_must_match_the_budget(tiny):
     _, _, lookup, _ = tiny
     with pytest.raises(BudgetError, match="removes 2 layers but the budget removes 1"):
         Search(lookup, Budget(remove_layers=1), SearchSettings(method="smac", n_trials=2), space=lookup.space())
+
+
+def test_shards_merge_into_the_whole_table(tiny, tmp_path):
+    """Two processes enumerate alternate first drops; merged, the table holds every plan once, with the
+    values the one-process table has, and a missing or doubled shard is refused."""
+    from bench.search_regret import merge_tables, shard_of
+
+    fam, ev, lookup, space = tiny
+    shards = [enumerate_table(ev, space, log=lambda m: None, shard=(k, 2)) for k in (0, 1)]
+    for k, t in enumerate(shards):  # by hand: a plan's first dropped position decides its shard
+        assert t["plans"] and all(next(i for i, op in enumerate(Plan.from_text(r["plan"], fam.name).ops)
+                                       if op.kind == "drop") % 2 == k for r in t["plans"])
+        assert not t["complete"] and t["shard_complete"]
+    save_table(merge_tables(shards), tmp_path / "merged.json.gz")  # as the bench stores it
+    merged = load_table(tmp_path / "merged.json.gz")
+    assert merged["complete"] and len(merged["plans"]) == space.size()
+    whole = {r["plan"]: r for r in lookup.table["plans"]}
+    for r in merged["plans"]:
+        same(r["values"], whole[r["plan"]]["values"], r["plan"])
+        assert r["params"] == whole[r["plan"]]["params"]
+    with pytest.raises(ValueError, match=r"shards \[0\] of 2"):
+        merge_tables(shards[:1])
+    with pytest.raises(ValueError, match=r"shards \[0, 0\] of 2"):
+        merge_tables([shards[0], shards[0]])
+    partial = enumerate_table(ev, space, limit=1, log=lambda m: None, shard=(1, 2))
+    with pytest.raises(ValueError, match="enumerated with --limit"):
+        merge_tables([shards[0], partial])
+    assert shard_of(Plan.drop_positions(4, [1, 3], "base", fam.name), 2) == 1
+
+
+def test_budget_correlation_over_the_table(tiny):
+    """`correlate`: Spearman rho of each objective's search-split retention with held-out accuracy-retention,
+    per definition, against the same rho computed from `truth` (the regret's own table) with scipy."""
+    from scipy.stats import spearmanr
+
+    from bench.search_regret import table_correlations
+
+    _, _, lookup, _ = tiny
+    corr, text = table_correlations(lookup, [2, None])
+    full = max(lookup.table["split_sizes"]["search"].values())
+    got = {(d, o, f): rho for d, o, f, rho, _ in corr}
+    for d in ("family", "base"):
+        test_acc = truth(lookup, d, "accuracy")
+        for o in ("accuracy", "loglik"):
+            gt = truth(lookup, d, o)
+            keys = sorted(gt)
+            want = spearmanr([gt[k]["search"] for k in keys], [test_acc[k]["test"] for k in keys]).statistic
+            assert got[(d, o, f"search@{full}")] == pytest.approx(want, abs=1e-12)
+        assert got[(d, "accuracy", "test (full)")] == pytest.approx(1.0)
+    assert f"over {len(lookup.rows)} plans" in text and "kl" not in text.split("\n")[1]
