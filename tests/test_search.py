@@ -99,6 +99,14 @@ def test_seed_plans_are_distinct_and_in_budget(tiny_ev):
     keys = [p.key() for p in plans.values()]
     assert len(keys) == len(set(keys)) >= 6
     assert all(p.n_kept == 4 for p in plans.values())
+    # removal-major: the heuristic's removal with every member and both merges first, so a search that
+    # screens only the first few seeds still tries each member and each merge
+    members = tiny_ev.family.member_names
+    settings = [*members, "linear_all", "task_arithmetic_half"]
+    assert list(plans)[: len(settings)] == [f"last_n+{m}" for m in settings]
+    first = plans["last_n+linear_all"]
+    assert [op.kind for op in first.ops].count("drop") == 2 and first.ops[3].kind == first.ops[4].kind == "drop"
+    assert first.ops[0].kind == "merge" and {m for m, _ in first.ops[0].weights} == set(members)
 
 
 def test_smac_multi_fidelity_search_records_every_trial(tiny_ev):

@@ -122,7 +122,7 @@ class Objective:
 
 
 def seed_cap(n_trials: int, n_init: int = 0) -> int:
-    """How many seeded plans SMAC's initial design takes, best first (``seed_plans``' order): half the trials
+    """How many seeded plans SMAC's initial design takes, in ``seed_plans``' order: half the trials
     less SMAC's own initial configurations. Measured (docs/benchmarks.md, "seed share"): a quarter cap left
     the demo's best seed (the 18th) out and ended lower (0.271 against 0.280 on the search split), so the
     seeds keep their half until they are ordered by how good they are."""
@@ -291,7 +291,7 @@ class Search:
                         seed=s.seed, n_workers=max(1, s.n_workers), **kw)
 
     def _seeded_start(self) -> list[Seed]:
-        """The seeded plans the space expresses, best first, each once (by the plan it decodes to), named in
+        """The seeded plans the space expresses, in ``seed_plans``' order, each once (by the plan it decodes to), named in
         ``seed_names``; decoded here once, for SMAC's initial design and the evolution's generation 0."""
         if not self.settings.initial_plans:
             return []

@@ -36,14 +36,21 @@ def merge_settings(members: list[str]) -> dict[str, Callable[[int], Op]]:
 
 
 def seed_plans(family: Family, n_remove: int, heuristic_removals: dict[str, list[int]]) -> dict[str, Plan]:
-    """Heuristic removal patterns crossed with merge settings, duplicates (same model) removed."""
+    """Heuristic removal patterns crossed with merge settings, duplicates (same model) removed.
+
+    Removal-major: every merge setting with the most trusted removal (the heuristics' first), then every
+    setting with the next removal, and so on. A search screens only the first seeds (half its trials), so
+    member-major order left the last members and the merges unscreened at tens of trials; this order gives
+    each member and each merge a seed within the first ``len(merge_settings)``."""
     L = family.n_layers
     removals = {**heuristic_removals, **removal_patterns(L, n_remove)}
+    settings = merge_settings(family.member_names)
     plans: dict[str, Plan] = {}
     seen: set[str] = set()
-    for mname, op_of in merge_settings(family.member_names).items():  # plain removals first: most trusted
-        for rname, gone in removals.items():
-            plan = Plan(tuple(Op.drop() if i in set(gone) else op_of(i) for i in range(L)), family.name)
+    for rname, gone in removals.items():
+        dropped = set(gone)
+        for mname, op_of in settings.items():  # within a removal, plain picks (base first) before merges
+            plan = Plan(tuple(Op.drop() if i in dropped else op_of(i) for i in range(L)), family.name)
             if plan.key() not in seen:
                 seen.add(plan.key())
                 plans[f"{rname}+{mname}"] = plan
