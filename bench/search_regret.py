@@ -21,6 +21,16 @@ few real end-to-end runs (the real evaluator, few trials) whose scores must agre
     PYTHONHASHSEED=0 python -m bench.search_regret enumerate --family demo --sources base,math --remove 2
     PYTHONHASHSEED=0 python -m bench.search_regret enumerate --family /work/main/data/builtin/smol --sources best
     PYTHONHASHSEED=0 python -m bench.search_regret run bench/regret/demo-r2-base+math.json.gz --seeds 20 --trials 200
+
+``--shard K/N`` enumerates one of N shards (every plan whose first drop is K modulo N: consecutive plans stay
+together, so the prefix cache keeps its reuse); ``merge`` joins the N tables into one. ``correlate`` prints
+the budget correlation of each objective with held-out accuracy over every plan of a table (what
+``bench.objective_correlation`` measures on random plans, here on the whole enumerated space).
+
+    python -m bench.search_regret enumerate --family data/builtin/smol --sources best --shard 0/2 --threads 1 &
+    python -m bench.search_regret enumerate --family data/builtin/smol --sources best --shard 1/2 --threads 1
+    python -m bench.search_regret merge bench/regret/smol-r2-convert-shard*of2.json.gz --out bench/regret/smol-r2-convert.json.gz
+    python -m bench.search_regret correlate bench/regret/smol-r2-convert.json.gz --family data/builtin/smol
 """
 from __future__ import annotations
 
