@@ -184,5 +184,6 @@ def test_budget_correlation_over_the_table(tiny):
             keys = sorted(gt)
             want = spearmanr([gt[k]["search"] for k in keys], [test_acc[k]["test"] for k in keys]).statistic
             assert got[(d, o, f"search@{full}")] == pytest.approx(want, abs=1e-12)
+            assert all(gt[k]["test"] == test_acc[k]["test"] for k in keys)  # held out: accuracy, whatever chose
         assert got[(d, "accuracy", "test (full)")] == pytest.approx(1.0)
     assert f"over {len(lookup.rows)} plans" in text and "kl" not in text.split("\n")[1]
