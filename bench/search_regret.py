@@ -116,7 +116,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     except ValueError:
         k_i, n_i = -1, 0
     if not 0 <= k_i < n_i:
-        raise SystemExit(f"--shard {text!r}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
+        raise ValueError(f"--shard {text!r}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
     return k_i, n_i
 
 
@@ -294,6 +294,11 @@ def run_search(ev: Evaluator, space: PickSpace, method: str, seed: int, trials: 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_enumerate(args) -> int:
+    try:
+        shard = parse_shard(args.shard)  # a bad --shard fails before minutes of references
+    except ValueError as err:
+        print(f"enumerate: {err}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 
@@ -304,7 +309,6 @@ def cmd_enumerate(args) -> int:
     sources = resolve_sources(args.sources, refs, fam.member_names)
     free = parse_positions(args.free, fam.n_layers)
     space = PickSpace(fam, args.remove, sources=sources, free=free)
-    shard = parse_shard(args.shard)
     tag = "" if free is None else f"-free{min(free)}-{max(free)}"
     tag += "" if shard[1] == 1 else f"-shard{shard[0]}of{shard[1]}"
     out = Path(args.out) / f"{fam.name}-r{args.remove}-{'+'.join(sources)}{tag}.json.gz"

@@ -187,3 +187,10 @@ def test_budget_correlation_over_the_table(tiny):
             assert all(gt[k]["test"] == test_acc[k]["test"] for k in keys)  # held out: accuracy, whatever chose
         assert got[(d, "accuracy", "test (full)")] == pytest.approx(1.0)
     assert f"over {len(lookup.rows)} plans" in text and "kl" not in text.split("\n")[1]
+
+
+def test_a_bad_shard_is_refused_before_any_work():
+    from bench.search_regret import main, parse_shard
+
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
+    assert main(["enumerate", "--family", "/nonexistent/family.yaml", "--shard", "2/2"]) == 2  # before loading
