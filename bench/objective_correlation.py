@@ -59,12 +59,13 @@ def fidelities(text: str, full: int) -> list[int]:
     return out
 
 
-def values(r) -> dict[str, dict[str, float | None]]:
+def values(r, objectives=OBJECTIVES) -> dict[str, dict[str, float | None]]:
     """Each objective's retention under each definition; ``kl`` as exp(-mean KL), one value (against the
     references of the definition the study applies) shown under both."""
-    out = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in OBJECTIVES if o != "kl"}
-    kl = r.objective_retention("kl")
-    out["kl"] = {d: kl for d in DEFINITIONS}
+    out = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in objectives if o != "kl"}
+    if "kl" in objectives:
+        kl = r.objective_retention("kl")
+        out["kl"] = {d: kl for d in DEFINITIONS}
     return out
 
 

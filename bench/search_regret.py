@@ -174,9 +174,10 @@ def merge_tables(tables: list[dict[str, Any]]) -> dict[str, Any]:
         diff = [k for k in same if t.get(k) != first.get(k)]
         if diff:
             raise ValueError(f"the shards differ in {', '.join(diff)}: merge only the shards of one enumeration")
-    n = first.get("shard", [0, 1])[1]
-    got = sorted(t.get("shard", [0, 1])[0] for t in tables)
-    if got != list(range(n)) or any(t.get("shard", [0, 1])[1] != n for t in tables):
+    shard = [t.get("shard", [0, 1]) for t in tables]  # a table enumerated before sharding is shard 0 of 1
+    n = shard[0][1]
+    got = sorted(k for k, _ in shard)
+    if got != list(range(n)) or any(m != n for _, m in shard):
         raise ValueError(f"shards {got} of {n}: give every shard K/{n} of the enumeration, each once")
     if not all(t.get("shard_complete", t["complete"]) for t in tables):
         raise ValueError("a shard was enumerated with --limit: enumerate every shard whole")
@@ -334,37 +335,31 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def table_correlations(ev: LookupEvaluator, fids: list[int | None]) -> tuple[list, str]:
-    """Budget correlation over every plan of the table (``bench.objective_correlation``'s measure, from the
-    stored per-example values): each objective's retention at each search fidelity against held-out test
-    accuracy-retention. ``kl`` is not stored in a table, so ``accuracy`` and ``loglik`` only."""
-    from bench.objective_correlation import correlations, table
-    from gptailor.eval.results import DEFINITIONS
+def table_correlations(ev: LookupEvaluator, fidelities_text: str) -> tuple[list, str]:
+    """Budget correlation over every plan of the table (``bench.objective_correlation``'s measure and helpers,
+    from the stored per-example values): each objective's retention at each search fidelity against held-out
+    test accuracy-retention. ``kl`` is not stored in a table, so ``accuracy`` and ``loglik`` only."""
+    from bench.objective_correlation import correlations, fidelities, table, values
 
     objectives = ("accuracy", "loglik")
     refs = {s: ev.references(s) for s in ("search", "test")}
-    full = max(n for n in ev.table["split_sizes"]["search"].values())
-    labels = [full if f is None else f for f in fids]
+    full = ev.suite.split_fidelity("search")
+    fids = fidelities(fidelities_text, full)
     rows = []
     for row in ev.rows.values():
         plan = Plan.from_text(row["plan"], ev.family.name)
-        out: dict[str, Any] = {"search": {}}
-        for f, label in zip(fids, labels):
-            r = ev.evaluate(plan, f, "search", references=refs["search"])
-            out["search"][label] = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in objectives}
-        r = ev.evaluate(plan, None, "test", references=refs["test"])
-        out["test"] = {o: {d: r.objective_retention(o, d) for d in DEFINITIONS} for o in objectives}
-        rows.append(out)
-    corr = correlations(rows, labels, objectives)
-    return corr, table(corr, len(rows), labels, objectives)
+        rows.append({"search": {f: values(ev.evaluate(plan, None if f == full else f, "search",
+                                                      references=refs["search"]), objectives) for f in fids},
+                     "test": values(ev.evaluate(plan, None, "test", references=refs["test"]), objectives)})
+    corr = correlations(rows, fids, objectives)
+    return corr, table(corr, len(rows), fids, objectives)
 
 
 def cmd_correlate(args) -> int:
     table = load_table(args.table_path)
     fam = Family.from_spec(args.family)
     ev = LookupEvaluator(fam, load_suite(fam.spec.suite_path()), table)
-    fids = [None if f.strip() == "full" else int(f) for f in args.fidelities.split(",")]
-    _, text = table_correlations(ev, fids)
+    _, text = table_correlations(ev, args.fidelities)
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; table {args.table_path}: {len(ev.rows)} plans "
           f"({table['meta']['date']}), {table['n_remove']} drops, sources {', '.join(table['sources'])}")
     print(text)

@@ -174,7 +174,7 @@ def test_budget_correlation_over_the_table(tiny):
     from bench.search_regret import table_correlations
 
     _, _, lookup, _ = tiny
-    corr, text = table_correlations(lookup, [2, None])
+    corr, text = table_correlations(lookup, "2,full")
     full = max(lookup.table["split_sizes"]["search"].values())
     got = {(d, o, f): rho for d, o, f, rho, _ in corr}
     for d in ("family", "base"):
