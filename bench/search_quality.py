@@ -400,9 +400,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--json: no folder {Path(args.json).resolve().parent}; create it or write the curves elsewhere")
     if args.suite is not None and not Path(args.suite).is_file():
         ap.error(f"--suite: no file {args.suite}; pass a task suite (suite.yaml)")
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        os.execve(sys.executable, [sys.executable, "-m", "bench.search_quality", *argv],
-                  {**os.environ, "PYTHONHASHSEED": "0"})
 
     fam = Family.from_spec(args.family)
     suite_path = args.suite or fam.spec.suite_path()
@@ -443,4 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("PYTHONHASHSEED") != "0":  # only as a program: in-process (a test) it would replace the caller
+        os.execve(sys.executable, [sys.executable, "-m", "bench.search_quality", *sys.argv[1:]],
+                  {**os.environ, "PYTHONHASHSEED": "0"})
     raise SystemExit(main())

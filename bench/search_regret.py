@@ -497,11 +497,11 @@ def main(argv: list[str] | None = None) -> int:
                    "('' for none)")
     r.add_argument("--real-trials", type=int, default=12)
     a = p.parse_args(argv)
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        os.execve(sys.executable, [sys.executable, "-m", "bench.search_regret", *sys.argv[1:]],
-                  {**os.environ, "PYTHONHASHSEED": "0"})
     return {"enumerate": cmd_enumerate, "merge": cmd_merge, "correlate": cmd_correlate, "run": cmd_run}[a.cmd](a)
 
 
 if __name__ == "__main__":
+    if os.environ.get("PYTHONHASHSEED") != "0":  # only as a program: in-process (a test) it would replace the caller
+        os.execve(sys.executable, [sys.executable, "-m", "bench.search_regret", *sys.argv[1:]],
+                  {**os.environ, "PYTHONHASHSEED": "0"})
     sys.exit(main())

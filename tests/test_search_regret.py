@@ -189,8 +189,11 @@ def test_budget_correlation_over_the_table(tiny):
     assert f"over {len(lookup.rows)} plans" in text and "kl" not in text.split("\n")[1]
 
 
-def test_a_bad_shard_is_refused_before_any_work():
+def test_a_bad_shard_is_refused_before_any_work(monkeypatch):
     from bench.search_regret import main, parse_shard
+
+    # CI may set its own hash seed: main() in-process must answer, not re-execute (and so replace) the caller
+    monkeypatch.setenv("PYTHONHASHSEED", "1")
 
     assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
     assert main(["enumerate", "--family", "/nonexistent/family.yaml", "--shard", "2/2"]) == 2  # before loading
