@@ -16,6 +16,17 @@ import yaml
 from gptailor.builtin.tokenizer import build_tokenizer
 
 
+@pytest.fixture(autouse=True)
+def _no_exec_of_the_test_process(monkeypatch):
+    """A command's ``main`` that re-runs itself (``os.execve``, e.g. to fix PYTHONHASHSEED) would replace
+    pytest itself: the suite would end mid-line with the command's exit code and no report (CI, once).
+    Fail that test instead, with the reason."""
+    def refuse(path, args, env):
+        pytest.fail(f"os.execve({path!r}, {list(args)!r}) in the test process would replace pytest; "
+                    "re-execute only under `if __name__ == '__main__'`, or set the variable the command checks")
+    monkeypatch.setattr(os, "execve", refuse)
+
+
 def tiny_config(model_type: str = "llama", n_layers: int = 4, tie: bool = False, **overrides):
     """The tiny test config (hidden 32, 4 heads, 2 KV heads) of ``model_type``, with ``overrides``."""
     from transformers import AutoConfig
