@@ -48,13 +48,13 @@ from db.store import Store  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.common.limits import SettingsError, whole  # noqa: E402
 from gptailor.common.progress import Phase, Progress  # noqa: E402
-from gptailor.eval.noise import beyond_noise, combined_noise, retention_interval  # noqa: E402
+from gptailor.eval.noise import beyond_noise, combined_noise, retention_interval, verdict as verdict_of  # noqa: E402
 from gptailor.eval.results import DEFAULT_OBJECTIVE, OBJECTIVES, applicable_definition  # noqa: E402
+from gptailor.search.baselines import BASELINES as HEURISTICS  # noqa: E402  (every baseline row; best_seed: the seeds)
 from gptailor.search.settings import METHODS as SEARCHES, SearchSettings  # noqa: E402
 from gptailor.search.space import Budget  # noqa: E402
 from gptailor.search.trials import CUT, TrialRecord, fidelity_rank, rank_key  # noqa: E402
 
-HEURISTICS = ("last_n", "shortgpt", "angular", "laco", "best_single")
 VARIANTS = ("", "noseed", "pick")  # -noseed: no heuristic plans in the initial design; -pick: the pick-only space
 # (no merges: the paper's ablation, picks alone against picks with merges, the same seeds and budget)
 FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)  # the anytime curves' points, as fractions of --trials and of the wall time
@@ -200,11 +200,17 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     settings = SearchSettings(n_trials=args.trials, min_fidelity=args.min_fidelity, max_fidelity=args.max_fidelity,
                               seed=seed, retention=args.retention, initial_plans=variant != "noseed",
                               objective=args.objective, space="pick" if variant == "pick" else SearchSettings.space)
-    sid = create_study(store, args.family, kind, budget, settings, suite=args.suite, name=f"{method} s{seed}",
-                       evaluator=ev)
-    t = time.perf_counter()
-    run_study(store, sid, evaluator=ev)
-    wall = time.perf_counter() - t
+    name = f"{method} s{seed}"
+    sid = finished_twin(store, name, kind, budget, settings, str(ev.suite.path))
+    reused = sid is not None
+    if reused:  # this very study finished in an earlier run in this --workdir: read it, don't redo it
+        st = store.study(sid)
+        wall = (st["finished_at"] - st["started_at"]).total_seconds()
+    else:
+        sid = create_study(store, args.family, kind, budget, settings, suite=args.suite, name=name, evaluator=ev)
+        t = time.perf_counter()
+        run_study(store, sid, evaluator=ev)
+        wall = time.perf_counter() - t
     trials = store.trials(sid)
     row = compare(store, [sid], evaluators={engine_key(store.study(sid)): ev})[0]
     evals = [x for x in trials if not x.cached]
@@ -215,7 +221,19 @@ def run_one(args, ev, budget, method: str, seed: int, workdir: Path) -> dict:
     return {"method": method, "seed": seed, "row": row, "wall": wall, "eval_s": eval_s, "n": len(trials),
             "scored": len(evals), "search_best": store.study(sid)["best_retention"], "trials": trials,
             "curve": curve, "wall_curve": best_so_far(trials, args.objective, by=lambda t: (t.wall_s, t.number)),
-            "reached_s": reached, "db": str(workdir / f"{method}-seed{seed}.db")}
+            "reached_s": reached, "db": str(workdir / f"{method}-seed{seed}.db"), "stored": reused}
+
+
+def finished_twin(store: Store, name: str, kind: str, budget: Budget, settings: SearchSettings,
+                  suite: str) -> int | None:
+    """The id of a finished study with this name, method, budget, settings and suite in ``store`` (an earlier
+    run in the same --workdir), whose test-split report is written; None if there is none."""
+    for st in store.studies():
+        if (st["name"], st["method"], st["status"]) == (name, kind, "finished") and st["report"] \
+                and st["budget"] == budget.to_dict() and SearchSettings.from_dict(st["settings"]) == settings \
+                and str(st["settings"].get("suite")) == suite:
+            return st["id"]
+    return None
 
 
 def sampling_se(rows: list, tasks: list[str], suite, test_refs, definition: str) -> float:
@@ -246,7 +264,8 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
             r = run_one(args, ev, budget, method, seed, bdir)
             runs.append(r)
             print(f"  {method:<8} seed {seed}: test {100 * r['row'].retention:.1f}%  (search-split best "
-                  f"{100 * (r['search_best'] or 0):.1f}%), {r['n']} trials ({r['scored']} scored) in {r['wall']:.0f}s",
+                  f"{100 * (r['search_best'] or 0):.1f}%), {r['n']} trials ({r['scored']} scored) in {r['wall']:.0f}s"
+                  + (" (a finished study of an earlier run in this --workdir, read back)" if r["stored"] else ""),
                   flush=True)
     t_h = time.perf_counter()
     for h in args.baselines:
@@ -283,6 +302,15 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
             verdict = "larger than the noise" if beyond_noise(a["mean"] - b["mean"], noise) else "within the noise"
             print(f"  {method} - {other}: {100 * (a['mean'] - b['mean']):+.1f} pts (noise sd {100 * noise:.1f})  "
                   f"{verdict}")
+    if args.baselines:  # #21's bar: the best of every baseline row (each picked on the search split), held out
+        bar = max(args.baselines, key=lambda b: summary[b]["mean"])
+        b = summary[bar]
+        for method in methods:
+            a = summary[method]
+            noise = combined_noise(a["se"], b["se"], a["sd"], len(a["vals"]), b["sd"], len(b["vals"]))
+            print(f"  {method} against the best baseline row ({bar}, {100 * b['mean']:.1f}%): "
+                  f"{100 * (a['mean'] - b['mean']):+.1f} pts (noise sd {100 * noise:.1f})  "
+                  f"{verdict_of(a['mean'] - b['mean'], noise)}")
     print("optimizer overhead per trial (wall time minus evaluation; references and heuristics excluded)")
     for method in methods:
         rs = [r for r in runs if r["method"] == method]

@@ -345,7 +345,7 @@ def _fraction(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from gptailor.eval.results import AUTO, CHOICES, DEFAULT_OBJECTIVE, OBJECTIVES
-    from gptailor.search.baselines import HEURISTICS
+    from gptailor.search.baselines import BASELINES
     from gptailor.search.settings import METHODS as SEARCHES, SearchSettings
     from gptailor.search.space import SPACES
     from gptailor.common.limits import arg, arg_seconds
@@ -397,7 +397,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("baseline", help="a heuristic pruning baseline, stored as a study")
     common(sp)
-    sp.add_argument("--method", "-m", choices=[*HEURISTICS, "best_single"], required=True)
+    sp.add_argument("--method", "-m", choices=BASELINES, required=True,
+                    help="a heuristic on the base; best_single: every heuristic on every member; best_seed: "
+                         "every plan a search is seeded with (the best of each on the search split is reported)")
     sp.set_defaults(func=cmd_baseline)
 
     sp = sub.add_parser("resume", help="continue an interrupted or cancelled study")
@@ -426,7 +428,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--family", "-f", default="demo")
     sp.add_argument("--suite", default=None, help="suite.yaml (default: the family's)")
     sp.add_argument("--remove", type=_removals, required=True, help="layer counts to remove, e.g. 1,2,4,8")
-    sp.add_argument("--method", choices=[*SEARCHES, *HEURISTICS, "best_single"], default=SearchSettings.method)
+    sp.add_argument("--method", choices=[*SEARCHES, *BASELINES],
+                    default=SearchSettings.method)
     sp.add_argument("--trials", "-n", type=arg("trials"), default=100, help="trials per budget (searches)")
     sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8)
     sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gptailor import Evaluator, Family, FamilySpec, Plan, load_suite
-from gptailor.search.baselines import HEURISTICS, SharedStates, calibration_ids
+from gptailor.search.baselines import BASELINES, HEURISTICS, SharedStates, calibration_ids
 from gptailor.eval.noise import intervals, sizes_of
 from gptailor.eval.results import EvalResult, References, applicable_definition
 from gptailor.search.precompute import Precompute
@@ -27,7 +27,6 @@ from .liveness import Heartbeat, Owner
 from .settings import data_dir
 from .store import ClaimLost, Store, StoreError
 
-BASELINES = (*HEURISTICS, "best_single")
 METHODS = (*SEARCHES, *BASELINES, "manual")
 
 
@@ -338,29 +337,26 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
                   progress: Progress | None = None, run: "_StudyRun | None" = None,
                   cache: Precompute | None = None) -> str:
     """Evaluate the heuristic's plan(s) on the whole search split; best_single tries every heuristic on
-    every member (and picks on the search split, like a search). ``progress`` is told each heuristic
-    computed and ends the baseline between plans when it asks to stop."""
+    every member, best_seed every plan a search is seeded with (``seed_plans``: each removal crossed with
+    each member and merge), both picking on the search split like a search: the rules a search must beat.
+    ``progress`` is told each plan computed and ends the baseline between plans when it asks to stop."""
     progress = progress or Progress()
     n = budget.n_remove(ev.family)
-    texts = calibration_ids(ev.suite, ev.family.tokenizer)
-    todo = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
-        if method == "best_single" else [(method, "base")]
-    if run is not None:
-        run.total = len(todo)  # a baseline's trials: one per (heuristic, member)
     cache = cache or Precompute(None)
+    texts = calibration_ids(ev.suite, ev.family.tokenizer)
+    shared = SharedStates(ev.family, texts, ev.stitcher)  # one forward per member, shared by its heuristics
+    todo = _baseline_plans(ev, n, method, cache, texts, shared, progress)
+    if run is not None:
+        run.total = len(todo)  # a baseline's trials: one per plan
     done = {t.source for t in previous if t.status == "complete"}  # a trial cut short is scored again
     number = len(previous)
     start = time.perf_counter()
-    shared = SharedStates(ev.family, texts, ev.stitcher)  # one forward per member, shared by its heuristics
-    for h, m in todo:
-        name = f"{h}:{m}"
+    for k, (name, plan_of) in enumerate(todo):
         if name in done:
             continue
         if progress.stop_requested():
             return "cancelled"
-        step = Phase("heuristics", number, len(todo), f"{h} on {m}")
-        plan, _ = cache.heuristic_plan(h, ev.family, n, ev.suite, member=m, stitcher=ev.stitcher, texts=texts,
-                                       on_compute=lambda: progress.phase(step), states=shared.of(m))
+        plan = plan_of(lambda: progress.phase(Phase("heuristics", k, len(todo), name.replace(":", " on "))))
         if isinstance(ev, _Watched):
             ev.source = name
         res = ev.evaluate(plan, None, split="search", references=refs, definition=definition)
@@ -368,6 +364,24 @@ def _run_baseline(ev: Evaluator, budget: Budget, method: str, previous: list[Tri
                            wall_s=time.perf_counter() - start, source=name))
         number += 1
     return "finished"
+
+
+def _baseline_plans(ev: Evaluator, n: int, method: str, cache: Precompute, texts, shared: SharedStates,
+                    progress: Progress) -> list[tuple[str, Callable[[Callable[[], None]], Plan]]]:
+    """A baseline's (source name, plan maker) pairs, in scoring order; a maker computes its heuristic
+    (cached) only when reached, telling ``on_compute`` first."""
+    if method == "best_seed":
+        from gptailor.search.seeds import seed_plans
+
+        removals = cache.heuristic_removals(ev.family, n, ev.suite, ev.stitcher, progress)
+        return [(name, (lambda p: lambda _on: p)(plan)) for name, plan in seed_plans(ev.family, n, removals).items()]
+    pairs = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
+        if method == "best_single" else [(method, "base")]
+
+    def maker(h: str, m: str):
+        return lambda on_compute: cache.heuristic_plan(h, ev.family, n, ev.suite, member=m, stitcher=ev.stitcher,
+                                                       texts=texts, on_compute=on_compute, states=shared.of(m))[0]
+    return [(f"{h}:{m}", maker(h, m)) for h, m in pairs]
 
 
 __all__ = ["StudyError", "create_study", "run_study", "load_engine", "short_name", "precompute", "died_of",

@@ -154,6 +154,30 @@ def test_reference_progress_on_stderr(bench_run):
         assert sorted(m for _, _, m in got) == sorted(members)
 
 
+def test_a_rerun_reads_finished_studies_back_and_adds_the_best_seed_row(bench_run):
+    """The same --workdir again with a baseline added: the finished evolution study is read back (no second
+    study, the same test retention), and the best seeded plan is a row, with the acceptance line against it."""
+    p, bdir, _, d = bench_run
+    first = re.search(r"evolution seed 0: test (\d+\.\d)%", p.stdout).group(1)
+    cmd = [sys.executable, "-m", "bench.search_quality", "--family", str(d / "family.yaml"),
+           "--suite", str(d / "tasks/suite.yaml"), "--trials", str(TRIALS), "--seeds", "0", "--methods", "evolution",
+           "--baselines", "best_seed", "--objective", "loglik", "--remove", "2", "--min-fidelity", "2",
+           "--max-fidelity", "6", "--workdir", str(bdir.parent)]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    q = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert q.returncode == 0, q.stderr[-3000:]
+    line = next(x for x in q.stdout.splitlines() if "evolution seed 0: test" in x)
+    assert f"test {first}%" in line and "read back" in line, line
+    con = sqlite3.connect(bdir / "evolution-seed0.db")
+    assert con.execute("SELECT count(*) FROM studies").fetchone() == (1,)
+    con.close()
+    _, rows = stored(bdir / "best_seed-seed0.db")
+    seeds = [r for r in rows if r[2] == "complete"]
+    assert len(seeds) >= 10 and all("+" in r[6] for r in seeds)  # removal+setting, e.g. shortgpt+math
+    assert re.search(r"^best_seed\s+1\s+\d+\.\d%", q.stdout, re.M), q.stdout
+    assert "evolution against the best baseline row (best_seed," in q.stdout
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--methods", "smac,evolution-fast"], "unknown method 'evolution-fast'"),
     (["--methods", "genetic"], "unknown method 'genetic'"),

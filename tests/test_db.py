@@ -173,6 +173,32 @@ def test_baselines_are_studies_in_the_same_tables(tmp_path, fam_dir, ev):
     assert "re-scored on the test split" in table and "family" in table and "base" in table
 
 
+def test_best_seed_scores_every_seeded_plan_and_reports_the_best(tmp_path, fam_dir, ev):
+    """The bar a search must clear: every removal crossed with the base, each finetune and both merges,
+    each scored once on the whole search split, exactly as a fresh evaluation scores it."""
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = create_study(store, str(fam_dir / "family.yaml"), "best_seed", Budget(remove_layers=2), evaluator=ev)
+    assert run_study(store, sid, evaluator=ev) == "finished"
+    trials = store.trials(sid)
+    drop_sets = {tuple(i for i, op in enumerate(t.plan.ops) if op.kind == "drop") for t in trials}
+    assert (3, 4) in drop_sets and all(len(d) == 2 for d in drop_sets)  # last_n's, among others
+    kept_as = {}
+    for t in trials:
+        kept = {op.to_text() for op in t.plan.ops if op.kind != "drop"}
+        assert len(kept) == 1  # a seed keeps one thing at every kept position
+        kept_as.setdefault(next(iter(kept)), set()).add(tuple(i for i, op in enumerate(t.plan.ops)
+                                                            if op.kind == "drop"))
+    assert set(kept_as) == {"base", "math", "code", "merge(base=1,code=1,math=1)",
+                            "merge[task_arithmetic](code=.5,math=.5)"}, set(kept_as)
+    assert all(d == drop_sets for d in kept_as.values())  # every removal with every setting
+    assert len(trials) == len({t.plan.key() for t in trials}) == 5 * len(drop_sets)
+    fresh = {t.number: ev.evaluate(t.plan, None, split="search") for t in trials[:3]}
+    for t in trials[:3]:
+        assert t.result.scores == fresh[t.number].scores
+    best = next(t for t in trials if t.number == store.study(sid)["best_trial"])
+    assert best.retention == max(t.retention for t in trials)  # ties: the study's own rule (rank_key) decides
+
+
 def test_two_concurrent_studies_and_a_reader(tmp_path, fam_dir):
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     spec = str(fam_dir / "family.yaml")

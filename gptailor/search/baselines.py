@@ -10,7 +10,9 @@
   hidden state closest (cosine) to the full model's on the calibration set wins; at most
   ``LACO_CANDIDATES`` blocks are collapsed and run, the ones ranked most similar by the angular distance;
 - ``best_single``: the best of the above applied to each member alone (does cross-model stitching
-  beat pruning the best single model?).
+  beat pruning the best single model?);
+- ``best_seed``: the best of every plan a search is seeded with (each removal crossed with each member and
+  merge): what a search must beat to earn its trials.
 
 All of them look at hidden states captured with forward hooks on the decoder layers, so they work
 on any Llama-layout model without relying on ``output_hidden_states`` conventions.
@@ -30,6 +32,9 @@ from gptailor.eval.suite import Suite
 from gptailor.analysis.states import Calibration, LayerStates, angular_distance, block_influence, layer_states
 
 HEURISTICS = ("last_n", "shortgpt", "angular", "laco")
+# What a baseline study can run: a heuristic on the base, the best heuristic x member, or the best seeded plan
+# (every plan a search starts from, ``gptailor.search.seeds.seed_plans``), each picked on the search split.
+BASELINES = (*HEURISTICS, "best_single", "best_seed")
 
 
 def calibration_ids(suite: Suite, tokenizer, n: int = 64) -> list[list[int]]:
