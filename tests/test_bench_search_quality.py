@@ -178,6 +178,30 @@ def test_a_rerun_reads_finished_studies_back_and_adds_the_best_seed_row(bench_ru
     assert "evolution against the best baseline row (best_seed," in q.stdout
 
 
+def test_paired_noise_rescores_every_reported_plan_and_pairs_the_draws(bench_run, capsys):
+    """bench.paired_noise on the same --workdir (after the rerun above added best_seed): every study's plan
+    re-scored per example equals its stored test report, and each difference is the stored reports' (read
+    with plain sqlite3) mean over seeds minus the baseline's."""
+    from bench.paired_noise import main
+
+    _, bdir, _, d = bench_run
+    assert main(["--workdir", str(bdir.parent), "--family", str(d / "family.yaml"), "--suite",
+                 str(d / "tasks/suite.yaml"), "--remove", "2", "--draws", "50"]) == 0
+    out = capsys.readouterr().out
+    rescored = [x for x in out.splitlines() if " seed " in x and x.strip().endswith(")")]
+    assert len(rescored) == len(METHODS) * len(SEEDS) + 1 and all("(equal)" in x for x in rescored), out
+
+    def stored_test(db: Path) -> float:
+        con = sqlite3.connect(db)
+        (report,) = con.execute("SELECT report FROM studies").fetchone()
+        con.close()
+        return json.loads(report)["retention"]
+    seed_mean = statistics.fmean(stored_test(bdir / f"evolution-seed{s}.db") for s in SEEDS)
+    want = 100 * (seed_mean - stored_test(bdir / "best_seed-seed0.db"))
+    line = next(x for x in out.splitlines() if x.strip().startswith("evolution - best_seed:"))
+    assert f"{want:+.1f} pts" in line and "paired noise" in line and "unpaired" in line, (line, want)
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--methods", "smac,evolution-fast"], "unknown method 'evolution-fast'"),
     (["--methods", "genetic"], "unknown method 'genetic'"),
