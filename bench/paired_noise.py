@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gptailor import Evaluator, Family, Plan, load_suite
-from gptailor.eval.noise import Z95, combined_noise, retention_interval, verdict
+from gptailor.eval.noise import Z95, combined_noise, verdict
 from gptailor.eval.results import References, applicable_definition
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.workdir) / f"remove{args.remove}"
     if not folder.is_dir():
         ap.error(f"--workdir: no folder {folder}; run bench.search_quality --remove {args.remove} there first")
-    from bench.search_quality import precompute  # the same references cache as the run's
+    from bench.search_quality import precompute, sampling_se  # the run's references cache; its rule
     from db.store import Store
 
     fam = Family.from_spec(args.family)
@@ -103,17 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             drawn = draws[s].mean(axis=1) - draws[b].mean(axis=1)
             sd_s = statistics.stdev(point[s]) if len(point[s]) > 1 else 0.0
             paired = math.sqrt(float(np.std(drawn, ddof=1)) ** 2 + sd_s ** 2 / len(point[s]))
-            se = {m: retention_interval(mean_scores(ev, values[m]), sizes, refs, definition).se for m in (s, b)}
+            se = {m: sampling_se([ev.objective_scores(ev.details_of(v)) for v in values[m]], list(sizes), ev.suite,
+                                 refs, definition) for m in (s, b)}
             unpaired = combined_noise(se[s], se[b], sd_s, len(point[s]))
             print(f"  {s} - {b}: {100 * diff:+.1f} pts; paired noise {100 * paired:.1f} -> "
                   f"{verdict(diff, paired)}; unpaired {100 * unpaired:.1f} -> {verdict(diff, unpaired)}")
     return 0
-
-
-def mean_scores(ev: Evaluator, vs: list[dict]) -> dict[str, float]:
-    """Each task's objective score, averaged over the seeds' plans (as search_quality's sampling_se takes it)."""
-    per = [ev.objective_scores(ev.details_of(v)) for v in vs]
-    return {t: statistics.fmean(p[t] for p in per) for t in per[0]}
 
 
 if __name__ == "__main__":

@@ -236,11 +236,11 @@ def finished_twin(store: Store, name: str, kind: str, budget: Budget, settings: 
     return None
 
 
-def sampling_se(rows: list, tasks: list[str], suite, test_refs, definition: str) -> float:
+def sampling_se(scores: list[dict[str, float]], tasks: list[str], suite, test_refs, definition: str) -> float:
     """Standard error of a row's mean retention from the finite test split: the engine's rule
-    (``gptailor.eval.noise``, Wilson per accuracy task), on the rows' mean scores."""
-    scores = {t: statistics.fmean([r.scores[t] for r in rows]) for t in tasks}
-    return retention_interval(scores, {x.name: x.split_size("test") for x in suite}, test_refs, definition).se
+    (``gptailor.eval.noise``, Wilson per accuracy task), on the mean of the row's per-seed task scores."""
+    mean = {t: statistics.fmean([s[t] for s in scores]) for t in tasks}
+    return retention_interval(mean, {x.name: x.split_size("test") for x in suite}, test_refs, definition).se
 
 
 def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], workdir: Path, definition: str,
@@ -289,16 +289,18 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
               f"{f'[{100 * (m - hw):.1f}, {100 * (m + hw):.1f}]':>17}"
               + "".join(f"{100 * v:>10.1f}%" for v in per_task) + f"{100 * base_def:>9.1f}%  {rs[0]['row'].plan}")
     for s_ in summary.values():
-        s_["se"] = sampling_se(s_["rows"], tasks, suite, test_refs, definition)
+        s_["se"] = sampling_se([r.scores for r in s_["rows"]], tasks, suite, test_refs, definition)
     print_anytime(runs, methods, args.trials, args.objective)
 
     print("differences: larger than the noise only when |difference| > 1.96 x the combined noise of the two rows "
           "(seed spread and the test split's sampling error)")
+    noises: dict[tuple[str, str], float] = {}
     for method in methods:
         a = summary[method]
         for other in [x for x in [*methods, *args.baselines] if x != method]:
             b = summary[other]
-            noise = combined_noise(a["se"], b["se"], a["sd"], len(a["vals"]), b["sd"], len(b["vals"]))
+            noise = noises[method, other] = combined_noise(a["se"], b["se"], a["sd"], len(a["vals"]), b["sd"],
+                                                           len(b["vals"]))
             verdict = "larger than the noise" if beyond_noise(a["mean"] - b["mean"], noise) else "within the noise"
             print(f"  {method} - {other}: {100 * (a['mean'] - b['mean']):+.1f} pts (noise sd {100 * noise:.1f})  "
                   f"{verdict}")
@@ -306,8 +308,7 @@ def run_budget(args, ev, budget: Budget, methods: list[str], seeds: list[int], w
         bar = max(args.baselines, key=lambda b: summary[b]["mean"])
         b = summary[bar]
         for method in methods:
-            a = summary[method]
-            noise = combined_noise(a["se"], b["se"], a["sd"], len(a["vals"]), b["sd"], len(b["vals"]))
+            a, noise = summary[method], noises[method, bar]
             print(f"  {method} against the best baseline row ({bar}, {100 * b['mean']:.1f}%): "
                   f"{100 * (a['mean'] - b['mean']):+.1f} pts (noise sd {100 * noise:.1f})  "
                   f"{verdict_of(a['mean'] - b['mean'], noise)}")
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if os.environ.get("PYTHONHASHSEED") != "0":  # only as a program: in-process (a test) it would replace the caller
-        os.execve(sys.executable, [sys.executable, "-m", "bench.search_quality", *sys.argv[1:]],
-                  {**os.environ, "PYTHONHASHSEED": "0"})
+    from bench import rerun_with_fixed_hash_seed
+
+    rerun_with_fixed_hash_seed("bench.search_quality")
     raise SystemExit(main())

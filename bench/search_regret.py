@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if os.environ.get("PYTHONHASHSEED") != "0":  # only as a program: in-process (a test) it would replace the caller
-        os.execve(sys.executable, [sys.executable, "-m", "bench.search_regret", *sys.argv[1:]],
-                  {**os.environ, "PYTHONHASHSEED": "0"})
+    from bench import rerun_with_fixed_hash_seed
+
+    rerun_with_fixed_hash_seed("bench.search_regret")
     sys.exit(main())

@@ -374,7 +374,7 @@ def _baseline_plans(ev: Evaluator, n: int, method: str, cache: Precompute, texts
         from gptailor.search.seeds import seed_plans
 
         removals = cache.heuristic_removals(ev.family, n, ev.suite, ev.stitcher, progress)
-        return [(name, (lambda p: lambda _on: p)(plan)) for name, plan in seed_plans(ev.family, n, removals).items()]
+        return [(name, lambda _on, p=plan: p) for name, plan in seed_plans(ev.family, n, removals).items()]
     pairs = [(h, m) for m in ev.family.member_names for h in HEURISTICS if h != "laco"] \
         if method == "best_single" else [(method, "base")]
 
