@@ -22,6 +22,15 @@ few real end-to-end runs (the real evaluator, few trials) whose scores must agre
     PYTHONHASHSEED=0 python -m bench.search_regret enumerate --family /work/main/data/builtin/smol --sources best
     PYTHONHASHSEED=0 python -m bench.search_regret run bench/regret/demo-r2-base+math.json.gz --seeds 20 --trials 200
 
+On a large family the space is restricted so it can be listed: ``--free`` positions take any source (elsewhere
+the first source's layer), ``--drops`` are the only positions a plan may drop, and ``--merges`` adds the
+seeds' fixed merges (``task_arithmetic_half``, ``linear_all``) to what a free position may take, so one table
+holds the paper's ablation: ``run`` prints the best plan of drop sets alone, of picks, and of picks with
+merges, and ``run --pick-only`` searches the table without its merges.
+
+    python -m bench.search_regret enumerate --family data/builtin/smol-all --remove 4 --sources convert,reverse \
+        --drops 12-18 --free 28-29 --merges task_arithmetic_half --threads 1
+
 ``--shard K/N`` enumerates one of N shards (every plan whose first drop is K modulo N: consecutive plans stay
 together, so the prefix cache keeps its reuse); ``merge`` joins the N tables into one. ``correlate`` prints
 the budget correlation of each objective with held-out accuracy over every plan of a table (what
@@ -53,8 +62,9 @@ from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.eval.noise import retention_interval  # noqa: E402
 from gptailor.eval.results import EvalResult, References, applicable_definition  # noqa: E402
 from gptailor.search.optimizer import Search  # noqa: E402
+from gptailor.plan import Op  # noqa: E402
 from gptailor.search.precompute import Precompute  # noqa: E402
-from gptailor.search.seeds import seed_plans  # noqa: E402
+from gptailor.search.seeds import merge_settings, seed_plans  # noqa: E402
 from gptailor.search.settings import METHODS, SearchSettings  # noqa: E402
 from gptailor.search.space import Budget, PickSpace  # noqa: E402
 from gptailor.search.trials import TrialRecord, incumbent  # noqa: E402
@@ -95,6 +105,19 @@ def parse_positions(text: str | None, n_layers: int) -> list[int] | None:
     for part in text.split(","):
         lo, _, hi = part.partition("-")
         out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def named_merges(text: str | None, members: list[str]) -> dict[str, Op]:
+    """``task_arithmetic_half,linear_all`` -> those merges of the seeded plans (``seeds.merge_settings``), by
+    name: the fixed merges a pick space's free positions may take."""
+    settings = merge_settings(members)
+    known = [k for k, f in settings.items() if f(0).kind == "merge"]
+    out = {}
+    for name in (x.strip() for x in (text or "").split(",") if x.strip()):
+        if name not in known:
+            raise ValueError(f"--merges {name!r}: use the seeds' merges: {', '.join(known) or '(none: one member)'}")
+        out[name] = settings[name](0)
     return out
 
 
@@ -146,7 +169,9 @@ def enumerate_table(ev: Evaluator, space: PickSpace, limit: int | None = None, l
                 f"~{el / (k + 1) * (total - k - 1):.0f} s left)")
     elapsed = time.perf_counter() - t0
     return {"version": VERSION, "family": fam.name, "suite": ev.suite.name, "space": space.describe(),
-            "sources": list(space.sources), "free": sorted(space.free), "n_remove": space.n_remove, "complete": total == space.size(),
+            "sources": list(space.sources), "free": sorted(space.free), "droppable": sorted(space.droppable),
+            "merges": {k: op.to_dict() for k, op in space.merges.items()}, "n_remove": space.n_remove,
+            "complete": total == space.size(),
             "space_size": space.size(), "shard": list(shard), "shard_complete": total == len(mine),
             "references": {s: r.to_dict() for s, r in refs.items()}, "heuristic_removals": removals,
             "split_sizes": {s: {t.name: t.split_size(s) for t in ev.suite} for s in ("search", "test")},
@@ -169,7 +194,8 @@ def merge_tables(tables: list[dict[str, Any]]) -> dict[str, Any]:
     bit: the shards scored them on the same machine and code), each plan once; complete when every shard of
     the space is there."""
     first = tables[0]
-    same = ("version", "family", "suite", "space", "sources", "free", "n_remove", "references", "split_sizes")
+    same = ("version", "family", "suite", "space", "sources", "free", "droppable", "merges", "n_remove", "references",
+            "split_sizes")
     for t in tables[1:]:
         diff = [k for k in same if t.get(k) != first.get(k)]
         if diff:
@@ -213,17 +239,20 @@ class LookupEvaluator(Evaluator):
             self.use_references(References.from_dict(d))
         self.lookups = 0
 
-    def space(self, seed: int = 0) -> PickSpace:
-        """The table's space (its sources and drop count), seeded for one search."""
+    def space(self, seed: int = 0, merges: bool = True) -> PickSpace:
+        """The table's space (its sources, free and droppable positions, merges and drop count), seeded for one
+        search; ``merges=False``: its pick-only part (the paper's ablation, a subset of the table)."""
         return PickSpace(self.family, self.table["n_remove"], seed, sources=self.table["sources"],
-                         free=self.table.get("free"))
+                         free=self.table.get("free"), droppable=self.table.get("droppable"),
+                         merges=self.table.get("merges") if merges else None)
 
     def values(self, plan: Plan, fidelity: int | None, split: str) -> tuple[dict[str, dict[str, list]], int]:
         row = self.rows.get(plan.key())
         if row is None:
             raise NotInTable(f"plan {plan.to_text()} is not in the table ({len(self.rows)} plans: "
                              f"{self.table['n_remove']} drops, sources {', '.join(self.table['sources'])}, free positions "
-                             f"{self.table.get('free', 'all')}); "
+                             f"{self.table.get('free', 'all')}, droppable {self.table.get('droppable', 'all')}, "
+                             f"merges {', '.join(self.table.get('merges') or {}) or 'none'}); "
                              f"restrict the search to the table's space (LookupEvaluator.space) or enumerate it")
         per = row["values"][split]
         cut = {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in per.items()}
@@ -273,6 +302,25 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q[1], q[0], q[2]
 
 
+def ablation(ev: LookupEvaluator, gt: dict[str, dict[str, float]]) -> list[tuple[str, int, str, float, float, float]]:
+    """The paper's ablation on one table: the best plan of each nested part of the space (drop sets alone on
+    the first source; picks among the sources; picks and the table's merges), chosen on the search split:
+    (part, plans, best plan, its search retention, its test retention, the part's best test retention)."""
+    t = ev.table
+    parts = {"drops only (first source)": PickSpace(ev.family, t["n_remove"], sources=t["sources"][:1],
+                                                    droppable=t.get("droppable")),
+             "picks": ev.space(merges=False)}
+    if t.get("merges"):
+        parts["picks and merges"] = ev.space()
+    out = []
+    for name, space in parts.items():
+        keys = [p.key() for p in space.plans()]
+        best = max(keys, key=lambda k: gt[k]["search"])
+        out.append((name, len(keys), ev.rows[best]["plan"], gt[best]["search"], gt[best]["test"],
+                    max(gt[k]["test"] for k in keys)))
+    return out
+
+
 def seeded(ev: LookupEvaluator, space: PickSpace) -> dict[str, Plan]:
     """The seeded plans a search of this space starts from (those the space can express), as it decodes them."""
     out = {}
@@ -309,8 +357,16 @@ def cmd_enumerate(args) -> int:
     refs = ev.references("search")
     sources = resolve_sources(args.sources, refs, fam.member_names)
     free = parse_positions(args.free, fam.n_layers)
-    space = PickSpace(fam, args.remove, sources=sources, free=free)
+    droppable = parse_positions(args.drops, fam.n_layers)
+    try:
+        merges = named_merges(args.merges, fam.member_names)
+        space = PickSpace(fam, args.remove, sources=sources, free=free, droppable=droppable, merges=merges)
+    except (ValueError, KeyError) as err:
+        print(f"enumerate: {err}", file=sys.stderr)
+        return 2
     tag = "" if free is None else f"-free{min(free)}-{max(free)}"
+    tag += "" if droppable is None else f"-drops{min(droppable)}-{max(droppable)}"
+    tag += "".join(f"+{m}" for m in merges)
     tag += "" if shard[1] == 1 else f"-shard{shard[0]}of{shard[1]}"
     out = Path(args.out) / f"{fam.name}-r{args.remove}-{'+'.join(sources)}{tag}.json.gz"
     print(f"family {fam.name}: {fam.n_layers} layers, members {', '.join(fam.member_names)}; space pick, "
@@ -366,6 +422,13 @@ def cmd_correlate(args) -> int:
     return 0
 
 
+def compact(plan_text: str) -> str:
+    """A plan's text without the positions that keep the run's most common op: what sets it apart."""
+    ops = [x.split(":", 1) for x in plan_text.split()]
+    common = max({op for _, op in ops}, key=lambda op: sum(o == op for _, o in ops))
+    return " ".join(f"{i}:{op}" for i, op in ops if op != common) + f" (else {common})"
+
+
 def fmt(q: tuple[float, float, float]) -> str:
     med, lo, hi = q
     return "   n/a" if math.isnan(med) else f"{100 * med:5.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
@@ -405,6 +468,10 @@ def cmd_run(args) -> int:
         print(f"  {name:<32} search {100 * gt[k]['search']:5.1f}% (rank {order['search'].index(k) + 1}/{len(gt)}, "
               f"regret {100 * (opt['search'] - gt[k]['search']):.1f})  test {100 * gt[k]['test']:5.1f}% "
               f"(rank {order['test'].index(k) + 1}, regret {100 * (opt['test'] - gt[k]['test']):.1f})")
+    print("the best plan of each part of the space (chosen on the search split; the paper's ablation):")
+    for name, n, plan_text, s_ret, t_ret, t_best in ablation(ev, gt):
+        print(f"  {name:<26} {n:>5} plans: search {100 * s_ret:5.1f}%, its test {100 * t_ret:5.1f}% "
+              f"(the part's test optimum {100 * t_best:.1f}%)  {compact(plan_text)}")
     seeds_list = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     curves: dict[str, dict[str, list[list[float]]]] = {}
     methods = args.methods.split(",") if args.methods else list(METHODS)
@@ -413,7 +480,7 @@ def cmd_run(args) -> int:
         t0 = time.perf_counter()
         found = 0
         for seed in seeds_list:
-            trials = run_search(ev, ev.space(seed), method, seed, args.trials, args)
+            trials = run_search(ev, ev.space(seed, merges=not args.pick_only), method, seed, args.trials, args)
             for s in ("search", "test"):
                 curves[method][s].append(regret_curve(trials, gt, s))
             found += curves[method]["search"][-1][-1] == 0
@@ -465,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--remove", type=int, default=2)
     e.add_argument("--sources", default="all", help="all, best (the best single member: drop sets only), or "
                    "members, comma-separated (base,math)")
+    e.add_argument("--drops", default=None, help="the only positions a plan may drop (12-18 or 3,5,9); "
+                   "default every position")
+    e.add_argument("--merges", default=None, help="seeded merges a free position may also take, comma-separated "
+                   "(task_arithmetic_half, linear_all): picks against picks with merges on one table")
     e.add_argument("--free", default=None, help="positions that may take any source (4-7 or 0,2,5); elsewhere "
                    "the first source's layer (default: every position)")
     e.add_argument("--out", default="bench/regret")
@@ -488,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--trials", type=int, default=200)
     r.add_argument("--methods", default=None, help="comma-separated (default: every method of "
                    "gptailor.search.settings.METHODS)")
+    r.add_argument("--pick-only", action="store_true", help="search the table's space without its merges "
+                   "(the ablation's searches; regret still against the whole table's optimum)")
     r.add_argument("--min-fidelity", type=int, default=8)
     r.add_argument("--eta", type=int, default=3)
     r.add_argument("--objective", default="accuracy", choices=("accuracy", "loglik"))

@@ -103,7 +103,8 @@ def test_lookup_answers_what_the_real_evaluator_says(tiny):
 def test_plan_outside_the_table_is_a_clear_error(tiny):
     fam, _, lookup, _ = tiny
     outside = Plan.drop_positions(4, [1, 2], "code", fam.name)
-    with pytest.raises(NotInTable, match=r"is not in the table \(24 plans: 2 drops, sources base, math, free positions \[0, 1, 2, 3\]\)"):
+    with pytest.raises(NotInTable, match=r"is not in the table \(24 plans: 2 drops, sources base, math, free positions \[0, 1, 2, 3\], droppable "
+                                         r"\[0, 1, 2, 3\], merges none\)"):
         lookup.evaluate(outside, None, "search")
 
 
@@ -197,3 +198,72 @@ def test_a_bad_shard_is_refused_before_any_work(monkeypatch):
 
     assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
     assert main(["enumerate", "--family", "/nonexistent/family.yaml", "--shard", "2/2"]) == 2  # before loading
+
+
+TA = Op.merge({"math": 0.5, "code": 0.5}, "task_arithmetic")
+
+
+def restricted(fam, seed: int = 0, merges: bool = True) -> PickSpace:
+    """One drop at position 1 or 2; positions 2 and 3 may be base, math or (with merges) the fixed merge."""
+    return PickSpace(fam, 1, seed, sources=SOURCES, free=[2, 3], droppable=[1, 2],
+                     merges={"ta": TA.to_dict()} if merges else None)
+
+
+def test_droppable_positions_and_fixed_merges_list_every_plan_and_every_method_stays_inside(tiny):
+    """The restricted pick space of the smol-all ablation: drops only where allowed, fixed merges beside the
+    picks at free positions. The list is checked against an independent enumeration; every configuration,
+    every evolution mutation and every search's proposal must land in it (a look-up table built from it raises
+    on any other plan); each part's best plan of the ablation is the best a real evaluation gives."""
+    from bench.search_regret import ablation, named_merges
+    from gptailor.search.evolution import mutate, random_plan
+
+    fam, ev, _, _ = tiny
+    space = restricted(fam)
+    want = set()  # by hand: position 0 always base; 1 base or dropped; 2 and 3 free (base, math, ta)
+    choices = [Op.pick("base"), Op.pick("math"), TA]
+    for gone in (1, 2):
+        for a, b in itertools.product(choices, repeat=2):
+            ops = [Op.pick("base"), Op.pick("base"), a, b]
+            ops[gone] = Op.drop()
+            want.add(Plan(tuple(ops), fam.name).key())
+    plans = list(space.plans())
+    assert {p.key() for p in plans} == {k for k in want} and len(plans) == space.size() == 3 * 3 + 3 == len(want)
+    for p in plans:
+        assert space.decode(space.encode(p)).key() == p.key()
+    for cfg in space.cs.sample_configuration(200):  # repair drops only where a plan may
+        assert space.decode(cfg).key() in want
+    assert space.encode(Plan((Op.drop(), Op.pick("base"), Op.pick("base"), Op.pick("base")), fam.name)) is None
+    other = Op.merge({"math": 0.4, "code": 0.5}, "task_arithmetic")
+    assert space.encode(Plan((Op.pick("base"), Op.drop(), other, Op.pick("base")), fam.name)) is None
+    reordered = Op.merge({"code": 0.5, "math": 0.5}, "task_arithmetic")  # the same merge, members reordered
+    assert space.encode(Plan((Op.pick("base"), Op.drop(), reordered, Op.pick("base")), fam.name)) is not None
+
+    import random
+
+    rng, seen, plan = random.Random(0), set(), random_plan(space, random.Random(1))
+    for _ in range(300):
+        plan = mutate(plan, rng, space) or plan
+        seen.add(plan.key())
+    assert seen <= want and any("merge" in k for k in seen) and {k.split()[1] for k in seen} >= {"1:drop", "1:base"}
+
+    table = enumerate_table(ev, space, log=lambda m: None)
+    assert table["droppable"] == [1, 2] and table["merges"] == {"ta": TA.to_dict()}
+    lookup = LookupEvaluator(fam, ev.suite, table)
+    refs = lookup.references("search")
+    for method in ("evolution", "random", "smac"):  # a proposal outside the table would raise NotInTable
+        settings = SearchSettings(method=method, n_trials=10, seed=2, min_fidelity=2, initial_plans=True)
+        trials = Search(lookup, Budget(remove_layers=1), settings, references=refs, space=lookup.space(2),
+                        heuristic_removals=table["heuristic_removals"]).run().trials
+        assert trials and {t.plan.key() for t in trials} <= want
+    gt = truth(lookup, refs.default_definition())
+    parts = {name: (n, plan, s_ret) for name, n, plan, s_ret, *_ in ablation(lookup, gt)}
+    assert [v[0] for v in parts.values()] == [2, 6, 12]  # drop sets alone; 2 + 4 pick plans; all 12
+    real = {p.key(): ev.evaluate(p, None, "search").retention for p in plans}  # the real evaluator, not the table
+    for name, keep in (("drops only (first source)", lambda k: "math" not in k and "merge" not in k),
+                       ("picks", lambda k: "merge" not in k), ("picks and merges", lambda k: True)):
+        best = max((k for k in real if keep(k)), key=real.get)
+        assert parts[name][2] == pytest.approx(real[best], abs=1e-9)
+        assert Plan.from_text(parts[name][1], fam.name).key() == best
+    assert named_merges("task_arithmetic_half", fam.member_names)["task_arithmetic_half"].kind == "merge"
+    with pytest.raises(ValueError, match="use the seeds' merges: linear_all, task_arithmetic_half"):
+        named_merges("nope", fam.member_names)

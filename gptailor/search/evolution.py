@@ -51,10 +51,11 @@ MAX_TRIES = 50  # mutations tried for one new offspring before the generation se
 # stays inside it: a move the space could not express would be scored as something else, or not at all.
 def swap(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
     """A dropped and a kept position trade places: the kept op moves to the freed position (or, where the
-    space does not offer that op there, such as a pick space's fixed positions, the space's first choice)."""
+    space does not offer that op there, such as a pick space's fixed positions, the space's first choice).
+    Only a position the space lets a plan drop (``PlanSpace.droppable``) takes the drop."""
     ops = list(plan.ops)
     dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
-    kept = [i for i, op in enumerate(ops) if op.kind != "drop"]
+    kept = [i for i, op in enumerate(ops) if op.kind != "drop" and i in space.droppable]
     if not dropped or not kept:
         return None
     i, j = rng.choice(dropped), rng.choice(kept)
@@ -122,8 +123,9 @@ def mutate(plan: Plan, rng: random.Random, space: PlanSpace) -> Plan | None:
 
 
 def random_plan(space: PlanSpace, rng: random.Random) -> Plan:
-    """A plan in budget: ``n_remove`` positions dropped at random, every other a random choice of the space's."""
-    gone = set(rng.sample(range(space.L), space.n_remove))
+    """A plan in budget: ``n_remove`` droppable positions dropped at random, every other a random choice of
+    the space's."""
+    gone = set(rng.sample(sorted(space.droppable), space.n_remove))
     ops = tuple(Op.drop() if i in gone else Op.pick(rng.choice(space.keeps(i))) for i in range(space.L))
     plan = canonical(Plan(ops, space.family.name), space)
     if plan is None:

@@ -88,10 +88,12 @@ class Budget:
         return cls(d.get("remove_layers"), d.get("max_param_fraction"), d.get("remove_fraction"))
 
 
-def repair_drops(ops: list[Op], n_remove: int, restore: Callable[[int], Op]) -> list[Op]:
+def repair_drops(ops: list[Op], n_remove: int, restore: Callable[[int], Op],
+                 droppable: frozenset[int] | None = None) -> list[Op]:
     """``ops`` with exactly ``n_remove`` drops, by the one repair rule: extra drops are restored (``restore``
-    says as what) from the least removable up, missing ones taken in ``removal_preference`` order."""
-    pref = removal_preference(len(ops))
+    says as what) from the least removable up, missing ones taken in ``removal_preference`` order (among
+    ``droppable`` positions only, where a space restricts them)."""
+    pref = [i for i in removal_preference(len(ops)) if droppable is None or i in droppable]
     dropped = [i for i, op in enumerate(ops) if op.kind == "drop"]
     if len(dropped) > n_remove:
         for i in sorted(dropped, key=pref.index, reverse=True)[: len(dropped) - n_remove]:
@@ -144,6 +146,11 @@ class PlanSpace:
         return True
 
     # -- what a mutation may do (gptailor.search.evolution draws its moves from these) -------------
+    @property
+    def droppable(self) -> frozenset[int]:
+        """The positions a plan of this space may drop (every position, unless a space restricts them)."""
+        return frozenset(range(self.L))
+
     def keeps(self, i: int) -> list[str]:
         """The members whose layer a kept position ``i`` may be in this space (a pick), the first its
         default; the base's alone where every member's layer is the base's."""
@@ -363,33 +370,59 @@ class PaperSpace(PlanSpace):
 
 
 class PickSpace(PlanSpace):
-    """Pick-only plans: per position drop or one of ``sources``' layers, no merges, ``n_remove`` drops.
+    """Plans small enough to list: per position drop or one of ``sources``' layers, ``n_remove`` drops.
 
     Small enough to enumerate when the sources are few (``plans``), so a search restricted to it can be
     scored against ground truth (``bench/search_regret.py``): one source is "which layers to drop from that
-    member", every member is the pick-only space of the paper's ablation. A shared position offers drop or
-    the base's layer (any member's is the same). A configuration with the wrong number of drops is repaired
-    as in ``layerwise``, so every configuration decodes to one of ``plans()``."""
+    member", every member is the pick-only space of the paper's ablation. Three optional restrictions keep a
+    space listable on a large family: ``free`` positions (elsewhere a kept layer is the first source's),
+    ``droppable`` positions (the only ones a plan may drop) and ``merges``, a few fixed merges by name (for
+    example the seeds' ``task_arithmetic_half``) that a free position may take besides the sources' layers:
+    picks against picks with merges, on one table. A shared position offers drop or the base's layer (any
+    member's is the same). A configuration with the wrong number of drops is repaired as in ``layerwise``
+    (among the droppable positions), so every configuration decodes to one of ``plans()``."""
 
     name = "pick"
 
     def __init__(self, family: Family, n_remove: int, seed: int = 0, sources: tuple[str, ...] | list[str] | None = None,
-                 free: tuple[int, ...] | list[int] | None = None) -> None:
+                 free: tuple[int, ...] | list[int] | None = None, droppable: tuple[int, ...] | list[int] | None = None,
+                 merges: dict[str, Op | dict] | None = None) -> None:
         sources = tuple(sources or family.member_names)
         unknown = [m for m in sources if m not in family.member_names]
         if unknown or not sources:
             raise PlanError(f"pick space: unknown source(s) {', '.join(unknown) or '(none given)'}; "
                             f"use members of {family.name!r}: {', '.join(family.member_names)}")
         self.sources = sources
+        L = family.n_layers
         # ``free``: the positions that may take any source; elsewhere a kept layer is the first source's (a
         # smaller space to enumerate). None: every position.
-        self.free = frozenset(range(family.n_layers) if free is None else free)
-        if not self.free <= set(range(family.n_layers)):
-            raise PlanError(f"pick space: free positions must lie in 0..{family.n_layers - 1}, got {sorted(self.free)}")
+        self.free = frozenset(range(L) if free is None else free)
+        if not self.free <= set(range(L)):
+            raise PlanError(f"pick space: free positions must lie in 0..{L - 1}, got {sorted(self.free)}")
+        self._droppable = frozenset(range(L) if droppable is None else droppable)
+        if not self._droppable <= set(range(L)) or len(self._droppable) < n_remove:
+            raise PlanError(f"pick space: droppable positions must lie in 0..{L - 1} and number at least the "
+                            f"{n_remove} to remove, got {sorted(self._droppable)}")
+        self.merges = {str(k): (v if isinstance(v, Op) else Op.from_dict(v)) for k, v in (merges or {}).items()}
+        clash = [k for k, op in self.merges.items() if op.kind != "merge" or k in (*family.member_names, "drop")]
+        bad = [m for op in self.merges.values() for m in op.members if m not in family.member_names]
+        if clash or bad:
+            raise PlanError(f"pick space: merges must be merge ops of members, named unlike a member or 'drop' "
+                            f"(got {', '.join(clash) or 'unknown member(s) ' + ', '.join(bad)})")
+        self._merge_keys = {self._merge_key(op): k for k, op in self.merges.items()}
         super().__init__(family, n_remove, seed)
 
+    @staticmethod
+    def _merge_key(op: Op) -> str:
+        return Plan((op,)).key()  # merge order ignored, as plans compare
+
+    @property
+    def droppable(self) -> frozenset[int]:
+        return self._droppable
+
     def options(self) -> dict[str, Any]:
-        return {"sources": list(self.sources), "free": sorted(self.free)}
+        return {"sources": list(self.sources), "free": sorted(self.free), "droppable": sorted(self._droppable),
+                "merges": {k: op.to_dict() for k, op in self.merges.items()}}
 
     def keeps(self, i: int) -> list[str]:
         """The members position ``i`` may keep: ``sources`` where free, else the first source's; only the
@@ -398,17 +431,33 @@ class PickSpace(PlanSpace):
             return ["base"]
         return list(self.sources) if i in self.free else [self.sources[0]]
 
+    def choices(self, i: int) -> list[str]:
+        """What a kept position ``i`` may be, by name: ``keeps(i)``, then the merges where free."""
+        return self.keeps(i) + (list(self.merges) if self.merges_at(i) else [])
+
+    def op_of(self, name: str) -> Op:
+        return self.merges[name] if name in self.merges else Op.pick(name)
+
+    def merges_at(self, i: int) -> bool:
+        return bool(self.merges) and i in self.free and i not in self.shared
+
+    def merge_move(self, op: Op, i: int, rng: random.Random) -> Op:
+        """Another of the space's merges, or, when ``op`` is the only one, the position's first source."""
+        others = [k for k, m in self.merges.items() if self._merge_key(m) != self._merge_key(op)]
+        return self.merges[rng.choice(others)] if others else Op.pick(self.keeps(i)[0])
+
     def _build(self) -> ConfigurationSpace:
         cs = ConfigurationSpace(seed=self.seed)
         for i in range(self.L):
-            keep = self.keeps(i)
-            cs.add(Categorical(f"op_{i:03d}", ["drop", *keep], default=keep[0]))
+            keep = self.choices(i)
+            cs.add(Categorical(f"op_{i:03d}", (["drop"] if i in self._droppable else []) + keep, default=keep[0]))
         return cs
 
     def decode(self, config) -> Plan:
         c = dict(config)
-        ops = [Op.drop() if c[f"op_{i:03d}"] == "drop" else Op.pick(c[f"op_{i:03d}"]) for i in range(self.L)]
-        ops = repair_drops(ops, self.n_remove, lambda i: Op.pick(self.keeps(i)[0]))  # the first source's layer
+        ops = [Op.drop() if c[f"op_{i:03d}"] == "drop" else self.op_of(c[f"op_{i:03d}"]) for i in range(self.L)]
+        ops = repair_drops(ops, self.n_remove, lambda i: Op.pick(self.keeps(i)[0]),  # the first source's layer
+                           self._droppable)
         return Plan(tuple(ops), self.family.name)
 
     def valid(self, config) -> bool:
@@ -423,8 +472,10 @@ class PickSpace(PlanSpace):
                 values[f"op_{i:03d}"] = "base"
             elif op.kind == "pick" and op.member in self.sources:
                 values[f"op_{i:03d}"] = op.member
+            elif op.kind == "merge" and self._merge_key(op) in self._merge_keys:
+                values[f"op_{i:03d}"] = self._merge_keys[self._merge_key(op)]
             else:
-                return None  # a merge, or a member this space does not offer
+                return None  # another merge, or a member this space does not offer
         try:
             return Configuration(self.cs, values=values)
         except Exception:  # noqa: BLE001 - ConfigSpace raises several kinds for an illegal value
@@ -432,17 +483,17 @@ class PickSpace(PlanSpace):
 
     def size(self) -> int:
         """How many plans ``plans`` yields."""
-        return sum(math.prod(len(self.keeps(i)) for i in range(self.L) if i not in gone)
-                   for gone in itertools.combinations(range(self.L), self.n_remove))
+        return sum(math.prod(len(self.choices(i)) for i in range(self.L) if i not in gone)
+                   for gone in itertools.combinations(sorted(self._droppable), self.n_remove))
 
     def plans(self) -> Iterator[Plan]:
         """Every plan of the space, each once, as ``decode`` writes it; consecutive plans share long
         prefixes (drop sets in order, then sources), which the prefix-state cache turns into saved forwards."""
-        for gone in itertools.combinations(range(self.L), self.n_remove):
+        for gone in itertools.combinations(sorted(self._droppable), self.n_remove):
             kept = [i for i in range(self.L) if i not in gone]
-            for picks in itertools.product(*(self.keeps(i) for i in kept)):
+            for picks in itertools.product(*(self.choices(i) for i in kept)):
                 chosen = dict(zip(kept, picks))
-                yield Plan(tuple(Op.pick(chosen[i]) if i in chosen else Op.drop() for i in range(self.L)),
+                yield Plan(tuple(self.op_of(chosen[i]) if i in chosen else Op.drop() for i in range(self.L)),
                            self.family.name)
 
     def describe(self) -> dict[str, Any]:
