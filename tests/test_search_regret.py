@@ -267,3 +267,24 @@ def test_droppable_positions_and_fixed_merges_list_every_plan_and_every_method_s
     assert named_merges("task_arithmetic_half", fam.member_names)["task_arithmetic_half"].kind == "merge"
     with pytest.raises(ValueError, match="use the seeds' merges: linear_all, task_arithmetic_half"):
         named_merges("nope", fam.member_names)
+
+
+def test_the_plan_a_study_would_report_by_its_objective(tiny):
+    """`objective_incumbent`: among a loglik search's trials at the highest fidelity, the one whose plan has the
+    best loglik retention on the whole search split, by the table's own truth (every trial here is at the whole
+    split); the ranking rule's incumbent is the best by accuracy there instead."""
+    from bench.search_regret import objective_incumbent
+    from gptailor.search.trials import incumbent
+
+    fam, _, lookup, _ = tiny
+    refs = lookup.references("search")
+    definition = refs.default_definition()
+    by_loglik, by_accuracy = truth(lookup, definition, "loglik"), truth(lookup, definition, "accuracy")
+    settings = SearchSettings(method="random", facade="hpo", n_trials=12, seed=3, objective="loglik")
+    trials = Search(lookup, Budget(remove_layers=2), settings, references=refs, space=lookup.space(3),
+                    heuristic_removals=lookup.table["heuristic_removals"]).run().trials
+    alt = objective_incumbent(trials, "loglik", definition)
+    assert by_loglik[alt.plan.key()]["search"] == max(by_loglik[t.plan.key()]["search"] for t in trials)
+    assert by_accuracy[incumbent(trials).plan.key()]["search"] == max(by_accuracy[t.plan.key()]["search"] for t in trials)
+    assert alt.plan.key() != incumbent(trials).plan.key()  # with this seed the two rules disagree
+    assert objective_incumbent([], "loglik", definition) is None
