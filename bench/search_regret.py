@@ -61,13 +61,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.eval.noise import retention_interval  # noqa: E402
 from gptailor.eval.results import EvalResult, References, applicable_definition  # noqa: E402
-from gptailor.search.optimizer import Search  # noqa: E402
 from gptailor.plan import Op  # noqa: E402
+from gptailor.search.optimizer import Search  # noqa: E402
 from gptailor.search.precompute import Precompute  # noqa: E402
 from gptailor.search.seeds import merge_settings, seed_plans  # noqa: E402
 from gptailor.search.settings import METHODS, SearchSettings  # noqa: E402
 from gptailor.search.space import Budget, PickSpace  # noqa: E402
-from gptailor.search.trials import TrialRecord, fidelity_rank, incumbent, scored  # noqa: E402
+from gptailor.search.trials import TrialRecord, incumbent, rank_key, scored  # noqa: E402
 from gptailor.stitch import param_count  # noqa: E402
 
 VERSION = 1
@@ -295,13 +295,10 @@ def regret_curve(trials: list[TrialRecord], table: dict[str, dict[str, float]], 
 def objective_incumbent(trials: list[TrialRecord], objective: str, definition: str) -> TrialRecord | None:
     """The trial a study would report if it ranked by the score it optimised (``objective``'s retention at the
     highest fidelity reached, the earliest on a tie) instead of the one ranking rule (``incumbent``: accuracy
-    retention first, the proxy breaking ties): what the tables measure to decide between the two."""
-    done = scored(trials)
-    if not done:
-        return None
-    top = max(fidelity_rank(t.fidelity) for t in done)
-    return max((t for t in done if fidelity_rank(t.fidelity) == top),
-               key=lambda t: (t.result.objective_retention(objective, definition), -t.number))
+    retention first, the proxy breaking ties): what the tables measure to decide between the two. The same
+    ``rank_key``, with the objective's retention in place of accuracy's and no proxy."""
+    return min(scored(trials), default=None,
+               key=lambda t: rank_key(t.fidelity, t.result.objective_retention(objective, definition), t.number))
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
