@@ -202,6 +202,40 @@ def test_paired_noise_rescores_every_reported_plan_and_pairs_the_draws(bench_run
     assert f"{want:+.1f} pts" in line and "paired noise" in line and "unpaired" in line, (line, want)
 
 
+def test_report_rule_reports_the_objectives_best_beside_the_rules(bench_run, capsys):
+    """bench.report_rule on the same --workdir: one line per search (never a baseline), the rule's trial is the
+    stored report's (same retention), the objective's is the top-fidelity trial with the best loglik retention
+    (the earliest on a tie), recomputed here from the SQLite file with plain sqlite3, and the summary is the
+    mean of the printed differences."""
+    from bench.report_rule import main
+
+    _, bdir, _, _ = bench_run
+    assert main([str(bdir.parent)]) == 0
+    out = capsys.readouterr().out
+    lines = re.findall(r"(remove2/([\w-]+)-seed(\d)\.db) .*?: rule #(\d+) (\d+\.\d)  objective #(\d+) (\d+\.\d)  ([+-]\d+\.\d)",
+                       out)
+    searches = sorted(p.name for p in bdir.glob("*-seed*.db") if not p.name.startswith("best_seed"))
+    assert sorted(x[0].split("/")[1] for x in lines) == searches, out
+    diffs = []
+    for path, method, seed, rule, rule_test, obj, obj_test, diff in lines:
+        con = sqlite3.connect(bdir / path.split("/")[1])
+        (report,) = con.execute("SELECT report FROM studies").fetchone()
+        con.close()
+        report = json.loads(report)
+        assert int(rule) == report["trial"] and rule_test == f"{100 * report['retention']:.1f}"
+        _, rows = stored(bdir / path.split("/")[1])
+        done = [r for r in rows if loglik(r) is not None]
+        top = max(math.inf if r[1] is None else r[1] for r in done)
+        at_top = [r for r in done if (math.inf if r[1] is None else r[1]) == top]
+        best = max(at_top, key=lambda r: (loglik(r), -r[0]))
+        assert int(obj) == best[0], (path, obj, best[0])
+        if int(obj) == int(rule):
+            assert obj_test == rule_test and float(diff) == 0
+        diffs.append(float(obj_test) - float(rule_test))
+    m = re.search(r": objective - rule ([+-]\d+\.\d) pts", out)
+    assert m and abs(float(m.group(1)) - statistics.fmean(diffs)) <= 0.11, (m, diffs)  # each printed to 0.1
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--methods", "smac,evolution-fast"], "unknown method 'evolution-fast'"),
     (["--methods", "genetic"], "unknown method 'genetic'"),
