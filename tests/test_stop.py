@@ -64,6 +64,27 @@ def test_the_stop_button_ends_a_running_evaluation_within_a_batch(demo_ev, monke
         demo_ev.evaluate(plan, 2)
 
 
+def test_a_stop_pressed_while_the_work_is_queued_stops_it_and_an_idle_one_does_not(demo_ev):
+    """The click arms (``arm``, at once), the work waits in Gradio's queue, Stop comes before it starts: the
+    work stops at its first tick (CI, once, on a loaded machine: the handler cleared the flag when it started
+    and ran to its end). A Stop pressed with nothing running does not stop the next click's work."""
+    from ui import stop as stop_mod
+
+    request = SimpleNamespace(session_hash="s-queued", username=None)
+    plan = Plan.identity(demo_ev.family.n_layers, family="demo")
+    stop_mod.arm(request)  # the click
+    stop_mod.stop(request)  # Stop, before the queued handler starts
+    with stop_mod.stoppable(request, quiet=True) as run:
+        demo_ev.evaluate(plan, 2)
+    assert run.stopped
+    stop_mod.stop(request)  # a Stop with nothing running
+    stop_mod.arm(request)  # the next click
+    with stop_mod.stoppable(request, quiet=True) as run:
+        res = demo_ev.evaluate(plan, 2)
+    assert not run.stopped and res.kept_layers == demo_ev.family.n_layers
+    assert stop_mod.cleared(3)(request) == ("", None, None)  # the clearing pre-step arms too
+
+
 def test_a_stage_keeps_its_label_through_the_batch_ticks(demo_ev):
     """Issue 22, item 10: Gradio sends only the latest progress update (ten times a second) and its bar shows
     no label for an update without a fraction, so the per-batch ticks between a stage's task ticks must not

@@ -13,7 +13,7 @@ from .engine import ENGINE, gpu
 from db.settings import data_dir
 from .engine import redact
 from .overload import model_slots
-from .stop import STOPPED, stop_button, stoppable, wire_stop
+from .stop import STOPPED, armed, stop_button, stoppable, wire_stop
 
 TITLES = {"influence": "Block influence", "angular": "Angular distance", "cka_layers": "CKA between positions",
           "cka_members": "CKA between members", "drift": "Weight drift"}
@@ -75,8 +75,8 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
         plots.append(gr.Plot(label=TITLES[key], elem_id=f"analysis-{key}"))
         gr.Markdown(CAPTIONS[key], elem_id=f"analysis-{key}-caption")
     inputs = [family, n_texts, member, position, suite]
-    go_btn.click(compute, inputs, [member, *plots, note], api_name="analysis", **model_slots())
+    armed(go_btn.click).then(compute, inputs, [member, *plots, note], api_name="analysis", **model_slots())
     wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note and keeps the charts
     # a new member or position only re-draws from the cache (computed once per family and calibration set)
     for comp in (member, position):
-        comp.input(compute, inputs, [member, *plots, note], show_progress="minimal")
+        armed(comp.input).then(compute, inputs, [member, *plots, note], show_progress="minimal")

@@ -12,7 +12,7 @@ from .engine import ENGINE, gpu, store
 from .guard import last_refusal, refused
 from .overload import model_slots
 from .retention import marked, pct
-from .stop import STOPPED, stop_button, stoppable, wire_stop
+from .stop import STOPPED, armed, stop_button, stoppable, wire_stop
 
 COLUMNS = ["id", "study", "method", "family retention % [95%]", "base retention % [95%]", "trials", "wall s",
            "vs the best (objective)", "objective", "kept", "params M", "plan"]
@@ -91,6 +91,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown) -> None:
                          column_widths=WIDTHS)  # ... and no header breaks letter by letter
     maps = gr.Plot(label="Best plans", show_label=False, elem_id="compare-maps")
     bars = gr.Plot(show_label=False, elem_id="compare-bars")
-    go_btn.click(run_compare, [family, suite], [table, bars, maps, note], api_name="compare", **model_slots()) \
+    armed(go_btn.click).then(run_compare, [family, suite], [table, bars, maps, note], api_name="compare",
+                             **model_slots()) \
         .failure(last_refusal, None, [note], queue=False, show_progress="hidden", api_visibility="private")
     wire_stop(halt)  # no cancels: the handler itself returns the 'stopped' note and keeps the last table

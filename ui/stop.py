@@ -4,7 +4,13 @@ Gradio's ``cancels=`` ends the page's wait for an event, but a synchronous handl
 thread. So each long handler runs inside ``stoppable``, whose ``PageProgress`` is the engine's listener
 (``gptailor.common.progress.Progress``): each ``tick`` (between batches, tasks and members) raises
 ``Stopped`` once this session pressed Stop, which frees the server within one batch instead of at the end
-of the work, and otherwise shows progress on the page."""
+of the work, and otherwise shows progress on the page.
+
+A Stop applies to the work already asked for, even while it still waits in Gradio's queue: each button that
+starts stoppable work first runs ``arm`` (``queue=False``, at the click: an older Stop no longer applies), and
+the handler does not clear the flag when it starts, only when it ends. Clearing it at the start lost a Stop
+pressed between the click and the handler's start, on a loaded machine (CI, once: the work ran to its end).
+"""
 from __future__ import annotations
 
 import threading
@@ -70,8 +76,7 @@ def stoppable(request: gr.Request | None, progress: Any = None, quiet: bool = Fa
     set, so the handler can return the page's previous results and a 'stopped' note instead of Gradio's
     red Error badges on every output (wire its Stop button with ``wire_stop(btn)``, no ``cancels``, so
     that return reaches the page)."""
-    flag = _flag(request)
-    flag.clear()
+    flag = _flag(request)  # not cleared here: a Stop pressed while this work was queued must stop it (``arm``)
     run = Run()
     try:
         with listening(PageProgress(flag, progress, run)):
@@ -80,6 +85,19 @@ def stoppable(request: gr.Request | None, progress: Any = None, quiet: bool = Fa
         if not quiet:
             raise gr.Error(STOPPED) from None
         run.stopped = True
+    finally:
+        flag.clear()  # this Stop was for this work: the next starts unstopped
+
+
+def arm(request: gr.Request = None) -> None:
+    """At the click that asks for stoppable work (``queue=False``, before the work is queued): a Stop pressed
+    earlier, with nothing running, no longer applies; one pressed from now on stops this work."""
+    _flag(request).clear()
+
+
+def armed(trigger: Any) -> Any:
+    """``trigger`` (e.g. ``btn.click``) arming this session's Stop at once; chain the work with ``.then``."""
+    return trigger(arm, None, None, queue=False, show_progress="hidden", api_visibility="private")
 
 
 def stop(request: gr.Request = None) -> None:
@@ -99,5 +117,9 @@ def wire_stop(btn: gr.Button, *events: Any) -> None:
 
 def cleared(n: int):
     """What a result area shows while new work runs: nothing, so an error never leaves the last run's
-    numbers on the page as if they were this run's."""
-    return lambda: ("",) + (None,) * (n - 1)
+    numbers on the page as if they were this run's. It runs at the click (``queue=False``), so it also
+    ``arm``s this session's Stop for the work chained after it."""
+    def clear(request: gr.Request = None):
+        arm(request)
+        return ("",) + (None,) * (n - 1)
+    return clear
