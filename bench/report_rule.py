@@ -18,17 +18,17 @@ import sys
 from pathlib import Path
 
 from bench.search_regret import objective_incumbent
-from db.compare import engine_key
-from db.runs import load_engine, report_of
+from db.compare import compare, engine_key
+from db.runs import report_of
 from db.store import Store
-from gptailor.eval.results import applicable_definition
 from gptailor.search.settings import METHODS
 from gptailor.search.trials import incumbent
 
 
 def both_reports(db: Path, evaluators: dict) -> list[tuple[str, int, float, int, float]]:
     """Per finished search (not a heuristic baseline) in ``db`` that optimised a continuous objective: (name, rule's trial, its test retention,
-    objective's trial, its test retention); a stored report is reused when it is the rule's trial."""
+    objective's trial, its test retention). The rule's side is ``db.compare``'s row (its stored report when it
+    is of that trial), which also loads the study's evaluator into ``evaluators`` and names its definition."""
     out = []
     store = Store(f"sqlite:///{db}")
     for s in store.studies():
@@ -36,18 +36,11 @@ def both_reports(db: Path, evaluators: dict) -> list[tuple[str, int, float, int,
         if s["status"] != "finished" or objective == "accuracy" or s["method"] not in METHODS:  # searches only
             continue
         trials = store.trials(s["id"])
-        key = engine_key(s)
-        if key not in evaluators:
-            evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
-        ev = evaluators[key]
-        definition = applicable_definition(fixed=(s.get("refs") or {}).get("definition"),
-                                           setting=s["settings"].get("retention"),
-                                           refs=lambda: ev.references("search"))
-        a, b = incumbent(trials), objective_incumbent(trials, objective, definition)
-        rep = s.get("report") or {}
-        ra = rep["retention"] if rep.get("trial") == a.number else report_of(ev, a, definition)["retention"]
-        rb = ra if b.plan.key() == a.plan.key() else report_of(ev, b, definition)["retention"]
-        out.append((s["name"], a.number, ra, b.number, rb))
+        row = compare(store, [s["id"]], evaluators)[0]
+        a, b = incumbent(trials), objective_incumbent(trials, objective, row.definition)
+        rb = row.retention if b.plan.key() == a.plan.key() else \
+            report_of(evaluators[engine_key(s)], b, row.definition)["retention"]
+        out.append((s["name"], a.number, row.retention, b.number, rb))
     return out
 
 

@@ -28,7 +28,7 @@ from db.settings import data_dir, max_export_bytes, max_export_zips, max_full_ex
 from .guard import allowance, client_key, global_lock, owner_hash, valid_token
 from .overload import model_slots
 from .retention import headline_interval, line, marked, pct, where
-from .stop import STOPPED, arm, cleared, stop_button, stoppable, wire_stop
+from .stop import STOPPED, cleared, stop_button, stoppable, wire_stop
 
 GRID_COLUMNS = ["position", "op", "member", "merge weights", "method"]
 RESULT_COLUMNS = ["task", "this plan", "base", "current best", "family retention %", "base retention %"]
@@ -237,12 +237,6 @@ def prune_exports(folder: Path, keep: Path) -> None:
                               f"for exports (GPTAILOR_MAX_EXPORT_MB); the operator can raise the cap")
 
 
-def cleared_export(request: gr.Request = None):
-    """At the export click: no file and no note of the last export, and this session's Stop armed (``arm``)."""
-    arm(request)
-    return None, ""
-
-
 def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox, owner: gr.BrowserState) -> None:
     gr.Markdown("Edit the grid, or the text and press **Apply** (leaving the text box applies it too); the other "
                 "follows. The plan is shared with the Evaluate and Chat tabs, and a click on a trial in the "
@@ -272,7 +266,7 @@ def build(family: gr.Dropdown, suite: gr.Dropdown, plan_box: gr.Textbox, owner: 
                            api_visibility="private") \
         .then(evaluate_manual, [family, plan_box, fidelity, suite, owner], [result, table], api_name="evaluate_manual",
               **model_slots())
-    export_btn.click(cleared_export, None, [download, export_note], queue=False,
+    export_btn.click(cleared(2), None, [export_note, download], queue=False,
                      show_progress="hidden", api_visibility="private") \
         .then(export_zip, [family, plan_box, suite], [download, export_note], api_name="export", **model_slots())
     wire_stop(halt)  # no cancels: evaluate and export return their own 'stopped' note to the page
