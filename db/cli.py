@@ -378,7 +378,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="layerwise (per position an op, conditional merge weights), paper (the paper's masks), or "
                          "ranked (unconditional: a keep value per position ranks the drops, a source and a mix)")
     sp.add_argument("--constraint", choices=["repair", "reject"], default="repair")
-    sp.add_argument("--trials", "-n", type=arg("trials"), default=100)
+    sp.add_argument("--trials", "-n", type=arg("trials"), default=100,
+                    help="trials (100; on a family deeper than 12 layers give about 200: "
+                         "gptailor.search.settings.suggested_trials, docs/searching.md)")
     sp.add_argument("--walltime", type=arg_seconds("wall time"), default=None, help="seconds")
     sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8, help="examples per task at the lowest fidelity")
     sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None, help="examples per task at full fidelity (default all)")
@@ -430,7 +432,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--remove", type=_removals, required=True, help="layer counts to remove, e.g. 1,2,4,8")
     sp.add_argument("--method", choices=[*SEARCHES, *BASELINES],
                     default=SearchSettings.method)
-    sp.add_argument("--trials", "-n", type=arg("trials"), default=100, help="trials per budget (searches)")
+    sp.add_argument("--trials", "-n", type=arg("trials"), default=100,
+                    help="trials per budget (searches; about 200 on a family deeper than 12 layers: "
+                         "gptailor.search.settings.suggested_trials)")
     sp.add_argument("--min-fidelity", type=arg("min fidelity"), default=8)
     sp.add_argument("--max-fidelity", type=arg("max fidelity"), default=None)
     sp.add_argument("--seed", type=arg("seed"), default=0)

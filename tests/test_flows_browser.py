@@ -201,6 +201,12 @@ def test_smol_build_error_stays_beside_the_button_and_a_retry_builds_it_into_the
             page.keyboard.press("Escape")
             no_error_badges(page)
             shots(page, "smol-built", note)
+            # the Search tab's trials follow the new family's depth (30 layers: 200, the demo's 60 before)
+            page.get_by_role("tab", name="Search").click()
+            trials = page.get_by_label("Trials (searches)", exact=True)
+            expect(trials).to_have_value("200")
+            expect(page.get_by_text("200 suggested for 30 layers")).to_be_visible()
+            shots(page, "smol-search-trials", trials)
             browser.close()
     finally:
         if blocker.is_file():

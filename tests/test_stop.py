@@ -124,3 +124,21 @@ def test_budget_sliders_follow_the_family_and_only_one_is_active():
     assert remove.maximum == 7 and remove.interactive is True and fraction.interactive is False
     remove, fraction = budget_controls("demo", "parameter fraction")
     assert remove.interactive is False and fraction.interactive is True
+
+
+def test_the_trials_field_follows_the_familys_depth_within_the_apps_cap(tmp_path, monkeypatch):
+    """60 on the 8-layer demo; 200 on a family deeper than 12 layers (what searches on the 30-layer smol
+    families needed to beat the seeded rules); never above GPTAILOR_MAX_TRIALS; an unknown family leaves it."""
+    from conftest import make_tiny_family
+    from ui.search_tab import trials_default
+
+    monkeypatch.delenv("GPTAILOR_PUBLIC", raising=False)
+    monkeypatch.delenv("GPTAILOR_MAX_TRIALS", raising=False)
+    demo = trials_default("demo")
+    assert demo.value == 60 and "60 suggested for 8 layers" in demo.info
+    deep = str(make_tiny_family(tmp_path / "deep", n_layers=16))
+    assert trials_default(deep).value == 200 and "200 suggested for 16 layers" in trials_default(deep).info
+    monkeypatch.setenv("GPTAILOR_MAX_TRIALS", "150")
+    assert trials_default(deep).value == 150
+    kept = trials_default(str(tmp_path / "missing.yaml"))
+    assert kept.value is None and kept.info is None  # an update that changes nothing

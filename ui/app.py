@@ -51,6 +51,8 @@ def build_app() -> gr.Blocks:
         demo.load(search_tab.budget_text, [shared["family"], search["remove"], search["kind"], search["fraction"]],
                   [search["budget_info"]])
         demo.load(search_tab.budget_controls, [shared["family"], search["kind"]], [search["remove"], search["fraction"]])
+        demo.load(search_tab.trials_default, [shared["family"]], [search["trials"]], show_progress="hidden",
+                  api_visibility="private")
     return demo
 
 

@@ -11,6 +11,16 @@ from gptailor.common.limits import SettingsError, seconds, whole
 METHODS = ("smac", "random", "evolution")
 
 
+def suggested_trials(n_layers: int) -> int:
+    """Trials to give a search of a family ``n_layers`` deep: what the benchmarks needed to beat the seeded rules.
+
+    Up to 12 layers (the demo's 8): the evolution reached the enumerated optimum by 25 trials, so 60 leave room.
+    Deeper (the 30-layer smol families): 100 trials beat every rule at 4 of 30 removed but fell short at 6 and 8,
+    where 200 did (docs/benchmarks.md, sessions 14-17); a deeper family has more plans, so no fewer.
+    """
+    return 60 if n_layers <= 12 else 200
+
+
 @dataclass
 class SearchSettings:
     method: str = "evolution"  # evolution (EvoPress-style; docs/searching.md says why the default) | smac | random
