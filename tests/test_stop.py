@@ -137,7 +137,8 @@ def test_the_trials_field_follows_the_familys_depth_within_the_apps_cap(tmp_path
     demo = trials_default("demo")
     assert demo.value == 60 and "60 suggested for 8 layers" in demo.info
     deep = str(make_tiny_family(tmp_path / "deep", n_layers=16))
-    assert trials_default(deep).value == 200 and "200 suggested for 16 layers" in trials_default(deep).info
+    field = trials_default(deep)
+    assert field.value == 200 and "200 suggested for 16 layers" in field.info
     monkeypatch.setenv("GPTAILOR_MAX_TRIALS", "150")
     assert trials_default(deep).value == 150
     kept = trials_default(str(tmp_path / "missing.yaml"))

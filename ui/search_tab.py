@@ -45,15 +45,21 @@ def budget_text(family: str, remove: float, kind: str = "layers to remove", frac
             f"{fam.param_count() / 1e6:.2f} M** params ({100 * fam.param_count(L - n) / fam.param_count():.1f}%)")
 
 
+def _depth(family: str) -> int | None:
+    """The family's layer count, or None when it cannot be loaded (the picker says why; controls stay as they are)."""
+    try:
+        return ENGINE.get(family).family.n_layers
+    except (FamilyError, TaskError):
+        return None
+
+
 def budget_controls(family: str, kind: str = "layers to remove"):
     """The remove-layers slider runs 0..depth - 1 of the chosen family, and only the slider of the chosen
     budget kind is active (the other one is shown greyed out, not silently ignored)."""
     by_layers = kind != "parameter fraction"
-    try:
-        depth = ENGINE.get(family).family.n_layers
-        remove = gr.Slider(maximum=max(1, depth - 1), interactive=by_layers)
-    except (FamilyError, TaskError):
-        remove = gr.Slider(interactive=by_layers)
+    depth = _depth(family)
+    remove = gr.Slider(interactive=by_layers) if depth is None else \
+        gr.Slider(maximum=max(1, depth - 1), interactive=by_layers)
     return remove, gr.Slider(interactive=not by_layers)
 
 
@@ -61,9 +67,8 @@ def trials_default(family: str) -> gr.Number:
     """The Trials field set to what a search of this family's depth needs (``suggested_trials``: 60 on the
     8-layer demo, 200 on 30-layer families, where 100 fell short of the seeded rules), within the app's cap;
     set when the family changes, so a number the user typed afterwards stays."""
-    try:
-        depth = ENGINE.get(family).family.n_layers
-    except (FamilyError, TaskError):
+    depth = _depth(family)
+    if depth is None:
         return gr.Number()
     n = min(suggested_trials(depth), max_trials())
     return gr.Number(value=n, info=f"{n} suggested for {depth} layers: what searches needed to beat the "
