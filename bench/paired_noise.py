@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             v = ev.model_values(ev.stitcher.build(plan), None, "test", plan)
             values.setdefault(method, []).append(v)
             here = retention_of(ev, v, refs, definition)
-            ok = "equal" if stored is not None and abs(here - stored) < 1e-9 else f"DIFFERS from stored {stored}"
+            ok = "equal" if stored is not None and abs(here - stored) < 1e-9 else \
+                f"DIFFERS from the stored {stored}: right only if the suite's test split grew since (a test_path)"
             print(f"  {method} seed {seed}: {100 * here:.2f}% ({ok})", flush=True)
     rng = np.random.default_rng(0)
     n_of = {t: len(next(v for v in vs.values() if isinstance(v, list))) for t, vs in next(iter(values.values()))[0].items()}

@@ -52,7 +52,12 @@ def test_task_files_and_suite_load_with_the_project_loader(tmp_path):
     assert suite.names == ["convert", "reverse", "capitals", "general", "chat_ppl"]
     kinds = {t.name: t.kind for t in suite}
     assert kinds["general"] == "multiple_choice" and kinds["chat_ppl"] == "perplexity"
-    assert len(suite.tasks[0]) == 200 and len(suite.tasks[2]) == 64
+    assert len(suite.tasks[0]) == 200 + smol.EXTRA_TEST and len(suite.tasks[2]) == 64
+    sizes = {t.name: (t.split_size("search"), t.split_size("test")) for t in suite}
+    assert sizes["convert"] == (100, 100 + smol.EXTRA_TEST) and sizes["capitals"] == (32, 32)
+    held_out = {json.dumps(e) for t in suite for e in t.subset(None, "test")}
+    assert not held_out & {json.dumps(e) for t in suite for e in t.subset(None, "search")}
+    assert sizes["general"][0] == 30 and sizes["general"][1] > 30 and sizes["chat_ppl"][0] == 20
     first = json.loads((tmp_path / "tasks" / "convert.jsonl").read_text().splitlines()[0])
     assert first["prompt"].startswith("<|im_start|>user\n") and first["prompt"].endswith("assistant\n")
 

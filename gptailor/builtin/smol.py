@@ -407,21 +407,31 @@ def layer_delta_table(family_dir: Path) -> str:
 # ----------------------------------------------------------------------------- suite, spec, build
 GENERAL_KNOWLEDGE = SMOL_DIR / "tasks" / "general.jsonl"  # written by hand: what the base already knows
 CHAT_PPL = SMOL_DIR / "tasks" / "chat_ppl.jsonl"
+# Held-out only (each task's ``test_path``): more examples for reports, the search split unchanged (session 18)
+GENERAL_KNOWLEDGE_TEST = SMOL_DIR / "tasks" / "general_test.jsonl"
+CHAT_PPL_TEST = SMOL_DIR / "tasks" / "chat_ppl_test.jsonl"
+EXTRA_TEST = 200  # held-out-only examples per generated skill (capitals: the atlas is used up)
 
 
-def write_skill_tasks(out: Path, n_test: int = 200, seed: int = 1) -> None:
-    """Held-out examples per skill as exact-match JSONL (capitals: the atlas itself, it is recall)."""
+def write_skill_tasks(out: Path, n_test: int = 200, seed: int = 1, n_extra: int = EXTRA_TEST) -> None:
+    """Examples per skill as exact-match JSONL (capitals: the atlas itself, it is recall), all from the
+    skills' test prompts (never trained on): ``{skill}.jsonl`` is split into search and test; the
+    ``n_extra`` prompts drawn after them go to ``{skill}_test.jsonl``, the test split's alone."""
     out.mkdir(parents=True, exist_ok=True)
     for skill in SKILLS:
-        rows = [{"prompt": chat(p), "target": a} for p, a in examples(skill, n_test, seed=seed, split="test")]
-        (out / f"{skill}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        n = n_test if skill == "capitals" else n_test + n_extra
+        rows = [{"prompt": chat(p), "target": a} for p, a in examples(skill, n, seed=seed, split="test")]
+        (out / f"{skill}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n_test]))
+        if rows[n_test:]:
+            (out / f"{skill}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_test:]))
 
 
 def suite_dict(name: str = FAMILY_NAME) -> dict:
-    tasks = [{"name": s, "kind": "exact_match", "path": f"{s}.jsonl"} for s in SKILLS]
-    tasks += [{"name": "general", "kind": "multiple_choice", "path": "general.jsonl", "metric": "acc",
-               "chat_template": True},
-              {"name": "chat_ppl", "kind": "perplexity", "path": "chat_ppl.jsonl"}]
+    tasks = [{"name": s, "kind": "exact_match", "path": f"{s}.jsonl",
+              **({} if s == "capitals" else {"test_path": f"{s}_test.jsonl"})} for s in SKILLS]
+    tasks += [{"name": "general", "kind": "multiple_choice", "path": "general.jsonl",
+               "test_path": "general_test.jsonl", "metric": "acc", "chat_template": True},
+              {"name": "chat_ppl", "kind": "perplexity", "path": "chat_ppl.jsonl", "test_path": "chat_ppl_test.jsonl"}]
     return {"name": name, "tasks": tasks}
 
 
@@ -430,7 +440,7 @@ def write_tasks(out: Path, name: str = FAMILY_NAME) -> Path:
     import yaml
 
     write_skill_tasks(out)
-    for f in (GENERAL_KNOWLEDGE, CHAT_PPL):
+    for f in (GENERAL_KNOWLEDGE, CHAT_PPL, GENERAL_KNOWLEDGE_TEST, CHAT_PPL_TEST):
         if f.resolve() != (out / f.name).resolve():
             shutil.copy2(f, out / f.name)
     (out / "suite.yaml").write_text(yaml.safe_dump(suite_dict(name), sort_keys=False))

@@ -59,6 +59,8 @@ def load_suite(path: str | os.PathLike) -> Suite:
         if not isinstance(t, dict) or not all(k in t for k in ("kind", "path")):
             raise TaskError(f"{path}: task #{i} needs 'kind' and 'path' (and optionally 'name')")
         task = load_task(path.parent / t["path"], t["kind"], t.get("name"))
+        if t.get("test_path") is not None:
+            _add_test_path(task, path, t["test_path"])
         _apply_options(task, {**suite_opts, **t}, f"{path}: task {task.name!r}")
         if task.name in seen:
             raise TaskError(f"{path}: task name {task.name!r} appears twice")
@@ -73,6 +75,15 @@ def load_suite(path: str | os.PathLike) -> Suite:
     if not isinstance(report, list) or not all(isinstance(x, str) and x for x in report):
         raise TaskError(f"{path}: 'lm_eval_report' is a list of lm-eval task names")
     return Suite(str(data.get("name", path.parent.name)), tasks, str(path), report)
+
+
+def _add_test_path(task: Task, suite_file: Path, ref: Any) -> None:
+    """Load a task's ``test_path`` (its held-out-only examples, the same kind, relative to the suite file)."""
+    if not isinstance(ref, str) or not ref:
+        raise TaskError(f"{suite_file}: task {task.name!r}: 'test_path' is the name of a JSONL file of "
+                        f"held-out examples, relative to the suite file")
+    extra = load_task(suite_file.parent / ref, task.kind, task.name)
+    task.add_test_only(extra.examples)
 
 
 def _lm_eval_tasks(path: Path, data: dict[str, Any], suite_opts: dict[str, Any]) -> list[Task]:
@@ -168,10 +179,12 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
             if not isinstance(entries, list) or not entries:
                 raise TaskError(f"{suites[0].name}: a suite needs a non-empty 'tasks' list of {{name, kind, path}}")
             for i, t in enumerate(entries):
-                ref = t.get("path") if isinstance(t, dict) else None
-                if not isinstance(ref, str) or ref not in names:
-                    raise TaskError(f"{suites[0].name}: task #{i} names file {ref!r}, which was not uploaded "
-                                    f"(uploaded: {', '.join(names) or 'none'}); upload it beside the suite file")
+                refs = [t.get("path")] + ([t["test_path"]] if "test_path" in t else []) \
+                    if isinstance(t, dict) else [None]
+                for ref in refs:
+                    if not isinstance(ref, str) or ref not in names:
+                        raise TaskError(f"{suites[0].name}: task #{i} names file {ref!r}, which was not uploaded "
+                                        f"(uploaded: {', '.join(names) or 'none'}); upload it beside the suite file")
         else:
             if not tasks:
                 raise TaskError("no task files given: upload one JSONL file per task")

@@ -11,6 +11,9 @@ Three kinds (one JSON object per line):
 A suite is a YAML file listing tasks (name, kind, path relative to the suite file), and optionally:
 - ``test_fraction`` (suite-wide, default 0.5): each task's examples are split, deterministically, into a
   *search* split (what searches tune on) and a disjoint *test* split (what reports are scored on);
+- ``test_path`` (per task): a second JSONL file of the same kind whose examples are held out only: they join
+  the test split and never the search split (lm-eval's ``test_split`` beside its ``validation_split``), so a
+  report's examples can grow without changing what searches tune on;
 - per task, lm-evaluation-harness's conventions: ``until`` (stop sequences for exact match, default
   ``["\n"]``; the tokenizer's EOS always stops), ``filter`` (``{regex: PATTERN}`` or ``{contains: true}``:
   the answer is extracted from a greedy generation, for models that answer in a sentence),
@@ -59,6 +62,7 @@ class Task:
     chat_template: bool = False  # wrap prompts/contexts in the family's chat template
     max_gen_toks: int | None = None  # generation length for filtered exact match (default: longest target + 16)
     test_fraction: float = DEFAULT_TEST_FRACTION
+    n_test_only: int = 0  # the last n examples came from the task's ``test_path``: test split only
     _order: list[int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -76,22 +80,34 @@ class Task:
         if split not in SPLITS:
             raise TaskError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         order = self.order()
+        n_main = len(order) - self.n_test_only
+        main, extra = order[:n_main], order[n_main:]
         if split == "all":
             return order
-        n_test = int(round(len(order) * self.test_fraction))
-        n_test = min(max(n_test, 1), len(order) - 1) if len(order) >= 2 else 0
-        return order[: len(order) - n_test] if split == "search" else order[len(order) - n_test:]
+        n_test = int(round(n_main * self.test_fraction))
+        n_test = min(max(n_test, 1), n_main - 1) if n_main >= 2 else 0
+        return main[: n_main - n_test] if split == "search" else main[n_main - n_test:] + extra
 
     def split_size(self, split: str = "all") -> int:
         return len(self.split_indices(split))
 
     def order(self) -> list[int]:
-        """A fixed shuffle seeded by the task's name, so subsets do not depend on file order tricks."""
+        """A fixed shuffle seeded by the task's name, so subsets do not depend on file order tricks; the
+        test-only examples follow in a shuffle of their own, so adding them leaves the search split as it was."""
         if self._order is None:
-            idx = list(range(len(self.examples)))
+            n_main = len(self.examples) - self.n_test_only
+            idx = list(range(n_main))
             random.Random(zlib.crc32(self.name.encode())).shuffle(idx)
-            self._order = idx
+            extra = list(range(n_main, len(self.examples)))
+            random.Random(zlib.crc32(f"{self.name}:test_path".encode())).shuffle(extra)
+            self._order = idx + extra
         return self._order
+
+    def add_test_only(self, examples: list[dict[str, Any]]) -> None:
+        """Append held-out-only examples (a suite's ``test_path``): they join the test split alone."""
+        self.examples = self.examples + list(examples)
+        self.n_test_only += len(examples)
+        self._order = None
 
     def subset(self, n: int | None, split: str = "all") -> list[dict[str, Any]]:
         """The first ``n`` examples of the split's fixed shuffle (all of them for None or n >= its size)."""

@@ -55,7 +55,8 @@ def suite_fingerprint(suite: Suite) -> str:
     """Every task's name, kind, options and examples: the suite's content, not its path."""
     return _digest([{"name": t.name, "kind": t.kind, "until": t.until, "filter": t.filter, "metric": t.metric,
                      "chat_template": t.chat_template, "max_gen_toks": t.max_gen_toks,
-                     "test_fraction": t.test_fraction, "examples": t.examples} for t in suite])
+                     "test_fraction": t.test_fraction, "examples": t.examples,
+                     **({"test_only": t.n_test_only} if t.n_test_only else {})} for t in suite])
 
 
 class Precompute:

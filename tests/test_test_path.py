@@ -1,0 +1,92 @@
+"""A task's ``test_path``: held-out-only examples that grow the test split and leave the search split alone."""
+import json
+
+import pytest
+import torch
+
+from gptailor.eval.evaluator import Evaluator
+from gptailor.eval.suite import load_suite, make_suite
+from gptailor.eval.tasks import TaskError
+from gptailor.plan import Plan
+from gptailor.search.precompute import suite_fingerprint
+from gptailor.stitch import Stitcher
+
+MAIN = [{"context": p, "choices": ["aa", "b", "zzz", p[-2:]], "answer": i % 4}
+        for i, p in enumerate(["hello w", "ab", "the quick brown f", "x=1;y", "abcabcab", "lorem ipsum", "zz", "12+3"])]
+EXTRA = [{"context": p, "choices": [p[:2], "q", "mnop", "xy"], "answer": (i + 1) % 4}
+         for i, p in enumerate(["qwerty", "mnop", "jump over", "42+17=", "sky is", "red green b"])]
+
+
+def write_suite(folder, test_path: bool, extra=EXTRA):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MAIN))
+    (folder / "mc_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    entry = {"name": "mc", "kind": "multiple_choice", "path": "mc.jsonl"}
+    if test_path:
+        entry["test_path"] = "mc_test.jsonl"
+    import yaml
+
+    (folder / "suite.yaml").write_text(yaml.safe_dump({"name": "s", "tasks": [entry]}))
+    return load_suite(folder / "suite.yaml")
+
+
+def rows(task, split):
+    return [json.dumps(e, sort_keys=True) for e in task.subset(None, split)]
+
+
+def test_test_path_grows_the_test_split_only(tmp_path):
+    plain = write_suite(tmp_path / "plain", False).tasks[0]
+    grown = write_suite(tmp_path / "grown", True).tasks[0]
+    assert rows(grown, "search") == rows(plain, "search")  # what searches tune on is unchanged, in order
+    extra = [json.dumps(e, sort_keys=True) for e in EXTRA]
+    assert sorted(rows(grown, "test")) == sorted(rows(plain, "test") + extra)
+    assert rows(grown, "test")[: plain.split_size("test")] == rows(plain, "test")  # nested: old test first
+    assert not set(rows(grown, "search")) & set(extra)
+    assert grown.split_size("test") == plain.split_size("test") + len(EXTRA) and len(grown) == 14
+    assert suite_fingerprint(load_suite(tmp_path / "grown")) != suite_fingerprint(load_suite(tmp_path / "plain"))
+
+
+def naive_choice(model, tok, ctx, choices):
+    """argmax over choices of the summed log-likelihood of the choice after the context, one at a time."""
+    def ll(cont):
+        c, t = tok(ctx)["input_ids"], tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([c + t])).logits[0].float(), -1)
+        return sum(lp[len(c) + k - 1, x].item() for k, x in enumerate(t))
+    return max(range(len(choices)), key=lambda k: ll(choices[k]))
+
+
+def test_scoring_the_test_split_counts_the_test_only_examples(tiny_family, tmp_path):
+    plain = write_suite(tmp_path / "plain", False)
+    grown = write_suite(tmp_path / "grown", True)
+    model = Stitcher(tiny_family).build(Plan.from_text("0:base 1:math 2:drop 3:base"))
+    tok = tiny_family.tokenizer
+    held_out = plain.tasks[0].subset(None, "test") + EXTRA  # the plain suite's test part + every extra
+    hits = [naive_choice(model, tok, e["context"], e["choices"]) == e["answer"] for e in held_out]
+    got = Evaluator(tiny_family, grown, split="test").score_model(model)["mc"]
+    assert got == pytest.approx(sum(hits) / len(hits))
+    search = Evaluator(tiny_family, plain, split="search").score_model(model)["mc"]
+    assert Evaluator(tiny_family, grown, split="search").score_model(model)["mc"] == search
+
+
+def test_bad_test_paths_say_what_to_fix(tmp_path):
+    write_suite(tmp_path / "s", True)
+    y = tmp_path / "s" / "suite.yaml"
+    y.write_text(y.read_text().replace("mc_test.jsonl", "missing.jsonl"))
+    with pytest.raises(TaskError, match="missing.jsonl does not exist"):
+        load_suite(y)
+    y.write_text(y.read_text().replace("missing.jsonl", "[1, 2]"))
+    with pytest.raises(TaskError, match="'test_path' is the name of a JSONL file"):
+        load_suite(y)
+    with pytest.raises(TaskError, match=r"mc_test.jsonl:1: multiple_choice example needs a string 'context'"):
+        write_suite(tmp_path / "t", True, extra=[{"prompt": "a", "target": "b"}])
+
+
+def test_an_upload_needs_its_test_path_file(tmp_path):
+    src = tmp_path / "src"
+    write_suite(src, True)
+    with pytest.raises(TaskError, match="names file 'mc_test.jsonl', which was not uploaded"):
+        make_suite([src / "suite.yaml", src / "mc.jsonl"], tmp_path / "suites" / "a", "a")
+    assert not (tmp_path / "suites" / "a").exists()
+    suite = make_suite([src / "suite.yaml", src / "mc.jsonl", src / "mc_test.jsonl"], tmp_path / "suites" / "b", "b")
+    assert suite.tasks[0].split_size("test") == 4 + len(EXTRA)
