@@ -79,12 +79,15 @@ def compare(store: Store, study_ids: list[int] | None = None,
         if key not in evaluators:
             evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
         rep = s.get("report")
-        if not rep or rep.get("trial") != best.number:  # not written yet (running, or an older study)
+        stale = bool(rep) and split_changed(rep, evaluators[key])
+        if not rep or rep.get("trial") != best.number or stale:  # not written yet (running, or an older study)
             ev = evaluators[key]
             fixed = (s.get("refs") or {}).get("definition")
             definition = applicable_definition(fixed=fixed, setting=s["settings"].get("retention"),
                                                refs=lambda: ev.references("search"))
             rep = report_of(ev, best, definition)
+            if stale:  # the suite's test split changed since: store the report every view reads
+                store.set_study_fields(s["id"], report=rep)
         spans = rep.get("intervals") or _intervals_of(rep, evaluators[key])
         per_task = _task_spans(rep, {t.name: t.kind for t in evaluators[key].suite})
         rows.append(CompareRow(s["id"], s["name"], s["method"], rep["plan"], rep["scores"],
@@ -93,6 +96,12 @@ def compare(store: Store, study_ids: list[int] | None = None,
                                rep["split"], rep["definition"], rep["retentions"],
                                {d: Interval.from_dict(i) for d, i in spans.items()}, per_task))
     return rows
+
+
+def split_changed(report: dict[str, Any], ev: Evaluator) -> bool:
+    """Whether a stored report was scored on another test split than the suite's today (a task grew a
+    ``test_path``, or its file was edited): its per-task example counts are not the split's."""
+    return sizes_of(report.get("details") or {}) != {t.name: t.split_size("test") for t in ev.suite}
 
 
 def _task_spans(rep: dict[str, Any], kinds: dict[str, str]) -> dict[str, tuple[float, float] | None]:

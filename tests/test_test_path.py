@@ -90,3 +90,40 @@ def test_an_upload_needs_its_test_path_file(tmp_path):
     assert not (tmp_path / "suites" / "a").exists()
     suite = make_suite([src / "suite.yaml", src / "mc.jsonl", src / "mc_test.jsonl"], tmp_path / "suites" / "b", "b")
     assert suite.tasks[0].split_size("test") == 4 + len(EXTRA)
+
+
+def test_compare_rescores_a_report_from_a_smaller_test_split_and_stores_it(tmp_path):
+    """A study reported before its suite's test split grew is re-scored by compare on today's split (not
+    shown beside fresh reports as if both were one split), and the fresh report is what the store keeps."""
+    import yaml
+
+    from conftest import make_tiny_family_with_suite
+    from db.compare import compare
+    from db.runs import create_study, run_study
+    from db.store import Store
+    from gptailor.family.family import Family
+    from gptailor.search.space import Budget
+
+    spec = make_tiny_family_with_suite(tmp_path / "fam", n_layers=6, n_test=16)
+    tasks = tmp_path / "fam" / "tasks"
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    sid = create_study(store, str(spec), "last_n", Budget(remove_layers=2))
+    assert run_study(store, sid) == "finished"
+    old = store.study(sid)["report"]
+    n_old = old["details"]["facts"]["n"]
+    facts = [json.loads(x) for x in (tasks / "facts.jsonl").read_text().splitlines()]
+    extra = [{**f, "choices": f["choices"][1:] + f["choices"][:1], "answer": (f["answer"] - 1) % len(f["choices"])}
+             for f in facts[:5]]  # the same facts, their choices rotated: new held-out examples
+    (tasks / "facts_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    suite = yaml.safe_load((tasks / "suite.yaml").read_text())
+    next(t for t in suite["tasks"] if t["name"] == "facts")["test_path"] = "facts_test.jsonl"
+    (tasks / "suite.yaml").write_text(yaml.safe_dump(suite))
+
+    row = compare(store)[0]
+    fresh = Evaluator(Family.from_spec(spec), load_suite(tasks / "suite.yaml")).evaluate(
+        Plan.from_text(old["plan"], "tiny"), split="test", definition=row.definition)
+    assert fresh.details["facts"]["n"] == n_old + 5 and fresh.scores["facts"] != old["scores"]["facts"]
+    assert row.scores == pytest.approx(fresh.scores) and row.retention == pytest.approx(fresh.retention)
+    stored = store.study(sid)["report"]
+    assert stored["details"]["facts"]["n"] == n_old + 5 and stored["scores"] == pytest.approx(fresh.scores)
+    assert compare(store)[0].scores == pytest.approx(fresh.scores)  # now current: read, not re-scored
