@@ -179,9 +179,8 @@ def make_suite(files: list[str | os.PathLike], dest: str | os.PathLike, name: st
             if not isinstance(entries, list) or not entries:
                 raise TaskError(f"{suites[0].name}: a suite needs a non-empty 'tasks' list of {{name, kind, path}}")
             for i, t in enumerate(entries):
-                refs = [t.get("path")] + ([t["test_path"]] if "test_path" in t else []) \
-                    if isinstance(t, dict) else [None]
-                for ref in refs:
+                t = t if isinstance(t, dict) else {}
+                for ref in [t.get("path")] + ([t["test_path"]] if "test_path" in t else []):
                     if not isinstance(ref, str) or ref not in names:
                         raise TaskError(f"{suites[0].name}: task #{i} names file {ref!r}, which was not uploaded "
                                         f"(uploaded: {', '.join(names) or 'none'}); upload it beside the suite file")
