@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from gptailor.eval.evaluator import Evaluator
 from gptailor.eval.suite import load_suite, make_suite
@@ -10,6 +9,7 @@ from gptailor.eval.tasks import TaskError
 from gptailor.plan import Plan
 from gptailor.search.precompute import suite_fingerprint
 from gptailor.stitch import Stitcher
+from test_evaluate import naive_loglik, write_jsonl
 
 MAIN = [{"context": p, "choices": ["aa", "b", "zzz", p[-2:]], "answer": i % 4}
         for i, p in enumerate(["hello w", "ab", "the quick brown f", "x=1;y", "abcabcab", "lorem ipsum", "zz", "12+3"])]
@@ -19,8 +19,8 @@ EXTRA = [{"context": p, "choices": [p[:2], "q", "mnop", "xy"], "answer": (i + 1)
 
 def write_suite(folder, test_path: bool, extra=EXTRA):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MAIN))
-    (folder / "mc_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    write_jsonl(folder / "mc.jsonl", MAIN)
+    write_jsonl(folder / "mc_test.jsonl", extra)
     entry = {"name": "mc", "kind": "multiple_choice", "path": "mc.jsonl"}
     if test_path:
         entry["test_path"] = "mc_test.jsonl"
@@ -48,12 +48,7 @@ def test_test_path_grows_the_test_split_only(tmp_path):
 
 def naive_choice(model, tok, ctx, choices):
     """argmax over choices of the summed log-likelihood of the choice after the context, one at a time."""
-    def ll(cont):
-        c, t = tok(ctx)["input_ids"], tok(cont, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            lp = torch.log_softmax(model(input_ids=torch.tensor([c + t])).logits[0].float(), -1)
-        return sum(lp[len(c) + k - 1, x].item() for k, x in enumerate(t))
-    return max(range(len(choices)), key=lambda k: ll(choices[k]))
+    return max(range(len(choices)), key=lambda k: naive_loglik(model, tok, ctx, choices[k])[0])
 
 
 def test_scoring_the_test_split_counts_the_test_only_examples(tiny_family, tmp_path):
@@ -114,7 +109,7 @@ def test_compare_rescores_a_report_from_a_smaller_test_split_and_stores_it(tmp_p
     facts = [json.loads(x) for x in (tasks / "facts.jsonl").read_text().splitlines()]
     extra = [{**f, "choices": f["choices"][1:] + f["choices"][:1], "answer": (f["answer"] - 1) % len(f["choices"])}
              for f in facts[:5]]  # the same facts, their choices rotated: new held-out examples
-    (tasks / "facts_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    write_jsonl(tasks / "facts_test.jsonl", extra)
     suite = yaml.safe_load((tasks / "suite.yaml").read_text())
     next(t for t in suite["tasks"] if t["name"] == "facts")["test_path"] = "facts_test.jsonl"
     (tasks / "suite.yaml").write_text(yaml.safe_dump(suite))

@@ -69,6 +69,11 @@ class Task:
         return len(self.examples)
 
     @property
+    def n_main(self) -> int:
+        """Examples from the task's own file (split by ``test_fraction``), the test-only ones excluded."""
+        return len(self.examples) - self.n_test_only
+
+    @property
     def objective_metric(self) -> str:
         """The metric a search maximizes on this task (lm-eval's names)."""
         return self.metric or default_metric(self.kind)
@@ -80,10 +85,10 @@ class Task:
         if split not in SPLITS:
             raise TaskError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         order = self.order()
-        n_main = len(order) - self.n_test_only
-        main, extra = order[:n_main], order[n_main:]
         if split == "all":
             return order
+        n_main = self.n_main
+        main, extra = order[:n_main], order[n_main:]
         n_test = int(round(n_main * self.test_fraction))
         n_test = min(max(n_test, 1), n_main - 1) if n_main >= 2 else 0
         return main[: n_main - n_test] if split == "search" else main[n_main - n_test:] + extra
@@ -95,10 +100,9 @@ class Task:
         """A fixed shuffle seeded by the task's name, so subsets do not depend on file order tricks; the
         test-only examples follow in a shuffle of their own, so adding them leaves the search split as it was."""
         if self._order is None:
-            n_main = len(self.examples) - self.n_test_only
-            idx = list(range(n_main))
+            idx = list(range(self.n_main))
             random.Random(zlib.crc32(self.name.encode())).shuffle(idx)
-            extra = list(range(n_main, len(self.examples)))
+            extra = list(range(self.n_main, len(self.examples)))
             random.Random(zlib.crc32(f"{self.name}:test_path".encode())).shuffle(extra)
             self._order = idx + extra
         return self._order
