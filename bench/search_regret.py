@@ -44,6 +44,7 @@ the budget correlation of each objective with held-out accuracy over every plan 
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -388,6 +389,92 @@ def cmd_enumerate(args) -> int:
     return 0
 
 
+def test_only_suite(suite):
+    """The suite's held-out-only examples (each task's ``test_path``) as a suite of their own, each task's in
+    the order its test split appends them (``Task.order`` shuffles them by a seed of their own, and a shuffle's
+    permutation depends only on the length): what a table enumerated before the suite gained them lacks."""
+    sub = copy.deepcopy(suite)
+    for t in sub.tasks:
+        t.examples = t.examples[t.n_main:]  # only the test-only ones: n_main 0, so all of them are the test split
+        t._order = None
+    sub.tasks = [t for t in sub.tasks if t.n_test_only]
+    for full, part in zip([t for t in suite if t.n_test_only], sub.tasks):
+        tail = [full.examples[i] for i in full.split_indices("test")[-full.n_test_only:]]
+        if tail != part.subset(None, "test"):
+            raise AssertionError(f"task {full.name}: the test-only examples are not in the test split's order")
+    return sub
+
+
+def extend_test(table: dict[str, Any], ev: Evaluator, log=print) -> dict[str, Any]:
+    """``table`` with its test split grown to the suite's today: every plan scored on the examples the suite's
+    tasks gained through a ``test_path`` since the table was enumerated, appended to its test values (the
+    search split and the old test values are kept as they are), and the test split's references scored anew.
+    Refuses unless the table's test split is exactly the suite's without its test-only examples."""
+    suite = ev.suite
+    old = table["split_sizes"]["test"]
+    want = {t.name: t.split_size("test") - t.n_test_only for t in suite}
+    if old != want or table["split_sizes"]["search"] != {t.name: t.split_size("search") for t in suite}:
+        raise ValueError(f"the table's splits {table['split_sizes']} are not the suite's without its test-only "
+                         f"examples ({want} test): only a table enumerated before a task gained a test_path extends")
+    sub = test_only_suite(suite)
+    if not sub.tasks:
+        raise ValueError(f"suite {suite.name!r} has no test-only examples (no task names a test_path): nothing to add")
+    part = Evaluator(ev.family, sub, split="test")
+    t_ref = time.perf_counter()
+    refs = ev.references("test")
+    log(f"{len(table['plans'])} plans, {sum(t.n_test_only for t in sub.tasks)} test-only examples "
+        f"({', '.join(f'{t.name} {t.n_test_only}' for t in sub.tasks)}); references {time.perf_counter() - t_ref:.0f} s")
+    t0 = time.perf_counter()
+    for k, row in enumerate(table["plans"]):
+        plan = Plan.from_text(row["plan"], ev.family.name)
+        extra = part.model_values(part.stitcher.build(plan), None, "test", plan)
+        for name, metrics in extra.items():
+            for m, vals in metrics.items():
+                row["values"]["test"][name][m] = row["values"]["test"][name][m] + vals
+        if (k + 1) % 25 == 0 or k + 1 == len(table["plans"]):
+            el = time.perf_counter() - t0
+            log(f"  {k + 1}/{len(table['plans'])} plans, {el:.0f} s (~{el / (k + 1) * (len(table['plans']) - k - 1):.0f} s left)")
+    table["references"]["test"] = refs.to_dict()
+    table["split_sizes"]["test"] = {t.name: t.split_size("test") for t in suite}
+    table["meta"]["extended"] = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+                                 "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+                                 "extend_s": time.perf_counter() - t0,
+                                 "test_only": {t.name: t.n_test_only for t in sub.tasks}}
+    return table
+
+
+def cmd_extend_test(args) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    table = load_table(args.table_path)
+    fam = Family.from_spec(args.family)
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="test")
+    try:
+        table = extend_test(table, ev, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as err:
+        print(f"extend-test: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or args.table_path)
+    save_table(table, out)
+    print(f"{len(table['plans'])} plans, test split now {table['split_sizes']['test']} -> {out} "
+          f"({table['meta']['extended']['extend_s']:.0f} s)", flush=True)
+    return 0
+
+
+def check_splits(table: dict[str, Any], suite) -> str | None:
+    """Why a table cannot answer for ``suite`` today (its splits differ), or None."""
+    now = {s: {t.name: t.split_size(s) for t in suite} for s in ("search", "test")}
+    if table["split_sizes"] == now:
+        return None
+    before = {t.name: t.split_size("test") - t.n_test_only for t in suite}  # the test split without test_path's
+    grown = table["split_sizes"] == {"search": now["search"], "test": before}
+    hint = ("the suite's tasks gained held-out-only examples (test_path) since: run 'extend-test' on the table"
+            if grown else "enumerate it again")
+    return f"the table was enumerated on splits {table['split_sizes']}, the suite's are {now} today; {hint}"
+
+
 def cmd_merge(args) -> int:
     try:
         table = merge_tables([load_table(p) for p in args.shards])
@@ -423,7 +510,12 @@ def table_correlations(ev: LookupEvaluator, fidelities_text: str) -> tuple[list,
 def cmd_correlate(args) -> int:
     table = load_table(args.table_path)
     fam = Family.from_spec(args.family)
-    ev = LookupEvaluator(fam, load_suite(fam.spec.suite_path()), table)
+    suite = load_suite(fam.spec.suite_path())
+    why = check_splits(table, suite)
+    if why:
+        print(f"{args.table_path}: {why}", file=sys.stderr)
+        return 2
+    ev = LookupEvaluator(fam, suite, table)
     _, text = table_correlations(ev, args.fidelities)
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; table {args.table_path}: {len(ev.rows)} plans "
           f"({table['meta']['date']}), {table['n_remove']} drops, sources {', '.join(table['sources'])}")
@@ -451,6 +543,10 @@ def cmd_run(args) -> int:
         return 2
     fam = Family.from_spec(args.family)
     suite = load_suite(fam.spec.suite_path())
+    why = check_splits(table, suite)
+    if why:
+        print(f"{args.table_path}: {why}", file=sys.stderr)
+        return 2
     ev = LookupEvaluator(fam, suite, table)
     refs = ev.references("search")
     definition = applicable_definition(setting=args.retention, refs=refs)
@@ -586,8 +682,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--real", default="smac:0,random:0", help="method:seed real runs to check against the table "
                    "('' for none)")
     r.add_argument("--real-trials", type=int, default=12)
+    x = sub.add_parser("extend-test", help="score a table's plans on the held-out-only examples (test_path) its "
+                       "suite gained since it was enumerated, and append them to its test split")
+    x.add_argument("table_path")
+    x.add_argument("--family", default="demo")
+    x.add_argument("--out", default=None, help="where to write the grown table (default: over the table)")
+    x.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
-    return {"enumerate": cmd_enumerate, "merge": cmd_merge, "correlate": cmd_correlate, "run": cmd_run}[a.cmd](a)
+    return {"enumerate": cmd_enumerate, "merge": cmd_merge, "correlate": cmd_correlate, "run": cmd_run,
+            "extend-test": cmd_extend_test}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -240,13 +240,18 @@ def cmd_studies(args) -> int:
     if args.json:
         print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
         return 0
+    from .compare import current_report
+
     print(f"{'':>48}{'search split':^18}{'test split':^18}")
     print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}"
           f"{'family':>9}{'base':>9}{'family':>9}{'base':>9}{'objective':>11}  name")
+    stale = False
     for s in rows:
         definition = study_definition(s) if s["trials_done"] else "-"  # nothing scored yet: nothing to label
         search = _both(s.get("best_retentions"))
-        test = _both((s.get("report") or {}).get("retentions"))
+        rep = current_report(s)
+        stale = stale or (s.get("report") is not None and rep is None)
+        test = ("stale", "stale") if s.get("report") and rep is None else _both((rep or {}).get("retentions"))
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}"
               + "".join(f"{v:>9}" for v in (*search, *test)) + f"{definition:>11}  {s['name']}")
@@ -254,6 +259,9 @@ def cmd_studies(args) -> int:
             print(f"{'':>5}now: {phase_line(s)}")
         if s.get("prefix_cache"):
             print(f"{'':>5}prefix cache: {describe_prefix(s['prefix_cache'])}")
+    if stale:
+        print("stale: the report was scored on an older test split (the suite's files changed since); "
+              "'compare' re-scores it on today's")
     return 0
 
 

@@ -3,10 +3,11 @@ the best by the engine's noise rule, and a family's size front ("how small can I
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptailor import Evaluator
+from gptailor import Evaluator, Suite, TaskError, load_suite
 from gptailor.eval.noise import Interval, combined_noise, intervals, sizes_of, task_span, verdict
 from gptailor.eval.results import applicable_definition
 from gptailor.search.trials import incumbent, size_front, smallest_keeping
@@ -79,7 +80,7 @@ def compare(store: Store, study_ids: list[int] | None = None,
         if key not in evaluators:
             evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
         rep = s.get("report")
-        stale = bool(rep) and split_changed(rep, evaluators[key])
+        stale = bool(rep) and split_changed(rep, test_sizes(evaluators[key].suite))
         if not rep or rep.get("trial") != best.number or stale:  # not written yet (running, or an older study)
             ev = evaluators[key]
             fixed = (s.get("refs") or {}).get("definition")
@@ -98,10 +99,50 @@ def compare(store: Store, study_ids: list[int] | None = None,
     return rows
 
 
-def split_changed(report: dict[str, Any], ev: Evaluator) -> bool:
+def split_changed(report: dict[str, Any], test_sizes: dict[str, int]) -> bool:
     """Whether a stored report was scored on another test split than the suite's today (a task grew a
-    ``test_path``, or its file was edited): its per-task example counts are not the split's."""
-    return sizes_of(report.get("details") or {}) != {t.name: t.split_size("test") for t in ev.suite}
+    ``test_path``, or its file was edited): its per-task example counts are not ``test_sizes``, the split's."""
+    return sizes_of(report.get("details") or {}) != test_sizes
+
+
+def test_sizes(suite: Suite) -> dict[str, int]:
+    return {t.name: t.split_size("test") for t in suite}
+
+
+_SUITE_SIZES: dict[str, tuple[list[str], tuple, dict[str, int]]] = {}  # path -> (its files, their mtimes, sizes)
+
+
+def _stamp(files: list[str]) -> tuple:
+    return tuple(os.stat(f).st_mtime_ns if os.path.exists(f) else None for f in files)
+
+
+def suite_test_sizes(path: str | None) -> dict[str, int] | None:
+    """Each task's test-split size in the suite at ``path`` as its files are now: read again only when the
+    suite file or a task's file changed (a view asks on every refresh). None where it cannot be read (no
+    path stored, or the suite moved): then nobody can say the stored report is stale."""
+    if not path:
+        return None
+    hit = _SUITE_SIZES.get(path)
+    if hit is not None and _stamp(hit[0]) == hit[1]:
+        return hit[2]
+    try:
+        suite = load_suite(path)
+    except (TaskError, OSError):
+        return None
+    files = [suite.path or path, *(p for t in suite for p in (t.path, t.test_path) if p)]
+    _SUITE_SIZES[path] = (files, _stamp(files), test_sizes(suite))
+    return _SUITE_SIZES[path][2]
+
+
+def current_report(study: dict[str, Any], best_trial: int | None = None) -> dict[str, Any] | None:
+    """The study's stored held-out report where it still stands: of its best trial (``best_trial``, when
+    given) and scored on its suite's test split as the suite's files are today; None otherwise, where
+    Compare re-scores it. What the studies list and the Dashboard show, so neither mixes test splits."""
+    rep = study.get("report")
+    if not rep or (best_trial is not None and rep.get("trial") != best_trial):
+        return None
+    sizes = suite_test_sizes((study.get("settings") or {}).get("suite"))
+    return None if sizes is not None and split_changed(rep, sizes) else rep
 
 
 def _task_spans(rep: dict[str, Any], kinds: dict[str, str]) -> dict[str, tuple[float, float] | None]:

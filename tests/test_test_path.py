@@ -87,25 +87,25 @@ def test_an_upload_needs_its_test_path_file(tmp_path):
     assert suite.tasks[0].split_size("test") == 4 + len(EXTRA)
 
 
-def test_compare_rescores_a_report_from_a_smaller_test_split_and_stores_it(tmp_path):
-    """A study reported before its suite's test split grew is re-scored by compare on today's split (not
-    shown beside fresh reports as if both were one split), and the fresh report is what the store keeps."""
-    import yaml
-
+def reported_study(tmp_path):
+    """A finished study on a tiny family, reported on its suite's test split as it was then."""
     from conftest import make_tiny_family_with_suite
-    from db.compare import compare
     from db.runs import create_study, run_study
     from db.store import Store
-    from gptailor.family.family import Family
     from gptailor.search.space import Budget
 
     spec = make_tiny_family_with_suite(tmp_path / "fam", n_layers=6, n_test=16)
-    tasks = tmp_path / "fam" / "tasks"
-    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    store = Store(db)
     sid = create_study(store, str(spec), "last_n", Budget(remove_layers=2))
     assert run_study(store, sid) == "finished"
-    old = store.study(sid)["report"]
-    n_old = old["details"]["facts"]["n"]
+    return spec, db, store, sid
+
+
+def grow_test_split(tasks) -> None:
+    """Five new held-out examples for the suite's ``facts`` task, through a ``test_path`` added to suite.yaml."""
+    import yaml
+
     facts = [json.loads(x) for x in (tasks / "facts.jsonl").read_text().splitlines()]
     extra = [{**f, "choices": f["choices"][1:] + f["choices"][:1], "answer": (f["answer"] - 1) % len(f["choices"])}
              for f in facts[:5]]  # the same facts, their choices rotated: new held-out examples
@@ -114,11 +114,74 @@ def test_compare_rescores_a_report_from_a_smaller_test_split_and_stores_it(tmp_p
     next(t for t in suite["tasks"] if t["name"] == "facts")["test_path"] = "facts_test.jsonl"
     (tasks / "suite.yaml").write_text(yaml.safe_dump(suite))
 
+
+def fresh_report(spec, tasks, plan_text, definition):
+    """The plan scored here, from scratch, on the suite's test split as its files are now."""
+    from gptailor.family.family import Family
+
+    return Evaluator(Family.from_spec(spec), load_suite(tasks / "suite.yaml")).evaluate(
+        Plan.from_text(plan_text, "tiny"), split="test", definition=definition)
+
+
+def test_compare_rescores_a_report_from_a_smaller_test_split_and_stores_it(tmp_path):
+    """A study reported before its suite's test split grew is re-scored by compare on today's split (not
+    shown beside fresh reports as if both were one split), and the fresh report is what the store keeps."""
+    from db.compare import compare
+
+    spec, _, store, sid = reported_study(tmp_path)
+    tasks = tmp_path / "fam" / "tasks"
+    old = store.study(sid)["report"]
+    n_old = old["details"]["facts"]["n"]
+    grow_test_split(tasks)
+
     row = compare(store)[0]
-    fresh = Evaluator(Family.from_spec(spec), load_suite(tasks / "suite.yaml")).evaluate(
-        Plan.from_text(old["plan"], "tiny"), split="test", definition=row.definition)
+    fresh = fresh_report(spec, tasks, old["plan"], row.definition)
     assert fresh.details["facts"]["n"] == n_old + 5 and fresh.scores["facts"] != old["scores"]["facts"]
     assert row.scores == pytest.approx(fresh.scores) and row.retention == pytest.approx(fresh.retention)
     stored = store.study(sid)["report"]
     assert stored["details"]["facts"]["n"] == n_old + 5 and stored["scores"] == pytest.approx(fresh.scores)
     assert compare(store)[0].scores == pytest.approx(fresh.scores)  # now current: read, not re-scored
+
+
+def test_the_views_mark_a_report_of_an_older_test_split_until_compare_rescores_it(tmp_path, capsys):
+    """The Dashboard's summary and the CLI's studies list read the stored report: once the suite's test split
+    grows they say it is stale (never show it as today's number), and after compare they show the report
+    re-scored on today's split, which equals the plan scored here from scratch."""
+    from db.cli import main
+    from db.compare import compare, current_report
+    from ui.dashboard_tab import STALE, SUMMARY_COLUMNS, View, best_summary, status_of
+
+    spec, db, store, sid = reported_study(tmp_path)
+    tasks = tmp_path / "fam" / "tasks"
+    old = store.study(sid)["report"]
+
+    def summary() -> dict:
+        s = store.study(sid)
+        row = best_summary(View([s], [s], {sid: store.trials(sid)}, {sid: s["name"]}, s))[0]
+        return dict(zip(SUMMARY_COLUMNS, row))
+
+    def listed() -> tuple[list[str], str]:
+        assert main(["studies", "--db", db]) == 0
+        out = capsys.readouterr().out
+        return next(x for x in out.splitlines() if x.split()[:1] == [str(sid)]).split(), out
+
+    assert current_report(store.study(sid)) == old and "older test split" not in status_of([store.study(sid)])
+    assert summary()["family % test [95%]"].startswith(f"{100 * old['retentions']['family']:.1f} [")
+    assert listed()[0][7] == f"{100 * old['retentions']['family']:.1f}%"
+
+    grow_test_split(tasks)
+    assert current_report(store.study(sid)) is None
+    assert summary()["family % test [95%]"] == summary()["base % test [95%]"] == STALE
+    assert "older test split" in status_of([store.study(sid)])
+    cells, out = listed()
+    assert cells[7:9] == ["stale", "stale"] and "older test split" in out
+
+    compare(store)
+    rep = current_report(store.study(sid))
+    fresh = fresh_report(spec, tasks, old["plan"], rep["definition"])
+    assert rep["details"]["facts"]["n"] == old["details"]["facts"]["n"] + 5
+    for d, column in (("family", "family % test [95%]"), ("base", "base % test [95%]")):
+        assert summary()[column].startswith(f"{100 * fresh.retentions[d]:.1f} [")
+    cells, out = listed()
+    assert cells[7] == f"{100 * fresh.retentions['family']:.1f}%" and "older test split" not in out
+    assert "older test split" not in status_of([store.study(sid)])

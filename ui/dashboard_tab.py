@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 import gradio as gr
 
+from db.compare import current_report
 from db.rows import best_from, split_columns, study_definition
 from db.status import phase_line
 from db.workers import reconcile
@@ -42,6 +43,9 @@ TASK_COLUMNS = ["task", "score", "family %", "base %"]
 SUMMARY_COLUMNS = ["study", "name", "method", "best trial", "best from", "kept", "family % search [95%]",
                    "base % search [95%]",
                    "family % test [95%]", "base % test [95%]", "objective", "prefix cache", "plan"]
+STALE_NOTE = (" · its held-out report was scored on an older test split (the suite's files changed since): "
+              "**Compare** re-scores it")
+STALE = "re-score in Compare"  # the stored report is of an older test split (the suite's files changed since)
 MIN_TOP_TRIALS = 8  # fewer trials at the top fidelity: importance uses every fidelity (and says so)
 
 CLICK_JS = """
@@ -157,17 +161,17 @@ def best_summary(view: View) -> list[list]:
         if best is None:
             continue
         d = study_definition(s)
-        rep = s.get("report") or {}
         search, test = split_columns(best.result.split, means(best))
-        current = rep.get("trial") == best.number  # a report of an earlier best is not this trial's
-        if current:
+        rep = current_report(s, best.number)  # None: an earlier best's, or scored on an older test split
+        if rep is not None:
             test = rep.get("retentions") or {}
-        spans = (rep.get("intervals") or {}) if current else {}
+        spans = (rep.get("intervals") or {}) if rep is not None else {}
         found = search_spans(s, best) if search else {}
+        stale = rep is None and (s.get("report") or {}).get("trial") == best.number
+        held_out = [STALE if stale else with_interval(test, spans, k) for k in DEFINITIONS]
         rows.append([s["id"], view.names[s["id"]], s["method"], best.number,
                      best_from(best.result.split, best.fidelity), best.result.kept_layers,
-                     *(with_interval(search, found, k) for k in DEFINITIONS),
-                     *(with_interval(test, spans, k) for k in DEFINITIONS), d,
+                     *(with_interval(search, found, k) for k in DEFINITIONS), *held_out, d,
                      describe_prefix(s.get("prefix_cache")), best.plan.to_text()])
     return rows
 
@@ -410,6 +414,7 @@ def status_of(chosen: list[dict]) -> str:
         return "No studies yet: launch one in the Search tab."
     return "\n".join(f"- **{s['id']}: {_md(s['name'])}** ({s['method']}, {s['trials_done']}"
                      f"{'/' + str(s['n_trials']) if s['n_trials'] else ''} trials) · {_md(phase_line(s))}"
+                     f"{STALE_NOTE if s.get('report') and current_report(s) is None else ''}"
                      for s in reversed(chosen))
 
 

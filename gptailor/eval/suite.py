@@ -84,6 +84,7 @@ def _add_test_path(task: Task, suite_file: Path, ref: Any) -> None:
                         f"held-out examples, relative to the suite file")
     extra = load_task(suite_file.parent / ref, task.kind, task.name)
     task.add_test_only(extra.examples)
+    task.test_path = extra.path
 
 
 def _lm_eval_tasks(path: Path, data: dict[str, Any], suite_opts: dict[str, Any]) -> list[Task]:

@@ -63,6 +63,7 @@ class Task:
     max_gen_toks: int | None = None  # generation length for filtered exact match (default: longest target + 16)
     test_fraction: float = DEFAULT_TEST_FRACTION
     n_test_only: int = 0  # the last n examples came from the task's ``test_path``: test split only
+    test_path: str | None = None  # the file they came from (what a view re-reads to know the split changed)
     _order: list[int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
