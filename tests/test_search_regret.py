@@ -288,3 +288,49 @@ def test_the_plan_a_study_would_report_by_its_objective(tiny):
     assert by_accuracy[incumbent(trials).plan.key()]["search"] == max(by_accuracy[t.plan.key()]["search"] for t in trials)
     assert alt.plan.key() != incumbent(trials).plan.key()  # with this seed the two rules disagree
     assert objective_incumbent([], "loglik", definition) is None
+
+
+def test_a_table_grows_with_its_suites_test_only_examples(tiny, tmp_path):
+    """A table enumerated before the suite's tasks gained a ``test_path`` is refused by ``run`` (its test split
+    is not the suite's any more) until ``extend-test`` scores every plan on the new examples: then the look-ups
+    on the grown test split are what the real evaluator says on the grown suite, and the search split's are
+    unchanged. A table of another suite is refused, not patched."""
+    import copy
+    import json
+
+    import yaml
+
+    from bench.search_regret import check_splits, extend_test
+    from gptailor.builtin import demo
+
+    fam, ev, lookup, space = tiny
+    d, more = tmp_path / "fam", tmp_path / "more"
+    make_tiny_family(d, n_layers=4)
+    demo.write_tasks(d, n_test=6)  # the tiny fixture's family and suite, bit for bit
+    demo.write_tasks(more, n_test=4, seed=7)  # other examples of the same kinds
+    suite = yaml.safe_load((d / "tasks/suite.yaml").read_text())
+    for t in suite["tasks"]:
+        if t["name"] in ("math", "facts", "chat_ppl"):  # one task of each kind but one stays as it was
+            rows = (more / "tasks" / t["path"]).read_text().splitlines()[:3]
+            (d / "tasks" / f"{t['name']}_test.jsonl").write_text("\n".join(rows) + "\n")
+            t["test_path"] = f"{t['name']}_test.jsonl"
+    (d / "tasks/suite.yaml").write_text(yaml.safe_dump(suite))
+    grown_fam = Family.from_spec(d / "family.yaml")
+    grown = Evaluator(grown_fam, load_suite(d / "tasks/suite.yaml"), split="test")
+
+    table = copy.deepcopy(lookup.table)
+    why = check_splits(table, grown.suite)
+    assert why is not None and "run 'extend-test' on the table" in why
+    extended = extend_test(copy.deepcopy(table), grown, log=lambda m: None)
+    assert check_splits(extended, grown.suite) is None
+    assert json.dumps(extended["plans"][0]["values"]["search"]) == json.dumps(table["plans"][0]["values"]["search"])
+    after = LookupEvaluator(grown_fam, grown.suite, extended)
+    refs = grown.references("test")
+    for plan in list(space.plans())[::7]:
+        real = grown.evaluate(plan, None, "test", references=refs).to_dict()
+        got = after.evaluate(plan, None, "test", references=refs).to_dict()
+        for f in ("scores", "retentions", "task_retentions", "details"):
+            same(got[f], real[f], f"{plan.to_text()}: {f}")
+        assert got["details"]["math"]["n"] == lookup.evaluate(plan, None, "test").details["math"]["n"] + 3
+    with pytest.raises(ValueError, match="only a table enumerated before a task gained a test_path extends"):
+        extend_test(copy.deepcopy(extended), grown, log=lambda m: None)  # already grown: not twice
