@@ -8,6 +8,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch (OpenMP) thread per process, inherited by the workers and app servers the tests start: the suite
+# runs two processes on two cores, and more threads than cores spin-wait (session 19, one core busy: a 2-trial
+# demo study 23 s with torch's default two threads, 4 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest
 import torch
