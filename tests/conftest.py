@@ -32,6 +32,15 @@ def _no_exec_of_the_test_process(monkeypatch):
     monkeypatch.setattr(os, "execve", refuse)
 
 
+def loglik_of_ids(model, ctx: list[int], cont: list[int]):
+    """The independent reference of every log-likelihood test: ``cont``'s summed log-probability after
+    ``ctx`` from one unpadded sequence, no mask, the model's own logits through log-softmax; and those
+    log-probabilities. The tests differ only in how they tokenise the two parts."""
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0].float(), -1)
+    return sum(lp[len(ctx) + k - 1, x].item() for k, x in enumerate(cont)), lp
+
+
 def tiny_config(model_type: str = "llama", n_layers: int = 4, tie: bool = False, **overrides):
     """The tiny test config (hidden 32, 4 heads, 2 KV heads) of ``model_type``, with ``overrides``."""
     from transformers import AutoConfig

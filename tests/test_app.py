@@ -275,7 +275,7 @@ def test_upload_task_files_and_use_them_everywhere(client, server, tmp_path):
                                                  for a in range(1, 7) for b in range(1, 4)])
     prose = write_lines(tmp_path / "prose.jsonl", ['{"text": "the quick brown fox jumps over the lazy dog"}'] * 5)
     choice, note = client.predict([handle_file(adds), handle_file(prose)], "my-tasks", api_name="/upload_tasks")
-    assert "Stored suite **my-tasks**" in note and "adds (exact_match, 18 examples)" in note
+    assert "Stored suite **my-tasks**" in note and "adds (exact_match, 18 examples: 9 search, 9 held out)" in note
     suite_path = str(server[1] / "suites" / "my-tasks" / "suite.yaml")
     assert Path(suite_path).exists()
     base_plan = client.predict("demo", api_name="/identity_plan")

@@ -3,8 +3,8 @@ import json
 import math
 
 import pytest
-import torch
 
+from conftest import loglik_of_ids
 from gptailor.eval.evaluator import Evaluator
 from gptailor.plan import Plan
 from gptailor.stitch import Stitcher
@@ -86,11 +86,8 @@ def model_tasks(tiny_family, tmp_path_factory):
 
 
 def naive_loglik(model, tok, ctx, cont):
-    c = tok(ctx)["input_ids"]
-    t = tok(cont, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=torch.tensor([c + t])).logits[0].float(), -1)
-    return sum(lp[len(c) + k - 1, x].item() for k, x in enumerate(t)), lp
+    """The continuation tokenised on its own (the encoding of exact match and perplexity)."""
+    return loglik_of_ids(model, tok(ctx)["input_ids"], tok(cont, add_special_tokens=False)["input_ids"])
 
 
 def test_batched_scores_equal_one_by_one(tiny_family, model_tasks):

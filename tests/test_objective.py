@@ -17,7 +17,7 @@ from gptailor.search.settings import SearchSettings
 from gptailor.search.space import Budget
 from gptailor.common.limits import SettingsError
 
-from conftest import make_tiny_family_with_suite
+from conftest import loglik_of_ids, make_tiny_family_with_suite
 
 PLAN = "0:math 1:drop 2:code 3:merge(math=.5,code=.5) 4:drop 5:base"
 
@@ -35,11 +35,8 @@ def ev(fam_dir):
 
 
 def naive(model, ids_ctx: list[int], ids_cont: list[int]) -> tuple[float, int]:
-    """Summed log-probability of ``ids_cont`` after ``ids_ctx`` and its token count: one unpadded sequence,
-    no mask, the model's own logits through log-softmax (the independent reference)."""
-    with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=torch.tensor([ids_ctx + ids_cont])).logits[0].float(), -1)
-    return sum(lp[len(ids_ctx) + k - 1, x].item() for k, x in enumerate(ids_cont)), len(ids_cont)
+    """Summed log-probability of ``ids_cont`` after ``ids_ctx`` (``conftest.loglik_of_ids``) and its token count."""
+    return loglik_of_ids(model, ids_ctx, ids_cont)[0], len(ids_cont)
 
 
 def test_registry_knows_the_proxies():

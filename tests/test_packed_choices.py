@@ -11,7 +11,7 @@ from gptailor.eval.batching import packed_mask
 from gptailor.stitch import Stitcher
 from gptailor.eval.suite import Suite
 from gptailor.eval.tasks import load_task
-from conftest import make_tiny_family
+from conftest import loglik_of_ids, make_tiny_family
 from test_evaluate import write_jsonl
 
 CONTEXTS = ["the sky is ", "2+2=", "red green b", "a", "color of dazon", "jump over the lazy ", "k", "mnop qrs"]
@@ -35,13 +35,12 @@ def docs() -> list[dict]:
 
 
 def naive_ll(model, tok, ctx: str, cont: str) -> float:
-    """One unpadded sequence, no mask, the model's own logits: the independent reference."""
+    """The continuation as lm-eval tokenises it: the tail of the whole text's tokens where the context's are
+    its head, else on its own (``conftest.loglik_of_ids`` on those ids)."""
     c = tok(ctx)["input_ids"]
     whole = tok(ctx + cont)["input_ids"]
     t = whole[len(c):] if whole[: len(c)] == c else tok(cont, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=torch.tensor([c + t])).logits[0].float(), -1)
-    return sum(lp[len(c) + k - 1, x].item() for k, x in enumerate(t))
+    return loglik_of_ids(model, c, t)[0]
 
 
 @pytest.fixture(scope="module")

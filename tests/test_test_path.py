@@ -85,6 +85,9 @@ def test_an_upload_needs_its_test_path_file(tmp_path):
     assert not (tmp_path / "suites" / "a").exists()
     suite = make_suite([src / "suite.yaml", src / "mc.jsonl", src / "mc_test.jsonl"], tmp_path / "suites" / "b", "b")
     assert suite.tasks[0].split_size("test") == 4 + len(EXTRA)
+    from ui.picker import describe_tasks  # the note the app shows after an upload: 8 examples split 4 + 4
+
+    assert describe_tasks(suite) == "mc (multiple_choice, 14 examples: 4 search, 10 held out, 6 of them from mc_test.jsonl)"
 
 
 def reported_study(tmp_path):

@@ -75,7 +75,7 @@ def test_upload_errors_stay_beside_the_upload_and_a_new_upload_replaces_the_old(
         expect(listed(files, "adds.jsonl")).to_have_count(1)
         expect(listed(files, "broken.jsonl")).to_have_count(0)
         page.get_by_role("button", name="Store these tasks as a suite").click()
-        expect(note).to_contain_text("Stored suite my-tasks: adds (exact_match, 12 examples)")
+        expect(note).to_contain_text("Stored suite my-tasks: adds (exact_match, 12 examples: 6 search, 6 held out)")
         assert "broken" not in note.inner_text()
         assert sorted(p.name for p in (data / "suites" / "my-tasks").iterdir()) == ["adds.jsonl", "suite.yaml"]
         page.screenshot(path=str(OUT / "upload-stored-1400.png"), full_page=True)

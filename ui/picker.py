@@ -125,8 +125,17 @@ def upload_tasks(files: list[str] | None, name: str, request: gr.Request = None)
                                max_examples=max_task_examples())
     except (TaskError, PathError) as e:
         raise refuse(f"task files not stored: {e}") from None
-    kinds = ", ".join(f"{t.name} ({t.kind}, {len(t)} examples)" for t in suite)
-    return gr.Dropdown(choices=suite_choices(), value=suite.path), f"Stored suite **{suite.name}**: {kinds}"
+    return gr.Dropdown(choices=suite_choices(), value=suite.path), f"Stored suite **{suite.name}**: {describe_tasks(suite)}"
+
+
+def describe_tasks(suite) -> str:
+    """Each task's kind and how its examples split: what a search sees, and what is held out for the report
+    (with how many of those came from its ``test_path`` file alone)."""
+    def one(t) -> str:
+        extra = f", {t.n_test_only} of them from {Path(t.test_path).name}" if t.n_test_only else ""
+        return (f"{t.name} ({t.kind}, {len(t)} examples: {t.split_size('search')} search, "
+                f"{t.split_size('test')} held out{extra})")
+    return ", ".join(one(t) for t in suite)
 
 
 def refused(error: gr.Error) -> str:
