@@ -40,6 +40,12 @@ the budget correlation of each objective with held-out accuracy over every plan 
     python -m bench.search_regret enumerate --family data/builtin/smol --sources best --shard 1/2 --threads 1
     python -m bench.search_regret merge bench/regret/smol-r2-convert-shard*of2.json.gz --out bench/regret/smol-r2-convert.json.gz
     python -m bench.search_regret correlate bench/regret/smol-r2-convert.json.gz --family data/builtin/smol
+
+``extend-test``: when a suite's tasks gain held-out-only examples (a ``test_path``) after a table was
+enumerated, ``run`` and ``correlate`` refuse the table (its test split is not the suite's); ``extend-test``
+scores every plan on the new examples alone and appends them, keeping the search split and the old values.
+
+    python -m bench.search_regret extend-test bench/regret/smol-r2-convert.json.gz --family data/builtin/smol --threads 1
 """
 from __future__ import annotations
 
