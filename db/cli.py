@@ -250,8 +250,9 @@ def cmd_studies(args) -> int:
         definition = study_definition(s) if s["trials_done"] else "-"  # nothing scored yet: nothing to label
         search = _both(s.get("best_retentions"))
         rep = current_report(s)
-        stale = stale or (s.get("report") is not None and rep is None)
-        test = ("stale", "stale") if s.get("report") and rep is None else _both((rep or {}).get("retentions"))
+        old = bool(s.get("report")) and rep is None  # scored on an older test split: not today's number
+        stale = stale or old
+        test = ("stale", "stale") if old else _both((rep or {}).get("retentions"))
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}"
               + "".join(f"{v:>9}" for v in (*search, *test)) + f"{definition:>11}  {s['name']}")

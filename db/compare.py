@@ -80,7 +80,7 @@ def compare(store: Store, study_ids: list[int] | None = None,
         if key not in evaluators:
             evaluators[key] = load_engine(s["family_source"], s["settings"].get("suite"))
         rep = s.get("report")
-        stale = bool(rep) and split_changed(rep, test_sizes(evaluators[key].suite))
+        stale = bool(rep) and split_changed(rep, held_out_sizes(evaluators[key].suite))
         if not rep or rep.get("trial") != best.number or stale:  # not written yet (running, or an older study)
             ev = evaluators[key]
             fixed = (s.get("refs") or {}).get("definition")
@@ -99,13 +99,14 @@ def compare(store: Store, study_ids: list[int] | None = None,
     return rows
 
 
-def split_changed(report: dict[str, Any], test_sizes: dict[str, int]) -> bool:
+def split_changed(report: dict[str, Any], sizes: dict[str, int]) -> bool:
     """Whether a stored report was scored on another test split than the suite's today (a task grew a
-    ``test_path``, or its file was edited): its per-task example counts are not ``test_sizes``, the split's."""
-    return sizes_of(report.get("details") or {}) != test_sizes
+    ``test_path``, or its file was edited): its per-task example counts are not ``sizes``, the split's."""
+    return sizes_of(report.get("details") or {}) != sizes
 
 
-def test_sizes(suite: Suite) -> dict[str, int]:
+def held_out_sizes(suite: Suite) -> dict[str, int]:
+    """Each task's number of examples in the held-out test split."""
     return {t.name: t.split_size("test") for t in suite}
 
 
@@ -130,7 +131,7 @@ def suite_test_sizes(path: str | None) -> dict[str, int] | None:
     except (TaskError, OSError):
         return None
     files = [suite.path or path, *(p for t in suite for p in (t.path, t.test_path) if p)]
-    _SUITE_SIZES[path] = (files, _stamp(files), test_sizes(suite))
+    _SUITE_SIZES[path] = (files, _stamp(files), held_out_sizes(suite))
     return _SUITE_SIZES[path][2]
 
 
