@@ -46,6 +46,9 @@ enumerated, ``run`` and ``correlate`` refuse the table (its test split is not th
 scores every plan on the new examples alone and appends them, keeping the search split and the old values.
 
     python -m bench.search_regret extend-test bench/regret/smol-r2-convert.json.gz --family data/builtin/smol --threads 1
+
+It saves its work every 25 plans beside ``--out`` (``.partial``) and resumes from there when run again; with
+``--shard K/N`` each process extends its shard into its own ``--out`` and ``merge-extended`` joins them.
 """
 from __future__ import annotations
 
@@ -411,11 +414,16 @@ def test_only_suite(suite):
     return sub
 
 
-def extend_test(table: dict[str, Any], ev: Evaluator, log=print) -> dict[str, Any]:
+def extend_test(table: dict[str, Any], ev: Evaluator, log=print, shard: tuple[int, int] = (0, 1),
+                save=None, every: int = 25) -> dict[str, Any]:
     """``table`` with its test split grown to the suite's today: every plan scored on the examples the suite's
     tasks gained through a ``test_path`` since the table was enumerated, appended to its test values (the
     search split and the old test values are kept as they are), and the test split's references scored anew.
-    Refuses unless the table's test split is exactly the suite's without its test-only examples."""
+    Refuses unless the table's test split is exactly the suite's without its test-only examples.
+
+    ``shard`` K/N: only the plans of shard K (``shard_of``, one process per core); ``merge_extended`` then
+    joins the N results. ``save(table)`` every ``every`` plans keeps the work so far (``meta.extending``
+    lists the plans done), and a table saved so resumes where it stopped: hours of CPU survive a stop."""
     suite = ev.suite
     old = table["split_sizes"]["test"]
     want = {t.name: t.split_size("test") - t.n_test_only for t in suite}
@@ -425,28 +433,77 @@ def extend_test(table: dict[str, Any], ev: Evaluator, log=print) -> dict[str, An
     sub = test_only_suite(suite)
     if not sub.tasks:
         raise ValueError(f"suite {suite.name!r} has no test-only examples (no task names a test_path): nothing to add")
-    part = Evaluator(ev.family, sub, split="test")
+    state = table["meta"].setdefault("extending", {"shard": list(shard), "done": [], "extend_s": 0.0})
+    if state["shard"] != list(shard):
+        raise ValueError(f"this partial table extends shard {state['shard'][0]}/{state['shard'][1]}: resume it with "
+                         f"--shard {state['shard'][0]}/{state['shard'][1]}")
     t_ref = time.perf_counter()
-    refs = ev.references("test")
-    log(f"{len(table['plans'])} plans, {sum(t.n_test_only for t in sub.tasks)} test-only examples "
+    if "references" not in state:  # scored once: a resumed run keeps the same
+        state["references"] = ev.references("test").to_dict()
+    done = set(state["done"])
+    mine = [r for r in table["plans"] if r["plan"] not in done
+            and shard_of(Plan.from_text(r["plan"], ev.family.name), shard[1]) == shard[0]]
+    log(f"{len(mine)} plans to extend ({len(done)} done before; {len(table['plans'])} in the table), "
+        f"{sum(t.n_test_only for t in sub.tasks)} test-only examples "
         f"({', '.join(f'{t.name} {t.n_test_only}' for t in sub.tasks)}); references {time.perf_counter() - t_ref:.0f} s")
-    t0 = time.perf_counter()
-    for k, row in enumerate(table["plans"]):
+    part = Evaluator(ev.family, sub, split="test")
+    t0 = last = time.perf_counter()
+    for k, row in enumerate(mine):
         plan = Plan.from_text(row["plan"], ev.family.name)
         extra = part.model_values(part.stitcher.build(plan), None, "test", plan)
         for name, metrics in extra.items():
             for m, vals in metrics.items():
                 row["values"]["test"][name][m] = row["values"]["test"][name][m] + vals
-        if (k + 1) % 25 == 0 or k + 1 == len(table["plans"]):
-            el = time.perf_counter() - t0
-            log(f"  {k + 1}/{len(table['plans'])} plans, {el:.0f} s (~{el / (k + 1) * (len(table['plans']) - k - 1):.0f} s left)")
-    table["references"]["test"] = refs.to_dict()
+        state["done"].append(row["plan"])
+        if (k + 1) % every == 0 or k + 1 == len(mine):
+            now = time.perf_counter()
+            state["extend_s"] += now - last
+            last = now
+            if save is not None:
+                save(table)
+            log(f"  {k + 1}/{len(mine)} plans, {now - t0:.0f} s (~{(now - t0) / (k + 1) * (len(mine) - k - 1):.0f} s left)")
+    return finish_extension(table, suite, sub) if shard[1] == 1 else table
+
+
+def finish_extension(table: dict[str, Any], suite, sub) -> dict[str, Any]:
+    """Every plan extended: the grown test split's sizes and references become the table's."""
+    state = table["meta"].pop("extending")
+    table["references"]["test"] = state["references"]
     table["split_sizes"]["test"] = {t.name: t.split_size("test") for t in suite}
     table["meta"]["extended"] = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                                  "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-                                 "extend_s": time.perf_counter() - t0,
+                                 "extend_s": state["extend_s"], "shards": state["shard"][1],
                                  "test_only": {t.name: t.n_test_only for t in sub.tasks}}
     return table
+
+
+def merge_extended(tables: list[dict[str, Any]], suite) -> dict[str, Any]:
+    """One grown table from the N shards of one ``extend_test``: each plan's test values from the shard that
+    extended it; refused unless the shards are K/N for every K, each complete, of one table and one scoring of
+    the references."""
+    states = [t["meta"].get("extending") for t in tables]
+    if any(s is None for s in states):
+        raise ValueError("give the shards of one extend-test --shard run (a finished table is not a shard)")
+    n = states[0]["shard"][1]
+    if sorted(s["shard"][0] for s in states) != list(range(n)) or any(s["shard"][1] != n for s in states):
+        raise ValueError(f"shards {sorted(s['shard'][0] for s in states)} of {n}: give every shard K/{n}, each once")
+    if any(s["references"] != states[0]["references"] for s in states):
+        raise ValueError("the shards scored different test references: extend them with the same code and suite")
+    first = tables[0]
+    by_plan = {}
+    for t, s in zip(tables, states):
+        rows = {r["plan"]: r for r in t["plans"]}
+        for p in s["done"]:
+            if p in by_plan:
+                raise ValueError(f"plan {p} was extended by two shards")
+            by_plan[p] = rows[p]
+    missing = [r["plan"] for r in first["plans"] if r["plan"] not in by_plan]
+    if missing or len(by_plan) != len(first["plans"]):
+        raise ValueError(f"{len(missing)} plans not extended by any shard: finish every shard (it resumes) first")
+    merged = {**first, "plans": [by_plan[r["plan"]] for r in first["plans"]],
+              "meta": {**first["meta"], "extending": {**states[0], "shard": [0, n],
+                                                      "extend_s": sum(s["extend_s"] for s in states)}}}
+    return finish_extension(merged, suite, test_only_suite(suite))
 
 
 def cmd_extend_test(args) -> int:
@@ -454,18 +511,42 @@ def cmd_extend_test(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    table = load_table(args.table_path)
-    fam = Family.from_spec(args.family)
-    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="test")
     try:
-        table = extend_test(table, ev, log=lambda m: print(m, file=sys.stderr, flush=True))
+        shard = parse_shard(args.shard)
     except ValueError as err:
         print(f"extend-test: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or args.table_path)
+    partial = out.with_name(out.name + ".partial")
+    table = load_table(partial if partial.exists() else args.table_path)  # a stopped run resumes
+    fam = Family.from_spec(args.family)
+    ev = Evaluator(fam, load_suite(fam.spec.suite_path()), split="test")
+    try:
+        table = extend_test(table, ev, log=lambda m: print(m, file=sys.stderr, flush=True), shard=shard,
+                            save=lambda t: save_table(t, partial))
+    except ValueError as err:
+        print(f"extend-test: {err}", file=sys.stderr)
+        return 2
     save_table(table, out)
-    print(f"{len(table['plans'])} plans, test split now {table['split_sizes']['test']} -> {out} "
-          f"({table['meta']['extended']['extend_s']:.0f} s)", flush=True)
+    partial.unlink(missing_ok=True)
+    if shard[1] > 1:
+        print(f"shard {shard[0]}/{shard[1]} extended -> {out}; join the shards with merge-extended", flush=True)
+    else:
+        print(f"{len(table['plans'])} plans, test split now {table['split_sizes']['test']} -> {out} "
+              f"({table['meta']['extended']['extend_s']:.0f} s)", flush=True)
+    return 0
+
+
+def cmd_merge_extended(args) -> int:
+    fam = Family.from_spec(args.family)
+    try:
+        table = merge_extended([load_table(p) for p in args.shards], load_suite(fam.spec.suite_path()))
+    except ValueError as err:
+        print(f"merge-extended: {err}", file=sys.stderr)
+        return 2
+    save_table(table, Path(args.out))
+    print(f"{len(table['plans'])} plans from {len(args.shards)} shards, test split now "
+          f"{table['split_sizes']['test']} -> {args.out}")
     return 0
 
 
@@ -694,9 +775,15 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--family", default="demo")
     x.add_argument("--out", default=None, help="where to write the grown table (default: over the table)")
     x.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    x.add_argument("--shard", default=None, help="K/N: only the plans of shard K of N (one process per core, "
+                   "each with its own --out; then merge-extended)")
+    me = sub.add_parser("merge-extended", help="one grown table from the shards of an extend-test")
+    me.add_argument("shards", nargs="+")
+    me.add_argument("--family", default="demo")
+    me.add_argument("--out", required=True)
     a = p.parse_args(argv)
     return {"enumerate": cmd_enumerate, "merge": cmd_merge, "correlate": cmd_correlate, "run": cmd_run,
-            "extend-test": cmd_extend_test}[a.cmd](a)
+            "extend-test": cmd_extend_test, "merge-extended": cmd_merge_extended}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def test_a_table_grows_with_its_suites_test_only_examples(tiny, tmp_path):
 
     import yaml
 
-    from bench.search_regret import check_splits, extend_test
+    from bench.search_regret import check_splits, extend_test, merge_extended
     from gptailor.builtin import demo
 
     fam, ev, lookup, space = tiny
@@ -334,3 +334,29 @@ def test_a_table_grows_with_its_suites_test_only_examples(tiny, tmp_path):
         assert got["details"]["math"]["n"] == lookup.evaluate(plan, None, "test").details["math"]["n"] + 3
     with pytest.raises(ValueError, match="only a table enumerated before a task gained a test_path extends"):
         extend_test(copy.deepcopy(extended), grown, log=lambda m: None)  # already grown: not twice
+
+    # in two shards, one of them stopped after its first save and resumed from what it saved: the same table
+    class Stop(Exception):
+        pass
+
+    saved = {}
+
+    def stop_after_saving(t):
+        saved["t"] = copy.deepcopy(t)
+        raise Stop
+
+    with pytest.raises(Stop):
+        extend_test(copy.deepcopy(table), grown, log=lambda m: None, shard=(0, 2), save=stop_after_saving, every=3)
+    assert len(saved["t"]["meta"]["extending"]["done"]) == 3
+    with pytest.raises(ValueError, match="resume it with --shard 0/2"):
+        extend_test(copy.deepcopy(saved["t"]), grown, log=lambda m: None, shard=(1, 2))
+    first = extend_test(saved["t"], grown, log=lambda m: None, shard=(0, 2))
+    second = extend_test(copy.deepcopy(table), grown, log=lambda m: None, shard=(1, 2))
+    with pytest.raises(ValueError, match="not extended by any shard"):
+        merge_extended([first, first | {"meta": {**first["meta"], "extending": {**first["meta"]["extending"],
+                                                                               "shard": [1, 2], "done": []}}}],
+                       grown.suite)
+    merged = merge_extended([second, first], grown.suite)
+    assert json.dumps(merged["plans"]) == json.dumps(extended["plans"])
+    assert merged["split_sizes"] == extended["split_sizes"] and merged["references"] == extended["references"]
+    assert check_splits(merged, grown.suite) is None and "extending" not in merged["meta"]
