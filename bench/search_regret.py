@@ -642,7 +642,8 @@ def cmd_run(args) -> int:
     order = {s: sorted(gt, key=lambda k: -gt[k][s]) for s in ("search", "test")}
     opt = {s: gt[order[s][0]][s] for s in ("search", "test")}
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()} ({os.cpu_count()} cores); table "
-          f"{args.table_path}: {len(gt)} plans ({table['meta']['date']}, {table['meta']['enumerate_s']:.0f} s); "
+          f"{args.table_path}: {len(gt)} plans ({table['meta']['date']}, {table['meta']['enumerate_s']:.0f} s"
+          f"{'; test split extended ' + table['meta']['extended']['date'] if 'extended' in table['meta'] else ''}); "
           f"{definition} retention: of {args.objective} on the search split, of accuracy on the test split")
     print(f"optimum on the search split: {100 * opt['search']:.1f}% ({ev.rows[order['search'][0]]['plan']}), "
           f"its test {100 * gt[order['search'][0]]['test']:.1f}%; optimum on the test split {100 * opt['test']:.1f}% "
