@@ -44,7 +44,8 @@ def build_app() -> gr.Blocks:
                 chat_tab.build(shared["family"], shared["plan"])
         landing.wire(start, tabs)
         demo.load(guard.issue_token, [owner], [owner], api_name="owner_token", show_progress="hidden")
-        demo.load(picker.refresh_choices, None, [family, suite, shared["builtin"]])
+        demo.load(picker.refresh_choices, None, [family, suite, shared["builtin"], shared["make_smol"],
+                                                 shared["make_smol_all"]])
         demo.load(landing.next_step, None, [start["next"]], show_progress="hidden", api_visibility="private")
         demo.load(picker.suite_info, [family, suite], [shared["info"]])
         demo.load(evaluate_tab.identity_plan, [shared["family"]], [shared["plan"]])

@@ -250,7 +250,11 @@ def build_smol_all(progress=gr.Progress()):
 
 
 def refresh_choices():
-    return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices()), builtin_note()
+    """The page load's read of the server's families, suites and built-in families. The Build buttons come
+    alive only here: a press before it would have its note overwritten by this load's."""
+    buttons = [gr.Button(interactive=True, visible=not public_mode() and builtin_spec(n) is None)
+               for n in ("smol", "smol-all")]
+    return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices()), builtin_note(), *buttons
 
 
 def build() -> dict:
@@ -261,9 +265,9 @@ def build() -> dict:
                             allow_custom_value=not public_mode(), scale=2)
     with gr.Row(elem_classes=["gt-grid"]):  # narrow: the note full width, not squeezed beside the buttons
         builtin = gr.Markdown(builtin_note(), elem_id="builtin-note")
-        make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200,
+        make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200, interactive=False,
                               visible=not public_mode() and builtin_spec("smol") is None)
-        make_smol_all = gr.Button("Build the smol-all family", size="sm", scale=0, min_width=200,
+        make_smol_all = gr.Button("Build the smol-all family", size="sm", scale=0, min_width=200, interactive=False,
                                   visible=not public_mode() and builtin_spec("smol-all") is None)
     info = gr.Markdown()
     with gr.Accordion("Add a family spec or task files", open=False):
@@ -311,4 +315,5 @@ def build() -> dict:
                         show_progress_on=[builtin])
     for comp in (family, suite):
         comp.change(suite_info, [family, suite], [info], show_progress="hidden")
-    return {"family": family, "suite": suite, "info": info, "builtin": builtin}
+    return {"family": family, "suite": suite, "info": info, "builtin": builtin, "make_smol": make_smol,
+            "make_smol_all": make_smol_all}
