@@ -184,7 +184,7 @@ def enumerate_table(ev: Evaluator, space: PickSpace, limit: int | None = None, l
             "complete": total == space.size(),
             "space_size": space.size(), "shard": list(shard), "shard_complete": total == len(mine),
             "references": {s: r.to_dict() for s, r in refs.items()}, "heuristic_removals": removals,
-            "split_sizes": {s: {t.name: t.split_size(s) for t in ev.suite} for s in ("search", "test")},
+            "split_sizes": split_sizes(ev.suite),
             "plans": rows, "meta": {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                                     "machine": f"{platform.node()} ({os.cpu_count()} cores)",
                                     "enumerate_s": elapsed, "references_s": ref_s,
@@ -398,6 +398,15 @@ def cmd_enumerate(args) -> int:
     return 0
 
 
+def split_sizes(suite, test_only: bool = True) -> dict[str, dict[str, int]]:
+    """Each split's example count per task, as a table stores them; ``test_only=False``: the test split
+    without the tasks' held-out-only examples (``test_path``), the splits of a table enumerated before them."""
+    sizes = {s: {t.name: t.split_size(s) for t in suite} for s in ("search", "test")}
+    if not test_only:
+        sizes["test"] = {t.name: t.split_size("test") - t.n_test_only for t in suite}
+    return sizes
+
+
 def test_only_suite(suite):
     """The suite's held-out-only examples (each task's ``test_path``) as a suite of their own, each task's in
     the order its test split appends them (``Task.order`` shuffles them by a seed of their own, and a shuffle's
@@ -425,11 +434,11 @@ def extend_test(table: dict[str, Any], ev: Evaluator, log=print, shard: tuple[in
     joins the N results. ``save(table)`` every ``every`` plans keeps the work so far (``meta.extending``
     lists the plans done), and a table saved so resumes where it stopped: hours of CPU survive a stop."""
     suite = ev.suite
-    old = table["split_sizes"]["test"]
-    want = {t.name: t.split_size("test") - t.n_test_only for t in suite}
-    if old != want or table["split_sizes"]["search"] != {t.name: t.split_size("search") for t in suite}:
+    before = split_sizes(suite, test_only=False)
+    if table["split_sizes"] != before:
         raise ValueError(f"the table's splits {table['split_sizes']} are not the suite's without its test-only "
-                         f"examples ({want} test): only a table enumerated before a task gained a test_path extends")
+                         f"examples ({before['test']} test): only a table enumerated before a task gained a "
+                         f"test_path extends")
     sub = test_only_suite(suite)
     if not sub.tasks:
         raise ValueError(f"suite {suite.name!r} has no test-only examples (no task names a test_path): nothing to add")
@@ -469,7 +478,7 @@ def finish_extension(table: dict[str, Any], suite, sub) -> dict[str, Any]:
     """Every plan extended: the grown test split's sizes and references become the table's."""
     state = table["meta"].pop("extending")
     table["references"]["test"] = state["references"]
-    table["split_sizes"]["test"] = {t.name: t.split_size("test") for t in suite}
+    table["split_sizes"]["test"] = split_sizes(suite)["test"]
     table["meta"]["extended"] = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                                  "machine": f"{platform.node()} ({os.cpu_count()} cores)",
                                  "extend_s": state["extend_s"], "shards": state["shard"][1],
@@ -552,11 +561,10 @@ def cmd_merge_extended(args) -> int:
 
 def check_splits(table: dict[str, Any], suite) -> str | None:
     """Why a table cannot answer for ``suite`` today (its splits differ), or None."""
-    now = {s: {t.name: t.split_size(s) for t in suite} for s in ("search", "test")}
+    now = split_sizes(suite)
     if table["split_sizes"] == now:
         return None
-    before = {t.name: t.split_size("test") - t.n_test_only for t in suite}  # the test split without test_path's
-    grown = table["split_sizes"] == {"search": now["search"], "test": before}
+    grown = table["split_sizes"] == split_sizes(suite, test_only=False)
     hint = ("the suite's tasks gained held-out-only examples (test_path) since: run 'extend-test' on the table"
             if grown else "enumerate it again")
     return f"the table was enumerated on splits {table['split_sizes']}, the suite's are {now} today; {hint}"

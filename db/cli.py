@@ -240,7 +240,7 @@ def cmd_studies(args) -> int:
     if args.json:
         print(json.dumps([{**r, "phase_line": phase_line(r)} for r in rows], default=str, indent=2))
         return 0
-    from .compare import current_report
+    from .compare import stale_report
 
     print(f"{'':>48}{'search split':^18}{'test split':^18}")
     print(f"{'id':>3}  {'method':<12}{'family':<10}{'status':<12}{'trials':>9}"
@@ -249,10 +249,9 @@ def cmd_studies(args) -> int:
     for s in rows:
         definition = study_definition(s) if s["trials_done"] else "-"  # nothing scored yet: nothing to label
         search = _both(s.get("best_retentions"))
-        rep = current_report(s)
-        old = bool(s.get("report")) and rep is None  # scored on an older test split: not today's number
+        old = stale_report(s)  # scored on an older test split: not today's number
         stale = stale or old
-        test = ("stale", "stale") if old else _both((rep or {}).get("retentions"))
+        test = ("stale", "stale") if old else _both((s.get("report") or {}).get("retentions"))
         target = f"{s['trials_done']}/{s['n_trials']}" if s["n_trials"] else str(s["trials_done"])
         print(f"{s['id']:>3}  {s['method']:<12}{s['family']:<10}{s['status']:<12}{target:>9}"
               + "".join(f"{v:>9}" for v in (*search, *test)) + f"{definition:>11}  {s['name']}")

@@ -146,6 +146,11 @@ def current_report(study: dict[str, Any], best_trial: int | None = None) -> dict
     return None if sizes is not None and split_changed(rep, sizes) else rep
 
 
+def stale_report(study: dict[str, Any]) -> bool:
+    """Whether the study has a stored report that its suite's test split has since outgrown."""
+    return bool(study.get("report")) and current_report(study) is None
+
+
 def _task_spans(rep: dict[str, Any], kinds: dict[str, str]) -> dict[str, tuple[float, float] | None]:
     """Each task's retention interval in a report (its scores, example counts and references: no scoring)."""
     sizes, refs, d = sizes_of(rep.get("details") or {}), rep.get("references") or {}, rep["definition"]

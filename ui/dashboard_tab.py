@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 import gradio as gr
 
-from db.compare import current_report
+from db.compare import current_report, stale_report
 from db.rows import best_from, split_columns, study_definition
 from db.status import phase_line
 from db.workers import reconcile
@@ -414,7 +414,7 @@ def status_of(chosen: list[dict]) -> str:
         return "No studies yet: launch one in the Search tab."
     return "\n".join(f"- **{s['id']}: {_md(s['name'])}** ({s['method']}, {s['trials_done']}"
                      f"{'/' + str(s['n_trials']) if s['n_trials'] else ''} trials) · {_md(phase_line(s))}"
-                     f"{STALE_NOTE if s.get('report') and current_report(s) is None else ''}"
+                     f"{STALE_NOTE if stale_report(s) else ''}"
                      for s in reversed(chosen))
 
 
