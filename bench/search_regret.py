@@ -48,7 +48,10 @@ scores every plan on the new examples alone and appends them, keeping the search
     python -m bench.search_regret extend-test bench/regret/smol-r2-convert.json.gz --family data/builtin/smol --threads 1
 
 It saves its work every 25 plans beside ``--out`` (``.partial``) and resumes from there when run again; with
-``--shard K/N`` each process extends its shard into its own ``--out`` and ``merge-extended`` joins them.
+``--shard K/N`` each process extends its shard into its own ``--out`` and ``merge-extended`` joins them. When
+a core comes free, a running shard K/N can be spread over more: stop it just after a save, copy its
+``.partial`` beside two new ``--out`` files and resume them as K/2N and K+N/2N (each keeps its share of the
+plans done); ``merge-extended`` takes the finer shards beside the others.
 """
 from __future__ import annotations
 
@@ -444,8 +447,7 @@ def extend_test(table: dict[str, Any], ev: Evaluator, log=print, shard: tuple[in
         raise ValueError(f"suite {suite.name!r} has no test-only examples (no task names a test_path): nothing to add")
     state = table["meta"].setdefault("extending", {"shard": list(shard), "done": [], "extend_s": 0.0})
     if state["shard"] != list(shard):
-        raise ValueError(f"this partial table extends shard {state['shard'][0]}/{state['shard'][1]}: resume it with "
-                         f"--shard {state['shard'][0]}/{state['shard'][1]}")
+        refine_shard(state, shard, ev.family.name)
     t_ref = time.perf_counter()
     if "references" not in state:  # scored once: a resumed run keeps the same
         state["references"] = ev.references("test").to_dict()
@@ -474,6 +476,21 @@ def extend_test(table: dict[str, Any], ev: Evaluator, log=print, shard: tuple[in
     return finish_extension(table, suite, sub) if shard[1] == 1 else table
 
 
+def refine_shard(state: dict[str, Any], shard: tuple[int, int], family: str) -> None:
+    """A partial extension of shard K'/N' resumed as a finer shard K/N (N a multiple of N', K = K' mod N'):
+    copies of one stopped run, one per core that came free, go on as K'/N' split N/N' ways. Each copy keeps,
+    of the plans done so far, those of its own shard (their values travel with it to ``merge_extended``), and
+    the time spent so far counts once, in the copy whose K is K'."""
+    (old_k, old_n), (k, n) = state["shard"], shard
+    if n % old_n or k % old_n != old_k:
+        raise ValueError(f"this partial table extends shard {old_k}/{old_n}: resume it with --shard {old_k}/{old_n}, "
+                         f"or split it with a finer shard K/N (N a multiple of {old_n}, K = {old_k} mod {old_n}: "
+                         f"e.g. {old_k}/{2 * old_n} and {old_k + old_n}/{2 * old_n})")
+    state["done"] = [p for p in state["done"] if shard_of(Plan.from_text(p, family), n) == k]
+    state["extend_s"] = state["extend_s"] if k == old_k else 0.0
+    state["shard"] = [k, n]
+
+
 def finish_extension(table: dict[str, Any], suite, sub) -> dict[str, Any]:
     """Every plan extended: the grown test split's sizes and references become the table's."""
     state = table["meta"].pop("extending")
@@ -487,15 +504,15 @@ def finish_extension(table: dict[str, Any], suite, sub) -> dict[str, Any]:
 
 
 def merge_extended(tables: list[dict[str, Any]], suite) -> dict[str, Any]:
-    """One grown table from the N shards of one ``extend_test``: each plan's test values from the shard that
-    extended it; refused unless the shards are K/N for every K, each complete, of one table and one scoring of
-    the references."""
+    """One grown table from the shards of one ``extend_test``: each plan's test values from the shard that
+    extended it; refused unless the shards (K/N for every K, or some of them split finer: ``refine_shard``)
+    extended every plan once, of one table and one scoring of the references."""
     states = [t["meta"].get("extending") for t in tables]
     if any(s is None for s in states):
         raise ValueError("give the shards of one extend-test --shard run (a finished table is not a shard)")
-    n = states[0]["shard"][1]
-    if sorted(s["shard"][0] for s in states) != list(range(n)) or any(s["shard"][1] != n for s in states):
-        raise ValueError(f"shards {sorted(s['shard'][0] for s in states)} of {n}: give every shard K/{n}, each once")
+    names = [f"{s['shard'][0]}/{s['shard'][1]}" for s in states]
+    if len(set(names)) != len(names):
+        raise ValueError(f"shards {', '.join(sorted(names))}: give each shard once")
     if any(s["references"] != states[0]["references"] for s in states):
         raise ValueError("the shards scored different test references: extend them with the same code and suite")
     first = tables[0]
@@ -504,13 +521,15 @@ def merge_extended(tables: list[dict[str, Any]], suite) -> dict[str, Any]:
         rows = {r["plan"]: r for r in t["plans"]}
         for p in s["done"]:
             if p in by_plan:
-                raise ValueError(f"plan {p} was extended by two shards")
+                raise ValueError(f"plan {p} was extended by two shards ({', '.join(names)}): give the shards of "
+                                 f"one extend-test, each K/N once")
             by_plan[p] = rows[p]
     missing = [r["plan"] for r in first["plans"] if r["plan"] not in by_plan]
     if missing or len(by_plan) != len(first["plans"]):
-        raise ValueError(f"{len(missing)} plans not extended by any shard: finish every shard (it resumes) first")
+        raise ValueError(f"{len(missing)} plans not extended by any of the shards {', '.join(names)}: give every "
+                         f"shard, and finish each (it resumes) first")
     merged = {**first, "plans": [by_plan[r["plan"]] for r in first["plans"]],
-              "meta": {**first["meta"], "extending": {**states[0], "shard": [0, n],
+              "meta": {**first["meta"], "extending": {**states[0], "shard": [0, len(states)],
                                                       "extend_s": sum(s["extend_s"] for s in states)}}}
     return finish_extension(merged, suite, test_only_suite(suite))
 
@@ -785,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--out", default=None, help="where to write the grown table (default: over the table)")
     x.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     x.add_argument("--shard", default=None, help="K/N: only the plans of shard K of N (one process per core, "
-                   "each with its own --out; then merge-extended)")
+                   "each with its own --out; then merge-extended). A stopped K/N run's .partial, copied beside a new "
+                   "--out, resumes as a finer shard K/2N or K+N/2N: one shard spread over the cores that came free")
     me = sub.add_parser("merge-extended", help="one grown table from the shards of an extend-test")
     me.add_argument("shards", nargs="+")
     me.add_argument("--family", default="demo")

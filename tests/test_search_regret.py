@@ -300,7 +300,7 @@ def test_a_table_grows_with_its_suites_test_only_examples(tiny, tmp_path):
 
     import yaml
 
-    from bench.search_regret import check_splits, extend_test, merge_extended
+    from bench.search_regret import check_splits, extend_test, merge_extended, shard_of
     from gptailor.builtin import demo
 
     fam, ev, lookup, space = tiny
@@ -350,9 +350,20 @@ def test_a_table_grows_with_its_suites_test_only_examples(tiny, tmp_path):
     assert len(saved["t"]["meta"]["extending"]["done"]) == 3
     with pytest.raises(ValueError, match="resume it with --shard 0/2"):
         extend_test(copy.deepcopy(saved["t"]), grown, log=lambda m: None, shard=(1, 2))
+    with pytest.raises(ValueError, match="or split it with a finer shard K/N"):
+        extend_test(copy.deepcopy(saved["t"]), grown, log=lambda m: None, shard=(1, 4))  # 1 is not 0 mod 2
+    # the stopped shard 0/2 spread over two processes (0/4 and 2/4), each resuming a copy of what it saved
+    quarters = [extend_test(copy.deepcopy(saved["t"]), grown, log=lambda m: None, shard=(k, 4)) for k in (0, 2)]
+    assert [len(q["meta"]["extending"]["done"]) for q in quarters] == [
+        sum(shard_of(p, 4) == k for p in space.plans()) for k in (0, 2)]
     first = extend_test(saved["t"], grown, log=lambda m: None, shard=(0, 2))
     second = extend_test(copy.deepcopy(table), grown, log=lambda m: None, shard=(1, 2))
-    with pytest.raises(ValueError, match="not extended by any shard"):
+    with pytest.raises(ValueError, match="extended by two shards"):
+        merge_extended([first, second, quarters[0]], grown.suite)
+    finer = merge_extended([quarters[1], second, quarters[0]], grown.suite)
+    assert json.dumps(finer["plans"]) == json.dumps(extended["plans"])
+    assert finer["references"] == extended["references"] and finer["split_sizes"] == extended["split_sizes"]
+    with pytest.raises(ValueError, match="not extended by any of the shards 0/2, 1/2"):
         merge_extended([first, first | {"meta": {**first["meta"], "extending": {**first["meta"]["extending"],
                                                                                "shard": [1, 2], "done": []}}}],
                        grown.suite)
