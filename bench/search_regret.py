@@ -69,10 +69,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
-from gptailor.eval.noise import retention_interval  # noqa: E402
+from gptailor.eval.noise import Z95, retention_interval  # noqa: E402
 from gptailor.eval.results import EvalResult, References, applicable_definition  # noqa: E402
 from gptailor.plan import Op  # noqa: E402
 from gptailor.search.optimizer import Search  # noqa: E402
@@ -251,6 +253,7 @@ class LookupEvaluator(Evaluator):
         for d in table["references"].values():
             self.use_references(References.from_dict(d))
         self.lookups = 0
+        self.resample: tuple[str, dict[str, Any]] | None = None  # (split, task -> example indices): a bootstrap draw
 
     def space(self, seed: int = 0, merges: bool = True) -> PickSpace:
         """The table's space (its sources, free and droppable positions, merges and drop count), seeded for one
@@ -269,6 +272,10 @@ class LookupEvaluator(Evaluator):
                              f"restrict the search to the table's space (LookupEvaluator.space) or enumerate it")
         per = row["values"][split]
         cut = {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in per.items()}
+        if self.resample is not None and self.resample[0] == split:  # lists are per example; a number is not
+            idx = self.resample[1]
+            cut = {t: {m: ([v[i] for i in idx[t]] if isinstance(v, list) else v) for m, v in ms.items()}
+                   for t, ms in cut.items()}
         return cut, row["params"]
 
     def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
@@ -292,6 +299,27 @@ def truth(ev: LookupEvaluator, definition: str, objective: str = "accuracy") -> 
         out[key] = {s: ev.evaluate(plan, None, s, definition=definition).objective_retention(
             objective if s == "search" else "accuracy", definition) for s in ("search", "test")}
     return out
+
+
+def paired_difference(ev: LookupEvaluator, a: Plan, b: Plan, split: str, objective: str, definition: str,
+                      draws: int = 400, seed: int = 0) -> tuple[float, float]:
+    """Plan ``a``'s retention minus ``b``'s on the whole ``split`` (``objective``'s), and the sd of that
+    difference over a paired bootstrap of the split's examples (one draw of each task's examples for both plans,
+    as ``bench.paired_noise`` draws): whether a search's best beat a seed by more than the examples' noise."""
+    def diff() -> float:
+        return (ev.evaluate(a, None, split, definition=definition).objective_retention(objective, definition)
+                - ev.evaluate(b, None, split, definition=definition).objective_retention(objective, definition))
+    point = diff()
+    sizes = ev.table["split_sizes"][split]
+    rng = np.random.default_rng(seed)
+    drawn = []
+    try:
+        for _ in range(draws):
+            ev.resample = (split, {t: rng.integers(0, n, n) for t, n in sizes.items()})
+            drawn.append(diff())
+    finally:
+        ev.resample = None
+    return point, float(np.std(drawn))
 
 
 def regret_curve(trials: list[TrialRecord], table: dict[str, dict[str, float]], split: str) -> list[float]:
@@ -683,6 +711,12 @@ def cmd_run(args) -> int:
     seeds = seeded(ev, space)
     print(f"seeded plans in this space: {len(seeds)}")
     ranked_seeds = sorted(seeds.items(), key=lambda kv: -gt[kv[1].key()]["search"])
+    if ranked_seeds and ranked_seeds[0][1].key() != order["search"][0]:  # does the search optimum beat the seed?
+        best = Plan.from_text(ev.rows[order["search"][0]]["plan"], fam.name)
+        for s, obj in (("search", args.objective), ("test", "accuracy")):
+            d, sd = paired_difference(ev, best, ranked_seeds[0][1], s, obj, definition)
+            print(f"  the search optimum minus the best seed ({ranked_seeds[0][0]}) on the {s} split: {100 * d:+.1f} "
+                  f"points, paired sd {100 * sd:.1f} ({'beyond' if abs(d) > Z95 * sd else 'within'} the noise)")
     for name, plan in ranked_seeds[: args.show_seeds]:
         k = plan.key()
         print(f"  {name:<32} search {100 * gt[k]['search']:5.1f}% (rank {order['search'].index(k) + 1}/{len(gt)}, "

@@ -371,3 +371,26 @@ def test_a_table_grows_with_its_suites_test_only_examples(tiny, tmp_path):
     assert json.dumps(merged["plans"]) == json.dumps(extended["plans"])
     assert merged["split_sizes"] == extended["split_sizes"] and merged["references"] == extended["references"]
     assert check_splits(merged, grown.suite) is None and "extending" not in merged["meta"]
+
+
+def test_the_paired_difference_of_two_plans(tiny):
+    """``paired_difference``: the point difference is the real evaluator's (each plan scored from scratch on the
+    whole split); a plan against itself differs by 0 in every draw; swapping the plans flips the sign and keeps
+    the noise; the bootstrap leaves the look-ups as they were."""
+    from bench.search_regret import paired_difference
+
+    fam, ev, lookup, space = tiny
+    plans = list(space.plans())
+    a, b = plans[0], plans[-1]
+    before = lookup.evaluate(a, None, "search").to_dict()
+    for split, objective in (("search", "accuracy"), ("test", "accuracy"), ("search", "loglik")):
+        real = Evaluator(fam, ev.suite, split=split)
+        want = (real.evaluate(a, None, split, definition="family").objective_retention(objective, "family")
+                - real.evaluate(b, None, split, definition="family").objective_retention(objective, "family"))
+        d, sd = paired_difference(lookup, a, b, split, objective, "family", draws=50)
+        assert abs(d - want) < 1e-6 and sd > 0
+        assert paired_difference(lookup, a, a, split, objective, "family", draws=50) == (0.0, 0.0)
+        d2, sd2 = paired_difference(lookup, b, a, split, objective, "family", draws=50)
+        assert d2 == -d and abs(sd2 - sd) < 1e-12
+    assert lookup.resample is None
+    assert lookup.evaluate(a, None, "search").to_dict() == before  # no draw left behind
