@@ -41,12 +41,18 @@ def study_plans(folder: Path, family: str) -> dict[str, list[tuple[int, Plan, fl
     return out
 
 
+def pick_examples(values: dict[str, dict[str, list]], idx: dict[str, np.ndarray]) -> dict[str, dict[str, list]]:
+    """Per-example ``values`` on the examples ``idx`` picks per task (one bootstrap draw); a metric that is
+    not a per-example list passes as it is."""
+    return {t: {m: ([v[i] for i in idx[t]] if isinstance(v, list) else v) for m, v in vs.items()}
+            for t, vs in values.items()}
+
+
 def retention_of(ev: Evaluator, values: dict[str, dict[str, list]], refs: References, definition: str,
                  idx: dict[str, np.ndarray] | None = None) -> float:
     """The mean retention of per-example ``values``, on the examples ``idx`` picks per task (all if None)."""
     if idx is not None:
-        values = {t: {m: ([v[i] for i in idx[t]] if isinstance(v, list) else v) for m, v in vs.items()}
-                  for t, vs in values.items()}
+        values = pick_examples(values, idx)
     scores = ev.objective_scores(ev.details_of(values))
     return refs.retentions(scores, refs.kinds)[0][definition]
 

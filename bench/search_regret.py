@@ -74,7 +74,8 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
-from gptailor.eval.noise import Z95, retention_interval  # noqa: E402
+from bench.paired_noise import pick_examples  # noqa: E402
+from gptailor.eval.noise import beyond_noise, retention_interval  # noqa: E402
 from gptailor.eval.results import EvalResult, References, applicable_definition  # noqa: E402
 from gptailor.plan import Op  # noqa: E402
 from gptailor.search.optimizer import Search  # noqa: E402
@@ -272,10 +273,8 @@ class LookupEvaluator(Evaluator):
                              f"restrict the search to the table's space (LookupEvaluator.space) or enumerate it")
         per = row["values"][split]
         cut = {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in per.items()}
-        if self.resample is not None and self.resample[0] == split:  # lists are per example; a number is not
-            idx = self.resample[1]
-            cut = {t: {m: ([v[i] for i in idx[t]] if isinstance(v, list) else v) for m, v in ms.items()}
-                   for t, ms in cut.items()}
+        if self.resample is not None and self.resample[0] == split:
+            cut = pick_examples(cut, self.resample[1])
         return cut, row["params"]
 
     def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
@@ -716,7 +715,7 @@ def cmd_run(args) -> int:
         for s, obj in (("search", args.objective), ("test", "accuracy")):
             d, sd = paired_difference(ev, best, ranked_seeds[0][1], s, obj, definition)
             print(f"  the search optimum minus the best seed ({ranked_seeds[0][0]}) on the {s} split: {100 * d:+.1f} "
-                  f"points, paired sd {100 * sd:.1f} ({'beyond' if abs(d) > Z95 * sd else 'within'} the noise)")
+                  f"points, paired sd {100 * sd:.1f} ({'beyond' if beyond_noise(d, sd) else 'within'} the noise)")
     for name, plan in ranked_seeds[: args.show_seeds]:
         k = plan.key()
         print(f"  {name:<32} search {100 * gt[k]['search']:5.1f}% (rank {order['search'].index(k) + 1}/{len(gt)}, "

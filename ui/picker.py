@@ -249,11 +249,15 @@ def build_smol_all(progress=gr.Progress()):
     return build_builtin("smol-all", progress)
 
 
+def can_build(name: str) -> bool:
+    """Whether the page offers to build built-in family ``name``: not yet built, and not a public Space."""
+    return not public_mode() and builtin_spec(name) is None
+
+
 def refresh_choices():
     """The page load's read of the server's families, suites and built-in families. The Build buttons come
     alive only here: a press before it would have its note overwritten by this load's."""
-    buttons = [gr.Button(interactive=True, visible=not public_mode() and builtin_spec(n) is None)
-               for n in ("smol", "smol-all")]
+    buttons = [gr.Button(interactive=True, visible=can_build(n)) for n in ("smol", "smol-all")]
     return gr.Dropdown(choices=family_choices()), gr.Dropdown(choices=suite_choices()), builtin_note(), *buttons
 
 
@@ -266,9 +270,9 @@ def build() -> dict:
     with gr.Row(elem_classes=["gt-grid"]):  # narrow: the note full width, not squeezed beside the buttons
         builtin = gr.Markdown(builtin_note(), elem_id="builtin-note")
         make_smol = gr.Button("Build the smol family", size="sm", scale=0, min_width=200, interactive=False,
-                              visible=not public_mode() and builtin_spec("smol") is None)
+                              visible=can_build("smol"))
         make_smol_all = gr.Button("Build the smol-all family", size="sm", scale=0, min_width=200, interactive=False,
-                                  visible=not public_mode() and builtin_spec("smol-all") is None)
+                                  visible=can_build("smol-all"))
     info = gr.Markdown()
     with gr.Accordion("Add a family spec or task files", open=False):
         with gr.Row():
