@@ -277,6 +277,28 @@ class LookupEvaluator(Evaluator):
             cut = pick_examples(cut, self.resample[1])
         return cut, row["params"]
 
+    def member_details(self, member: str, fidelity: int | None = None, split: str | None = None
+                       ) -> dict[str, dict[str, float]]:
+        """A member's metrics from the table's per-example values of the members (``members``, stored by
+        ``bench.search_split_size members``) where it holds them; else its real model scored."""
+        members = self.table.get("members")
+        if members is None:
+            return super().member_details(member, fidelity, split)
+        per = members[member][split or self.split]
+        return self.details_of({t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()}
+                                for t, ms in per.items()})
+
+    def references_from_members(self, split: str) -> References:
+        """``split``'s references built from the table's member values by the references' own code
+        (``ReferenceScoring.references``), not the stored ones: a re-partitioned split has none stored. Adopted
+        only where the evaluator held none for ``split``."""
+        stored = self._refs.pop(split, None)
+        try:
+            return self.references(split)
+        finally:
+            if stored is not None:
+                self._refs[split] = stored
+
     def evaluate(self, plan: Plan, fidelity: int | None = None, split: str | None = None,
                  references: References | None = None, definition: str | None = None, speed=False) -> EvalResult:
         split = split or self.split
