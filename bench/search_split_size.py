@@ -40,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.search_regret import LookupEvaluator, check_splits, fmt, load_table, paired_difference, \
     quartiles, regret_curve, run_search, save_table, seeded, truth  # noqa: E402
+from gptailor.search.trials import incumbent  # noqa: E402
 from gptailor import Evaluator, Family, Plan, load_suite  # noqa: E402
 from gptailor.eval.noise import beyond_noise, retention_interval  # noqa: E402
 from gptailor.eval.results import applicable_definition  # noqa: E402
@@ -155,6 +156,8 @@ class Outcome:
     optimum_vs_seed: tuple[float, float]  # search split: the search optimum minus the best seed, paired sd
     regret: dict[str, list[float]]  # method -> held-out regret after the trials, per seed
     beats_seed: dict[str, int]  # method -> seeds whose reported plan is better than the best seed held out
+    z: dict[str, list[float]]  # method -> per seed, its reported plan minus the best seed on the search split,
+    # over the paired sd of that difference (0 where it reports the seed): what a noise-aware report reads
     wall_s: float = 0.0
 
 
@@ -178,15 +181,29 @@ def search_partition(fam: Family, suite: Suite, table: dict[str, Any], fraction:
     args.table = t
     regret: dict[str, list[float]] = {}
     beats: dict[str, int] = {}
+    zs: dict[str, list[float]] = {}
+    paired: dict[str, float] = {}  # plan key -> z against the best seed (the same plan is often reported again)
     for method in methods:
-        regret[method], beats[method] = [], 0
+        regret[method], beats[method], zs[method] = [], 0, []
         for seed in seeds:
             trials = run_search(ev, ev.space(seed), method, seed, args.trials, args)
             r = regret_curve(trials, gt, "test")[-1]
             regret[method].append(r)
             beats[method] += best_test - r > gt[best_seed.key()]["test"] + 1e-12
+            reported = incumbent(trials).plan
+            if reported.key() not in paired:
+                d, sd = paired_difference(ev, reported, best_seed, "search", args.objective, definition,
+                                          draws=args.draws)
+                paired[reported.key()] = d / sd if sd > 0 else 0.0
+            zs[method].append(paired[reported.key()])
     return Outcome(fraction, part, t["split_sizes"], se, best_test - gt[best_seed.key()]["test"], versus,
-                   regret, beats, time.perf_counter() - t0)
+                   regret, beats, zs, time.perf_counter() - t0)
+
+
+def keep_seed_regret(o: Outcome, method: str, z: float) -> list[float]:
+    """Per seed, the held-out regret of a noise-aware report: the method's plan where it beat the best seed by
+    more than ``z`` paired sd on the search split, else the best seed."""
+    return [r if zz > z else o.seed_regret for r, zz in zip(o.regret[method], o.z[method])]
 
 
 def describe(o: Outcome, methods: list[str], n_seeds: int) -> str:
@@ -198,11 +215,13 @@ def describe(o: Outcome, methods: list[str], n_seeds: int) -> str:
             f"{100 * sd:.1f}, {'beyond' if beyond_noise(d, sd) else 'within'}); {cells}  [{o.wall_s:.0f} s]")
 
 
-def summary(outcomes: list[Outcome], methods: list[str]) -> list[str]:
+def summary(outcomes: list[Outcome], methods: list[str], zs: list[float]) -> list[str]:
     """Per fraction, over its partitions: the mean held-out regret of the seed and of each method (each
-    partition's median over seeds), with the sd over partitions, and the share of seeds that beat the seed."""
+    partition's median over seeds), with the sd over partitions, and the share of seeds that beat the seed;
+    then each method's under a noise-aware report at each of ``zs``."""
     lines = [f"{'fraction':>8} {'search ex.':>10} {'held out':>9} {'se':>5} {'best seed':>12} "
-             + "".join(f"{m + ' regret':>18}{'beats seed':>11}" for m in methods)]
+             + "".join(f"{m + ' regret':>18}{'beats seed':>11}" for m in methods)
+             + "".join(f"{f'{m[:4]} keep z{z:g}':>16}" for m in methods for z in zs)]
     for f in sorted({o.fraction for o in outcomes}):
         rows = [o for o in outcomes if o.fraction == f]
 
@@ -214,6 +233,9 @@ def summary(outcomes: list[Outcome], methods: list[str]) -> list[str]:
             won = sum(o.beats_seed[m] for o in rows)
             total = sum(len(o.regret[m]) for o in rows)
             line += f"{mean_sd([statistics.median(o.regret[m]) for o in rows]):>18}{f'{won}/{total}':>11}"
+        for m in methods:
+            for z in zs:
+                line += f"{mean_sd([statistics.median(keep_seed_regret(o, m, z)) for o in rows]):>16}"
         lines.append(line)
     return lines
 
@@ -271,7 +293,9 @@ def cmd_run(args) -> int:
             print(describe(o, methods, len(seeds)), flush=True)
     print(f"\nper fraction: mean ± sd over partitions of the held-out regret (each partition's median over seeds); "
           f"'beats seed': seeds whose reported plan is better than the best seed held out")
-    print("\n".join(summary(outcomes, methods)))
+    print(f"'keep zZ': the method's plan only where it beat the best seed by more than Z paired sd on the search "
+          f"split, else the seed")
+    print("\n".join(summary(outcomes, methods, [float(z) for z in args.keep_seed_z.split(",")])))
     return 0
 
 
@@ -298,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--objective", default="loglik", choices=("accuracy", "loglik"))
     r.add_argument("--retention", default="auto", choices=("auto", "family", "base"))
     r.add_argument("--draws", type=int, default=200, help="paired bootstrap draws for the seed comparison")
+    r.add_argument("--keep-seed-z", default="1,1.645,1.96", help="thresholds of the noise-aware report rows")
     a = p.parse_args(argv)
     return {"members": cmd_members, "run": cmd_run}[a.cmd](a)
 

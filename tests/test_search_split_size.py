@@ -136,8 +136,21 @@ def test_run_prints_a_row_per_fraction(with_members, tmp_path, capsys):
                  "--draws", "20"]) == 0
     out = capsys.readouterr().out
     assert out.count("  fraction 0.00 partition") == 1 and out.count("  fraction 0.50 partition") == 2
-    rows = out.split("per fraction:")[1].strip().splitlines()[2:]
-    assert [r.split()[0] for r in rows] == ["0.00", "0.50"]
+    table_lines = out.split("per fraction:")[1].strip().splitlines()
+    header = next(k for k, line in enumerate(table_lines) if line.split()[0] == "fraction")
+    assert "evol keep z1.645" in table_lines[header] and "rand keep z1.96" in table_lines[header]
+    assert [r.split()[0] for r in table_lines[header + 1:]] == ["0.00", "0.50"]
+
+
+def test_a_noise_aware_report_keeps_the_seed_unless_beaten_beyond_the_threshold():
+    from bench.search_split_size import Outcome, keep_seed_regret
+
+    o = Outcome(0.5, 0, {}, 0.01, seed_regret=0.02, optimum_vs_seed=(0.0, 0.0),
+                regret={"evolution": [0.0, 0.03, 0.01, 0.05]}, beats_seed={"evolution": 2},
+                z={"evolution": [2.5, 1.2, 0.0, 1.7]})
+    assert keep_seed_regret(o, "evolution", 1.0) == [0.0, 0.03, 0.02, 0.05]
+    assert keep_seed_regret(o, "evolution", 1.96) == [0.0, 0.02, 0.02, 0.02]
+    assert keep_seed_regret(o, "evolution", 3.0) == [0.02] * 4
 
 
 def test_a_table_without_member_values_is_refused_with_the_fix(tiny):  # noqa: F811
