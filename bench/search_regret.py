@@ -242,6 +242,12 @@ def load_table(path: str | os.PathLike) -> dict[str, Any]:
     return table
 
 
+def first_examples(values: dict[str, dict[str, list]], fidelity: int | None) -> dict[str, dict[str, list]]:
+    """Each task's per-example values at ``fidelity``: the split's first examples, as the real evaluator
+    scores them (``Task.subset``); all of them for None."""
+    return {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in values.items()}
+
+
 class LookupEvaluator(Evaluator):
     """An ``Evaluator`` that answers ``evaluate`` from an enumerated table: the same ``EvalResult`` the real
     evaluator returns for the same plan and fidelity (the same aggregation and retention code on the same
@@ -271,8 +277,7 @@ class LookupEvaluator(Evaluator):
                              f"{self.table.get('free', 'all')}, droppable {self.table.get('droppable', 'all')}, "
                              f"merges {', '.join(self.table.get('merges') or {}) or 'none'}); "
                              f"restrict the search to the table's space (LookupEvaluator.space) or enumerate it")
-        per = row["values"][split]
-        cut = {t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()} for t, ms in per.items()}
+        cut = first_examples(row["values"][split], fidelity)
         if self.resample is not None and self.resample[0] == split:
             cut = pick_examples(cut, self.resample[1])
         return cut, row["params"]
@@ -284,9 +289,7 @@ class LookupEvaluator(Evaluator):
         members = self.table.get("members")
         if members is None:
             return super().member_details(member, fidelity, split)
-        per = members[member][split or self.split]
-        return self.details_of({t: {m: (v if fidelity is None else v[:fidelity]) for m, v in ms.items()}
-                                for t, ms in per.items()})
+        return self.details_of(first_examples(members[member][split or self.split], fidelity))
 
     def references_from_members(self, split: str) -> References:
         """``split``'s references built from the table's member values by the references' own code
