@@ -282,14 +282,14 @@ class LookupEvaluator(Evaluator):
             cut = pick_examples(cut, self.resample[1])
         return cut, row["params"]
 
-    def member_details(self, member: str, fidelity: int | None = None, split: str | None = None
-                       ) -> dict[str, dict[str, float]]:
-        """A member's metrics from the table's per-example values of the members (``members``, stored by
-        ``bench.search_split_size members``) where it holds them; else its real model scored."""
+    def member_values(self, member: str, fidelity: int | None = None, split: str | None = None
+                      ) -> dict[str, dict[str, list]]:
+        """A member's per-example values from the table's (``members``, stored by ``bench.search_split_size
+        members``) where it holds them; else its real model scored."""
         members = self.table.get("members")
         if members is None:
-            return super().member_details(member, fidelity, split)
-        return self.details_of(first_examples(members[member][split or self.split], fidelity))
+            return super().member_values(member, fidelity, split)
+        return first_examples(members[member][split or self.split], fidelity)
 
     def references_from_members(self, split: str) -> References:
         """``split``'s references built from the table's member values by the references' own code

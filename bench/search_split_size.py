@@ -22,7 +22,6 @@ table's stored references back).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import platform
@@ -38,6 +37,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.paired_noise import pick_examples  # noqa: E402
 from bench.search_regret import LookupEvaluator, check_splits, fmt, load_table, paired_difference, \
     quartiles, regret_curve, run_search, save_table, seeded, truth  # noqa: E402
 from gptailor.search.trials import incumbent  # noqa: E402
@@ -51,14 +51,9 @@ SPLITS = ("search", "test")
 
 # ----------------------------------------------------------------------------- the members' own values
 def member_values(ev: Evaluator) -> dict[str, dict[str, dict[str, dict[str, list]]]]:
-    """Every member's per-example values on both whole splits (member -> split -> task -> metric -> values),
-    its own model scored as ``ReferenceScoring.member_details`` scores it for the references."""
-    out = {}
-    for m in ev.family.member_names:
-        plan = Plan.identity(ev.family.n_layers, m, ev.family.name)
-        model = ev.stitcher.build(plan, shared_from=m)
-        out[m] = {s: ev.model_values(model, None, s, plan, shared_from=m) for s in SPLITS}
-    return out
+    """Every member's per-example values on both whole splits (member -> split -> task -> metric -> values):
+    what the references aggregate (``ReferenceScoring.member_values``)."""
+    return {m: {s: ev.member_values(m, None, s) for s in SPLITS} for m in ev.family.member_names}
 
 
 def reference_mismatch(table: dict[str, Any], lookup: LookupEvaluator, rel_tol: float = 1e-5,
@@ -102,10 +97,9 @@ def partition(sizes: dict[str, int], fraction: float, seed: int) -> dict[str, tu
 def _moved(values: dict[str, dict[str, dict[str, list]]], parts: dict[str, tuple[list[int], list[int]]]
            ) -> dict[str, dict[str, dict[str, list]]]:
     """One row's (or member's) split -> task -> metric -> values, re-partitioned by ``parts``."""
-    search, test = values["search"], values["test"]
-    return {"search": {t: {m: v + [test[t][m][i] for i in parts[t][0]] for m, v in ms.items()}
-                       for t, ms in search.items()},
-            "test": {t: {m: [v[i] for i in parts[t][1]] for m, v in ms.items()} for t, ms in test.items()}}
+    joining = pick_examples(values["test"], {t: p[0] for t, p in parts.items()})
+    return {"search": {t: {m: v + joining[t][m] for m, v in ms.items()} for t, ms in values["search"].items()},
+            "test": pick_examples(values["test"], {t: p[1] for t, p in parts.items()})}
 
 
 def resplit(table: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
@@ -140,8 +134,8 @@ class TableSuite(Suite):
 def lookup_of(fam: Family, suite: Suite, table: dict[str, Any]) -> LookupEvaluator:
     """The look-up evaluator of a (re-partitioned) table, its references built from the members' values."""
     ev = LookupEvaluator(fam, TableSuite(suite.name, suite.tasks, suite.path, sizes=table["split_sizes"]), table)
-    if not table["references"]:  # adopted by the evaluator as they are built; stored for run_search's reads
-        table["references"] = {s: ev.references_from_members(s).to_dict() for s in SPLITS}
+    if not table["references"]:  # none stored: built from the members' values; stored for run_search's reads
+        table["references"] = {s: ev.references(s).to_dict() for s in SPLITS}
     return ev
 
 

@@ -35,14 +35,20 @@ class ReferenceScoring:
     _refs: dict[str, References]  # split -> the references (computed or adopted)
     _kl_refs: dict[tuple, dict[str, list]]  # (member, fidelity, split, k) -> task -> top-k per chunk
 
+    def member_values(self, member: str, fidelity: int | None = None, split: str | None = None
+                      ) -> dict[str, dict[str, list]]:
+        """A family member's own per-example values (its own model, embeddings and head included): what its
+        metrics aggregate."""
+        plan = Plan.identity(self.family.n_layers, member, self.family.name)
+        model = self.stitcher.build(plan, shared_from=member)
+        return self.model_values(model, fidelity, split, plan, shared_from=member)
+
     def member_details(self, member: str, fidelity: int | None = None, split: str | None = None
                        ) -> dict[str, dict[str, float]]:
-        """A family member's own metrics (its own model, embeddings and head included), once per (fidelity, split)."""
+        """A family member's own metrics, once per (fidelity, split)."""
         key = (member, fidelity, split or self.split)
         if key not in self._member_scores:
-            plan = Plan.identity(self.family.n_layers, member, self.family.name)
-            model = self.stitcher.build(plan, shared_from=member)
-            self._member_scores[key] = self.model_details(model, fidelity, split, plan, shared_from=member)
+            self._member_scores[key] = self.details_of(self.member_values(member, fidelity, split))
         return self._member_scores[key]
 
     def member_scores(self, member: str, fidelity: int | None = None, split: str | None = None) -> dict[str, float]:
